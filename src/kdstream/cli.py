@@ -1,0 +1,201 @@
+"""Command-line entry points. Each command parses flags into a typed options dataclass and calls
+one library function; heavy imports (torch, vLLM) happen inside those functions so --help is fast.
+
+Every command takes ``--config FILE.yaml`` (option names as keys); flags given on the command
+line override it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from kdstream.errors import KdError
+
+
+def _load_config(ctx: click.Context, _param, path):
+    if path:
+        from kdstream.options import load_yaml_options
+
+        values = load_yaml_options(path)
+        known = {p.name for p in ctx.command.params}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise KdError(f"config {path} has unknown options {', '.join(unknown)}: see `{ctx.command.name} --help`")
+        ctx.default_map = {**(ctx.default_map or {}), **values}
+    return path
+
+
+config_option = click.option(
+    "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False, callback=_load_config,
+    help="YAML file of options (names as keys); command-line flags override it.",
+)
+
+
+def engine_options(f):
+    """vLLM engine flags shared by precompute-logits and extract-eval."""
+    f = click.option("--enforce-eager/--no-enforce-eager", default=None,
+                     help="Skip graph compilation (default: on for CPU, off for GPU).")(f)
+    f = click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True)(f)
+    f = click.option("--tensor-parallel-size", type=int, default=1, show_default=True)(f)
+    f = click.option("--seed", type=int, default=0, show_default=True)(f)
+    f = click.option("--dtype", default="auto", show_default=True, help="auto | float32 | bfloat16 | float16")(f)
+    return f
+
+
+def _engine(kw: dict):
+    from kdstream.vllm_engine import EngineOptions
+
+    return EngineOptions(
+        dtype=kw.pop("dtype"), seed=kw.pop("seed"), tensor_parallel_size=kw.pop("tensor_parallel_size"),
+        gpu_memory_utilization=kw.pop("gpu_memory_utilization"), enforce_eager=kw.pop("enforce_eager"),
+    )
+
+
+def _print_summary(summary: dict) -> None:
+    click.echo(json.dumps(summary))
+
+
+@click.command("precompute-logits")
+@config_option
+@click.option("--model", required=True, help="Teacher: a HF model directory.")
+@click.option("--dataset", required=True, help=".jsonl/.json/.parquet/.txt file, saved dataset dir, `demo`, or hub name.")
+@click.option("--out", required=True, help="Store path or fsspec URL.")
+@click.option("--top-k", type=int, default=64, show_default=True)
+@click.option("--seq-len", type=int, default=256, show_default=True, help="Tokens per example.")
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--split", default="train", show_default=True)
+@click.option("--max-examples", type=int, default=None, help="Use only the first N examples.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Examples per engine call.")
+@click.option("--tokenizer", default=None, help="Tokenizer directory (default: the model's).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing complete store.")
+@engine_options
+def precompute_logits(**kw):
+    """Run the teacher once (vLLM) and write its top-k next-token distributions to a Zarr store."""
+    from kdstream.precompute import PrecomputeOptions, run_precompute
+
+    engine = _engine(kw)
+    _print_summary(run_precompute(PrecomputeOptions(**kw, engine=engine)))
+
+
+@click.command("distill")
+@config_option
+@click.option("--model", required=True, help="Student: HF dir (weights → fine-tune; config only → random init) or config .json.")
+@click.option("--out", required=True, help="Checkpoint directory to write.")
+@click.option("--logits-store", default=None, help="Teacher store (path or URL) to train from.")
+@click.option("--dataset", default=None, help="Plain text to train on with --loss ce (e.g. the teacher).")
+@click.option("--loss", default="forward_kl", show_default=True, help="ce | forward_kl | reverse_kl | jsd")
+@click.option("--temperature", type=float, default=2.0, show_default=True)
+@click.option("--alpha-ce", type=float, default=0.0, show_default=True, help="Weight of CE mixed into KD.")
+@click.option("--tail", default="bucket", show_default=True, help="bucket | renormalize")
+@click.option("--beta", type=float, default=0.5, show_default=True, help="JSD mixing weight.")
+@click.option("--epochs", type=int, default=4, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=5e-5, show_default=True)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--warmup-ratio", type=float, default=0.03, show_default=True)
+@click.option("--max-grad-norm", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tokenizer", default=None, help="Tokenizer directory (default: the model's).")
+@click.option("--seq-len", type=int, default=256, show_default=True, help="With --dataset only.")
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--split", default="train", show_default=True)
+@click.option("--max-examples", type=int, default=None)
+@click.option("--shuffle-block", type=int, default=64, show_default=True)
+@click.option("--exclude", default=None, help="File of example ids (one per line) to skip.")
+@click.option("--overwrite", is_flag=True)
+def distill(**kw):
+    """Train a student from a teacher's logit store with a KL-family loss (or CE)."""
+    from kdstream.distill import DistillOptions, train
+
+    _print_summary(train(DistillOptions(**kw)))
+
+
+@click.command("extract-eval")
+@config_option
+@click.option("--model", required=True, help="Model directory to evaluate.")
+@click.option("--out", required=True, help="Directory for results.parquet and summary.json.")
+@click.option("--logits-store", default=None, help="Take the examples from this store.")
+@click.option("--dataset", default=None, help="Or from a corpus, tokenized like the store.")
+@click.option("--prefix-len", type=int, default=50, show_default=True)
+@click.option("--suffix-len", type=int, default=50, show_default=True)
+@click.option("--offset", type=int, default=0, show_default=True, help="Where the prefix starts.")
+@click.option("--seq-len", type=int, default=256, show_default=True, help="With --dataset only.")
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--split", default="train", show_default=True)
+@click.option("--max-examples", type=int, default=None)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--overwrite", is_flag=True)
+@engine_options
+def extract_eval(**kw):
+    """Greedy prefix → suffix extraction with vLLM; writes results.parquet and summary.json."""
+    from kdstream.evaluate import ExtractOptions, run_extract_eval
+
+    engine = _engine(kw)
+    _print_summary(run_extract_eval(ExtractOptions(**kw, engine=engine)))
+
+
+@click.command("demo")
+@config_option
+@click.option("--out", default="runs/demo", show_default=True, help="Folder for every output of the study.")
+@click.option("--examples", type=int, default=400, show_default=True)
+@click.option("--seq-len", type=int, default=128, show_default=True)
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--top-k", type=int, default=16, show_default=True)
+@click.option("--prefix-len", type=int, default=32, show_default=True)
+@click.option("--suffix-len", type=int, default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(**kw):
+    """The paper's protocol in miniature on the embedded corpus: teacher CE → precompute → baseline
+    CE → student KD → extract-eval of all three → a comparison table."""
+    from kdstream.demo import DemoOptions, run_demo
+
+    run_demo(DemoOptions(**kw))
+
+
+@click.group()
+@click.version_option(package_name="kdstream")
+def kdstream():
+    """kdstream: offline distillation from a shareable logit store, with memorization analysis."""
+
+
+for _cmd in (precompute_logits, distill, extract_eval, demo):
+    kdstream.add_command(_cmd)
+
+
+def _run(command: click.Command) -> None:
+    try:
+        command.main(standalone_mode=False)
+    except KdError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+def main() -> None:
+    _run(kdstream)
+
+
+def precompute_logits_main() -> None:
+    _run(precompute_logits)
+
+
+def distill_main() -> None:
+    _run(distill)
+
+
+def extract_eval_main() -> None:
+    _run(extract_eval)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Tokenizer loading, a content hash to compare tokenizers, and a small BPE trainer for demos/tests."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from kdstream.errors import KdError
+
+
+def load_tokenizer(path: str | Path):
+    """A fast HF tokenizer from a model or tokenizer directory."""
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if not p.is_dir():
+        raise KdError(f"tokenizer directory {p} not found: pass a model directory that holds tokenizer files")
+    try:
+        return AutoTokenizer.from_pretrained(str(p))
+    except Exception as exc:
+        raise KdError(
+            f"no usable tokenizer in {p} ({exc.__class__.__name__}): save one there or pass --tokenizer DIR"
+        ) from None
+
+
+def tokenizer_fingerprint(tokenizer) -> dict:
+    """``{"sha256", "vocab_size"}`` from the token → id map and special tokens.
+
+    Two tokenizers with the same hash map every string to the same ids, which is what a teacher
+    store and a student must share; file formats and names may differ.
+    """
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    payload = json.dumps({"vocab": vocab, "special": sorted(map(str, tokenizer.all_special_tokens))})
+    return {"sha256": hashlib.sha256(payload.encode()).hexdigest(), "vocab_size": len(vocab)}
+
+
+def train_bpe_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path):
+    """Train a byte-level BPE tokenizer (GPT-NeoX style, ``<|endoftext|>`` = id 0) and save it.
+
+    Used by the demo and the tests: no hub access is needed. Deterministic for the same texts.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+    fast.save_pretrained(str(out_dir))
+    return fast

@@ -1,0 +1,131 @@
+"""The miniature study behind `make demo`: the paper's protocol on the embedded corpus.
+
+Each stage runs the same CLI command a user would type (printed before it runs), in a
+subprocess, and is skipped when its finished output already exists, so an interrupted demo
+resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdstream.errors import KdError
+from kdstream.options import require, save_options
+
+# Calibrated on a 2-core CPU (see DESIGN.md): big enough to memorize, small enough for minutes.
+TEACHER = dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024)
+STUDENT = dict(num_hidden_layers=3, hidden_size=192, num_attention_heads=3, intermediate_size=768)
+VOCAB = 4096
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    out: str = "runs/demo"
+    examples: int = 400
+    seq_len: int = 128
+    epochs: int = 30
+    top_k: int = 16
+    prefix_len: int = 32
+    suffix_len: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.prefix_len + self.suffix_len <= self.seq_len,
+                f"--prefix-len + --suffix-len ({self.prefix_len + self.suffix_len}) must fit in --seq-len {self.seq_len}")
+        require(self.examples >= 1 and self.epochs >= 1, "--examples and --epochs must be at least 1")
+
+
+def _init_model(directory: Path, arch: dict, seq_len: int, tokenizer) -> None:
+    """A config-only GPT-NeoX directory (random init at train time) with the shared tokenizer."""
+    from transformers import GPTNeoXConfig
+
+    if (directory / "config.json").exists():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    GPTNeoXConfig(
+        vocab_size=VOCAB, max_position_embeddings=2 * seq_len,  # room for vLLM's extra token
+        rotary_pct=0.25, use_parallel_residual=True,
+        tie_word_embeddings=False, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        **arch,
+    ).save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+
+
+def _stage(name: str, done: Path, args: list[str], timings: dict) -> None:
+    if done.exists():
+        print(f"[demo] {name}: already done ({done}), skipping", file=sys.stderr)
+        timings[name] = 0.0
+        return
+    print(f"[demo] {name}: kdstream {' '.join(args)}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "kdstream", *args])
+    if result.returncode != 0:
+        raise KdError(f"demo stage {name} failed (exit {result.returncode}); fix the error above and rerun to resume")
+    timings[name] = round(time.perf_counter() - start, 1)
+
+
+def _store_complete(path: Path) -> Path:
+    """A marker path that exists only when the store is complete."""
+    marker = path / ".demo-complete"
+    if not marker.exists() and (path / "zarr.json").exists():
+        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+        if attrs.get("complete"):
+            marker.touch()
+    return marker
+
+
+def run_demo(opts: DemoOptions) -> dict:
+    from kdstream.data.demo_corpus import demo_documents
+    from kdstream.data.tokenizer import load_tokenizer, train_bpe_tokenizer
+    from kdstream.evaluate.compare import compare_sets, format_table, memorized_ids
+
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_options(opts, out)
+    tok_dir = out / "tokenizer"
+    if (tok_dir / "tokenizer.json").exists():
+        tokenizer = load_tokenizer(tok_dir)
+    else:
+        print("[demo] training a BPE tokenizer on the embedded corpus", file=sys.stderr)
+        tokenizer = train_bpe_tokenizer(demo_documents(), VOCAB, tok_dir)
+    _init_model(out / "init" / "teacher", TEACHER, opts.seq_len, tokenizer)
+    _init_model(out / "init" / "student", STUDENT, opts.seq_len, tokenizer)
+
+    common = ["--seq-len", str(opts.seq_len), "--max-examples", str(opts.examples)]
+    train = ["--epochs", str(opts.epochs), "--lr", "1e-3", "--batch-size", "16", "--seed", str(opts.seed)]
+    store = out / "teacher.zarr"
+    evaluate = ["--prefix-len", str(opts.prefix_len), "--suffix-len", str(opts.suffix_len), "--dtype", "float32"]
+    t: dict[str, float] = {}
+    _stage("teacher (CE)", out / "teacher" / "train_summary.json",
+           ["distill", "--model", str(out / "init/teacher"), "--dataset", "demo", "--loss", "ce",
+            "--out", str(out / "teacher"), *common, *train], t)
+    _stage("precompute", _store_complete(store),
+           ["precompute-logits", "--model", str(out / "teacher"), "--dataset", "demo", "--out", str(store),
+            "--top-k", str(opts.top_k), "--dtype", "float32", "--overwrite", *common], t)
+    _store_complete(store)
+    _stage("baseline (CE)", out / "baseline" / "train_summary.json",
+           ["distill", "--model", str(out / "init/student"), "--logits-store", str(store), "--loss", "ce",
+            "--out", str(out / "baseline"), *train], t)
+    _stage("student (KD)", out / "student" / "train_summary.json",
+           ["distill", "--model", str(out / "init/student"), "--logits-store", str(store), "--loss", "forward_kl",
+            "--temperature", "2", "--out", str(out / "student"), *train], t)
+    for name in ("teacher", "baseline", "student"):
+        _stage(f"extract-eval {name}", out / "eval" / name / "summary.json",
+               ["extract-eval", "--model", str(out / name), "--logits-store", str(store),
+                "--out", str(out / "eval" / name), *evaluate], t)
+
+    sets = {name: memorized_ids(out / "eval" / name) for name in ("teacher", "baseline", "student")}
+    cmp = compare_sets(sets["teacher"][0], sets["baseline"][0], sets["student"][0], sets["teacher"][1])
+    cmp["stage_seconds"] = t
+    table = format_table(cmp)
+    (out / "comparison.json").write_text(json.dumps(cmp, indent=2))
+    (out / "comparison.md").write_text(table + "\n")
+    print(f"\nMemorization, {opts.prefix_len}-token prefix → {opts.suffix_len}-token suffix, greedy, exact match\n")
+    print(table)
+    print("\nstage seconds: " + ", ".join(f"{k} {v}" for k, v in t.items()))
+    print(f"outputs in {out}/ (comparison.md, comparison.json)")
+    return cmp

@@ -1,0 +1,193 @@
+"""Distillation losses against an offline top-k teacher store.
+
+The store keeps, per position, the teacher's top-k token ids and their raw (T=1, natural log)
+log-probabilities. Both distributions are compared over k+1 classes: the k stored tokens plus
+either one "tail" class holding all remaining mass (``bucket``) or nothing (``renormalize``, the
+top-k are renormalised and the rest of the vocabulary is ignored). Temperature is applied here,
+with Hinton's T**2 factor so gradient magnitudes stay comparable across temperatures.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")  # names accepted by kd_loss(kind=...)
+TAILS = ("bucket", "renormalize")
+
+# Floor on the teacher's tempered tail probability (bucket tail, non-empty student tail). Without
+# it a stored top-k whose mass rounds to >= 1 gives the teacher a zero tail, and reverse KL
+# (student mass where the teacher has none) is +inf with NaN gradients.
+_LOG_TAIL_FLOOR = math.log(1e-6)
+_NEG_INF = float("-inf")
+
+
+def teacher_distribution(topk_logprobs: Tensor, temperature: float, tail: str) -> Tensor:
+    """(N, k) raw teacher logprobs -> (N, k+1) tempered teacher log-probs over [top-k..., tail].
+
+    bucket: the leftover mass m = 1 - sum p_i (clamped to >= 0 against float noise) is one class;
+    under T the weights p_i^(1/T) and m^(1/T) are renormalised. For T != 1 this is an
+    approximation: the tail is tempered as if it were a single token (the true tempered tail,
+    sum_j p_j^(1/T) over unseen tokens, is unknown without them). Exact at T = 1.
+    renormalize: softmax(logp_i / T) over the k entries; tail log-prob = -inf.
+    """
+    logp = topk_logprobs.float()  # (N, k)
+    if tail == "bucket":
+        mass = logp.exp().sum(-1, keepdim=True).clamp(max=1.0)  # (N, 1)
+        log_tail = torch.log1p(-mass)  # (N, 1); -inf when the top-k hold all the mass
+        return torch.log_softmax(torch.cat([logp, log_tail], -1) / temperature, -1)  # (N, k+1)
+    if tail == "renormalize":
+        top = torch.log_softmax(logp / temperature, -1)  # (N, k)
+        return torch.cat([top, top.new_full((top.shape[0], 1), _NEG_INF)], -1)  # (N, k+1)
+    raise ValueError(f"unknown tail {tail!r}; expected one of {TAILS}")
+
+
+def student_distribution(student_logits: Tensor, topk_ids: Tensor, temperature: float, tail: str) -> Tensor:
+    """(N, V) logits, (N, k) ids -> (N, k+1) tempered student log-probs over [top-k..., tail].
+
+    bucket: the tail is logsumexp of the tempered logits over the non-top-k vocabulary minus logZ,
+    computed by masking the top-k columns with -inf (never log(1 - sum p), which cancels
+    catastrophically exactly when the tail is small). An empty tail (k == V) is -inf, computed so
+    that no NaN reaches the gradient. renormalize: log_softmax over the k gathered logits only.
+    """
+    z = student_logits.float() / temperature  # (N, V)
+    ids = topk_ids.long()  # (N, k)
+    top = z.gather(-1, ids)  # (N, k)
+    if tail == "renormalize":
+        top = torch.log_softmax(top, -1)
+        return torch.cat([top, top.new_full((top.shape[0], 1), _NEG_INF)], -1)  # (N, k+1)
+    if tail != "bucket":
+        raise ValueError(f"unknown tail {tail!r}; expected one of {TAILS}")
+    log_z = torch.logsumexp(z, -1, keepdim=True)  # (N, 1)
+    rest = z.scatter(-1, ids, _NEG_INF)  # (N, V), top-k columns removed
+    empty = torch.isneginf(rest).all(-1, keepdim=True)  # (N, 1)
+    # logsumexp over an all -inf row has a NaN gradient; feed it zeros there and mask the result.
+    log_tail = torch.logsumexp(rest.masked_fill(empty, 0.0), -1, keepdim=True) - log_z
+    log_tail = log_tail.masked_fill(empty, _NEG_INF)  # (N, 1)
+    return torch.cat([top - log_z, log_tail], -1)  # (N, k+1)
+
+
+def _kl(logp: Tensor, logq: Tensor) -> Tensor:
+    """Row-wise KL(p || q) = sum p (log p - log q) from log-probs (N, C) -> (N,).
+
+    Classes with p == 0 contribute exactly 0, and their -inf entries are swapped for 0 before any
+    arithmetic so neither the value nor the gradient can become NaN.
+    """
+    p = logp.exp()
+    pos = p > 0
+    diff = torch.where(pos, logp, 0.0) - torch.where(pos, logq, 0.0)
+    return torch.where(pos, p * diff, 0.0).sum(-1)
+
+
+def _divergence(log_t: Tensor, log_s: Tensor, kind: str, beta: float) -> Tensor:
+    """(N, C) teacher and student log-probs -> (N,) divergence."""
+    if kind == "forward_kl":
+        return _kl(log_t, log_s)
+    if kind == "reverse_kl":
+        return _kl(log_s, log_t)
+    # Generalized JSD (GKD, Agarwal et al.): m = beta*t + (1-beta)*s. As beta -> 0 it behaves like
+    # beta * KL(t || s) (forward), as beta -> 1 like (1-beta) * KL(s || t) (reverse); at exactly
+    # 0 or 1 it is identically 0, so use forward_kl / reverse_kl for those.
+    a = log_t + math.log(beta) if beta > 0 else torch.full_like(log_t, _NEG_INF)
+    b = log_s + math.log(1 - beta) if beta < 1 else torch.full_like(log_s, _NEG_INF)
+    both = torch.isneginf(a) & torch.isneginf(b)  # m == 0: logaddexp would give a NaN gradient
+    log_m = torch.logaddexp(a.masked_fill(both, 0.0), b.masked_fill(both, 0.0)).masked_fill(both, _NEG_INF)
+    out = log_t.new_zeros(log_t.shape[0])
+    if beta > 0:  # skip zero-weight terms: 0 * inf would be NaN
+        out = out + beta * _kl(log_t, log_m)
+    if beta < 1:
+        out = out + (1 - beta) * _kl(log_s, log_m)
+    return out
+
+
+def _check_common(student_logits: Tensor, kind: str, temperature: float, beta: float,
+                  mask: Tensor | None) -> None:
+    if kind not in KD_LOSSES:
+        raise ValueError(f"unknown kd loss kind {kind!r}; expected one of {KD_LOSSES}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if student_logits.dim() != 2:
+        raise ValueError(f"student_logits must be (N, V), got shape {tuple(student_logits.shape)}")
+    if mask is not None and (mask.shape != student_logits.shape[:1] or mask.dtype != torch.bool):
+        raise ValueError(f"mask must be a bool tensor of shape ({student_logits.shape[0]},), "
+                         f"got {mask.dtype} {tuple(mask.shape)}")
+
+
+def _mean(rows: Tensor, temperature: float) -> Tensor:
+    """(N,) per-position divergences -> T**2-scaled mean (0 when there are no positions)."""
+    return rows.sum() / max(rows.shape[0], 1) * temperature**2
+
+
+def kd_loss(student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor, *, kind: str = "forward_kl",
+            temperature: float = 1.0, tail: str = "bucket", beta: float = 0.5,
+            mask: Tensor | None = None) -> Tensor:
+    """Mean over valid positions of D(teacher, student) on the (k+1)-class distributions, times T**2.
+
+    forward_kl = KL(teacher || student), reverse_kl = KL(student || teacher), jsd = generalized JSD
+    (beta=0.5 symmetric; beta -> 0 ~ forward KL, beta -> 1 ~ reverse KL, see _divergence).
+    Shapes: student_logits (N, V) any float dtype (computed in fp32), topk_ids (N, k) int,
+    topk_logprobs (N, k), mask (N,) bool or None (all valid). Ids are not range-checked.
+    Bucket tail: where the student has no tail (k == V) the teacher's tail is dropped too (it is
+    only float noise there), otherwise the teacher's tempered tail probability is floored at 1e-6
+    so reverse KL / JSD stay finite when the stored top-k mass rounds to >= 1.
+    """
+    _check_common(student_logits, kind, temperature, beta, mask)
+    if tail not in TAILS:
+        raise ValueError(f"unknown tail {tail!r}; expected one of {TAILS}")
+    n, v = student_logits.shape
+    if topk_ids.dim() != 2 or topk_ids.shape[0] != n or not 1 <= topk_ids.shape[1] <= v:
+        raise ValueError(f"topk_ids must be (N={n}, k) with 1 <= k <= V={v}, "
+                         f"got shape {tuple(topk_ids.shape)}")
+    if topk_ids.is_floating_point() or topk_ids.is_complex():
+        raise ValueError(f"topk_ids must be an integer tensor, got {topk_ids.dtype}")
+    if topk_logprobs.shape != topk_ids.shape:
+        raise ValueError(f"topk_logprobs shape {tuple(topk_logprobs.shape)} "
+                         f"!= topk_ids shape {tuple(topk_ids.shape)}")
+    if mask is not None:  # drop rows up front: masked rows get exactly zero gradient, even if garbage
+        student_logits, topk_ids, topk_logprobs = student_logits[mask], topk_ids[mask], topk_logprobs[mask]
+
+    log_s = student_distribution(student_logits, topk_ids, temperature, tail)  # (N, k+1)
+    log_t = teacher_distribution(topk_logprobs, temperature, tail)  # (N, k+1)
+    if tail == "bucket":
+        empty = torch.isneginf(log_s[:, -1:])  # (N, 1)
+        t_tail = log_t[:, -1:].clamp(min=_LOG_TAIL_FLOOR).masked_fill(empty, _NEG_INF)
+        log_t = torch.log_softmax(torch.cat([log_t[:, :-1], t_tail], -1), -1)  # (N, k+1)
+    return _mean(_divergence(log_t, log_s, kind, beta), temperature)
+
+
+def dense_kd_loss(student_logits: Tensor, teacher_logits: Tensor, *, kind: str = "forward_kl",
+                  temperature: float = 1.0, beta: float = 0.5, mask: Tensor | None = None) -> Tensor:
+    """Reference: the same divergence over the full vocabulary from full teacher logits (N, V).
+
+    Used by tests and fidelity tools to measure what the top-k approximation loses.
+    """
+    _check_common(student_logits, kind, temperature, beta, mask)
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"teacher_logits shape {tuple(teacher_logits.shape)} "
+                         f"!= student_logits shape {tuple(student_logits.shape)}")
+    if mask is not None:
+        student_logits, teacher_logits = student_logits[mask], teacher_logits[mask]
+    log_s = torch.log_softmax(student_logits.float() / temperature, -1)  # (N, V)
+    log_t = torch.log_softmax(teacher_logits.float() / temperature, -1)  # (N, V)
+    return _mean(_divergence(log_t, log_s, kind, beta), temperature)
+
+
+def ce_loss(student_logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Plain next-token cross-entropy, mean over valid positions (0 when none are valid).
+
+    student_logits (N, V), targets (N,) int, mask (N,) bool or None.
+    """
+    if student_logits.dim() != 2 or targets.shape != student_logits.shape[:1]:
+        raise ValueError(f"expected student_logits (N, V) and targets (N,), "
+                         f"got {tuple(student_logits.shape)} and {tuple(targets.shape)}")
+    if mask is not None:
+        if mask.shape != targets.shape or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor of shape {tuple(targets.shape)}, "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
+        student_logits, targets = student_logits[mask], targets[mask]
+    return F.cross_entropy(student_logits.float(), targets.long(), reduction="sum") / max(targets.shape[0], 1)

@@ -1,0 +1,39 @@
+"""Load the student (or a CE model): pretrained weights, or a fresh model from a config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kdstream.errors import KdError
+
+
+def load_model_and_tokenizer(model: str, tokenizer: str | None, seed: int):
+    """``model`` is a HF directory (weights → fine-tune; config.json only → random init from
+    ``seed``) or a config .json file (random init; then ``tokenizer`` is required)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from kdstream.data import load_tokenizer
+    from kdstream.model_files import check_model_dir
+
+    path = Path(model)
+    if path.is_file() and path.suffix == ".json":
+        if tokenizer is None:
+            raise KdError(f"model {path} is a config file: pass --tokenizer DIR (the teacher's tokenizer)")
+        cfg = json.loads(path.read_text())
+        model_type = cfg.pop("model_type", None)
+        if model_type is None:
+            raise KdError(f"config {path} has no model_type: write one (e.g. gpt_neox)")
+        config = AutoConfig.for_model(model_type, **cfg)
+        weights = False
+    else:
+        check_model_dir(path, "student", need_weights=False)
+        config = AutoConfig.from_pretrained(str(path))
+        weights = any(f.suffix in (".safetensors", ".bin") for f in path.iterdir())
+    tok = load_tokenizer(tokenizer or path)
+    if weights:
+        net = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    else:
+        torch.manual_seed(seed)
+        net = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return net, tok

@@ -1,0 +1,208 @@
+"""distill: train a causal LM from a logit store (KD) or from plain tokens (CE).
+
+One loop for the three models of a study: teacher (CE), baseline (CE), student (KD), so they
+share data order, optimizer and schedule and differ only in the loss.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kdstream.distill.losses import KD_LOSSES, TAILS
+from kdstream.errors import KdError
+from kdstream.options import require, save_options
+
+LOSSES = ("ce", *KD_LOSSES)
+DONE_FILE = "train_summary.json"  # written last: a checkpoint directory without it is incomplete
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """Train a student from a teacher's logit store (or a CE model from a store/dataset)."""
+
+    model: str  # HF directory (weights: fine-tune; config.json only: random init) or config .json
+    out: str
+    logits_store: str | None = None
+    dataset: str | None = None  # CE from plain text (teacher training), tokenized with the model's tokenizer
+    loss: str = "forward_kl"  # ce | forward_kl | reverse_kl | jsd
+    temperature: float = 2.0
+    alpha_ce: float = 0.0  # weight of the CE term mixed into a KD loss
+    tail: str = "bucket"  # bucket: leftover mass as one class; renormalize: top-k only
+    beta: float = 0.5  # generalized JSD mixing weight
+    epochs: int = 4
+    batch_size: int = 16
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    tokenizer: str | None = None  # default: the model directory
+    seq_len: int = 256  # with --dataset only; a store fixes its own
+    text_field: str = "text"
+    split: str = "train"
+    max_examples: int | None = None
+    shuffle_block: int = 64  # rows per contiguous read; the unit of shuffling
+    exclude: str | None = None  # file of example ids (one per line) never to train on
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        require((self.logits_store is None) != (self.dataset is None),
+                "pass exactly one of --logits-store STORE or --dataset DATA")
+        require(self.loss in LOSSES, f"--loss {self.loss} is unknown: choose one of {', '.join(LOSSES)}")
+        require(self.loss == "ce" or self.logits_store is not None,
+                f"--loss {self.loss} needs teacher targets: pass --logits-store (or use --loss ce)")
+        require(self.tail in TAILS, f"--tail {self.tail} is unknown: choose one of {', '.join(TAILS)}")
+        require(self.temperature > 0, f"--temperature {self.temperature} must be > 0")
+        require(0.0 <= self.alpha_ce <= 1.0, f"--alpha-ce {self.alpha_ce} must be in [0, 1]")
+        require(0.0 <= self.beta <= 1.0, f"--beta {self.beta} must be in [0, 1]")
+        require(self.epochs >= 1 and self.batch_size >= 1, "--epochs and --batch-size must be at least 1")
+        require(self.lr > 0, f"--lr {self.lr} must be > 0")
+        require(0.0 <= self.warmup_ratio < 1.0, f"--warmup-ratio {self.warmup_ratio} must be in [0, 1)")
+        require(self.shuffle_block >= 1, "--shuffle-block must be at least 1")
+
+
+def _read_exclude(path: str | None) -> frozenset[int]:
+    if path is None:
+        return frozenset()
+    p = Path(path)
+    if not p.is_file():
+        raise KdError(f"exclude list {p} not found: pass a file of example ids, one per line")
+    try:
+        return frozenset(int(line) for line in p.read_text().split())
+    except ValueError:
+        raise KdError(f"exclude list {p} must hold integer example ids, one per line") from None
+
+
+def _check_store_matches(store, tokenizer, net) -> None:
+    """Refuse, before any step, a student that cannot be trained on this store's ids."""
+    from kdstream.data import tokenizer_fingerprint
+
+    mine, theirs = tokenizer_fingerprint(tokenizer), store.attrs.get("tokenizer", {})
+    if mine["sha256"] != theirs.get("sha256"):
+        raise KdError(
+            f"the student's tokenizer (vocab {mine['vocab_size']}, sha256 {mine['sha256'][:12]}) differs from the "
+            f"store's (vocab {theirs.get('vocab_size')}, sha256 {str(theirs.get('sha256'))[:12]}): use a student "
+            "that shares the teacher's tokenizer, or pass --tokenizer with the teacher's"
+        )
+    if net.config.vocab_size < store.vocab_size:
+        raise KdError(
+            f"the student's output layer has {net.config.vocab_size} classes but the store's ids go up to "
+            f"{store.vocab_size}: build the student with vocab_size >= {store.vocab_size}"
+        )
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int):
+    def f(step: int) -> float:  # linear warmup, then cosine decay to 0
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def train(opts: DistillOptions) -> dict:
+    """Train, then save a HF checkpoint (weights + tokenizer) loadable by vLLM and transformers.
+
+    Writes into ``OUT.partial`` and renames it to ``OUT`` at the end, so ``OUT`` only ever holds
+    a finished model. Returns the training summary (also saved as ``train_summary.json``).
+    """
+    import torch
+
+    from kdstream.distill.loader import batches_per_epoch, iterate_batches
+    from kdstream.distill.losses import ce_loss, kd_loss
+    from kdstream.distill.student import load_model_and_tokenizer
+    from kdstream.progress import progress
+
+    out = Path(opts.out)
+    if (out / DONE_FILE).exists() and not opts.overwrite:
+        raise KdError(f"{out} already holds a trained model: pass --overwrite to replace it")
+    exclude = _read_exclude(opts.exclude)
+    net, tokenizer = load_model_and_tokenizer(opts.model, opts.tokenizer, opts.seed)
+
+    if opts.logits_store is not None:
+        from kdstream.storage import open_store
+
+        source = open_store(opts.logits_store)
+        _check_store_matches(source, tokenizer, net)
+        seq_len = source.seq_len
+    else:
+        from kdstream.data import load_corpus, pack_examples
+
+        corpus = load_corpus(opts.dataset, opts.text_field, opts.split)
+        source = pack_examples(corpus.texts, tokenizer, opts.seq_len, opts.max_examples)
+        seq_len = opts.seq_len
+    max_pos = getattr(net.config, "max_position_embeddings", None)
+    if max_pos and seq_len > max_pos:
+        raise KdError(f"examples have {seq_len} tokens but the student's context is {max_pos}: use a longer-context student")
+
+    all_ids = source.read(0, len(source), ("example_id",))["example_id"]
+    kept = int((~np.isin(all_ids, list(exclude))).sum()) if exclude else len(source)
+    if kept == 0:
+        raise KdError("every example is excluded: check --exclude")
+    steps_per_epoch = batches_per_epoch(kept, opts.batch_size)
+    total_steps = steps_per_epoch * opts.epochs
+    keys = ("input_ids",) if opts.loss == "ce" else ("input_ids", "topk_ids", "topk_logprobs")
+
+    torch.manual_seed(opts.seed)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    warmup = int(opts.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
+
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_options(opts, partial)
+    metrics = (partial / "metrics.jsonl").open("w")
+    net.train()
+    step, start = 0, time.perf_counter()
+    last = {}
+    with progress(total_steps * opts.batch_size * seq_len, f"train {opts.loss}", unit="tok") as bar:
+        for epoch in range(opts.epochs):
+            for batch in iterate_batches(source, keys, opts.batch_size, opts.seed, epoch, opts.shuffle_block, exclude):
+                input_ids = torch.from_numpy(batch["input_ids"])  # (B, L)
+                logits = net(input_ids=input_ids).logits[:, :-1]  # (B, L-1, V): row t predicts t+1
+                flat = logits.reshape(-1, logits.shape[-1])  # (N, V), N = B*(L-1)
+                targets = input_ids[:, 1:].reshape(-1)  # (N,)
+                ce = ce_loss(flat, targets)
+                if opts.loss == "ce":
+                    loss, kd = ce, None
+                else:
+                    k = batch["topk_ids"].shape[-1]
+                    kd = kd_loss(
+                        flat,
+                        torch.from_numpy(batch["topk_ids"]).reshape(-1, k),  # (N, k)
+                        torch.from_numpy(batch["topk_logprobs"]).reshape(-1, k),  # (N, k)
+                        kind=opts.loss, temperature=opts.temperature, tail=opts.tail, beta=opts.beta,
+                    )
+                    loss = (1 - opts.alpha_ce) * kd + opts.alpha_ce * ce
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), opts.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                last = {"step": step, "epoch": epoch, "loss": loss.item(), "ce": ce.item(),
+                        "kd": None if kd is None else kd.item(), "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": float(grad_norm)}
+                metrics.write(json.dumps(last) + "\n")
+                bar.update(input_ids.numel())
+                bar.set_postfix(loss=f"{last['loss']:.4f}", epoch=epoch)
+    metrics.close()
+    seconds = time.perf_counter() - start
+    net.save_pretrained(str(partial))
+    tokenizer.save_pretrained(str(partial))
+    summary = {"steps": step, "epochs": opts.epochs, "examples": kept, "seq_len": seq_len,
+               "final_loss": last.get("loss"), "seconds": round(seconds, 2),
+               "tokens_per_s": round(step and (kept * opts.epochs * seq_len) / seconds, 1)}
+    (partial / DONE_FILE).write_text(json.dumps(summary, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return summary

@@ -1,0 +1,44 @@
+"""Checks and fingerprints of HF model directories, shared by every command."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from kdstream.errors import KdError
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+_SAMPLE = 1 << 20  # bytes hashed from each end of a weight file
+
+
+def check_model_dir(path: str | Path, role: str, need_weights: bool = True) -> Path:
+    """A local HF model directory with config.json (and weights unless ``need_weights`` is False)."""
+    p = Path(path)
+    if not p.exists():
+        raise KdError(f"{role} model {p} not found: pass a HF model directory (config.json + weights)")
+    if p.is_file() or not (p / "config.json").is_file():
+        raise KdError(f"{role} model {p} has no config.json: pass a directory written by save_pretrained")
+    if need_weights and not any(f.suffix in _WEIGHT_SUFFIXES for f in p.iterdir()):
+        raise KdError(f"{role} model {p} has no weight files (*.safetensors/*.bin): train or download it first")
+    return p
+
+
+def model_config(path: str | Path) -> dict:
+    return json.loads((Path(path) / "config.json").read_text())
+
+
+def model_fingerprint(path: str | Path) -> dict:
+    """Identify a model cheaply: sha256 of config.json, and of each weight file's name, size,
+    first and last MiB (hashing a 24 GB checkpoint in full would cost minutes; this catches any
+    retraining or re-save, which changes sizes and headers)."""
+    p = Path(path)
+    config_hash = hashlib.sha256((p / "config.json").read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.iterdir() if x.suffix in _WEIGHT_SUFFIXES):
+        size = f.stat().st_size
+        h.update(f.name.encode() + size.to_bytes(8, "little"))
+        with f.open("rb") as fh:
+            h.update(fh.read(_SAMPLE))
+            fh.seek(max(0, size - _SAMPLE))
+            h.update(fh.read(_SAMPLE))
+    return {"path": str(p.resolve()), "name": p.name, "config_sha256": config_hash, "weights_fingerprint": h.hexdigest()}

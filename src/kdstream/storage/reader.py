@@ -1,0 +1,118 @@
+"""Read a logit store from a path or fsspec URL: random access and slices, decoded to numpy."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kdstream.errors import KdError
+from kdstream.storage.schema import ALL_ARRAYS, FORMAT_NAME, FORMAT_VERSION
+
+# Decoded dtypes handed to users, whatever the on-disk encoding.
+_DECODED = {
+    "input_ids": np.int64,
+    "example_id": np.int64,
+    "doc_index": np.int64,
+    "topk_ids": np.int64,
+    "topk_logprobs": np.float32,
+    "target_logprob": np.float32,
+    "target_rank": np.int64,
+}
+
+
+class LogitStore:
+    """``store[i]`` → dict of arrays for example i; ``store[a:b]`` → same keys, leading batch axis.
+
+    Keys: input_ids (L,), topk_ids (L-1, k), topk_logprobs (L-1, k) (natural log, T = 1),
+    target_logprob (L-1,), target_rank (L-1,), example_id (), doc_index ().
+    Row t of the teacher arrays is the distribution that predicts input_ids[t+1].
+    """
+
+    def __init__(self, group, url: str) -> None:
+        self.group = group
+        self.url = url
+        self.attrs: dict[str, Any] = dict(group.attrs)
+        self._arrays = {name: group[name] for name in ALL_ARRAYS}
+
+    def __len__(self) -> int:
+        return int(self.attrs["num_examples"])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.attrs["seq_len"])
+
+    @property
+    def k(self) -> int:
+        return int(self.attrs["k"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.attrs["vocab_size"])
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self.attrs["chunk_rows"])
+
+    def read(self, start: int, stop: int, keys: tuple[str, ...] = ALL_ARRAYS) -> dict[str, np.ndarray]:
+        """Rows [start, stop) of the named arrays; one contiguous slice per array (whole chunks)."""
+        out = {}
+        for name in keys:
+            try:
+                raw = self._arrays[name][start:stop]
+            except ValueError as exc:
+                if "checksum" in str(exc).lower():
+                    raise KdError(
+                        f"store {self.url}: corrupt chunk in {name} rows {start}:{stop} ({exc}): "
+                        "re-copy or regenerate the store"
+                    ) from None
+                raise
+            out[name] = np.asarray(raw).astype(_DECODED[name], copy=False)
+        return out
+
+    def __getitem__(self, index: int | slice) -> dict[str, np.ndarray]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise IndexError("store slices must have step 1 (read contiguous rows, then subsample)")
+            return self.read(start, stop)
+        i = int(index)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"example {index} out of range for a store of {len(self)}")
+        return {k: v[0] for k, v in self.read(i, i + 1).items()}
+
+
+def open_store(url: str, require_complete: bool = True) -> LogitStore:
+    """Open a store written by ``precompute-logits`` (a local path or an fsspec URL)."""
+    import zarr
+
+    url = str(url)
+    try:
+        group = zarr.open_group(url, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+        raise KdError(f"no logit store at {url}: run precompute-logits first or check the path") from None
+    attrs = dict(group.attrs)
+    if attrs.get("format") != FORMAT_NAME:
+        raise KdError(f"{url} is a Zarr group but not a kdstream logit store: point --logits-store at one")
+    if int(attrs.get("format_version", -1)) > FORMAT_VERSION:
+        raise KdError(
+            f"store {url} has format version {attrs['format_version']}, newer than this kdstream "
+            f"reads ({FORMAT_VERSION}): upgrade kdstream"
+        )
+    if require_complete and not attrs.get("complete"):
+        raise KdError(
+            f"store {url} is incomplete (its precompute did not finish): rerun precompute-logits with the same options"
+        )
+    missing = [n for n in ALL_ARRAYS if n not in group]
+    if missing:
+        raise KdError(f"store {url} is missing arrays {', '.join(missing)}: it is corrupt; regenerate it")
+    return LogitStore(group, url)
+
+
+def disk_bytes(url: str) -> int:
+    """Bytes the store occupies (every array and metadata file), local or remote."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(str(url))
+    return int(fs.du(path, total=True))
