@@ -48,19 +48,14 @@ class StoreWriter:
         self.num_examples = num_examples
         self.chunk_rows = chunk_rows or default_chunk_rows(seq_len, k, vocab_size, num_examples)
         self._check_target(overwrite)
-        self.group = zarr.open_group(self.url, mode="w", zarr_format=3)
         self.specs = array_specs(seq_len, k, vocab_size)
-        for name, (shape, dtype) in self.specs.items():
-            self.group.create_array(
-                name,
-                shape=(num_examples, *shape),
-                chunks=(self.chunk_rows, *shape),
-                dtype=dtype,
-                compressors=_codecs(),
-                fill_value=0,
-            )
-        self.group.attrs.update(
-            {
+        # The attributes (with complete=False) go into the very first metadata write, so a
+        # store killed at any later point is recognisably an unfinished kdstream store.
+        self.group = zarr.open_group(
+            self.url,
+            mode="w",
+            zarr_format=3,
+            attributes={
                 **attrs,
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
@@ -72,8 +67,17 @@ class StoreWriter:
                 "dtypes": {n: str(dt) for n, (_, dt) in self.specs.items()},
                 "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "complete": False,
-            }
+            },
         )
+        for name, (shape, dtype) in self.specs.items():
+            self.group.create_array(
+                name,
+                shape=(num_examples, *shape),
+                chunks=(self.chunk_rows, *shape),
+                dtype=dtype,
+                compressors=_codecs(),
+                fill_value=0,
+            )
         self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in ALL_ARRAYS}
         self._buffered = 0
         self.rows_written = 0

