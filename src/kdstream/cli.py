@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from kdstream.cli_store import store
 from kdstream.errors import KdError
 
 
@@ -104,6 +105,8 @@ def precompute_logits(**kw):
 @click.option("--max-examples", type=int, default=None)
 @click.option("--shuffle-block", type=int, default=64, show_default=True)
 @click.option("--exclude", default=None, help="File of example ids (one per line) to skip.")
+@click.option("--checkpoint-every", type=int, default=None, help="Save a resumable checkpoint every N steps.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its latest checkpoint in --out.")
 @click.option("--overwrite", is_flag=True)
 def distill(**kw):
     """Train a student from a teacher's logit store with a KL-family loss (or CE)."""
@@ -139,9 +142,9 @@ def extract_eval(**kw):
 @click.command("demo")
 @config_option
 @click.option("--out", default="runs/demo", show_default=True, help="Folder for every output of the study.")
-@click.option("--examples", type=int, default=400, show_default=True)
+@click.option("--examples", type=int, default=256, show_default=True)
 @click.option("--seq-len", type=int, default=128, show_default=True)
-@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--epochs", type=int, default=25, show_default=True)
 @click.option("--top-k", type=int, default=16, show_default=True)
 @click.option("--prefix-len", type=int, default=32, show_default=True)
 @click.option("--suffix-len", type=int, default=32, show_default=True)
@@ -160,7 +163,7 @@ def kdstream():
     """kdstream: offline distillation from a shareable logit store, with memorization analysis."""
 
 
-for _cmd in (precompute_logits, distill, extract_eval, demo):
+for _cmd in (precompute_logits, distill, extract_eval, demo, store):
     kdstream.add_command(_cmd)
 
 

@@ -25,9 +25,9 @@ VOCAB = 4096
 @dataclass(frozen=True)
 class DemoOptions:
     out: str = "runs/demo"
-    examples: int = 400
+    examples: int = 256
     seq_len: int = 128
-    epochs: int = 30
+    epochs: int = 25
     top_k: int = 16
     prefix_len: int = 32
     suffix_len: int = 32
@@ -105,7 +105,7 @@ def run_demo(opts: DemoOptions) -> dict:
             "--out", str(out / "teacher"), *common, *train], t)
     _stage("precompute", _store_complete(store),
            ["precompute-logits", "--model", str(out / "teacher"), "--dataset", "demo", "--out", str(store),
-            "--top-k", str(opts.top_k), "--dtype", "float32", "--overwrite", *common], t)
+            "--top-k", str(opts.top_k), "--dtype", "float32", *common], t)
     _store_complete(store)
     _stage("baseline (CE)", out / "baseline" / "train_summary.json",
            ["distill", "--model", str(out / "init/student"), "--logits-store", str(store), "--loss", "ce",

@@ -29,3 +29,14 @@ def test_excluded_examples_are_never_seen_and_rows_stay_whole():
     assert len(ids) == 47 and not set(ids.tolist()) & excluded
     for b in batches:  # input_ids travel with their example id
         np.testing.assert_array_equal(b["input_ids"][:, 0], (b["example_id"] // 10) * 4)
+
+
+def test_skip_batches_resumes_the_same_sequence():
+    src = _examples(77)
+    excluded = frozenset({30, 40, 500})
+    full = list(iterate_batches(src, ("input_ids",), 6, 5, 2, 16, exclude=excluded))
+    for skip in (0, 1, 3, 5, len(full)):
+        rest = list(iterate_batches(src, ("input_ids",), 6, 5, 2, 16, exclude=excluded, skip_batches=skip))
+        assert len(rest) == len(full) - skip
+        for a, b in zip(full[skip:], rest):
+            np.testing.assert_array_equal(a["example_id"], b["example_id"])

@@ -53,3 +53,34 @@ def test_a_student_with_another_tokenizer_is_refused_before_training(tmp_path, t
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "tokenizer" in lines[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_losses_and_weights(tmp_path, teacher_store, student_init_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    args = ["distill", "--logits-store", teacher_store, "--model", student_init_dir, "--epochs", 3,
+            "--batch-size", 8, "--lr", "1e-3", "--checkpoint-every", 2]
+    run_cli(*args, "--out", tmp_path / "straight")
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "kdstream", *map(str, args), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"})
+    ckpt = tmp_path / "killed.partial" / "checkpoints" / "step-00000004"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (out / "train_summary.json").exists(), "the run was not killed mid-way"
+
+    summary = last_json(run_cli(*args, "--out", out, "--resume").stdout)
+    assert summary["resumed_from_step"] >= 4
+    assert losses(out) == losses(tmp_path / "straight")
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "straight" / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)

@@ -93,3 +93,23 @@ def test_top_k_above_vocabulary_is_refused_before_the_engine_starts(tmp_path, te
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: --top-k") and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.zarr").exists() and time.time() - start < 60
+
+
+def test_full_vocabulary_store_gives_the_dense_kd_loss(tmp_path, teacher_dir, corpus_file, hf_logprobs):
+    """With k = V the stored top-k + tail loss equals dense KL against the teacher's full logits."""
+    from kdstream.distill.losses import dense_kd_loss, kd_loss
+
+    out = tmp_path / "full.zarr"
+    args = precompute_args(teacher_dir, corpus_file, out)
+    args[args.index("--top-k") + 1] = VOCAB
+    args[args.index("--max-examples") + 1] = 3
+    run_cli(*args)
+    rows = open_store(str(out))[:]
+    torch.manual_seed(0)
+    student = torch.randn(3 * (SEQ_LEN - 1), VOCAB, dtype=torch.float64)  # (N, V)
+    teacher = torch.from_numpy(hf_logprobs[:3, :-1]).reshape(-1, VOCAB).double()  # (N, V)
+    for kind in ("forward_kl", "reverse_kl", "jsd"):
+        sparse = kd_loss(student, torch.from_numpy(rows["topk_ids"]).reshape(-1, VOCAB),
+                         torch.from_numpy(rows["topk_logprobs"]).reshape(-1, VOCAB).double(), kind=kind, temperature=2.0)
+        dense = dense_kd_loss(student, teacher, kind=kind, temperature=2.0)
+        assert sparse.item() == pytest.approx(dense.item(), rel=1e-3, abs=1e-4), kind

@@ -38,19 +38,30 @@ def iterate_batches(
     epoch: int,
     block_rows: int = 64,
     exclude: frozenset[int] = frozenset(),
+    skip_batches: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches (dicts of arrays with a leading batch axis) covering every kept example once.
 
     ``exclude`` holds example ids to skip. The last batch of an epoch may be smaller.
+    ``skip_batches`` resumes mid-epoch: the first batches are not yielded, and blocks that lie
+    wholly inside them are not read beyond their example ids.
     """
     need = tuple(dict.fromkeys((*keys, "example_id")))
     pending: list[dict[str, np.ndarray]] = []
     count = 0
+    to_skip = skip_batches * batch_size  # kept rows to drop before the first yielded batch
     for start, stop, perm in epoch_blocks(len(source), block_rows, seed, epoch):
+        if to_skip:
+            ids = source.read(start, stop, ("example_id",))["example_id"]
+            kept = int((~np.isin(ids, list(exclude))).sum()) if exclude else stop - start
+            if kept <= to_skip:
+                to_skip -= kept
+                continue
         rows = source.read(start, stop, need)
         order = perm
         if exclude:
             order = perm[~np.isin(rows["example_id"][perm], list(exclude))]
+        order, to_skip = order[to_skip:], 0
         if len(order) == 0:
             continue
         pending.append({k: v[order] for k, v in rows.items()})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ class DistillOptions:
     max_examples: int | None = None
     shuffle_block: int = 64  # rows per contiguous read; the unit of shuffling
     exclude: str | None = None  # file of example ids (one per line) never to train on
+    checkpoint_every: int | None = None  # steps between resumable checkpoints (None: only the end)
+    resume: bool = False  # continue from the latest checkpoint of an interrupted run in --out
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -65,6 +68,8 @@ class DistillOptions:
         require(self.lr > 0, f"--lr {self.lr} must be > 0")
         require(0.0 <= self.warmup_ratio < 1.0, f"--warmup-ratio {self.warmup_ratio} must be in [0, 1)")
         require(self.shuffle_block >= 1, "--shuffle-block must be at least 1")
+        require(self.checkpoint_every is None or self.checkpoint_every >= 1, "--checkpoint-every must be at least 1")
+        require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other: pick one")
 
 
 def _read_exclude(path: str | None) -> frozenset[int]:
@@ -107,37 +112,71 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return f
 
 
+def _load_source(opts: DistillOptions, tokenizer, net):
+    """The examples to train on: a logit store (checked against the student) or a packed corpus."""
+    if opts.logits_store is not None:
+        from kdstream.storage import open_store
+
+        store = open_store(opts.logits_store)
+        _check_store_matches(store, tokenizer, net)
+        return store, store.seq_len
+    from kdstream.data import load_corpus, pack_examples
+
+    corpus = load_corpus(opts.dataset, opts.text_field, opts.split)
+    return pack_examples(corpus.texts, tokenizer, opts.seq_len, opts.max_examples), opts.seq_len
+
+
+def _step_loss(net, batch: dict, opts: DistillOptions):
+    """(loss to minimize, CE, KD or None) for one batch."""
+    import torch
+
+    from kdstream.distill.losses import ce_loss, kd_loss
+
+    input_ids = torch.from_numpy(batch["input_ids"])  # (B, L)
+    logits = net(input_ids=input_ids).logits[:, :-1]  # (B, L-1, V): row t predicts token t+1
+    flat = logits.reshape(-1, logits.shape[-1])  # (N, V), N = B*(L-1)
+    ce = ce_loss(flat, input_ids[:, 1:].reshape(-1))
+    if opts.loss == "ce":
+        return ce, ce, None
+    k = batch["topk_ids"].shape[-1]
+    kd = kd_loss(
+        flat,
+        torch.from_numpy(batch["topk_ids"]).reshape(-1, k),  # (N, k)
+        torch.from_numpy(batch["topk_logprobs"]).reshape(-1, k),  # (N, k)
+        kind=opts.loss, temperature=opts.temperature, tail=opts.tail, beta=opts.beta,
+    )
+    return (1 - opts.alpha_ce) * kd + opts.alpha_ce * ce, ce, kd
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
 def train(opts: DistillOptions) -> dict:
     """Train, then save a HF checkpoint (weights + tokenizer) loadable by vLLM and transformers.
 
-    Writes into ``OUT.partial`` and renames it to ``OUT`` at the end, so ``OUT`` only ever holds
-    a finished model. Returns the training summary (also saved as ``train_summary.json``).
+    Work happens in ``OUT.partial`` (metrics, resumable checkpoints), renamed to ``OUT`` at the
+    end, so ``OUT`` only ever holds a finished model. ``--resume`` continues an interrupted run
+    from its latest checkpoint with the same data order, optimizer and RNG state, so the
+    remaining losses are those of an uninterrupted run. Returns the summary (train_summary.json).
     """
     import torch
 
+    from kdstream.distill.checkpoint import Position, latest_checkpoint, load_checkpoint, save_checkpoint
     from kdstream.distill.loader import batches_per_epoch, iterate_batches
-    from kdstream.distill.losses import ce_loss, kd_loss
     from kdstream.distill.student import load_model_and_tokenizer
     from kdstream.progress import progress
 
     out = Path(opts.out)
+    partial = out.with_name(out.name + ".partial")
     if (out / DONE_FILE).exists() and not opts.overwrite:
         raise KdError(f"{out} already holds a trained model: pass --overwrite to replace it")
     exclude = _read_exclude(opts.exclude)
     net, tokenizer = load_model_and_tokenizer(opts.model, opts.tokenizer, opts.seed)
-
-    if opts.logits_store is not None:
-        from kdstream.storage import open_store
-
-        source = open_store(opts.logits_store)
-        _check_store_matches(source, tokenizer, net)
-        seq_len = source.seq_len
-    else:
-        from kdstream.data import load_corpus, pack_examples
-
-        corpus = load_corpus(opts.dataset, opts.text_field, opts.split)
-        source = pack_examples(corpus.texts, tokenizer, opts.seq_len, opts.max_examples)
-        seq_len = opts.seq_len
+    source, seq_len = _load_source(opts, tokenizer, net)
     max_pos = getattr(net.config, "max_position_embeddings", None)
     if max_pos and seq_len > max_pos:
         raise KdError(f"examples have {seq_len} tokens but the student's context is {max_pos}: use a longer-context student")
@@ -152,55 +191,53 @@ def train(opts: DistillOptions) -> dict:
 
     torch.manual_seed(opts.seed)
     optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    warmup = int(opts.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, int(opts.warmup_ratio * total_steps)))
 
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    pos = Position()
+    resume_from = latest_checkpoint(partial) if opts.resume else None
+    if resume_from is not None:
+        pos = load_checkpoint(resume_from, net, optimizer, scheduler)
+        _truncate_metrics(partial / "metrics.jsonl", pos.step)
+        print(f"resuming from {resume_from} (step {pos.step}, epoch {pos.epoch})", file=sys.stderr)
+    else:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
     save_options(opts, partial)
-    metrics = (partial / "metrics.jsonl").open("w")
+    metrics = (partial / "metrics.jsonl").open("a")
     net.train()
-    step, start = 0, time.perf_counter()
-    last = {}
-    with progress(total_steps * opts.batch_size * seq_len, f"train {opts.loss}", unit="tok") as bar:
-        for epoch in range(opts.epochs):
-            for batch in iterate_batches(source, keys, opts.batch_size, opts.seed, epoch, opts.shuffle_block, exclude):
-                input_ids = torch.from_numpy(batch["input_ids"])  # (B, L)
-                logits = net(input_ids=input_ids).logits[:, :-1]  # (B, L-1, V): row t predicts t+1
-                flat = logits.reshape(-1, logits.shape[-1])  # (N, V), N = B*(L-1)
-                targets = input_ids[:, 1:].reshape(-1)  # (N,)
-                ce = ce_loss(flat, targets)
-                if opts.loss == "ce":
-                    loss, kd = ce, None
-                else:
-                    k = batch["topk_ids"].shape[-1]
-                    kd = kd_loss(
-                        flat,
-                        torch.from_numpy(batch["topk_ids"]).reshape(-1, k),  # (N, k)
-                        torch.from_numpy(batch["topk_logprobs"]).reshape(-1, k),  # (N, k)
-                        kind=opts.loss, temperature=opts.temperature, tail=opts.tail, beta=opts.beta,
-                    )
-                    loss = (1 - opts.alpha_ce) * kd + opts.alpha_ce * ce
+    start, first_step = time.perf_counter(), pos.step
+    last: dict = {}
+    tokens_per_step = opts.batch_size * seq_len
+    with progress(total_steps * tokens_per_step, f"train {opts.loss}", unit="tok", initial=pos.step * tokens_per_step) as bar:
+        for epoch in range(pos.epoch, opts.epochs):
+            skip = pos.batch_in_epoch if epoch == pos.epoch else 0
+            batches = iterate_batches(source, keys, opts.batch_size, opts.seed, epoch, opts.shuffle_block, exclude, skip)
+            for i, batch in enumerate(batches, start=skip):
+                loss, ce, kd = _step_loss(net, batch, opts)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), opts.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
-                step += 1
-                last = {"step": step, "epoch": epoch, "loss": loss.item(), "ce": ce.item(),
+                pos = Position(step=pos.step + 1, epoch=epoch, batch_in_epoch=i + 1)
+                last = {"step": pos.step, "epoch": epoch, "loss": loss.item(), "ce": ce.item(),
                         "kd": None if kd is None else kd.item(), "lr": scheduler.get_last_lr()[0],
                         "grad_norm": float(grad_norm)}
                 metrics.write(json.dumps(last) + "\n")
-                bar.update(input_ids.numel())
+                bar.update(tokens_per_step)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", epoch=epoch)
+                if opts.checkpoint_every and pos.step % opts.checkpoint_every == 0 and pos.step < total_steps:
+                    metrics.flush()
+                    save_checkpoint(partial, net, optimizer, scheduler, pos)
     metrics.close()
     seconds = time.perf_counter() - start
     net.save_pretrained(str(partial))
     tokenizer.save_pretrained(str(partial))
-    summary = {"steps": step, "epochs": opts.epochs, "examples": kept, "seq_len": seq_len,
+    shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+    summary = {"steps": pos.step, "epochs": opts.epochs, "examples": kept, "seq_len": seq_len,
                "final_loss": last.get("loss"), "seconds": round(seconds, 2),
-               "tokens_per_s": round(step and (kept * opts.epochs * seq_len) / seconds, 1)}
+               "tokens_per_s": round((pos.step - first_step) * tokens_per_step / seconds, 1) if seconds else None,
+               "resumed_from_step": None if resume_from is None else int(resume_from.name.split("-")[1])}
     (partial / DONE_FILE).write_text(json.dumps(summary, indent=2))
     if out.exists():
         shutil.rmtree(out)

@@ -59,8 +59,8 @@ class LogitStore:
         for name in keys:
             try:
                 raw = self._arrays[name][start:stop]
-            except ValueError as exc:
-                if "checksum" in str(exc).lower():
+            except (ValueError, RuntimeError) as exc:
+                if "checksum" in str(exc).lower() or "decompress" in str(exc).lower():
                     raise KdError(
                         f"store {self.url}: corrupt chunk in {name} rows {start}:{stop} ({exc}): "
                         "re-copy or regenerate the store"

@@ -1,0 +1,101 @@
+"""`kdstream store info|verify|stats STORE`: look inside a logit store (path or fsspec URL).
+
+Only argument parsing and printing live here; the work is in kdstream.storage.verify/stats.
+User errors are KdError, which the `kdstream` entry point prints as one line (exit 2).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+# `store info` shows these first, in this order; every other attribute follows as stored.
+_INFO_FIRST = (
+    "format", "format_version", "complete", "created_at", "num_examples", "seq_len", "k", "vocab_size",
+    "targets", "chunk_rows", "teacher", "tokenizer", "corpus", "engine", "precompute_seconds", "dtypes",
+)
+
+
+@click.group("store")
+def store():
+    """Inspect a logit store: provenance (info), integrity (verify), size and fidelity (stats)."""
+
+
+@store.command("info")
+@click.argument("url", metavar="STORE")
+def info(url):
+    """Print the store's attributes: teacher, tokenizer, shapes, corpus, versions, options."""
+    import yaml
+
+    from kdstream.storage.verify import open_group
+
+    attrs = dict(open_group(url).attrs)  # also works on an incomplete store: it shows complete: false
+    ordered = {key: attrs[key] for key in _INFO_FIRST if key in attrs}
+    ordered.update({key: value for key, value in attrs.items() if key not in ordered})
+    click.echo(f"store: {url}")
+    click.echo(yaml.safe_dump(ordered, sort_keys=False, default_flow_style=False, width=100).rstrip())
+
+
+@store.command("verify")
+@click.argument("url", metavar="STORE")
+def verify(url):
+    """Read every chunk and check its crc32c checksum; name each corrupt chunk.
+
+    Exit status 0 when the store is intact and complete, 1 otherwise.
+    """
+    from kdstream.storage.verify import verify_store
+
+    report = verify_store(url)
+    for line in report.corrupt:
+        click.echo(f"corrupt: {line}")
+    for line in report.problems:
+        click.echo(f"problem: {line}")
+    if report.ok:
+        click.echo(f"ok: {report.chunks_checked} chunks checked, all intact; store complete")
+        return
+    click.echo(
+        f"FAILED: {len(report.corrupt)} corrupt chunk(s), {len(report.problems)} other problem(s) "
+        f"in {report.chunks_checked} chunks checked"
+    )
+    # sys.exit, not ctx.exit: the kdstream entry point runs click with standalone_mode=False,
+    # where ctx.exit's status would be returned and dropped instead of becoming the exit status.
+    sys.exit(1)
+
+
+def _size(n) -> str:
+    if n is None:
+        return "unknown (the filesystem cannot list)"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n:,} B ({n / scale:.2f} {unit})"
+    return f"{n:,} B"
+
+
+@store.command("stats")
+@click.argument("url", metavar="STORE")
+@click.option("--sample-rows", type=click.IntRange(min=1), default=None,
+              help="Read only the first N examples (sizes still cover the whole store).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def stats(url, sample_rows, as_json):
+    """Bytes on disk and per token, top-k probability mass kept, target coverage, teacher NLL."""
+    from kdstream.storage.stats import store_stats
+
+    s = store_stats(url, sample_rows=sample_rows)
+    if as_json:
+        click.echo(json.dumps(s))
+        return
+    bpt = s["bytes_per_token"]
+    lines = [
+        f"store:            {s['store']}",
+        f"examples:         {s['examples']} x {s['seq_len']} tokens = {s['tokens']:,} tokens (k = {s['k']})",
+        f"bytes on disk:    {_size(s['bytes_on_disk'])}",
+        f"bytes per token:  {bpt:.2f}" if bpt is not None else "bytes per token:  unknown",
+        *(f"  {name + ':':16}{_size(b)}" for name, b in s["array_bytes"].items()),
+        f"rows read:        {s['rows_read']} ({s['positions_read']:,} positions)",
+        f"top-k mass:       mean {s['topk_mass_mean']:.4f}, p10 {s['topk_mass_p10']:.4f}",
+        f"tail mass:        mean {s['tail_mass_mean']:.4f}",
+        f"target in top-k:  {s['target_in_topk']:.2%}",
+        f"target NLL:       {s['mean_target_nll']:.4f} nats",
+    ]
+    click.echo("\n".join(lines))

@@ -1,0 +1,93 @@
+"""Size and fidelity of a logit store: bytes per token, how much probability the top-k keeps.
+
+Reads whole chunks of only the three arrays it needs, with constant memory (the mass quantile
+comes from a fine histogram), so it runs on large and remote stores; ``sample_rows`` limits the
+read to the first N examples.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from kdstream.storage.reader import disk_bytes, open_store
+from kdstream.storage.schema import ALL_ARRAYS
+
+_MASS_BINS = 1 << 16  # histogram resolution of the top-k mass in [0, 1]: p10 within 1.6e-5
+
+
+def _quantile_from_hist(counts: np.ndarray, q: float) -> float:
+    """The q-quantile of values in [0, 1] from their counts in ``_MASS_BINS + 1`` equal bins:
+    the value of rank ceil(q·N) (numpy's ``method="inverted_cdf"``), to within one bin."""
+    cum = np.cumsum(counts)
+    if cum[-1] == 0:
+        return float("nan")
+    rank = max(1, math.ceil(round(q * int(cum[-1]), 9)))  # round: 0.1 * 150 is 15.000000000000002
+    idx = int(np.searchsorted(cum, rank))  # first bin holding the value of that rank
+    return min(1.0, (idx + 0.5) / _MASS_BINS)
+
+
+def _sizes(url: str) -> tuple[int | None, dict[str, int | None]]:
+    """Bytes of the whole store and of each array; None where the filesystem cannot list
+    (a plain HTTP server without directory listings)."""
+
+    def du(path: str) -> int | None:
+        try:
+            size = disk_bytes(path)
+        except (OSError, NotImplementedError, ValueError):
+            return None
+        return size or None  # 0: nothing listed (every part of a store holds at least a zarr.json)
+
+    url = str(url).rstrip("/")
+    return du(url), {name: du(f"{url}/{name}") for name in ALL_ARRAYS}
+
+
+def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
+    """Size and top-k fidelity of the complete store at ``url`` (path or fsspec URL).
+
+    Per position (row t of an example): mass = Σ exp(topk_logprobs[t]), tail = 1 − mass,
+    target in top-k when target_rank[t] <= k, NLL = −target_logprob[t].
+    """
+    store = open_store(url)
+    n, k = len(store), store.k
+    rows = n if sample_rows is None else max(0, min(int(sample_rows), n))
+    tokens = n * store.seq_len  # of the whole store: bytes_per_token is about what is on disk
+
+    mass_hist = np.zeros(_MASS_BINS + 1, dtype=np.int64)
+    mass_sum = nll_sum = 0.0
+    in_topk = positions = 0
+    step = store.chunk_rows
+    for start in range(0, rows, step):  # whole chunks (the last one cut at `rows`)
+        batch = store.read(start, min(start + step, rows), keys=("topk_logprobs", "target_logprob", "target_rank"))
+        mass = np.exp(batch["topk_logprobs"].astype(np.float64)).sum(-1)  # (B, L-1)
+        bins = np.clip((mass * _MASS_BINS).astype(np.int64), 0, _MASS_BINS)
+        mass_hist += np.bincount(bins.ravel(), minlength=_MASS_BINS + 1)
+        mass_sum += float(mass.sum())
+        nll_sum -= float(batch["target_logprob"].astype(np.float64).sum())  # (B, L-1)
+        in_topk += int((batch["target_rank"] <= k).sum())
+        positions += mass.size
+
+    total, per_array = _sizes(url)
+
+    def mean(total_over_positions: float) -> float:
+        return total_over_positions / positions if positions else float("nan")
+
+    return {
+        "store": str(url),
+        "examples": n,
+        "seq_len": store.seq_len,
+        "k": k,
+        "vocab_size": store.vocab_size,
+        "tokens": tokens,
+        "bytes_on_disk": total,
+        "bytes_per_token": total / tokens if total is not None and tokens else None,
+        "array_bytes": per_array,
+        "rows_read": rows,
+        "positions_read": positions,
+        "topk_mass_mean": mean(mass_sum),
+        "topk_mass_p10": _quantile_from_hist(mass_hist, 0.10),
+        "tail_mass_mean": 1.0 - mean(mass_sum),
+        "target_in_topk": mean(in_topk),
+        "mean_target_nll": mean(nll_sum),
+    }

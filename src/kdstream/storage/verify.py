@@ -1,0 +1,150 @@
+"""Check a logit store end to end: metadata, every chunk's crc32c checksum, example ids.
+
+``open_store`` refuses the first corrupt chunk it meets; ``verify_store`` reads them all (one
+slice per chunk, along axis 0) and names every bad one, so a user knows exactly which files to
+re-copy. It also runs on an incomplete store, reporting that as a problem.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kdstream.errors import KdError
+from kdstream.storage.schema import ALL_ARRAYS, FORMAT_NAME, FORMAT_VERSION, array_specs
+
+
+@dataclass
+class VerifyReport:
+    ok: bool
+    chunks_checked: int
+    corrupt: list[str] = field(default_factory=list)  # "topk_logprobs chunk 1 (rows 4:8): …"
+    problems: list[str] = field(default_factory=list)  # anything else: incomplete, missing arrays, ids
+
+
+def open_group(url: str):
+    """The store's Zarr group, complete or not; ``KdError`` unless it is a kdstream store."""
+    import zarr
+
+    url = str(url)
+    try:
+        group = zarr.open_group(url, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+        raise KdError(f"no logit store at {url}: check the path or URL") from None
+    except ValueError as exc:  # e.g. a zarr.json that is not valid JSON
+        raise KdError(f"store {url} has unreadable metadata ({exc}): re-copy or regenerate it") from None
+    if group.attrs.get("format") != FORMAT_NAME:
+        raise KdError(f"{url} is a Zarr group but not a kdstream logit store: point at a store")
+    return group
+
+
+def _chunk_error(exc: ValueError | RuntimeError) -> str:
+    """Why a chunk failed to decode, in a few words.
+
+    zarr raises ValueError("Stored and computed checksum do not match…") for a crc32c mismatch,
+    RuntimeError("Zstd decompression error…") for bytes that pass the checksum but do not
+    decompress, and ValueError from numpy when the decoded size is wrong. I/O errors (network,
+    permissions: OSError) are not corruption and are not caught.
+    """
+    msg = str(exc)
+    if isinstance(exc, ValueError) and "checksum" in msg.lower():
+        return "crc32c checksum mismatch"
+    return f"undecodable ({msg.splitlines()[0] if msg else type(exc).__name__})"
+
+
+def _metadata_problems(attrs: dict[str, Any], arrays: dict[str, Any]) -> list[str]:
+    """Shape, dtype and chunking of each array against the group attributes."""
+    problems = []
+    try:
+        specs = array_specs(int(attrs["seq_len"]), int(attrs["k"]), int(attrs["vocab_size"]))
+        n, chunk_rows = int(attrs["num_examples"]), int(attrs["chunk_rows"])
+    except (KeyError, TypeError, ValueError) as exc:
+        return [f"group attributes lack or garble {exc}: cannot check array shapes"]
+    for name, arr in arrays.items():
+        shape, dtype = specs[name]
+        if tuple(arr.shape) != (n, *shape):
+            problems.append(f"{name} has shape {tuple(arr.shape)}, expected {(n, *shape)}")
+        if np.dtype(arr.dtype) != dtype:
+            problems.append(f"{name} has dtype {arr.dtype}, expected {dtype}")
+        if arr.chunks[0] != chunk_rows:
+            problems.append(f"{name} has {arr.chunks[0]} rows per chunk, attribute chunk_rows says {chunk_rows}")
+    return problems
+
+
+def _id_problems(example_id: np.ndarray) -> list[str]:
+    """example_id (S,) must be 0..S-1, each once (the packing position of each example)."""
+    n = len(example_id)
+    if np.array_equal(np.sort(example_id), np.arange(n)):
+        return []
+    values, counts = np.unique(example_id, return_counts=True)
+    dup = values[counts > 1]
+    out_of_range = int(((example_id < 0) | (example_id >= n)).sum())
+    detail = []
+    if len(dup):
+        detail.append(f"{len(dup)} duplicated (e.g. {int(dup[0])})")
+    if out_of_range:
+        detail.append(f"{out_of_range} outside 0..{n - 1}")
+    return [f"example_id is not 0..{n - 1} each once: {', '.join(detail)}"]
+
+
+def _mass_problem(name: str, where: str, logp: np.ndarray, k: int) -> str | None:
+    """A zeroed or missing topk_logprobs chunk reads as logprob 0 everywhere: mass k > 1.
+
+    zarr does not write all-zero chunks (write_empty_chunks is off) and returns zeros for an
+    absent chunk file, so a lost file is only visible through its impossible values.
+    """
+    mass = np.exp(logp.astype(np.float64)).sum(-1)  # (B, L-1)
+    if k > 1 and (mass > 1.0 + 1e-3).any():
+        return f"{name} {where}: top-k probability mass above 1 (max {mass.max():.3f}); a missing or zeroed chunk"
+    return None
+
+
+def verify_store(url: str) -> VerifyReport:
+    """Read every chunk of every array of the store at ``url`` (path or fsspec URL)."""
+    group = open_group(url)
+    attrs = dict(group.attrs)
+    problems: list[str] = []
+    if int(attrs.get("format_version", -1)) > FORMAT_VERSION:
+        problems.append(f"format version {attrs['format_version']} is newer than this kdstream ({FORMAT_VERSION})")
+    complete = attrs.get("complete") is True
+    if not complete:
+        problems.append("store is incomplete (attribute complete is not true): its precompute did not finish")
+    arrays = {}
+    for name in ALL_ARRAYS:
+        try:
+            arrays[name] = group[name]
+        except KeyError:
+            problems.append(f"array {name} is missing")
+        except ValueError as exc:  # its zarr.json is not valid JSON / UTF-8
+            problems.append(f"array {name} has unreadable metadata ({type(exc).__name__}): re-copy {name}/zarr.json")
+    problems += _metadata_problems(attrs, arrays)
+
+    corrupt: list[str] = []
+    checked = 0
+    example_ids: list[np.ndarray] = []  # chunks of example_id, checked as a whole at the end
+    ids_readable = "example_id" in arrays
+    for name, arr in arrays.items():
+        rows = int(arr.chunks[0])  # the array's real chunk grid, so each slice is exactly one chunk
+        n = int(arr.shape[0])
+        for i, start in enumerate(range(0, n, rows)):
+            stop = min(start + rows, n)
+            where = f"chunk {i} (rows {start}:{stop})"
+            checked += 1
+            try:
+                data = np.asarray(arr[start:stop])  # (stop-start, *per-example shape)
+            except (ValueError, RuntimeError) as exc:
+                key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
+                corrupt.append(f"{name} {where}: {_chunk_error(exc)} (file {name}/{key})")
+                ids_readable = ids_readable and name != "example_id"
+                continue
+            # Value checks only mean something once every row was written.
+            if complete and name == "topk_logprobs":
+                bad = _mass_problem(name, where, data, int(attrs.get("k", data.shape[-1])))
+                if bad:
+                    problems.append(bad)
+            if name == "example_id":
+                example_ids.append(data)
+    if complete and ids_readable and example_ids:
+        problems += _id_problems(np.concatenate(example_ids).astype(np.int64))
+    return VerifyReport(ok=not corrupt and not problems, chunks_checked=checked, corrupt=corrupt, problems=problems)

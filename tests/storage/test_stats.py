@@ -1,0 +1,114 @@
+"""store_stats and `kdstream store stats` against numpy computed on the rows that were written."""
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from kdstream.cli_store import store as store_cli
+from kdstream.errors import KdError
+from kdstream.storage import StoreWriter
+from kdstream.storage.stats import store_stats
+
+L, K, V = 16, 4, 300
+
+
+def synthetic(n, seed=0):
+    """A peaked softmax (so the top-k mass varies widely) and true ranks of the targets."""
+    rng = np.random.default_rng(seed)
+    logits = (3.0 * rng.normal(size=(n, L - 1, V))).astype(np.float32)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))  # (n, L-1, V)
+    top = np.argsort(-logp, axis=-1)[..., :K]  # (n, L-1, K)
+    ids = rng.integers(0, V, size=(n, L))
+    teacher_right = rng.random((n, L - 1)) < 0.5  # half the targets are the teacher's argmax
+    ids[:, 1:] = np.where(teacher_right, top[..., 0], ids[:, 1:])
+    target = np.take_along_axis(logp, ids[:, 1:, None], -1)  # (n, L-1, 1)
+    return {
+        "input_ids": ids,
+        "example_id": np.arange(n),
+        "doc_index": np.zeros(n, dtype=np.int64),
+        "topk_ids": top,
+        "topk_logprobs": np.take_along_axis(logp, top, -1),
+        "target_logprob": target[..., 0],
+        "target_rank": 1 + (logp > target).sum(-1),  # (n, L-1), 1 = argmax
+    }
+
+
+def write(path, rows, chunk_rows=4, finalize=True):
+    n = len(rows["input_ids"])
+    w = StoreWriter(str(path), num_examples=n, seq_len=L, k=K, vocab_size=V, attrs={}, chunk_rows=chunk_rows)
+    w.append(rows)
+    if finalize:
+        w.finalize()
+
+
+def expected(rows, n_rows):
+    mass = np.exp(rows["topk_logprobs"][:n_rows].astype(np.float64)).sum(-1)  # (n_rows, L-1)
+    return {
+        "topk_mass_mean": mass.mean(),
+        "topk_mass_p10": np.quantile(mass, 0.10, method="inverted_cdf"),
+        "tail_mass_mean": 1.0 - mass.mean(),
+        "target_in_topk": (rows["target_rank"][:n_rows] <= K).mean(),
+        "mean_target_nll": -rows["target_logprob"][:n_rows].astype(np.float64).mean(),
+    }
+
+
+def files_bytes(root) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(root) for f in names)
+
+
+@pytest.fixture
+def rows_and_store(tmp_path):
+    rows = synthetic(10)
+    write(tmp_path / "s.zarr", rows)  # 10 rows in chunks of 4: 0:4, 4:8, 8:10
+    return rows, tmp_path / "s.zarr"
+
+
+def test_stats_match_numpy(rows_and_store):
+    rows, path = rows_and_store
+    s = store_stats(str(path))
+    want = expected(rows, 10)
+    assert 0.05 < want["target_in_topk"] < 0.95  # the synthetic data exercises both sides
+    for key in ("topk_mass_mean", "tail_mass_mean", "target_in_topk", "mean_target_nll"):
+        assert s[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+    assert s["topk_mass_p10"] == pytest.approx(want["topk_mass_p10"], abs=2e-5)  # histogram bin width 1.5e-5
+    assert s["tokens"] == 10 * L and s["rows_read"] == 10 and s["positions_read"] == 10 * (L - 1)
+    # sizes: every file of the store, and each array's files
+    assert s["bytes_on_disk"] == files_bytes(path) > 0
+    assert s["bytes_per_token"] == s["bytes_on_disk"] / s["tokens"] > 0
+    for name, size in s["array_bytes"].items():
+        assert size == files_bytes(path / name) > 0, name
+    assert s["bytes_on_disk"] == sum(s["array_bytes"].values()) + (path / "zarr.json").stat().st_size
+
+
+def test_sample_rows_reads_only_the_first_rows(rows_and_store):
+    rows, path = rows_and_store
+    s = store_stats(str(path), sample_rows=5)  # a whole chunk and one row of the next
+    assert s["rows_read"] == 5 and s["positions_read"] == 5 * (L - 1)
+    assert s["topk_mass_mean"] == pytest.approx(expected(rows, 5)["topk_mass_mean"], rel=1e-9)
+    assert s["mean_target_nll"] == pytest.approx(expected(rows, 5)["mean_target_nll"], rel=1e-9)
+    assert s["tokens"] == 10 * L  # sizes are always about the whole store
+    assert store_stats(str(path), sample_rows=1000)["rows_read"] == 10
+
+
+def test_stats_refuse_an_incomplete_store(tmp_path):
+    write(tmp_path / "s.zarr", synthetic(10), finalize=False)
+    with pytest.raises(KdError, match="incomplete"):
+        store_stats(str(tmp_path / "s.zarr"))
+
+
+def test_cli_stats_text_and_json(rows_and_store):
+    rows, path = rows_and_store
+    runner = CliRunner()
+    as_json = runner.invoke(store_cli, ["stats", str(path), "--json", "--sample-rows", "8"])
+    assert as_json.exit_code == 0, as_json.output
+    s = json.loads(as_json.output)
+    assert s["rows_read"] == 8
+    assert s["target_in_topk"] == pytest.approx(expected(rows, 8)["target_in_topk"])
+    text = runner.invoke(store_cli, ["stats", str(path)])
+    assert text.exit_code == 0, text.output
+    assert f"bytes per token:  {s['bytes_per_token']:.2f}" in text.output
+    assert "top-k mass:       mean" in text.output and "topk_logprobs:" in text.output
+    bad = runner.invoke(store_cli, ["stats", str(path), "--sample-rows", "0"])
+    assert bad.exit_code == 2  # click's usage error
