@@ -7,6 +7,7 @@ line override it.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -112,7 +113,9 @@ def distill(**kw):
     """Train a student from a teacher's logit store with a KL-family loss (or CE)."""
     from kdstream.distill import DistillOptions, train
 
-    _print_summary(train(DistillOptions(**kw)))
+    summary = train(DistillOptions(**kw))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line, from rank 0
+        _print_summary(summary)
 
 
 @click.command("extract-eval")

@@ -165,11 +165,13 @@ def train(opts: DistillOptions) -> dict:
     """
     import torch
 
+    from kdstream.distill import distributed
     from kdstream.distill.checkpoint import Position, latest_checkpoint, load_checkpoint, save_checkpoint
     from kdstream.distill.loader import batches_per_epoch, iterate_batches
     from kdstream.distill.student import load_model_and_tokenizer
     from kdstream.progress import progress
 
+    d = distributed.init_from_env()
     out = Path(opts.out)
     partial = out.with_name(out.name + ".partial")
     if (out / DONE_FILE).exists() and not opts.overwrite:
@@ -197,49 +199,69 @@ def train(opts: DistillOptions) -> dict:
     resume_from = latest_checkpoint(partial) if opts.resume else None
     if resume_from is not None:
         pos = load_checkpoint(resume_from, net, optimizer, scheduler)
-        _truncate_metrics(partial / "metrics.jsonl", pos.step)
-        print(f"resuming from {resume_from} (step {pos.step}, epoch {pos.epoch})", file=sys.stderr)
-    else:
+        if d.main:
+            _truncate_metrics(partial / "metrics.jsonl", pos.step)
+            print(f"resuming from {resume_from} (step {pos.step}, epoch {pos.epoch})", file=sys.stderr)
+    elif d.main:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-    save_options(opts, partial)
-    metrics = (partial / "metrics.jsonl").open("a")
+    distributed.barrier(d)
+    model = net
+    if d.active:  # gradients are averaged across ranks in backward
+        model = torch.nn.parallel.DistributedDataParallel(net)
+    if d.main:
+        save_options(opts, partial)
+    metrics = (partial / "metrics.jsonl").open("a") if d.main else None
     net.train()
     start, first_step = time.perf_counter(), pos.step
     last: dict = {}
     tokens_per_step = opts.batch_size * seq_len
-    with progress(total_steps * tokens_per_step, f"train {opts.loss}", unit="tok", initial=pos.step * tokens_per_step) as bar:
+    with progress(total_steps * tokens_per_step, f"train {opts.loss}", unit="tok",
+                  initial=pos.step * tokens_per_step, disable=not d.main) as bar:
         for epoch in range(pos.epoch, opts.epochs):
             skip = pos.batch_in_epoch if epoch == pos.epoch else 0
             batches = iterate_batches(source, keys, opts.batch_size, opts.seed, epoch, opts.shuffle_block, exclude, skip)
             for i, batch in enumerate(batches, start=skip):
-                loss, ce, kd = _step_loss(net, batch, opts)
+                rows, weight = distributed.local_slice(len(batch["input_ids"]), d)
+                loss, ce, kd = _step_loss(model, {k: v[rows] for k, v in batch.items()}, opts)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * weight).backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), opts.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 pos = Position(step=pos.step + 1, epoch=epoch, batch_in_epoch=i + 1)
-                last = {"step": pos.step, "epoch": epoch, "loss": loss.item(), "ce": ce.item(),
-                        "kd": None if kd is None else kd.item(), "lr": scheduler.get_last_lr()[0],
-                        "grad_norm": float(grad_norm)}
-                metrics.write(json.dumps(last) + "\n")
+                last = {"step": pos.step, "epoch": epoch, "loss": distributed.all_mean(loss.item(), weight, d),
+                        "ce": distributed.all_mean(ce.item(), weight, d),
+                        "kd": None if kd is None else distributed.all_mean(kd.item(), weight, d),
+                        "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
                 bar.update(tokens_per_step)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", epoch=epoch)
+                if metrics is not None:
+                    metrics.write(json.dumps(last) + "\n")
                 if opts.checkpoint_every and pos.step % opts.checkpoint_every == 0 and pos.step < total_steps:
-                    metrics.flush()
-                    save_checkpoint(partial, net, optimizer, scheduler, pos)
-    metrics.close()
+                    if d.main:
+                        metrics.flush()
+                        save_checkpoint(partial, net, optimizer, scheduler, pos)
+                    distributed.barrier(d)
     seconds = time.perf_counter() - start
+    summary = {"steps": pos.step, "epochs": opts.epochs, "examples": kept, "seq_len": seq_len,
+               "final_loss": last.get("loss"), "seconds": round(seconds, 2), "world_size": d.world,
+               "tokens_per_s": round((pos.step - first_step) * tokens_per_step / seconds, 1) if seconds else None,
+               "resumed_from_step": None if resume_from is None else int(resume_from.name.split("-")[1])}
+    if d.main:
+        metrics.close()
+        _finish(net, tokenizer, partial, out, summary)
+    distributed.barrier(d)
+    distributed.shutdown(d)
+    return summary
+
+
+def _finish(net, tokenizer, partial: Path, out: Path, summary: dict) -> None:
+    """Save the final model and move ``OUT.partial`` to ``OUT`` (the summary file last)."""
     net.save_pretrained(str(partial))
     tokenizer.save_pretrained(str(partial))
     shutil.rmtree(partial / "checkpoints", ignore_errors=True)
-    summary = {"steps": pos.step, "epochs": opts.epochs, "examples": kept, "seq_len": seq_len,
-               "final_loss": last.get("loss"), "seconds": round(seconds, 2),
-               "tokens_per_s": round((pos.step - first_step) * tokens_per_step / seconds, 1) if seconds else None,
-               "resumed_from_step": None if resume_from is None else int(resume_from.name.split("-")[1])}
     (partial / DONE_FILE).write_text(json.dumps(summary, indent=2))
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
-    return summary

@@ -1,0 +1,87 @@
+"""`kdstream features | compare | classify`: memorization analysis after extract-eval.
+
+Only argument parsing and printing live here; the work is in kdstream.evaluate.analysis. Heavy
+imports happen inside the commands so --help is fast. User errors are KdError, which the
+`kdstream` entry point prints as one line (exit 2). cli.py registers ``ANALYSIS_COMMANDS``.
+"""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _load_config(ctx: click.Context, param, path):
+    # Delegates to cli.py's --config loader at parse time (not import time: cli.py imports this module).
+    from kdstream.cli import _load_config as load_config
+
+    return load_config(ctx, param, path)
+
+
+config_option = click.option(
+    "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False, callback=_load_config,
+    help="YAML file of options (names as keys); command-line flags override it.",
+)
+
+
+def _print_summary(summary: dict) -> None:
+    click.echo(json.dumps(summary))
+
+
+@click.command("features")
+@config_option
+@click.option("--model", required=True, help="HF model directory sharing the store's tokenizer (teacher or baseline).")
+@click.option("--logits-store", required=True, help="Teacher store (path or URL): the examples and the teacher's top-k.")
+@click.option("--out", required=True, help="Directory for features.parquet, options.yaml and summary.json.")
+@click.option("--prefix-len", type=int, default=50, show_default=True, help="suffix_ppl starts after this many tokens.")
+@click.option("--suffix-len", type=int, default=50, show_default=True, help="Tokens scored by suffix_ppl.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Examples per forward pass.")
+@click.option("--max-examples", type=int, default=None, help="Score only the first N examples.")
+@click.option("--overwrite", is_flag=True, help="Replace existing features in --out.")
+def features(**kw):
+    """Per-example features of one model over a teacher store (fp32, transformers): ppl, suffix ppl,
+    Min-K%, KL(teacher ‖ model), zlib entropy and ratio, the teacher's own ppl from the store."""
+    from kdstream.evaluate.analysis import FeaturesOptions, run_features
+
+    _print_summary(run_features(FeaturesOptions(**kw)))
+
+
+@click.command("compare")
+@config_option
+@click.argument("teacher_eval", metavar="TEACHER_EVAL")
+@click.argument("baseline_eval", metavar="BASELINE_EVAL")
+@click.argument("student_eval", metavar="STUDENT_EVAL")
+@click.option("--out", required=True, help="Directory for comparison.json and comparison.md.")
+def compare(teacher_eval, baseline_eval, student_eval, out):
+    """Memorized counts, overlaps and Venn regions of teacher, CE baseline and student
+    (three extract-eval directories); prints the markdown table, then the JSON."""
+    from kdstream.evaluate.analysis import compare_evals, format_comparison, jsonable, write_comparison
+
+    cmp = compare_evals(teacher_eval, baseline_eval, student_eval)
+    write_comparison(cmp, out)
+    click.echo(format_comparison(cmp))
+    _print_summary(jsonable(cmp))
+
+
+@click.command("classify")
+@config_option
+@click.option("--student-eval", required=True, help="extract-eval directory of the student (labels: exact match).")
+@click.option("--teacher-features", required=True, help="`kdstream features` directory of the teacher.")
+@click.option("--baseline-features", required=True, help="`kdstream features` directory of the CE baseline.")
+@click.option("--out", required=True, help="Directory for classification.json, table.parquet, options.yaml (exclude.txt).")
+@click.option("--repeats", type=int, default=100, show_default=True, help="Seeded resample / split / fit repeats.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--negative-ratio", type=float, default=3, show_default=True, help="Negatives sampled per positive.")
+@click.option("--test-size", type=float, default=0.3, show_default=True, help="Held-out fraction, stratified.")
+@click.option("--filter", "filter", is_flag=True, help="Also fit on every example and write exclude.txt for distill --exclude.")
+@click.option("--target-recall", type=float, default=0.95, show_default=True,
+              help="With --filter: share of memorized examples the filter must flag.")
+def classify(**kw):
+    """Predict the student's memorization from teacher ppl, baseline ppl, teacher–baseline KL and
+    zlib entropy (standardized logistic regression, repeated); --filter writes an exclude list."""
+    from kdstream.evaluate.analysis import ClassifyRunOptions, run_classify
+
+    _print_summary(run_classify(ClassifyRunOptions(**kw)))
+
+
+ANALYSIS_COMMANDS = [features, compare, classify]
