@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from kdstream.cli_analysis import ANALYSIS_COMMANDS
 from kdstream.cli_store import store
 from kdstream.errors import KdError
 
@@ -105,6 +106,8 @@ def precompute_logits(**kw):
 @click.option("--split", default="train", show_default=True)
 @click.option("--max-examples", type=int, default=None)
 @click.option("--shuffle-block", type=int, default=64, show_default=True)
+@click.option("--loss-chunk", type=int, default=4096, show_default=True,
+              help="Positions per fused-loss chunk (bounds the logits' memory); 0 = plain full-logits path.")
 @click.option("--exclude", default=None, help="File of example ids (one per line) to skip.")
 @click.option("--checkpoint-every", type=int, default=None, help="Save a resumable checkpoint every N steps.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its latest checkpoint in --out.")
@@ -113,6 +116,7 @@ def distill(**kw):
     """Train a student from a teacher's logit store with a KL-family loss (or CE)."""
     from kdstream.distill import DistillOptions, train
 
+    kw["loss_chunk"] = kw["loss_chunk"] or None  # 0 on the command line: the plain path
     summary = train(DistillOptions(**kw))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line, from rank 0
         _print_summary(summary)
@@ -166,7 +170,7 @@ def kdstream():
     """kdstream: offline distillation from a shareable logit store, with memorization analysis."""
 
 
-for _cmd in (precompute_logits, distill, extract_eval, demo, store):
+for _cmd in (precompute_logits, distill, extract_eval, demo, store, *ANALYSIS_COMMANDS):
     kdstream.add_command(_cmd)
 
 

@@ -49,6 +49,7 @@ class DistillOptions:
     split: str = "train"
     max_examples: int | None = None
     shuffle_block: int = 64  # rows per contiguous read; the unit of shuffling
+    loss_chunk: int | None = 4096  # positions per fused-loss chunk (bounds logits memory); None: plain path
     exclude: str | None = None  # file of example ids (one per line) never to train on
     checkpoint_every: int | None = None  # steps between resumable checkpoints (None: only the end)
     resume: bool = False  # continue from the latest checkpoint of an interrupted run in --out
@@ -68,6 +69,7 @@ class DistillOptions:
         require(self.lr > 0, f"--lr {self.lr} must be > 0")
         require(0.0 <= self.warmup_ratio < 1.0, f"--warmup-ratio {self.warmup_ratio} must be in [0, 1)")
         require(self.shuffle_block >= 1, "--shuffle-block must be at least 1")
+        require(self.loss_chunk is None or self.loss_chunk >= 1, "--loss-chunk must be at least 1 (0 on the CLI: plain path)")
         require(self.checkpoint_every is None or self.checkpoint_every >= 1, "--checkpoint-every must be at least 1")
         require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other: pick one")
 
@@ -126,28 +128,6 @@ def _load_source(opts: DistillOptions, tokenizer, net):
     return pack_examples(corpus.texts, tokenizer, opts.seq_len, opts.max_examples), opts.seq_len
 
 
-def _step_loss(net, batch: dict, opts: DistillOptions):
-    """(loss to minimize, CE, KD or None) for one batch."""
-    import torch
-
-    from kdstream.distill.losses import ce_loss, kd_loss
-
-    input_ids = torch.from_numpy(batch["input_ids"])  # (B, L)
-    logits = net(input_ids=input_ids).logits[:, :-1]  # (B, L-1, V): row t predicts token t+1
-    flat = logits.reshape(-1, logits.shape[-1])  # (N, V), N = B*(L-1)
-    ce = ce_loss(flat, input_ids[:, 1:].reshape(-1))
-    if opts.loss == "ce":
-        return ce, ce, None
-    k = batch["topk_ids"].shape[-1]
-    kd = kd_loss(
-        flat,
-        torch.from_numpy(batch["topk_ids"]).reshape(-1, k),  # (N, k)
-        torch.from_numpy(batch["topk_logprobs"]).reshape(-1, k),  # (N, k)
-        kind=opts.loss, temperature=opts.temperature, tail=opts.tail, beta=opts.beta,
-    )
-    return (1 - opts.alpha_ce) * kd + opts.alpha_ce * ce, ce, kd
-
-
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
     if path.exists():
@@ -168,6 +148,7 @@ def train(opts: DistillOptions) -> dict:
     from kdstream.distill import distributed
     from kdstream.distill.checkpoint import Position, latest_checkpoint, load_checkpoint, save_checkpoint
     from kdstream.distill.loader import batches_per_epoch, iterate_batches
+    from kdstream.distill.objective import Objective
     from kdstream.distill.student import load_model_and_tokenizer
     from kdstream.progress import progress
 
@@ -206,9 +187,10 @@ def train(opts: DistillOptions) -> dict:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     distributed.barrier(d)
-    model = net
+    model = Objective(net, loss=opts.loss, temperature=opts.temperature, tail=opts.tail, beta=opts.beta,
+                      alpha_ce=opts.alpha_ce, chunk=opts.loss_chunk)
     if d.active:  # gradients are averaged across ranks in backward
-        model = torch.nn.parallel.DistributedDataParallel(net)
+        model = torch.nn.parallel.DistributedDataParallel(model)
     if d.main:
         save_options(opts, partial)
     metrics = (partial / "metrics.jsonl").open("a") if d.main else None
@@ -223,7 +205,9 @@ def train(opts: DistillOptions) -> dict:
             batches = iterate_batches(source, keys, opts.batch_size, opts.seed, epoch, opts.shuffle_block, exclude, skip)
             for i, batch in enumerate(batches, start=skip):
                 rows, weight = distributed.local_slice(len(batch["input_ids"]), d)
-                loss, ce, kd = _step_loss(model, {k: v[rows] for k, v in batch.items()}, opts)
+                local = {k: torch.from_numpy(batch[k][rows]) for k in keys}  # input_ids (b, L), topk (b, L-1, k)
+                loss, ce, kd = model(**local)
+                kd = None if opts.loss == "ce" else kd
                 optimizer.zero_grad(set_to_none=True)
                 (loss * weight).backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), opts.max_grad_norm)

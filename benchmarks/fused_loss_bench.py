@@ -1,0 +1,71 @@
+"""Peak memory and time of the fused, chunked KD loss vs the plain full-logits path.
+
+V = 50,304 (Pythia's vocabulary), 2,048 positions (8 x 257 tokens), a 1-layer GPT-NeoX of
+hidden 256, forward KL on top-64 + tail, T = 2, forward + backward. Each path runs in its own
+process; peak memory is the rise of the process's max RSS over its RSS before the first step.
+Prints one JSON object.   python benchmarks/fused_loss_bench.py [--chunk 512]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+V, B, L, K, H = 50304, 8, 257, 64, 256
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def one_path(chunk: int | None, steps: int) -> dict:
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from kdstream.distill.objective import Objective
+
+    torch.manual_seed(0)
+    net = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=V, hidden_size=H, num_hidden_layers=1, num_attention_heads=4,
+                                           intermediate_size=4 * H, max_position_embeddings=512))
+    ids = torch.randint(0, V, (B, L))
+    topk_ids = torch.randint(0, V, (B, L - 1, K))
+    topk_lp = torch.log_softmax(torch.randn(B, L - 1, K), -1) - 0.1  # leaves ~10% tail mass
+    obj = Objective(net, loss="forward_kl", temperature=2.0, tail="bucket", beta=0.5, alpha_ce=0.0, chunk=chunk)
+    before = rss_mb()
+    times = []
+    for _ in range(steps):
+        net.zero_grad(set_to_none=True)
+        t = time.perf_counter()
+        obj(ids, topk_ids, topk_lp)[0].backward()
+        times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB
+    return {"chunk": chunk, "peak_rise_mb": round(peak - before, 1), "step_s": round(min(times), 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chunk", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--_child", default=None)
+    a = ap.parse_args()
+    if a._child is not None:
+        print(json.dumps(one_path(None if a._child == "plain" else int(a._child), a.steps)))
+        return
+    runs = {}
+    for name, arg in (("plain", "plain"), ("fused", str(a.chunk))):
+        out = subprocess.run([sys.executable, __file__, "--_child", arg, "--steps", str(a.steps)],
+                             capture_output=True, text=True, check=True).stdout
+        runs[name] = json.loads(out.strip().splitlines()[-1])
+    print(json.dumps({
+        "vocab": V, "positions": B * (L - 1), "k": K, **{f"{n}_{k}": v for n, r in runs.items() for k, v in r.items()},
+        "memory_ratio": round(runs["fused"]["peak_rise_mb"] / runs["plain"]["peak_rise_mb"], 3),
+        "time_ratio": round(runs["fused"]["step_s"] / runs["plain"]["step_s"], 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
