@@ -6,34 +6,15 @@ line override it.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import click
 
 from kdstream.cli_analysis import ANALYSIS_COMMANDS
+from kdstream.cli_common import config_option, print_summary
 from kdstream.cli_store import store
 from kdstream.errors import KdError
-
-
-def _load_config(ctx: click.Context, _param, path):
-    if path:
-        from kdstream.options import load_yaml_options
-
-        values = load_yaml_options(path)
-        known = {p.name for p in ctx.command.params}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise KdError(f"config {path} has unknown options {', '.join(unknown)}: see `{ctx.command.name} --help`")
-        ctx.default_map = {**(ctx.default_map or {}), **values}
-    return path
-
-
-config_option = click.option(
-    "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False, callback=_load_config,
-    help="YAML file of options (names as keys); command-line flags override it.",
-)
 
 
 def engine_options(f):
@@ -56,10 +37,6 @@ def _engine(kw: dict):
     )
 
 
-def _print_summary(summary: dict) -> None:
-    click.echo(json.dumps(summary))
-
-
 @click.command("precompute-logits")
 @config_option
 @click.option("--model", required=True, help="Teacher: a HF model directory.")
@@ -79,7 +56,7 @@ def precompute_logits(**kw):
     from kdstream.precompute import PrecomputeOptions, run_precompute
 
     engine = _engine(kw)
-    _print_summary(run_precompute(PrecomputeOptions(**kw, engine=engine)))
+    print_summary(run_precompute(PrecomputeOptions(**kw, engine=engine)))
 
 
 @click.command("distill")
@@ -119,7 +96,7 @@ def distill(**kw):
     kw["loss_chunk"] = kw["loss_chunk"] or None  # 0 on the command line: the plain path
     summary = train(DistillOptions(**kw))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line, from rank 0
-        _print_summary(summary)
+        print_summary(summary)
 
 
 @click.command("extract-eval")
@@ -143,7 +120,7 @@ def extract_eval(**kw):
     from kdstream.evaluate import ExtractOptions, run_extract_eval
 
     engine = _engine(kw)
-    _print_summary(run_extract_eval(ExtractOptions(**kw, engine=engine)))
+    print_summary(run_extract_eval(ExtractOptions(**kw, engine=engine)))
 
 
 @click.command("demo")

@@ -6,26 +6,10 @@ imports happen inside the commands so --help is fast. User errors are KdError, w
 """
 from __future__ import annotations
 
-import json
 
 import click
 
-
-def _load_config(ctx: click.Context, param, path):
-    # Delegates to cli.py's --config loader at parse time (not import time: cli.py imports this module).
-    from kdstream.cli import _load_config as load_config
-
-    return load_config(ctx, param, path)
-
-
-config_option = click.option(
-    "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False, callback=_load_config,
-    help="YAML file of options (names as keys); command-line flags override it.",
-)
-
-
-def _print_summary(summary: dict) -> None:
-    click.echo(json.dumps(summary))
+from kdstream.cli_common import config_option, print_summary
 
 
 @click.command("features")
@@ -43,7 +27,7 @@ def features(**kw):
     Min-K%, KL(teacher ‖ model), zlib entropy and ratio, the teacher's own ppl from the store."""
     from kdstream.evaluate.analysis import FeaturesOptions, run_features
 
-    _print_summary(run_features(FeaturesOptions(**kw)))
+    print_summary(run_features(FeaturesOptions(**kw)))
 
 
 @click.command("compare")
@@ -60,7 +44,7 @@ def compare(teacher_eval, baseline_eval, student_eval, out):
     cmp = compare_evals(teacher_eval, baseline_eval, student_eval)
     write_comparison(cmp, out)
     click.echo(format_comparison(cmp))
-    _print_summary(jsonable(cmp))
+    print_summary(jsonable(cmp))
 
 
 @click.command("classify")
@@ -81,7 +65,7 @@ def classify(**kw):
     zlib entropy (standardized logistic regression, repeated); --filter writes an exclude list."""
     from kdstream.evaluate.analysis import ClassifyRunOptions, run_classify
 
-    _print_summary(run_classify(ClassifyRunOptions(**kw)))
+    print_summary(run_classify(ClassifyRunOptions(**kw)))
 
 
 ANALYSIS_COMMANDS = [features, compare, classify]
