@@ -73,3 +73,28 @@ def test_match_metrics():
     assert m["exact"].tolist() == [True, False, False]
     assert m["frac_matched"].tolist() == [1.0, 0.75, 0.75]
     assert m["prefix_match_len"].tolist() == [4, 2, 0]
+
+
+def test_one_changed_token_is_an_approximate_not_an_exact_match():
+    from kdstream.evaluate.metrics import edit_distance
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 100, size=(4, 50))
+    gen = truth.copy()
+    gen[1, 20] = (gen[1, 20] + 1) % 100  # one substitution
+    gen[2] = np.roll(truth[2], 1)  # shifted by one: 2 edits
+    gen[3] = rng.integers(0, 100, size=50)  # unrelated
+    m = match_metrics(gen, truth)
+    assert m["exact"].tolist() == [True, False, False, False]
+    assert m["approx"].tolist() == [True, True, True, False]
+    assert m["edit_distance"][:3].tolist() == [0, 1, 2]
+    # against a plain reference implementation
+    def ref(a, b):
+        d = list(range(len(b) + 1))
+        for i, x in enumerate(a, 1):
+            prev, d[0] = d[0], i
+            for j, y in enumerate(b, 1):
+                prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (x != y))
+        return d[-1]
+    a, b = rng.integers(0, 4, size=(6, 9)), rng.integers(0, 4, size=(6, 9))
+    assert edit_distance(a, b).tolist() == [ref(x, y) for x, y in zip(a, b)]

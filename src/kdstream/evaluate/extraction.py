@@ -116,6 +116,8 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
         "exact_match": m["exact"],
         "frac_matched": m["frac_matched"],
         "prefix_match_len": m["prefix_match_len"],
+        "edit_distance": m["edit_distance"],
+        "approx_match": m["approx"],
         "generated_ids": list(gen),
         "suffix_ids": list(truth),
     })
@@ -126,6 +128,7 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
         "examples": int(len(gen)),
         "memorized": int(m["exact"].sum()),
         "rate": float(m["exact"].mean()),
+        "approx_memorized": int(m["approx"].sum()),
         "mean_frac_matched": float(m["frac_matched"].mean()),
         "prefix_len": opts.prefix_len,
         "suffix_len": opts.suffix_len,
