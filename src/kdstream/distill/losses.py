@@ -23,6 +23,8 @@ TAILS = ("bucket", "renormalize")
 # (student mass where the teacher has none) is +inf with NaN gradients.
 _LOG_TAIL_FLOOR = math.log(1e-6)
 _NEG_INF = float("-inf")
+# Above this top-k mass, log(1 - mass) loses too many digits in fp32: use the exact masked sum.
+_CANCEL_LIMIT = 0.99
 
 
 def teacher_distribution(topk_logprobs: Tensor, temperature: float, tail: str) -> Tensor:
@@ -48,26 +50,32 @@ def teacher_distribution(topk_logprobs: Tensor, temperature: float, tail: str) -
 def student_distribution(student_logits: Tensor, topk_ids: Tensor, temperature: float, tail: str) -> Tensor:
     """(N, V) logits, (N, k) ids -> (N, k+1) tempered student log-probs over [top-k..., tail].
 
-    bucket: the tail is logsumexp of the tempered logits over the non-top-k vocabulary minus logZ,
-    computed by masking the top-k columns with -inf (never log(1 - sum p), which cancels
-    catastrophically exactly when the tail is small). An empty tail (k == V) is -inf, computed so
-    that no NaN reaches the gradient. renormalize: log_softmax over the k gathered logits only.
+    bucket: the tail is log(1 - sum of the top-k probabilities) while the tail holds at least
+    1% of the mass (fp32 cancellation error there is ~1e-5 relative), and, for rows whose top-k
+    hold more, the exact logsumexp of the non-top-k log-probs (top-k columns masked with -inf),
+    computed on those rows only. One log_softmax over (N, V) is the only vocabulary-sized work on
+    most rows, which keeps a KD step close to a CE step. An empty tail (k == V) is -inf, computed
+    so that no NaN reaches the gradient. renormalize: log_softmax over the k gathered logits only.
     """
     z = student_logits.float() / temperature  # (N, V)
     ids = topk_ids.long()  # (N, k)
-    top = z.gather(-1, ids)  # (N, k)
     if tail == "renormalize":
-        top = torch.log_softmax(top, -1)
+        top = torch.log_softmax(z.gather(-1, ids), -1)  # (N, k)
         return torch.cat([top, top.new_full((top.shape[0], 1), _NEG_INF)], -1)  # (N, k+1)
     if tail != "bucket":
         raise ValueError(f"unknown tail {tail!r}; expected one of {TAILS}")
-    log_z = torch.logsumexp(z, -1, keepdim=True)  # (N, 1)
-    rest = z.scatter(-1, ids, _NEG_INF)  # (N, V), top-k columns removed
-    empty = torch.isneginf(rest).all(-1, keepdim=True)  # (N, 1)
-    # logsumexp over an all -inf row has a NaN gradient; feed it zeros there and mask the result.
-    log_tail = torch.logsumexp(rest.masked_fill(empty, 0.0), -1, keepdim=True) - log_z
-    log_tail = log_tail.masked_fill(empty, _NEG_INF)  # (N, 1)
-    return torch.cat([top - log_z, log_tail], -1)  # (N, k+1)
+    logp = torch.log_softmax(z, -1)  # (N, V)
+    top = logp.gather(-1, ids)  # (N, k)
+    mass = top.exp().sum(-1, keepdim=True)  # (N, 1)
+    log_tail = torch.log1p(-mass.clamp(max=_CANCEL_LIMIT))  # (N, 1); replaced below where mass is larger
+    heavy = (mass > _CANCEL_LIMIT).squeeze(-1).nonzero().squeeze(-1)  # (h,) rows needing the exact path
+    if heavy.numel():
+        rest = logp[heavy].scatter(-1, ids[heavy], _NEG_INF)  # (h, V), top-k columns removed
+        empty = torch.isneginf(rest).all(-1, keepdim=True)  # (h, 1)
+        # logsumexp over an all -inf row has a NaN gradient; feed it zeros there and mask the result.
+        exact = torch.logsumexp(rest.masked_fill(empty, 0.0), -1, keepdim=True).masked_fill(empty, _NEG_INF)
+        log_tail = log_tail.index_put((heavy,), exact)
+    return torch.cat([top, log_tail], -1)  # (N, k+1)
 
 
 def _kl(logp: Tensor, logq: Tensor) -> Tensor:

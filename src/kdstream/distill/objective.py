@@ -27,7 +27,11 @@ class Objective(nn.Module):
 
     def _losses(self, logits: Tensor, targets: Tensor, topk_ids: Tensor | None, topk_logprobs: Tensor | None) -> Tensor:
         """logits (n, V), targets (n,), top-k (n, k) → tensor [loss, ce, kd] (means over n rows)."""
-        ce = ce_loss(logits, targets)
+        if self.loss != "ce" and self.alpha_ce == 0.0:
+            with torch.no_grad():  # logged only: no backward pass through a second softmax
+                ce = ce_loss(logits, targets)
+        else:
+            ce = ce_loss(logits, targets)
         if self.loss == "ce":
             return torch.stack([ce, ce, torch.zeros_like(ce)])
         kd = kd_loss(logits, topk_ids, topk_logprobs, kind=self.loss, temperature=self.temperature,
@@ -40,7 +44,8 @@ class Objective(nn.Module):
         if topk_ids is not None:
             topk_ids = topk_ids.reshape(targets.shape[0], -1)  # (N, k)
             topk_logprobs = topk_logprobs.reshape(targets.shape[0], -1)  # (N, k)
-        if self.chunk is None:
+        if self.chunk is None or targets.shape[0] <= self.chunk:
+            # One chunk's worth of positions: nothing to save by recomputing in backward.
             logits = self.net(input_ids=input_ids).logits[:, :-1]  # (B, L-1, V)
             return self._losses(logits.reshape(targets.shape[0], -1), targets, topk_ids, topk_logprobs)
         hidden = self.net.base_model(input_ids=input_ids).last_hidden_state[:, :-1]  # (B, L-1, H)

@@ -1,0 +1,77 @@
+"""Cost of a KD training step vs a CE step on the same student and batch (the teacher never runs),
+and vs an online-KD step that runs a 4x larger teacher forward each step.
+
+Student: the demo's GPT-NeoX (3 layers, hidden 192), V = 4096, batch 8 x 128 tokens, top-16.
+Prints one JSON object with seconds per step (median of timed steps) and the ratios.
+    python benchmarks/kd_step_bench.py [--steps 10]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from kdstream.distill.objective import Objective
+
+V, B, L, K = 4096, 8, 128, 16
+
+
+def gpt_neox(layers: int, hidden: int, heads: int) -> GPTNeoXForCausalLM:
+    return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=V, hidden_size=hidden, num_hidden_layers=layers,
+                                            num_attention_heads=heads, intermediate_size=4 * hidden,
+                                            max_position_embeddings=2 * L, tie_word_embeddings=False))
+
+
+def time_steps(step, steps: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=10)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    student = gpt_neox(3, 192, 3)
+    teacher = gpt_neox(3, 384, 6).eval()  # 4x the student's non-embedding parameters
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    ids = torch.randint(0, V, (B, L))
+    with torch.no_grad():
+        top = torch.log_softmax(teacher(input_ids=ids).logits[:, :-1], -1).topk(K, -1)  # stored targets
+    ce_obj = Objective(student, loss="ce", temperature=2.0, tail="bucket", beta=0.5, alpha_ce=0.0, chunk=4096)
+    kd_obj = Objective(student, loss="forward_kl", temperature=2.0, tail="bucket", beta=0.5, alpha_ce=0.0, chunk=4096)
+
+    def train(obj, online: bool = False):
+        def step():
+            topk = top
+            if online:  # online KD: the teacher's forward pass is part of every step
+                with torch.no_grad():
+                    topk = torch.log_softmax(teacher(input_ids=ids).logits[:, :-1], -1).topk(K, -1)
+            opt.zero_grad(set_to_none=True)
+            loss = obj(ids) if obj is ce_obj else obj(ids, topk.indices, topk.values)
+            loss[0].backward()
+            opt.step()
+        return step
+
+    ce = time_steps(train(ce_obj), a.steps)
+    kd = time_steps(train(kd_obj), a.steps)
+    online = time_steps(train(kd_obj, online=True), a.steps)
+    params = lambda m: sum(p.numel() for p in m.parameters() if p.dim() > 1) - 2 * V * m.config.hidden_size  # noqa: E731
+    print(json.dumps({
+        "student_nonembedding_params": params(student), "teacher_nonembedding_params": params(teacher),
+        "ce_step_s": round(ce, 4), "offline_kd_step_s": round(kd, 4), "online_kd_step_s": round(online, 4),
+        "kd_over_ce": round(kd / ce, 3), "offline_over_online": round(kd / online, 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
