@@ -17,11 +17,10 @@ def test_vllm_and_transformers_model_classes_import_in_a_fresh_interpreter():
 
 
 def test_console_scripts_answer_help_quickly():
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent  # the venv's scripts sit beside its python, on PATH or not
     for cmd in ("kdstream", "precompute-logits", "distill", "extract-eval"):
-        exe = subprocess.run(
-            [sys.executable, "-c", "import shutil,sys; print(shutil.which(sys.argv[1]) or '')", cmd],
-            capture_output=True, text=True,
-        ).stdout.strip()
-        proc = subprocess.run([exe or cmd, "--help"], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([str(bin_dir / cmd), "--help"], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert "Usage:" in proc.stdout
