@@ -55,9 +55,9 @@ def _init_model(directory: Path, arch: dict, seq_len: int, tokenizer) -> None:
     tokenizer.save_pretrained(str(directory))
 
 
-def _stage(name: str, done: Path, args: list[str], timings: dict) -> None:
-    if done.exists():
-        print(f"[demo] {name}: already done ({done}), skipping", file=sys.stderr)
+def _stage(name: str, done: bool, args: list[str], timings: dict) -> None:
+    if done:
+        print(f"[demo] {name}: already done, skipping", file=sys.stderr)
         timings[name] = 0.0
         return
     print(f"[demo] {name}: kdstream {' '.join(args)}", file=sys.stderr, flush=True)
@@ -68,20 +68,22 @@ def _stage(name: str, done: Path, args: list[str], timings: dict) -> None:
     timings[name] = round(time.perf_counter() - start, 1)
 
 
-def _store_complete(path: Path) -> Path:
-    """A marker path that exists only when the store is complete."""
-    marker = path / ".demo-complete"
-    if not marker.exists() and (path / "zarr.json").exists():
-        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
-        if attrs.get("complete"):
-            marker.touch()
-    return marker
+def _store_complete(path: Path) -> bool:
+    from kdstream.storage import open_store
+
+    try:
+        open_store(str(path))  # refuses a missing or unfinished store
+    except KdError:
+        return False
+    return True
 
 
 def run_demo(opts: DemoOptions) -> dict:
     from kdstream.data.demo_corpus import demo_documents
     from kdstream.data.tokenizer import load_tokenizer, train_bpe_tokenizer
+    from kdstream.distill.trainer import DONE_FILE
     from kdstream.evaluate.compare import compare_sets, format_table, memorized_ids
+    from kdstream.evaluate.extraction import SUMMARY_FILE
 
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,21 +105,20 @@ def run_demo(opts: DemoOptions) -> dict:
     store = out / "teacher.zarr"
     evaluate = ["--prefix-len", str(opts.prefix_len), "--suffix-len", str(opts.suffix_len), "--dtype", "float32"]
     t: dict[str, float] = {}
-    _stage("teacher (CE)", out / "teacher" / "train_summary.json",
+    _stage("teacher (CE)", (out / "teacher" / DONE_FILE).exists(),
            ["distill", "--model", str(out / "init/teacher"), "--dataset", "demo", "--loss", "ce",
             "--out", str(out / "teacher"), *common, *train], t)
     _stage("precompute", _store_complete(store),
            ["precompute-logits", "--model", str(out / "teacher"), "--dataset", "demo", "--out", str(store),
             "--top-k", str(opts.top_k), "--dtype", "float32", *common], t)
-    _store_complete(store)
-    _stage("baseline (CE)", out / "baseline" / "train_summary.json",
+    _stage("baseline (CE)", (out / "baseline" / DONE_FILE).exists(),
            ["distill", "--model", str(out / "init/student"), "--logits-store", str(store), "--loss", "ce",
             "--out", str(out / "baseline"), *train], t)
-    _stage("student (KD)", out / "student" / "train_summary.json",
+    _stage("student (KD)", (out / "student" / DONE_FILE).exists(),
            ["distill", "--model", str(out / "init/student"), "--logits-store", str(store), "--loss", "forward_kl",
             "--temperature", "2", "--out", str(out / "student"), *train], t)
     for name in ("teacher", "baseline", "student"):
-        _stage(f"extract-eval {name}", out / "eval" / name / "summary.json",
+        _stage(f"extract-eval {name}", (out / "eval" / name / SUMMARY_FILE).exists(),
                ["extract-eval", "--model", str(out / name), "--logits-store", str(store),
                 "--out", str(out / "eval" / name), *evaluate], t)
 

@@ -18,6 +18,7 @@ import numpy as np
 from kdstream.distill.losses import KD_LOSSES, TAILS
 from kdstream.errors import KdError
 from kdstream.options import require, save_options
+from kdstream.outputs import fresh_partial, partial_path, publish
 
 LOSSES = ("ce", *KD_LOSSES)
 DONE_FILE = "train_summary.json"  # written last: a checkpoint directory without it is incomplete
@@ -154,7 +155,7 @@ def train(opts: DistillOptions) -> dict:
 
     d = distributed.init_from_env()
     out = Path(opts.out)
-    partial = out.with_name(out.name + ".partial")
+    partial = partial_path(out)
     if (out / DONE_FILE).exists() and not opts.overwrite:
         raise KdError(f"{out} already holds a trained model: pass --overwrite to replace it")
     exclude = _read_exclude(opts.exclude)
@@ -164,8 +165,10 @@ def train(opts: DistillOptions) -> dict:
     if max_pos and seq_len > max_pos:
         raise KdError(f"examples have {seq_len} tokens but the student's context is {max_pos}: use a longer-context student")
 
-    all_ids = source.read(0, len(source), ("example_id",))["example_id"]
-    kept = int((~np.isin(all_ids, list(exclude))).sum()) if exclude else len(source)
+    kept = len(source)
+    if exclude:  # only then are the ids needed
+        all_ids = source.read(0, len(source), ("example_id",))["example_id"]
+        kept = int((~np.isin(all_ids, list(exclude))).sum())
     if kept == 0:
         raise KdError("every example is excluded: check --exclude")
     steps_per_epoch = batches_per_epoch(kept, opts.batch_size)
@@ -184,8 +187,7 @@ def train(opts: DistillOptions) -> dict:
             _truncate_metrics(partial / "metrics.jsonl", pos.step)
             print(f"resuming from {resume_from} (step {pos.step}, epoch {pos.epoch})", file=sys.stderr)
     elif d.main:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        fresh_partial(out)
     distributed.barrier(d)
     model = Objective(net, loss=opts.loss, temperature=opts.temperature, tail=opts.tail, beta=opts.beta,
                       alpha_ce=opts.alpha_ce, chunk=opts.loss_chunk)
@@ -246,6 +248,4 @@ def _finish(net, tokenizer, partial: Path, out: Path, summary: dict) -> None:
     tokenizer.save_pretrained(str(partial))
     shutil.rmtree(partial / "checkpoints", ignore_errors=True)
     (partial / DONE_FILE).write_text(json.dumps(summary, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    publish(partial, out)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.options import require, save_options
+from kdstream.outputs import fresh_partial, publish
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,19 +63,6 @@ def jsonable(value: Any) -> Any:
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(jsonable(data), indent=2) + "\n")
-
-
-def _replace_dir(partial: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
-
-
-def _fresh_partial(out: Path) -> Path:
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    return partial
 
 
 # ---- features ---------------------------------------------------------------------------------
@@ -183,7 +170,7 @@ def run_features(opts: FeaturesOptions) -> dict:
     seconds = time.perf_counter() - start_time
     table = {c: np.concatenate(v) for c, v in columns.items()}
 
-    partial = _fresh_partial(out)
+    partial = fresh_partial(out)
     pq.write_table(pa.table(table), partial / FEATURES_FILE)
     save_options(opts, partial)
     summary = {
@@ -201,7 +188,7 @@ def run_features(opts: FeaturesOptions) -> dict:
         "sequences_per_s": round(n / seconds, 1) if seconds > 0 else None,
     }
     _write_json(partial / SUMMARY_FILE, summary)
-    _replace_dir(partial, out)
+    publish(partial, out)
     return jsonable(summary)
 
 
@@ -430,7 +417,7 @@ def run_classify(opts: ClassifyRunOptions) -> dict:
         "filter": None,
     }
     saved = table.assign(memorized=labels)
-    partial = _fresh_partial(out)
+    partial = fresh_partial(out)
     if opts.filter:
         fr = fit_filter(table, labels, copts, target_recall=opts.target_recall)
         write_exclude_list(fr.flagged_ids, partial / EXCLUDE_FILE)
@@ -450,5 +437,5 @@ def run_classify(opts: ClassifyRunOptions) -> dict:
     pq.write_table(pa.Table.from_pandas(saved, preserve_index=False), partial / TABLE_FILE)
     save_options(opts, partial)
     _write_json(partial / CLASSIFICATION_FILE, result)
-    _replace_dir(partial, out)
+    publish(partial, out)
     return jsonable(result)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.options import options_dict, require, save_options
+from kdstream.outputs import fresh_partial, publish
 from kdstream.vllm_engine import EngineOptions
 
 SUMMARY_FILE = "summary.json"  # written last: an eval directory without it is incomplete
@@ -108,9 +108,7 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
     gen = np.concatenate(generated)  # (S, n)
     m = match_metrics(gen, truth)
 
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = fresh_partial(out)
     table = pa.table({
         "example_id": example_id,
         "exact_match": m["exact"],
@@ -140,7 +138,5 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
         "engine": options_dict(opts.engine),
     }
     (partial / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+    publish(partial, out)
     return summary
