@@ -89,6 +89,22 @@ def precompute_logits(**kw):
 @click.option("--checkpoint-every", type=int, default=None, help="Save a resumable checkpoint every N steps.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its latest checkpoint in --out.")
 @click.option("--overwrite", is_flag=True)
+@click.option("--grad-accum", type=int, default=1, show_default=True,
+              help="Micro-batches per optimizer step (per rank): less memory, same update.")
+@click.option("--precision", default="auto", show_default=True,
+              help="auto (bf16 autocast on a CUDA device that supports it, else fp32) | fp32 | bf16")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--fsdp", is_flag=True, help="Under torchrun: shard weights, gradients and optimizer state (FSDP2).")
+@click.option("--eval-examples", type=int, default=0, show_default=True,
+              help="Hold out the last N (non-excluded) examples and report their loss.")
+@click.option("--eval-every", type=int, default=None, help="Held-out eval every N steps (default: at the end).")
+@click.option("--loader-workers", type=int, default=0, show_default=True,
+              help="DataLoader processes reading the store (0: a background thread).")
+@click.option("--prefetch", type=int, default=2, show_default=True, help="Batches read ahead (per worker).")
+@click.option("--verify-store/--no-verify-store", default=True, show_default=True,
+              help="Decode every chunk before step 0 so a corrupt store stops the run at once.")
+@click.option("--tensorboard/--no-tensorboard", default=True, show_default=True,
+              help="Also write TensorBoard events (when tensorboard is installed).")
 def distill(**kw):
     """Train a student from a teacher's logit store with a KL-family loss (or CE)."""
     from kdstream.distill import DistillOptions, train

@@ -86,8 +86,10 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_and_weights(tmp_path
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
-def test_torchrun_two_ranks_match_one_process(tmp_path, teacher_store, student_init_dir):
-    """DDP over gloo with the same global batch gives the single-process losses and weights."""
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_torchrun_two_ranks_match_one_process(tmp_path, teacher_store, student_init_dir, fsdp):
+    """DDP (or FSDP2) over gloo with the same global batch gives the single-process losses and
+    weights; under FSDP a mid-run checkpoint gathers the sharded state on every rank."""
     import os
     import shutil
     import subprocess
@@ -97,8 +99,8 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, teacher_store, student_i
 
     # 24 examples, batch 10: the last batch (4 rows) splits unevenly, 2 + 2.
     args = ["--logits-store", teacher_store, "--model", student_init_dir, "--epochs", 2, "--batch-size", 10,
-            "--lr", "1e-3", "--temperature", 2]
-    run_cli("distill", *args, "--out", tmp_path / "one")
+            "--lr", "1e-3", "--temperature", 2, *(["--fsdp", "--checkpoint-every", 2] if fsdp else [])]
+    run_cli("distill", *[a for a in args if a != "--fsdp"], "--out", tmp_path / "one")
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     proc = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "kdstream.distill", *map(str, args),
@@ -109,4 +111,51 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, teacher_store, student_i
     assert json.loads((tmp_path / "two" / "train_summary.json").read_text())["world_size"] == 2
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
     a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
-    assert all(float((a[k] - b[k]).abs().max()) < 1e-4 for k in a)
+    assert a.keys() == b.keys() and all(float((a[k] - b[k]).abs().max()) < 1e-4 for k in a)
+
+
+def test_grad_accum_and_loader_workers_do_not_change_the_update(tmp_path, teacher_store, student_init_dir):
+    """3 micro-batches read by 2 DataLoader processes = one batch from the in-process reader."""
+    args = ["distill", "--logits-store", teacher_store, "--model", student_init_dir, "--epochs", 2,
+            "--batch-size", 10, "--lr", "1e-3"]
+    run_cli(*args, "--out", tmp_path / "plain")
+    run_cli(*args, "--out", tmp_path / "accum", "--grad-accum", 3, "--loader-workers", 2, "--prefetch", 1)
+    assert losses(tmp_path / "accum") == pytest.approx(losses(tmp_path / "plain"), rel=1e-5)
+
+
+def test_held_out_eval_every_n_steps_with_tensorboard_events(tmp_path, teacher_store, student_init_dir):
+    out = tmp_path / "run"
+    summary = last_json(run_cli("distill", "--logits-store", teacher_store, "--model", student_init_dir, "--epochs", 2,
+                                "--batch-size", 5, "--lr", "1e-3", "--eval-examples", 4, "--eval-every", 3,
+                                "--out", out).stdout)
+    assert summary["examples"] == NUM_EXAMPLES - 4 and summary["held_out"] == 4 and summary["steps"] == 8
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["step"] for r in records if "eval_loss" in r]
+    assert evals == [3, 6, 8]  # every 3 steps and at the end
+    assert summary["final_eval_loss"] == records[-1]["eval_loss"] > 0
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_bf16_autocast_trains_close_to_fp32(tmp_path, teacher_store, student_init_dir):
+    args = ["distill", "--logits-store", teacher_store, "--model", student_init_dir, "--epochs", 1,
+            "--batch-size", 8, "--lr", "1e-3"]
+    run_cli(*args, "--out", tmp_path / "fp32", "--precision", "fp32")
+    summary = last_json(run_cli(*args, "--out", tmp_path / "bf16", "--precision", "bf16").stdout)
+    assert summary["precision"] == "bf16"
+    assert losses(tmp_path / "bf16") == pytest.approx(losses(tmp_path / "fp32"), rel=0.05)
+
+
+def test_a_corrupt_chunk_stops_the_run_before_any_step(tmp_path, teacher_store, student_init_dir):
+    import shutil
+
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(teacher_store, bad)
+    chunk = sorted(p for p in (bad / "topk_logprobs").rglob("*") if p.is_file() and p.name != "zarr.json")[-1]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    proc = run_cli("distill", "--logits-store", bad, "--model", student_init_dir, "--out", tmp_path / "out", check=False)
+    assert proc.returncode == 2
+    error = proc.stderr.strip().splitlines()
+    assert len(error) == 1 and "topk_logprobs" in error[0] and "chunk" in error[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial" / "metrics.jsonl").exists()

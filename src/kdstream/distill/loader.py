@@ -1,13 +1,24 @@
-"""Stream examples from a logit store (or in-memory examples) in a seeded, reproducible order.
+"""Stream training batches from a logit store (or in-memory examples) in a seeded, exact order.
 
-The order depends only on (number of examples, block size, seed, epoch), never on the source,
-so a CE baseline trained from a dataset and a student trained from the store of the same
-examples see them in the same order. Blocks of contiguous rows are read with one slice each
-(whole chunks, no per-row reads); blocks are shuffled, then rows within each block.
+The plan: an epoch's order depends only on (number of examples, block size, seed, epoch) —
+never on the source, the number of ranks or of DataLoader workers — so a CE baseline trained
+from a dataset and a student trained from the store of the same examples see the same order,
+and N ranks see what one process sees. Contiguous blocks of ``block_rows`` rows are shuffled,
+then rows within each block; excluded examples are dropped; global batch g is rows
+``order[g*B:(g+1)*B]``.
+
+The reads: global batch g goes to DataLoader worker ``g % workers``; each rank takes its slice
+of the batch (``distributed.local_slice``). A worker reads a whole block with one slice (whole
+chunks, no per-row reads) and keeps the last two blocks, so in one process every block is read
+once per epoch. Resuming mid-epoch starts at batch g: nothing before it is read.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -19,61 +30,157 @@ class ExampleSource(Protocol):
     def read(self, start: int, stop: int, keys: tuple[str, ...]) -> dict[str, np.ndarray]: ...
 
 
-def epoch_blocks(num_examples: int, block_rows: int, seed: int, epoch: int) -> list[tuple[int, int, np.ndarray]]:
-    """[(start, stop, row permutation within the block)] in the order they are visited."""
+def epoch_order(num_examples: int, block_rows: int, seed: int, epoch: int, kept: np.ndarray | None = None) -> np.ndarray:
+    """Row indices in the order an epoch visits them; ``kept`` (bool per row) drops the others."""
     rng = np.random.default_rng([seed, epoch])
     starts = np.arange(0, num_examples, block_rows)
-    blocks = []
+    parts = []
     for s in starts[rng.permutation(len(starts))]:
         e = min(int(s) + block_rows, num_examples)
-        blocks.append((int(s), e, rng.permutation(e - int(s))))
-    return blocks
-
-
-def iterate_batches(
-    source: ExampleSource,
-    keys: tuple[str, ...],
-    batch_size: int,
-    seed: int,
-    epoch: int,
-    block_rows: int = 64,
-    exclude: frozenset[int] = frozenset(),
-    skip_batches: int = 0,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Batches (dicts of arrays with a leading batch axis) covering every kept example once.
-
-    ``exclude`` holds example ids to skip. The last batch of an epoch may be smaller.
-    ``skip_batches`` resumes mid-epoch: the first batches are not yielded, and blocks that lie
-    wholly inside them are not read beyond their example ids.
-    """
-    need = tuple(dict.fromkeys((*keys, "example_id")))
-    pending: list[dict[str, np.ndarray]] = []
-    count = 0
-    to_skip = skip_batches * batch_size  # kept rows to drop before the first yielded batch
-    for start, stop, perm in epoch_blocks(len(source), block_rows, seed, epoch):
-        if to_skip:
-            ids = source.read(start, stop, ("example_id",))["example_id"]
-            kept = int((~np.isin(ids, list(exclude))).sum()) if exclude else stop - start
-            if kept <= to_skip:
-                to_skip -= kept
-                continue
-        rows = source.read(start, stop, need)
-        order = perm
-        if exclude:
-            order = perm[~np.isin(rows["example_id"][perm], list(exclude))]
-        order, to_skip = order[to_skip:], 0
-        if len(order) == 0:
-            continue
-        pending.append({k: v[order] for k, v in rows.items()})
-        count += len(order)
-        while count >= batch_size:
-            merged = {k: np.concatenate([p[k] for p in pending]) for k in need}
-            yield {k: v[:batch_size] for k, v in merged.items()}
-            pending = [{k: v[batch_size:] for k, v in merged.items()}]
-            count -= batch_size
-    if count:
-        yield {k: np.concatenate([p[k] for p in pending]) for k in need}
+        parts.append(int(s) + rng.permutation(e - int(s)))
+    order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return order if kept is None else order[kept[order]]
 
 
 def batches_per_epoch(num_kept: int, batch_size: int) -> int:
     return -(-num_kept // batch_size)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one rank reads in one epoch: global batches ``start_batch..`` of ``order``."""
+
+    order: np.ndarray  # (num_kept,) row indices in visit order
+    batch_size: int  # global batch (all ranks together)
+    block_rows: int
+    keys: tuple[str, ...]
+    rank: int = 0
+    world: int = 1
+    start_batch: int = 0  # resume: batches already consumed this epoch
+
+    @property
+    def num_batches(self) -> int:
+        return batches_per_epoch(len(self.order), self.batch_size)
+
+    def rows(self, g: int) -> tuple[np.ndarray, float]:
+        """(rows of this rank's share of global batch g, loss weight); see distributed.local_slice."""
+        from kdstream.distill.distributed import Dist, local_slice
+
+        batch = self.order[g * self.batch_size : (g + 1) * self.batch_size]
+        idx, weight = local_slice(len(batch), Dist(self.rank, self.world))
+        return batch[idx], weight
+
+
+class BlockReader:
+    """Rows of a source by index, reading whole blocks and caching the last ``cache`` of them."""
+
+    def __init__(self, source: ExampleSource, block_rows: int, keys: tuple[str, ...], cache: int = 2) -> None:
+        self.source, self.block_rows, self.cache = source, block_rows, cache
+        self.keys = tuple(dict.fromkeys((*keys, "example_id")))
+        self._blocks: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self.blocks_read = 0
+
+    def _block(self, b: int) -> dict[str, np.ndarray]:
+        if b not in self._blocks:
+            start = b * self.block_rows
+            self._blocks[b] = self.source.read(start, min(start + self.block_rows, len(self.source)), self.keys)
+            self.blocks_read += 1
+            while len(self._blocks) > self.cache:
+                self._blocks.popitem(last=False)
+        self._blocks.move_to_end(b)
+        return self._blocks[b]
+
+    def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """{key: array with a leading axis of len(rows)} in the order of ``rows``."""
+        blocks, offsets = np.divmod(rows, self.block_rows)
+        out: dict[str, np.ndarray] = {}
+        for b in dict.fromkeys(blocks.tolist()):  # blocks in first-use order
+            data, sel = self._block(b), np.flatnonzero(blocks == b)
+            for k in self.keys:
+                if k not in out:
+                    out[k] = np.empty((len(rows), *data[k].shape[1:]), data[k].dtype)
+                out[k][sel] = data[k][offsets[sel]]
+        return out
+
+
+def _batches(source: ExampleSource, plan: EpochPlan, worker: int, workers: int) -> Iterator[tuple[dict, float]]:
+    reader = BlockReader(source, plan.block_rows, plan.keys)
+    for g in range(plan.start_batch + worker, plan.num_batches, workers):
+        rows, weight = plan.rows(g)
+        yield reader.take(rows), weight
+
+
+def _torch_dataset(open_source: Callable[[], ExampleSource], plan: EpochPlan):
+    import torch
+
+    class _Dataset(torch.utils.data.IterableDataset):
+        """Worker w of W yields batches g ≡ w (mod W); DataLoader's round-robin restores g order."""
+
+        def __iter__(self):
+            info = torch.utils.data.get_worker_info()
+            w, n = (0, 1) if info is None else (info.id, info.num_workers)
+            for batch, weight in _batches(open_source(), plan, w, n):
+                yield {k: torch.from_numpy(v) for k, v in batch.items()}, weight
+
+    return _Dataset()
+
+
+def _prefetched(it: Iterator, depth: int) -> Iterator:
+    """Run ``it`` on a background thread, ``depth`` items ahead (store reads overlap compute)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def fill() -> None:
+        try:
+            for item in it:
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(exc)
+
+    threading.Thread(target=fill, daemon=True).start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def stream_batches(open_source: Callable[[], ExampleSource], plan: EpochPlan, *, workers: int = 0,
+                   prefetch: int = 2) -> Iterator[tuple[dict, float]]:
+    """This rank's (batch of torch tensors, loss weight) for global batches ``plan.start_batch..``.
+
+    ``open_source`` is a picklable zero-argument callable (each DataLoader worker opens its own
+    store handle). workers=0 reads on a background thread ``prefetch`` batches ahead; workers>0
+    uses a torch DataLoader with that many processes and ``prefetch`` batches per worker.
+    """
+    import torch
+
+    if workers == 0:
+        it = ((({k: torch.from_numpy(v) for k, v in b.items()}), w) for b, w in _batches(open_source(), plan, 0, 1))
+        yield from (_prefetched(it, prefetch) if prefetch else it)
+        return
+    loader = torch.utils.data.DataLoader(_torch_dataset(open_source, plan), batch_size=None, num_workers=workers,
+                                         prefetch_factor=max(1, prefetch))
+    yield from loader
+
+
+class Given:
+    """A picklable ``open_source`` for an in-memory source (e.g. packed examples)."""
+
+    def __init__(self, source: ExampleSource) -> None:
+        self.source = source
+
+    def __call__(self) -> ExampleSource:
+        return self.source
+
+
+class OpenStore:
+    """A picklable ``open_source`` for a logit store at a path or URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __call__(self) -> ExampleSource:
+        from kdstream.storage import open_store
+
+        return open_store(self.url)

@@ -13,14 +13,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from kdstream.distill.losses import KD_LOSSES, TAILS
 from kdstream.errors import KdError
 from kdstream.options import require, save_options
 from kdstream.outputs import fresh_partial, partial_path, publish
 
 LOSSES = ("ce", *KD_LOSSES)
+PRECISIONS = ("auto", "fp32", "bf16")
 DONE_FILE = "train_summary.json"  # written last: a checkpoint directory without it is incomplete
 
 
@@ -55,6 +54,16 @@ class DistillOptions:
     checkpoint_every: int | None = None  # steps between resumable checkpoints (None: only the end)
     resume: bool = False  # continue from the latest checkpoint of an interrupted run in --out
     overwrite: bool = False
+    grad_accum: int = 1  # micro-batches per optimizer step on each rank: less memory, same update
+    precision: str = "auto"  # auto (bf16 autocast on a CUDA device that has it, else fp32) | fp32 | bf16
+    device: str = "auto"  # auto | cpu | cuda
+    fsdp: bool = False  # shard weights/grads/optimizer state across torchrun ranks (FSDP2)
+    eval_examples: int = 0  # hold out the last N (non-excluded) examples; eval loss on them
+    eval_every: int | None = None  # steps between held-out evals (None: only at the end)
+    loader_workers: int = 0  # DataLoader processes reading the store (0: one background thread)
+    prefetch: int = 2  # batches read ahead (per worker)
+    verify_store: bool = True  # decode every chunk before step 0, so corruption stops the run early
+    tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
 
     def __post_init__(self) -> None:
         require((self.logits_store is None) != (self.dataset is None),
@@ -73,36 +82,13 @@ class DistillOptions:
         require(self.loss_chunk is None or self.loss_chunk >= 1, "--loss-chunk must be at least 1 (0 on the CLI: plain path)")
         require(self.checkpoint_every is None or self.checkpoint_every >= 1, "--checkpoint-every must be at least 1")
         require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other: pick one")
-
-
-def _read_exclude(path: str | None) -> frozenset[int]:
-    if path is None:
-        return frozenset()
-    p = Path(path)
-    if not p.is_file():
-        raise KdError(f"exclude list {p} not found: pass a file of example ids, one per line")
-    try:
-        return frozenset(int(line) for line in p.read_text().split())
-    except ValueError:
-        raise KdError(f"exclude list {p} must hold integer example ids, one per line") from None
-
-
-def _check_store_matches(store, tokenizer, net) -> None:
-    """Refuse, before any step, a student that cannot be trained on this store's ids."""
-    from kdstream.data import tokenizer_fingerprint
-
-    mine, theirs = tokenizer_fingerprint(tokenizer), store.attrs.get("tokenizer", {})
-    if mine["sha256"] != theirs.get("sha256"):
-        raise KdError(
-            f"the student's tokenizer (vocab {mine['vocab_size']}, sha256 {mine['sha256'][:12]}) differs from the "
-            f"store's (vocab {theirs.get('vocab_size')}, sha256 {str(theirs.get('sha256'))[:12]}): use a student "
-            "that shares the teacher's tokenizer, or pass --tokenizer with the teacher's"
-        )
-    if net.config.vocab_size < store.vocab_size:
-        raise KdError(
-            f"the student's output layer has {net.config.vocab_size} classes but the store's ids go up to "
-            f"{store.vocab_size}: build the student with vocab_size >= {store.vocab_size}"
-        )
+        require(self.grad_accum >= 1, "--grad-accum must be at least 1")
+        require(self.precision in PRECISIONS, f"--precision {self.precision} is unknown: choose one of {', '.join(PRECISIONS)}")
+        require(self.device in ("auto", "cpu", "cuda"), f"--device {self.device} is unknown: choose auto, cpu or cuda")
+        require(self.eval_examples >= 0, "--eval-examples must be >= 0")
+        require(self.eval_every is None or (self.eval_every >= 1 and self.eval_examples > 0),
+                "--eval-every needs --eval-examples N (the held-out examples to evaluate)")
+        require(self.loader_workers >= 0 and self.prefetch >= 0, "--loader-workers and --prefetch must be >= 0")
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -113,27 +99,6 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return f
-
-
-def _load_source(opts: DistillOptions, tokenizer, net):
-    """The examples to train on: a logit store (checked against the student) or a packed corpus."""
-    if opts.logits_store is not None:
-        from kdstream.storage import open_store
-
-        store = open_store(opts.logits_store)
-        _check_store_matches(store, tokenizer, net)
-        return store, store.seq_len
-    from kdstream.data import load_corpus, pack_examples
-
-    corpus = load_corpus(opts.dataset, opts.text_field, opts.split)
-    return pack_examples(corpus.texts, tokenizer, opts.seq_len, opts.max_examples), opts.seq_len
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in lines))
 
 
 def train(opts: DistillOptions) -> dict:
@@ -147,55 +112,63 @@ def train(opts: DistillOptions) -> dict:
     import torch
 
     from kdstream.distill import distributed
-    from kdstream.distill.checkpoint import Position, latest_checkpoint, load_checkpoint, save_checkpoint
-    from kdstream.distill.loader import batches_per_epoch, iterate_batches
+    from kdstream.distill.checkpoint import Position, gather_state, latest_checkpoint, load_checkpoint, save_checkpoint
+    from kdstream.distill.loader import EpochPlan, batches_per_epoch, epoch_order, stream_batches
+    from kdstream.distill.metrics_log import METRICS_FILE, MetricsLog, truncate_metrics
     from kdstream.distill.objective import Objective
+    from kdstream.distill.sources import load_source, read_exclude, split_rows, verify_before_training
     from kdstream.distill.student import load_model_and_tokenizer
     from kdstream.progress import progress
 
-    d = distributed.init_from_env()
+    device = distributed.pick_device(opts.device)
+    d = distributed.init_from_env(device.type)
+    require(not opts.fsdp or d.active, "--fsdp shards across ranks: launch with torchrun --nproc_per_node N (N > 1)")
     out = Path(opts.out)
     partial = partial_path(out)
     if (out / DONE_FILE).exists() and not opts.overwrite:
         raise KdError(f"{out} already holds a trained model: pass --overwrite to replace it")
-    exclude = _read_exclude(opts.exclude)
+    exclude = read_exclude(opts.exclude)
     net, tokenizer = load_model_and_tokenizer(opts.model, opts.tokenizer, opts.seed)
-    source, seq_len = _load_source(opts, tokenizer, net)
+    source, open_source, seq_len = load_source(opts, tokenizer, net)
     max_pos = getattr(net.config, "max_position_embeddings", None)
     if max_pos and seq_len > max_pos:
         raise KdError(f"examples have {seq_len} tokens but the student's context is {max_pos}: use a longer-context student")
-
-    kept = len(source)
-    if exclude:  # only then are the ids needed
-        all_ids = source.read(0, len(source), ("example_id",))["example_id"]
-        kept = int((~np.isin(all_ids, list(exclude))).sum())
-    if kept == 0:
-        raise KdError("every example is excluded: check --exclude")
-    steps_per_epoch = batches_per_epoch(kept, opts.batch_size)
+    if opts.logits_store is not None and opts.verify_store and d.main:
+        verify_before_training(opts.logits_store)
+    kept, held_out = split_rows(source, exclude, opts.eval_examples)
+    num_train = len(source) if kept is None else int(kept.sum())
+    steps_per_epoch = batches_per_epoch(num_train, opts.batch_size)
     total_steps = steps_per_epoch * opts.epochs
     keys = ("input_ids",) if opts.loss == "ce" else ("input_ids", "topk_ids", "topk_logprobs")
+    bf16 = opts.precision == "bf16" or (
+        opts.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
 
     torch.manual_seed(opts.seed)
+    net.to(device)
+    model = distributed.wrap(Objective(net, loss=opts.loss, temperature=opts.temperature, tail=opts.tail,
+                                       beta=opts.beta, alpha_ce=opts.alpha_ce, chunk=opts.loss_chunk),
+                             d, device, opts.fsdp)
     optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, int(opts.warmup_ratio * total_steps)))
 
     pos = Position()
     resume_from = latest_checkpoint(partial) if opts.resume else None
     if resume_from is not None:
-        pos = load_checkpoint(resume_from, net, optimizer, scheduler)
+        pos = load_checkpoint(resume_from, net, optimizer, scheduler, fsdp=opts.fsdp)
         if d.main:
-            _truncate_metrics(partial / "metrics.jsonl", pos.step)
+            truncate_metrics(partial / METRICS_FILE, pos.step)
             print(f"resuming from {resume_from} (step {pos.step}, epoch {pos.epoch})", file=sys.stderr)
     elif d.main:
         fresh_partial(out)
     distributed.barrier(d)
-    model = Objective(net, loss=opts.loss, temperature=opts.temperature, tail=opts.tail, beta=opts.beta,
-                      alpha_ce=opts.alpha_ce, chunk=opts.loss_chunk)
-    if d.active:  # gradients are averaged across ranks in backward
-        model = torch.nn.parallel.DistributedDataParallel(model)
     if d.main:
         save_options(opts, partial)
-    metrics = (partial / "metrics.jsonl").open("a") if d.main else None
+    log = MetricsLog(partial, pos.step, opts.tensorboard) if d.main else None
+    step_fn = _Step(model, optimizer, keys, opts.grad_accum, device, bf16, d, opts.fsdp)
+
+    def evaluate() -> dict:
+        return _held_out_loss(model, open_source, held_out, keys, opts.batch_size, opts.shuffle_block, device, bf16, d)
+
     net.train()
     start, first_step = time.perf_counter(), pos.step
     last: dict = {}
@@ -204,47 +177,124 @@ def train(opts: DistillOptions) -> dict:
                   initial=pos.step * tokens_per_step, disable=not d.main) as bar:
         for epoch in range(pos.epoch, opts.epochs):
             skip = pos.batch_in_epoch if epoch == pos.epoch else 0
-            batches = iterate_batches(source, keys, opts.batch_size, opts.seed, epoch, opts.shuffle_block, exclude, skip)
-            for i, batch in enumerate(batches, start=skip):
-                rows, weight = distributed.local_slice(len(batch["input_ids"]), d)
-                local = {k: torch.from_numpy(batch[k][rows]) for k in keys}  # input_ids (b, L), topk (b, L-1, k)
-                loss, ce, kd = model(**local)
-                kd = None if opts.loss == "ce" else kd
-                optimizer.zero_grad(set_to_none=True)
-                (loss * weight).backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), opts.max_grad_norm)
-                optimizer.step()
+            plan = EpochPlan(epoch_order(len(source), opts.shuffle_block, opts.seed, epoch, kept), opts.batch_size,
+                             opts.shuffle_block, keys, d.rank, d.world, start_batch=skip)
+            for i, (batch, weight) in enumerate(
+                    stream_batches(open_source, plan, workers=opts.loader_workers, prefetch=opts.prefetch), start=skip):
+                loss, ce, kd, grad_norm = step_fn(batch, weight, opts.max_grad_norm)
                 scheduler.step()
                 pos = Position(step=pos.step + 1, epoch=epoch, batch_in_epoch=i + 1)
-                last = {"step": pos.step, "epoch": epoch, "loss": distributed.all_mean(loss.item(), weight, d),
-                        "ce": distributed.all_mean(ce.item(), weight, d),
-                        "kd": None if kd is None else distributed.all_mean(kd.item(), weight, d),
-                        "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+                last = {"step": pos.step, "epoch": epoch, "loss": loss, "ce": ce,
+                        "kd": None if opts.loss == "ce" else kd, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm}
+                if len(held_out) and ((opts.eval_every and pos.step % opts.eval_every == 0) or pos.step == total_steps):
+                    last.update(evaluate())
                 bar.update(tokens_per_step)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", epoch=epoch)
-                if metrics is not None:
-                    metrics.write(json.dumps(last) + "\n")
+                bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch)
+                if log is not None:
+                    log.write(last)
                 if opts.checkpoint_every and pos.step % opts.checkpoint_every == 0 and pos.step < total_steps:
+                    model_state, optim_state = gather_state(net, optimizer, opts.fsdp)  # collective under FSDP
                     if d.main:
-                        metrics.flush()
-                        save_checkpoint(partial, net, optimizer, scheduler, pos)
+                        log.flush()
+                        save_checkpoint(partial, net, model_state, optim_state, scheduler, pos)
                     distributed.barrier(d)
     seconds = time.perf_counter() - start
-    summary = {"steps": pos.step, "epochs": opts.epochs, "examples": kept, "seq_len": seq_len,
-               "final_loss": last.get("loss"), "seconds": round(seconds, 2), "world_size": d.world,
+    summary = {"steps": pos.step, "epochs": opts.epochs, "examples": num_train, "held_out": int(len(held_out)),
+               "seq_len": seq_len, "final_loss": last.get("loss"), "final_eval_loss": last.get("eval_loss"),
+               "seconds": round(seconds, 2), "world_size": d.world, "device": str(device),
+               "precision": "bf16" if bf16 else "fp32",
                "tokens_per_s": round((pos.step - first_step) * tokens_per_step / seconds, 1) if seconds else None,
                "resumed_from_step": None if resume_from is None else int(resume_from.name.split("-")[1])}
+    model_state, _ = gather_state(net, optimizer, opts.fsdp)
     if d.main:
-        metrics.close()
-        _finish(net, tokenizer, partial, out, summary)
+        log.close()
+        _finish(net, model_state, tokenizer, partial, out, summary)
     distributed.barrier(d)
     distributed.shutdown(d)
     return summary
 
 
-def _finish(net, tokenizer, partial: Path, out: Path, summary: dict) -> None:
+class _Step:
+    """One optimizer step on this rank's share of a global batch, in ``grad_accum`` micro-batches.
+
+    Each micro-batch's mean loss is weighted by its share of the global batch's rows (times
+    world size, as DDP/FSDP average gradients over ranks), so the update equals one backward of
+    the global-batch mean whatever grad_accum and world size are. Every rank runs the same number
+    of forward/backward passes (a rank without rows for a micro-batch runs one row at weight 0)
+    because FSDP gathers weights collectively in each one.
+    """
+
+    def __init__(self, model, optimizer, keys, grad_accum, device, bf16, d, fsdp) -> None:
+        self.model, self.optimizer, self.keys, self.grad_accum = model, optimizer, keys, grad_accum
+        self.device, self.bf16, self.d, self.fsdp = device, bf16, d, fsdp
+
+    def _sync(self, on: bool):
+        """Gradient all-reduce only in the last micro-batch's backward."""
+        import contextlib
+
+        if self.fsdp:
+            self.model.set_requires_gradient_sync(on)
+        elif self.d.active and not on:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def __call__(self, batch: dict, weight: float, max_grad_norm: float) -> tuple[float, float, float, float]:
+        import numpy as np
+        import torch
+
+        from kdstream.distill import distributed
+
+        rows = batch["input_ids"].shape[0]
+        parts = np.array_split(np.arange(rows), self.grad_accum)
+        self.optimizer.zero_grad(set_to_none=True)
+        logged = torch.zeros(3, dtype=torch.float64)
+        for j, idx in enumerate(parts):
+            share = len(idx) / rows
+            idx = idx if len(idx) else np.arange(1)  # keep collectives in step; weight 0 below
+            micro = {k: batch[k][torch.from_numpy(idx)].to(self.device, non_blocking=True) for k in self.keys}
+            with self._sync(j == len(parts) - 1):
+                with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+                    out = self.model(**micro)  # [loss, ce, kd], means over this micro-batch's positions
+                (out[0] * (weight * share)).backward()
+            logged += out.detach().double().cpu() * share
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm)
+        self.optimizer.step()
+        loss, ce, kd = (distributed.all_mean(float(v), weight, self.d) for v in logged)
+        return loss, ce, kd, float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+
+
+def _held_out_loss(model, open_source, rows, keys, batch_size, block_rows, device, bf16, d) -> dict:
+    """Mean [loss, ce, kd] over the held-out rows, split across ranks (every rank runs the same
+    number of forward passes, for FSDP), without gradients; the model is left in train mode."""
+    import numpy as np
+    import torch
+
+    from kdstream.distill import distributed
+    from kdstream.distill.loader import BlockReader
+
+    reader = BlockReader(open_source(), block_rows, keys)
+    mine = np.array_split(rows, d.world)[d.rank]
+    passes = -(-(-(-len(rows) // d.world)) // batch_size)
+    sums = torch.zeros(3, dtype=torch.float64)
+    core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    core.eval()
+    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        for b in range(passes):
+            idx = mine[b * batch_size : (b + 1) * batch_size]
+            n = len(idx)
+            batch = reader.take(idx if n else rows[:1])
+            out = core(**{k: torch.from_numpy(batch[k]).to(device) for k in keys})
+            sums += out.double().cpu() * n
+    core.train()
+    loss, ce, kd = (v / len(rows) for v in distributed.all_sum(sums.tolist(), d))
+    return {"eval_loss": loss, "eval_ce": ce, "eval_kd": kd}
+
+
+def _finish(net, model_state: dict, tokenizer, partial: Path, out: Path, summary: dict) -> None:
     """Save the final model and move ``OUT.partial`` to ``OUT`` (the summary file last)."""
-    net.save_pretrained(str(partial))
+    from kdstream.distill.checkpoint import save_model
+
+    save_model(net, {k: v.detach().cpu() for k, v in model_state.items()}, partial)
     tokenizer.save_pretrained(str(partial))
     shutil.rmtree(partial / "checkpoints", ignore_errors=True)
     (partial / DONE_FILE).write_text(json.dumps(summary, indent=2))

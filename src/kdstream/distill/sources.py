@@ -1,0 +1,91 @@
+"""What distill trains on: a logit store (checked against the student before any step) or a
+packed corpus; plus the exclude list and the held-out split."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kdstream.errors import KdError
+
+
+def read_exclude(path: str | None) -> frozenset[int]:
+    if path is None:
+        return frozenset()
+    p = Path(path)
+    if not p.is_file():
+        raise KdError(f"exclude list {p} not found: pass a file of example ids, one per line")
+    try:
+        return frozenset(int(line) for line in p.read_text().split())
+    except ValueError:
+        raise KdError(f"exclude list {p} must hold integer example ids, one per line") from None
+
+
+def check_store_matches(store, tokenizer, net) -> None:
+    """Refuse, before any step, a student that cannot be trained on this store's ids."""
+    from kdstream.data import tokenizer_fingerprint
+
+    mine, theirs = tokenizer_fingerprint(tokenizer), store.attrs.get("tokenizer", {})
+    if mine["sha256"] != theirs.get("sha256"):
+        raise KdError(
+            f"the student's tokenizer (vocab {mine['vocab_size']}, sha256 {mine['sha256'][:12]}) differs from the "
+            f"store's (vocab {theirs.get('vocab_size')}, sha256 {str(theirs.get('sha256'))[:12]}): use a student "
+            "that shares the teacher's tokenizer, or pass --tokenizer with the teacher's"
+        )
+    if net.config.vocab_size < store.vocab_size:
+        raise KdError(
+            f"the student's output layer has {net.config.vocab_size} classes but the store's ids go up to "
+            f"{store.vocab_size}: build the student with vocab_size >= {store.vocab_size}"
+        )
+
+
+def verify_before_training(url: str) -> None:
+    """Decode every chunk once (crc32c + zstd) so a corrupt store stops the run before step 0,
+    naming the chunk, instead of hours in. Costs one read pass: small next to an epoch of training."""
+    from kdstream.storage.verify import verify_store
+
+    report = verify_store(url)
+    if not report.ok:
+        first = (report.corrupt or report.problems)[0]
+        more = len(report.corrupt) + len(report.problems) - 1
+        raise KdError(f"store {url} is damaged: {first}{f' (and {more} more)' if more else ''}: "
+                      "run `kdstream store verify` and re-copy or regenerate it")
+
+
+def load_source(opts, tokenizer, net):
+    """(source, open_source, seq_len): a logit store or packed corpus examples."""
+    from kdstream.distill.loader import Given, OpenStore
+
+    if opts.logits_store is not None:
+        from kdstream.storage import open_store
+
+        store = open_store(opts.logits_store)
+        check_store_matches(store, tokenizer, net)
+        return store, OpenStore(opts.logits_store), store.seq_len
+    from kdstream.data import load_corpus, pack_examples
+
+    corpus = load_corpus(opts.dataset, opts.text_field, opts.split)
+    examples = pack_examples(corpus.texts, tokenizer, opts.seq_len, opts.max_examples)
+    return examples, Given(examples), opts.seq_len
+
+
+def split_rows(source, exclude: frozenset[int], eval_examples: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """(train mask over rows or None when all rows train, held-out row indices).
+
+    The held-out set is the last ``eval_examples`` rows that are not excluded: a fixed,
+    documented choice that does not depend on the seed, so runs with different seeds are
+    evaluated on the same examples.
+    """
+    n = len(source)
+    if not exclude and not eval_examples:
+        return None, np.zeros(0, np.int64)
+    kept = np.ones(n, bool)
+    if exclude:  # only then are the ids needed
+        kept = ~np.isin(source.read(0, n, ("example_id",))["example_id"], list(exclude))
+    if not kept.any():
+        raise KdError("every example is excluded: check --exclude")
+    if eval_examples >= int(kept.sum()):
+        raise KdError(f"--eval-examples {eval_examples} leaves nothing to train on ({int(kept.sum())} examples): lower it")
+    held = np.flatnonzero(kept)[-eval_examples:] if eval_examples else np.zeros(0, np.int64)
+    kept[held] = False
+    return kept, held
