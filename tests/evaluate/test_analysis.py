@@ -215,6 +215,26 @@ def test_compare_errors(tmp_path, evals):
     other = write_eval(tmp_path / "other", range(5, 25), S)
     with pytest.raises(KdError, match="same store"):
         compare_evals(evals[0], evals[1], other)
+    _, teacher, _, _ = synthetic_dirs(tmp_path / "syn")  # features of ids 500..699, not 0..19
+    with pytest.raises(KdError, match="have no teacher features"):
+        compare_evals(*evals, {"teacher": teacher})
+
+
+def test_compare_feature_summaries_memorized_vs_not(tmp_path):
+    student, teacher, baseline, positives = synthetic_dirs(tmp_path)
+    cmp = compare_evals(student, student, student, {"teacher": teacher, "baseline": baseline})
+    tf = pq.read_table(teacher / "features.parquet").to_pandas().set_index("example_id")
+    mem = tf.index.isin(list(positives))
+    got = cmp["features"]["teacher"]["student"]
+    assert got["memorized"]["examples"] == 30 and got["not_memorized"]["examples"] == 170
+    assert got["memorized"]["median"]["zlib_entropy"] == float(tf.loc[mem, "zlib_entropy"].median())
+    assert got["not_memorized"]["mean"]["ppl"] == pytest.approx(tf.loc[~mem, "ppl"].mean(), rel=1e-12)
+    assert got["memorized"]["median"]["ppl"] < got["not_memorized"]["median"]["ppl"]  # memorized = easy
+    assert set(cmp["features"]) == {"teacher", "baseline"} and set(got["memorized"]["mean"]) == {
+        "ppl", "teacher_kl", "zlib_entropy"}
+    write_comparison(cmp, tmp_path / "o")
+    md = (tmp_path / "o" / "comparison.md").read_text()
+    assert f"| zlib_entropy | {got['memorized']['median']['zlib_entropy']:.4g} |" in md
 
 
 # ---- classify ---------------------------------------------------------------------------------
