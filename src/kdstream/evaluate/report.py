@@ -40,7 +40,8 @@ REPORT_MD, REPORT_JSON = "report.md", "report.json"
 PLOTS = {"venn": "venn.png", "zlib": "zlib_entropy.png", "roc": "roc.png", "prefix_len": "rate_by_prefix_len.png"}
 # summary.json keys of an eval shown in the report's first table (absent keys are skipped)
 EVAL_KEYS = ("examples", "memorized", "rate", "approx_memorized", "prefix_len", "suffix_len", "method",
-             "memorized_by_method", "disagreements", "model")
+             "verdict_method", "memorized_by_method", "near_ties", "disagreements", "disagreements_not_near_tie",
+             "model")
 ROC_GRID = 101  # false-positive rates at which the repeats' curves are averaged
 
 
@@ -98,7 +99,7 @@ def prefix_points(opts: ReportOptions, summaries: dict[str, dict]) -> list[dict]
     """Every (role, prefix length) point of the main evals and the ``--prefix-eval`` directories,
     sorted by role then prefix length; the same point from two sources must agree."""
     found: dict[tuple[str, int], dict] = {}
-    sources = [(role, opts_dir, summaries[role]) for role, opts_dir in
+    sources = [(role, d, summaries[role]) for role, d in
                zip(ROLES, (opts.teacher_eval, opts.baseline_eval, opts.student_eval))]
     sources += [(role, d, eval_summary(d, f"{role} --prefix-eval")) for role, d in opts.prefix_dirs()]
     for role, d, summary in sources:
@@ -305,6 +306,9 @@ def run_report(opts: ReportOptions) -> dict:
         plots.zlib_histograms(zvals, {r: np.isin(ids, list(sets[r])) for r in ROLES}, partial / PLOTS["zlib"])
         plotted["zlib"] = PLOTS["zlib"]
     if heldout is not None:
+        if sorted(set(heldout["repeat"].tolist())) != list(range(int(cls["repeats"]))):
+            raise KdError(f"{opts.classify}: {HELDOUT_FILE} does not hold the {cls['repeats']} repeats of "
+                          f"{CLASSIFICATION_FILE} (files from different runs): rerun `kdstream classify` there")
         curves, grid, mean_tpr, aucs = roc_curves(heldout, int(cls["repeats"]))
         if not math.isclose(float(np.mean(aucs)), float(cls["auc"]["mean"]), rel_tol=1e-9, abs_tol=1e-12):
             raise KdError(f"{opts.classify}: {HELDOUT_FILE} gives mean AUC {np.mean(aucs):.6f}, {CLASSIFICATION_FILE} "
