@@ -239,6 +239,8 @@ def format_report(report: dict) -> str:
             "| coefficient (log-odds per sd) | mean | sd |", "|---|---|---|",
             *(f"| {f} | {v['mean']:.3f} | {v['sd']:.3f} |" for f, v in c["coefficients"].items()),
         ]
+        if report["notes"].get("classifier_labels"):
+            lines += ["", "**" + report["notes"]["classifier_labels"] + "**"]
         f = c.get("filter")
         if f:
             lines += ["", f"Filter: threshold {f['threshold']:.4g} flags {f['flagged']} examples "
@@ -289,6 +291,10 @@ def run_report(opts: ReportOptions) -> dict:
         notes["zlib_entropy"] = zlib_note
     if cls_note:
         notes["roc" if cls is not None else "classifier"] = cls_note
+    if cls is not None and cls.get("student_eval") and \
+            Path(cls["student_eval"]).resolve() != Path(opts.student_eval).resolve():
+        notes["classifier_labels"] = (f"The classifier was fitted on the labels of {cls['student_eval']}, not on "
+                                      f"--student-eval {opts.student_eval}: rerun classify on that eval to match.")
     lengths = {p["prefix_len"] for p in points}
     if not points:
         notes["prefix_len"] = ("not available: the evaluations' summary.json files name no prefix_len; rerun "

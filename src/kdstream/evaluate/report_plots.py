@@ -124,12 +124,12 @@ def prefix_rate_plot(points: list[dict], path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     lengths = sorted({p["prefix_len"] for p in points})
-    style = {"teacher": dict(marker="o", ms=13, mfc="none", mew=2.2), "baseline": dict(marker="s", ms=8),
-             "student": dict(marker="^", ms=8)}
+    style = {"teacher": dict(marker="o", ms=13, mfc="none", mew=2.2, lw=5, alpha=0.6),  # wide: seen under the others
+             "baseline": dict(marker="s", ms=8, lw=2), "student": dict(marker="^", ms=8, lw=2)}
     for role in ROLE_COLORS:
         mine = sorted((p for p in points if p["role"] == role), key=lambda p: p["prefix_len"])
         if mine:
-            ax.plot([p["prefix_len"] for p in mine], [100 * p["rate"] for p in mine], lw=2, color=ROLE_COLORS[role],
+            ax.plot([p["prefix_len"] for p in mine], [100 * p["rate"] for p in mine], color=ROLE_COLORS[role],
                     label=role, **style[role])
     ax.set_xticks(lengths)
     if len(lengths) == 1:
