@@ -59,7 +59,8 @@ def compare(teacher_eval, baseline_eval, student_eval, out, teacher_features, ba
 @click.option("--student-eval", required=True, help="extract-eval directory of the student (labels: exact match).")
 @click.option("--teacher-features", required=True, help="`kdstream features` directory of the teacher.")
 @click.option("--baseline-features", required=True, help="`kdstream features` directory of the CE baseline.")
-@click.option("--out", required=True, help="Directory for classification.json, table.parquet, options.yaml (exclude.txt).")
+@click.option("--out", required=True,
+              help="Directory for classification.json, table.parquet, heldout.parquet, options.yaml (exclude.txt).")
 @click.option("--repeats", type=int, default=100, show_default=True, help="Seeded resample / split / fit repeats.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--negative-ratio", type=float, default=3, show_default=True, help="Negatives sampled per positive.")

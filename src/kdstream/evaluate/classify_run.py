@@ -41,7 +41,7 @@ class ClassifyRunOptions:
     student_eval: str  # extract-eval directory of the student: labels = exact_match
     teacher_features: str  # `features` directory of the teacher (its ppl)
     baseline_features: str  # `features` directory of the CE baseline (its ppl and teacher_kl)
-    out: str  # directory for classification.json, options.yaml, table.parquet, [exclude.txt]
+    out: str  # directory for classification.json, options.yaml, table.parquet, heldout.parquet, [exclude.txt]
     repeats: int = 100
     seed: int = 0
     negative_ratio: float = 3
