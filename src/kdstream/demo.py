@@ -84,6 +84,7 @@ def run_demo(opts: DemoOptions) -> dict:
     from kdstream.distill.trainer import DONE_FILE
     from kdstream.evaluate.compare import compare_sets, format_table, memorized_ids
     from kdstream.evaluate.extraction import SUMMARY_FILE
+    from kdstream.evaluate.study_dirs import CLASSIFICATION_FILE
 
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,25 @@ def run_demo(opts: DemoOptions) -> dict:
 
     sets = {name: memorized_ids(out / "eval" / name) for name in ("teacher", "baseline", "student")}
     cmp = compare_sets(sets["teacher"][0], sets["baseline"][0], sets["student"][0], sets["teacher"][1])
+
+    # the analysis: features of teacher and baseline, the classifier, then report/ (the plots)
+    for name in ("teacher", "baseline"):
+        _stage(f"features {name}", (out / "features" / name / SUMMARY_FILE).exists(),
+               ["features", "--model", str(out / name), "--logits-store", str(store), "--out",
+                str(out / "features" / name), "--prefix-len", str(opts.prefix_len), "--suffix-len",
+                str(opts.suffix_len)], t)
+    report = ["report", *(a for name in ("teacher", "baseline", "student")
+                          for a in (f"--{name}-eval", str(out / "eval" / name))),
+              "--teacher-features", str(out / "features" / "teacher"),
+              "--baseline-features", str(out / "features" / "baseline"), "--out", str(out / "report")]
+    student, examples = sets["student"]
+    if min(len(student), examples - len(student)) >= 2:  # the classifier needs 2 of each class
+        _stage("classify", (out / "classify" / CLASSIFICATION_FILE).exists(),
+               ["classify", "--student-eval", str(out / "eval" / "student"), "--teacher-features",
+                str(out / "features" / "teacher"), "--baseline-features", str(out / "features" / "baseline"),
+                "--out", str(out / "classify"), "--seed", str(opts.seed)], t)
+        report += ["--classify", str(out / "classify")]
+    _stage("report", False, report, t)  # cheap; always rebuilt from what exists now
     cmp["stage_seconds"] = t
     table = format_table(cmp)
     (out / "comparison.json").write_text(json.dumps(cmp, indent=2))
@@ -131,5 +151,5 @@ def run_demo(opts: DemoOptions) -> dict:
     print(f"\nMemorization, {opts.prefix_len}-token prefix → {opts.suffix_len}-token suffix, greedy, exact match\n")
     print(table)
     print("\nstage seconds: " + ", ".join(f"{k} {v}" for k, v in t.items()))
-    print(f"outputs in {out}/ (comparison.md, comparison.json)")
+    print(f"outputs in {out}/ (comparison.md, comparison.json; report/report.md and its plots)")
     return cmp

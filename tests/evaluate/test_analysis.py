@@ -10,21 +10,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from sklearn.metrics import roc_auc_score
 from click.testing import CliRunner
 
 from conftest import VOCAB, make_gpt_neox
-from kdstream.cli_analysis import ANALYSIS_COMMANDS, classify, compare, features
+from kdstream.cli_analysis import ANALYSIS_COMMANDS, classify, compare, features, report
 from kdstream.errors import KdError
-from kdstream.evaluate.analysis import (
-    FEATURE_COLUMNS,
-    ClassifyRunOptions,
-    FeaturesOptions,
-    compare_evals,
-    run_classify,
-    run_features,
-    venn_regions,
-    write_comparison,
-)
+from kdstream.evaluate.classify_run import ClassifyRunOptions, classification_table, run_classify
+from kdstream.evaluate.comparison import compare_evals, venn_regions, write_comparison
+from kdstream.evaluate.features_run import FeaturesOptions, run_features
+from kdstream.evaluate.report import ReportOptions, run_report
+from kdstream.evaluate.study_dirs import FEATURE_COLUMNS
 
 SEQ = 32
 EXAMPLES = 24
@@ -219,6 +215,26 @@ def test_compare_errors(tmp_path, evals):
     other = write_eval(tmp_path / "other", range(5, 25), S)
     with pytest.raises(KdError, match="same store"):
         compare_evals(evals[0], evals[1], other)
+    _, teacher, _, _ = synthetic_dirs(tmp_path / "syn")  # features of ids 500..699, not 0..19
+    with pytest.raises(KdError, match="have no teacher features"):
+        compare_evals(*evals, {"teacher": teacher})
+
+
+def test_compare_feature_summaries_memorized_vs_not(tmp_path):
+    student, teacher, baseline, positives = synthetic_dirs(tmp_path)
+    cmp = compare_evals(student, student, student, {"teacher": teacher, "baseline": baseline})
+    tf = pq.read_table(teacher / "features.parquet").to_pandas().set_index("example_id")
+    mem = tf.index.isin(list(positives))
+    got = cmp["features"]["teacher"]["student"]
+    assert got["memorized"]["examples"] == 30 and got["not_memorized"]["examples"] == 170
+    assert got["memorized"]["median"]["zlib_entropy"] == float(tf.loc[mem, "zlib_entropy"].median())
+    assert got["not_memorized"]["mean"]["ppl"] == pytest.approx(tf.loc[~mem, "ppl"].mean(), rel=1e-12)
+    assert got["memorized"]["median"]["ppl"] < got["not_memorized"]["median"]["ppl"]  # memorized = easy
+    assert set(cmp["features"]) == {"teacher", "baseline"} and set(got["memorized"]["mean"]) == {
+        "ppl", "teacher_kl", "zlib_entropy"}
+    write_comparison(cmp, tmp_path / "o")
+    md = (tmp_path / "o" / "comparison.md").read_text()
+    assert f"| zlib_entropy | {got['memorized']['median']['zlib_entropy']:.4g} |" in md
 
 
 # ---- classify ---------------------------------------------------------------------------------
@@ -260,6 +276,12 @@ def test_classify_auc_determinism_and_filter(tmp_path):
     assert not (tmp_path / "c1" / "exclude.txt").exists()
     r2 = run_classify(ClassifyRunOptions(out=str(tmp_path / "c2"), **base))
     assert r1 == r2
+    held = pq.read_table(tmp_path / "c1" / "heldout.parquet").to_pandas()
+    assert held.equals(pq.read_table(tmp_path / "c2" / "heldout.parquet").to_pandas())
+    assert sorted(held["repeat"].unique()) == list(range(20))
+    aucs = [roc_auc_score(g["label"], g["score"]) for _, g in held.groupby("repeat")]
+    assert np.mean(aucs) == pytest.approx(r1["auc"]["mean"], rel=1e-12)  # the ROC curves are those of the AUCs
+    assert set(held["example_id"]) <= set(range(500, 700))
     assert json.loads((tmp_path / "c1" / "classification.json").read_text()) == r1
     assert run_classify(ClassifyRunOptions(out=str(tmp_path / "c3"), seed=1, **base)) != r1
 
@@ -279,8 +301,6 @@ def test_classify_auc_determinism_and_filter(tmp_path):
 
 
 def test_classify_joins_by_example_id(tmp_path):
-    from kdstream.evaluate.analysis import classification_table
-
     student, teacher, baseline, positives = synthetic_dirs(tmp_path)
     table, labels = classification_table(student, teacher, baseline)
     ev = pq.read_table(student / "results.parquet").to_pandas()
@@ -318,7 +338,7 @@ def test_classify_errors(tmp_path):
 # ---- commands -----------------------------------------------------------------------------------
 
 def test_commands_through_click(tmp_path, evals, models, store):
-    assert ANALYSIS_COMMANDS == [features, compare, classify]
+    assert ANALYSIS_COMMANDS == [features, compare, classify, report]
     runner = CliRunner()
 
     r = runner.invoke(compare, [*map(str, evals), "--out", str(tmp_path / "cmp")])
@@ -337,7 +357,7 @@ def test_commands_through_click(tmp_path, evals, models, store):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["repeats"] == 3 and out["seed"] == 1 and out["filter"]["target_recall"] == 0.9
     assert {p.name for p in (tmp_path / "cls").iterdir()} == {
-        "classification.json", "options.yaml", "table.parquet", "exclude.txt"}
+        "classification.json", "options.yaml", "table.parquet", "heldout.parquet", "exclude.txt"}
 
     r = runner.invoke(features, ["--model", str(models[1]), "--logits-store", str(store), "--out",
                                  str(tmp_path / "feat"), "--prefix-len", "8", "--suffix-len", "8", "--max-examples", "4"])
@@ -350,3 +370,157 @@ def test_commands_through_click(tmp_path, evals, models, store):
     r = runner.invoke(classify, ["--student-eval", str(tmp_path / "missing"), "--teacher-features", str(teacher),
                                  "--baseline-features", str(baseline), "--out", str(tmp_path / "y")])
     assert isinstance(r.exception, KdError)
+
+
+def test_classify_command_is_deterministic_given_seed(tmp_path):
+    student, teacher, baseline, _ = synthetic_dirs(tmp_path / "syn")
+    args = ["--student-eval", str(student), "--teacher-features", str(teacher), "--baseline-features", str(baseline),
+            "--repeats", "4", "--filter"]
+    outs = []
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        r = CliRunner().invoke(classify, [*args, "--seed", seed, "--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+        outs.append(tmp_path / name)
+    a, b, c = (json.loads((d / "classification.json").read_text()) for d in outs)
+    for result in (a, b, c):
+        assert result["filter"].pop("exclude_file").endswith("exclude.txt")  # names its own --out
+    assert a == b and a != c
+    for name in ("heldout.parquet", "table.parquet", "exclude.txt"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
+
+
+# ---- report ---------------------------------------------------------------------------------------
+
+def study_eval(d, ids, memorized, prefix_len=16, by_prefix_len=None):
+    """An extract-eval directory as extract-eval writes it: results + summary with prefix_len."""
+    write_eval(d, ids, memorized)
+    n, m = len(ids), len(set(memorized))
+    summary = {"examples": n, "memorized": m, "rate": m / n, "prefix_len": prefix_len, "suffix_len": 16}
+    if by_prefix_len is not None:
+        summary["by_prefix_len"] = by_prefix_len
+    (d / "summary.json").write_text(json.dumps(summary))
+    return d
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, store, scored):
+    """Evals over the real store's 24 example ids, the real features of `scored` and a real
+    classify run: everything `report` reads, without running vLLM."""
+    from kdstream.storage import open_store
+
+    root = tmp_path_factory.mktemp("study")
+    ids = open_store(str(store)).read(0, EXAMPLES, ("example_id",))["example_id"]
+    t, b, s = set(ids[:12].tolist()), set(ids[6:16].tolist()), set(ids[[2, 8, 10, 14, 20, 21]].tolist())
+    teacher_points = [{"prefix_len": 8, "examples": 24, "memorized": 9, "rate": 9 / 24},
+                      {"prefix_len": 16, "examples": 24, "memorized": 12, "rate": 0.5}]
+    evals = (study_eval(root / "et", ids, t, by_prefix_len=teacher_points), study_eval(root / "eb", ids, b),
+             study_eval(root / "es", ids, s))
+    student_p8 = study_eval(root / "es8", ids, set(ids[[2, 8, 14]].tolist()), prefix_len=8)
+    cls = run_classify(ClassifyRunOptions(student_eval=str(evals[2]), teacher_features=str(scored[0]),
+                                          baseline_features=str(scored[2]), out=str(root / "cls"), repeats=6,
+                                          filter=True, target_recall=0.8))
+    return {"evals": evals, "sets": (t, b, s), "ids": ids, "student_p8": student_p8, "cls_dir": root / "cls",
+            "cls": cls, "root": root}
+
+
+def _report_args(study, scored, out):
+    t, b, s = study["evals"]
+    return ["--teacher-eval", str(t), "--baseline-eval", str(b), "--student-eval", str(s), "--out", str(out)]
+
+
+def _assert_png(path):
+    import matplotlib.image
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 15_000, (path, len(data))
+    img = matplotlib.image.imread(path)  # (H, W, 4) floats
+    assert img.shape[0] > 300 and img.shape[1] > 300 and img[..., :3].std() > 0.05
+
+
+def test_report_over_a_tiny_study(study, scored, tmp_path):
+    out = tmp_path / "report"
+    args = [*_report_args(study, scored, out), "--teacher-features", str(scored[0]), "--baseline-features",
+            str(scored[2]), "--classify", str(study["cls_dir"]), "--prefix-eval", f"student={study['student_p8']}"]
+    r = CliRunner().invoke(report, args)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["auc_mean"] == study["cls"]["auc"]["mean"]
+    names = {p.name for p in out.iterdir()}
+    assert names == {"report.md", "report.json", "options.yaml", "venn.png", "zlib_entropy.png", "roc.png",
+                     "rate_by_prefix_len.png"}
+    for png in ("venn.png", "zlib_entropy.png", "roc.png", "rate_by_prefix_len.png"):
+        _assert_png(out / png)
+    rep = json.loads((out / "report.json").read_text())
+    md = (out / "report.md").read_text()
+
+    # the same numbers as compare and classify write
+    r = CliRunner().invoke(compare, [*map(str, study["evals"]), "--out", str(tmp_path / "cmp"), "--teacher-features",
+                                     str(scored[0]), "--baseline-features", str(scored[2])])
+    assert r.exit_code == 0, r.output
+    assert rep["comparison"] == json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert rep["classifier"] == json.loads((study["cls_dir"] / "classification.json").read_text()) == study["cls"]
+    t, b, s = study["sets"]
+    assert rep["comparison"]["memorized"] == {"teacher": 12, "baseline": 10, "student": 6}
+    assert rep["comparison"]["venn"] == venn_regions(t, b, s) and rep["notes"] == {}
+    assert "| teacher | 12 / 24 | 50.00% |" in md and "| student | 6 / 24 | 25.00% |" in md
+    for key, label in (("all_three", "teacher ∩ baseline ∩ student"), ("student_only", "student only")):
+        assert f"| {label} | {rep['comparison']['venn'][key]} |" in md
+    c = rep["classifier"]
+    assert f"| auc | {c['auc']['mean']:.3f} | {c['auc']['sd']:.3f} |" in md
+    assert f"threshold {c['filter']['threshold']:.4g} flags {c['filter']['flagged']} examples" in md
+
+    # zlib entropy medians: the features' values over each model's memorized set
+    zlib = pq.read_table(scored[0] / "features.parquet").to_pandas().set_index("example_id")["zlib_entropy"]
+    for role, mem in zip(("teacher", "baseline", "student"), (t, b, s)):
+        want = float(np.median(zlib.loc[sorted(mem)]))
+        assert rep["zlib_entropy"][role]["memorized"]["median"] == want
+        assert rep["zlib_entropy"][role]["memorized"]["examples"] == len(mem)
+        assert f"| {role} | {len(mem)} | {want:.4g} |" in md
+
+    # prefix lengths: the teacher's by_prefix_len, the student's main eval + its --prefix-eval
+    points = {(p["role"], p["prefix_len"]): (p["memorized"], p["rate"]) for p in rep["prefix_len"]["points"]}
+    assert points == {("teacher", 8): (9, 9 / 24), ("teacher", 16): (12, 0.5), ("baseline", 16): (10, 10 / 24),
+                      ("student", 8): (3, 3 / 24), ("student", 16): (6, 0.25)}
+    assert "| teacher | 8 | 16 | 9 / 24 | 37.50% |" in md
+    for png in rep["plots"].values():
+        assert f"]({png})" in md
+
+
+def test_report_without_optional_inputs_says_what_to_pass(study, scored, tmp_path):
+    r = CliRunner().invoke(report, _report_args(study, scored, tmp_path / "r"))
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {"report.md", "report.json", "options.yaml", "venn.png",
+                                                             "rate_by_prefix_len.png"}
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "pass --classify DIR" in md and "pass --teacher-features DIR" in md
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["classifier"] is None and rep["zlib_entropy"] is None and rep["comparison"]["features"] == {}
+
+    # a classify output from before heldout.parquet: numbers, no ROC, and the note says how to get it
+    old = tmp_path / "old_cls"
+    old.mkdir()
+    (old / "classification.json").write_text((study["cls_dir"] / "classification.json").read_text())
+    r = CliRunner().invoke(report, [*_report_args(study, scored, tmp_path / "r2"), "--classify", str(old)])
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "r2" / "roc.png").exists()
+    assert "rerun `kdstream classify`" in (tmp_path / "r2" / "report.md").read_text()
+
+
+def test_report_errors_are_one_line(study, scored, tmp_path):
+    from conftest import run_cli
+
+    args = _report_args(study, scored, tmp_path / "r")
+    args[1] = str(tmp_path / "missing")
+    proc = run_cli("report", *args, check=False)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: teacher evaluation")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r.partial").exists()
+
+    clash = study_eval(tmp_path / "clash", study["ids"], set(study["ids"][:3].tolist()), prefix_len=8)
+    with pytest.raises(KdError, match="teacher at prefix length 8"):  # by_prefix_len says 9 memorized
+        run_report(ReportOptions(teacher_eval=str(study["evals"][0]), baseline_eval=str(study["evals"][1]),
+                                 student_eval=str(study["evals"][2]), out=str(tmp_path / "r3"),
+                                 prefix_eval=(f"teacher={clash}",)))
+    with pytest.raises(KdError, match="ROLE=DIR"):
+        ReportOptions(teacher_eval="t", baseline_eval="b", student_eval="s", out="o", prefix_eval=("pupil=x",))
+    with pytest.raises(KdError, match="no classification.json"):
+        run_report(ReportOptions(*map(str, study["evals"]), out=str(tmp_path / "r4"), classify=str(tmp_path)))

@@ -197,3 +197,49 @@ def test_text_features_with_a_real_tokenizer(tokenizer):
     row = tokenizer(text)["input_ids"]
     got = text_features(tokenizer, np.array([row]))["zlib_entropy"]
     assert got[0] == zlib_entropy(tokenizer.decode(row))
+
+
+# ---- all three on one fixed example, by hand ------------------------------------------------------
+
+class _FixedLM(torch.nn.Module):
+    """A 'model' whose next-token distribution at each position is set by hand (V = 4, L = 4),
+    whatever the input: log-probs as logits, shape (B, L, V)."""
+
+    PROBS = torch.tensor([[0.25, 0.5, 0.125, 0.125],  # position 0 predicts token 1: p = 1/2
+                          [0.25, 0.25, 0.25, 0.25],  # position 1 predicts token 2: p = 1/4
+                          [0.125, 0.125, 0.25, 0.5],  # position 2 predicts token 3: p = 1/2
+                          [0.25, 0.25, 0.25, 0.25]])  # position 3: after the example, dropped
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # gives the pass a device
+
+    def forward(self, input_ids):
+        logits = self.PROBS.log().expand(input_ids.shape[0], -1, -1)
+        return type("Out", (), {"logits": logits})()
+
+
+class _LetterTokenizer:
+    def batch_decode(self, rows, skip_special_tokens=False):
+        return ["".join("abcd"[i] for i in row) for row in rows]
+
+
+def test_zlib_perplexity_and_kl_of_a_fixed_example_by_hand():
+    ids = np.array([[0, 1, 2, 3]])  # text "abcd"
+    # the teacher's stored top-1 at each position: token, probability (the rest is the tail)
+    top_ids = np.array([[[1], [2], [3]]])  # (S=1, L-1=3, k=1)
+    top_lp = np.log(np.array([[[0.75], [0.5], [0.5]]]), dtype=np.float32)
+    f = model_features(_FixedLM(), ids, prefix_len=2, suffix_len=2, topk_ids=top_ids, topk_logprobs=top_lp)
+    z = text_features(_LetterTokenizer(), ids)["zlib_entropy"]
+
+    assert f["ppl"][0] == pytest.approx(16 ** (1 / 3))  # exp(-(ln 1/2 + ln 1/4 + ln 1/2) / 3) = (2·4·2)^(1/3)
+    assert f["suffix_ppl"][0] == pytest.approx(math.sqrt(8))  # tokens 2, 3: (4·2)^(1/2)
+    assert f["min_k"][0] == pytest.approx(math.log(0.25))  # floor(0.2·3) = 0 -> the single lowest
+    # KL(teacher ‖ model) on {top-1, tail}: position 0: (.75 | .5), 1: (.5 | .25), 2: (.5 | .5) -> 0
+    kl0 = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    kl1 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert f["teacher_kl"][0] == pytest.approx((kl0 + kl1 + 0.0) / 3, rel=1e-6)
+    # zlib("abcd"): 2-byte header, a fixed-Huffman block of 4 literals (3 + 4·8 + 7 bits -> 6 bytes),
+    # 4-byte adler32
+    assert z[0] == 12
+    assert zlib_ratio(f["ppl"], z)[0] == pytest.approx(math.log(16) / 3 / 12)

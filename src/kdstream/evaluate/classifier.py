@@ -145,18 +145,20 @@ def _mean_sd(values) -> dict[str, float]:
     return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
 
 
-def run_classifier(features: pd.DataFrame, labels, opts: ClassifyOptions = ClassifyOptions()) -> dict:
-    """Repeated held-out evaluation of the memorization predictor -> JSON-ready dict.
+def evaluate_repeats(features: pd.DataFrame, labels,
+                     opts: ClassifyOptions = ClassifyOptions()) -> tuple[dict, pd.DataFrame]:
+    """``run_classifier``'s dict and every repeat's held-out predictions.
 
-    features: DataFrame (N rows) holding the ``opts.features`` columns; labels: (N,) bool, True =
-    memorized by the student. Returns AUC, precision and recall (at probability 0.5) on the
-    held-out 30% as mean ± sd over repeats, the standardized coefficients (log-odds per sd) and
-    intercept as mean ± sd, and the numbers of positives, negatives and negatives sampled.
+    The DataFrame has one row per (repeat, held-out example): repeat, row (index into the
+    input rows), example_id, label (bool) and score (predicted probability of memorization):
+    what a ROC curve of each repeat, or a pooled one, is drawn from.
     """
+    import pandas as pd
     from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
     x, y = _check_inputs(features, labels, opts)
-    auc, precision, recall, coefs, intercepts = [], [], [], [], []
+    ids = _example_ids(features)
+    auc, precision, recall, coefs, intercepts, heldout = [], [], [], [], [], []
     for r in range(opts.repeats):
         train, test = repeat_split(y, opts, r)
         model = _pipeline().fit(x[train], y[train])
@@ -166,9 +168,11 @@ def run_classifier(features: pd.DataFrame, labels, opts: ClassifyOptions = Class
         recall.append(recall_score(y[test], score >= 0.5, zero_division=0))
         coefs.append(model.named_steps["logreg"].coef_[0])
         intercepts.append(model.named_steps["logreg"].intercept_[0])
+        heldout.append(pd.DataFrame({"repeat": np.full(len(test), r, dtype=np.int64), "row": test.astype(np.int64),
+                                     "example_id": ids[test], "label": y[test], "score": score}))
     coefs = np.asarray(coefs)  # (repeats, F)
     n_pos = int(y.sum())
-    return {
+    summary = {
         "features": list(opts.features),
         "positives": n_pos,
         "negatives": int((~y).sum()),
@@ -183,6 +187,18 @@ def run_classifier(features: pd.DataFrame, labels, opts: ClassifyOptions = Class
         "coefficients": {f: _mean_sd(coefs[:, i]) for i, f in enumerate(opts.features)},
         "intercept": _mean_sd(intercepts),
     }
+    return summary, pd.concat(heldout, ignore_index=True)
+
+
+def run_classifier(features: pd.DataFrame, labels, opts: ClassifyOptions = ClassifyOptions()) -> dict:
+    """Repeated held-out evaluation of the memorization predictor -> JSON-ready dict.
+
+    features: DataFrame (N rows) holding the ``opts.features`` columns; labels: (N,) bool, True =
+    memorized by the student. Returns AUC, precision and recall (at probability 0.5) on the
+    held-out 30% as mean ± sd over repeats, the standardized coefficients (log-odds per sd) and
+    intercept as mean ± sd, and the numbers of positives, negatives and negatives sampled.
+    """
+    return evaluate_repeats(features, labels, opts)[0]
 
 
 def recall_threshold(scores: np.ndarray, labels: np.ndarray, target_recall: float) -> float:

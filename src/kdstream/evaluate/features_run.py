@@ -1,0 +1,146 @@
+"""``kdstream features``: one fp32 transformers pass of a model over a teacher store's examples
+-> ``features.parquet`` (one row per example_id: ppl, suffix_ppl, min_k, teacher_kl against the
+store's top-k, zlib_entropy, zlib_ratio, and the teacher's own perplexity read from the store).
+
+The per-example maths lives in ``features.py``; this file reads the store chunk by chunk, checks
+the model against it and writes the directory (under ``OUT.partial``, published at the end).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kdstream.errors import KdError
+from kdstream.evaluate.study_dirs import FEATURE_COLUMNS, FEATURES_FILE, SUMMARY_FILE, jsonable, write_json
+from kdstream.options import require, save_options
+from kdstream.outputs import fresh_partial, publish
+
+_STORE_KEYS = ("input_ids", "example_id", "topk_ids", "topk_logprobs", "target_logprob")
+
+
+@dataclass(frozen=True)
+class FeaturesOptions:
+    """Score every example of a teacher store with one model (fp32, transformers)."""
+
+    model: str  # HF model directory; must share the store's tokenizer
+    logits_store: str  # teacher store (path or fsspec URL): examples + the teacher's top-k
+    out: str  # directory for features.parquet, options.yaml, summary.json
+    prefix_len: int = 50  # suffix_ppl covers tokens [prefix_len, prefix_len + suffix_len)
+    suffix_len: int = 50
+    batch_size: int = 16  # examples per forward pass
+    max_examples: int | None = None  # only the first N examples of the store
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        require(bool(self.model) and bool(self.logits_store) and bool(self.out),
+                "pass --model DIR, --logits-store STORE and --out DIR")
+        require(isinstance(self.prefix_len, int) and self.prefix_len >= 1, f"--prefix-len {self.prefix_len} must be at least 1")
+        require(isinstance(self.suffix_len, int) and self.suffix_len >= 1, f"--suffix-len {self.suffix_len} must be at least 1")
+        require(isinstance(self.batch_size, int) and self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1")
+        require(self.max_examples is None or (isinstance(self.max_examples, int) and self.max_examples >= 1),
+                f"--max-examples {self.max_examples} must be at least 1")
+
+
+def _load_scoring_model(opts: FeaturesOptions, store):
+    """(model in eval mode, fp32; tokenizer) after every check that needs no weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kdstream.data import load_tokenizer, tokenizer_fingerprint
+    from kdstream.model_files import check_model_dir, model_config
+
+    model_dir = check_model_dir(opts.model, "scored")
+    if not any((model_dir / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise KdError(f"model {model_dir} has no tokenizer files: save the teacher's tokenizer with it "
+                      "(features decode the text and must check it matches the store's)")
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer_fingerprint(tokenizer)["sha256"] != store.attrs.get("tokenizer", {}).get("sha256"):
+        raise KdError(f"the tokenizer of {model_dir} differs from the store's ({opts.logits_store}): "
+                      "score a model that shares the teacher's tokenizer")
+    config = model_config(model_dir)
+    vocab = config.get("vocab_size")
+    if vocab is not None and int(vocab) < store.vocab_size:
+        raise KdError(f"model {model_dir} has {vocab} output classes, fewer than the store's vocabulary "
+                      f"({store.vocab_size}): score a model built for the teacher's vocabulary")
+    max_pos = config.get("max_position_embeddings")
+    if max_pos and int(max_pos) < store.seq_len:
+        raise KdError(f"examples of {store.seq_len} tokens exceed the context of {model_dir} ({max_pos}): "
+                      "use a store with shorter --seq-len")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+def run_features(opts: FeaturesOptions) -> dict:
+    """Write ``features.parquet`` (one row per example), ``options.yaml`` and ``summary.json``
+    (last) into ``opts.out``; return the summary.
+
+    Columns (``FEATURE_COLUMNS``): ppl (tokens 1..L-1), suffix_ppl (the extraction suffix), min_k
+    (Min-K% Prob, k = 0.2), teacher_kl (mean over positions of KL(teacher ‖ model) on the store's
+    top-k + tail; ≈ 0 for the teacher itself, the paper's teacher–baseline KL for the baseline),
+    teacher_ppl_from_store (exp(−mean target_logprob): the teacher's perplexity, no model),
+    zlib_entropy (bytes of the zlib-compressed decoded text) and zlib_ratio (log ppl / zlib).
+    The store is read whole chunks at a time (``store.chunk_rows`` rows), never row by row.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kdstream.evaluate.features import model_features, perplexity, text_features, zlib_ratio
+    from kdstream.progress import progress
+    from kdstream.storage import open_store
+
+    out = Path(opts.out)
+    if (out / SUMMARY_FILE).exists() and not opts.overwrite:
+        raise KdError(f"{out} already holds features: pass --overwrite to replace them")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SUMMARY_FILE).exists())):
+        raise KdError(f"--out {out} exists and is not a features directory: choose another directory")
+    store = open_store(opts.logits_store)
+    if opts.prefix_len + opts.suffix_len > store.seq_len:
+        raise KdError(f"--prefix-len {opts.prefix_len} + --suffix-len {opts.suffix_len} exceeds the example length "
+                      f"{store.seq_len} of {opts.logits_store}: shorten them")
+    model, tokenizer = _load_scoring_model(opts, store)
+    n = len(store) if opts.max_examples is None else min(len(store), opts.max_examples)
+    if n == 0:
+        raise KdError(f"store {opts.logits_store} holds no examples: precompute a store with examples")
+
+    columns: dict[str, list[np.ndarray]] = {c: [] for c in FEATURE_COLUMNS}
+    start_time = time.perf_counter()
+    with progress(n, "features", unit="seq") as bar:
+        for start in range(0, n, store.chunk_rows):
+            rows = store.read(start, min(start + store.chunk_rows, n), _STORE_KEYS)
+            f = model_features(model, rows["input_ids"], prefix_len=opts.prefix_len, suffix_len=opts.suffix_len,
+                               topk_ids=rows["topk_ids"], topk_logprobs=rows["topk_logprobs"],
+                               batch_size=opts.batch_size)
+            zlib_bytes = text_features(tokenizer, rows["input_ids"])["zlib_entropy"]
+            columns["example_id"].append(rows["example_id"])
+            for name in ("ppl", "suffix_ppl", "min_k", "teacher_kl"):
+                columns[name].append(f[name])
+            columns["teacher_ppl_from_store"].append(perplexity(rows["target_logprob"]))
+            columns["zlib_entropy"].append(zlib_bytes)
+            columns["zlib_ratio"].append(zlib_ratio(f["ppl"], zlib_bytes))
+            bar.update(len(rows["example_id"]))
+    seconds = time.perf_counter() - start_time
+    table = {c: np.concatenate(v) for c, v in columns.items()}
+
+    partial = fresh_partial(out)
+    pq.write_table(pa.table(table), partial / FEATURES_FILE)
+    save_options(opts, partial)
+    summary = {
+        "model": str(opts.model),
+        "logits_store": str(opts.logits_store),
+        "examples": int(n),
+        "seq_len": store.seq_len,
+        "k": store.k,
+        "prefix_len": opts.prefix_len,
+        "suffix_len": opts.suffix_len,
+        "tokenizer_sha256": store.attrs["tokenizer"]["sha256"],
+        "mean": {c: float(np.mean(table[c])) for c in FEATURE_COLUMNS if c != "example_id"},
+        "median": {c: float(np.median(table[c])) for c in FEATURE_COLUMNS if c != "example_id"},
+        "seconds": round(seconds, 3),
+        "sequences_per_s": round(n / seconds, 1) if seconds > 0 else None,
+    }
+    write_json(partial / SUMMARY_FILE, summary)
+    publish(partial, out)
+    return jsonable(summary)
