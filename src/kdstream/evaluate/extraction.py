@@ -130,7 +130,8 @@ def _load_examples(opts: ExtractOptions, tokenizer):
 
 
 def _check_windows(opts: ExtractOptions, seq_len: int, model_dir: Path | None) -> int:
-    """Longest prompt (prefix + suffix) the runs need; KdError when a window does not fit."""
+    """Context the engine needs: prefix + suffix, plus one with vLLM's fast path (prompt
+    logprobs come with at least one generated token). KdError when a window does not fit."""
     longest = max(opts.prefix_len) + opts.suffix_len
     if opts.offset + longest > seq_len:
         raise KdError(
@@ -143,6 +144,11 @@ def _check_windows(opts: ExtractOptions, seq_len: int, model_dir: Path | None) -
         max_pos = model_config(model_dir).get("max_position_embeddings")
         if max_pos and longest > max_pos:
             raise KdError(f"prefix + suffix ({longest}) exceeds the model's context ({max_pos}): shorten them")
+        if "fast" in opts.methods and opts.backend == "vllm":
+            longest += 1
+            if max_pos and longest > max_pos:
+                raise KdError(f"vLLM's fast path needs prefix + suffix + 1 ({longest}) <= the model's context "
+                              f"({max_pos}): shorten them by one or use --backend hf")
     return longest
 
 

@@ -22,9 +22,15 @@ class VllmBackend:
         """prefixes (B, P) → generated (B, n) token ids."""
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=n, min_tokens=n, ignore_eos=True, detokenize=False)
+        # ignore_eos alone gives exactly n tokens. No min_tokens: vLLM's min_tokens masks EOS
+        # (even with ignore_eos), which silently replaces an EOS argmax by the runner-up, so a
+        # suffix that crosses a document boundary could never be reproduced.
+        params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False)
         outputs = self.llm.generate(_prompts(prefixes), params, use_tqdm=False)
-        return np.asarray([list(o.outputs[0].token_ids) for o in outputs], dtype=np.int64)
+        gen = [list(o.outputs[0].token_ids) for o in outputs]
+        if any(len(g) != n for g in gen):
+            raise RuntimeError(f"vLLM stopped before {n} tokens despite ignore_eos")
+        return np.asarray(gen, dtype=np.int64)
 
     def score_suffix(self, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """ids (B, T) → argmax ids (B, n) and top1 − top2 logprob (B, n) for the last n tokens.
