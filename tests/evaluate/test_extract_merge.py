@@ -88,3 +88,15 @@ def test_merge_refuses_shards_of_different_runs(shards, teacher_store, tmp_path)
             "--suffix-len", 16, "--num-workers", 3, "--worker-index", 1, "--out", other)
     proc = run_cli("eval", "merge", shards[0], other, shards[2], "--out", tmp_path / "m", check=False)
     assert proc.returncode == 2 and "different options (prefix_len)" in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--method", "store", "--dataset", "corpus.jsonl"), "--method store reads the teacher's verdicts from --logits-store"),
+    (("--method", "fast", "--logits-store", "s.zarr"), "--method fast needs --model"),
+    (("--method", "store", "--logits-store", "s.zarr", "--prefix-len", "16,x"), "is not a comma list of integers"),
+    (("--method", "store", "--logits-store", "s.zarr", "--num-workers", 3, "--worker-index", 3), "outside 0..2"),
+])
+def test_extract_eval_option_errors(tmp_path, args, message):
+    proc = run_cli("extract-eval", *args, "--out", tmp_path / "e", check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and message in err[0], proc.stderr
