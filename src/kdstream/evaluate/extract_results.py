@@ -71,7 +71,7 @@ def prefix_table(example_id: np.ndarray, truth: np.ndarray, per_method: dict[str
     return pa.table(cols)
 
 
-def sweep_table(tables: dict[int, "object"]):
+def sweep_table(tables: dict[int, object]):
     """{prefix_len: prefix_table} → one table with a prefix_len column, without the id lists."""
     import pyarrow as pa
 
@@ -85,7 +85,7 @@ def sweep_table(tables: dict[int, "object"]):
 def summarize(results, sweep, methods: list[str]) -> dict:
     """Counts from the tables (pandas frames): what a merge must recompute from its shards."""
     s = {
-        "examples": int(len(results)),
+        "examples": len(results),
         "memorized": int(results["exact_match"].sum()),
         "rate": float(results["exact_match"].mean()),
         "mean_frac_matched": float(results["frac_matched"].mean()),
@@ -101,7 +101,7 @@ def summarize(results, sweep, methods: list[str]) -> dict:
         s["disagreements"] = int(results["verdicts_differ"].sum())
         s["disagreements_not_near_tie"] = int((results["verdicts_differ"] & ~results["near_tie"]).sum())
     s["by_prefix_len"] = [
-        {"prefix_len": int(p), "examples": int(len(g)), "memorized": int(g["exact_match"].sum()),
+        {"prefix_len": int(p), "examples": len(g), "memorized": int(g["exact_match"].sum()),
          "rate": float(g["exact_match"].mean())}
         for p, g in sweep.groupby("prefix_len", sort=True)
     ]

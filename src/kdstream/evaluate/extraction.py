@@ -3,17 +3,18 @@
 Three ways to the same verdict (``method``):
     generate  greedy decoding of the suffix (the reference; also edit distance, approx match)
     fast      one teacher-forced pass over prefix + suffix (evaluate/fast_path.py): the same
-              exact-match verdict and first divergence, ≥ 3x faster, plus a near-tie margin
+              exact-match verdict and first divergence, plus a near-tie margin;
+              no decoding steps (3.1x generate's sequences/s in benchmarks/extraction_bench.py)
     both      generate and fast, every disagreement reported (disagreements.parquet)
     store     the teacher's verdict read from its logit store (target_rank == 1), no model
 on vLLM or HF transformers (``backend``), for one or several prefix lengths, optionally as one
 shard of ``num_workers`` (merged by ``kdstream eval merge``).
 
 Windows: the prefix is ``input_ids[offset : offset+P]`` and the suffix the ``suffix_len`` tokens
-right after it, so a longer prefix shifts the suffix along the example (the paper's protocol:
-"prefix of length P, then the next n tokens"). A fixed-suffix sweep (Pythia/Carlini vary the
-context before a fixed target) is the same run with ``offset`` moved back by the extra length;
-we keep one rule so every prefix length scores a verdict over the same amount of text.
+right after it (the paper's prefix 50 → next 50 tokens), so a longer prefix shifts the suffix
+along the example. A sweep with the suffix at one fixed position and more context before it is
+the same rule with ``offset`` moved back by the extra length, run once per prefix length; the
+shifting rule lets one run sweep, and every prefix length is judged on the same number of tokens.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.evaluate.backends import BACKENDS
-from kdstream.evaluate.extract_results import SUMMARY_FILE  # noqa: F401  (re-exported for callers)
+from kdstream.evaluate.extract_results import SUMMARY_FILE
 from kdstream.options import options_dict, require, save_options
 from kdstream.outputs import fresh_partial, publish
 from kdstream.vllm_engine import EngineOptions
@@ -184,8 +185,6 @@ def _store_metrics(opts: ExtractOptions, start: int, stop: int, bar) -> dict[int
 def run_extract_eval(opts: ExtractOptions) -> dict:
     """Write results.parquet, prefix_sweep.parquet (and disagreements.parquet with --method both)
     and summary.json under ``out`` (see evaluate/extract_results.py); returns the summary."""
-    import pyarrow as pa
-
     from kdstream.evaluate.backends import make_backend
     from kdstream.evaluate.extract_results import prefix_table, sweep_table, write_eval
     from kdstream.evaluate.fast_path import teacher_forced_metrics

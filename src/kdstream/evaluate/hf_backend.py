@@ -18,7 +18,6 @@ class HfBackend:
 
         # "auto" means float32 here: the CPU reference precision (vLLM's auto follows the config).
         dtype = torch.float32 if engine.dtype == "auto" else getattr(torch, engine.dtype)
-        torch.manual_seed(engine.seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype).to(device).eval()
         self.device = device

@@ -8,7 +8,12 @@ from pathlib import Path
 import yaml
 
 from kdstream.errors import KdError
-from kdstream.evaluate.extract_results import RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE, write_eval
+from kdstream.evaluate.extract_results import (
+    RESULTS_FILE,
+    SUMMARY_FILE,
+    SWEEP_FILE,
+    write_eval,
+)
 from kdstream.outputs import fresh_partial, publish
 
 # Options that may differ between shards of one evaluation.
