@@ -13,6 +13,7 @@ import click
 
 from kdstream.cli_analysis import ANALYSIS_COMMANDS
 from kdstream.cli_common import config_option, print_summary
+from kdstream.cli_eval import eval_group
 from kdstream.cli_store import store
 from kdstream.errors import KdError
 
@@ -117,22 +118,32 @@ def distill(**kw):
 
 @click.command("extract-eval")
 @config_option
-@click.option("--model", required=True, help="Model directory to evaluate.")
-@click.option("--out", required=True, help="Directory for results.parquet and summary.json.")
+@click.option("--model", default=None, help="Model directory to evaluate (not needed by --method store).")
+@click.option("--out", required=True, help="Directory for results.parquet, prefix_sweep.parquet and summary.json.")
 @click.option("--logits-store", default=None, help="Take the examples from this store.")
 @click.option("--dataset", default=None, help="Or from a corpus, tokenized like the store.")
-@click.option("--prefix-len", type=int, default=50, show_default=True)
-@click.option("--suffix-len", type=int, default=50, show_default=True)
+@click.option("--method", default="generate", show_default=True,
+              help="generate (greedy decoding) | fast (one teacher-forced pass, same exact-match verdict) | "
+                   "both (and report disagreements) | store (teacher's verdict from --logits-store, no model)")
+@click.option("--backend", default="vllm", show_default=True, help="vllm | hf (transformers, for models vLLM cannot load)")
+@click.option("--prefix-len", default="50", show_default=True,
+              help="Prefix tokens; a comma list (32,48) sweeps several, the first is primary.")
+@click.option("--suffix-len", type=int, default=50, show_default=True,
+              help="Suffix tokens, right after the prefix (a longer prefix shifts the suffix).")
 @click.option("--offset", type=int, default=0, show_default=True, help="Where the prefix starts.")
 @click.option("--seq-len", type=int, default=256, show_default=True, help="With --dataset only.")
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--split", default="train", show_default=True)
 @click.option("--max-examples", type=int, default=None)
 @click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--num-workers", type=int, default=1, show_default=True, help="Shard the examples over N workers.")
+@click.option("--worker-index", type=int, default=0, show_default=True,
+              help="This worker's share (0..N-1); join the shards with `kdstream eval merge`.")
 @click.option("--overwrite", is_flag=True)
 @engine_options
 def extract_eval(**kw):
-    """Greedy prefix → suffix extraction with vLLM; writes results.parquet and summary.json."""
+    """Prefix → suffix extraction (greedy, teacher-forced, or from the store); writes
+    results.parquet, prefix_sweep.parquet and summary.json."""
     from kdstream.evaluate import ExtractOptions, run_extract_eval
 
     engine = _engine(kw)
@@ -163,7 +174,7 @@ def kdstream():
     """kdstream: offline distillation from a shareable logit store, with memorization analysis."""
 
 
-for _cmd in (precompute_logits, distill, extract_eval, demo, store, *ANALYSIS_COMMANDS):
+for _cmd in (precompute_logits, distill, extract_eval, demo, store, eval_group, *ANALYSIS_COMMANDS):
     kdstream.add_command(_cmd)
 
 

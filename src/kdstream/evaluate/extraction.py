@@ -1,7 +1,23 @@
-"""extract-eval: does the model reproduce each example's suffix from its prefix (greedy)?"""
+"""extract-eval: does the model reproduce each example's suffix from its prefix (greedy)?
+
+Three ways to the same verdict (``method``):
+    generate  greedy decoding of the suffix (the reference; also edit distance, approx match)
+    fast      one teacher-forced pass over prefix + suffix (evaluate/fast_path.py): the same
+              exact-match verdict and first divergence, plus a near-tie margin;
+              no decoding steps (3.1x generate's sequences/s in benchmarks/extraction_bench.py)
+    both      generate and fast, every disagreement reported (disagreements.parquet)
+    store     the teacher's verdict read from its logit store (target_rank == 1), no model
+on vLLM or HF transformers (``backend``), for one or several prefix lengths, optionally as one
+shard of ``num_workers`` (merged by ``kdstream eval merge``).
+
+Windows: the prefix is ``input_ids[offset : offset+P]`` and the suffix the ``suffix_len`` tokens
+right after it (the paper's prefix 50 → next 50 tokens), so a longer prefix shifts the suffix
+along the example. A sweep with the suffix at one fixed position and more context before it is
+the same rule with ``offset`` moved back by the extra length, run once per prefix length; the
+shifting rule lets one run sweep, and every prefix length is judged on the same number of tokens.
+"""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,42 +25,88 @@ from pathlib import Path
 import numpy as np
 
 from kdstream.errors import KdError
+from kdstream.evaluate.backends import BACKENDS
+from kdstream.evaluate.extract_results import SUMMARY_FILE
 from kdstream.options import options_dict, require, save_options
 from kdstream.outputs import fresh_partial, publish
 from kdstream.vllm_engine import EngineOptions
 
-SUMMARY_FILE = "summary.json"  # written last: an eval directory without it is incomplete
+METHODS = {"generate": ["generate"], "fast": ["fast"], "both": ["generate", "fast"], "store": ["store"]}
+
+
+def parse_prefix_lens(value) -> tuple[int, ...]:
+    """50, "32,48" or [32, 48] → (32, 48); the first is the primary prefix length."""
+    items = value.strip("[]() ").split(",") if isinstance(value, str) else (value if isinstance(value, (list, tuple)) else [value])
+    try:
+        lens = tuple(int(str(v).strip()) for v in items)
+    except ValueError:
+        raise KdError(f"--prefix-len {value!r} is not a comma list of integers: pass e.g. 50 or 32,48") from None
+    require(len(lens) > 0 and min(lens) >= 1, "--prefix-len values must be at least 1")
+    require(len(set(lens)) == len(lens), f"--prefix-len {value!r} repeats a length: list each once")
+    return lens
 
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    """Greedy-decode --suffix-len tokens after the first --prefix-len tokens of every example."""
+    """Greedy-decode --suffix-len tokens after --prefix-len tokens (from --offset) of every example."""
 
-    model: str
+    model: str | None  # not needed by --method store
     out: str
     logits_store: str | None = None  # examples from a teacher store (its tokenization)
     dataset: str | None = None  # or from a corpus, packed with the model's tokenizer
-    prefix_len: int = 50
+    prefix_len: tuple[int, ...] = (50,)  # several: a sweep; the first is primary (results.parquet)
     suffix_len: int = 50
     offset: int = 0  # token where the prefix starts inside the example
     seq_len: int = 256  # with --dataset only
     text_field: str = "text"
     split: str = "train"
     max_examples: int | None = None
-    batch_size: int = 256  # prompts per vLLM call
+    batch_size: int = 256  # prompts per engine call
+    method: str = "generate"  # generate | fast | both | store
+    backend: str = "vllm"  # vllm | hf
+    num_workers: int = 1
+    worker_index: int = 0
     overwrite: bool = False
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix_len", parse_prefix_lens(self.prefix_len))
         require((self.logits_store is None) != (self.dataset is None),
                 "pass exactly one of --logits-store STORE or --dataset DATA")
-        require(self.prefix_len >= 1 and self.suffix_len >= 1, "--prefix-len and --suffix-len must be at least 1")
+        require(self.suffix_len >= 1, "--suffix-len must be at least 1")
         require(self.offset >= 0, "--offset must be >= 0")
         require(self.batch_size >= 1, "--batch-size must be at least 1")
+        require(self.method in METHODS, f"--method {self.method!r} is unknown: use {' | '.join(METHODS)}")
+        require(self.backend in BACKENDS, f"--backend {self.backend!r} is unknown: use vllm | hf")
+        require(self.num_workers >= 1 and 0 <= self.worker_index < self.num_workers,
+                f"--worker-index {self.worker_index} is outside 0..{self.num_workers - 1}: "
+                "pass 0 <= --worker-index < --num-workers")
+        if self.method == "store":
+            require(self.logits_store is not None, "--method store reads the teacher's verdicts from --logits-store STORE: pass it")
+            require(self.offset == 0, "--method store needs --offset 0: the store's teacher saw every example from token 0")
+        else:
+            require(self.model is not None, f"--method {self.method} needs --model MODEL_DIR")
+
+    @property
+    def methods(self) -> list[str]:
+        return METHODS[self.method]
+
+
+def shard_range(total: int, num_workers: int, worker_index: int) -> tuple[int, int]:
+    """Worker i's contiguous share [start, stop) of ``total`` examples (sizes differ by ≤ 1)."""
+    return total * worker_index // num_workers, total * (worker_index + 1) // num_workers
+
+
+def _tokenizer(model_dir: Path):
+    if any((model_dir / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        from kdstream.data import load_tokenizer
+
+        return load_tokenizer(model_dir)
+    return None
 
 
 def _load_examples(opts: ExtractOptions, tokenizer):
-    """(input_ids (S, L), example_id (S,)) from the store or the dataset."""
+    """(input_ids (s, L), example_id (s,), (start, stop, total)) for this worker's share."""
     if opts.logits_store is not None:
         from kdstream.data import tokenizer_fingerprint
         from kdstream.storage import open_store
@@ -55,88 +117,139 @@ def _load_examples(opts: ExtractOptions, tokenizer):
                 f"the model's tokenizer differs from the store's ({opts.logits_store}): evaluate a model that "
                 "shares the teacher's tokenizer, or use --dataset"
             )
-        n = len(store) if opts.max_examples is None else min(len(store), opts.max_examples)
-        rows = store.read(0, n, ("input_ids", "example_id"))
-        return rows["input_ids"], rows["example_id"]
+        total = len(store) if opts.max_examples is None else min(len(store), opts.max_examples)
+        start, stop = shard_range(total, opts.num_workers, opts.worker_index)
+        rows = store.read(start, stop, ("input_ids", "example_id"))
+        return rows["input_ids"], rows["example_id"], (start, stop, total)
     from kdstream.data import load_corpus, pack_examples
 
     if tokenizer is None:
         raise KdError(f"model {opts.model} has no tokenizer files: --dataset needs one to tokenize the text")
     ex = pack_examples(load_corpus(opts.dataset, opts.text_field, opts.split).texts, tokenizer, opts.seq_len, opts.max_examples)
-    return ex.input_ids, ex.example_id
+    start, stop = shard_range(len(ex.input_ids), opts.num_workers, opts.worker_index)
+    return ex.input_ids[start:stop], ex.example_id[start:stop], (start, stop, len(ex.input_ids))
+
+
+def _check_windows(opts: ExtractOptions, seq_len: int, model_dir: Path | None) -> int:
+    """Context the engine needs: prefix + suffix, plus one with vLLM's fast path (prompt
+    logprobs come with at least one generated token). KdError when a window does not fit."""
+    longest = max(opts.prefix_len) + opts.suffix_len
+    if opts.offset + longest > seq_len:
+        raise KdError(
+            f"--offset {opts.offset} + --prefix-len {max(opts.prefix_len)} + --suffix-len {opts.suffix_len} = "
+            f"{opts.offset + longest} exceeds the example length {seq_len}: shorten them"
+        )
+    if model_dir is not None:
+        from kdstream.model_files import model_config
+
+        max_pos = model_config(model_dir).get("max_position_embeddings")
+        if max_pos and longest > max_pos:
+            raise KdError(f"prefix + suffix ({longest}) exceeds the model's context ({max_pos}): shorten them")
+        if "fast" in opts.methods and opts.backend == "vllm":
+            longest += 1
+            if max_pos and longest > max_pos:
+                raise KdError(f"vLLM's fast path needs prefix + suffix + 1 ({longest}) <= the model's context "
+                              f"({max_pos}): shorten them by one or use --backend hf")
+    return longest
+
+
+def _batched(fn, rows: np.ndarray, n: int, batch_size: int, bar):
+    """fn over row batches; concatenates each returned array (or tuple of arrays) along axis 0."""
+    parts = []
+    for b in range(0, len(rows), batch_size):
+        out = fn(rows[b : b + batch_size], n)
+        parts.append(out if isinstance(out, tuple) else (out,))
+        bar.update(len(rows[b : b + batch_size]))
+    joined = tuple(np.concatenate(col) for col in zip(*parts))
+    return joined if len(joined) > 1 else joined[0]
+
+
+def _store_metrics(opts: ExtractOptions, start: int, stop: int, bar) -> dict[int, dict]:
+    """{prefix_len: store_metrics} read block by block (the top-k arrays of a big store do not
+    fit in memory at once)."""
+    from kdstream.evaluate.fast_path import store_metrics
+    from kdstream.storage import open_store
+
+    store = open_store(opts.logits_store)
+    keys = ("input_ids", "topk_ids", "topk_logprobs", "target_rank")
+    block = max(store.chunk_rows, opts.batch_size)
+    parts: dict[int, list[dict]] = {p: [] for p in opts.prefix_len}
+    for b in range(start, stop, block):
+        rows = store.read(b, min(stop, b + block), keys)
+        for p in opts.prefix_len:
+            parts[p].append(store_metrics(rows, opts.offset + p, opts.offset + p + opts.suffix_len))
+            bar.update(len(rows["input_ids"]))
+    return {p: {k: np.concatenate([m[k] for m in ms]) for k in ms[0]} for p, ms in parts.items()}
 
 
 def run_extract_eval(opts: ExtractOptions) -> dict:
-    """Write ``results.parquet`` (one row per example) and ``summary.json`` under ``out``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    """Write results.parquet, prefix_sweep.parquet (and disagreements.parquet with --method both)
+    and summary.json under ``out`` (see evaluate/extract_results.py); returns the summary."""
+    from kdstream.evaluate.backends import make_backend
+    from kdstream.evaluate.extract_results import prefix_table, sweep_table, write_eval
+    from kdstream.evaluate.fast_path import teacher_forced_metrics
     from kdstream.evaluate.metrics import match_metrics
-    from kdstream.evaluate.vllm_generator import VllmGenerator
-    from kdstream.model_files import check_model_dir, model_config
+    from kdstream.model_files import check_model_dir
     from kdstream.progress import progress
 
     out = Path(opts.out)
     if (out / SUMMARY_FILE).exists() and not opts.overwrite:
         raise KdError(f"{out} already holds an evaluation: pass --overwrite to replace it")
-    model_dir = check_model_dir(opts.model, "evaluated")
-    tokenizer = None
-    if any((model_dir / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
-        from kdstream.data import load_tokenizer
+    model_dir = check_model_dir(opts.model, "evaluated") if opts.method != "store" else None
+    input_ids, example_id, (start, stop, total) = _load_examples(opts, _tokenizer(model_dir) if model_dir else None)
+    longest = _check_windows(opts, input_ids.shape[1], model_dir)
+    methods, n, o = opts.methods, opts.suffix_len, opts.offset
+    backend = make_backend(opts.backend, str(model_dir), longest, opts.engine) if model_dir else None
 
-        tokenizer = load_tokenizer(model_dir)
-    input_ids, example_id = _load_examples(opts, tokenizer)
-    p0, p1, s1 = opts.offset, opts.offset + opts.prefix_len, opts.offset + opts.prefix_len + opts.suffix_len
-    if s1 > input_ids.shape[1]:
-        raise KdError(
-            f"--offset {opts.offset} + --prefix-len {opts.prefix_len} + --suffix-len {opts.suffix_len} = {s1} "
-            f"exceeds the example length {input_ids.shape[1]}: shorten them"
-        )
-    max_pos = model_config(model_dir).get("max_position_embeddings")
-    if max_pos and s1 - p0 > max_pos:
-        raise KdError(f"prefix + suffix ({s1 - p0}) exceeds the model's context ({max_pos}): shorten them")
-    prefixes, truth = input_ids[:, p0:p1], input_ids[:, p1:s1]  # (S, P), (S, n)
+    seconds = dict.fromkeys(methods, 0.0)
+    per_prefix: dict[int, dict[str, dict]] = {p: {} for p in opts.prefix_len}
+    with progress(len(input_ids) * len(methods) * len(opts.prefix_len), "extract", unit="seq") as bar:
+        for p in opts.prefix_len:
+            truth = input_ids[:, o + p : o + p + n]  # (s, n)
+            if "generate" in methods:
+                t = time.perf_counter()
+                gen = _batched(backend.greedy, input_ids[:, o : o + p], n, opts.batch_size, bar)  # (s, n)
+                seconds["generate"] += time.perf_counter() - t
+                per_prefix[p]["generate"] = {**match_metrics(gen, truth), "generated_ids": gen}
+            if "fast" in methods:
+                t = time.perf_counter()
+                argmax, gap = _batched(backend.score_suffix, input_ids[:, o : o + p + n], n, opts.batch_size, bar)
+                seconds["fast"] += time.perf_counter() - t
+                per_prefix[p]["fast"] = teacher_forced_metrics(argmax, gap, truth)
+        if "store" in methods:
+            t = time.perf_counter()
+            for p, m in _store_metrics(opts, start, stop, bar).items():
+                per_prefix[p]["store"] = m
+            seconds["store"] += time.perf_counter() - t
 
-    generator = VllmGenerator(str(model_dir), max_model_len=s1 - p0, engine=opts.engine)
-    start = time.perf_counter()
-    generated = []
-    with progress(len(prefixes), "extract", unit="seq") as bar:
-        for b in range(0, len(prefixes), opts.batch_size):
-            generated.append(generator.greedy(prefixes[b : b + opts.batch_size], opts.suffix_len))
-            bar.update(len(generated[-1]))
-    seconds = time.perf_counter() - start
-    gen = np.concatenate(generated)  # (S, n)
-    m = match_metrics(gen, truth)
-
+    tables = {p: prefix_table(example_id, input_ids[:, o + p : o + p + n], ms) for p, ms in per_prefix.items()}
+    primary = opts.prefix_len[0]
+    meta = run_meta(opts, model_dir, backend.name if backend else "store", seconds, len(input_ids))
+    meta.update(worker_index=opts.worker_index, num_workers=opts.num_workers, example_range=[start, stop],
+                total_examples=total)
     partial = fresh_partial(out)
-    table = pa.table({
-        "example_id": example_id,
-        "exact_match": m["exact"],
-        "frac_matched": m["frac_matched"],
-        "prefix_match_len": m["prefix_match_len"],
-        "edit_distance": m["edit_distance"],
-        "approx_match": m["approx"],
-        "generated_ids": list(gen),
-        "suffix_ids": list(truth),
-    })
-    pq.write_table(table, partial / "results.parquet")
     save_options(opts, partial)
-    summary = {
-        "model": str(model_dir),
-        "examples": int(len(gen)),
-        "memorized": int(m["exact"].sum()),
-        "rate": float(m["exact"].mean()),
-        "approx_memorized": int(m["approx"].sum()),
-        "mean_frac_matched": float(m["frac_matched"].mean()),
-        "prefix_len": opts.prefix_len,
-        "suffix_len": opts.suffix_len,
-        "offset": opts.offset,
-        "method": "generate",
-        "backend": generator.name,
-        "seconds": round(seconds, 3),
-        "sequences_per_s": round(len(gen) / seconds, 1),
-        "engine": options_dict(opts.engine),
-    }
-    (partial / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    summary = write_eval(partial, tables[primary], sweep_table(tables), meta, methods)
     publish(partial, out)
     return summary
+
+
+def run_meta(opts: ExtractOptions, model_dir, backend: str, seconds: dict[str, float], examples: int) -> dict:
+    """The summary's run facts (the counts come from extract_results.summarize)."""
+    per_method = {m: round(examples * len(opts.prefix_len) / s, 1) if s > 0 else None for m, s in seconds.items()}
+    total_s = sum(seconds.values())
+    return {
+        "model": str(model_dir) if model_dir else None,
+        "logits_store": opts.logits_store,
+        "prefix_len": opts.prefix_len[0],
+        "prefix_lens": list(opts.prefix_len),
+        "suffix_len": opts.suffix_len,
+        "offset": opts.offset,
+        "method": opts.method,
+        "backend": backend,
+        "seconds": round(total_s, 3),
+        "seconds_by_method": {m: round(s, 3) for m, s in seconds.items()},
+        "sequences_per_s": round(examples * len(opts.prefix_len) / total_s, 1) if total_s > 0 else None,
+        "sequences_per_s_by_method": per_method,
+        "engine": options_dict(opts.engine),
+    }
