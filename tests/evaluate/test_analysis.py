@@ -295,9 +295,9 @@ def test_classify_auc_determinism_and_filter(tmp_path):
     table = pq.read_table(tmp_path / "cf" / "table.parquet").to_pandas()
     assert set(table.loc[table["flagged"], "example_id"]) == excluded
     assert table["memorized"].sum() == 30
-    from kdstream.distill.trainer import _read_exclude  # the reader `distill --exclude` uses
+    from kdstream.distill.sources import read_exclude  # the reader `distill --exclude` uses
 
-    assert _read_exclude(str(tmp_path / "cf" / "exclude.txt")) == frozenset(excluded)
+    assert read_exclude(str(tmp_path / "cf" / "exclude.txt")) == frozenset(excluded)
 
 
 def test_classify_joins_by_example_id(tmp_path):

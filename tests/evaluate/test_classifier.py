@@ -114,10 +114,10 @@ def test_recall_threshold_rule():
 
 
 def test_exclude_list_round_trips(tmp_path):
-    from kdstream.distill.trainer import _read_exclude  # the reader `distill --exclude` uses
+    from kdstream.distill.sources import read_exclude  # the reader `distill --exclude` uses
 
     ids = np.array([1005, 3, 42, 3])
     path = write_exclude_list(ids, tmp_path / "exclude.txt")
     assert path.read_text() == "3\n42\n1005\n"
-    assert _read_exclude(str(path)) == frozenset({3, 42, 1005})
-    assert _read_exclude(str(write_exclude_list([], tmp_path / "empty.txt"))) == frozenset()
+    assert read_exclude(str(path)) == frozenset({3, 42, 1005})
+    assert read_exclude(str(write_exclude_list([], tmp_path / "empty.txt"))) == frozenset()
