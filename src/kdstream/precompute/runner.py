@@ -24,6 +24,7 @@ class PrecomputeOptions:
     batch_size: int = 64  # examples per vLLM call: large batches keep the engine busy
     tokenizer: str | None = None  # default: the teacher's directory
     overwrite: bool = False
+    logprob_encoding: str = "qdelta"  # qdelta: uint16 log-grid codes (error <= 1/128 nat) | fp32
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
@@ -31,6 +32,8 @@ class PrecomputeOptions:
         require(self.seq_len >= 2, f"--seq-len {self.seq_len} must be at least 2")
         require(self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1")
         require(self.max_examples is None or self.max_examples >= 1, "--max-examples must be at least 1")
+        require(self.logprob_encoding in ("qdelta", "fp32"),
+                f"--logprob-encoding {self.logprob_encoding!r} is not one of qdelta, fp32")
 
 
 def run_precompute(opts: PrecomputeOptions) -> dict:
@@ -63,6 +66,7 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
         k=opts.top_k,
         vocab_size=vocab_size,
         overwrite=opts.overwrite,
+        encoding=opts.logprob_encoding,
         attrs={
             "targets": "topk",
             "teacher": model_fingerprint(model_dir),

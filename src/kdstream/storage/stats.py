@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from kdstream.storage.reader import disk_bytes, open_store
-from kdstream.storage.schema import ALL_ARRAYS
 
 _MASS_BINS = 1 << 16  # histogram resolution of the top-k mass in [0, 1]: p10 within 1.6e-5
 
@@ -28,7 +27,7 @@ def _quantile_from_hist(counts: np.ndarray, q: float) -> float:
     return min(1.0, (idx + 0.5) / _MASS_BINS)
 
 
-def _sizes(url: str) -> tuple[int | None, dict[str, int | None]]:
+def _sizes(url: str, names: tuple[str, ...]) -> tuple[int | None, dict[str, int | None]]:
     """Bytes of the whole store and of each array; None where the filesystem cannot list
     (a plain HTTP server without directory listings)."""
 
@@ -40,7 +39,7 @@ def _sizes(url: str) -> tuple[int | None, dict[str, int | None]]:
         return size or None  # 0: nothing listed (every part of a store holds at least a zarr.json)
 
     url = str(url).rstrip("/")
-    return du(url), {name: du(f"{url}/{name}") for name in ALL_ARRAYS}
+    return du(url), {name: du(f"{url}/{name}") for name in names}
 
 
 def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
@@ -68,7 +67,7 @@ def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
         in_topk += int((batch["target_rank"] <= k).sum())
         positions += mass.size
 
-    total, per_array = _sizes(url)
+    total, per_array = _sizes(url, tuple(store._arrays))
 
     def mean(total_over_positions: float) -> float:
         return total_over_positions / positions if positions else float("nan")

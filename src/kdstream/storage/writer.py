@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
+from kdstream.storage import encoding as enc
 from kdstream.storage.schema import (
     ALL_ARRAYS,
     FORMAT_NAME,
@@ -16,11 +17,16 @@ from kdstream.storage.schema import (
 )
 
 
-def _codecs():
-    from zarr.codecs import Crc32cCodec, ZstdCodec
+BLOSC_LEVEL = 9  # zstd level inside blosc: 9 saves ~5 B/token over 5 at k=64 (benchmarks/store_encoding_bench.py)
 
-    # zstd then a crc32c checksum of the compressed bytes: a flipped byte in any chunk is caught.
-    return [ZstdCodec(level=3), Crc32cCodec()]
+
+def _codecs():
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    # Byte shuffle (blosc, typesize = the dtype's size) groups the mostly-zero high bytes of the
+    # small integer codes, then zstd; then a crc32c checksum of the compressed bytes, so a flipped
+    # byte in any chunk is caught. Both codecs are in the Zarr v3 specification.
+    return [BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="shuffle"), Crc32cCodec()]
 
 
 class StoreWriter:
@@ -41,14 +47,17 @@ class StoreWriter:
         attrs: dict[str, Any],
         chunk_rows: int | None = None,
         overwrite: bool = False,
+        encoding: str = enc.DEFAULT_ENCODING,
     ) -> None:
         import zarr
 
         self.url = str(url)
         self.num_examples = num_examples
-        self.chunk_rows = chunk_rows or default_chunk_rows(seq_len, k, vocab_size, num_examples)
+        self.encoding = encoding
+        self.encoding_attrs = enc.encoding_attrs(encoding)  # ValueError on an unknown name
+        self.chunk_rows = chunk_rows or default_chunk_rows(seq_len, k, vocab_size, num_examples, encoding)
         self._check_target(overwrite)
-        self.specs = array_specs(seq_len, k, vocab_size)
+        self.specs = array_specs(seq_len, k, vocab_size, encoding)
         # The attributes (with complete=False) go into the very first metadata write, so a
         # store killed at any later point is recognisably an unfinished kdstream store.
         self.group = zarr.open_group(
@@ -65,6 +74,7 @@ class StoreWriter:
                 "vocab_size": vocab_size,
                 "chunk_rows": self.chunk_rows,
                 "dtypes": {n: str(dt) for n, (_, dt) in self.specs.items()},
+                "encoding": self.encoding_attrs,
                 "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "complete": False,
             },
@@ -95,9 +105,22 @@ class StoreWriter:
         if attrs.get("complete") and not overwrite:
             raise KdError(f"a complete store already exists at {self.url}: pass --overwrite to replace it")
 
+    def _encode(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Teacher values as produced (fp32 logprobs) → on-disk arrays of ``self.encoding``."""
+        rows = dict(rows)
+        if "tail_mass" not in rows:
+            rows["tail_mass"] = enc.tail_mass(rows["topk_logprobs"])  # (n, L-1)
+        scale = self.encoding_attrs["scale"]
+        if self.encoding == "qdelta":
+            rows["topk_logprobs"] = enc.encode_topk(rows["topk_logprobs"], scale)  # (n, L-1, k) uint16
+            rows["target_logprob"] = enc.encode_values(rows["target_logprob"], scale)  # (n, L-1) uint16
+        return rows
+
     def append(self, rows: dict[str, np.ndarray]) -> None:
-        """Add the next rows (every array in ``ALL_ARRAYS``, same leading length)."""
+        """Add the next rows: every array of ``ALL_ARRAYS`` but ``tail_mass`` (computed here from
+        the top-k), same leading length, logprobs as float (decoded values; encoded here)."""
         n = len(rows["input_ids"])
+        rows = self._encode(rows)
         for name in ALL_ARRAYS:
             arr = np.asarray(rows[name])
             shape, dtype = self.specs[name]
