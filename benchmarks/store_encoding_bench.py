@@ -128,6 +128,13 @@ def errors(decoded: np.ndarray, exact: np.ndarray) -> dict[str, float]:
             "mean_err_p_ge_1e-4": float(err[keep].mean())}
 
 
+def order0_entropy_bytes(values: np.ndarray, tokens: int) -> float:
+    """Bytes/token of coding each value alone at its empirical frequency: a floor for per-symbol coders."""
+    _, counts = np.unique(values.ravel(), return_counts=True)
+    p = counts / counts.sum()
+    return float(-(counts * np.log2(p)).sum() / 8 / tokens)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=48)
@@ -184,6 +191,7 @@ def main() -> None:
             "vocab_size": V, "tokens": tokens, "teacher_seconds": round(teacher_s, 1) if not args.store else None,
             "fp32_store_bytes_per_token": round(dir_bytes(src) / tokens, 2),
             "entries_p_ge_1e-4": float((exact >= np.log(P_MIN)).mean()),
+            "topk_ids_order0_entropy_bytes_per_token": round(order0_entropy_bytes(r["topk_ids"], tokens), 2),
             "targets": {"bytes_per_token": 96, "max_err_p_ge_1e-4": 0.01},
             "candidates": sorted(results, key=lambda x: x["bytes_per_token"]), "chosen": chosen,
         }, indent=1))
