@@ -91,12 +91,13 @@ def candidates(r: dict[str, np.ndarray], vocab: int):
     bf = (lp.view(np.uint32) + 0x7FFF + ((lp.view(np.uint32) >> 16) & 1)) >> 16  # round to nearest even
     out["ids u16 + logprobs bf16"] = ({**v1, "topk_logprobs": bf.astype(np.uint16)},
                                       (bf.astype(np.uint32) << 16).view(np.float32))
-    v2 = {**common, "topk_ids": ids16, "tail_mass": tail, "target_rank": r["target_rank"].astype(np.uint16)}
+    v2 = {**common, "topk_ids": ids16, "tail_mass": tail, "target_rank": r["target_rank"].astype(np.uint16),
+          "target_logprob": r["target_logprob"].astype(np.float32)}
     for scale in (1 / 64, 1 / 128):
         d = enc.encode_topk(lp, scale)
         dec = enc.decode_topk(d, tail, scale)
         out[f"qdelta 1/{round(1 / scale)} + tail (rank order)"] = (
-            {**v2, "topk_logprobs": d, "target_logprob": enc.encode_values(r["target_logprob"], scale)}, dec)
+            {**v2, "topk_logprobs": d}, dec)
     # ids sorted ascending per row, delta-coded; logprob codes (absolute) in the same order
     scale = 1 / 128
     order = np.argsort(r["topk_ids"], -1, kind="stable")
@@ -107,7 +108,7 @@ def candidates(r: dict[str, np.ndarray], vocab: int):
     np.put_along_axis(dec, order, dec_sorted, -1)  # back to rank order, to compare
     out["ids sorted+delta + q 1/128 (id order)"] = (
         {**v2, "topk_ids": np.diff(sid, axis=-1, prepend=0).astype(np.uint16), "topk_logprobs": c.astype(np.uint16),
-         "target_logprob": enc.encode_values(r["target_logprob"], scale)}, dec)
+         }, dec)
     # ids renumbered by how often they occur in this store's top-k (the table is stored too)
     counts = np.bincount(r["topk_ids"].ravel(), minlength=vocab)
     by_freq = np.argsort(-counts, kind="stable")
@@ -116,7 +117,7 @@ def candidates(r: dict[str, np.ndarray], vocab: int):
     d = enc.encode_topk(lp, scale)
     out["remapped ids + table + qdelta 1/128"] = (
         {**v2, "topk_ids": new_id[r["topk_ids"]].astype(np.uint16), "id_table": by_freq.astype(np.uint16),
-         "topk_logprobs": d, "target_logprob": enc.encode_values(r["target_logprob"], scale)},
+         "topk_logprobs": d},
         enc.decode_topk(d, tail, scale))
     return out
 

@@ -43,8 +43,7 @@ def test_rows_align_target_logprob_matches_hf(teacher_store, hf_logprobs):
     rows = open_store(str(teacher_store))[:]
     ids = rows["input_ids"]
     hf_target = np.take_along_axis(hf_logprobs[:, :-1], ids[:, 1:, None], -1)[..., 0]  # (S, L-1)
-    bound = open_store(str(teacher_store)).attrs["encoding"]["scale"] / 2  # target: one grid rounding
-    np.testing.assert_allclose(rows["target_logprob"], hf_target, rtol=0, atol=bound + 1e-3)
+    np.testing.assert_allclose(rows["target_logprob"], hf_target, atol=1e-3)  # stored as fp32
     # rank 1 means the true token is the teacher's argmax
     hf_rank = (hf_logprobs[:, :-1] > hf_target[..., None]).sum(-1) + 1
     assert np.mean(rows["target_rank"] == hf_rank) > 0.99

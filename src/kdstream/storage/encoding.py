@@ -13,7 +13,8 @@ the teacher's. Each code is off by at most scale/2 and the shift (a weighted mea
 by at most scale/2 again, so every decoded logprob is within ``scale`` of the teacher's value
 (``max_abs_error`` in the attributes). Values below -65535·scale nats are clamped there.
 
-``fp32`` stores the logprobs as float32 (exact), with the same tail_mass array.
+``fp32`` stores the logprobs as float32 (exact), with the same tail_mass array. Either way the
+true token's ``target_logprob`` stays float32: perplexities computed from the store are exact.
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ _MAX_CODE = np.iinfo(np.uint16).max
 def encoding_attrs(encoding: str) -> dict:
     """What the ``encoding`` group attribute records: enough to decode with plain numpy."""
     if encoding == "fp32":
-        return {"topk_logprobs": "fp32", "target_logprob": "fp32", "scale": None, "max_abs_error": 0.0}
+        return {"topk_logprobs": "fp32", "scale": None, "max_abs_error": 0.0}
     if encoding == "qdelta":
-        return {"topk_logprobs": "qdelta", "target_logprob": "q", "scale": QDELTA_SCALE, "max_abs_error": QDELTA_SCALE}
+        return {"topk_logprobs": "qdelta", "scale": QDELTA_SCALE, "max_abs_error": QDELTA_SCALE}
     raise ValueError(f"unknown logprob encoding {encoding!r}; expected one of {ENCODINGS}")
 
 
@@ -63,12 +64,3 @@ def decode_topk(deltas: np.ndarray, tail: np.ndarray, scale: float) -> np.ndarra
         target = np.log1p(-np.asarray(tail, dtype=np.float64)).astype(np.float32)  # (...,) log top-k mass
     shift = np.where(np.isfinite(target), target - lse, np.float32(0))
     return lp + shift[..., None].astype(np.float32)
-
-
-def encode_values(logprobs: np.ndarray, scale: float) -> np.ndarray:
-    """Any logprobs → uint16 absolute codes (used for target_logprob): error <= scale / 2."""
-    return codes(logprobs, scale).astype(np.uint16)
-
-
-def decode_values(code: np.ndarray, scale: float) -> np.ndarray:
-    return code.astype(np.float32) * np.float32(-scale)

@@ -75,8 +75,6 @@ class LogitStore:
         scale = self.encoding.get("scale")
         if "topk_logprobs" in raw and self.encoding["topk_logprobs"] == "qdelta":
             raw["topk_logprobs"] = enc.decode_topk(raw["topk_logprobs"], raw["tail_mass"], scale)
-        if "target_logprob" in raw and self.encoding["target_logprob"] == "q":
-            raw["target_logprob"] = enc.decode_values(raw["target_logprob"], scale)
         return {name: raw[name].astype(_DECODED[name], copy=False) for name in keys}
 
     def _read_raw(self, name: str, start: int, stop: int) -> np.ndarray:

@@ -8,7 +8,7 @@ Arrays, all with examples on axis 0 and the same number of rows per chunk:
     topk_logprobs   (S, L-1, k)  uint16 | float32 their raw (T = 1) natural-log probabilities, descending,
                                                   encoded as the ``encoding`` attribute says (encoding.py)
     tail_mass       (S, L-1)     float32          1 - sum exp(top-k logprobs): the mass outside the top-k
-    target_logprob  (S, L-1)     uint16 | float32 teacher logprob of the true token input_ids[t+1]
+    target_logprob  (S, L-1)     float32          teacher logprob of the true token input_ids[t+1]
     target_rank     (S, L-1)     uint16 | int32   its 1-based rank in the teacher's distribution
 Group attributes describe provenance; ``complete`` is set True last, after every chunk is written.
 Version 1 stores (fp32 logprobs, int32 ranks, no tail_mass) are still read.
@@ -50,7 +50,7 @@ def array_specs(
         "topk_ids": ((seq_len - 1, k), ids),
         "topk_logprobs": ((seq_len - 1, k), logprob),
         "tail_mass": ((seq_len - 1,), np.dtype(np.float32)),
-        "target_logprob": ((seq_len - 1,), logprob),
+        "target_logprob": ((seq_len - 1,), np.dtype(np.float32)),
         "target_rank": ((seq_len - 1,), rank_dtype(vocab_size) if format_version >= 2 else np.dtype(np.int32)),
     }
     if format_version < 2:

@@ -113,7 +113,6 @@ class StoreWriter:
         scale = self.encoding_attrs["scale"]
         if self.encoding == "qdelta":
             rows["topk_logprobs"] = enc.encode_topk(rows["topk_logprobs"], scale)  # (n, L-1, k) uint16
-            rows["target_logprob"] = enc.encode_values(rows["target_logprob"], scale)  # (n, L-1) uint16
         return rows
 
     def append(self, rows: dict[str, np.ndarray]) -> None:
