@@ -129,6 +129,47 @@ def errors(decoded: np.ndarray, exact: np.ndarray) -> dict[str, float]:
             "mean_err_p_ge_1e-4": float(err[keep].mean())}
 
 
+def sampled_targets(r: dict[str, np.ndarray], n_draws: int, tokens: int, tmp: Path, chunk_rows: int) -> dict:
+    """Sparse Logit Sampling, measured (not in the store format yet): N draws per position from the
+    teacher's distribution as vLLM returns it (top-k + one tail bucket for the mass outside it),
+    kept as unique ids + counts. Counts of top-k ids and of the bucket are exact multinomial draws,
+    so count/N is unbiased for each top-k probability and for the tail mass as a whole; a draw that
+    the full teacher would give to a token outside the top-k lands in the bucket, its identity
+    unknown. Sampling from the top-k renormalised instead (ignoring the tail) inflates every top-k
+    probability by 1/(1 - tail): its total-variation bias per position is exactly the tail mass."""
+    lp = r["topk_logprobs"].astype(np.float64)  # (S, L-1, k)
+    p = np.exp(lp)
+    tail = np.clip(1.0 - p.sum(-1), 0.0, 1.0)  # (S, L-1)
+    pvals = np.concatenate([p, tail[..., None]], -1)
+    pvals /= pvals.sum(-1, keepdims=True)  # (S, L-1, k+1)
+    rng = np.random.default_rng(0)
+    counts = rng.multinomial(n_draws, pvals.reshape(-1, pvals.shape[-1])).reshape(pvals.shape)  # (S, L-1, k+1)
+    top_counts, tail_counts = counts[..., :-1], counts[..., -1]
+    unique = (top_counts > 0).sum(-1)  # (S, L-1)
+    width = int(unique.max())
+    order = np.argsort(-top_counts, -1, kind="stable")[..., :width]  # most drawn first, then unused
+    c = np.take_along_axis(top_counts, order, -1)
+    ids = np.where(c > 0, np.take_along_axis(r["topk_ids"], order, -1), 0)  # pad: id 0, count 0
+    base = {"input_ids": r["input_ids"].astype(np.uint16), "example_id": r["example_id"],
+            "doc_index": r["doc_index"], "target_logprob": r["target_logprob"].astype(np.float32),
+            "target_rank": r["target_rank"].astype(np.uint16), "sample_tail_count": tail_counts.astype(np.uint8)}
+    by_count = {**base, "sample_ids": ids.astype(np.uint16), "sample_counts": c.astype(np.uint8)}
+    # the same set in ascending id order, ids delta-coded (pads, id 0, sort first: delta 0)
+    o2 = np.argsort(np.where(c > 0, ids, -1), -1, kind="stable")
+    ids2, c2 = np.take_along_axis(ids, o2, -1), np.take_along_axis(c, o2, -1)
+    by_id = {**base, "sample_ids": np.diff(ids2, axis=-1, prepend=0).astype(np.uint16),
+             "sample_counts": c2.astype(np.uint8)}
+    sizes = {f"{layout} {kind}": round(write_arrays(tmp / "sampled.zarr", arrays, kind, chunk_rows) / tokens, 2)
+             for layout, arrays in (("count order", by_count), ("id order+delta", by_id))
+             for kind in ("zstd:3", "blosc-shuffle:5")}
+    est = top_counts / n_draws  # (S, L-1, k) unbiased estimates of p
+    return {"samples": n_draws, "width": width, "unique_ids_mean": float(unique.mean()),
+            "bytes_per_token": sizes, "draws_in_tail_bucket": float(tail_counts.mean() / n_draws),
+            "tail_mass_mean": float(tail.mean()),
+            "renormalised_topk_tv_bias_mean": float((p / np.maximum(1 - tail, 1e-12)[..., None] - p).sum(-1).mean()),
+            "estimate_mean_minus_p_max": float(np.abs(est.mean((0, 1)) - p.mean((0, 1))).max())}
+
+
 def order0_entropy_bytes(values: np.ndarray, tokens: int) -> float:
     """Bytes/token of coding each value alone at its empirical frequency: a floor for per-symbol coders."""
     _, counts = np.unique(values.ravel(), return_counts=True)
@@ -169,6 +210,8 @@ def main() -> None:
                 size = write_arrays(tmp / "cand.zarr", arrays, kind, chunk_rows)
                 results.append({"encoding": name, "codecs": kind, "bytes_per_token": round(size / tokens, 2), **err})
 
+        sampled = sampled_targets(r, 64, tokens, tmp, chunk_rows)
+
         # The chosen encoding through kdstream's own writer and reader.
         out = tmp / "chosen.zarr"
         w = StoreWriter(str(out), num_examples=S, seq_len=L, k=k, vocab_size=V, attrs={})
@@ -195,6 +238,7 @@ def main() -> None:
             "topk_ids_order0_entropy_bytes_per_token": round(order0_entropy_bytes(r["topk_ids"], tokens), 2),
             "targets": {"bytes_per_token": 96, "max_err_p_ge_1e-4": 0.01},
             "candidates": sorted(results, key=lambda x: x["bytes_per_token"]), "chosen": chosen,
+            "sampled_targets": sampled,
         }, indent=1))
 
 
