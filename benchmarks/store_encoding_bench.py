@@ -130,26 +130,23 @@ def errors(decoded: np.ndarray, exact: np.ndarray) -> dict[str, float]:
 
 
 def sampled_targets(r: dict[str, np.ndarray], n_draws: int, tokens: int, tmp: Path, chunk_rows: int) -> dict:
-    """Sparse Logit Sampling, measured (not in the store format yet): N draws per position from the
+    """Sparse Logit Sampling as ``--targets sampled`` writes it: N draws per position from the
     teacher's distribution as vLLM returns it (top-k + one tail bucket for the mass outside it),
     kept as unique ids + counts. Counts of top-k ids and of the bucket are exact multinomial draws,
     so count/N is unbiased for each top-k probability and for the tail mass as a whole; a draw that
     the full teacher would give to a token outside the top-k lands in the bucket, its identity
     unknown. Sampling from the top-k renormalised instead (ignoring the tail) inflates every top-k
     probability by 1/(1 - tail): its total-variation bias per position is exactly the tail mass."""
-    lp = r["topk_logprobs"].astype(np.float64)  # (S, L-1, k)
-    p = np.exp(lp)
+    from kdstream.storage import encoding as enc
+
+    p = np.exp(r["topk_logprobs"].astype(np.float64))  # (S, L-1, k)
     tail = np.clip(1.0 - p.sum(-1), 0.0, 1.0)  # (S, L-1)
-    pvals = np.concatenate([p, tail[..., None]], -1)
-    pvals /= pvals.sum(-1, keepdims=True)  # (S, L-1, k+1)
-    rng = np.random.default_rng(0)
-    counts = rng.multinomial(n_draws, pvals.reshape(-1, pvals.shape[-1])).reshape(pvals.shape)  # (S, L-1, k+1)
-    top_counts, tail_counts = counts[..., :-1], counts[..., -1]
-    unique = (top_counts > 0).sum(-1)  # (S, L-1)
-    width = int(unique.max())
-    order = np.argsort(-top_counts, -1, kind="stable")[..., :width]  # most drawn first, then unused
-    c = np.take_along_axis(top_counts, order, -1)
-    ids = np.where(c > 0, np.take_along_axis(r["topk_ids"], order, -1), 0)  # pad: id 0, count 0
+    width = min(n_draws, p.shape[-1])
+    d = enc.draw_samples(r["topk_ids"], r["topk_logprobs"], n_draws, width, np.random.default_rng(0))
+    ids, c, tail_counts = d["sample_ids"], d["sample_counts"].astype(np.int64), d["sample_tail_count"]
+    unique = (c > 0).sum(-1)  # (S, L-1)
+    match = (ids[..., :, None] == r["topk_ids"][..., None, :]) & (c > 0)[..., :, None]  # (S, L-1, slot, rank)
+    top_counts = (match.astype(np.uint8) * c.astype(np.uint8)[..., :, None]).sum(-2, dtype=np.int64)  # (S, L-1, k)
     base = {"input_ids": r["input_ids"].astype(np.uint16), "example_id": r["example_id"],
             "doc_index": r["doc_index"], "target_logprob": r["target_logprob"].astype(np.float32),
             "target_rank": r["target_rank"].astype(np.uint16), "sample_tail_count": tail_counts.astype(np.uint8)}
@@ -163,7 +160,7 @@ def sampled_targets(r: dict[str, np.ndarray], n_draws: int, tokens: int, tmp: Pa
              for layout, arrays in (("count order", by_count), ("id order+delta", by_id))
              for kind in ("zstd:3", "blosc-shuffle:5")}
     est = top_counts / n_draws  # (S, L-1, k) unbiased estimates of p
-    return {"samples": n_draws, "width": width, "unique_ids_mean": float(unique.mean()),
+    return {"samples": n_draws, "width": width, "unique_ids_max": int(unique.max()), "unique_ids_mean": float(unique.mean()),
             "bytes_per_token": sizes, "draws_in_tail_bucket": float(tail_counts.mean() / n_draws),
             "tail_mass_mean": float(tail.mean()),
             "renormalised_topk_tv_bias_mean": float((p / np.maximum(1 - tail, 1e-12)[..., None] - p).sum(-1).mean()),

@@ -104,7 +104,8 @@ def stats(url, sample_rows, reference_model, kl_examples, as_json):
         f"tail mass:        mean {s['tail_mass_mean']:.4f}",
         f"target in top-k:  {s['target_in_topk']:.2%}",
         f"target NLL:       {s['mean_target_nll']:.4f} nats",
-        f"logprob encoding: {s['logprob_encoding']}, max |error| {s['logprob_max_abs_error']:.4g} nats",
+        f"logprob encoding: {s['logprob_encoding']}" + (
+            f", max |error| {s['logprob_max_abs_error']:.4g} nats" if s["logprob_max_abs_error"] is not None else ""),
     ]
     if "kl_full_mean" in s:
         lines += [

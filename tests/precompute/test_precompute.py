@@ -117,3 +117,23 @@ def test_full_vocabulary_store_gives_the_dense_kd_loss(tmp_path, teacher_dir, co
                          torch.from_numpy(rows["topk_logprobs"]).reshape(-1, VOCAB).double(), kind=kind, temperature=2.0)
         dense = dense_kd_loss(student, teacher, kind=kind, temperature=2.0)
         assert sparse.item() == pytest.approx(dense.item(), rel=1e-3, abs=1e-4), kind
+
+
+def test_sampled_targets_are_drawn_from_the_teachers_top_k(tmp_path, teacher_store, teacher_dir, corpus_file):
+    """--targets sampled: N draws per position from vLLM's top-k + tail; every drawn id is one of
+    the top-k of the same teacher pass, counts + tail draws = N, same seed same draws."""
+    out = tmp_path / "sampled.zarr"
+    run_cli(*precompute_args(teacher_dir, corpus_file, out, "--targets", "sampled", "--samples", "16"))
+    store = open_store(str(out))
+    assert store.attrs["targets"] == "sampled" and store.attrs["encoding"]["samples"] == 16
+    assert store.k == min(16, TOP_K) and store.attrs["source_top_k"] == TOP_K
+    raw = store.read(0, len(store), ("sample_ids", "sample_counts", "sample_tail_count", "target_logprob"))
+    assert np.all(raw["sample_counts"].sum(-1) + raw["sample_tail_count"] == 16)
+    ref = open_store(str(teacher_store))[:]
+    drawn = raw["sample_counts"] > 0
+    in_topk = (raw["sample_ids"][..., :, None] == ref["topk_ids"][..., None, :]).any(-1)
+    assert np.all(in_topk[drawn])
+    np.testing.assert_allclose(raw["target_logprob"], ref["target_logprob"], atol=1e-4)
+    # the top-k view the trainer reads: a distribution whose tail is the tail draws' share
+    view = store[:]
+    np.testing.assert_allclose(np.exp(view["topk_logprobs"].astype(np.float64)).sum(-1) + view["tail_mass"], 1, atol=1e-6)

@@ -20,14 +20,19 @@ from __future__ import annotations
 
 import numpy as np
 
-ENCODINGS = ("qdelta", "fp32")
+ENCODINGS = ("qdelta", "fp32", "sampled")
+MAX_SAMPLES = 255  # counts are uint8
 DEFAULT_ENCODING = "qdelta"
 QDELTA_SCALE = 1.0 / 128  # nats per code: decoded error <= 1/128 = 0.0078 nats (bound above)
 _MAX_CODE = np.iinfo(np.uint16).max
 
 
-def encoding_attrs(encoding: str) -> dict:
+def encoding_attrs(encoding: str, samples: int | None = None) -> dict:
     """What the ``encoding`` group attribute records: enough to decode with plain numpy."""
+    if encoding == "sampled":
+        if samples is None or not 1 <= samples <= MAX_SAMPLES:
+            raise ValueError(f"sampled targets need 1 <= samples <= {MAX_SAMPLES}, got {samples}")
+        return {"topk_logprobs": "sampled", "samples": int(samples), "scale": None, "max_abs_error": None}
     if encoding == "fp32":
         return {"topk_logprobs": "fp32", "scale": None, "max_abs_error": 0.0}
     if encoding == "qdelta":
@@ -64,3 +69,45 @@ def decode_topk(deltas: np.ndarray, tail: np.ndarray, scale: float) -> np.ndarra
         target = np.log1p(-np.asarray(tail, dtype=np.float64)).astype(np.float32)  # (...,) log top-k mass
     shift = np.where(np.isfinite(target), target - lse, np.float32(0))
     return lp + shift[..., None].astype(np.float32)
+
+
+def draw_samples(topk_ids: np.ndarray, topk_logprobs: np.ndarray, samples: int, width: int,
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``samples`` draws per position from the top-k + one tail bucket (mass 1 - sum p).
+
+    topk_ids, topk_logprobs (..., k) → sample_ids, sample_counts (..., width) (unique drawn ids,
+    most drawn first, ties in top-k order; padded with id 0 and count 0) and sample_tail_count
+    (...,): the draws that fell outside the top-k. ``width`` >= min(samples, k) holds every row.
+    """
+    p = np.exp(np.asarray(topk_logprobs, dtype=np.float64))  # (..., k)
+    tail = np.clip(1.0 - p.sum(-1, keepdims=True), 0.0, 1.0)
+    pvals = np.concatenate([p, tail], -1)
+    pvals /= pvals.sum(-1, keepdims=True)  # (..., k+1)
+    counts = rng.multinomial(samples, pvals.reshape(-1, pvals.shape[-1])).reshape(pvals.shape)
+    top = counts[..., :-1]  # (..., k)
+    order = np.argsort(-top, axis=-1, kind="stable")[..., :width]
+    c = np.take_along_axis(top, order, -1)
+    ids = np.where(c > 0, np.take_along_axis(np.asarray(topk_ids), order, -1), 0)
+    return {"sample_ids": ids, "sample_counts": c.astype(np.uint8), "sample_tail_count": counts[..., -1].astype(np.uint8)}
+
+
+def decode_samples(ids: np.ndarray, counts: np.ndarray, tail_count: np.ndarray, samples: int):
+    """Sampled arrays → (topk_ids, topk_logprobs, tail_mass) a top-k loss can use unchanged.
+
+    topk_logprobs = log(count / N) (-inf for padding), tail_mass = tail_count / N. Padding slots
+    get distinct ids that no drawn id of the row uses (the smallest free ones), so that a student's
+    tail bucket (1 - the mass of the listed ids) counts no token twice.
+    """
+    ids = ids.astype(np.int64)  # (..., W)
+    c = counts.astype(np.int64)
+    width = ids.shape[-1]
+    drawn = c > 0
+    cand = np.arange(2 * width)  # at most W ids are drawn, so W of these 2W are always free
+    used = ((ids[..., :, None] == cand) & drawn[..., :, None]).any(-2)  # (..., 2W)
+    free = np.argsort(used, axis=-1, kind="stable")[..., :width]  # free candidates, ascending
+    n_drawn = drawn.sum(-1, keepdims=True)  # (..., 1): drawn ids come first
+    slot = np.clip(np.arange(width) - n_drawn, 0, width - 1)
+    topk_ids = np.where(drawn, ids, np.take_along_axis(free, slot, -1))
+    with np.errstate(divide="ignore"):
+        logprobs = np.log(c / samples).astype(np.float32)
+    return topk_ids, logprobs, (tail_count.astype(np.float32) / np.float32(samples))

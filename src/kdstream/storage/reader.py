@@ -7,7 +7,7 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.storage import encoding as enc
-from kdstream.storage.schema import ALL_ARRAYS, FORMAT_NAME, FORMAT_VERSION, V1_ARRAYS
+from kdstream.storage.schema import ALL_ARRAYS, FORMAT_NAME, FORMAT_VERSION, stored_arrays
 
 # Decoded dtypes handed to users, whatever the on-disk encoding.
 _DECODED = {
@@ -19,6 +19,9 @@ _DECODED = {
     "tail_mass": np.float32,
     "target_logprob": np.float32,
     "target_rank": np.int64,
+    "sample_ids": np.int64,
+    "sample_counts": np.int64,
+    "sample_tail_count": np.int64,
 }
 
 
@@ -39,8 +42,8 @@ class LogitStore:
         self.format_version = int(self.attrs.get("format_version", 1))
         # Version 1 stores: fp32 logprobs, no tail_mass array (computed from the top-k on read).
         self.encoding: dict[str, Any] = self.attrs.get("encoding") or enc.encoding_attrs("fp32")
-        names = ALL_ARRAYS if self.format_version >= 2 else V1_ARRAYS
-        self._arrays = {name: group[name] for name in names}
+        self.sampled = self.encoding["topk_logprobs"] == "sampled"
+        self._arrays = {name: group[name] for name in stored_arrays(self.format_version, self.attrs.get("targets"))}
 
     def __len__(self) -> int:
         return int(self.attrs["num_examples"])
@@ -63,6 +66,8 @@ class LogitStore:
 
     def read(self, start: int, stop: int, keys: tuple[str, ...] = ALL_ARRAYS) -> dict[str, np.ndarray]:
         """Rows [start, stop) of the named arrays; one contiguous slice per array (whole chunks)."""
+        if self.sampled and {"topk_ids", "topk_logprobs", "tail_mass"} & set(keys):
+            return self._read_sampled(start, stop, keys)
         need = set(keys)
         stored_tail = "tail_mass" in self._arrays
         if "topk_logprobs" in need and self.encoding["topk_logprobs"] == "qdelta":
@@ -75,6 +80,15 @@ class LogitStore:
         scale = self.encoding.get("scale")
         if "topk_logprobs" in raw and self.encoding["topk_logprobs"] == "qdelta":
             raw["topk_logprobs"] = enc.decode_topk(raw["topk_logprobs"], raw["tail_mass"], scale)
+        return {name: raw[name].astype(_DECODED[name], copy=False) for name in keys}
+
+    def _read_sampled(self, start: int, stop: int, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """A sampled store seen as top-k: the drawn ids, log(count / N), tail = tail draws / N."""
+        other = tuple(k for k in keys if k not in ("topk_ids", "topk_logprobs", "tail_mass"))
+        raw = self.read(start, stop, tuple(dict.fromkeys(other + ("sample_ids", "sample_counts", "sample_tail_count"))))
+        ids, logprobs, tail = enc.decode_samples(raw["sample_ids"], raw["sample_counts"], raw["sample_tail_count"],
+                                                 int(self.encoding["samples"]))
+        raw.update(topk_ids=ids, topk_logprobs=logprobs, tail_mass=tail)
         return {name: raw[name].astype(_DECODED[name], copy=False) for name in keys}
 
     def _read_raw(self, name: str, start: int, stop: int) -> np.ndarray:
@@ -126,7 +140,7 @@ def open_store(url: str, require_complete: bool = True) -> LogitStore:
         raise KdError(
             f"store {url} is incomplete (its precompute did not finish): rerun precompute-logits with the same options"
         )
-    missing = [n for n in (ALL_ARRAYS if int(attrs.get("format_version", 1)) >= 2 else V1_ARRAYS) if n not in group]
+    missing = [n for n in stored_arrays(int(attrs.get("format_version", 1)), attrs.get("targets")) if n not in group]
     if missing:
         raise KdError(f"store {url} is missing arrays {', '.join(missing)}: it is corrupt; regenerate it")
     return LogitStore(group, url)

@@ -25,6 +25,16 @@ PER_EXAMPLE = ("input_ids", "example_id", "doc_index")
 TEACHER_ARRAYS = ("topk_ids", "topk_logprobs", "tail_mass", "target_logprob", "target_rank")
 ALL_ARRAYS = PER_EXAMPLE + TEACHER_ARRAYS
 V1_ARRAYS = tuple(a for a in ALL_ARRAYS if a != "tail_mass")  # format version 1 had no tail_mass
+# --targets sampled: unique drawn ids (most drawn first, padded with id 0 / count 0), their counts,
+# and the draws that fell in the tail bucket (outside the teacher's top-k list).
+SAMPLED_ARRAYS = PER_EXAMPLE + ("sample_ids", "sample_counts", "sample_tail_count", "target_logprob", "target_rank")
+
+
+def stored_arrays(format_version: int = FORMAT_VERSION, targets: str = "topk") -> tuple[str, ...]:
+    """Names of the arrays a store of this version and kind of targets holds."""
+    if format_version < 2:
+        return V1_ARRAYS
+    return SAMPLED_ARRAYS if targets == "sampled" else ALL_ARRAYS
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -55,6 +65,12 @@ def array_specs(
     }
     if format_version < 2:
         del specs["tail_mass"]
+    if encoding == "sampled":  # k is the padded width: the most unique ids a position can have
+        for name in ("topk_ids", "topk_logprobs", "tail_mass"):
+            del specs[name]
+        specs["sample_ids"] = ((seq_len - 1, k), ids)
+        specs["sample_counts"] = ((seq_len - 1, k), np.dtype(np.uint8))
+        specs["sample_tail_count"] = ((seq_len - 1,), np.dtype(np.uint8))
     return specs
 
 

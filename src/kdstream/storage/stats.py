@@ -89,7 +89,7 @@ def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
         "tail_mass_mean": 1.0 - mean(mass_sum),
         "logprob_encoding": store.encoding["topk_logprobs"],
         # the encoding's stated bound on |decoded - teacher| (0 for fp32), checked by the tests
-        "logprob_max_abs_error": float(store.encoding["max_abs_error"]),
+        "logprob_max_abs_error": store.encoding["max_abs_error"],  # None for sampled targets
         "target_in_topk": mean(in_topk),
         "mean_target_nll": mean(nll_sum),
     }
@@ -111,6 +111,9 @@ def reference_kl(url: str, model_dir: str, examples: int = 8, batch_size: int = 
     from kdstream.model_files import check_model_dir, model_config
 
     store = open_store(url)
+    if store.sampled:
+        raise KdError(f"store {url} holds sampled targets: undrawn tokens have estimate 0, so KL(teacher || store) "
+                      "is infinite; use --reference-model on a top-k store")
     model_dir = check_model_dir(model_dir, "reference")
     vocab = int(model_config(model_dir).get("vocab_size", 0))
     if vocab != store.vocab_size:

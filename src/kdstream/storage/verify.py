@@ -13,7 +13,7 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.storage import encoding as enc
-from kdstream.storage.schema import ALL_ARRAYS, FORMAT_NAME, FORMAT_VERSION, V1_ARRAYS, array_specs
+from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, array_specs, stored_arrays
 
 
 @dataclass
@@ -119,7 +119,7 @@ def verify_store(url: str) -> VerifyReport:
     if not complete:
         problems.append("store is incomplete (attribute complete is not true): its precompute did not finish")
     arrays = {}
-    for name in ALL_ARRAYS if int(attrs.get("format_version", 1)) >= 2 else V1_ARRAYS:
+    for name in stored_arrays(int(attrs.get("format_version", 1)), attrs.get("targets")):
         try:
             arrays[name] = group[name]
         except KeyError:

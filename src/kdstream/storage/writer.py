@@ -9,11 +9,11 @@ import numpy as np
 from kdstream.errors import KdError
 from kdstream.storage import encoding as enc
 from kdstream.storage.schema import (
-    ALL_ARRAYS,
     FORMAT_NAME,
     FORMAT_VERSION,
     array_specs,
     default_chunk_rows,
+    stored_arrays,
 )
 
 
@@ -48,13 +48,15 @@ class StoreWriter:
         chunk_rows: int | None = None,
         overwrite: bool = False,
         encoding: str = enc.DEFAULT_ENCODING,
+        samples: int | None = None,
     ) -> None:
         import zarr
 
         self.url = str(url)
         self.num_examples = num_examples
         self.encoding = encoding
-        self.encoding_attrs = enc.encoding_attrs(encoding)  # ValueError on an unknown name
+        self.encoding_attrs = enc.encoding_attrs(encoding, samples)  # ValueError on an unknown name
+        self.arrays = stored_arrays(targets="sampled" if encoding == "sampled" else "topk")
         self.chunk_rows = chunk_rows or default_chunk_rows(seq_len, k, vocab_size, num_examples, encoding)
         self._check_target(overwrite)
         self.specs = array_specs(seq_len, k, vocab_size, encoding)
@@ -88,7 +90,7 @@ class StoreWriter:
                 compressors=_codecs(),
                 fill_value=0,
             )
-        self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in ALL_ARRAYS}
+        self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in self.arrays}
         self._buffered = 0
         self.rows_written = 0
 
@@ -108,6 +110,8 @@ class StoreWriter:
     def _encode(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Teacher values as produced (fp32 logprobs) → on-disk arrays of ``self.encoding``."""
         rows = dict(rows)
+        if self.encoding == "sampled":
+            return rows  # drawn by the caller (encoding.draw_samples)
         if "tail_mass" not in rows:
             rows["tail_mass"] = enc.tail_mass(rows["topk_logprobs"])  # (n, L-1)
         scale = self.encoding_attrs["scale"]
@@ -116,11 +120,11 @@ class StoreWriter:
         return rows
 
     def append(self, rows: dict[str, np.ndarray]) -> None:
-        """Add the next rows: every array of ``ALL_ARRAYS`` but ``tail_mass`` (computed here from
-        the top-k), same leading length, logprobs as float (decoded values; encoded here)."""
+        """Add the next rows, same leading length: every array of ``self.arrays`` but ``tail_mass``
+        (computed here from the top-k), logprobs as float (decoded values; encoded here)."""
         n = len(rows["input_ids"])
         rows = self._encode(rows)
-        for name in ALL_ARRAYS:
+        for name in self.arrays:
             arr = np.asarray(rows[name])
             shape, dtype = self.specs[name]
             if arr.shape != (n, *shape):
@@ -134,7 +138,7 @@ class StoreWriter:
 
     def _flush(self, count: int) -> None:
         start = self.rows_written
-        for name in ALL_ARRAYS:
+        for name in self.arrays:
             joined = np.concatenate(self._buffer[name])
             self.group[name][start : start + count] = joined[:count]
             self._buffer[name] = [joined[count:]]
