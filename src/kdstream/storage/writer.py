@@ -17,7 +17,7 @@ from kdstream.storage.schema import (
 )
 
 
-BLOSC_LEVEL = 5  # zstd level in blosc: 9 saves ~5 B/token at k=64 but wrote ~40x slower (store_encoding_bench)
+BLOSC_LEVEL = 5  # zstd level in blosc: 9 saves ~5 B/token at k=64 but wrote >10x slower (store_encoding_bench)
 
 
 def _codecs():
