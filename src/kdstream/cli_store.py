@@ -13,7 +13,8 @@ import click
 # `store info` shows these first, in this order; every other attribute follows as stored.
 _INFO_FIRST = (
     "format", "format_version", "complete", "created_at", "num_examples", "seq_len", "k", "vocab_size",
-    "targets", "chunk_rows", "teacher", "tokenizer", "corpus", "engine", "precompute_seconds", "dtypes",
+    "targets", "encoding", "source_top_k", "chunk_rows", "teacher", "tokenizer", "corpus", "engine",
+    "precompute_seconds", "dtypes",
 )
 
 

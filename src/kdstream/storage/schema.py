@@ -10,6 +10,8 @@ Arrays, all with examples on axis 0 and the same number of rows per chunk:
     tail_mass       (S, L-1)     float32          1 - sum exp(top-k logprobs): the mass outside the top-k
     target_logprob  (S, L-1)     float32          teacher logprob of the true token input_ids[t+1]
     target_rank     (S, L-1)     uint16 | int32   its 1-based rank in the teacher's distribution
+A sampled store (``targets: sampled``) holds sample_ids / sample_counts (S, L-1, k) and
+sample_tail_count (S, L-1) instead of topk_ids, topk_logprobs and tail_mass (docs/store-format.md).
 Group attributes describe provenance; ``complete`` is set True last, after every chunk is written.
 Version 1 stores (fp32 logprobs, int32 ranks, no tail_mass) are still read.
 """
