@@ -13,7 +13,8 @@ import click
 # `store info` shows these first, in this order; every other attribute follows as stored.
 _INFO_FIRST = (
     "format", "format_version", "complete", "created_at", "num_examples", "seq_len", "k", "vocab_size",
-    "targets", "chunk_rows", "teacher", "tokenizer", "corpus", "engine", "precompute_seconds", "dtypes",
+    "targets", "encoding", "source_top_k", "chunk_rows", "teacher", "tokenizer", "corpus", "engine",
+    "precompute_seconds", "dtypes",
 )
 
 
@@ -76,12 +77,19 @@ def _size(n) -> str:
 @click.argument("url", metavar="STORE")
 @click.option("--sample-rows", type=click.IntRange(min=1), default=None,
               help="Read only the first N examples (sizes still cover the whole store).")
+@click.option("--reference-model", default=None,
+              help="HF model dir (the teacher): also print the mean KL(full teacher || stored approximation).")
+@click.option("--kl-examples", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Examples (all their positions) the KL is measured on.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def stats(url, sample_rows, as_json):
-    """Bytes on disk and per token, top-k probability mass kept, target coverage, teacher NLL."""
-    from kdstream.storage.stats import store_stats
+def stats(url, sample_rows, reference_model, kl_examples, as_json):
+    """Bytes on disk and per token, top-k probability mass kept, target coverage, teacher NLL,
+    the encoding's logprob error bound, and with --reference-model the KL lost by the store."""
+    from kdstream.storage.stats import reference_kl, store_stats
 
     s = store_stats(url, sample_rows=sample_rows)
+    if reference_model:
+        s.update(reference_kl(url, reference_model, examples=kl_examples))
     if as_json:
         click.echo(json.dumps(s))
         return
@@ -97,5 +105,12 @@ def stats(url, sample_rows, as_json):
         f"tail mass:        mean {s['tail_mass_mean']:.4f}",
         f"target in top-k:  {s['target_in_topk']:.2%}",
         f"target NLL:       {s['mean_target_nll']:.4f} nats",
+        f"logprob encoding: {s['logprob_encoding']}" + (
+            f", max |error| {s['logprob_max_abs_error']:.4g} nats" if s["logprob_max_abs_error"] is not None else ""),
     ]
+    if "kl_full_mean" in s:
+        lines += [
+            f"KL(teacher||store): {s['kl_full_mean']:.5f} nats/position (tail spread over V-k), "
+            f"{s['kl_bucket_mean']:.2e} over top-k + bucket ({s['kl_positions']:,} positions of {s['reference_model']})",
+        ]
     click.echo("\n".join(lines))

@@ -47,8 +47,13 @@ def test_roundtrip_random_access_and_slices(tmp_path):
     assert one["input_ids"].shape == (L,) and one["topk_ids"].shape == (L - 1, K)
     np.testing.assert_array_equal(one["topk_ids"], rows["topk_ids"][7])
     part = store[2:9]
+    bound = store.attrs["encoding"]["max_abs_error"]  # qdelta: 1/128 nats
     for key, value in rows.items():
-        np.testing.assert_allclose(part[key], value[2:9], rtol=0, atol=0)
+        atol = bound + 1e-6 if key == "topk_logprobs" else 0  # all exact but the top-k logprobs
+        np.testing.assert_allclose(part[key], value[2:9], rtol=0, atol=atol, err_msg=key)
+    # the decoded top-k + stored tail is a distribution: mass exactly 1 - tail
+    np.testing.assert_allclose(np.exp(part["topk_logprobs"].astype(np.float64)).sum(-1) + part["tail_mass"], 1.0,
+                               atol=1e-5)
     assert part["topk_logprobs"].dtype == np.float32 and part["topk_ids"].dtype == np.int64
     # ids are stored in the smallest width the vocabulary allows
     assert str(zarr.open_group(str(tmp_path / "s.zarr"))["topk_ids"].dtype) == "uint16"
@@ -87,3 +92,23 @@ def test_not_a_store(tmp_path):
         open_store(str(tmp_path / "other.zarr"))
     meta = json.loads((tmp_path / "other.zarr" / "zarr.json").read_text())
     assert meta["zarr_format"] == 3
+
+
+def test_a_format_version_1_store_still_reads(tmp_path):
+    """Stores written before the compact encoding (fp32 logprobs, int32 ranks, no tail_mass)."""
+    rows = synthetic(6)
+    g = zarr.open_group(str(tmp_path / "v1.zarr"), mode="w", zarr_format=3, attributes={
+        "format": "kdstream-logits", "format_version": 1, "num_examples": 6, "seq_len": L, "k": K,
+        "vocab_size": V, "chunk_rows": 4, "complete": True})
+    dtypes = {"input_ids": "uint16", "example_id": "int64", "doc_index": "int64", "topk_ids": "uint16",
+              "topk_logprobs": "float32", "target_logprob": "float32", "target_rank": "int32"}
+    for name, dtype in dtypes.items():
+        value = np.asarray(rows[name]).astype(dtype)
+        g.create_array(name, shape=value.shape, chunks=(4, *value.shape[1:]), dtype=dtype)[:] = value
+    store = open_store(str(tmp_path / "v1.zarr"))
+    got = store[0:6]
+    for key, value in rows.items():
+        np.testing.assert_array_equal(got[key], np.asarray(value).astype(dtypes[key]).astype(got[key].dtype), key)
+    np.testing.assert_allclose(got["tail_mass"], 1 - np.exp(rows["topk_logprobs"].astype(np.float64)).sum(-1),
+                               atol=1e-6)
+    assert store.read(0, 2, ("tail_mass",))["tail_mass"].shape == (2, L - 1)

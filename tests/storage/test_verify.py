@@ -58,21 +58,21 @@ def flip_byte(chunk: Path) -> None:
 @pytest.fixture
 def good(tmp_path) -> Path:
     path = tmp_path / "s.zarr"
-    write(path, synthetic(10))  # 10 rows, 4 per chunk: chunks 0:4, 4:8, 8:10 of each of 7 arrays
+    write(path, synthetic(10))  # 10 rows, 4 per chunk: chunks 0:4, 4:8, 8:10 of each of 8 arrays
     return path
 
 
 def test_a_good_store_verifies(good):
     report = verify_store(str(good))
     assert report.ok and report.corrupt == [] and report.problems == []
-    assert report.chunks_checked == 7 * 3
+    assert report.chunks_checked == 8 * 3
 
 
 def test_every_corrupt_chunk_is_named_and_readers_refuse_them(good):
     flip_byte(good / "topk_logprobs" / "c" / "1" / "0" / "0")
     flip_byte(good / "example_id" / "c" / "2")
     report = verify_store(str(good))
-    assert not report.ok and report.chunks_checked == 21
+    assert not report.ok and report.chunks_checked == 24
     assert len(report.corrupt) == 2
     assert any(c.startswith("topk_logprobs chunk 1 (rows 4:8): crc32c checksum mismatch") for c in report.corrupt)
     assert any(c.startswith("example_id chunk 2 (rows 8:10): crc32c checksum mismatch") for c in report.corrupt)
@@ -88,12 +88,12 @@ def test_every_corrupt_chunk_is_named_and_readers_refuse_them(good):
 def test_bytes_that_pass_the_checksum_but_do_not_decompress_are_named(good):
     import google_crc32c
 
-    garbage = b"not zstd at all"  # with a valid crc32c trailer (little endian), as zarr writes it
+    garbage = b"not blosc at all"  # with a valid crc32c trailer (little endian), as zarr writes it
     (good / "doc_index" / "c" / "0").write_bytes(garbage + struct.pack("<I", google_crc32c.value(garbage)))
     report = verify_store(str(good))
     assert not report.ok
     assert len(report.corrupt) == 1
-    assert report.corrupt[0].startswith("doc_index chunk 0 (rows 0:4): undecodable (Zstd")
+    assert report.corrupt[0].startswith("doc_index chunk 0 (rows 0:4): undecodable (error during blosc decompression")
 
 
 def test_a_lost_chunk_file_is_a_problem(good):
@@ -110,7 +110,7 @@ def test_missing_or_unreadable_arrays_are_problems(good):
     shutil.rmtree(good / "target_rank")
     (good / "doc_index" / "zarr.json").write_bytes(b"\xff not json")
     report = verify_store(str(good))
-    assert not report.ok and report.chunks_checked == 5 * 3
+    assert not report.ok and report.chunks_checked == 6 * 3
     assert "array target_rank is missing" in report.problems
     assert any(p.startswith("array doc_index has unreadable metadata") for p in report.problems)
 
@@ -118,7 +118,7 @@ def test_missing_or_unreadable_arrays_are_problems(good):
 def test_an_incomplete_store_is_reported(tmp_path):
     write(tmp_path / "s.zarr", synthetic(10), finalize=False)  # two chunks written, last one buffered
     report = verify_store(str(tmp_path / "s.zarr"))
-    assert not report.ok and report.corrupt == [] and report.chunks_checked == 21
+    assert not report.ok and report.corrupt == [] and report.chunks_checked == 24
     assert any("incomplete" in p for p in report.problems)
 
 
@@ -140,7 +140,7 @@ def test_cli_verify_lists_each_corrupt_chunk_and_exits_1(good):
     runner = CliRunner()
     ok = runner.invoke(store_cli, ["verify", str(good)])
     assert ok.exit_code == 0, ok.output
-    assert ok.output.strip().splitlines()[-1].startswith("ok: 21 chunks checked")
+    assert ok.output.strip().splitlines()[-1].startswith("ok: 24 chunks checked")
 
     flip_byte(good / "topk_ids" / "c" / "0" / "0" / "0")
     flip_byte(good / "target_rank" / "c" / "1" / "0")
@@ -149,7 +149,7 @@ def test_cli_verify_lists_each_corrupt_chunk_and_exits_1(good):
     lines = bad.output.strip().splitlines()
     assert lines[0].startswith("corrupt: topk_ids chunk 0 (rows 0:4)")
     assert lines[1].startswith("corrupt: target_rank chunk 1 (rows 4:8)")
-    assert lines[-1] == "FAILED: 2 corrupt chunk(s), 0 other problem(s) in 21 chunks checked"
+    assert lines[-1] == "FAILED: 2 corrupt chunk(s), 0 other problem(s) in 24 chunks checked"
 
 
 def test_cli_info_shows_provenance_even_when_incomplete(tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from kdstream.errors import KdError
 from kdstream.options import options_dict, require
 from kdstream.vllm_engine import EngineOptions
@@ -24,6 +26,9 @@ class PrecomputeOptions:
     batch_size: int = 64  # examples per vLLM call: large batches keep the engine busy
     tokenizer: str | None = None  # default: the teacher's directory
     overwrite: bool = False
+    logprob_encoding: str = "qdelta"  # qdelta: uint16 log-grid codes (error <= 1/128 nat) | fp32
+    targets: str = "topk"  # topk | sampled: --samples draws per position from the top-k + tail bucket
+    samples: int = 64
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
@@ -31,6 +36,10 @@ class PrecomputeOptions:
         require(self.seq_len >= 2, f"--seq-len {self.seq_len} must be at least 2")
         require(self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1")
         require(self.max_examples is None or self.max_examples >= 1, "--max-examples must be at least 1")
+        require(self.logprob_encoding in ("qdelta", "fp32"),
+                f"--logprob-encoding {self.logprob_encoding!r} is not one of qdelta, fp32")
+        require(self.targets in ("topk", "sampled"), f"--targets {self.targets!r} is not one of topk, sampled")
+        require(1 <= self.samples <= 255, f"--samples {self.samples} must be in 1..255 (counts are stored as uint8)")
 
 
 def run_precompute(opts: PrecomputeOptions) -> dict:
@@ -39,7 +48,7 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
     from kdstream.model_files import check_model_dir, model_config, model_fingerprint
     from kdstream.precompute.vllm_backend import VllmTeacher
     from kdstream.progress import progress
-    from kdstream.storage import StoreWriter
+    from kdstream.storage import StoreWriter, encoding
     from kdstream.storage.reader import disk_bytes
 
     model_dir = check_model_dir(opts.model, "teacher")
@@ -56,15 +65,21 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
     corpus = load_corpus(opts.dataset, opts.text_field, opts.split)
     examples = pack_examples(corpus.texts, tokenizer, opts.seq_len, opts.max_examples)
 
+    sampled = opts.targets == "sampled"
+    # sampled: at most min(N, k) distinct ids per position can be drawn: the stored width
+    width = min(opts.samples, opts.top_k) if sampled else opts.top_k
     writer = StoreWriter(
         opts.out,
         num_examples=len(examples),
         seq_len=opts.seq_len,
-        k=opts.top_k,
+        k=width,
         vocab_size=vocab_size,
         overwrite=opts.overwrite,
+        encoding="sampled" if sampled else opts.logprob_encoding,
+        samples=opts.samples if sampled else None,
         attrs={
-            "targets": "topk",
+            "targets": opts.targets,
+            "source_top_k": opts.top_k,
             "teacher": model_fingerprint(model_dir),
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "corpus": {**corpus.describe(), "text_field": opts.text_field, "split": opts.split},
@@ -80,6 +95,10 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
         for b in range(0, len(examples), opts.batch_size):
             input_ids = examples.input_ids[b : b + opts.batch_size]  # (B, L)
             rows = teacher.score(input_ids)
+            if sampled:  # a generator per batch: the same draws whatever the batch order or resume
+                rng = np.random.default_rng([opts.engine.seed, b])
+                rows.update(encoding.draw_samples(rows.pop("topk_ids"), rows.pop("topk_logprobs"),
+                                                  opts.samples, width, rng))
             rows.update(
                 input_ids=input_ids,
                 example_id=examples.example_id[b : b + opts.batch_size],

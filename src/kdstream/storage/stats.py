@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from kdstream.storage.reader import disk_bytes, open_store
-from kdstream.storage.schema import ALL_ARRAYS
 
 _MASS_BINS = 1 << 16  # histogram resolution of the top-k mass in [0, 1]: p10 within 1.6e-5
 
@@ -28,7 +27,7 @@ def _quantile_from_hist(counts: np.ndarray, q: float) -> float:
     return min(1.0, (idx + 0.5) / _MASS_BINS)
 
 
-def _sizes(url: str) -> tuple[int | None, dict[str, int | None]]:
+def _sizes(url: str, names: tuple[str, ...]) -> tuple[int | None, dict[str, int | None]]:
     """Bytes of the whole store and of each array; None where the filesystem cannot list
     (a plain HTTP server without directory listings)."""
 
@@ -40,7 +39,7 @@ def _sizes(url: str) -> tuple[int | None, dict[str, int | None]]:
         return size or None  # 0: nothing listed (every part of a store holds at least a zarr.json)
 
     url = str(url).rstrip("/")
-    return du(url), {name: du(f"{url}/{name}") for name in ALL_ARRAYS}
+    return du(url), {name: du(f"{url}/{name}") for name in names}
 
 
 def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
@@ -68,7 +67,7 @@ def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
         in_topk += int((batch["target_rank"] <= k).sum())
         positions += mass.size
 
-    total, per_array = _sizes(url)
+    total, per_array = _sizes(url, tuple(store._arrays))
 
     def mean(total_over_positions: float) -> float:
         return total_over_positions / positions if positions else float("nan")
@@ -88,6 +87,64 @@ def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
         "topk_mass_mean": mean(mass_sum),
         "topk_mass_p10": _quantile_from_hist(mass_hist, 0.10),
         "tail_mass_mean": 1.0 - mean(mass_sum),
+        "logprob_encoding": store.encoding["topk_logprobs"],
+        # the encoding's stated bound on |decoded - teacher| (0 for fp32), checked by the tests
+        "logprob_max_abs_error": store.encoding["max_abs_error"],  # None for sampled targets
         "target_in_topk": mean(in_topk),
         "mean_target_nll": mean(nll_sum),
     }
+
+
+def reference_kl(url: str, model_dir: str, examples: int = 8, batch_size: int = 4) -> dict[str, Any]:
+    """Mean KL(full teacher ‖ stored approximation) over every position of the first ``examples``.
+
+    The full teacher is a transformers fp32 forward of ``model_dir`` (the teacher, or any model of
+    the same vocabulary) over the stored input_ids. Two approximations, both from the decoded store:
+    ``kl_full``: a distribution over the whole vocabulary: the stored top-k probabilities, and the
+    tail mass spread evenly over the other V - k tokens (what is lost by keeping only the top-k);
+    ``kl_bucket``: over k + 1 classes (the top-k ids, one bucket for the rest), the view a top-k
+    KD loss takes: only the encoding's quantization and the teacher/reference mismatch remain.
+    """
+    import torch
+
+    from kdstream.errors import KdError
+    from kdstream.model_files import check_model_dir, model_config
+
+    store = open_store(url)
+    if store.sampled:
+        raise KdError(f"store {url} holds sampled targets: undrawn tokens have estimate 0, so KL(teacher || store) "
+                      "is infinite; use --reference-model on a top-k store")
+    model_dir = check_model_dir(model_dir, "reference")
+    vocab = int(model_config(model_dir).get("vocab_size", 0))
+    if vocab != store.vocab_size:
+        raise KdError(f"--reference-model {model_dir} has a vocabulary of {vocab}, the store {store.vocab_size}: "
+                      "pass the store's teacher (or a model with the same tokenizer)")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    n = max(1, min(int(examples), len(store)))
+    rows = store.read(0, n, ("input_ids", "topk_ids", "topk_logprobs", "tail_mass"))
+    V, k = store.vocab_size, store.k
+    full_sum = bucket_sum = 0.0
+    positions = 0
+    for b in range(0, n, batch_size):
+        ids = torch.from_numpy(rows["input_ids"][b : b + batch_size])  # (B, L)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[:, :-1].double(), -1)  # (B, L-1, V)
+        top = torch.from_numpy(rows["topk_ids"][b : b + batch_size])  # (B, L-1, k)
+        q_top = torch.from_numpy(rows["topk_logprobs"][b : b + batch_size]).double()  # (B, L-1, k)
+        tail = torch.from_numpy(rows["tail_mass"][b : b + batch_size]).double().clamp(min=1e-30)  # (B, L-1)
+        p = logp.exp()
+        # full vocabulary: log q = log(tail / (V - k)) off the top-k, the stored value on it
+        log_q = (tail.log() - math.log(max(V - k, 1)))[..., None].expand_as(logp).clone()
+        log_q.scatter_(-1, top, q_top)
+        full_sum += float((p * (logp - log_q)).sum())
+        # k + 1 classes: [top-k..., rest]
+        p_top = logp.gather(-1, top)  # (B, L-1, k)
+        p_rest = torch.log1p(-p_top.exp().sum(-1).clamp(max=1 - 1e-15))  # (B, L-1)
+        lp_cls = torch.cat([p_top, p_rest[..., None]], -1)
+        lq_cls = torch.cat([q_top, tail.log()[..., None]], -1)
+        bucket_sum += float((lp_cls.exp() * (lp_cls - lq_cls)).sum())
+        positions += p_top.shape[0] * p_top.shape[1]
+    return {"reference_model": str(model_dir), "kl_examples": n, "kl_positions": positions,
+            "kl_full_mean": full_sum / positions, "kl_bucket_mean": bucket_sum / positions}

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
-from kdstream.storage.schema import ALL_ARRAYS, FORMAT_NAME, FORMAT_VERSION, array_specs
+from kdstream.storage import encoding as enc
+from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, array_specs, stored_arrays
 
 
 @dataclass
@@ -57,7 +58,9 @@ def _metadata_problems(attrs: dict[str, Any], arrays: dict[str, Any]) -> list[st
     """Shape, dtype and chunking of each array against the group attributes."""
     problems = []
     try:
-        specs = array_specs(int(attrs["seq_len"]), int(attrs["k"]), int(attrs["vocab_size"]))
+        version = int(attrs.get("format_version", 1))
+        logprobs = (attrs.get("encoding") or {}).get("topk_logprobs", "fp32")
+        specs = array_specs(int(attrs["seq_len"]), int(attrs["k"]), int(attrs["vocab_size"]), logprobs, version)
         n, chunk_rows = int(attrs["num_examples"]), int(attrs["chunk_rows"])
     except (KeyError, TypeError, ValueError) as exc:
         return [f"group attributes lack or garble {exc}: cannot check array shapes"]
@@ -88,14 +91,19 @@ def _id_problems(example_id: np.ndarray) -> list[str]:
     return [f"example_id is not 0..{n - 1} each once: {', '.join(detail)}"]
 
 
-def _mass_problem(name: str, where: str, logp: np.ndarray, k: int) -> str | None:
+def _mass_problem(name: str, where: str, stored: np.ndarray, k: int, encoding: dict) -> str | None:
     """A zeroed or missing topk_logprobs chunk reads as logprob 0 everywhere: mass k > 1.
 
     zarr does not write all-zero chunks (write_empty_chunks is off) and returns zeros for an
-    absent chunk file, so a lost file is only visible through its impossible values.
+    absent chunk file, so a lost file is only visible through its impossible values. qdelta codes
+    (before the reader's renormalisation) may overshoot a mass of 1 by e^(scale/2): allow 1%.
     """
+    if encoding.get("topk_logprobs") == "qdelta":
+        logp, slack = -np.cumsum(stored, -1, dtype=np.int64) * float(encoding["scale"]), 1e-2
+    else:
+        logp, slack = stored, 1e-3
     mass = np.exp(logp.astype(np.float64)).sum(-1)  # (B, L-1)
-    if k > 1 and (mass > 1.0 + 1e-3).any():
+    if k > 1 and (mass > 1.0 + slack).any():
         return f"{name} {where}: top-k probability mass above 1 (max {mass.max():.3f}); a missing or zeroed chunk"
     return None
 
@@ -111,7 +119,7 @@ def verify_store(url: str) -> VerifyReport:
     if not complete:
         problems.append("store is incomplete (attribute complete is not true): its precompute did not finish")
     arrays = {}
-    for name in ALL_ARRAYS:
+    for name in stored_arrays(int(attrs.get("format_version", 1)), attrs.get("targets")):
         try:
             arrays[name] = group[name]
         except KeyError:
@@ -140,7 +148,8 @@ def verify_store(url: str) -> VerifyReport:
                 continue
             # Value checks only mean something once every row was written.
             if complete and name == "topk_logprobs":
-                bad = _mass_problem(name, where, data, int(attrs.get("k", data.shape[-1])))
+                bad = _mass_problem(name, where, data, int(attrs.get("k", data.shape[-1])),
+                                    attrs.get("encoding") or enc.encoding_attrs("fp32"))
                 if bad:
                     problems.append(bad)
             if name == "example_id":

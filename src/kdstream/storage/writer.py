@@ -7,20 +7,26 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
+from kdstream.storage import encoding as enc
 from kdstream.storage.schema import (
-    ALL_ARRAYS,
     FORMAT_NAME,
     FORMAT_VERSION,
     array_specs,
     default_chunk_rows,
+    stored_arrays,
 )
 
 
-def _codecs():
-    from zarr.codecs import Crc32cCodec, ZstdCodec
+BLOSC_LEVEL = 5  # zstd level in blosc: 9 saves ~5 B/token at k=64 but wrote >10x slower (store_encoding_bench)
 
-    # zstd then a crc32c checksum of the compressed bytes: a flipped byte in any chunk is caught.
-    return [ZstdCodec(level=3), Crc32cCodec()]
+
+def _codecs():
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    # Byte shuffle (blosc, typesize = the dtype's size) groups the mostly-zero high bytes of the
+    # small integer codes, then zstd; then a crc32c checksum of the compressed bytes, so a flipped
+    # byte in any chunk is caught. Both codecs are in the Zarr v3 specification.
+    return [BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="shuffle"), Crc32cCodec()]
 
 
 class StoreWriter:
@@ -41,14 +47,19 @@ class StoreWriter:
         attrs: dict[str, Any],
         chunk_rows: int | None = None,
         overwrite: bool = False,
+        encoding: str = enc.DEFAULT_ENCODING,
+        samples: int | None = None,
     ) -> None:
         import zarr
 
         self.url = str(url)
         self.num_examples = num_examples
-        self.chunk_rows = chunk_rows or default_chunk_rows(seq_len, k, vocab_size, num_examples)
+        self.encoding = encoding
+        self.encoding_attrs = enc.encoding_attrs(encoding, samples)  # ValueError on an unknown name
+        self.arrays = stored_arrays(targets="sampled" if encoding == "sampled" else "topk")
+        self.chunk_rows = chunk_rows or default_chunk_rows(seq_len, k, vocab_size, num_examples, encoding)
         self._check_target(overwrite)
-        self.specs = array_specs(seq_len, k, vocab_size)
+        self.specs = array_specs(seq_len, k, vocab_size, encoding)
         # The attributes (with complete=False) go into the very first metadata write, so a
         # store killed at any later point is recognisably an unfinished kdstream store.
         self.group = zarr.open_group(
@@ -65,6 +76,7 @@ class StoreWriter:
                 "vocab_size": vocab_size,
                 "chunk_rows": self.chunk_rows,
                 "dtypes": {n: str(dt) for n, (_, dt) in self.specs.items()},
+                "encoding": self.encoding_attrs,
                 "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "complete": False,
             },
@@ -78,7 +90,7 @@ class StoreWriter:
                 compressors=_codecs(),
                 fill_value=0,
             )
-        self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in ALL_ARRAYS}
+        self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in self.arrays}
         self._buffered = 0
         self.rows_written = 0
 
@@ -95,10 +107,24 @@ class StoreWriter:
         if attrs.get("complete") and not overwrite:
             raise KdError(f"a complete store already exists at {self.url}: pass --overwrite to replace it")
 
+    def _encode(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Teacher values as produced (fp32 logprobs) → on-disk arrays of ``self.encoding``."""
+        rows = dict(rows)
+        if self.encoding == "sampled":
+            return rows  # drawn by the caller (encoding.draw_samples)
+        if "tail_mass" not in rows:
+            rows["tail_mass"] = enc.tail_mass(rows["topk_logprobs"])  # (n, L-1)
+        scale = self.encoding_attrs["scale"]
+        if self.encoding == "qdelta":
+            rows["topk_logprobs"] = enc.encode_topk(rows["topk_logprobs"], scale)  # (n, L-1, k) uint16
+        return rows
+
     def append(self, rows: dict[str, np.ndarray]) -> None:
-        """Add the next rows (every array in ``ALL_ARRAYS``, same leading length)."""
+        """Add the next rows, same leading length: every array of ``self.arrays`` but ``tail_mass``
+        (computed here from the top-k), logprobs as float (decoded values; encoded here)."""
         n = len(rows["input_ids"])
-        for name in ALL_ARRAYS:
+        rows = self._encode(rows)
+        for name in self.arrays:
             arr = np.asarray(rows[name])
             shape, dtype = self.specs[name]
             if arr.shape != (n, *shape):
@@ -112,7 +138,7 @@ class StoreWriter:
 
     def _flush(self, count: int) -> None:
         start = self.rows_written
-        for name in ALL_ARRAYS:
+        for name in self.arrays:
             joined = np.concatenate(self._buffer[name])
             self.group[name][start : start + count] = joined[:count]
             self._buffer[name] = [joined[count:]]
