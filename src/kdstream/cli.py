@@ -160,7 +160,7 @@ def extract_eval(**kw):
 @click.option("--out", default="runs/demo", show_default=True, help="Folder for every output of the study.")
 @click.option("--examples", type=int, default=128, show_default=True)
 @click.option("--seq-len", type=int, default=128, show_default=True)
-@click.option("--epochs", type=int, default=40, show_default=True)
+@click.option("--epochs", type=int, default=22, show_default=True)
 @click.option("--top-k", type=int, default=16, show_default=True)
 @click.option("--prefix-len", type=int, default=32, show_default=True)
 @click.option("--suffix-len", type=int, default=32, show_default=True)

@@ -114,7 +114,12 @@ def test_store_verdict_agrees_with_fast_on_the_teacher(tmp_path, teacher_dir, te
     assert sure.sum() >= len(s) - 2
     for col in ("exact_match", "prefix_match_len", "tf_frac_matched"):
         assert (s.loc[sure, col] == f.loc[sure, col]).all(), col
-    assert np.allclose(s["margin"], f["margin"], atol=1e-3)
+    # Store logprobs are quantized (each within the store's stated bound): a margin, a difference
+    # of two of them, within twice that, plus fp noise between vLLM and HF.
+    from kdstream.storage import open_store
+
+    bound = open_store(teacher_store).attrs["encoding"]["max_abs_error"] or 0.0
+    assert np.allclose(s["margin"], f["margin"], atol=2 * bound + 1e-3)
     assert (s["tf_frac_matched"] > 0).any()  # not a vacuous agreement: the teacher gets tokens right
 
 
