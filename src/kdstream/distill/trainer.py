@@ -274,7 +274,8 @@ def _held_out_loss(model, open_source, rows, keys, batch_size, block_rows, devic
 
     reader = BlockReader(open_source(), block_rows, keys)
     mine = np.array_split(rows, d.world)[d.rank]
-    passes = -(-(-(-len(rows) // d.world)) // batch_size)
+    per_rank = -(-len(rows) // d.world)  # ceil: the largest rank share
+    passes = -(-per_rank // batch_size)
     sums = torch.zeros(3, dtype=torch.float64)
     core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     core.eval()

@@ -62,15 +62,23 @@ def read_json(path: Path, what: str, fix: str) -> dict:
     return data
 
 
+def _finished_file(directory: str | Path, role: str, what: str, name: str, command: str, kind: str,
+                   rerun: str) -> Path:
+    """``directory/name`` of a finished ``command`` run (its SUMMARY_FILE is written last);
+    KdError naming the fix otherwise."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise KdError(f"{role} {what} {d} not found: run `kdstream {command} --out {d}` first or fix the path")
+    if not (d / name).is_file() or not (d / SUMMARY_FILE).is_file():
+        raise KdError(f"{role} {what} {d} has no {name} and {SUMMARY_FILE} (unfinished or not {kind}): "
+                      f"{rerun} with --out there")
+    return d / name
+
+
 def eval_results(eval_dir: str | Path, role: str) -> Path:
     """Path of an extract-eval directory's results.parquet; KdError naming the fix otherwise."""
-    d = Path(eval_dir)
-    if not d.is_dir():
-        raise KdError(f"{role} evaluation {d} not found: run `kdstream extract-eval --out {d}` first or fix the path")
-    if not (d / RESULTS_FILE).is_file() or not (d / SUMMARY_FILE).is_file():
-        raise KdError(f"{role} evaluation {d} has no {RESULTS_FILE} and {SUMMARY_FILE} (unfinished or not an "
-                      "extract-eval directory): rerun extract-eval with --out there")
-    return d / RESULTS_FILE
+    return _finished_file(eval_dir, role, "evaluation", RESULTS_FILE, "extract-eval",
+                          "an extract-eval directory", "rerun extract-eval")
 
 
 def eval_summary(eval_dir: str | Path, role: str) -> dict:
@@ -81,13 +89,8 @@ def eval_summary(eval_dir: str | Path, role: str) -> dict:
 
 def features_path(features_dir: str | Path, role: str) -> Path:
     """Path of a features directory's features.parquet; KdError naming the fix otherwise."""
-    d = Path(features_dir)
-    if not d.is_dir():
-        raise KdError(f"{role} features {d} not found: run `kdstream features --out {d}` first or fix the path")
-    if not (d / FEATURES_FILE).is_file() or not (d / SUMMARY_FILE).is_file():
-        raise KdError(f"{role} features {d} has no {FEATURES_FILE} and {SUMMARY_FILE} (unfinished or not a "
-                      "features directory): rerun `kdstream features` with --out there")
-    return d / FEATURES_FILE
+    return _finished_file(features_dir, role, "features", FEATURES_FILE, "features",
+                          "a features directory", "rerun `kdstream features`")
 
 
 def read_features(features_dir: str | Path, role: str, columns: list[str] | None = None) -> pd.DataFrame:
