@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/kdstream demo --out $(DEMO_OUT)
+	$(VENV)/bin/kdstream reproduce --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -15,6 +15,7 @@ from kdstream.cli_analysis import ANALYSIS_COMMANDS
 from kdstream.cli_common import config_option, print_summary
 from kdstream.cli_eval import eval_group
 from kdstream.cli_store import store
+from kdstream.cli_study import STUDY_COMMANDS
 from kdstream.errors import KdError
 
 
@@ -145,6 +146,9 @@ def distill(**kw):
 @click.option("--worker-index", type=int, default=0, show_default=True,
               help="This worker's share (0..N-1); join the shards with `kdstream eval merge`.")
 @click.option("--overwrite", is_flag=True)
+@click.option("--features", is_flag=True,
+              help="Also score the model against --logits-store (ppl, suffix ppl, Min-K%, KL to the teacher, zlib) "
+                   "into OUT/features/, as `kdstream features` does.")
 @engine_options
 def extract_eval(**kw):
     """Prefix → suffix extraction (greedy, teacher-forced, or from the store); writes
@@ -155,31 +159,13 @@ def extract_eval(**kw):
     print_summary(run_extract_eval(ExtractOptions(**kw, engine=engine)))
 
 
-@click.command("demo")
-@config_option
-@click.option("--out", default="runs/demo", show_default=True, help="Folder for every output of the study.")
-@click.option("--examples", type=int, default=128, show_default=True)
-@click.option("--seq-len", type=int, default=128, show_default=True)
-@click.option("--epochs", type=int, default=22, show_default=True)
-@click.option("--top-k", type=int, default=16, show_default=True)
-@click.option("--prefix-len", type=int, default=32, show_default=True)
-@click.option("--suffix-len", type=int, default=32, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-def demo(**kw):
-    """The paper's protocol in miniature on the embedded corpus: teacher CE → precompute → baseline
-    CE → student KD → extract-eval of all three → a comparison table."""
-    from kdstream.demo import DemoOptions, run_demo
-
-    run_demo(DemoOptions(**kw))
-
-
 @click.group()
 @click.version_option(package_name="kdstream")
 def kdstream():
     """kdstream: offline distillation from a shareable logit store, with memorization analysis."""
 
 
-for _cmd in (precompute_logits, distill, extract_eval, demo, store, eval_group, *ANALYSIS_COMMANDS):
+for _cmd in (precompute_logits, distill, extract_eval, store, eval_group, *ANALYSIS_COMMANDS, *STUDY_COMMANDS):
     kdstream.add_command(_cmd)
 
 

@@ -159,3 +159,11 @@ def test_a_corrupt_chunk_stops_the_run_before_any_step(tmp_path, teacher_store, 
     error = proc.stderr.strip().splitlines()
     assert len(error) == 1 and "topk_logprobs" in error[0] and "chunk" in error[0]
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial" / "metrics.jsonl").exists()
+    # without the up-front check the run stops at the chunk, from a DataLoader worker process too,
+    # with the reader's one-line error (torch re-raises it with the worker's traceback inside)
+    late = run_cli("distill", "--logits-store", bad, "--model", student_init_dir, "--out", tmp_path / "late",
+                   "--no-verify-store", "--loader-workers", 1, check=False)
+    assert late.returncode == 2 and "Traceback" not in late.stderr
+    line = [ln for ln in late.stderr.splitlines() if ln.startswith("error:")]
+    assert len(line) == 1 and "corrupt chunk in topk_logprobs" in line[0], late.stderr[-2000:]
+    assert not (tmp_path / "late" / "train_summary.json").exists()

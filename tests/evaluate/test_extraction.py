@@ -41,7 +41,7 @@ def evaluation(tmp_path_factory, memorizer, teacher_store):
 def hf_evaluation(tmp_path_factory, memorizer, teacher_store):
     out = tmp_path_factory.mktemp("eval") / "memorizer_hf"
     run_cli("extract-eval", "--model", memorizer, "--logits-store", teacher_store, "--method", "both",
-            "--backend", "hf", "--batch-size", 10, *SWEEP, "--out", out)
+            "--backend", "hf", "--batch-size", 10, *SWEEP, "--features", "--out", out)
     return out
 
 
@@ -101,6 +101,20 @@ def test_hf_backend_agrees_with_vllm(evaluation, hf_evaluation):
     rh = pq.read_table(hf_evaluation / "results.parquet").to_pandas().set_index("example_id")
     ok = [i for i in rv.index if not (rv.loc[i, "near_tie"] or rh.loc[i, "near_tie"])]
     assert [list(rv.loc[i, "generated_ids"]) for i in ok] == [list(rh.loc[i, "generated_ids"]) for i in ok]
+
+
+def test_features_inside_the_evaluation(hf_evaluation, corpus_file, memorizer):
+    """--features writes a `kdstream features` directory into the evaluation: the trained
+    examples are the low-perplexity ones."""
+    summary = json.loads((hf_evaluation / "summary.json").read_text())
+    assert summary["features"].endswith("features")
+    feats = pq.read_table(hf_evaluation / "features" / "features.parquet").to_pandas().set_index("example_id")
+    assert len(feats) == NUM_EXAMPLES and json.loads((hf_evaluation / "features" / "summary.json").read_text())
+    trained, other = feats.loc[: TRAINED - 1, "ppl"], feats.loc[TRAINED:, "ppl"]
+    assert trained.max() < other.min()
+    bad = run_cli("extract-eval", "--model", memorizer, "--dataset", corpus_file, "--features", "--out",
+                  hf_evaluation.parent / "bad", check=False)
+    assert bad.returncode == 2 and "--features scores the model against the teacher's store" in bad.stderr
 
 
 def test_store_verdict_agrees_with_fast_on_the_teacher(tmp_path, teacher_dir, teacher_store):

@@ -23,6 +23,8 @@ from typing import Protocol
 
 import numpy as np
 
+from kdstream.errors import KdError
+
 
 class ExampleSource(Protocol):
     def __len__(self) -> int: ...
@@ -161,7 +163,20 @@ def stream_batches(open_source: Callable[[], ExampleSource], plan: EpochPlan, *,
         return
     loader = torch.utils.data.DataLoader(_torch_dataset(open_source, plan), batch_size=None, num_workers=workers,
                                          prefetch_factor=max(1, prefetch))
-    yield from loader
+    try:
+        yield from loader
+    except KdError as exc:  # torch re-raises a worker's error with the worker's traceback in the message
+        raise KdError(worker_error_message(str(exc))) from None
+
+
+def worker_error_message(text: str) -> str:
+    """The original one-line message of a KdError that torch re-raised from a DataLoader worker
+    ("Caught KdError in DataLoader worker process 0. Original Traceback … KdError: MESSAGE")."""
+    for line in reversed(text.splitlines()):
+        head, sep, message = line.partition("KdError: ")
+        if sep and head.strip() in ("", "kdstream.errors."):
+            return message
+    return text.splitlines()[0] if text else text
 
 
 class Given:

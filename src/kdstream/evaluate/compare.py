@@ -49,6 +49,6 @@ def format_table(cmp: dict) -> str:
         f"| student ∩ baseline ∩ teacher | {cmp['all_three']} |",
         f"| teacher-only (teacher, not baseline) | {cmp['teacher_only']} |",
         f"| teacher-only inherited by student | {cmp['teacher_only_inherited_by_student']} |",
-        f"| student ÷ baseline | {'n/a' if np.isnan(ratio) else f'{ratio:.2f}'} |",
+        f"| student ÷ baseline | {'n/a' if ratio is None or np.isnan(ratio) else f'{ratio:.2f}'} |",
     ]
     return "\n".join(lines)

@@ -67,6 +67,7 @@ class ExtractOptions:
     num_workers: int = 1
     worker_index: int = 0
     overwrite: bool = False
+    features: bool = False  # also write OUT/features/ (what `kdstream features` writes) for this model
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
@@ -86,6 +87,11 @@ class ExtractOptions:
             require(self.offset == 0, "--method store needs --offset 0: the store's teacher saw every example from token 0")
         else:
             require(self.model is not None, f"--method {self.method} needs --model MODEL_DIR")
+        if self.features:
+            require(self.logits_store is not None and self.method != "store",
+                    "--features scores the model against the teacher's store: pass --model and --logits-store")
+            require(self.num_workers == 1, "--features runs over every example: drop --num-workers "
+                                           "(or run `kdstream features` once after `kdstream eval merge`)")
 
     @property
     def methods(self) -> list[str]:
@@ -229,9 +235,19 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
                 total_examples=total)
     partial = fresh_partial(out)
     save_options(opts, partial)
+    if opts.features:  # inside the partial directory: the evaluation is published with its features or not at all
+        from kdstream.evaluate.features_run import FeaturesOptions, run_features
+
+        del backend  # free the engine's memory before the features model loads
+        run_features(FeaturesOptions(model=str(model_dir), logits_store=opts.logits_store, out=str(partial / FEATURES_DIR),
+                                     prefix_len=primary, suffix_len=n, max_examples=opts.max_examples))
+        meta["features"] = str(out / FEATURES_DIR)
     summary = write_eval(partial, tables[primary], sweep_table(tables), meta, methods)
     publish(partial, out)
     return summary
+
+
+FEATURES_DIR = "features"  # extract-eval --features: a `kdstream features` directory inside the evaluation
 
 
 def run_meta(opts: ExtractOptions, model_dir, backend: str, seconds: dict[str, float], examples: int) -> dict:

@@ -1,0 +1,1 @@
+"""The paper's study, end to end: `kdstream reproduce` (and `make demo`)."""

@@ -1,0 +1,119 @@
+"""What `kdstream reproduce` runs: one typed config, embedded defaults = the 2-core miniature.
+
+``configs/study.yaml`` holds the paper's real setting (Pythia-12B teacher, Pythia-1.4B baseline and
+student, FineWeb); any field can be set there or on the command line. ``teacher_model`` and
+``student_model`` name a HF directory (pretrained weights are fine-tuned) or one of ``TINY_ARCHS``
+(a config-only GPT-NeoX initialized at random by the trainer's seed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from kdstream.errors import KdError
+from kdstream.options import load_yaml_options, require
+
+# Sized for a 2-core CPU: big enough to memorize, small enough to train in minutes. head_dim 64
+# (vLLM's CPU attention rejects 16). The teacher is the larger model, as in the paper.
+TINY_ARCHS = {
+    "tiny-teacher": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
+    "tiny-student": dict(num_hidden_layers=3, hidden_size=192, num_attention_heads=3, intermediate_size=768),
+    # for the reduced study in the tests
+    "micro-teacher": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=256),
+    "micro-student": dict(num_hidden_layers=1, hidden_size=128, num_attention_heads=2, intermediate_size=256),
+}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The paper's protocol: teacher CE → baseline CE → teacher store → student KD → extract-eval
+    (+ features) → compare → classify → filter → re-distill → extract-eval → report."""
+
+    # data: the first `examples` windows of `seq_len` tokens of the corpus (canaries planted in it)
+    dataset: str = "demo"
+    text_field: str = "text"
+    split: str = "train"
+    examples: int = 96
+    seq_len: int = 128
+    tokenizer: str | None = None  # None: the teacher's (a HF dir) or, for tiny models, BPE trained on the corpus
+    tokenizer_vocab: int = 4096  # size of that trained BPE vocabulary
+    # models and training (paper: 3 teacher epochs, 4 baseline / student epochs, T = 2)
+    teacher_model: str = "tiny-teacher"
+    student_model: str = "tiny-student"
+    teacher_epochs: int = 24
+    student_epochs: int = 28  # the CE baseline, the KD student and the filtered student
+    lr: float = 3e-3
+    batch_size: int = 8
+    temperature: float = 2.0
+    loss: str = "forward_kl"
+    top_k: int = 16
+    # extraction: greedy prefix -> suffix on every training example, vLLM by default
+    prefix_len: int = 32
+    suffix_len: int = 32
+    eval_method: str = "generate"
+    eval_backend: str = "vllm"
+    # canaries (Secret Sharer): random-word sequences planted `count` times each
+    canary_counts: tuple[int, ...] = (1, 2, 4, 8, 16)
+    canaries_per_count: int = 2
+    canary_prefix_len: int = 16
+    canary_suffix_len: int = 16
+    # classifier and filter
+    classify_repeats: int = 100
+    target_recall: float = 0.95
+    # extra flags per stage, for the GPU setting (e.g. --precision bf16, --dtype bfloat16)
+    # --loss-chunk 0: with a 4k vocabulary the full logits are small, and the fused loss's
+    # recompute made a tiny KD epoch 1.3x slower on CPU (157 vs 122 tok/s, same run)
+    train_args: tuple[str, ...] = ("--loss-chunk", "0")
+    train_launcher: tuple[str, ...] = ()  # e.g. [torchrun, --nproc_per_node, "8"]: distill runs under it
+    # vLLM's dtype "auto" runs fp32 checkpoints in 16 bits: the tiny models are scored in fp32
+    precompute_args: tuple[str, ...] = ("--dtype", "float32")
+    eval_args: tuple[str, ...] = ("--dtype", "float32")
+    seeds: int = 1
+    first_seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.examples >= 4, f"examples {self.examples} must be at least 4")
+        require(self.prefix_len >= 1 and self.suffix_len >= 1, "prefix_len and suffix_len must be at least 1")
+        require(self.prefix_len + self.suffix_len <= self.seq_len,
+                f"prefix_len + suffix_len ({self.prefix_len + self.suffix_len}) must fit in seq_len {self.seq_len}")
+        require(min(self.teacher_epochs, self.student_epochs) >= 1, "epochs must be at least 1")
+        require(self.seeds >= 1, f"seeds {self.seeds} must be at least 1")
+        require(all(int(c) >= 1 for c in self.canary_counts), "canary_counts must be positive duplication counts")
+        require(self.canaries_per_count >= 1, "canaries_per_count must be at least 1")
+        require(self.canary_prefix_len >= 1 and self.canary_suffix_len >= 1, "canary prefix/suffix lengths must be >= 1")
+        require(self.eval_method in ("generate", "fast", "both"), f"eval_method {self.eval_method!r}: generate | fast | both")
+        require(self.eval_backend in ("vllm", "hf"), f"eval_backend {self.eval_backend!r}: vllm | hf")
+        require(0 < self.target_recall <= 1, f"target_recall {self.target_recall} must be in (0, 1]")
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.first_seed, self.first_seed + self.seeds))
+
+    @property
+    def canary_tokens(self) -> int:
+        return self.canary_prefix_len + self.canary_suffix_len
+
+
+_TUPLES = {f.name for f in fields(StudyConfig) if str(f.type).startswith("tuple")}
+
+
+def load_study_config(path: str | None, overrides: dict) -> StudyConfig:
+    """Embedded defaults, then the YAML file (if any), then the command line's non-None values."""
+    values = load_yaml_options(path) if path else {}
+    known = {f.name for f in fields(StudyConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise KdError(f"config {path} has unknown keys {', '.join(unknown)}: the keys are the fields of "
+                      "kdstream.study.config.StudyConfig (see configs/study.yaml)")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    for name in _TUPLES & set(values):
+        v = values[name]
+        values[name] = tuple(v) if isinstance(v, (list, tuple)) else tuple(str(v).replace(",", " ").split())
+    if "canary_counts" in values:
+        try:
+            values["canary_counts"] = tuple(int(c) for c in values["canary_counts"])
+        except ValueError:
+            raise KdError(f"canary_counts {values['canary_counts']} must be integers, e.g. 1,2,4,8,16") from None
+    try:
+        return StudyConfig(**values)
+    except TypeError as exc:
+        raise KdError(f"config {path}: {exc}") from None

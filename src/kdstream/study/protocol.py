@@ -1,0 +1,151 @@
+"""One seed of the study: every stage of the paper's protocol as a `kdstream` command, then the
+seed's figures (``figures.json``) read back from the stages' outputs, never typed in.
+
+Layout under ``SEED_DIR = OUT/seed-S``::
+
+    corpus.jsonl canaries.jsonl canaries.json   the corpus with canaries planted (if any)
+    teacher/ baseline/ student/ student_filtered/   checkpoints (distill)
+    teacher.zarr                                 the teacher's store (precompute-logits)
+    eval/ROLE/  eval-canaries/ROLE/              extract-eval of every training example / canary
+    eval/{teacher,baseline}/features/            their features (extract-eval --features)
+    compare/  classify/  report/
+    figures.json                                 this seed's numbers for the study report
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kdstream.study.config import StudyConfig
+from kdstream.study.stages import Stages, store_complete
+
+ROLES = ("teacher", "baseline", "student")
+FIGURES_FILE = "figures.json"
+
+
+def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], corpus_texts) -> dict:
+    """Run (or resume) every stage for ``seed``; ``init`` = {"teacher": dir, "student": dir} of the
+    models to start from; ``corpus_texts()`` gives the corpus documents (for planting canaries)."""
+    from kdstream.data import load_tokenizer
+    from kdstream.distill.trainer import DONE_FILE
+    from kdstream.evaluate.study_dirs import CLASSIFICATION_FILE, EXCLUDE_FILE, SUMMARY_FILE
+    from kdstream.study.canaries import CANARY_CORPUS, CANARY_FILE, STUDY_CORPUS, build_study_corpus
+
+    d = seed_dir
+    d.mkdir(parents=True, exist_ok=True)
+    st = Stages(f"seed {seed}", d / "stage_seconds.json", cfg.train_launcher)
+    canaries = bool(cfg.canary_counts)
+    if canaries:
+        tok = load_tokenizer(init["teacher"])
+        st.in_process("plant canaries", (d / CANARY_FILE).exists(),
+                      lambda: build_study_corpus(d, corpus_texts(), tok, cfg, seed))
+    corpus = str(d / STUDY_CORPUS) if canaries else cfg.dataset
+    data = ["--text-field", "text"] if canaries else ["--text-field", cfg.text_field, "--split", cfg.split]
+    common = ["--seq-len", str(cfg.seq_len), "--max-examples", str(cfg.examples)]
+    # --resume: an interrupted training stage continues from its latest checkpoint (if any)
+    train = ["--lr", str(cfg.lr), "--batch-size", str(cfg.batch_size), "--seed", str(seed), "--resume",
+             *cfg.train_args]
+    store = d / "teacher.zarr"
+    kd = ["--loss", cfg.loss, "--temperature", str(cfg.temperature), "--epochs", str(cfg.student_epochs)]
+
+    def done(path: Path) -> bool:
+        return path.exists()
+
+    st.run("teacher (CE)", done(d / "teacher" / DONE_FILE),
+           ["distill", "--model", init["teacher"], "--dataset", corpus, *data, "--loss", "ce", "--out",
+            str(d / "teacher"), "--epochs", str(cfg.teacher_epochs), *common, *train])
+    st.run("precompute", store_complete(store),
+           ["precompute-logits", "--model", str(d / "teacher"), "--dataset", corpus, *data, "--out", str(store),
+            "--top-k", str(cfg.top_k), "--seed", str(seed), *common, *cfg.precompute_args])
+    st.run("baseline (CE)", done(d / "baseline" / DONE_FILE),
+           ["distill", "--model", init["student"], "--logits-store", str(store), "--loss", "ce", "--out",
+            str(d / "baseline"), "--epochs", str(cfg.student_epochs), *train])
+    st.run("student (KD)", done(d / "student" / DONE_FILE),
+           ["distill", "--model", init["student"], "--logits-store", str(store), *kd, "--out", str(d / "student"), *train])
+
+    evaluate = ["--prefix-len", str(cfg.prefix_len), "--suffix-len", str(cfg.suffix_len), "--method",
+                cfg.eval_method, "--backend", cfg.eval_backend, *cfg.eval_args]
+    # canaries: window i of canaries.jsonl packed at canary length + 1 (EOS) is canary i; the
+    # teacher-forced fast path gives greedy decoding's exact-match verdict in one pass
+    canary_eval = ["--dataset", str(d / CANARY_CORPUS), "--seq-len", str(cfg.canary_tokens + 1),
+                   "--prefix-len", str(cfg.canary_prefix_len), "--suffix-len", str(cfg.canary_suffix_len),
+                   "--method", "fast", "--backend", "hf"]
+
+    def evaluate_model(role: str, features: bool = False) -> None:
+        st.run(f"extract-eval {role}", done(d / "eval" / role / SUMMARY_FILE),
+               ["extract-eval", "--model", str(d / role), "--logits-store", str(store), "--out",
+                str(d / "eval" / role), *evaluate, *(["--features"] if features else [])])
+        if canaries:
+            st.run(f"canaries {role}", done(d / "eval-canaries" / role / SUMMARY_FILE),
+                   ["extract-eval", "--model", str(d / role), "--out", str(d / "eval-canaries" / role), *canary_eval])
+
+    # the classifier's inputs: features of the teacher and the baseline (extract-eval --features)
+    for role in ROLES:
+        evaluate_model(role, features=role != "student")
+    features = ["--teacher-features", str(d / "eval" / "teacher" / "features"),
+                "--baseline-features", str(d / "eval" / "baseline" / "features")]
+    evals = [str(d / "eval" / role) for role in ROLES]
+    st.run("compare", done(d / "compare" / "comparison.json"), ["compare", *evals, "--out", str(d / "compare"), *features], quiet=True)
+
+    cmp = json.loads((d / "compare" / "comparison.json").read_text())
+    positives = cmp["memorized"]["student"]
+    fit = min(positives, cmp["examples"] - positives) >= 2  # the classifier needs 2 of each class
+    report = ["report", *(a for role in ROLES for a in (f"--{role}-eval", str(d / "eval" / role))), *features]
+    if fit:
+        st.run("classify + filter", done(d / "classify" / CLASSIFICATION_FILE),
+               ["classify", "--student-eval", str(d / "eval" / "student"), *features, "--out", str(d / "classify"),
+                "--seed", str(seed), "--repeats", str(cfg.classify_repeats), "--filter",
+                "--target-recall", str(cfg.target_recall)])
+        st.run("student (KD, filtered)", done(d / "student_filtered" / DONE_FILE),
+               ["distill", "--model", init["student"], "--logits-store", str(store), *kd, "--exclude",
+                str(d / "classify" / EXCLUDE_FILE), "--out", str(d / "student_filtered"), *train])
+        evaluate_model("student_filtered")
+        report += ["--classify", str(d / "classify")]
+    st.run("report", False, report + ["--out", str(d / "report")])  # cheap; rebuilt from what exists
+    figures = seed_figures(d, cfg, fit)
+    figures["stage_seconds"] = st.seconds
+    tmp = d / (FIGURES_FILE + ".partial")
+    tmp.write_text(json.dumps(figures, indent=2))
+    tmp.replace(d / FIGURES_FILE)
+    return figures
+
+
+def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
+    """The numbers the study report tabulates, read from one seed directory's outputs."""
+    from kdstream.evaluate.compare import memorized_ids
+    from kdstream.evaluate.study_dirs import CLASSIFICATION_FILE, EXCLUDE_FILE
+    from kdstream.study.canaries import CANARY_FILE, canary_rates
+
+    cmp = json.loads((d / "compare" / "comparison.json").read_text())
+    t, b, s = (memorized_ids(d / "eval" / role)[0] for role in ROLES)
+    out: dict = {
+        "examples": cmp["examples"],
+        "memorized": cmp["memorized"],
+        "rate": cmp["rate"],
+        "student_over_baseline": cmp["student_over_baseline"],
+        "teacher_only": cmp["teacher_only"],
+        "teacher_only_inherited": cmp["teacher_only_inherited_by_student"],
+        "student_also_by_both": len(s & t & b),
+        "classifier": None,
+        "filter": None,
+        "canaries": None,
+    }
+    if classified:
+        cls = json.loads((d / "classify" / CLASSIFICATION_FILE).read_text())
+        out["classifier"] = {"auc": cls["auc"], "coefficients": {k: v["mean"] for k, v in cls["coefficients"].items()},
+                             "positives": cls.get("positives"), "precision": cls["precision"], "recall": cls["recall"]}
+        excluded = {int(x) for x in (d / "classify" / EXCLUDE_FILE).read_text().split()}
+        after, _ = memorized_ids(d / "eval" / "student_filtered")
+        out["filter"] = {
+            "excluded": len(excluded),
+            "expected_recall": cls["filter"]["expected_recall"],
+            "student_memorized_before": len(s),
+            "student_memorized_after": len(after),
+            "after_among_kept": len(after - excluded),
+            "before_among_kept": len(s - excluded),
+        }
+    if cfg.canary_counts:
+        roles = [r for r in (*ROLES, "student_filtered") if (d / "eval-canaries" / r / "results.parquet").exists()]
+        out["canaries"] = {r: {str(c): v for c, v in canary_rates(d / CANARY_FILE, d / "eval-canaries" / r /
+                                                                   "results.parquet").items()} for r in roles}
+    return out

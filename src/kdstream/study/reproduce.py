@@ -1,0 +1,94 @@
+"""`kdstream reproduce`: the whole study, every seed, then the report beside the paper's table.
+
+    OUT/config.yaml           the resolved StudyConfig (rerun with --config OUT/config.yaml)
+    OUT/tokenizer/ OUT/init/  shared by every seed (tiny models: a BPE trained on the corpus)
+    OUT/seed-S/               one run of the protocol (protocol.py)
+    OUT/study.md study.json canaries.png
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from kdstream.errors import KdError
+from kdstream.options import options_dict
+from kdstream.study.config import TINY_ARCHS, StudyConfig
+
+
+def _init_tiny(directory: Path, arch: dict, seq_len: int, vocab_size: int, tokenizer) -> None:
+    """A config-only GPT-NeoX directory (random init at train time, by the trainer's seed)."""
+    from transformers import GPTNeoXConfig
+
+    if (directory / "config.json").exists():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    GPTNeoXConfig(
+        vocab_size=vocab_size, max_position_embeddings=2 * seq_len,  # room for vLLM's extra token
+        rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, **arch,
+    ).save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+
+
+def _models(cfg: StudyConfig, out: Path, texts) -> dict[str, str]:
+    """{"teacher": dir, "student": dir}: HF directories as given, tiny archs created under OUT/init."""
+    from kdstream.data.tokenizer import load_tokenizer, train_bpe_tokenizer
+    from kdstream.model_files import check_model_dir
+
+    tiny = {role: name in TINY_ARCHS for role, name in (("teacher", cfg.teacher_model), ("student", cfg.student_model))}
+    models = {}
+    tokenizer = None
+    if any(tiny.values()):
+        if cfg.tokenizer:
+            tokenizer = load_tokenizer(cfg.tokenizer)
+        elif not tiny["teacher"]:
+            tokenizer = load_tokenizer(cfg.teacher_model)
+        elif (out / "tokenizer" / "tokenizer.json").exists():
+            tokenizer = load_tokenizer(out / "tokenizer")
+        else:
+            print("[study] training a BPE tokenizer on the corpus", file=sys.stderr)
+            tokenizer = train_bpe_tokenizer(texts(), cfg.tokenizer_vocab, out / "tokenizer")
+    for role, name in (("teacher", cfg.teacher_model), ("student", cfg.student_model)):
+        if tiny[role]:
+            _init_tiny(out / "init" / role, TINY_ARCHS[name], cfg.seq_len, len(tokenizer), tokenizer)
+            models[role] = str(out / "init" / role)
+        else:
+            models[role] = str(check_model_dir(name, role))
+    return models
+
+
+def run_reproduce(cfg: StudyConfig, out: str) -> dict:
+    from kdstream.data import load_corpus
+    from kdstream.study.protocol import run_seed
+    from kdstream.study.summary import STUDY_MD, write_study_report
+
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise KdError(f"--out {root} is a file: pass a directory")
+    root.mkdir(parents=True, exist_ok=True)
+    saved = root / "config.yaml"
+    resolved = options_dict(cfg)
+    resolved = {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+    if saved.exists():
+        before = yaml.safe_load(saved.read_text()) or {}
+        changed = sorted(k for k in resolved if k not in ("seeds", "first_seed") and before.get(k) != resolved[k])
+        if changed:
+            raise KdError(f"{root} holds a study run with other settings ({', '.join(changed)}): "
+                          "choose another --out or delete it")
+    saved.write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    cache: dict[str, list[str]] = {}
+
+    def texts() -> list[str]:
+        if "t" not in cache:
+            cache["t"] = load_corpus(cfg.dataset, cfg.text_field, cfg.split).texts
+        return cache["t"]
+
+    models = _models(cfg, root, texts)
+    figures = [run_seed(cfg, root / f"seed-{s}", s, models, texts) for s in cfg.seed_list]
+    result = write_study_report(root, resolved, figures)
+    print((root / STUDY_MD).read_text())
+    print(f"outputs in {root}/ (study.md, study.json, canaries.png; seed-*/report/ for each seed's plots)")
+    return result

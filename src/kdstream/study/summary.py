@@ -1,0 +1,158 @@
+"""The study report: every seed's ``figures.json`` → mean ± sd → ``study.json``, ``study.md``
+(the paper's table beside ours, with verdicts; memorization against canary duplication) and
+``canaries.png``. Everything comes from the run's outputs; nothing is typed in."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from kdstream.study.paper import findings
+
+STUDY_JSON, STUDY_MD, CANARY_PNG = "study.json", "study.md", "canaries.png"
+CANARY_ROLES = ("teacher", "baseline", "student", "student_filtered")
+
+
+def stat(values) -> dict:
+    """{mean, sd (sample, 0 for one value), n, sum, values} of the non-NaN values."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return {"mean": float("nan"), "sd": float("nan"), "n": 0, "sum": 0.0, "values": []}
+    a = np.asarray(vals)
+    return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a),
+            "sum": float(a.sum()), "values": vals}
+
+
+def aggregate(figs: list[dict]) -> dict:
+    """Mean ± sd over seeds of every figure the report shows."""
+    roles = ("teacher", "baseline", "student")
+    agg: dict = {
+        "seeds": len(figs),
+        "examples": figs[0]["examples"],
+        "memorized": {r: stat(f["memorized"][r] for f in figs) for r in roles},
+        "rate": {r: stat(f["rate"][r] for f in figs) for r in roles},
+    }
+    for key in ("student_over_baseline", "teacher_only", "teacher_only_inherited", "student_also_by_both"):
+        agg[key] = stat(f[key] for f in figs)
+    fitted = [f["classifier"] for f in figs if f.get("classifier")]
+    agg["classifier"] = {
+        "auc": stat(c["auc"]["mean"] for c in fitted),
+        "auc_sd_within": fitted[0]["auc"]["sd"],  # over the classifier's repeats (shown for one seed)
+        "coefficients": {k: stat(c["coefficients"][k] for c in fitted) for k in fitted[0]["coefficients"]},
+    } if fitted else None
+    filtered = [f["filter"] for f in figs if f.get("filter")]
+    agg["filter"] = {k: stat(x[k] for x in filtered) for k in filtered[0]} if filtered else None
+    with_canaries = [f["canaries"] for f in figs if f.get("canaries")]
+    if with_canaries:
+        agg["canaries"] = {}
+        for role in CANARY_ROLES:
+            per = [c[role] for c in with_canaries if role in c]
+            if per:
+                agg["canaries"][role] = {cnt: {"rate": stat(p[cnt]["rate"] for p in per), "canaries": per[0][cnt]["canaries"]}
+                                         for cnt in per[0]}
+    else:
+        agg["canaries"] = None
+    return agg
+
+
+def canary_rows(agg: dict) -> tuple[list[str], list[dict]]:
+    """(duplication counts, rows {role, rates by count, verdict}) for the canary table."""
+    can = agg["canaries"]
+    counts = sorted({c for r in can.values() for c in r}, key=int)
+    rows = []
+    for role, by_count in can.items():
+        means = [by_count[c]["rate"]["mean"] for c in counts if c in by_count]
+        rows.append({"role": role, "rates": {c: by_count[c]["rate"] for c in counts if c in by_count},
+                     "rises": "yes" if means[-1] > means[0] else ("no (flat)" if means[-1] == means[0] else "no")})
+    return counts, rows
+
+
+def _fmt_rate(s: dict) -> str:
+    if s["n"] == 0:
+        return "n/a"
+    return f"{100 * s['mean']:.0f}%" + (f" ± {100 * s['sd']:.0f}" if s["n"] > 1 else "")
+
+
+def format_study(cfg: dict, agg: dict, rows: list[dict]) -> str:
+    seeds = agg["seeds"]
+    n_seeds = f"{seeds} seed{'s' if seeds > 1 else ''}" + (" (mean ± sd)" if seeds > 1 else "")
+    lines = [
+        "# Memorization in distillation: the paper's findings beside this run",
+        "",
+        f"This run: teacher `{cfg['teacher_model']}`, student `{cfg['student_model']}`, {agg['examples']} examples of "
+        f"{cfg['seq_len']} tokens from `{cfg['dataset']}`, epochs {cfg['teacher_epochs']} (teacher) / "
+        f"{cfg['student_epochs']} (baseline, student), KD `{cfg['loss']}` at T = {cfg['temperature']}, greedy "
+        f"{cfg['prefix_len']} → {cfg['suffix_len']} tokens, exact match; {n_seeds}.",
+        "Paper: Pythia-12B teacher, Pythia-1.4B baseline and student, 1M FineWeb examples of 256 tokens, 50 → 50 tokens.",
+        "",
+        "| finding | paper | this run | criterion | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['finding']} | {r['paper']} | {r['ours']} | {r['criterion']} | {r['verdict']} |" for r in rows]
+    ok = [r["finding"] for r in rows if r["verdict"] == "reproduced"]
+    bad = [r["finding"] for r in rows if r["verdict"] == "not reproduced"]
+    untested = [r["finding"] for r in rows if r["verdict"].startswith("not testable")]
+    lines += ["", f"Reproduced here: {len(ok)} of {len(rows)} findings" + (f" ({'; '.join(ok)})." if ok else ".")]
+    if bad:
+        lines.append(f"Not reproduced: {'; '.join(bad)}.")
+    if untested:
+        lines.append(f"Not testable in this run: {'; '.join(untested)}.")
+    lines.append("The criteria test each finding's direction, not its size (see kdstream/study/paper.py).")
+    if agg.get("canaries"):
+        counts, crow = canary_rows(agg)
+        per = next(iter(agg["canaries"].values()))
+        lines += ["", "## Canaries: extraction rate against duplication count", "",
+                  f"Random-word canaries of {cfg['canary_prefix_len']} + {cfg['canary_suffix_len']} tokens, "
+                  f"{per[counts[0]]['canaries']} per count, planted whole in the training windows (teacher-forced "
+                  "fast path: the same verdict as greedy decoding).", "",
+                  "| model | " + " | ".join(f"×{c}" for c in counts) + " | rises with duplication |",
+                  "|---|" + "---|" * (len(counts) + 1)]
+        for r in crow:
+            lines.append(f"| {r['role']} | " + " | ".join(_fmt_rate(r["rates"][c]) if c in r["rates"] else "n/a"
+                                                          for c in counts) + f" | {r['rises']} |")
+        lines += ["", f"![canaries]({CANARY_PNG})"]
+    lines += ["", "Per-seed outputs: `seed-*/report/report.md` (Venn diagram, zlib histograms, ROC curve), "
+              "`seed-*/figures.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def canary_plot(agg: dict, path: Path) -> None:
+    from kdstream.evaluate.report_plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colors = {"teacher": "#1f77b4", "baseline": "#ff7f0e", "student": "#2ca02c", "student_filtered": "#9467bd"}
+    markers = {"teacher": "o", "baseline": "s", "student": "^", "student_filtered": "v"}
+    counts = sorted({int(c) for r in agg["canaries"].values() for c in r})
+    for i, (role, by_count) in enumerate(agg["canaries"].items()):
+        cs = sorted(by_count, key=int)
+        x = np.asarray([int(c) for c in cs], float) * (1 + 0.03 * (i - 1.5))  # small offset: coinciding lines stay visible
+        y = [100 * by_count[c]["rate"]["mean"] for c in cs]
+        err = [100 * by_count[c]["rate"]["sd"] for c in cs]
+        ax.errorbar(x, y, yerr=err if agg["seeds"] > 1 else None, color=colors.get(role), marker=markers.get(role),
+                    ms=7, lw=2, capsize=3, label=role.replace("_", " "))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(counts, [str(c) for c in counts])
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("copies of the canary in the training data")
+    ax.set_ylabel("canaries extracted (%, exact match)")
+    ax.set_title("Canary extraction rate by duplication count")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def write_study_report(out: Path, cfg: dict, figs: list[dict]) -> dict:
+    agg = aggregate(figs)
+    rows = findings(agg)
+    result = {"config": cfg, "aggregate": agg, "findings": rows, "seeds": figs}
+    if agg.get("canaries"):
+        canary_plot(agg, out / CANARY_PNG)
+    tmp = out / (STUDY_JSON + ".partial")
+    tmp.write_text(json.dumps(result, indent=2, default=float))
+    tmp.replace(out / STUDY_JSON)
+    (out / STUDY_MD).write_text(format_study(cfg, agg, rows))
+    return result

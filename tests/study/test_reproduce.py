@@ -1,0 +1,86 @@
+"""A reduced study end to end through the CLI: `kdstream reproduce` with micro models."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+# Small enough for the test suite, trained long enough that every model memorizes something, so
+# the classifier, the filter and the re-distilled student all run.
+REDUCED = """\
+examples: 32
+seq_len: 64
+tokenizer_vocab: 1024
+teacher_model: micro-teacher
+student_model: micro-student
+teacher_epochs: {epochs}
+student_epochs: {epochs}
+batch_size: 8
+top_k: 8
+prefix_len: 16
+suffix_len: 16
+eval_method: fast
+eval_backend: hf
+canary_counts: [1, 4]
+canaries_per_count: 1
+canary_prefix_len: 8
+canary_suffix_len: 8
+classify_repeats: 5
+"""
+EPOCHS = 40
+
+
+def _aggregate(out: Path) -> dict:
+    return json.loads((out / "study.json").read_text())["aggregate"]
+
+
+@pytest.mark.slow
+def test_reduced_study_end_to_end(tmp_path):
+    config = tmp_path / "reduced.yaml"
+    config.write_text(REDUCED.format(epochs=EPOCHS))
+    out = tmp_path / "study"
+    proc = run_cli("reproduce", "--config", config, "--out", out, timeout=1800)
+    assert "| finding | paper | this run | criterion | verdict |" in proc.stdout
+    seed = out / "seed-0"
+    for path in ("teacher.zarr", "eval/teacher/results.parquet", "eval-canaries/student/results.parquet",
+                 "eval/baseline/features/features.parquet", "compare/comparison.json", "report/report.md",
+                 "figures.json", "stage_seconds.json"):
+        assert (seed / path).exists(), path
+    study = json.loads((out / "study.json").read_text())
+    agg, figs = study["aggregate"], study["seeds"][0]
+    # the report's numbers are the run's numbers: recount from the eval directories
+    from kdstream.evaluate.compare import memorized_ids
+
+    for role in ("teacher", "baseline", "student"):
+        ids, n = memorized_ids(seed / "eval" / role)
+        assert figs["memorized"][role] == len(ids) == agg["memorized"][role]["mean"] and n == 32
+    assert len(study["findings"]) == 8
+    assert all(r["verdict"].split(" (")[0] in ("reproduced", "not reproduced", "not testable") for r in study["findings"])
+    assert set(figs["canaries"]) >= {"teacher", "baseline", "student"}
+    assert (out / "canaries.png").stat().st_size > 1000 and (out / "study.md").exists()
+    # the classifier, the filter and the re-distilled student ran (every model memorized something)
+    assert figs["classifier"] is not None and figs["filter"] is not None, figs
+    excluded = {int(x) for x in (seed / "classify" / "exclude.txt").read_text().split()}
+    assert figs["filter"]["excluded"] == len(excluded) > 0
+    summary = json.loads((seed / "student_filtered" / "train_summary.json").read_text())
+    assert summary["examples"] == 32 - len(excluded)
+
+    # a rerun skips every finished stage and reports the same numbers
+    rerun = run_cli("reproduce", "--config", config, "--out", out)
+    assert "already done, skipping" in rerun.stderr and "kdstream distill" not in rerun.stderr
+    assert _aggregate(out) == agg
+    # retraining the KD student from scratch (same seed) gives the same student and verdicts
+    for path in ("student", "eval/student", "eval-canaries/student", "compare", "classify", "student_filtered",
+                 "eval/student_filtered", "eval-canaries/student_filtered"):
+        shutil.rmtree(seed / path)
+    run_cli("reproduce", "--config", config, "--out", out, timeout=1800)
+    assert _aggregate(out) == agg
+    # another setting in the same directory is refused in one line
+    config.write_text(REDUCED.format(epochs=EPOCHS + 1))
+    bad = run_cli("reproduce", "--config", config, "--out", out, check=False)
+    assert bad.returncode == 2 and "other settings (student_epochs, teacher_epochs)" in bad.stderr
+    assert "Traceback" not in bad.stderr

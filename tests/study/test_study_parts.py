@@ -1,0 +1,104 @@
+"""The study's parts without training: canary planting, the config, the paper's verdicts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kdstream.errors import KdError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_canaries_are_planted_whole_and_counted(tokenizer, docs, tmp_path):
+    from kdstream.data import pack_examples
+    from kdstream.data.corpus import load_corpus
+    from kdstream.study.canaries import CANARY_CORPUS, CANARY_FILE, STUDY_CORPUS, build_study_corpus, copies_in_windows
+    from kdstream.study.config import StudyConfig
+
+    cfg = StudyConfig(examples=120, seq_len=64, canary_counts=(1, 2, 4), canaries_per_count=1,
+                      canary_prefix_len=8, canary_suffix_len=8, prefix_len=16, suffix_len=16)
+    build_study_corpus(tmp_path, docs, tokenizer, cfg, seed=3)
+    canaries = json.loads((tmp_path / CANARY_FILE).read_text())
+    assert [c["count"] for c in canaries] == [1, 2, 4]
+    train = pack_examples(load_corpus(str(tmp_path / STUDY_CORPUS)).texts, tokenizer, 64, 120).input_ids
+    for c in canaries:
+        assert len(c["token_ids"]) == 16
+        # every copy is inside one training window (none straddles a boundary)
+        assert copies_in_windows(train, c["token_ids"]) == c["count"] == c["copies_in_training"]
+    # canaries.jsonl packed at canary length + 1 gives one canary per window, in order
+    windows = pack_examples(load_corpus(str(tmp_path / CANARY_CORPUS)).texts, tokenizer, 17).input_ids
+    assert len(windows) == len(canaries)
+    assert all(np.array_equal(windows[i, :16], c["token_ids"]) for i, c in enumerate(canaries))
+    # the rest of the corpus is untouched, in order
+    planted = load_corpus(str(tmp_path / STUDY_CORPUS)).texts
+    texts = {c["text"] for c in canaries}
+    assert [t for t in planted if t not in texts] == docs[: len(planted) - sum(c["count"] for c in canaries)]
+    # another seed plants other canaries
+    other = tmp_path / "other"
+    other.mkdir()
+    build_study_corpus(other, docs, tokenizer, cfg, seed=4)
+    assert json.loads((other / CANARY_FILE).read_text())[0]["text"] != canaries[0]["text"]
+
+
+def test_too_many_canaries_is_one_line_error(tokenizer, docs, tmp_path):
+    from kdstream.study.canaries import build_study_corpus
+    from kdstream.study.config import StudyConfig
+
+    cfg = StudyConfig(examples=4, seq_len=64, canary_counts=(16,), canaries_per_count=2, prefix_len=16,
+                      suffix_len=16, canary_prefix_len=8, canary_suffix_len=8)
+    with pytest.raises(KdError, match="canary copies do not fit"):
+        build_study_corpus(tmp_path, docs, tokenizer, cfg, seed=0)
+
+
+def test_paper_config_loads_and_bad_keys_are_refused(tmp_path):
+    from kdstream.study.config import load_study_config
+
+    cfg = load_study_config(str(REPO / "configs" / "study.yaml"), {"seeds": 3})
+    assert (cfg.examples, cfg.seq_len, cfg.prefix_len, cfg.suffix_len) == (1_000_000, 256, 50, 50)
+    assert (cfg.teacher_epochs, cfg.student_epochs, cfg.temperature, cfg.seeds) == (3, 4, 2.0, 3)
+    assert cfg.canary_counts == () and cfg.train_launcher[0] == "torchrun"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 3\n")
+    with pytest.raises(KdError, match="unknown keys epochs"):
+        load_study_config(str(bad), {})
+    bad.write_text("canary_counts: [1, two]\n")
+    with pytest.raises(KdError, match="must be integers"):
+        load_study_config(str(bad), {})
+    bad.write_text("prefix_len: 100\nsuffix_len: 100\nseq_len: 128\n")
+    with pytest.raises(KdError, match="must fit in seq_len"):
+        load_study_config(str(bad), {})
+
+
+def _figs(teacher, baseline, student, inherited=0, both=0, cls=None, flt=None):
+    return {"examples": 100, "memorized": {"teacher": teacher, "baseline": baseline, "student": student},
+            "rate": {"teacher": teacher / 100, "baseline": baseline / 100, "student": student / 100},
+            "student_over_baseline": student / baseline if baseline else float("nan"),
+            "teacher_only": min(4, teacher), "teacher_only_inherited": inherited, "student_also_by_both": both,
+            "classifier": cls, "filter": flt, "canaries": None}
+
+
+def test_findings_verdicts_follow_the_numbers():
+    from kdstream.study.summary import aggregate, findings
+
+    cls = {"auc": {"mean": 0.95, "sd": 0.02}, "coefficients": {"teacher_ppl": -0.3, "baseline_ppl": -0.4,
+                                                                "teacher_baseline_kl": -1.0, "zlib_entropy": -4.0}}
+    flt = {"excluded": 10, "expected_recall": 0.9, "student_memorized_before": 8, "student_memorized_after": 1,
+           "after_among_kept": 1, "before_among_kept": 0}
+    agg = aggregate([_figs(30, 20, 8, 0, 8, cls, flt), _figs(34, 18, 6, 0, 6, cls, flt)])
+    assert agg["memorized"]["student"]["mean"] == 7 and agg["memorized"]["student"]["sd"] == pytest.approx(np.sqrt(2))
+    verdicts = {r["finding"]: r["verdict"] for r in findings(agg)}
+    assert set(verdicts.values()) == {"reproduced"}, verdicts
+    # the student memorizing more than the baseline, positive coefficients: not reproduced
+    worse = dict(cls, coefficients={k: -v for k, v in cls["coefficients"].items()})
+    rows = findings(aggregate([_figs(30, 5, 8, 4, 2, worse, dict(flt, student_memorized_after=8))]))
+    v = {r["finding"]: r["verdict"] for r in rows}
+    assert v["memorized: teacher / CE baseline / KD student"] == "not reproduced"
+    assert v["classifier coefficients (standardized)"] == "not reproduced"
+    assert v["teacher-only memorized examples the student inherited"] == "not reproduced"  # 4 of 4
+    assert v["student memorization after filtering, then re-distilling"] == "not reproduced"
+    # nothing memorized: not testable rather than a verdict
+    v = {r["finding"]: r["verdict"] for r in findings(aggregate([_figs(0, 0, 0)]))}
+    assert all(x.startswith("not testable") for x in v.values()), v
