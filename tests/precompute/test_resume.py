@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 import zarr
-
 from conftest import last_json, precompute_args, run_cli
 
 pytestmark = pytest.mark.slow

@@ -4,6 +4,7 @@ import multiprocessing as mp
 import numpy as np
 import pytest
 import zarr
+from test_verify import ATTRS, K, L, V, synthetic
 
 from kdstream.errors import KdError
 from kdstream.storage import StoreWriter, open_store
@@ -11,8 +12,6 @@ from kdstream.storage.background import BackgroundWriter
 from kdstream.storage.chunks import chunks_per_group, owned_groups, owner
 from kdstream.storage.finalize import finalize_store
 from kdstream.storage.verify import verify_store
-
-from test_verify import ATTRS, K, L, V, synthetic
 
 N, ROWS = 10, 3  # 10 examples in chunks of 3: 0:3, 3:6, 6:9, 9:10
 
@@ -103,6 +102,19 @@ def test_finalize_and_verify_name_the_chunks_never_written(tmp_path):
     assert verify_store(str(tmp_path / "s.zarr")).ok
 
 
+def test_verify_finds_unwritten_chunks_of_a_store_without_markers(tmp_path):
+    """Stores written before chunk_done: a chunk with no target_rank file (ranks are >= 1) was never written."""
+    import shutil
+
+    rows = synthetic(N)
+    w = writer(tmp_path / "s.zarr")
+    for c in (0, 1, 3):
+        w.write_chunk(c, chunk(rows, c))
+    shutil.rmtree(tmp_path / "s.zarr" / "chunk_done")
+    report = verify_store(str(tmp_path / "s.zarr"))
+    assert "1 of 4 chunks never written (they would read as zeros): chunk 2 (rows 6:9)" in report.problems
+
+
 def test_a_marked_chunk_whose_file_was_lost_is_not_finalized(tmp_path):
     rows = synthetic(N)
     w = writer(tmp_path / "s.zarr")
@@ -131,9 +143,8 @@ def test_background_errors_are_raised_in_the_callers_thread():
     def fail(x):
         raise RuntimeError(f"disk full at {x}")
 
-    with pytest.raises(RuntimeError, match="disk full at 1"):
-        with BackgroundWriter(depth=1) as bg:
-            bg.submit(done.append, 0)
-            bg.submit(fail, 1)
-            bg.submit(done.append, 2)  # never runs: jobs after a failure are dropped
+    with pytest.raises(RuntimeError, match="disk full at 1"), BackgroundWriter(depth=1) as bg:
+        bg.submit(done.append, 0)
+        bg.submit(fail, 1)
+        bg.submit(done.append, 2)  # never runs: jobs after a failure are dropped
     assert done == [0]

@@ -125,7 +125,9 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
             writer.write_chunk(c, part)
 
     start = time.perf_counter()
-    with progress(planned_tokens, "precompute", unit="tok", initial=planned_tokens - todo_tokens) as bar, BackgroundWriter(depth=1) as background:
+    bar = progress(planned_tokens, "precompute", unit="tok", initial=planned_tokens - todo_tokens)
+    # depth 1: the teacher scores group g+1 while group g is written; at most one more waits.
+    with bar, BackgroundWriter(depth=1) as background:
         for chunks in todo:
             # Score the group in engine calls of --batch-size rows from its first row: the same
             # batches whichever chunk a run resumed from and however many workers share the store.
@@ -146,6 +148,9 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
         "tokens": todo_tokens,  # scored by this run
         "seconds": round(seconds, 3),
         "tokens_per_s": round(todo_tokens / seconds, 1) if todo_tokens and seconds else None,
+        # the background writer's time (encode + Zarr writes) and what of it the teacher waited for
+        "write_seconds": round(background.busy_s, 3),
+        "write_wait_seconds": round(background.wait_s, 3),
         "chunks_written": sum(1 for g in todo for c in g if c not in writer.resumed),
         "chunks_resumed": sum(1 for g in plan for c in g if c in writer.resumed),
         "worker_index": opts.worker_index,

@@ -26,7 +26,6 @@ from kdstream.storage.schema import (
     stored_arrays,
 )
 
-
 BLOSC_LEVEL = 5  # zstd level in blosc: 9 saves ~5 B/token at k=64 but wrote >10x slower (store_encoding_bench)
 
 # Attributes that may differ between the run that created a store and one that resumes or joins
