@@ -129,18 +129,7 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
     # depth 1: the teacher scores group g+1 while group g is written; at most one more waits.
     with bar, BackgroundWriter(depth=1) as background:
         for chunks in todo:
-            # Score the group in engine calls of --batch-size rows from its first row: the same
-            # batches whichever chunk a run resumed from and however many workers share the store.
-            rows = rows_of(chunks)
-            scored = []
-            for b in range(rows.start, rows.stop, opts.batch_size):
-                input_ids = examples.input_ids[b : min(b + opts.batch_size, rows.stop)]  # (B, L)
-                scored.append(teacher.score(input_ids))
-                bar.update(input_ids.size)
-            group_rows = {key: np.concatenate([s[key] for s in scored]) for key in scored[0]}
-            group_rows.update(input_ids=examples.input_ids[rows], example_id=examples.example_id[rows],
-                              doc_index=examples.doc_index[rows])
-            background.submit(write_group, chunks, group_rows)
+            background.submit(write_group, chunks, _score_rows(teacher, examples, rows_of(chunks), opts.batch_size, bar))
     seconds = time.perf_counter() - start
     summary = {
         "store": opts.out,
@@ -161,6 +150,23 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
                           "next": f"kdstream store finalize {opts.out} (once all {opts.num_workers} workers finished)"}
     writer.finalize({"precompute_seconds": round(seconds, 3)})
     return summary | {"complete": True, "bytes_per_token": round(disk_bytes(opts.out) / (len(examples) * opts.seq_len), 1)}
+
+
+def _score_rows(teacher, examples, rows: slice, batch_size: int, bar) -> dict[str, np.ndarray]:
+    """Teacher arrays + input_ids, example_id, doc_index for ``rows`` (one group of chunks).
+
+    Engine calls of ``batch_size`` rows from the group's first row: the same batches whichever
+    chunk a run resumed from and however many workers share the store, hence the same values.
+    """
+    scored = []
+    for b in range(rows.start, rows.stop, batch_size):
+        input_ids = examples.input_ids[b : min(b + batch_size, rows.stop)]  # (B, L)
+        scored.append(teacher.score(input_ids))
+        bar.update(input_ids.size)
+    out = {key: np.concatenate([s[key] for s in scored]) for key in scored[0]}  # (G·R, L-1, …)
+    out.update(input_ids=examples.input_ids[rows], example_id=examples.example_id[rows],
+               doc_index=examples.doc_index[rows])
+    return out
 
 
 def _len(s: slice) -> int:
