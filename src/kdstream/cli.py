@@ -51,7 +51,13 @@ def _engine(kw: dict):
 @click.option("--max-examples", type=int, default=None, help="Use only the first N examples.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Examples per engine call.")
 @click.option("--tokenizer", default=None, help="Tokenizer directory (default: the model's).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing complete store.")
+@click.option("--overwrite", is_flag=True, help="Start over, replacing an existing store (without it, an "
+              "incomplete store started with the same options is resumed).")
+@click.option("--chunk-rows", type=int, default=None, help="Examples per chunk (default: chunks of >= 1 MiB).")
+@click.option("--num-workers", type=int, default=1, show_default=True,
+              help="Parallel writers of one store, each a process with its own --worker-index.")
+@click.option("--worker-index", type=int, default=0, show_default=True,
+              help="This worker's share (0..N-1); with N > 1 run `kdstream store finalize OUT` after all of them.")
 @click.option("--logprob-encoding", default="qdelta", show_default=True,
               help="qdelta: uint16 codes on a 1/128-nat log grid (decoded error <= 0.0078 nats) | fp32: exact.")
 @click.option("--targets", default="topk", show_default=True,

@@ -1,4 +1,4 @@
-"""`kdstream store info|verify|stats STORE`: look inside a logit store (path or fsspec URL).
+"""`kdstream store info|verify|stats|finalize STORE`: look inside a logit store (path or fsspec URL).
 
 Only argument parsing and printing live here; the work is in kdstream.storage.verify/stats.
 User errors are KdError, which the `kdstream` entry point prints as one line (exit 2).
@@ -20,7 +20,8 @@ _INFO_FIRST = (
 
 @click.group("store")
 def store():
-    """Inspect a logit store: provenance (info), integrity (verify), size and fidelity (stats)."""
+    """Inspect a logit store: provenance (info), integrity (verify), size and fidelity (stats);
+    finish one written by parallel workers (finalize)."""
 
 
 @store.command("info")
@@ -62,6 +63,22 @@ def verify(url):
     # sys.exit, not ctx.exit: the kdstream entry point runs click with standalone_mode=False,
     # where ctx.exit's status would be returned and dropped instead of becoming the exit status.
     sys.exit(1)
+
+
+@store.command("finalize")
+@click.argument("url", metavar="STORE")
+def finalize(url):
+    """Mark a store written by `precompute-logits --num-workers N` complete, once every worker is done.
+
+    Checks that every chunk was written (and has its files) and that each example is present
+    exactly once, then writes the manifest and `complete: true`. A missing chunk is an error
+    naming it and the worker that owns it (exit 2); the store stays incomplete.
+    """
+    from kdstream.storage.finalize import finalize_store
+
+    manifest = finalize_store(url)
+    state = "already complete" if manifest["already_complete"] else "complete"
+    click.echo(f"{state}: {url}: {manifest.get('examples')} examples in {manifest.get('chunks')} chunks")
 
 
 def _size(n) -> str:

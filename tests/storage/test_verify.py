@@ -123,9 +123,14 @@ def test_an_incomplete_store_is_reported(tmp_path):
 
 
 def test_example_ids_must_be_each_position_once(tmp_path):
+    import zarr
+
     rows = synthetic(10)
-    rows["example_id"] = np.array([0, 1, 2, 3, 4, 5, 6, 7, 7, 12])
+    bad = np.array([0, 1, 2, 3, 4, 5, 6, 7, 7, 12])
+    with pytest.raises(KdError, match="example 7 is stored more than once"):  # finalize refuses it
+        write(tmp_path / "d.zarr", {**rows, "example_id": bad})
     write(tmp_path / "s.zarr", rows)
+    zarr.open_group(str(tmp_path / "s.zarr"))["example_id"][:] = bad  # changed after it was finalized
     report = verify_store(str(tmp_path / "s.zarr"))
     assert not report.ok
     assert report.problems == ["example_id is not 0..9 each once: 1 duplicated (e.g. 7), 1 outside 0..9"]

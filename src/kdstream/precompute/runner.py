@@ -26,6 +26,9 @@ class PrecomputeOptions:
     batch_size: int = 64  # examples per vLLM call: large batches keep the engine busy
     tokenizer: str | None = None  # default: the teacher's directory
     overwrite: bool = False
+    chunk_rows: int | None = None  # examples per chunk; default: chunks of >= 1 MiB (schema.default_chunk_rows)
+    num_workers: int = 1  # parallel writers of one store; each runs with its own --worker-index
+    worker_index: int = 0
     logprob_encoding: str = "qdelta"  # qdelta: uint16 log-grid codes (error <= 1/128 nat) | fp32
     targets: str = "topk"  # topk | sampled: --samples draws per position from the top-k + tail bucket
     samples: int = 64
@@ -40,6 +43,13 @@ class PrecomputeOptions:
                 f"--logprob-encoding {self.logprob_encoding!r} is not one of qdelta, fp32")
         require(self.targets in ("topk", "sampled"), f"--targets {self.targets!r} is not one of topk, sampled")
         require(1 <= self.samples <= 255, f"--samples {self.samples} must be in 1..255 (counts are stored as uint8)")
+        require(self.chunk_rows is None or self.chunk_rows >= 1, f"--chunk-rows {self.chunk_rows} must be at least 1")
+        require(self.num_workers >= 1 and 0 <= self.worker_index < self.num_workers,
+                f"--worker-index {self.worker_index} is outside 0..{self.num_workers - 1}: "
+                f"use 0 <= --worker-index < --num-workers")
+        require(not (self.overwrite and self.num_workers > 1),
+                "--overwrite with --num-workers > 1 would let each worker wipe the others' chunks: "
+                "delete the store once, then start the workers without --overwrite")
 
 
 def run_precompute(opts: PrecomputeOptions) -> dict:
@@ -49,6 +59,8 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
     from kdstream.precompute.vllm_backend import VllmTeacher
     from kdstream.progress import progress
     from kdstream.storage import StoreWriter, encoding
+    from kdstream.storage.background import BackgroundWriter
+    from kdstream.storage.chunks import chunks_per_group, owned_groups
     from kdstream.storage.reader import disk_bytes
 
     model_dir = check_model_dir(opts.model, "teacher")
@@ -68,12 +80,14 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
     sampled = opts.targets == "sampled"
     # sampled: at most min(N, k) distinct ids per position can be drawn: the stored width
     width = min(opts.samples, opts.top_k) if sampled else opts.top_k
+    options = {k: v for k, v in options_dict(opts).items() if k != "worker_index"}  # the same for every worker
     writer = StoreWriter(
         opts.out,
         num_examples=len(examples),
         seq_len=opts.seq_len,
         k=width,
         vocab_size=vocab_size,
+        chunk_rows=opts.chunk_rows,
         overwrite=opts.overwrite,
         encoding="sampled" if sampled else opts.logprob_encoding,
         samples=opts.samples if sampled else None,
@@ -85,38 +99,78 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
             "corpus": {**corpus.describe(), "text_field": opts.text_field, "split": opts.split},
             "engine": {"name": "vllm", "version": _vllm_version(), "dtype": opts.engine.dtype,
                        "logprobs_mode": "raw_logprobs"},
-            "options": options_dict(opts) | {"engine": options_dict(opts.engine)},
+            "options": options | {"engine": options_dict(opts.engine)},
         },
     )
-    teacher = VllmTeacher(str(model_dir), opts.top_k, opts.seq_len + 1, opts.engine)
-    tokens = len(examples) * opts.seq_len
+    # Plan: this worker's groups of chunks, minus those an earlier run wrote whole.
+    def rows_of(chunks: range) -> slice:
+        return slice(chunks[0] * writer.chunk_rows, min((chunks[-1] + 1) * writer.chunk_rows, len(examples)))
+
+    plan = owned_groups(writer.num_chunks, chunks_per_group(opts.batch_size, writer.chunk_rows),
+                        opts.num_workers, opts.worker_index)
+    todo = [g for g in plan if not set(g) <= writer.resumed]
+    planned_tokens, todo_tokens = (sum(_len(rows_of(g)) for g in groups) * opts.seq_len for groups in (plan, todo))
+    teacher = VllmTeacher(str(model_dir), opts.top_k, opts.seq_len + 1, opts.engine) if todo else None
+
+    def write_group(chunks: range, rows: dict) -> None:
+        """Background thread: draw (sampled), encode and write each chunk of the group not yet written."""
+        base = rows_of(chunks).start
+        for c in chunks:
+            if c in writer.resumed:
+                continue
+            part = {key: v[c * writer.chunk_rows - base : (c + 1) * writer.chunk_rows - base] for key, v in rows.items()}
+            if sampled:  # a generator per example: the same draws whoever writes the chunk, and when
+                part.update(encoding.draw_samples_by_example(part.pop("topk_ids"), part.pop("topk_logprobs"),
+                                                             opts.samples, width, opts.engine.seed, part["example_id"]))
+            writer.write_chunk(c, part)
+
     start = time.perf_counter()
-    with progress(tokens, "precompute", unit="tok") as bar:
-        for b in range(0, len(examples), opts.batch_size):
-            input_ids = examples.input_ids[b : b + opts.batch_size]  # (B, L)
-            rows = teacher.score(input_ids)
-            if sampled:  # a generator per batch: the same draws whatever the batch order or resume
-                rng = np.random.default_rng([opts.engine.seed, b])
-                rows.update(encoding.draw_samples(rows.pop("topk_ids"), rows.pop("topk_logprobs"),
-                                                  opts.samples, width, rng))
-            rows.update(
-                input_ids=input_ids,
-                example_id=examples.example_id[b : b + opts.batch_size],
-                doc_index=examples.doc_index[b : b + opts.batch_size],
-            )
-            writer.append(rows)
-            bar.update(input_ids.size)
+    bar = progress(planned_tokens, "precompute", unit="tok", initial=planned_tokens - todo_tokens)
+    # depth 1: the teacher scores group g+1 while group g is written; at most one more waits.
+    with bar, BackgroundWriter(depth=1) as background:
+        for chunks in todo:
+            background.submit(write_group, chunks, _score_rows(teacher, examples, rows_of(chunks), opts.batch_size, bar))
     seconds = time.perf_counter() - start
-    writer.finalize({"precompute_seconds": round(seconds, 3)})
-    size = disk_bytes(opts.out)
-    return {
+    summary = {
         "store": opts.out,
         "examples": len(examples),
-        "tokens": tokens,
+        "tokens": todo_tokens,  # scored by this run
         "seconds": round(seconds, 3),
-        "tokens_per_s": round(tokens / seconds, 1),
-        "bytes_per_token": round(size / tokens, 1),
+        "tokens_per_s": round(todo_tokens / seconds, 1) if todo_tokens and seconds else None,
+        # the background writer's time (encode + Zarr writes) and what of it the teacher waited for
+        "write_seconds": round(background.busy_s, 3),
+        "write_wait_seconds": round(background.wait_s, 3),
+        "chunks_written": sum(1 for g in todo for c in g if c not in writer.resumed),
+        "chunks_resumed": sum(1 for g in plan for c in g if c in writer.resumed),
+        "worker_index": opts.worker_index,
+        "num_workers": opts.num_workers,
     }
+    if opts.num_workers > 1:  # the other workers may still be writing: `store finalize` checks and marks
+        return summary | {"complete": False, "bytes_per_token": None,
+                          "next": f"kdstream store finalize {opts.out} (once all {opts.num_workers} workers finished)"}
+    writer.finalize({"precompute_seconds": round(seconds, 3)})
+    return summary | {"complete": True, "bytes_per_token": round(disk_bytes(opts.out) / (len(examples) * opts.seq_len), 1)}
+
+
+def _score_rows(teacher, examples, rows: slice, batch_size: int, bar) -> dict[str, np.ndarray]:
+    """Teacher arrays + input_ids, example_id, doc_index for ``rows`` (one group of chunks).
+
+    Engine calls of ``batch_size`` rows from the group's first row: the same batches whichever
+    chunk a run resumed from and however many workers share the store, hence the same values.
+    """
+    scored = []
+    for b in range(rows.start, rows.stop, batch_size):
+        input_ids = examples.input_ids[b : min(b + batch_size, rows.stop)]  # (B, L)
+        scored.append(teacher.score(input_ids))
+        bar.update(input_ids.size)
+    out = {key: np.concatenate([s[key] for s in scored]) for key in scored[0]}  # (G·R, L-1, …)
+    out.update(input_ids=examples.input_ids[rows], example_id=examples.example_id[rows],
+               doc_index=examples.doc_index[rows])
+    return out
+
+
+def _len(s: slice) -> int:
+    return s.stop - s.start
 
 
 def _vllm_version() -> str:

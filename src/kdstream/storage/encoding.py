@@ -111,3 +111,13 @@ def decode_samples(ids: np.ndarray, counts: np.ndarray, tail_count: np.ndarray, 
     with np.errstate(divide="ignore"):
         logprobs = np.log(c / samples).astype(np.float32)
     return topk_ids, logprobs, (tail_count.astype(np.float32) / np.float32(samples))
+
+
+def draw_samples_by_example(topk_ids: np.ndarray, topk_logprobs: np.ndarray, samples: int, width: int,
+                            seed: int, example_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """``draw_samples`` for (B, L-1, k) rows, example e drawing from its own generator
+    ``default_rng([seed, e])``: the draws of an example depend on nothing else (not the batch,
+    the chunk, the worker, or where a run resumed), so any way of writing a store draws the same."""
+    parts = [draw_samples(topk_ids[i], topk_logprobs[i], samples, width, np.random.default_rng([seed, int(e)]))
+             for i, e in enumerate(np.asarray(example_ids))]
+    return {key: np.stack([p[key] for p in parts]) for key in parts[0]}

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from kdstream.storage.chunks import DONE_ARRAY
 from kdstream.storage.reader import disk_bytes, open_store
 
 _MASS_BINS = 1 << 16  # histogram resolution of the top-k mass in [0, 1]: p10 within 1.6e-5
@@ -67,7 +68,8 @@ def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
         in_topk += int((batch["target_rank"] <= k).sum())
         positions += mass.size
 
-    total, per_array = _sizes(url, tuple(store._arrays))
+    markers = (DONE_ARRAY,) if DONE_ARRAY in store.group else ()  # chunk_done: 5 B per chunk, counted too
+    total, per_array = _sizes(url, tuple(store._arrays) + markers)
 
     def mean(total_over_positions: float) -> float:
         return total_over_positions / positions if positions else float("nan")

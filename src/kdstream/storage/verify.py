@@ -2,7 +2,13 @@
 
 ``open_store`` refuses the first corrupt chunk it meets; ``verify_store`` reads them all (one
 slice per chunk, along axis 0) and names every bad one, so a user knows exactly which files to
-re-copy. It also runs on an incomplete store, reporting that as a problem.
+re-copy. It also runs on an incomplete store, reporting that as a problem, with the chunks
+not written yet.
+
+A chunk that was never written has no file, and zarr reads it as the fill value (0) without a
+word; so verify also checks that each chunk is marked in ``chunk_done`` and that every array has
+its file (a listing per array). Stores written before the markers (no ``chunk_done``) are checked
+through ``target_rank`` instead, whose values (ranks, >= 1) are never all 0 in a written chunk.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.storage import encoding as enc
+from kdstream.storage.chunks import DONE_ARRAY, describe, stored_chunks
 from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, array_specs, stored_arrays
 
 
@@ -108,6 +115,33 @@ def _mass_problem(name: str, where: str, stored: np.ndarray, k: int, encoding: d
     return None
 
 
+def _written_chunks(group, arrays: dict[str, Any], attrs: dict[str, Any],
+                    problems: list[str]) -> tuple[set[int], dict[str, set[int] | None]]:
+    """Chunks never written (reported in ``problems``) and, per array, the chunks that have a file
+    (None where the store cannot be listed)."""
+    files = {name: stored_chunks(arr) for name, arr in arrays.items()}
+    try:
+        n, rows = int(attrs["num_examples"]), int(attrs["chunk_rows"])
+    except (KeyError, TypeError, ValueError):
+        return set(), files
+    total = -(-n // rows)
+    if DONE_ARRAY in group:
+        try:
+            marks = np.asarray(group[DONE_ARRAY][:])  # (C,) 1 = written
+        except (ValueError, RuntimeError) as exc:
+            problems.append(f"{DONE_ARRAY} markers unreadable ({_chunk_error(exc)}): re-copy {DONE_ARRAY}/")
+            return set(), files
+        unwritten = set(np.flatnonzero(marks != 1).tolist())
+    elif files.get("target_rank") is not None:  # older layout: ranks are >= 1, never an all-0 chunk
+        unwritten = set(range(total)) - files["target_rank"]
+    else:
+        return set(), files
+    if unwritten:
+        where = describe(sorted(unwritten), rows, n)
+        problems.append(f"{len(unwritten)} of {total} chunks never written (they would read as zeros): chunk {where}")
+    return unwritten, files
+
+
 def verify_store(url: str) -> VerifyReport:
     """Read every chunk of every array of the store at ``url`` (path or fsspec URL)."""
     group = open_group(url)
@@ -127,6 +161,8 @@ def verify_store(url: str) -> VerifyReport:
         except ValueError as exc:  # its zarr.json is not valid JSON / UTF-8
             problems.append(f"array {name} has unreadable metadata ({type(exc).__name__}): re-copy {name}/zarr.json")
     problems += _metadata_problems(attrs, arrays)
+    unwritten, files = _written_chunks(group, arrays, attrs, problems)
+    markers = DONE_ARRAY in group  # written with write_empty_chunks: every written chunk has a file
 
     corrupt: list[str] = []
     checked = 0
@@ -139,6 +175,13 @@ def verify_store(url: str) -> VerifyReport:
             stop = min(start + rows, n)
             where = f"chunk {i} (rows {start}:{stop})"
             checked += 1
+            # Without markers (older stores) zarr skipped all-zero chunks: only a missing
+            # target_rank file (ranks >= 1) is sure to be a gap; the others are read as zeros.
+            if files.get(name) is not None and i not in files[name] and (markers or name == "target_rank"):
+                if i not in unwritten:  # marked written (or the old layout): its file went missing
+                    problems.append(f"{name} {where}: chunk file missing (reads as zeros): re-copy "
+                                    f"{name}/{arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))}")
+                continue
             try:
                 data = np.asarray(arr[start:stop])  # (stop-start, *per-example shape)
             except (ValueError, RuntimeError) as exc:

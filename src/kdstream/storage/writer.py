@@ -1,13 +1,23 @@
-"""Write a logit store: create it incomplete, append rows chunk by chunk, mark it complete last."""
+"""Write a logit store chunk by chunk: create it (or resume it) incomplete, write each chunk whole
+and mark it done, mark the store complete last (finalize.py).
+
+Several writers may fill one store at once (``precompute-logits --num-workers N``): whichever comes
+first creates the group and the arrays; the others open them, after checking that the store was
+started by the same command. Each writer writes only its own chunks and their markers, never a
+shared object, and never rewrites the group attributes; ``complete`` is set by one finalize step.
+"""
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import time
 from typing import Any
 
 import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.storage import encoding as enc
+from kdstream.storage.chunks import DONE_ARRAY, chunk_slice, done_chunks, num_chunks
 from kdstream.storage.schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -16,8 +26,19 @@ from kdstream.storage.schema import (
     stored_arrays,
 )
 
-
 BLOSC_LEVEL = 5  # zstd level in blosc: 9 saves ~5 B/token at k=64 but wrote >10x slower (store_encoding_bench)
+
+# Attributes that may differ between the run that created a store and one that resumes or joins
+# it: when and how long, and where things live (a worker on another machine may see the teacher,
+# corpus or store under another path; their content is compared through the teacher, tokenizer
+# and corpus fingerprints). Every other attribute must be equal, or the rows would not belong to
+# one store. Dotted paths into nested dicts.
+NOT_COMPARED = frozenset({
+    "created_at", "complete", "precompute_seconds", "manifest",
+    "teacher.path", "corpus.source",
+    "options.model", "options.dataset", "options.out", "options.tokenizer",
+    "options.overwrite", "options.num_workers", "options.engine.gpu_memory_utilization",
+})
 
 
 def _codecs():
@@ -29,11 +50,32 @@ def _codecs():
     return [BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="shuffle"), Crc32cCodec()]
 
 
-class StoreWriter:
-    """Sequential writer. Rows are buffered until a whole chunk is ready, so each chunk is written
-    exactly once (no read-modify-write) and a crash leaves ``complete`` False.
+def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
+    """The first dotted path (outside NOT_COMPARED) where two JSON values differ, with both values."""
+    if path in NOT_COMPARED:
+        return None
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            found = _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    if old != new:
+        return f"{path}: the store has {json.dumps(old)}, this run {json.dumps(new)}"
+    return None
 
-    ``url`` is a local path or an fsspec URL (``s3://…``).
+
+class StoreWriter:
+    """Write the store at ``url`` (a local path or an fsspec URL such as ``s3://…``).
+
+    - No store there: create it, ``complete`` False in the very first metadata write.
+    - An incomplete store started by the same command (attributes equal but NOT_COMPARED): open it
+      and keep what was written; ``done_chunks()`` says which chunks to skip.
+    - An incomplete store started otherwise: KdError naming the first difference.
+    - A complete store: KdError unless ``overwrite``; ``overwrite`` always starts over.
+
+    ``write_chunk(c, rows)`` writes chunk c whole (one region write per array: no read-modify-write)
+    then its done marker. ``append(rows)`` is the sequential form: it buffers rows into chunks.
     """
 
     def __init__(
@@ -50,62 +92,95 @@ class StoreWriter:
         encoding: str = enc.DEFAULT_ENCODING,
         samples: int | None = None,
     ) -> None:
-        import zarr
-
         self.url = str(url)
         self.num_examples = num_examples
         self.encoding = encoding
         self.encoding_attrs = enc.encoding_attrs(encoding, samples)  # ValueError on an unknown name
         self.arrays = stored_arrays(targets="sampled" if encoding == "sampled" else "topk")
         self.chunk_rows = chunk_rows or default_chunk_rows(seq_len, k, vocab_size, num_examples, encoding)
-        self._check_target(overwrite)
+        self.num_chunks = num_chunks(num_examples, self.chunk_rows)
         self.specs = array_specs(seq_len, k, vocab_size, encoding)
-        # The attributes (with complete=False) go into the very first metadata write, so a
-        # store killed at any later point is recognisably an unfinished kdstream store.
-        self.group = zarr.open_group(
-            self.url,
-            mode="w",
-            zarr_format=3,
-            attributes={
-                **attrs,
-                "format": FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
-                "num_examples": num_examples,
-                "seq_len": seq_len,
-                "k": k,
-                "vocab_size": vocab_size,
-                "chunk_rows": self.chunk_rows,
-                "dtypes": {n: str(dt) for n, (_, dt) in self.specs.items()},
-                "encoding": self.encoding_attrs,
-                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "complete": False,
-            },
-        )
-        for name, (shape, dtype) in self.specs.items():
-            self.group.create_array(
-                name,
-                shape=(num_examples, *shape),
-                chunks=(self.chunk_rows, *shape),
-                dtype=dtype,
-                compressors=_codecs(),
-                fill_value=0,
-            )
+        self.attrs = {
+            **attrs,
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "num_examples": num_examples,
+            "seq_len": seq_len,
+            "k": k,
+            "vocab_size": vocab_size,
+            "chunk_rows": self.chunk_rows,
+            "dtypes": {n: str(dt) for n, (_, dt) in self.specs.items()},
+            "encoding": self.encoding_attrs,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "complete": False,
+        }
+        self.attrs = json.loads(json.dumps(self.attrs))  # as zarr.json gives them back (tuples → lists)
+        self.group = self._open_or_create(overwrite)
+        self._arrays = {name: self._array(name, (num_examples, *shape), (self.chunk_rows, *shape), dtype, _codecs())
+                        for name, (shape, dtype) in self.specs.items()}
+        from zarr.codecs import Crc32cCodec
+
+        self._done = self._array(DONE_ARRAY, (self.num_chunks,), (1,), np.dtype(np.uint8), [Crc32cCodec()])
+        self.resumed = done_chunks(self.group)  # chunks already written by an earlier or a parallel run
         self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in self.arrays}
         self._buffered = 0
-        self.rows_written = 0
+        self.rows_written = 0  # by append(), in order
 
-    def _check_target(self, overwrite: bool) -> None:
+    # -- opening ---------------------------------------------------------------------------
+
+    def _open_or_create(self, overwrite: bool):
         import zarr
+        from zarr.errors import ContainsGroupError, GroupNotFoundError
 
-        try:
-            existing = zarr.open_group(self.url, mode="r")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
-            return
-        attrs = dict(existing.attrs)
-        if attrs.get("format") != FORMAT_NAME and not overwrite:
+        if overwrite:
+            return zarr.open_group(self.url, mode="w", zarr_format=3, attributes=self.attrs)
+        for _ in range(50):  # another writer may be creating the same store this very moment
+            try:
+                group = zarr.open_group(self.url, mode="r+")
+            except (FileNotFoundError, GroupNotFoundError, KeyError):
+                try:
+                    return zarr.open_group(self.url, mode="w-", zarr_format=3, attributes=self.attrs)
+                except (ContainsGroupError, FileExistsError):
+                    time.sleep(0.1)
+                    continue
+            except ValueError:  # metadata half-written by another writer (an object store mid-PUT)
+                time.sleep(0.1)
+                continue
+            self._check_resumable(dict(group.attrs))
+            return group
+        raise KdError(f"could not open or create the store at {self.url}: its zarr.json stays unreadable; "
+                      "check the path, or pass --overwrite to start over")
+
+    def _check_resumable(self, existing: dict[str, Any]) -> None:
+        if existing.get("format") != FORMAT_NAME:
             raise KdError(f"{self.url} exists and is not a kdstream store: choose another --out or pass --overwrite")
-        if attrs.get("complete") and not overwrite:
+        if existing.get("complete"):
             raise KdError(f"a complete store already exists at {self.url}: pass --overwrite to replace it")
+        diff = _first_difference(existing, self.attrs)
+        if diff:
+            raise KdError(f"the incomplete store at {self.url} was started with other settings ({diff}): "
+                          "rerun with the same options to resume it, or pass --overwrite to start over")
+
+    def _array(self, name: str, shape, chunks, dtype, codecs):
+        """The array, created unless present (never overwritten: another writer may be filling it).
+
+        write_empty_chunks: an all-zero chunk gets a file too, so a missing file always means a
+        chunk that was never written or was lost (verify.py relies on it)."""
+        from zarr.errors import ContainsArrayError
+
+        if name not in self.group:
+            try:
+                self.group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=codecs,
+                                        fill_value=0, overwrite=False)
+            except ContainsArrayError:
+                pass  # created by another writer in the meantime
+        arr = self.group[name]
+        if tuple(arr.shape) != tuple(shape) or tuple(arr.chunks) != tuple(chunks) or np.dtype(arr.dtype) != dtype:
+            raise KdError(f"array {name} of the store at {self.url} has shape {arr.shape}, chunks {arr.chunks}, "
+                          f"dtype {arr.dtype}, expected {shape}, {chunks}, {dtype}: pass --overwrite to start over")
+        return arr.with_config({"write_empty_chunks": True})
+
+    # -- writing ---------------------------------------------------------------------------
 
     def _encode(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Teacher values as produced (fp32 logprobs) → on-disk arrays of ``self.encoding``."""
@@ -119,36 +194,50 @@ class StoreWriter:
             rows["topk_logprobs"] = enc.encode_topk(rows["topk_logprobs"], scale)  # (n, L-1, k) uint16
         return rows
 
-    def append(self, rows: dict[str, np.ndarray]) -> None:
-        """Add the next rows, same leading length: every array of ``self.arrays`` but ``tail_mass``
-        (computed here from the top-k), logprobs as float (decoded values; encoded here)."""
-        n = len(rows["input_ids"])
+    def write_chunk(self, c: int, rows: dict[str, np.ndarray]) -> None:
+        """Write chunk c (all its rows, every array of ``self.arrays`` but ``tail_mass``, which is
+        computed here; logprobs as float, encoded here), then mark it done: a crash in between
+        leaves the chunk unmarked, so it is written again on resume."""
+        if not 0 <= c < self.num_chunks:
+            raise ValueError(f"chunk {c} outside 0..{self.num_chunks - 1}")
+        where = chunk_slice(c, self.chunk_rows, self.num_examples)
+        n = where.stop - where.start
         rows = self._encode(rows)
+        encoded = {}
         for name in self.arrays:
             arr = np.asarray(rows[name])
             shape, dtype = self.specs[name]
             if arr.shape != (n, *shape):
-                raise ValueError(f"{name}: expected shape {(n, *shape)}, got {arr.shape}")
-            self._buffer[name].append(arr.astype(dtype, copy=False))
+                raise ValueError(f"{name}: chunk {c} needs shape {(n, *shape)}, got {arr.shape}")
+            encoded[name] = arr.astype(dtype, copy=False)
+        for name, arr in encoded.items():
+            self._arrays[name][where] = arr
+        self._done[c : c + 1] = np.ones(1, np.uint8)
+
+    def append(self, rows: dict[str, np.ndarray]) -> None:
+        """Add the next rows in order (any batch size): whole chunks are written as they fill."""
+        n = len(rows["input_ids"])
+        for name in self.arrays:
+            if name in rows or name != "tail_mass":
+                self._buffer[name].append(np.asarray(rows[name]))
         self._buffered += n
         if self.rows_written + self._buffered > self.num_examples:
             raise ValueError("more rows appended than the store was created for")
-        while self._buffered >= self.chunk_rows:
-            self._flush(self.chunk_rows)
+        while self._buffered >= self.chunk_rows or (self._buffered and self.rows_written + self._buffered == self.num_examples):
+            count = min(self.chunk_rows, self._buffered)
+            chunk = {}
+            for name, parts in self._buffer.items():
+                if not parts:
+                    continue
+                joined = np.concatenate(parts)
+                chunk[name] = joined[:count]
+                self._buffer[name] = [joined[count:]]
+            self.write_chunk(self.rows_written // self.chunk_rows, chunk)
+            self._buffered -= count
+            self.rows_written += count
 
-    def _flush(self, count: int) -> None:
-        start = self.rows_written
-        for name in self.arrays:
-            joined = np.concatenate(self._buffer[name])
-            self.group[name][start : start + count] = joined[:count]
-            self._buffer[name] = [joined[count:]]
-        self._buffered -= count
-        self.rows_written += count
+    def finalize(self, extra_attrs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Check every chunk is written and each example present once, then set ``complete``."""
+        from kdstream.storage.finalize import finalize_store
 
-    def finalize(self, extra_attrs: dict[str, Any] | None = None) -> None:
-        """Flush the last partial chunk, check every row was written, then set ``complete``."""
-        if self._buffered:
-            self._flush(self._buffered)
-        if self.rows_written != self.num_examples:
-            raise ValueError(f"store has {self.rows_written} of {self.num_examples} rows; not marking complete")
-        self.group.attrs.update({**(extra_attrs or {}), "complete": True})
+        return finalize_store(self.url, extra_attrs)

@@ -1,0 +1,91 @@
+"""Finish a store written chunk by chunk (by one writer or several): check, then mark complete.
+
+``finalize_store`` checks that every chunk is marked done and has its file in every array, and
+that each example id occurs once; then it writes the ``manifest`` attribute and ``complete: true``
+in one metadata write, the last write to the store. Run by a single-worker precompute at its
+end, and by ``kdstream store finalize STORE`` after parallel workers.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+import numpy as np
+
+from kdstream.errors import KdError
+from kdstream.storage.chunks import DONE_ARRAY, chunks_per_group, describe, owner, stored_chunks
+from kdstream.storage.schema import stored_arrays
+
+
+def _owners(chunks: list[int], attrs: dict[str, Any]) -> str:
+    """Which workers own the missing chunks, from the options the store was created with."""
+    opts = attrs.get("options") or {}
+    workers, batch = int(opts.get("num_workers") or 1), opts.get("batch_size")
+    if workers <= 1 or not batch:
+        return ""
+    group = chunks_per_group(int(batch), int(attrs["chunk_rows"]))
+    idx = sorted({owner(c, group, workers) for c in chunks})
+    return f" (worker index {', '.join(map(str, idx))} of --num-workers {workers})"
+
+
+def finalize_store(url: str, extra_attrs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Mark the store at ``url`` complete after checking it; returns the manifest written
+    (``already_complete: true`` added, and nothing written, when it was complete already).
+
+    KdError (one line) when a chunk was never written, a written chunk's file is gone, or an
+    example id occurs twice; the store stays incomplete and the message says what to rerun.
+    """
+    import zarr
+
+    from kdstream.storage.verify import open_group
+
+    open_group(url)  # KdError unless it is a kdstream store
+    group = zarr.open_group(str(url), mode="r+")
+    attrs = dict(group.attrs)
+    if attrs.get("complete") is True:  # finalizing twice is harmless (a rerun job, a second worker)
+        return {**(attrs.get("manifest") or {}), "already_complete": True}
+    n, rows = int(attrs["num_examples"]), int(attrs["chunk_rows"])
+    if DONE_ARRAY not in group:
+        raise KdError(f"store {url} has no {DONE_ARRAY} markers (written by an older kdstream): "
+                      "rerun precompute-logits with --overwrite")
+    done = np.asarray(group[DONE_ARRAY][:]) == 1  # (C,)
+    missing = np.flatnonzero(~done).tolist()
+    if missing:
+        raise KdError(f"store {url}: {len(missing)} of {len(done)} chunks were never written: "
+                      f"chunk {describe(missing, rows, n)}{_owners(missing, attrs)}; rerun precompute-logits "
+                      "with the same options for them, then finalize again")
+
+    names = stored_arrays(int(attrs.get("format_version", 1)), attrs.get("targets"))
+    lost: list[str] = []
+    listed = True
+    for name in names:
+        present = stored_chunks(group[name])
+        if present is None:
+            listed = False  # cannot list (read-only HTTP): the markers are all there is to check
+            continue
+        gone = sorted(set(range(len(done))) - present)
+        if gone:
+            lost.append(f"{name} chunk {describe(gone, rows, n)}")
+    if lost:
+        raise KdError(f"store {url}: chunks marked written have no file: {'; '.join(lost[:3])}"
+                      f"{' …' if len(lost) > 3 else ''}; delete their {DONE_ARRAY} markers and rerun "
+                      "precompute-logits, or rerun it with --overwrite")
+
+    ids = np.asarray(group["example_id"][:]).astype(np.int64)  # (S,): small, read whole
+    values, counts = np.unique(ids, return_counts=True)
+    if len(values) != n:
+        dup = int(values[counts > 1][0])
+        where = np.flatnonzero(ids == dup).tolist()
+        raise KdError(f"store {url}: example {dup} is stored more than once (rows {where[:4]}); "
+                      "rerun precompute-logits with --overwrite")
+
+    manifest = {
+        "chunks": len(done),
+        "chunk_rows": rows,
+        "examples": n,
+        "example_ids": [int(values[0]), int(values[-1])] if n else [],
+        "chunk_files_listed": listed,
+        "finalized_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    group.attrs.update({**(extra_attrs or {}), "manifest": manifest, "complete": True})
+    return {**manifest, "already_complete": False}
