@@ -77,7 +77,7 @@ def findings(agg: dict) -> list[dict]:
                  "criterion": f"≥ {100 * BOTH_MIN:.0f}%",
                  "verdict": _verdict(None if _nan_v(share) else share >= BOTH_MIN, "the student memorized nothing")})
     cls = agg.get("classifier")
-    why = "the student memorized too few examples to fit the classifier"
+    why = "fewer than 5 examples memorized (or not) by the student: no classifier to fit"
     if cls:
         coefs = cls["coefficients"]
         ours = ", ".join(f"{COEF_LABELS.get(k, k)} {_ms(v, '{:+.2f}')}" for k, v in coefs.items())

@@ -21,6 +21,7 @@ from kdstream.study.stages import Stages, store_complete
 
 ROLES = ("teacher", "baseline", "student")
 FIGURES_FILE = "figures.json"
+MIN_CLASS = 5  # examples of each class (student memorized or not) the classifier needs
 
 
 def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], corpus_texts) -> dict:
@@ -89,7 +90,8 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
 
     cmp = json.loads((d / "compare" / "comparison.json").read_text())
     positives = cmp["memorized"]["student"]
-    fit = min(positives, cmp["examples"] - positives) >= 2  # the classifier needs 2 of each class
+    # repeated stratified 70/30 splits and 5-fold CV need a few of each class; fewer: not testable
+    fit = min(positives, cmp["examples"] - positives) >= MIN_CLASS
     report = ["report", *(a for role in ROLES for a in (f"--{role}-eval", str(d / "eval" / role))), *features]
     if fit:
         st.run("classify + filter", done(d / "classify" / CLASSIFICATION_FILE),
