@@ -22,6 +22,7 @@ BACKENDS = ("vllm", "hf")
 
 class Teacher(Protocol):
     name: str
+    k: int
 
     def score(self, input_ids: np.ndarray) -> dict[str, np.ndarray]: ...
 

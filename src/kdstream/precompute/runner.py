@@ -8,7 +8,7 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.options import options_dict, require
-from kdstream.precompute.backends import BACKENDS, context_needed, engine_attrs, make_teacher
+from kdstream.precompute.backends import BACKENDS, Teacher, context_needed, engine_attrs, make_teacher
 from kdstream.vllm_engine import EngineOptions
 
 
@@ -55,8 +55,12 @@ class PrecomputeOptions:
                 "delete the store once, then start the workers without --overwrite")
 
 
-def run_precompute(opts: PrecomputeOptions) -> dict:
-    """Write the store; returns a summary (examples, tokens, seconds, tokens/s, bytes/token)."""
+def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> dict:
+    """Write the store; returns a summary (examples, tokens, seconds, tokens/s, bytes/token).
+
+    ``teacher``: one already loaded by ``make_teacher`` for the same model, backend, top-k and
+    dtype, to write several stores without reloading it (default: loaded here, if work is left).
+    """
     from kdstream.data import load_corpus, load_tokenizer, pack_examples, tokenizer_fingerprint
     from kdstream.model_files import check_model_dir, model_config, model_fingerprint
     from kdstream.progress import progress
@@ -65,6 +69,9 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
     from kdstream.storage.chunks import chunks_per_group, owned_groups
     from kdstream.storage.reader import disk_bytes
 
+    if teacher is not None and (teacher.name != opts.backend or teacher.k != opts.top_k):
+        raise KdError(f"the loaded teacher ({teacher.name}, top-k {teacher.k}) does not match --backend "
+                      f"{opts.backend} --top-k {opts.top_k}")
     model_dir = check_model_dir(opts.model, "teacher")
     config = model_config(model_dir)
     vocab_size = int(config.get("vocab_size", 0))
@@ -112,7 +119,8 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
                         opts.num_workers, opts.worker_index)
     todo = [g for g in plan if not set(g) <= writer.resumed]
     planned_tokens, todo_tokens = (sum(_len(rows_of(g)) for g in groups) * opts.seq_len for groups in (plan, todo))
-    teacher = make_teacher(opts.backend, model_dir, opts) if todo else None  # a fully resumed run loads nothing
+    if teacher is None and todo:  # a fully resumed run loads no model
+        teacher = make_teacher(opts.backend, model_dir, opts)
 
     def write_group(chunks: range, rows: dict) -> None:
         """Background thread: draw (sampled), encode and write each chunk of the group not yet written."""
