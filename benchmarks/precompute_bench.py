@@ -9,12 +9,14 @@ each in its own subprocess (a fresh engine; vLLM and transformers never share a 
   c. kdstream precompute end to end (run_precompute, vLLM backend, store written and finalized);
   d. the same with the HF transformers backend.
 
-Tokens/s count examples × seq_len. Each is measured twice over all examples in its process:
-``cold`` (the first pass, one-time costs included: vLLM compiles its rank kernel on the first
-prompt-logprobs call) and ``warm`` (a second pass on the same engine). For c and d that is two
-run_precompute calls writing two stores from one loaded teacher, each figure its summary's
-tokens_per_s (scoring + writes, model loading excluded). b_arrays is warm only. Ratios are given
-for both.
+Tokens/s count examples × seq_len. Each is measured twice in its process: ``cold`` (the first
+pass, one-time costs included: vLLM compiles its rank kernel on the first prompt-logprobs call)
+and ``warm`` (a second pass on the same engine). For a and b the cold pass runs over the next
+--examples examples and the warm one over the benchmark's: vLLM's prefix cache would otherwise
+serve a repeated plain prompt from the first pass (prompt-logprobs requests never read it). For
+c and d the two passes are two run_precompute calls writing two stores from one loaded teacher,
+each figure its summary's tokens_per_s (scoring + writes, model loading excluded). b_arrays is
+warm only. Ratios are given for both.
 
     python benchmarks/precompute_bench.py [--model tiny|smollm2|DIR] [--examples 32] [--seq-len 256]
                                           [--top-k 64] [--batch-size 64] [--dtype float32]
@@ -61,9 +63,13 @@ def tiny_model(directory: Path, seq_len: int) -> Path:
 
 
 def examples(args):
+    """(2N, L): the benchmark's N examples (those precompute scores), then N more for cold passes."""
     from kdstream.data import load_corpus, load_tokenizer, pack_examples
 
-    return pack_examples(load_corpus("demo").texts, load_tokenizer(args.model), args.seq_len, args.examples).input_ids
+    ids = pack_examples(load_corpus("demo").texts, load_tokenizer(args.model), args.seq_len, 2 * args.examples).input_ids
+    if len(ids) < 2 * args.examples:
+        sys.exit(f"error: the demo corpus gives {len(ids)} examples of {args.seq_len} tokens, need {2 * args.examples}")
+    return ids
 
 
 def profiled(fn, top: int):
@@ -84,16 +90,18 @@ def profiled(fn, top: int):
 
 
 def timed_passes(fn, input_ids, batch: int, profile: int = 0) -> dict:
-    """tokens/s of ``fn`` over all examples in calls of ``batch``: a cold first pass, a warm second
-    (profiled when ``profile``)."""
-    def one_pass():
-        t = time.perf_counter()
-        for b in range(0, len(input_ids), batch):
-            fn(input_ids[b : b + batch])
-        return round(input_ids.size / (time.perf_counter() - t), 1)
+    """tokens/s of ``fn`` in calls of ``batch``: a cold pass over input_ids[N:], then a warm one
+    over the benchmark's input_ids[:N] (profiled when ``profile``)."""
+    n = len(input_ids) // 2
 
-    cold = one_pass()
-    warm, top = profiled(one_pass, profile)
+    def one_pass(rows):
+        t = time.perf_counter()
+        for b in range(0, len(rows), batch):
+            fn(rows[b : b + batch])
+        return round(rows.size / (time.perf_counter() - t), 1)
+
+    cold = one_pass(input_ids[n:])
+    warm, top = profiled(lambda: one_pass(input_ids[:n]), profile)
     return {"cold": cold, "warm": warm, **({"profile": top} if top else {})}
 
 
@@ -131,7 +139,7 @@ def mode_prompt_logprobs(args) -> dict:
         teacher.llm.generate([TokensPrompt(prompt_token_ids=r.tolist()) for r in rows], teacher.params, use_tqdm=False)
 
     return timed_passes(raw, input_ids, args.batch_size) | {
-        "arrays": timed_passes(teacher.score, input_ids, args.batch_size)["warm"]}
+        "arrays": timed_passes(teacher.score, input_ids, args.batch_size)["warm"]}  # both passes warm here
 
 
 def mode_precompute(args, backend: str) -> dict:
