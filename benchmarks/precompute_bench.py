@@ -105,10 +105,12 @@ def timed_passes(fn, input_ids, batch: int, profile: int = 0) -> dict:
     return {"cold": cold, "warm": warm, **({"profile": top} if top else {})}
 
 
-def engine(args):
+def engine(args, backend: str = "vllm"):
     from kdstream.vllm_engine import EngineOptions
 
-    return EngineOptions(dtype=args.dtype, max_num_batched_tokens=args.max_num_batched_tokens)
+    # --max-num-batched-tokens is a vLLM flag: the hf backend refuses it
+    return EngineOptions(dtype=args.dtype,
+                         max_num_batched_tokens=args.max_num_batched_tokens if backend == "vllm" else None)
 
 
 def mode_forward(args) -> dict:
@@ -153,7 +155,7 @@ def mode_precompute(args, backend: str) -> dict:
         def opts(name):
             return PrecomputeOptions(model=args.model, dataset="demo", out=str(Path(tmp) / name), top_k=args.top_k,
                                      seq_len=args.seq_len, max_examples=args.examples, batch_size=args.batch_size,
-                                     backend=backend, engine=engine(args))
+                                     backend=backend, engine=engine(args, backend))
 
         teacher = make_teacher(backend, check_model_dir(args.model, "teacher"), opts("cold.zarr"))
         cold = run_precompute(opts("cold.zarr"), teacher)

@@ -44,6 +44,9 @@ class PrecomputeOptions:
         require(self.logprob_encoding in ("qdelta", "fp32"),
                 f"--logprob-encoding {self.logprob_encoding!r} is not one of qdelta, fp32")
         require(self.backend in BACKENDS, f"--backend {self.backend!r} is not one of {' | '.join(BACKENDS)}")
+        require(self.backend == "vllm" or (self.engine.max_num_batched_tokens is None
+                                           and self.engine.tensor_parallel_size == 1),
+                "--max-num-batched-tokens and --tensor-parallel-size are vLLM engine flags: drop them with --backend hf")
         require(self.targets in ("topk", "sampled"), f"--targets {self.targets!r} is not one of topk, sampled")
         require(1 <= self.samples <= 255, f"--samples {self.samples} must be in 1..255 (counts are stored as uint8)")
         require(self.chunk_rows is None or self.chunk_rows >= 1, f"--chunk-rows {self.chunk_rows} must be at least 1")
