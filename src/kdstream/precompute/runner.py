@@ -24,7 +24,7 @@ class PrecomputeOptions:
     text_field: str = "text"
     split: str = "train"
     max_examples: int | None = None
-    batch_size: int = 64  # examples per vLLM call: large batches keep the engine busy
+    batch_size: int = 64  # examples per engine call: large batches keep the engine busy
     tokenizer: str | None = None  # default: the teacher's directory
     overwrite: bool = False
     chunk_rows: int | None = None  # examples per chunk; default: chunks of >= 1 MiB (schema.default_chunk_rows)
@@ -81,7 +81,7 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     if opts.top_k > vocab_size:
         raise KdError(f"--top-k {opts.top_k} exceeds the teacher's vocabulary ({vocab_size}): use --top-k <= {vocab_size}")
     max_pos = config.get("max_position_embeddings")
-    # vLLM scores a prompt of L tokens as a request for L + 1 (one token must be generated).
+    # vLLM scores a prompt of L tokens as a request for L + 1 (one token must be generated); HF needs L.
     needed = context_needed(opts.backend, opts.seq_len)
     if max_pos and needed > max_pos:
         raise KdError(f"--seq-len {opts.seq_len} needs a context of {needed} on --backend {opts.backend} but the "
@@ -184,4 +184,3 @@ def _score_rows(teacher, examples, rows: slice, batch_size: int, bar) -> dict[st
 
 def _len(s: slice) -> int:
     return s.stop - s.start
-
