@@ -236,11 +236,11 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
     partial = fresh_partial(out)
     save_options(opts, partial)
     if opts.features:  # inside the partial directory: the evaluation is published with its features or not at all
-        from kdstream.evaluate.features_run import FeaturesOptions, run_features
+        from kdstream.evaluate.features_run import FeaturesOptions
 
         del backend  # free the engine's memory before the features model loads
-        run_features(FeaturesOptions(model=str(model_dir), logits_store=opts.logits_store, out=str(partial / FEATURES_DIR),
-                                     prefix_len=primary, suffix_len=n, max_examples=opts.max_examples))
+        _features(FeaturesOptions(model=str(model_dir), logits_store=opts.logits_store, out=str(partial / FEATURES_DIR),
+                                  prefix_len=primary, suffix_len=n, max_examples=opts.max_examples))
         meta["features"] = str(out / FEATURES_DIR)
     summary = write_eval(partial, tables[primary], sweep_table(tables), meta, methods)
     publish(partial, out)
@@ -248,6 +248,29 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
 
 
 FEATURES_DIR = "features"  # extract-eval --features: a `kdstream features` directory inside the evaluation
+
+
+def _features(fopts) -> None:
+    """Run `kdstream features`; in a fresh process once vLLM is imported here, because vLLM patches
+    transformers' model classes (GPTNeoXModel then asserts a vLLM config) and an HF model can no
+    longer be built in this process."""
+    import subprocess
+    import sys
+
+    if "vllm" not in sys.modules:
+        from kdstream.evaluate.features_run import run_features
+
+        run_features(fopts)
+        return
+    cmd = [sys.executable, "-m", "kdstream", "features", "--model", fopts.model, "--logits-store", fopts.logits_store,
+           "--out", fopts.out, "--prefix-len", str(fopts.prefix_len), "--suffix-len", str(fopts.suffix_len),
+           "--batch-size", str(fopts.batch_size)]
+    if fopts.max_examples is not None:
+        cmd += ["--max-examples", str(fopts.max_examples)]
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        raise KdError(f"features of {fopts.model} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
 
 
 def run_meta(opts: ExtractOptions, model_dir, backend: str, seconds: dict[str, float], examples: int) -> dict:
