@@ -30,10 +30,11 @@ SWEEP = ("--prefix-len", "16,24", "--suffix-len", 16, "--dtype", "float32")
 
 @pytest.fixture(scope="module")
 def evaluation(tmp_path_factory, memorizer, teacher_store):
-    """vLLM, generate + fast, two prefix lengths: one engine start."""
+    """vLLM, generate + fast, two prefix lengths: one engine start. --features after vLLM: the HF
+    scoring model cannot be built in a process that imported vLLM, so it runs in a fresh one."""
     out = tmp_path_factory.mktemp("eval") / "memorizer"
     run_cli("extract-eval", "--model", memorizer, "--logits-store", teacher_store, "--method", "both", *SWEEP,
-            "--out", out)
+            "--features", "--out", out)
     return out
 
 
@@ -101,6 +102,13 @@ def test_hf_backend_agrees_with_vllm(evaluation, hf_evaluation):
     rh = pq.read_table(hf_evaluation / "results.parquet").to_pandas().set_index("example_id")
     ok = [i for i in rv.index if not (rv.loc[i, "near_tie"] or rh.loc[i, "near_tie"])]
     assert [list(rv.loc[i, "generated_ids"]) for i in ok] == [list(rh.loc[i, "generated_ids"]) for i in ok]
+
+
+def test_features_after_vllm_equal_features_after_hf(evaluation, hf_evaluation):
+    """The vLLM evaluation's features (scored in a spawned process) are the HF evaluation's."""
+    fv, fh = (pq.read_table(d / "features" / "features.parquet").to_pandas().set_index("example_id").sort_index()
+              for d in (evaluation, hf_evaluation))
+    assert len(fv) == NUM_EXAMPLES and np.allclose(fv["ppl"], fh["ppl"], rtol=1e-5)
 
 
 def test_features_inside_the_evaluation(hf_evaluation, corpus_file, memorizer):

@@ -251,26 +251,19 @@ FEATURES_DIR = "features"  # extract-eval --features: a `kdstream features` dire
 
 
 def _features(fopts) -> None:
-    """Run `kdstream features`; in a fresh process once vLLM is imported here, because vLLM patches
-    transformers' model classes (GPTNeoXModel then asserts a vLLM config) and an HF model can no
-    longer be built in this process."""
-    import subprocess
+    """``run_features(fopts)``; in a spawned process once vLLM is imported here, because vLLM
+    patches transformers' model classes (GPTNeoXModel then asserts a vLLM config), so no HF model
+    can be built in this process any more. A KdError in the child is re-raised here."""
+    import multiprocessing
     import sys
 
-    if "vllm" not in sys.modules:
-        from kdstream.evaluate.features_run import run_features
+    from kdstream.evaluate.features_run import run_features
 
+    if "vllm" not in sys.modules:
         run_features(fopts)
         return
-    cmd = [sys.executable, "-m", "kdstream", "features", "--model", fopts.model, "--logits-store", fopts.logits_store,
-           "--out", fopts.out, "--prefix-len", str(fopts.prefix_len), "--suffix-len", str(fopts.suffix_len),
-           "--batch-size", str(fopts.batch_size)]
-    if fopts.max_examples is not None:
-        cmd += ["--max-examples", str(fopts.max_examples)]
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        raise KdError(f"features of {fopts.model} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(run_features, (fopts,))
 
 
 def run_meta(opts: ExtractOptions, model_dir, backend: str, seconds: dict[str, float], examples: int) -> dict:

@@ -9,7 +9,7 @@ Both implement one method:
     Raw logprobs (temperature 1) of the unprocessed logits.
 
 vLLM (``"vllm"``, the default and the fast one on GPUs) and HF transformers (``"hf"``: models
-vLLM cannot load, machines without vLLM). A dict of two names is enough: no registry.
+vLLM cannot load, machines without vLLM). Two names and an if: no registry.
 """
 from __future__ import annotations
 
