@@ -4,7 +4,8 @@ Three ways to the same verdict (``method``):
     generate  greedy decoding of the suffix (the reference; also edit distance, approx match)
     fast      one teacher-forced pass over prefix + suffix (evaluate/fast_path.py): the same
               exact-match verdict and first divergence, plus a near-tie margin;
-              no decoding steps (3.1x generate's sequences/s in benchmarks/extraction_bench.py)
+              no decoding steps (on a 2-core CPU as fast as generate, whose decode steps are
+              compute-bound there too: benchmarks/extraction_bench.py)
     both      generate and fast, every disagreement reported (disagreements.parquet)
     store     the teacher's verdict read from its logit store (target_rank == 1), no model
 on vLLM or HF transformers (``backend``), for one or several prefix lengths, optionally as one
