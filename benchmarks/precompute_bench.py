@@ -22,6 +22,9 @@ warm only. Ratios are given for both.
                                           [--top-k 64] [--batch-size 64] [--dtype float32]
                                           [--profile N]
 
+``matmul_flops_per_token`` gives the arithmetic bound on c/a: a forward-only pass skips the LM
+head at all but the last position, a teacher pass cannot (it needs every position's distribution).
+
 --profile N: cProfile the warm pass of a (forward) and of c (precompute) and add their N top
 functions by cumulative time. Prints one JSON object.
 """
@@ -164,6 +167,27 @@ def mode_precompute(args, backend: str) -> dict:
             **({"profile": top} if top else {})}
 
 
+def matmul_flops_per_token(model_dir: str, seq_len: int) -> dict:
+    """Forward matmul FLOPs per token from the weight shapes: ``body`` (2 x every non-vocabulary
+    weight, plus causal attention scores 2 x layers x seq_len x hidden) and ``head`` (2 x V x H, the
+    LM head). Forward-only (a) runs the head at one position per prompt, a teacher pass (b, c) at
+    all of them, so on a compute-bound machine c/a <= body / (body + head) whatever the software."""
+    from safetensors import safe_open
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    vocab, hidden, layers = config["vocab_size"], config["hidden_size"], config["num_hidden_layers"]
+    body = 0
+    for f in Path(model_dir).glob("*.safetensors"):
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():
+                shape = st.get_slice(name).get_shape()
+                if len(shape) == 2 and vocab not in shape:  # embeddings and the head are not body matmuls
+                    body += 2 * shape[0] * shape[1]
+    body += 2 * layers * seq_len * hidden  # QK^T and AV over seq_len/2 keys on average, causal
+    head = 2 * vocab * hidden
+    return {"body": body, "head": head, "ceiling_c_over_a": round(body / (body + head * (1 - 1 / seq_len)), 3)}
+
+
 def run_mode(args) -> dict:
     if args.mode == "forward":
         return mode_forward(args)
@@ -211,6 +235,7 @@ def main() -> None:
 
             args.model = str(smollm2_dir())
         r = {mode: child(args, mode) for mode in MODES}
+        flops = matmul_flops_per_token(args.model, args.seq_len)
     profiles = {mode: r[mode].pop("profile") for mode in MODES if "profile" in r[mode]}
     a, b, c, d = (r[mode] for mode in MODES)
 
@@ -227,6 +252,7 @@ def main() -> None:
         },
         "precompute_vllm_warm_run": c["warm_run"], "precompute_hf_warm_run": d["warm_run"],
         "ratios_warm": ratios("warm"), "ratios_cold": ratios("cold"),
+        "matmul_flops_per_token": flops,
         **({"profile": profiles} if profiles else {}),
     }))
 
