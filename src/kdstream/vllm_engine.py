@@ -37,7 +37,9 @@ def make_llm(model: str, max_model_len: int, engine: EngineOptions, max_logprobs
     # In-process engine core: on CPU this saves ~20 s of start-up (no extra interpreter imports).
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # ERROR: at WARNING, vLLM 0.32 prints a traceback on every start when the tokenizer is skipped
+    # ("Chat template warmup failed"), plus CPU tuning hints; set VLLM_LOGGING_LEVEL to see them.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:
         from vllm import LLM
     except ImportError:
