@@ -89,7 +89,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_and_weights(tmp_path
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_torchrun_two_ranks_match_one_process(tmp_path, teacher_store, student_init_dir, fsdp):
     """DDP (or FSDP2) over gloo with the same global batch gives the single-process losses and
-    weights; under FSDP a mid-run checkpoint gathers the sharded state on every rank."""
+    weights; under FSDP a mid-run checkpoint gathers the sharded state on every rank. --loss-chunk 100:
+    the fused head runs several chunks per micro-batch (its gradients reach DDP's and FSDP's hooks)."""
     import os
     import shutil
     import subprocess
@@ -99,7 +100,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, teacher_store, student_i
 
     # 24 examples, batch 10: the last batch (4 rows) splits unevenly, 2 + 2.
     args = ["--logits-store", teacher_store, "--model", student_init_dir, "--epochs", 2, "--batch-size", 10,
-            "--lr", "1e-3", "--temperature", 2, *(["--fsdp", "--checkpoint-every", 2] if fsdp else [])]
+            "--lr", "1e-3", "--temperature", 2, "--loss-chunk", 100, *(["--fsdp", "--checkpoint-every", 2] if fsdp else [])]
     run_cli("distill", *[a for a in args if a != "--fsdp"], "--out", tmp_path / "one")
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     proc = subprocess.run(
