@@ -1,14 +1,23 @@
-"""Peak memory and time of the fused, chunked KD loss vs the plain full-logits path.
+"""Peak memory and time of the fused output layer + loss (fused_head.py) vs the plain full-logits path.
 
 V = 50,304 (Pythia's vocabulary), 2,048 positions (8 x 257 tokens), a 1-layer GPT-NeoX of
 hidden 256, forward KL on top-64 + tail, T = 2, forward + backward. Each path runs in its own
-process; peak memory is the rise of the process's max RSS over its RSS before the first step.
-Prints one JSON object.   python benchmarks/fused_loss_bench.py [--chunk 512]
+process; peak memory is the rise of the process's max RSS over its RSS before the first step;
+time is the fastest of --steps steps. Prints one JSON object, with the sizes that explain the
+figures: one chunk's fp32 logits, the full (N, V) logits, the head's gradient (the fused path
+holds it through the forward), all parameter gradients, and the load average when it ran.
+
+    python benchmarks/fused_loss_bench.py [--chunk 512]
+
+The fused path holds about two chunk-sized (c, V) fp32 tensors at a time (logits + log-probs in
+forward, log-probs + their gradient in backward) plus grad_W; the plain path about three (N, V)
+ones. Measured on 2 shared CPU cores (README / report): memory ratio ~0.25, time ratio ~1.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -43,7 +52,9 @@ def one_path(chunk: int | None, steps: int) -> dict:
         obj(ids, topk_ids, topk_lp)[0].backward()
         times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB
-    return {"chunk": chunk, "peak_rise_mb": round(peak - before, 1), "step_s": round(min(times), 3)}
+    grads_mb = sum(p.numel() * p.element_size() for p in net.parameters()) / 2**20
+    return {"chunk": chunk, "peak_rise_mb": round(peak - before, 1), "step_s": round(min(times), 3),
+            "param_grads_mb": round(grads_mb, 1)}
 
 
 def main() -> None:
@@ -62,6 +73,8 @@ def main() -> None:
         runs[name] = json.loads(out.strip().splitlines()[-1])
     print(json.dumps({
         "vocab": V, "positions": B * (L - 1), "k": K, **{f"{n}_{k}": v for n, r in runs.items() for k, v in r.items()},
+        "chunk_logits_mb": round(a.chunk * V * 4 / 2**20, 1), "all_logits_mb": round(B * (L - 1) * V * 4 / 2**20, 1),
+        "head_grad_mb": round(V * H * 4 / 2**20, 1), "load_average_1m": round(os.getloadavg()[0], 2),
         "memory_ratio": round(runs["fused"]["peak_rise_mb"] / runs["plain"]["peak_rise_mb"], 3),
         "time_ratio": round(runs["fused"]["step_s"] / runs["plain"]["step_s"], 3),
     }))

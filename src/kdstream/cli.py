@@ -83,7 +83,8 @@ def precompute_logits(**kw):
 @click.option("--out", required=True, help="Checkpoint directory to write.")
 @click.option("--logits-store", default=None, help="Teacher store (path or URL) to train from.")
 @click.option("--dataset", default=None, help="Plain text to train on with --loss ce (e.g. the teacher).")
-@click.option("--loss", default="forward_kl", show_default=True, help="ce | forward_kl | reverse_kl | jsd")
+@click.option("--loss", default="forward_kl", show_default=True,
+              help="ce | forward_kl | reverse_kl | jsd | ce_sampled (a sampled store: CE against its draws, no temperature)")
 @click.option("--temperature", type=float, default=2.0, show_default=True)
 @click.option("--alpha-ce", type=float, default=0.0, show_default=True, help="Weight of CE mixed into KD.")
 @click.option("--tail", default="bucket", show_default=True, help="bucket | renormalize")
@@ -102,7 +103,8 @@ def precompute_logits(**kw):
 @click.option("--max-examples", type=int, default=None)
 @click.option("--shuffle-block", type=int, default=64, show_default=True)
 @click.option("--loss-chunk", type=int, default=4096, show_default=True,
-              help="Positions per fused-loss chunk (bounds the logits' memory); 0 = plain full-logits path.")
+              help="Positions per chunk of the fused output layer + loss (bounds the logits' memory); "
+                   "0 = plain full-logits path.")
 @click.option("--exclude", default=None, help="File of example ids (one per line) to skip.")
 @click.option("--checkpoint-every", type=int, default=None, help="Save a resumable checkpoint every N steps.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its latest checkpoint in --out.")

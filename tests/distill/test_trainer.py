@@ -89,7 +89,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_and_weights(tmp_path
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_torchrun_two_ranks_match_one_process(tmp_path, teacher_store, student_init_dir, fsdp):
     """DDP (or FSDP2) over gloo with the same global batch gives the single-process losses and
-    weights; under FSDP a mid-run checkpoint gathers the sharded state on every rank."""
+    weights; under FSDP a mid-run checkpoint gathers the sharded state on every rank. --loss-chunk 100:
+    the fused head runs several chunks per micro-batch (its gradients reach DDP's and FSDP's hooks)."""
     import os
     import shutil
     import subprocess
@@ -99,7 +100,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, teacher_store, student_i
 
     # 24 examples, batch 10: the last batch (4 rows) splits unevenly, 2 + 2.
     args = ["--logits-store", teacher_store, "--model", student_init_dir, "--epochs", 2, "--batch-size", 10,
-            "--lr", "1e-3", "--temperature", 2, *(["--fsdp", "--checkpoint-every", 2] if fsdp else [])]
+            "--lr", "1e-3", "--temperature", 2, "--loss-chunk", 100, *(["--fsdp", "--checkpoint-every", 2] if fsdp else [])]
     run_cli("distill", *[a for a in args if a != "--fsdp"], "--out", tmp_path / "one")
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     proc = subprocess.run(
@@ -167,3 +168,23 @@ def test_a_corrupt_chunk_stops_the_run_before_any_step(tmp_path, teacher_store, 
     line = [ln for ln in late.stderr.splitlines() if ln.startswith("error:")]
     assert len(line) == 1 and "corrupt chunk in topk_logprobs" in line[0], late.stderr[-2000:]
     assert not (tmp_path / "late" / "train_summary.json").exists()
+
+
+def test_ce_sampled_trains_on_a_sampled_store_and_is_refused_on_a_top_k_one(
+    tmp_path, teacher_dir, corpus_file, teacher_store, student_init_dir
+):
+    from conftest import precompute_args
+
+    sampled = tmp_path / "sampled.zarr"
+    run_cli(*precompute_args(teacher_dir, corpus_file, sampled, "--targets", "sampled", "--samples", 16,
+                             "--backend", "hf"))
+    args = ["distill", "--model", student_init_dir, "--loss", "ce_sampled", "--epochs", 2, "--batch-size", 8,
+            "--lr", "1e-3"]
+    run_cli(*args, "--logits-store", sampled, "--out", tmp_path / "s")
+    records = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == r["kd"] > 0 for r in records)  # alpha_ce 0: the loss is the sampled CE
+    assert records[-1]["loss"] < records[0]["loss"]
+    proc = run_cli(*args, "--logits-store", teacher_store, "--out", tmp_path / "t", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "sampled store" in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "t").exists() and not (tmp_path / "t.partial").exists()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")  # names accepted by kd_loss(kind=...)
+CE_SAMPLED = "ce_sampled"  # sampled_ce_loss: cross-entropy against a sampled store's draws
 TAILS = ("bucket", "renormalize")
 
 # Floor on the teacher's tempered tail probability (bucket tail, non-empty student tail). Without
@@ -25,6 +26,35 @@ _LOG_TAIL_FLOOR = math.log(1e-6)
 _NEG_INF = float("-inf")
 # Above this top-k mass, log(1 - mass) loses too many digits in fp32: use the exact masked sum.
 _CANCEL_LIMIT = 0.99
+
+
+class _LogSoftmax(torch.autograd.Function):
+    """log_softmax over the last dim whose backward writes the gradient into the saved output's
+    storage instead of a new tensor.
+
+    Why: over (N, V) logits, torch's backward holds the saved output, the incoming gradient and
+    a fresh result at once: three vocabulary-sized tensors. Here the output is dead once its own
+    backward runs (every op that consumes it has run before, in topological order), so its
+    buffer takes the result: two. Same formula as torch's: g - exp(out) * sum(g).
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:
+        out = torch.log_softmax(z, -1)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors  # a second backward through it fails the version check, loudly
+        p = out.exp_()  # (N, V) probabilities, in place
+        return torch.addcmul(grad, p, grad.sum(-1, keepdim=True), value=-1.0, out=p)
+
+
+def log_softmax(z: Tensor) -> Tensor:
+    """log_softmax(z, -1), (N, V) → (N, V), lean in memory when it is differentiated (_LogSoftmax)."""
+    return _LogSoftmax.apply(z) if z.requires_grad and torch.is_grad_enabled() else torch.log_softmax(z, -1)
 
 
 def teacher_distribution(topk_logprobs: Tensor, temperature: float, tail: str) -> Tensor:
@@ -71,7 +101,7 @@ def student_distribution(student_logits: Tensor, topk_ids: Tensor, temperature: 
         return torch.cat([top, top.new_full((top.shape[0], 1), _NEG_INF)], -1)  # (N, k+1)
     if tail != "bucket":
         raise ValueError(f"unknown tail {tail!r}; expected one of {TAILS}")
-    logp = torch.log_softmax(z, -1)  # (N, V)
+    logp = log_softmax(z)  # (N, V)
     top = logp.gather(-1, ids)  # (N, k)
     mass = top.exp().sum(-1, keepdim=True)  # (N, 1)
     log_tail = torch.log1p(-mass.clamp(max=_CANCEL_LIMIT))  # (N, 1); replaced below where mass is larger
@@ -206,4 +236,56 @@ def ce_loss(student_logits: Tensor, targets: Tensor, mask: Tensor | None = None)
             raise ValueError(f"mask must be a bool tensor of shape {tuple(targets.shape)}, "
                              f"got {mask.dtype} {tuple(mask.shape)}")
         student_logits, targets = student_logits[mask], targets[mask]
-    return F.cross_entropy(student_logits.float(), targets.long(), reduction="sum") / max(targets.shape[0], 1)
+    logp = log_softmax(student_logits.float())  # (N, V); = F.cross_entropy, with the leaner backward
+    return -logp.gather(-1, targets.long()[:, None]).sum() / max(targets.shape[0], 1)
+
+
+def sampled_ce_loss(student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor, *, tail: str = "bucket",
+                    mask: Tensor | None = None) -> Tensor:
+    """Cross-entropy of the student against the empirical distribution of a sampled store's draws.
+
+    A sampled store (``--targets sampled``) is read as a top-k view: topk_ids (N, k) the drawn ids
+    then padding, topk_logprobs (N, k) = log(count / S) for S draws (-inf on padding), and the
+    draws that fell in the teacher's tail, 1 - sum(count) / S. Per position, -sum_c p_c log q_c with
+    p = count / S over the classes [drawn ids..., rest]. ``bucket``: "rest" is one class, on the
+    teacher's side the tail draws, on the student's every token not drawn (padding ids included,
+    so the result does not depend on which ids pad a row). ``renormalize``: the drawn ids only, both
+    sides renormalized over them, tail draws ignored (a row without a drawn id adds 0).
+    student_logits (N, V) any float dtype (fp32 inside), mask (N,) bool or None; mean over
+    valid positions. No temperature: the counts are an unbiased estimate of the T = 1 teacher's
+    top-k probabilities and the loss is linear in them; tempering counts (count^(1/T)) is not.
+    It is forward KL at T = 1 plus the entropy of the draws, which does not depend on the
+    student: on a view without padding, the gradient is ``kd_loss(kind="forward_kl",
+    temperature=1)``'s (that one floors the teacher's tail at 1e-6); the value is a
+    cross-entropy, comparable with ``ce_loss``. Per token j, d loss / d logit_j = q_j - count_j / S,
+    except that the tail draws' mass is spread over the undrawn tokens in proportion to q.
+    """
+    _check_common(student_logits, "forward_kl", 1.0, 0.5, mask)
+    if tail not in TAILS:
+        raise ValueError(f"unknown tail {tail!r}; expected one of {TAILS}")
+    n, v = student_logits.shape
+    if topk_ids.shape != topk_logprobs.shape or topk_ids.dim() != 2 or topk_ids.shape[0] != n \
+            or not 1 <= topk_ids.shape[1] <= v:
+        raise ValueError(f"topk_ids and topk_logprobs must both be (N={n}, k) with k <= V={v}, "
+                         f"got {tuple(topk_ids.shape)} and {tuple(topk_logprobs.shape)}")
+    if mask is not None:
+        student_logits, topk_ids, topk_logprobs = student_logits[mask], topk_ids[mask], topk_logprobs[mask]
+    p = topk_logprobs.float().exp()  # (N, k) count / S, 0 on padding
+    drawn = p > 0
+    if tail == "renormalize":
+        z = student_logits.float().gather(-1, topk_ids.long()).masked_fill(~drawn, _NEG_INF)  # (N, k)
+        some = drawn.any(-1, keepdim=True)  # (N, 1); all -inf rows would give NaN: feed them zeros
+        log_q = torch.log_softmax(z.masked_fill(~some, 0.0), -1)
+        p = p / p.sum(-1, keepdim=True).clamp(min=1e-30)
+        return _mean(-torch.where(drawn, p * torch.where(drawn, log_q, 0.0), 0.0).sum(-1), 1.0)
+    log_s = student_distribution(student_logits, topk_ids, 1.0, "bucket")  # (N, k+1), padding counted as listed
+    # Fold the padding ids' student mass into the rest: log(q_tail + sum over padding q).
+    rest = torch.cat([log_s[:, -1:], log_s[:, :-1].masked_fill(drawn, _NEG_INF)], -1)  # (N, k+1)
+    empty = torch.isneginf(rest).all(-1, keepdim=True)  # every token drawn (k == V): no rest class
+    log_rest = torch.logsumexp(rest.masked_fill(empty, 0.0), -1, keepdim=True).masked_fill(empty, _NEG_INF)
+    # The rest's target, 1 - sum(count) / S, in fp32: zero it where the student has no rest
+    # (there it is rounding noise times -inf).
+    p_rest = (1.0 - p.sum(-1, keepdim=True)).clamp(min=0.0).masked_fill(empty, 0.0)  # (N, 1)
+    ce_top = torch.where(drawn, p * torch.where(drawn, log_s[:, :-1], 0.0), 0.0).sum(-1)  # (N,)
+    ce_rest = torch.where(p_rest > 0, p_rest * torch.where(p_rest > 0, log_rest, 0.0), 0.0).squeeze(-1)
+    return _mean(-(ce_top + ce_rest), 1.0)

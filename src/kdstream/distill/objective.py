@@ -1,20 +1,22 @@
 """The student and its training loss as one module (DDP wraps this, so every parameter is used
-inside forward), with an optional fused, chunked loss that never builds the full logits.
+inside forward), with an optional fused output layer + loss that never builds the full logits.
 
-Plain path: logits = lm_head(hidden) for all B*(L-1) positions at once, (N, V) in fp32.
-Chunked path: the positions are cut into chunks of ``chunk`` rows; each chunk's logits are made,
-turned into its loss and freed, under activation checkpointing, so backward recomputes one
-chunk's logits at a time. Peak memory is O(chunk * V) instead of O(N * V), same values.
-Requires logits = lm_head(base_model(x)) (true for GPT-NeoX, Llama, Qwen, Mistral; not for
-models that post-process logits, e.g. Gemma's soft-capping: use chunk=None there).
+Plain path (chunk=None): logits = lm_head(hidden) for all N = B*(L-1) positions at once, (N, V)
+in fp32, and autograd keeps what the loss saves for backward at that size.
+Fused path (chunk=c): ``fused_head_loss`` makes each chunk of c positions' logits, its loss and
+the gradient w.r.t. those logits in forward, accumulating the head's and the hidden states'
+gradients as it goes; peak memory is O(c * V) instead of O(N * V), same values and gradients,
+no recomputation. Requires logits = lm_head(base_model(x)) (true for GPT-NeoX, Llama, Qwen,
+Mistral, SmolLM2; not for models that post-process logits, e.g. Gemma 2's soft-capping: use
+chunk=None there).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from kdstream.distill.losses import ce_loss, kd_loss
+from kdstream.distill.fused_head import fused_head_loss
+from kdstream.distill.losses import CE_SAMPLED, ce_loss, kd_loss, sampled_ce_loss
 
 
 class Objective(nn.Module):
@@ -34,35 +36,32 @@ class Objective(nn.Module):
             ce = ce_loss(logits, targets)
         if self.loss == "ce":
             return torch.stack([ce, ce, torch.zeros_like(ce)])
-        kd = kd_loss(logits, topk_ids, topk_logprobs, kind=self.loss, temperature=self.temperature,
-                     tail=self.tail, beta=self.beta)
+        if self.loss == CE_SAMPLED:
+            kd = sampled_ce_loss(logits, topk_ids, topk_logprobs, tail=self.tail)
+        else:
+            kd = kd_loss(logits, topk_ids, topk_logprobs, kind=self.loss, temperature=self.temperature,
+                         tail=self.tail, beta=self.beta)
         return torch.stack([(1 - self.alpha_ce) * kd + self.alpha_ce * ce, ce, kd])
 
     def forward(self, input_ids: Tensor, topk_ids: Tensor | None = None, topk_logprobs: Tensor | None = None) -> Tensor:
-        """input_ids (B, L), topk_* (B, L-1, k) → [loss, ce, kd]; row t predicts token t+1."""
-        targets = input_ids[:, 1:].reshape(-1)  # (N,), N = B*(L-1)
-        if topk_ids is not None:
-            topk_ids = topk_ids.reshape(targets.shape[0], -1)  # (N, k)
-            topk_logprobs = topk_logprobs.reshape(targets.shape[0], -1)  # (N, k)
-        if self.chunk is None or targets.shape[0] <= self.chunk:
-            # One chunk's worth of positions: nothing to save by recomputing in backward.
-            logits = self.net(input_ids=input_ids).logits[:, :-1]  # (B, L-1, V)
-            return self._losses(logits.reshape(targets.shape[0], -1), targets, topk_ids, topk_logprobs)
-        hidden = self.net.base_model(input_ids=input_ids).last_hidden_state[:, :-1]  # (B, L-1, H)
-        hidden = hidden.reshape(targets.shape[0], -1)  # (N, H)
-        head = self.net.get_output_embeddings()
-        n = targets.shape[0]
-        total = hidden.new_zeros(3)
-        for s in range(0, n, self.chunk):
-            e = min(s + self.chunk, n)
-            part = checkpoint(
-                self._chunk, hidden[s:e], head.weight, head.bias, targets[s:e],
-                None if topk_ids is None else topk_ids[s:e], None if topk_logprobs is None else topk_logprobs[s:e],
-                use_reentrant=False,
-            )
-            total = total + part * ((e - s) / n)  # chunk means → mean over all N positions
-        return total
+        """input_ids (B, L), topk_* (B, L-1, k) → [loss, ce, kd]; row t predicts token t+1.
 
-    def _chunk(self, h, weight, bias, targets, topk_ids, topk_logprobs) -> Tensor:
-        logits = nn.functional.linear(h, weight, bias)  # (chunk, V): the only vocabulary-sized tensor
-        return self._losses(logits, targets, topk_ids, topk_logprobs)
+        Only ``loss`` is meant to be differentiated; ce and kd are for logging (on the fused path
+        they carry no gradient at all).
+        """
+        targets = input_ids[:, 1:].reshape(-1)  # (N,), N = B*(L-1)
+        n = targets.shape[0]
+        if topk_ids is not None:
+            topk_ids = topk_ids.reshape(n, -1)  # (N, k)
+            topk_logprobs = topk_logprobs.reshape(n, -1)  # (N, k)
+        if self.chunk is None:
+            logits = self.net(input_ids=input_ids).logits[:, :-1]  # (B, L-1, V)
+            return self._losses(logits.reshape(n, -1), targets, topk_ids, topk_logprobs)
+        hidden = self.net.base_model(input_ids=input_ids).last_hidden_state[:, :-1]  # (B, L-1, H)
+        head = self.net.get_output_embeddings()  # weight (V, H): tied to the input embedding in some models
+
+        def chunk_losses(logits: Tensor, rows: slice) -> Tensor:  # logits (c, V) fp32 → [loss, ce, kd]
+            return self._losses(logits, targets[rows], None if topk_ids is None else topk_ids[rows],
+                                None if topk_logprobs is None else topk_logprobs[rows])
+
+        return fused_head_loss(hidden.reshape(n, -1), head.weight, head.bias, chunk_losses, self.chunk)

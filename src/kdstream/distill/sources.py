@@ -39,6 +39,16 @@ def check_store_matches(store, tokenizer, net) -> None:
         )
 
 
+def check_loss_fits_store(loss: str, store) -> None:
+    """--loss ce_sampled is the cross-entropy against a sampled store's draws; on top-k lists it
+    would be forward KL at T = 1 under another name, so a mix-up is refused."""
+    from kdstream.distill.losses import CE_SAMPLED
+
+    if loss == CE_SAMPLED and not store.sampled:
+        raise KdError(f"--loss {CE_SAMPLED} needs a sampled store (precompute-logits --targets sampled); "
+                      f"{store.url} holds top-k lists: use --loss forward_kl (--temperature 1 for the same gradient)")
+
+
 def verify_before_training(url: str) -> None:
     """Decode every chunk once (crc32c + zstd) so a corrupt store stops the run before step 0,
     naming the chunk, instead of hours in. Costs one read pass: small next to an epoch of training."""
@@ -61,6 +71,7 @@ def load_source(opts, tokenizer, net):
 
         store = open_store(opts.logits_store)
         check_store_matches(store, tokenizer, net)
+        check_loss_fits_store(opts.loss, store)
         return store, OpenStore(opts.logits_store), store.seq_len
     from kdstream.data import load_corpus, pack_examples
 

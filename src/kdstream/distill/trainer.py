@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdstream.distill.losses import KD_LOSSES, TAILS
+from kdstream.distill.losses import CE_SAMPLED, KD_LOSSES, TAILS
 from kdstream.errors import KdError
 from kdstream.options import require, save_options
 from kdstream.outputs import fresh_partial, partial_path, publish
 
-LOSSES = ("ce", *KD_LOSSES)
+LOSSES = ("ce", *KD_LOSSES, CE_SAMPLED)
 PRECISIONS = ("auto", "fp32", "bf16")
 DONE_FILE = "train_summary.json"  # written last: a checkpoint directory without it is incomplete
 
@@ -31,7 +31,7 @@ class DistillOptions:
     out: str
     logits_store: str | None = None
     dataset: str | None = None  # CE from plain text (teacher training), tokenized with the model's tokenizer
-    loss: str = "forward_kl"  # ce | forward_kl | reverse_kl | jsd
+    loss: str = "forward_kl"  # ce | forward_kl | reverse_kl | jsd | ce_sampled (sampled stores)
     temperature: float = 2.0
     alpha_ce: float = 0.0  # weight of the CE term mixed into a KD loss
     tail: str = "bucket"  # bucket: leftover mass as one class; renormalize: top-k only
@@ -49,7 +49,7 @@ class DistillOptions:
     split: str = "train"
     max_examples: int | None = None
     shuffle_block: int = 64  # rows per contiguous read; the unit of shuffling
-    loss_chunk: int | None = 4096  # positions per fused-loss chunk (bounds logits memory); None: plain path
+    loss_chunk: int | None = 4096  # positions per fused head+loss chunk (bounds logits memory); None: plain path
     exclude: str | None = None  # file of example ids (one per line) never to train on
     checkpoint_every: int | None = None  # steps between resumable checkpoints (None: only the end)
     resume: bool = False  # continue from the latest checkpoint of an interrupted run in --out
