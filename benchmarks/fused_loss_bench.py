@@ -7,7 +7,7 @@ time is the fastest of --steps steps. Prints one JSON object, with the sizes tha
 figures: one chunk's fp32 logits, the full (N, V) logits, the head's gradient (the fused path
 holds it through the forward), all parameter gradients, and the load average when it ran.
 
-    python benchmarks/fused_loss_bench.py [--chunk 512]
+    python benchmarks/fused_loss_bench.py [--chunk auto|512]
 
 The fused path holds about two chunk-sized (c, V) fp32 tensors at a time (logits + log-probs in
 forward, log-probs + their gradient in backward) plus grad_W; the plain path about three (N, V)
@@ -59,10 +59,15 @@ def one_path(chunk: int | None, steps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--chunk", type=int, default=512)
+    ap.add_argument("--chunk", default="auto", help="positions per chunk; auto: the trainer's default (fused_head.auto_chunk)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--_child", default=None)
     a = ap.parse_args()
+    if a.chunk == "auto":
+        from kdstream.distill.fused_head import auto_chunk
+
+        a.chunk = auto_chunk(V)
+    a.chunk = int(a.chunk)
     if a._child is not None:
         print(json.dumps(one_path(None if a._child == "plain" else int(a._child), a.steps)))
         return

@@ -102,9 +102,9 @@ def precompute_logits(**kw):
 @click.option("--split", default="train", show_default=True)
 @click.option("--max-examples", type=int, default=None)
 @click.option("--shuffle-block", type=int, default=64, show_default=True)
-@click.option("--loss-chunk", type=int, default=4096, show_default=True,
+@click.option("--loss-chunk", default="auto", show_default=True,
               help="Positions per chunk of the fused output layer + loss (bounds the logits' memory); "
-                   "0 = plain full-logits path.")
+                   "auto = a chunk's fp32 logits within 64 MiB; 0 = plain full-logits path.")
 @click.option("--exclude", default=None, help="File of example ids (one per line) to skip.")
 @click.option("--checkpoint-every", type=int, default=None, help="Save a resumable checkpoint every N steps.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its latest checkpoint in --out.")
@@ -128,8 +128,9 @@ def precompute_logits(**kw):
 def distill(**kw):
     """Train a student from a teacher's logit store with a KL-family loss (or CE)."""
     from kdstream.distill import DistillOptions, train
+    from kdstream.distill.trainer import parse_loss_chunk
 
-    kw["loss_chunk"] = kw["loss_chunk"] or None  # 0 on the command line: the plain path
+    kw["loss_chunk"] = parse_loss_chunk(kw["loss_chunk"])
     summary = train(DistillOptions(**kw))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line, from rank 0
         print_summary(summary)

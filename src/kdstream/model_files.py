@@ -27,6 +27,19 @@ def model_config(path: str | Path) -> dict:
     return json.loads((Path(path) / "config.json").read_text())
 
 
+# Config fields of models whose logits are more than ``lm_head(hidden)`` (Gemma-2's soft-capping,
+# Cohere's logit scale, Granite's logits scaling): code that applies the plain head itself (the hf
+# teacher backend, the fused training loss) must not run them.
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def logit_postprocessing(config: dict) -> str | None:
+    """``"field=value"`` of the first logit post-processing a HF config turns on, else None."""
+    text = config.get("text_config") or config
+    on = [f for f in _LOGIT_POSTPROCESSING if text.get(f) not in (None, 1, 1.0)]
+    return f"{on[0]}={text[on[0]]}" if on else None
+
+
 def model_fingerprint(path: str | Path) -> dict:
     """Identify a model cheaply: sha256 of config.json, and of each weight file's name, size,
     first and last MiB (hashing a 24 GB checkpoint in full would cost minutes; this catches any

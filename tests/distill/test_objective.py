@@ -182,3 +182,25 @@ def test_gradient_is_scaled_by_the_incoming_one_and_only_element_0_counts():
         out = fused_head_loss(hidden, weight, None, loss_fn, 3)
         out[0].backward(retain_graph=True)
         out[0].backward()
+
+
+def test_loss_chunk_auto_and_logit_postprocessing():
+    """auto: a chunk's fp32 logits within 64 MiB; a student that post-processes its logits (here
+    Gemma-2-style soft-capping) gets the plain path under auto, and an explicit chunk is refused."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from kdstream.distill.fused_head import auto_chunk
+    from kdstream.distill.trainer import fused_chunk, parse_loss_chunk
+    from kdstream.errors import KdError
+
+    assert auto_chunk(50304) == 333 and auto_chunk(4096) == 4096 and auto_chunk(10**9) == 1
+    assert [parse_loss_chunk(v) for v in ("auto", "0", "512", None)] == ["auto", None, 512, "auto"]
+    with pytest.raises(KdError, match="--loss-chunk"):
+        parse_loss_chunk("big")
+    net = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=512, hidden_size=64, num_hidden_layers=1,
+                                           num_attention_heads=1, intermediate_size=128))
+    assert fused_chunk("auto", net) == auto_chunk(512) == 32768 and fused_chunk(100, net) == 100 and fused_chunk(None, net) is None
+    net.config.final_logit_softcapping = 30.0
+    assert fused_chunk("auto", net) is None
+    with pytest.raises(KdError, match="post-processes its logits"):
+        fused_chunk(100, net)

@@ -7,8 +7,8 @@ Fused path (chunk=c): ``fused_head_loss`` makes each chunk of c positions' logit
 the gradient w.r.t. those logits in forward, accumulating the head's and the hidden states'
 gradients as it goes; peak memory is O(c * V) instead of O(N * V), same values and gradients,
 no recomputation. Requires logits = lm_head(base_model(x)) (true for GPT-NeoX, Llama, Qwen,
-Mistral, SmolLM2; not for models that post-process logits, e.g. Gemma 2's soft-capping: use
-chunk=None there).
+Mistral, SmolLM2; not for models that post-process logits, e.g. Gemma 2's soft-capping: the
+trainer gives those chunk=None, trainer.fused_chunk).
 """
 from __future__ import annotations
 

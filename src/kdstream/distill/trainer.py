@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kdstream.distill.losses import CE_SAMPLED, KD_LOSSES, TAILS
 from kdstream.errors import KdError
+from kdstream.model_files import logit_postprocessing
 from kdstream.options import require, save_options
 from kdstream.outputs import fresh_partial, partial_path, publish
 
@@ -49,7 +50,9 @@ class DistillOptions:
     split: str = "train"
     max_examples: int | None = None
     shuffle_block: int = 64  # rows per contiguous read; the unit of shuffling
-    loss_chunk: int | None = 4096  # positions per fused head+loss chunk (bounds logits memory); None: plain path
+    # positions per chunk of the fused head + loss; "auto": a chunk's fp32 logits <= 64 MiB (333
+    # positions at V = 50,304, 4,096 at V = 4,096: fused_head.auto_chunk); None: plain full-logits path
+    loss_chunk: int | str | None = "auto"
     exclude: str | None = None  # file of example ids (one per line) never to train on
     checkpoint_every: int | None = None  # steps between resumable checkpoints (None: only the end)
     resume: bool = False  # continue from the latest checkpoint of an interrupted run in --out
@@ -79,7 +82,8 @@ class DistillOptions:
         require(self.lr > 0, f"--lr {self.lr} must be > 0")
         require(0.0 <= self.warmup_ratio < 1.0, f"--warmup-ratio {self.warmup_ratio} must be in [0, 1)")
         require(self.shuffle_block >= 1, "--shuffle-block must be at least 1")
-        require(self.loss_chunk is None or self.loss_chunk >= 1, "--loss-chunk must be at least 1 (0 on the CLI: plain path)")
+        require(self.loss_chunk in (None, "auto") or (isinstance(self.loss_chunk, int) and self.loss_chunk >= 1),
+                f"--loss-chunk {self.loss_chunk!r}: pass auto, a number of positions >= 1, or 0 for the plain path")
         require(self.checkpoint_every is None or self.checkpoint_every >= 1, "--checkpoint-every must be at least 1")
         require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other: pick one")
         require(self.grad_accum >= 1, "--grad-accum must be at least 1")
@@ -89,6 +93,32 @@ class DistillOptions:
         require(self.eval_every is None or (self.eval_every >= 1 and self.eval_examples > 0),
                 "--eval-every needs --eval-examples N (the held-out examples to evaluate)")
         require(self.loader_workers >= 0 and self.prefetch >= 0, "--loader-workers and --prefetch must be >= 0")
+
+
+def parse_loss_chunk(value) -> int | str | None:
+    """--loss-chunk as typed: "auto", 0 (the plain path: None) or a number of positions."""
+    if value is None or str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except ValueError:
+        raise KdError(f"--loss-chunk {value!r}: pass auto, a number of positions, or 0 for the plain path") from None
+    return n or None
+
+
+def fused_chunk(loss_chunk, net) -> int | None:
+    """Positions per fused head + loss chunk for this student (None: the plain path). The fused
+    path applies lm_head itself, so a student that post-processes its logits (Gemma 2's
+    soft-capping...) gets the plain path under "auto" and a one-line refusal of an explicit chunk."""
+    from kdstream.distill.fused_head import auto_chunk
+
+    post = logit_postprocessing(net.config.to_dict())
+    if loss_chunk is None or (post and loss_chunk == "auto"):
+        return None
+    if post:
+        raise KdError(f"--loss-chunk {loss_chunk}: the fused loss applies the plain output layer, but the student "
+                      f"post-processes its logits ({post}): pass --loss-chunk 0 (or auto)")
+    return auto_chunk(net.get_output_embeddings().weight.shape[0]) if loss_chunk == "auto" else loss_chunk
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -145,8 +175,9 @@ def train(opts: DistillOptions) -> dict:
 
     torch.manual_seed(opts.seed)
     net.to(device)
+    chunk = fused_chunk(opts.loss_chunk, net)
     model = distributed.wrap(Objective(net, loss=opts.loss, temperature=opts.temperature, tail=opts.tail,
-                                       beta=opts.beta, alpha_ce=opts.alpha_ce, chunk=opts.loss_chunk),
+                                       beta=opts.beta, alpha_ce=opts.alpha_ce, chunk=chunk),
                              d, device, opts.fsdp)
     optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, int(opts.warmup_ratio * total_steps)))

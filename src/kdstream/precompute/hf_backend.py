@@ -17,11 +17,6 @@ from kdstream.errors import KdError
 
 CHUNK_POSITIONS = 1024  # positions per LM-head chunk: (1024, V) fp32 = 200 MB at V = 49k
 
-# Config fields of models whose logits are more than ``lm_head(hidden)`` (Gemma-2's soft-capping,
-# Cohere's logit scale): this backend applies the plain head, so it refuses them.
-_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
-
-
 def resolve_dtype(dtype: str, config: dict, cuda: bool) -> str:
     """``--dtype`` for transformers: ``auto`` is the config's dtype on a GPU and float32 on CPU
     (CPU half-precision matmuls are slow or missing); otherwise the name as given."""
@@ -41,13 +36,13 @@ class HfTeacher:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from kdstream.model_files import model_config
+        from kdstream.model_files import logit_postprocessing, model_config
 
         config = model_config(model)
-        capped = [f for f in _LOGIT_POSTPROCESSING if config.get(f) not in (None, 1, 1.0)]
+        capped = logit_postprocessing(config)
         if capped:
             raise KdError(f"the hf backend applies the plain LM head, but {model} post-processes its logits "
-                          f"({capped[0]}={config[capped[0]]}): use --backend vllm")
+                          f"({capped}): use --backend vllm")
         if chunk_positions < 1:
             raise KdError(f"chunk_positions {chunk_positions} must be at least 1")
         self.k = top_k
