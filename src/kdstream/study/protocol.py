@@ -44,8 +44,9 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     data = ["--text-field", "text"] if canaries else ["--text-field", cfg.text_field, "--split", cfg.split]
     common = ["--seq-len", str(cfg.seq_len), "--max-examples", str(cfg.examples)]
     # --resume: an interrupted training stage continues from its latest checkpoint (if any)
-    train = ["--lr", str(cfg.lr), "--batch-size", str(cfg.batch_size), "--seed", str(seed), "--resume",
-             *cfg.train_args]
+    train = ["--batch-size", str(cfg.batch_size), "--seed", str(seed), "--resume", *cfg.train_args]
+    teacher_lr = ["--lr", str(cfg.teacher_lr if cfg.teacher_lr is not None else cfg.lr)]
+    student_lr = ["--lr", str(cfg.lr)]
     store = d / "teacher.zarr"
     kd = ["--loss", cfg.loss, "--temperature", str(cfg.temperature), "--epochs", str(cfg.student_epochs)]
 
@@ -54,15 +55,15 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
 
     st.run("teacher (CE)", done(d / "teacher" / DONE_FILE),
            ["distill", "--model", init["teacher"], "--dataset", corpus, *data, "--loss", "ce", "--out",
-            str(d / "teacher"), "--epochs", str(cfg.teacher_epochs), *common, *train])
+            str(d / "teacher"), "--epochs", str(cfg.teacher_epochs), *common, *teacher_lr, *train])
     st.run("precompute", store_complete(store),
            ["precompute-logits", "--model", str(d / "teacher"), "--dataset", corpus, *data, "--out", str(store),
             "--top-k", str(cfg.top_k), "--seed", str(seed), *common, *cfg.precompute_args])
     st.run("baseline (CE)", done(d / "baseline" / DONE_FILE),
            ["distill", "--model", init["student"], "--logits-store", str(store), "--loss", "ce", "--out",
-            str(d / "baseline"), "--epochs", str(cfg.student_epochs), *train])
+            str(d / "baseline"), "--epochs", str(cfg.student_epochs), *student_lr, *train])
     st.run("student (KD)", done(d / "student" / DONE_FILE),
-           ["distill", "--model", init["student"], "--logits-store", str(store), *kd, "--out", str(d / "student"), *train])
+           ["distill", "--model", init["student"], "--logits-store", str(store), *kd, "--out", str(d / "student"), *student_lr, *train])
 
     evaluate = ["--prefix-len", str(cfg.prefix_len), "--suffix-len", str(cfg.suffix_len), "--method",
                 cfg.eval_method, "--backend", cfg.eval_backend, *cfg.eval_args]
@@ -100,7 +101,7 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
                 "--target-recall", str(cfg.target_recall)])
         st.run("student (KD, filtered)", done(d / "student_filtered" / DONE_FILE),
                ["distill", "--model", init["student"], "--logits-store", str(store), *kd, "--exclude",
-                str(d / "classify" / EXCLUDE_FILE), "--out", str(d / "student_filtered"), *train])
+                str(d / "classify" / EXCLUDE_FILE), "--out", str(d / "student_filtered"), *student_lr, *train])
         evaluate_model("student_filtered")
         report += ["--classify", str(d / "classify")]
     st.run("report", False, report + ["--out", str(d / "report")])  # cheap; rebuilt from what exists

@@ -83,7 +83,8 @@ def format_study(cfg: dict, agg: dict, rows: list[dict]) -> str:
         "",
         f"This run: teacher `{cfg['teacher_model']}`, student `{cfg['student_model']}`, {agg['examples']} examples of "
         f"{cfg['seq_len']} tokens from `{cfg['dataset']}`, epochs {cfg['teacher_epochs']} (teacher) / "
-        f"{cfg['student_epochs']} (baseline, student), KD `{cfg['loss']}` at T = {cfg['temperature']}, greedy "
+        f"{cfg['student_epochs']} (baseline, student), lr {cfg.get('teacher_lr') or cfg['lr']:g} / {cfg['lr']:g}, "
+        f"KD `{cfg['loss']}` at T = {cfg['temperature']}, greedy "
         f"{cfg['prefix_len']} → {cfg['suffix_len']} tokens, exact match; {n_seeds}.",
         "Paper: Pythia-12B teacher, Pythia-1.4B baseline and student, 1M FineWeb examples of 256 tokens, 50 → 50 tokens.",
         "",
