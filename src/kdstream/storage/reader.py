@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
+from kdstream.storage import chunk_io
 from kdstream.storage import encoding as enc
 from kdstream.storage import id_table
 from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, PER_CHUNK, arrays_of
@@ -51,6 +52,7 @@ class LogitStore:
         self.sampled = self.encoding["topk_logprobs"] == "sampled"
         self.qdelta = self.encoding["topk_logprobs"] == "qdelta"
         self._arrays = {name: group[name] for name in arrays_of(self.attrs)}
+        self._plans = {name: chunk_io.plan(arr) for name, arr in self._arrays.items()}  # None: read via zarr
 
     def __len__(self) -> int:
         return int(self.attrs["num_examples"])
@@ -118,7 +120,7 @@ class LogitStore:
             if "topk_logprobs" in keys:
                 out["topk_logprobs"] = lp
             if "tail_mass" in keys:
-                out["tail_mass"] = enc.tail_mass(lp)  # (B, L-1): what the decoded top-k leaves
+                out["tail_mass"] = enc.decoded_tail(lp)  # (B, L-1): what the decoded top-k leaves
 
     def _read_sampled(self, start: int, stop: int, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         """A sampled store seen as top-k: the drawn ids, log(count / N), tail = tail draws / N."""
@@ -131,9 +133,9 @@ class LogitStore:
 
     def _fetch(self, names: tuple[str, ...], start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows [start, stop) of stored arrays (for PER_CHUNK ones: the rows of the chunks holding
-        them), as stored, read concurrently: zarr decodes each chunk in a worker thread (blosc
-        releases the GIL), so the arrays of one chunk decompress in parallel rather than one by
-        one. A failed checksum is a one-line KdError naming the array."""
+        them), as stored, all read concurrently: whole chunk objects fetched together and
+        decompressed straight into their output (chunk_io), or through zarr for arrays of other
+        layouts. A failed checksum is a one-line KdError naming the array."""
         import asyncio
 
         from zarr.core.sync import sync
@@ -141,19 +143,24 @@ class LogitStore:
         for name in names:
             if name not in self._arrays:
                 raise KeyError(f"store {self.url} has no array {name!r}")
+        direct = {n: self._plans[n] for n in names if self._plans[n] is not None}
+        others = [n for n in names if n not in direct]
         R = self.chunk_rows
         chunks = slice(start // R, -(-stop // R)) if stop > start else slice(0, 0)
-        sel = {n: chunks if n in PER_CHUNK else slice(start, stop) for n in names}
 
-        async def get_all() -> list:
-            return await asyncio.gather(*(self._arrays[n]._async_array.getitem(sel[n]) for n in names),
-                                        return_exceptions=True)
+        async def get_all():
+            via_zarr = asyncio.gather(*(self._arrays[n]._async_array.getitem(chunks if n in PER_CHUNK else
+                                                                             slice(start, stop)) for n in others),
+                                      return_exceptions=True)
+            return await asyncio.gather(chunk_io.fetch(direct, start, stop, frozenset(PER_CHUNK), R), via_zarr)
 
+        fetched, got_zarr = sync(get_all())
+        got = {**chunk_io.assemble(direct, fetched, start, stop, frozenset(PER_CHUNK), R), **dict(zip(others, got_zarr))}
         out = {}
-        for name, got in zip(names, sync(get_all())):
-            if isinstance(got, BaseException):
-                self._raise(name, start, stop, got)
-            out[name] = np.asarray(got)
+        for name in names:
+            if isinstance(got[name], BaseException):
+                self._raise(name, start, stop, got[name])
+            out[name] = np.asarray(got[name])
         return out
 
     def _raise(self, name: str, start: int, stop: int, exc: BaseException) -> None:
