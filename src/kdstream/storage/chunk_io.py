@@ -85,8 +85,8 @@ def _spans(plans: dict[str, Plan], start: int, stop: int, per_chunk: frozenset[s
     """Chunk indices [a, b) of each array that rows [start, stop) need."""
     if stop <= start:
         return {n: (0, 0) for n in plans}
-    return {n: (start // chunk_rows, -(-stop // chunk_rows)) if n in per_chunk else (start // p.rows, -(-stop // p.rows))
-            for n, p in plans.items()}
+    rows = {n: chunk_rows if n in per_chunk else p.rows for n, p in plans.items()}  # per-chunk: 1 row per chunk
+    return {n: (start // rows[n], -(-stop // rows[n])) for n in plans}
 
 
 async def fetch(plans: dict[str, Plan], start: int, stop: int, per_chunk: frozenset[str], chunk_rows: int) -> list:
@@ -94,14 +94,19 @@ async def fetch(plans: dict[str, Plan], start: int, stop: int, per_chunk: frozen
     [(name, chunk, object | None | exception)]. Decompression is left to ``assemble`` so that it
     runs in the caller's thread, where blosc uses its own threads (numcodecs only threads blosc
     in the main thread)."""
+    import zarr
     from zarr.core.buffer import default_buffer_prototype
 
     proto = default_buffer_prototype()
     jobs = [(n, c) for n, (a, b) in _spans(plans, start, stop, per_chunk, chunk_rows).items() for c in range(a, b)]
+    # At most zarr's ``async.concurrency`` requests at once (default 10; raise it for object
+    # stores far away: zarr.config.set({"async.concurrency": 64})), as zarr itself would.
+    limit = asyncio.Semaphore(max(1, int(zarr.config.get("async.concurrency") or 10)))
 
     async def get(name: str, c: int):
         p = plans[name]
-        return await p.array.store_path.store.get(_key(p, c), prototype=proto)
+        async with limit:
+            return await p.array.store_path.store.get(_key(p, c), prototype=proto)
 
     got = await asyncio.gather(*(get(n, c) for n, c in jobs), return_exceptions=True)
     return [(n, c, raw) for (n, c), raw in zip(jobs, got)]

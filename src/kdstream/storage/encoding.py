@@ -4,26 +4,32 @@
 log grid of step ``scale`` nats, delta-coded along k:
 
     c_j  = round(-logprob_j / scale)             (non-decreasing in j, since logprobs descend)
-    d_0  = c_0,  d_j = c_j - c_{j-1} >= 0        (small integers: cheap after byte shuffle + zstd)
+    d_0  = c_0,  d_j = c_j - c_{j-1} >= 0        (small integers: cheap after bit shuffle + zstd)
 
 Format version 3 (scale 1/104) adds, per row, one int16 ``topk_shift`` code h: the decoded row is
 
-    logprob_j = -cumsum(d)_j * scale + h * shift_scale        (shift_scale = scale / 1024)
+    logprob_j = -c_j * scale + h * shift_scale        (c = cumsum(d), shift_scale = scale / 1024)
 
 where h * shift_scale is the constant that makes the decoded top-k mass equal the teacher's,
-rounded: s = log(1 - tail) - logsumexp(-c * scale). Each code is within scale/2 of the exact
-value and s (minus a probability-weighted mean of those errors) within scale/2 again, plus
-shift_scale/2 for rounding s, so every decoded logprob is within ``max_abs_error`` =
-scale * (1 + 1/2048) = 0.00962 nats of the teacher's (plus float32 rounding), and the decoded
-top-k mass within a factor exp(±shift_scale/2) (±4.7e-6 relative) of the teacher's. The tail mass is what the top-k leaves:
-1 - sum exp(logprob_j). The true token's logprob is an int32 ``target_code`` r against the row's
-codes: logprob = -(r + 512 * c_ref) * target_scale (target_scale = scale / 512, within
-target_scale / 2 = 9.4e-6 nats), c_ref = c at rank - 1 when rank <= k, else the last code c_{k-1}
-(where r is 0 when the target is exactly the top-k value: in version 3 it costs ~1.8 B/token, not 4).
+rounded: h = round((log(1 - tail) - logsumexp(-c * scale)) / shift_scale). Each code is within
+scale/2 of the exact value, that constant (minus a probability-weighted mean of those errors)
+within scale/2 again, and its rounding adds shift_scale/2: every decoded logprob is within
+``max_abs_error`` = scale * (1 + 1/2048) = 0.00962 nats of the teacher's (plus float32 rounding),
+and the decoded top-k mass within a factor exp(±shift_scale/2) (±4.7e-6) of the teacher's. The
+tail mass is what the decoded top-k leaves, 1 - sum_j exp(logprob_j).
 
-Version 2 (scale 1/128) stored a float32 ``tail_mass`` instead of the shift, and renormalised on
-read (``decode_topk``); ``fp32`` stores exact float32 logprobs, tail and target.
-Values below -65535 * scale nats are clamped there.
+The true token's logprob is an int32 ``target_code`` r, a residual against the row's codes:
+
+    target_logprob = -(r + 512 * c_ref) * target_scale     (target_scale = scale / 512)
+
+with c_ref = c at slot rank - 1 when rank <= k, else the last code c_{k-1}. Where the target is
+one of the top-k (87% of positions on SmolLM2), |r| <= 256: ~1.8 B/token instead of 4 for a
+float32, within target_scale/2 = 9.4e-6 nats (``target_max_abs_error`` = target_scale allows
+for float32 rounding). Values below -65535 * scale (top-k) or -2^31 * target_scale (target)
+nats are clamped there.
+
+Version 2 (scale 1/128) stored a float32 ``tail_mass`` instead of the shift, renormalised on read
+(``decode_topk``), and a float32 target; ``fp32`` stores exact float32 logprobs, tail and target.
 """
 from __future__ import annotations
 
@@ -167,7 +173,8 @@ def draw_samples(topk_ids: np.ndarray, topk_logprobs: np.ndarray, samples: int, 
     order = np.argsort(-top, axis=-1, kind="stable")[..., :width]
     c = np.take_along_axis(top, order, -1)
     ids = np.where(c > 0, np.take_along_axis(np.asarray(topk_ids), order, -1), 0)
-    return {"sample_ids": ids, "sample_counts": c.astype(np.uint8), "sample_tail_count": counts[..., -1].astype(np.uint8)}
+    return {"sample_ids": ids, "sample_counts": c.astype(np.uint8),
+            "sample_tail_count": counts[..., -1].astype(np.uint8)}
 
 
 def decode_samples(ids: np.ndarray, counts: np.ndarray, tail_count: np.ndarray, samples: int):

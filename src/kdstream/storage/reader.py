@@ -155,7 +155,8 @@ class LogitStore:
             return await asyncio.gather(chunk_io.fetch(direct, start, stop, frozenset(PER_CHUNK), R), via_zarr)
 
         fetched, got_zarr = sync(get_all())
-        got = {**chunk_io.assemble(direct, fetched, start, stop, frozenset(PER_CHUNK), R), **dict(zip(others, got_zarr))}
+        got = chunk_io.assemble(direct, fetched, start, stop, frozenset(PER_CHUNK), R)
+        got.update(zip(others, got_zarr))
         out = {}
         for name in names:
             if isinstance(got[name], BaseException):

@@ -28,8 +28,8 @@ from kdstream.storage.schema import (
     stored_arrays,
 )
 
-# blosc clevel 6 (zstd level 11): ~1 B/token smaller than 5 at k = 64 for the same write speed;
-# 7 and above wrote 5x slower, and 9 (zstd 22) >10x (benchmarks/store_encoding_bench.py).
+# blosc clevel 6 (zstd level 11): ~2 B/token smaller than 5 at k = 64 for about the same write
+# speed; 7 saved 0.1 more but wrote ~3x slower, 9 (zstd 22) >10x (benchmarks/store_encoding_bench.py).
 BLOSC_LEVEL = 6
 
 # What write_chunk / append take: the teacher's values as produced (float logprobs, raw ids),
@@ -52,13 +52,20 @@ NOT_COMPARED = frozenset({
 })
 
 
-def _codecs():
+# Arrays of small integer codes and table indices whose high bits are mostly zero: bit shuffle
+# (0.8 B/token smaller than byte shuffle at k = 64 on SmolLM2, read as fast). Everything else,
+# the sampled arrays above all (36 vs 25 B/token for sample_ids), compresses better byte-shuffled.
+BITSHUFFLED = frozenset({"topk_index", "id_table", "topk_shift"})
+
+
+def _codecs(name: str, encoding: str):
     from zarr.codecs import BloscCodec, Crc32cCodec
 
-    # Byte shuffle (blosc, typesize = the dtype's size) groups the mostly-zero high bytes of the
-    # small integer codes, then zstd; then a crc32c checksum of the compressed bytes, so a flipped
-    # byte in any chunk is caught. Both codecs are in the Zarr v3 specification.
-    return [BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="shuffle"), Crc32cCodec()]
+    # Shuffle (blosc, typesize = the dtype's size) groups the high bytes (bits) of the values,
+    # then zstd; then a crc32c checksum of the compressed bytes, so a flipped byte in any chunk is
+    # caught. Both codecs are in the Zarr v3 specification.
+    bits = name in BITSHUFFLED or (name == "topk_logprobs" and encoding == "qdelta")
+    return [BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="bitshuffle" if bits else "shuffle"), Crc32cCodec()]
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
@@ -129,9 +136,10 @@ class StoreWriter:
         }
         self.attrs = json.loads(json.dumps(self.attrs))  # as zarr.json gives them back (tuples → lists)
         self.group = self._open_or_create(overwrite)
-        self._arrays = {name: self._array(name, (self.num_chunks, *shape), (1, *shape), dtype, _codecs())
+        self._arrays = {name: self._array(name, (self.num_chunks, *shape), (1, *shape), dtype, _codecs(name, encoding))
                         if name in PER_CHUNK else
-                        self._array(name, (num_examples, *shape), (self.chunk_rows, *shape), dtype, _codecs())
+                        self._array(name, (num_examples, *shape), (self.chunk_rows, *shape), dtype,
+                                    _codecs(name, encoding))
                         for name, (shape, dtype) in self.specs.items()}
         from zarr.codecs import Crc32cCodec
 
