@@ -15,6 +15,10 @@ per-symbol coder of the ids can go. ``sampled_targets``: ``--targets sampled`` a
 
     python benchmarks/store_encoding_bench.py [--examples 424] [--seq-len 256] [--top-k 64]
     python benchmarks/store_encoding_bench.py --store EXISTING_FP32_STORE   # skip the teacher pass
+    python benchmarks/store_encoding_bench.py --read STORE [STORE…]   # only read rates, any version
+
+``--read`` imports nothing but ``open_store``, so it also times an older kdstream's reader
+(PYTHONPATH=that checkout's src) on the same stores.
 
 Prints one JSON object.
 """
@@ -76,7 +80,7 @@ def write_arrays(root: Path, arrays: dict[str, np.ndarray], kind: str, chunk_row
     g = zarr.open_group(str(root), mode="w", zarr_format=3, attributes=attrs or {})
     for name, value in arrays.items():
         value = np.ascontiguousarray(value)
-        rows = 1 if name == "id_table" else min(chunk_rows, len(value))
+        rows = 1 if name.endswith("id_table") else min(chunk_rows, len(value))
         g.create_array(name, shape=value.shape, chunks=(rows, *value.shape[1:]),
                        dtype=value.dtype, compressors=codecs(kind), fill_value=0)[:] = value
     return {name: dir_bytes(root / name) for name in arrays}
@@ -117,6 +121,24 @@ def candidates(r: dict[str, np.ndarray], vocab: int, chunk_rows: int):
     out["chunk id table + qdelta 1/128 + fp32 tail, target"] = (
         {**common, "topk_index": index, "id_table": tables, "topk_logprobs": enc.encode_topk(lp, 1 / 128),
          "tail_mass": tail, "target_logprob": target32}, enc.decode_topk(enc.encode_topk(lp, 1 / 128), tail, 1 / 128))
+    # what the per-chunk tables are measured against: one table for the whole store (renumbered by
+    # store-wide frequency: it needs a pass over the store before writing), and the slot of the true
+    # next token coded implicitly ((id - input_ids[t+1]) mod 2^16 there: 0 when rank <= k)
+    counts = np.bincount(r["topk_ids"].ravel(), minlength=vocab)
+    by_freq = np.argsort(-counts, kind="stable")
+    new_id = np.empty(vocab, np.int64)
+    new_id[by_freq] = np.arange(vocab)
+    v2q = {**common, "topk_logprobs": enc.encode_topk(lp, 1 / 128), "tail_mass": tail, "target_logprob": target32}
+    v2dec = enc.decode_topk(v2q["topk_logprobs"], tail, 1 / 128)
+    out["store-wide id table + qdelta 1/128 + fp32 tail, target"] = (
+        {**v2q, "topk_ids": new_id[r["topk_ids"]].astype(np.uint16), "store_id_table": by_freq.astype(np.uint16)[None]},
+        v2dec)
+    slot = np.clip(r["target_rank"].astype(np.int64) - 1, 0, lp.shape[-1] - 1)[..., None]  # (S, L-1, 1)
+    implicit = ids16.copy()
+    at = np.take_along_axis(implicit, slot, -1)
+    nxt = r["input_ids"][:, 1:, None].astype(np.uint16)
+    np.put_along_axis(implicit, slot, np.where(r["target_rank"][..., None] <= lp.shape[-1], at - nxt, at), -1)
+    out["v2 + next-token slot implicit"] = ({**v2q, "topk_ids": implicit}, v2dec)
     for steps in (64, 1024):  # format v3 (1024 is the default: int16 shift)
         e = enc.encoding_attrs("qdelta")
         d = enc.encode_topk(lp, e["scale"])
@@ -150,6 +172,8 @@ def id_bounds(r: dict[str, np.ndarray], vocab: int, chunk_rows: int, tokens: int
     order 0 over the store (the frequency of each id), order 0 within each chunk (what the chunk id
     table exploits), and an ideal arithmetic coder with a bigram model P(id | current token) fitted
     on the first 3/4 of the examples and scored on the rest (mixed with the unigram: lambda = n/(n + 16k))."""
+    from kdstream.storage import encoding as enc
+
     ids, k = r["topk_ids"].astype(np.int64), r["topk_ids"].shape[-1]
     per_id = tokens / ids.size  # bytes/token = bits/id * ids per token / 8
     chunk_bits = np.mean([entropy_bits(ids[c : c + chunk_rows]) for c in range(0, len(ids), chunk_rows)])
@@ -165,7 +189,9 @@ def id_bounds(r: dict[str, np.ndarray], vocab: int, chunk_rows: int, tokens: int
     n = (np.bincount(wa, minlength=vocab) * k)[np.repeat(wb, k)]
     lam = n / (n + 16 * k)
     p = lam * c / np.maximum(n, 1) + (1 - lam) * uni[ib.ravel()]
-    return {"order0_store_bits_per_id": round(entropy_bits(ids), 3),
+    d = enc.encode_topk(r["topk_logprobs"], enc.QDELTA_SCALE)  # (S, L-1, k) the delta codes as stored
+    return {"qdelta_codes_order0_bytes_per_token": round(entropy_bits(d) * d.size / 8 / tokens, 2),
+            "order0_store_bits_per_id": round(entropy_bits(ids), 3),
             "order0_store_bytes_per_token": round(entropy_bits(ids) / 8 / per_id, 2),
             "order0_per_chunk_bytes_per_token": round(chunk_bits / 8 / per_id, 2),
             "bigram_heldout_bits_per_id": round(float(-np.log2(p).mean()), 3),
@@ -290,13 +316,47 @@ def read_rates(tmp: Path, chosen: Path, v2: Path, passes: int = 7) -> dict:
     return out
 
 
+def read_only(stores: list[str], passes: int = 7) -> dict:
+    """Read rates of existing stores, alternating pass by pass, local and over HTTP (each store's
+    parent directory served)."""
+    out: dict = {"load_before": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "passes": passes}
+    servers = {}
+    try:
+        for path in map(Path, stores):
+            if path.parent not in servers:
+                servers[path.parent] = http_server(path.parent)
+        for where in ("local", "http"):
+            for kind, keys in (("all_keys", None), ("trainer_keys", TRAINER_KEYS)):
+                readers = {str(p): reader_pass(str(p) if where == "local" else f"{servers[p.parent][1]}/{p.name}", keys)
+                           for p in map(Path, stores)}
+                runs: dict[str, list] = {name: [] for name in readers}
+                for i in range(passes + 1):
+                    for name, one in readers.items():
+                        rate = one()
+                        if i:
+                            runs[name].append(rate)
+                for name, r in runs.items():
+                    out[f"{name} {where} {kind}"] = {"tokens_per_s_median": round(float(np.median([w for w, _ in r]))),
+                                                     "tokens_per_cpu_s_median": round(float(np.median([c for _, c in r])))}
+    finally:
+        for server, _ in servers.values():
+            server.shutdown()
+            server.server_close()
+    out["load_after"] = round(os.getloadavg()[0], 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=424)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--top-k", type=int, default=64)
     ap.add_argument("--store", default=None, help="an existing fp32 (or format v1) store: skip the teacher pass")
+    ap.add_argument("--read", nargs="+", default=None, help="only time reading these stores (local and HTTP)")
     args = ap.parse_args()
+    if args.read:
+        print(json.dumps(read_only(args.read), indent=1))
+        return
 
     from kdstream.storage import StoreWriter, open_store
     from kdstream.storage.schema import default_chunk_rows
@@ -323,8 +383,8 @@ def main() -> None:
                 t = time.perf_counter()
                 sizes = write_arrays(tmp / "cand.zarr", arrays, kind, chunk_rows)
                 results.append({"encoding": name, "codecs": kind, "bytes_per_token": round(sum(sizes.values()) / tokens, 2),
-                                "ids_bytes_per_token": round((sizes.get("topk_ids", 0) + sizes.get("topk_index", 0)
-                                                              + sizes.get("id_table", 0)) / tokens, 2),
+                                "ids_bytes_per_token": round(sum(sizes.get(n, 0) for n in (
+                                    "topk_ids", "topk_index", "id_table", "store_id_table")) / tokens, 2),
                                 "logprobs_bytes_per_token": round(sizes["topk_logprobs"] / tokens, 2),
                                 "write_tokens_per_s": round(tokens / (time.perf_counter() - t)), **err})
 
