@@ -41,7 +41,8 @@ def test_arrays_of_other_layouts_get_no_plan(tmp_path):
     from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
     g = zarr.open_group(str(tmp_path / "z.zarr"), mode="w", zarr_format=3)
-    assert chunk_io.plan(g.create_array("a", shape=(6, 3), chunks=(4, 3), dtype="int32", compressors=[ZstdCodec()])) is None
+    assert chunk_io.plan(g.create_array("a", shape=(6, 3), chunks=(4, 3), dtype="int32",
+                                        compressors=[ZstdCodec()])) is None
     ours = [BloscCodec(cname="zstd", clevel=6, shuffle="shuffle"), Crc32cCodec()]
     assert chunk_io.plan(g.create_array("b", shape=(6, 3), chunks=(4, 3), dtype="int32", compressors=ours)) is not None
     assert chunk_io.plan(g.create_array("c", shape=(6, 3), chunks=(4, 1), dtype="int32", compressors=ours)) is None
