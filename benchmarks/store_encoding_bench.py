@@ -1,27 +1,39 @@
-"""On-disk size and fidelity of candidate top-k store encodings, on real teacher output.
+"""On-disk size, fidelity and read speed of top-k store encodings, on real teacher output.
 
 SmolLM2-135M-Instruct (benchmarks/smollm2.py) scores the demo corpus (packed with its tokenizer)
 through the real ``precompute-logits`` CLI with exact fp32 logprobs (top-64 by default); the
 arrays are read back and re-encoded in memory into real Zarr arrays on disk, one candidate at a
 time. Every candidate holds every array of a store (ids, logprobs, tail, targets, input ids…),
-so bytes/token is the whole store's. Error: the worst |decoded − fp32| logprob over the entries
-with p >= 1e-4, and over all entries. The last entry, ``chosen``, is a store written by
-kdstream's own StoreWriter (default encoding) and read back with ``open_store``.
+so bytes/token is the whole store's, chunked as the writer chunks. Error: the worst
+|decoded − fp32| logprob over the entries with p >= 1e-4, and over all entries.
 
-    python benchmarks/store_encoding_bench.py [--examples 48] [--seq-len 256] [--top-k 64]
+``chosen`` is a store written by kdstream's own StoreWriter (the default encoding) and read back
+with ``open_store``; ``read`` times reading it, and a format version 2 store of the same rows,
+chunk by chunk into torch tensors, from local disk and over a local HTTP server, in this one
+process (compare the ratios: the machine may be shared). ``id_bounds`` says how far any
+per-symbol coder of the ids can go. ``sampled_targets``: ``--targets sampled`` at N = 64.
+
+    python benchmarks/store_encoding_bench.py [--examples 424] [--seq-len 256] [--top-k 64]
     python benchmarks/store_encoding_bench.py --store EXISTING_FP32_STORE   # skip the teacher pass
+    python benchmarks/store_encoding_bench.py --read STORE [STORE…]   # only read rates, any version
+
+``--read`` imports nothing but ``open_store``, so it also times an older kdstream's reader
+(PYTHONPATH=that checkout's src) on the same stores.
 
 Prints one JSON object.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 P_MIN = 1e-4  # the error target applies to entries with p >= 1e-4
+TRAINER_KEYS = ("input_ids", "topk_ids", "topk_logprobs", "example_id")  # what the distill loader reads
 
 
 def teacher_store(out: Path, examples: int, seq_len: int, top_k: int) -> Path:
@@ -58,67 +71,86 @@ def codecs(kind: str):
     return [BloscCodec(cname="zstd", clevel=int(level), shuffle=shuffle), Crc32cCodec()]
 
 
-def write_arrays(root: Path, arrays: dict[str, np.ndarray], kind: str, chunk_rows: int) -> int:
-    """Each array as a Zarr v3 array chunked along examples (as the store does); bytes on disk."""
+def write_arrays(root: Path, arrays: dict[str, np.ndarray], kind: str, chunk_rows: int,
+                 attrs: dict | None = None) -> dict[str, int]:
+    """Each array as a Zarr v3 array chunked along axis 0 (``id_table``: one row per chunk, as the
+    store does); bytes on disk of each array."""
     import zarr
 
-    g = zarr.open_group(str(root), mode="w", zarr_format=3)
+    g = zarr.open_group(str(root), mode="w", zarr_format=3, attributes=attrs or {})
     for name, value in arrays.items():
         value = np.ascontiguousarray(value)
-        g.create_array(name, shape=value.shape, chunks=(min(chunk_rows, len(value)), *value.shape[1:]),
+        rows = 1 if name.endswith("id_table") else min(chunk_rows, len(value))
+        g.create_array(name, shape=value.shape, chunks=(rows, *value.shape[1:]),
                        dtype=value.dtype, compressors=codecs(kind), fill_value=0)[:] = value
-    return dir_bytes(root)
+    return {name: dir_bytes(root / name) for name in arrays}
 
 
-def q_codes(lp: np.ndarray, scale: float) -> np.ndarray:
-    return np.clip(np.rint(-lp.astype(np.float64) / scale), 0, 65535).astype(np.int64)
+def chunk_tables(ids: np.ndarray, vocab: int, chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(S, L-1, k) ids → per-chunk indices (S, L-1, k) and tables (C, V), as the writer builds them."""
+    from kdstream.storage import id_table
+
+    parts = [id_table.build(ids[c : c + chunk_rows], vocab, np.dtype(np.uint16))
+             for c in range(0, len(ids), chunk_rows)]
+    return np.concatenate([p[0] for p in parts]), np.stack([p[1] for p in parts])
 
 
-def candidates(r: dict[str, np.ndarray], vocab: int):
-    """name → (arrays to store, decoded (S, L-1, k) logprobs in the stored ids' original order)."""
+def candidates(r: dict[str, np.ndarray], vocab: int, chunk_rows: int):
+    """name → (arrays to store, decoded (S, L-1, k) logprobs in rank order)."""
     from kdstream.storage import encoding as enc
 
     lp = r["topk_logprobs"].astype(np.float32)  # (S, L-1, k) exact
     ids16 = r["topk_ids"].astype(np.uint16)
     tail = enc.tail_mass(lp)  # (S, L-1)
     common = {"input_ids": r["input_ids"].astype(np.uint16), "example_id": r["example_id"],
-              "doc_index": r["doc_index"]}
-    v1 = {**common, "topk_ids": ids16, "target_logprob": r["target_logprob"].astype(np.float32),
-          "target_rank": r["target_rank"].astype(np.int32)}
-    out = {"ids u16 + logprobs fp32 (format v1)": ({**v1, "topk_logprobs": lp}, lp)}
+              "doc_index": r["doc_index"], "target_rank": r["target_rank"].astype(np.uint16)}
+    target32 = r["target_logprob"].astype(np.float32)
+    out = {"ids u16 + logprobs fp32 (format v1)": ({**common, "topk_ids": ids16, "topk_logprobs": lp,
+                                                    "target_logprob": target32}, lp)}
     f16 = lp.astype(np.float16)
-    out["ids u16 + logprobs fp16"] = ({**v1, "topk_logprobs": f16}, f16.astype(np.float32))
+    out["ids u16 + logprobs fp16"] = ({**common, "topk_ids": ids16, "topk_logprobs": f16, "target_logprob": target32},
+                                      f16.astype(np.float32))
     bf = (lp.view(np.uint32) + 0x7FFF + ((lp.view(np.uint32) >> 16) & 1)) >> 16  # round to nearest even
-    out["ids u16 + logprobs bf16"] = ({**v1, "topk_logprobs": bf.astype(np.uint16)},
-                                      (bf.astype(np.uint32) << 16).view(np.float32))
-    v2 = {**common, "topk_ids": ids16, "tail_mass": tail, "target_rank": r["target_rank"].astype(np.uint16),
-          "target_logprob": r["target_logprob"].astype(np.float32)}
-    for scale in (1 / 64, 1 / 128):
+    out["ids u16 + logprobs bf16"] = ({**common, "topk_ids": ids16, "topk_logprobs": bf.astype(np.uint16),
+                                       "target_logprob": target32}, (bf.astype(np.uint32) << 16).view(np.float32))
+    for scale in (1 / 64, 1 / 128):  # format v2: raw ids, codes renormalised to an fp32 tail on read
         d = enc.encode_topk(lp, scale)
-        dec = enc.decode_topk(d, tail, scale)
-        out[f"qdelta 1/{round(1 / scale)} + tail (rank order)"] = (
-            {**v2, "topk_logprobs": d}, dec)
-    # ids sorted ascending per row, delta-coded; logprob codes (absolute) in the same order
-    scale = 1 / 128
-    order = np.argsort(r["topk_ids"], -1, kind="stable")
-    sid = np.take_along_axis(r["topk_ids"].astype(np.int64), order, -1)
-    c = np.take_along_axis(q_codes(lp, scale), order, -1)
-    dec_sorted = (-c * scale).astype(np.float32)
-    dec = np.empty_like(dec_sorted)
-    np.put_along_axis(dec, order, dec_sorted, -1)  # back to rank order, to compare
-    out["ids sorted+delta + q 1/128 (id order)"] = (
-        {**v2, "topk_ids": np.diff(sid, axis=-1, prepend=0).astype(np.uint16), "topk_logprobs": c.astype(np.uint16),
-         }, dec)
-    # ids renumbered by how often they occur in this store's top-k (the table is stored too)
+        out[f"v2: ids u16 + qdelta 1/{round(1 / scale)} + fp32 tail, target"] = (
+            {**common, "topk_ids": ids16, "topk_logprobs": d, "tail_mass": tail, "target_logprob": target32},
+            enc.decode_topk(d, tail, scale))
+    index, tables = chunk_tables(r["topk_ids"], vocab, chunk_rows)
+    out["chunk id table + qdelta 1/128 + fp32 tail, target"] = (
+        {**common, "topk_index": index, "id_table": tables, "topk_logprobs": enc.encode_topk(lp, 1 / 128),
+         "tail_mass": tail, "target_logprob": target32}, enc.decode_topk(enc.encode_topk(lp, 1 / 128), tail, 1 / 128))
+    # what the per-chunk tables are measured against: one table for the whole store (renumbered by
+    # store-wide frequency: it needs a pass over the store before writing), and the slot of the true
+    # next token coded implicitly ((id - input_ids[t+1]) mod 2^16 there: 0 when rank <= k)
     counts = np.bincount(r["topk_ids"].ravel(), minlength=vocab)
     by_freq = np.argsort(-counts, kind="stable")
     new_id = np.empty(vocab, np.int64)
     new_id[by_freq] = np.arange(vocab)
-    d = enc.encode_topk(lp, scale)
-    out["remapped ids + table + qdelta 1/128"] = (
-        {**v2, "topk_ids": new_id[r["topk_ids"]].astype(np.uint16), "id_table": by_freq.astype(np.uint16),
-         "topk_logprobs": d},
-        enc.decode_topk(d, tail, scale))
+    v2q = {**common, "topk_logprobs": enc.encode_topk(lp, 1 / 128), "tail_mass": tail, "target_logprob": target32}
+    v2dec = enc.decode_topk(v2q["topk_logprobs"], tail, 1 / 128)
+    out["store-wide id table + qdelta 1/128 + fp32 tail, target"] = (
+        {**v2q, "topk_ids": new_id[r["topk_ids"]].astype(np.uint16), "store_id_table": by_freq.astype(np.uint16)[None]},
+        v2dec)
+    slot = np.clip(r["target_rank"].astype(np.int64) - 1, 0, lp.shape[-1] - 1)[..., None]  # (S, L-1, 1)
+    implicit = ids16.copy()
+    at = np.take_along_axis(implicit, slot, -1)
+    nxt = r["input_ids"][:, 1:, None].astype(np.uint16)
+    np.put_along_axis(implicit, slot, np.where(r["target_rank"][..., None] <= lp.shape[-1], at - nxt, at), -1)
+    out["v2 + next-token slot implicit"] = ({**v2q, "topk_ids": implicit}, v2dec)
+    for steps in (64, 1024):  # format v3 (1024 is the default: int16 shift)
+        e = enc.encoding_attrs("qdelta")
+        d = enc.encode_topk(lp, e["scale"])
+        cum = enc.cumulative_codes(d)
+        shift_scale = e["scale"] / steps
+        shift = enc.shift_codes(cum, tail, e["scale"], shift_scale)
+        shift = shift.astype(np.int8) if steps < 256 else shift  # |h| <= steps / 2
+        out[f"v3: chunk id table + qdelta 1/104 + shift 1/{steps} + target code"] = (
+            {**common, "topk_index": index, "id_table": tables, "topk_logprobs": d, "topk_shift": shift,
+             "target_code": enc.encode_target(r["target_logprob"], cum, r["target_rank"], e["target_scale"])},
+            enc.decode_shifted(cum, shift, e["scale"], shift_scale))
     return out
 
 
@@ -129,60 +161,208 @@ def errors(decoded: np.ndarray, exact: np.ndarray) -> dict[str, float]:
             "mean_err_p_ge_1e-4": float(err[keep].mean())}
 
 
-def sampled_targets(r: dict[str, np.ndarray], n_draws: int, tokens: int, tmp: Path, chunk_rows: int) -> dict:
-    """Sparse Logit Sampling as ``--targets sampled`` writes it: N draws per position from the
-    teacher's distribution as vLLM returns it (top-k + one tail bucket for the mass outside it),
-    kept as unique ids + counts. Counts of top-k ids and of the bucket are exact multinomial draws,
-    so count/N is unbiased for each top-k probability and for the tail mass as a whole; a draw that
-    the full teacher would give to a token outside the top-k lands in the bucket, its identity
-    unknown. Sampling from the top-k renormalised instead (ignoring the tail) inflates every top-k
-    probability by 1/(1 - tail): its total-variation bias per position is exactly the tail mass."""
+def entropy_bits(values: np.ndarray) -> float:
+    """Mean bits per value of coding each value alone at its empirical frequency."""
+    _, counts = np.unique(values.ravel(), return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def id_bounds(r: dict[str, np.ndarray], vocab: int, chunk_rows: int, tokens: int) -> dict:
+    """How many bytes/token the top-k ids need under simple models, as floors for byte-wise coders:
+    order 0 over the store (the frequency of each id), order 0 within each chunk (what the chunk id
+    table exploits), and an ideal arithmetic coder with a bigram model P(id | current token) fitted
+    on the first 3/4 of the examples and scored on the rest (mixed with the unigram: lambda = n/(n + 16k))."""
     from kdstream.storage import encoding as enc
+
+    ids, k = r["topk_ids"].astype(np.int64), r["topk_ids"].shape[-1]
+    per_id = tokens / ids.size  # bytes/token = bits/id * ids per token / 8
+    chunk_bits = np.mean([entropy_bits(ids[c : c + chunk_rows]) for c in range(0, len(ids), chunk_rows)])
+    cut = (3 * len(ids)) // 4
+    ia, ib = ids[:cut].reshape(-1, k), ids[cut:].reshape(-1, k)
+    w = r["input_ids"][:, :-1].astype(np.int64)  # (S, L-1) the current token of each row
+    wa, wb = w[:cut].reshape(-1), w[cut:].reshape(-1)
+    uni = np.bincount(ia.ravel(), minlength=vocab) + 0.01
+    uni /= uni.sum()
+    pairs, counts = np.unique(np.repeat(wa, k) * vocab + ia.ravel(), return_counts=True)
+    key = np.repeat(wb, k) * vocab + ib.ravel()
+    pos = np.minimum(np.searchsorted(pairs, key), len(pairs) - 1)
+    c = np.where(pairs[pos] == key, counts[pos], 0)
+    n = (np.bincount(wa, minlength=vocab) * k)[np.repeat(wb, k)]
+    lam = n / (n + 16 * k)
+    p = lam * c / np.maximum(n, 1) + (1 - lam) * uni[ib.ravel()]
+    d = enc.encode_topk(r["topk_logprobs"], enc.QDELTA_SCALE)  # (S, L-1, k) the delta codes as stored
+    return {"qdelta_codes_order0_bytes_per_token": round(entropy_bits(d) * d.size / 8 / tokens, 2),
+            "order0_store_bits_per_id": round(entropy_bits(ids), 3),
+            "order0_store_bytes_per_token": round(entropy_bits(ids) / 8 / per_id, 2),
+            "order0_per_chunk_bytes_per_token": round(chunk_bits / 8 / per_id, 2),
+            "bigram_heldout_bits_per_id": round(float(-np.log2(p).mean()), 3),
+            "bigram_heldout_bytes_per_token": round(float(-np.log2(p).mean()) / 8 / per_id, 2)}
+
+
+def sampled_targets(r: dict[str, np.ndarray], vocab: int, n_draws: int, tokens: int, tmp: Path) -> dict:
+    """Sparse Logit Sampling as ``--targets sampled`` writes it (StoreWriter, draws per example
+    from ``encoding.draw_samples_by_example``, seed 0): N draws per position from the teacher's
+    distribution as vLLM returns it (top-k + one tail bucket for the mass outside it), kept as
+    unique ids + counts. Counts of top-k ids and of the bucket are exact multinomial draws, so
+    count/N is unbiased for each top-k probability and for the tail mass as a whole; sampling
+    from the top-k renormalised instead (ignoring the tail) inflates every top-k probability by
+    1/(1 - tail): its total-variation bias per position is exactly the tail mass."""
+    from kdstream.storage import StoreWriter, encoding as enc
 
     p = np.exp(r["topk_logprobs"].astype(np.float64))  # (S, L-1, k)
     tail = np.clip(1.0 - p.sum(-1), 0.0, 1.0)  # (S, L-1)
+    S, L = r["input_ids"].shape
     width = min(n_draws, p.shape[-1])
-    d = enc.draw_samples(r["topk_ids"], r["topk_logprobs"], n_draws, width, np.random.default_rng(0))
-    ids, c, tail_counts = d["sample_ids"], d["sample_counts"].astype(np.int64), d["sample_tail_count"]
+    d = enc.draw_samples_by_example(r["topk_ids"], r["topk_logprobs"], n_draws, width, 0, r["example_id"])
+    c, tail_counts = d["sample_counts"].astype(np.int64), d["sample_tail_count"]
     unique = (c > 0).sum(-1)  # (S, L-1)
-    match = (ids[..., :, None] == r["topk_ids"][..., None, :]) & (c > 0)[..., :, None]  # (S, L-1, slot, rank)
+    match = (d["sample_ids"][..., :, None] == r["topk_ids"][..., None, :]) & (c > 0)[..., :, None]
     top_counts = (match.astype(np.uint8) * c.astype(np.uint8)[..., :, None]).sum(-2, dtype=np.int64)  # (S, L-1, k)
-    base = {"input_ids": r["input_ids"].astype(np.uint16), "example_id": r["example_id"],
-            "doc_index": r["doc_index"], "target_logprob": r["target_logprob"].astype(np.float32),
-            "target_rank": r["target_rank"].astype(np.uint16), "sample_tail_count": tail_counts.astype(np.uint8)}
-    by_count = {**base, "sample_ids": ids.astype(np.uint16), "sample_counts": c.astype(np.uint8)}
-    # the same set in ascending id order, ids delta-coded (pads, id 0, sort first: delta 0)
-    o2 = np.argsort(np.where(c > 0, ids, -1), -1, kind="stable")
-    ids2, c2 = np.take_along_axis(ids, o2, -1), np.take_along_axis(c, o2, -1)
-    by_id = {**base, "sample_ids": np.diff(ids2, axis=-1, prepend=0).astype(np.uint16),
-             "sample_counts": c2.astype(np.uint8)}
-    sizes = {f"{layout} {kind}": round(write_arrays(tmp / "sampled.zarr", arrays, kind, chunk_rows) / tokens, 2)
-             for layout, arrays in (("count order", by_count), ("id order+delta", by_id))
-             for kind in ("zstd:3", "blosc-shuffle:5")}
+    out = tmp / "sampled.zarr"
+    w = StoreWriter(str(out), num_examples=S, seq_len=L, k=width, vocab_size=vocab, attrs={},
+                    encoding="sampled", samples=n_draws)
+    w.append({key: r[key] for key in ("input_ids", "example_id", "doc_index", "target_logprob", "target_rank")} | d)
+    w.finalize()
     est = top_counts / n_draws  # (S, L-1, k) unbiased estimates of p
-    return {"samples": n_draws, "width": width, "unique_ids_max": int(unique.max()), "unique_ids_mean": float(unique.mean()),
-            "bytes_per_token": sizes, "draws_in_tail_bucket": float(tail_counts.mean() / n_draws),
-            "tail_mass_mean": float(tail.mean()),
-            "renormalised_topk_tv_bias_mean": float((p / np.maximum(1 - tail, 1e-12)[..., None] - p).sum(-1).mean()),
+    return {"samples": n_draws, "width": width, "unique_ids_max": int(unique.max()),
+            "unique_ids_mean": round(float(unique.mean()), 2),
+            "bytes_per_token": round(dir_bytes(out) / tokens, 2),
+            "array_bytes_per_token": {n: round(dir_bytes(out / n) / tokens, 2) for n in sorted(os.listdir(out))
+                                      if (out / n).is_dir()},
+            "draws_in_tail_bucket": round(float(tail_counts.mean() / n_draws), 4),
+            "tail_mass_mean": round(float(tail.mean()), 4),
+            "renormalised_topk_tv_bias_mean": round(
+                float((p / np.maximum(1 - tail, 1e-12)[..., None] - p).sum(-1).mean()), 4),
             "estimate_mean_minus_p_max": float(np.abs(est.mean((0, 1)) - p.mean((0, 1))).max())}
 
 
-def order0_entropy_bytes(values: np.ndarray, tokens: int) -> float:
-    """Bytes/token of coding each value alone at its empirical frequency: a floor for per-symbol coders."""
-    _, counts = np.unique(values.ravel(), return_counts=True)
-    p = counts / counts.sum()
-    return float(-(counts * np.log2(p)).sum() / 8 / tokens)
+def v2_store(root: Path, r: dict[str, np.ndarray], vocab: int, chunk_rows: int) -> Path:
+    """The same rows as a format version 2 store (raw uint16 ids, qdelta 1/128, fp32 tail and
+    target, blosc zstd 5), the layout the writer wrote before version 3: read-speed reference."""
+    from kdstream.storage import encoding as enc
+
+    S, L = r["input_ids"].shape
+    lp = r["topk_logprobs"]
+    arrays = {"input_ids": r["input_ids"].astype(np.uint16), "example_id": r["example_id"], "doc_index": r["doc_index"],
+              "topk_ids": r["topk_ids"].astype(np.uint16), "topk_logprobs": enc.encode_topk(lp, 1 / 128),
+              "tail_mass": enc.tail_mass(lp), "target_logprob": r["target_logprob"].astype(np.float32),
+              "target_rank": r["target_rank"].astype(np.uint16)}
+    attrs = {"format": "kdstream-logits", "format_version": 2, "num_examples": S, "seq_len": L, "k": lp.shape[-1],
+             "vocab_size": vocab, "chunk_rows": chunk_rows, "complete": True, "targets": "topk",
+             "encoding": {"topk_logprobs": "qdelta", "scale": 1 / 128, "max_abs_error": 1 / 128}}
+    write_arrays(root, arrays, "blosc-shuffle:5", chunk_rows, attrs)
+    return root
+
+
+def reader_pass(url: str, keys: tuple[str, ...] | None):
+    """A function reading the whole store once, chunk by chunk, into torch tensors; it returns
+    (tokens per wall second, tokens per CPU second of this process, all threads)."""
+    import torch
+
+    from kdstream.storage import open_store
+
+    store = open_store(url)
+    n, R = len(store), store.chunk_rows
+
+    def one() -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        for a in range(0, n, R):
+            rows = store[a : min(a + R, n)] if keys is None else store.read(a, min(a + R, n), keys)
+            {key: torch.from_numpy(v) for key, v in rows.items()}  # (B, …) tensors, no copy
+        return n * store.seq_len / (time.perf_counter() - wall), n * store.seq_len / (time.process_time() - cpu)
+
+    return one
+
+
+def http_server(root: Path):
+    """Serve ``root`` read-only on a free loopback port (as tests/storage/test_remote.py does)."""
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    class Server(ThreadingHTTPServer):
+        # the stdlib's listen backlog is 5: ten concurrent requests overflow it and the dropped
+        # connections retry after a 1 s SYN timeout. Real servers queue hundreds (nginx: 511).
+        request_queue_size = 128
+
+    server = Server(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def read_rates(tmp: Path, chosen: Path, v2: Path, passes: int = 7) -> dict:
+    """v3 (the chosen store) and v2 read alternately, pass by pass, so that both see the same
+    machine load: median and best of ``passes`` passes each, after one warm-up pass."""
+    server, base = http_server(tmp)
+    try:
+        out = {"load_before": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "passes": passes}
+        for where, url in (("local", str), ("http", lambda p: f"{base}/{p.name}")):
+            for kind, keys in (("all_keys", None), ("trainer_keys", TRAINER_KEYS)):
+                readers = {label: reader_pass(url(path), keys) for label, path in (("v3", chosen), ("v2", v2))}
+                runs: dict[str, list] = {label: [] for label in readers}
+                for i in range(passes + 1):
+                    for label, one in readers.items():
+                        rate = one()
+                        if i:  # the first pass warms caches
+                            runs[label].append(rate)
+                for label, r in runs.items():
+                    out[f"{label}_{where}_{kind}"] = {
+                        "tokens_per_s_median": round(float(np.median([w for w, _ in r]))),
+                        "tokens_per_s_best": round(max(w for w, _ in r)),
+                        "tokens_per_cpu_s_median": round(float(np.median([c for _, c in r])))}
+        out["load_after"] = round(os.getloadavg()[0], 2)
+    finally:
+        server.shutdown()
+        server.server_close()
+    return out
+
+
+def read_only(stores: list[str], passes: int = 7) -> dict:
+    """Read rates of existing stores, alternating pass by pass, local and over HTTP (each store's
+    parent directory served)."""
+    out: dict = {"load_before": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "passes": passes}
+    servers = {}
+    try:
+        for path in map(Path, stores):
+            if path.parent not in servers:
+                servers[path.parent] = http_server(path.parent)
+        for where in ("local", "http"):
+            for kind, keys in (("all_keys", None), ("trainer_keys", TRAINER_KEYS)):
+                readers = {str(p): reader_pass(str(p) if where == "local" else f"{servers[p.parent][1]}/{p.name}", keys)
+                           for p in map(Path, stores)}
+                runs: dict[str, list] = {name: [] for name in readers}
+                for i in range(passes + 1):
+                    for name, one in readers.items():
+                        rate = one()
+                        if i:
+                            runs[name].append(rate)
+                for name, r in runs.items():
+                    out[f"{name} {where} {kind}"] = {"tokens_per_s_median": round(float(np.median([w for w, _ in r]))),
+                                                     "tokens_per_cpu_s_median": round(float(np.median([c for _, c in r])))}
+    finally:
+        for server, _ in servers.values():
+            server.shutdown()
+            server.server_close()
+    out["load_after"] = round(os.getloadavg()[0], 2)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--examples", type=int, default=48)
+    ap.add_argument("--examples", type=int, default=424)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--top-k", type=int, default=64)
     ap.add_argument("--store", default=None, help="an existing fp32 (or format v1) store: skip the teacher pass")
+    ap.add_argument("--read", nargs="+", default=None, help="only time reading these stores (local and HTTP)")
     args = ap.parse_args()
+    if args.read:
+        print(json.dumps(read_only(args.read), indent=1))
+        return
 
     from kdstream.storage import StoreWriter, open_store
+    from kdstream.storage import encoding as enc
     from kdstream.storage.schema import default_chunk_rows
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,15 +379,20 @@ def main() -> None:
         exact = r["topk_logprobs"]
         chunk_rows = default_chunk_rows(L, k, V, S)
         results = []
-        for name, (arrays, decoded) in candidates(r, V).items():
+        for name, (arrays, decoded) in candidates(r, V, chunk_rows).items():
             err = errors(decoded, exact)
-            kinds = ("zstd:3", "blosc-shuffle:5") if "v1" in name or "fp16" in name or "bf16" in name else \
-                ("zstd:3", "blosc-shuffle:3", "blosc-shuffle:5", "blosc-shuffle:9", "blosc-bitshuffle:5")
+            kinds = ("zstd:3", "blosc-shuffle:5") if name.startswith("ids u16 + logprobs") else \
+                ("zstd:3", "blosc-shuffle:5", "blosc-shuffle:6", "blosc-shuffle:7", "blosc-bitshuffle:6")
             for kind in kinds:
-                size = write_arrays(tmp / "cand.zarr", arrays, kind, chunk_rows)
-                results.append({"encoding": name, "codecs": kind, "bytes_per_token": round(size / tokens, 2), **err})
+                t = time.perf_counter()
+                sizes = write_arrays(tmp / "cand.zarr", arrays, kind, chunk_rows)
+                results.append({"encoding": name, "codecs": kind, "bytes_per_token": round(sum(sizes.values()) / tokens, 2),
+                                "ids_bytes_per_token": round(sum(sizes.get(n, 0) for n in (
+                                    "topk_ids", "topk_index", "id_table", "store_id_table")) / tokens, 2),
+                                "logprobs_bytes_per_token": round(sizes["topk_logprobs"] / tokens, 2),
+                                "write_tokens_per_s": round(tokens / (time.perf_counter() - t)), **err})
 
-        sampled = sampled_targets(r, 64, tokens, tmp, chunk_rows)
+        sampled = sampled_targets(r, V, 64, tokens, tmp)
 
         # The chosen encoding through kdstream's own writer and reader.
         out = tmp / "chosen.zarr"
@@ -217,24 +402,26 @@ def main() -> None:
                                           "target_logprob", "target_rank")})
         w.finalize()
         write_s = time.perf_counter() - t
-        back = open_store(str(out))
-        t = time.perf_counter()
-        got = back[:]
-        read_s = time.perf_counter() - t
-        chosen = {"encoding": back.attrs["encoding"], "bytes_per_token": round(dir_bytes(out) / tokens, 2),
-                  "array_bytes_per_token": {n: round(dir_bytes(out / n) / tokens, 2) for n in back._arrays},
+        got = open_store(str(out))[:]
+        chosen = {"encoding": open_store(str(out)).attrs["encoding"], "chunk_rows": chunk_rows,
+                  "bytes_per_token": round(dir_bytes(out) / tokens, 2),
+                  "array_bytes_per_token": {n: round(dir_bytes(out / n) / tokens, 2) for n in sorted(os.listdir(out))
+                                            if (out / n).is_dir()},
                   **errors(got["topk_logprobs"], exact),
-                  "target_max_err": float(np.abs(got["target_logprob"] - r["target_logprob"]).max()),
+                  "target_max_err": float(np.abs(got["target_logprob"].astype(np.float64) - r["target_logprob"]).max()),
+                  "tail_max_err": float(np.abs(got["tail_mass"] - enc.tail_mass(exact).astype(np.float64)).max()),
                   "ids_exact": bool(np.array_equal(got["topk_ids"], r["topk_ids"])),
-                  "write_tokens_per_s": round(tokens / write_s), "read_tokens_per_s": round(tokens / read_s)}
+                  "write_tokens_per_s": round(tokens / write_s)}
+        rates = read_rates(tmp, out, v2_store(tmp / "v2.zarr", r, V, chunk_rows))
         print(json.dumps({
             "teacher": "SmolLM2-135M-Instruct", "corpus": "demo", "examples": S, "seq_len": L, "k": k,
             "vocab_size": V, "tokens": tokens, "teacher_seconds": round(teacher_s, 1) if not args.store else None,
             "fp32_store_bytes_per_token": round(dir_bytes(src) / tokens, 2),
             "entries_p_ge_1e-4": float((exact >= np.log(P_MIN)).mean()),
-            "topk_ids_order0_entropy_bytes_per_token": round(order0_entropy_bytes(r["topk_ids"], tokens), 2),
-            "targets": {"bytes_per_token": 96, "max_err_p_ge_1e-4": 0.01},
-            "candidates": sorted(results, key=lambda x: x["bytes_per_token"]), "chosen": chosen,
+            "targets": {"bytes_per_token": 96, "max_err_p_ge_1e-4": 0.01, "read_tokens_per_s": 1_000_000},
+            "id_bounds": id_bounds(r, V, chunk_rows, tokens),
+            "chosen": chosen, "read": rates,
+            "candidates": sorted(results, key=lambda x: x["bytes_per_token"]),
             "sampled_targets": sampled,
         }, indent=1))
 

@@ -58,21 +58,21 @@ def flip_byte(chunk: Path) -> None:
 @pytest.fixture
 def good(tmp_path) -> Path:
     path = tmp_path / "s.zarr"
-    write(path, synthetic(10))  # 10 rows, 4 per chunk: chunks 0:4, 4:8, 8:10 of each of 8 arrays
+    write(path, synthetic(10))  # 10 rows, 4 per chunk: chunks 0:4, 4:8, 8:10 of each of 9 arrays
     return path
 
 
 def test_a_good_store_verifies(good):
     report = verify_store(str(good))
     assert report.ok and report.corrupt == [] and report.problems == []
-    assert report.chunks_checked == 8 * 3
+    assert report.chunks_checked == 9 * 3
 
 
 def test_every_corrupt_chunk_is_named_and_readers_refuse_them(good):
     flip_byte(good / "topk_logprobs" / "c" / "1" / "0" / "0")
     flip_byte(good / "example_id" / "c" / "2")
     report = verify_store(str(good))
-    assert not report.ok and report.chunks_checked == 24
+    assert not report.ok and report.chunks_checked == 27
     assert len(report.corrupt) == 2
     assert any(c.startswith("topk_logprobs chunk 1 (rows 4:8): crc32c checksum mismatch") for c in report.corrupt)
     assert any(c.startswith("example_id chunk 2 (rows 8:10): crc32c checksum mismatch") for c in report.corrupt)
@@ -83,6 +83,21 @@ def test_every_corrupt_chunk_is_named_and_readers_refuse_them(good):
         store[4:8]
     with pytest.raises(KdError, match="corrupt chunk in example_id"):
         store[8:10]
+
+
+@pytest.mark.parametrize("name", ["topk_index", "id_table", "topk_shift", "target_code", "input_ids"])
+def test_a_flipped_byte_in_any_array_is_named_and_refused(good, name):
+    """Every array of the store, the per-chunk id table included, is checksummed chunk by chunk."""
+    import zarr
+
+    arr = zarr.open_group(str(good))[name]
+    flip_byte(good / name / arr.metadata.encode_chunk_key((1,) + (0,) * (arr.ndim - 1)))
+    report = verify_store(str(good))
+    assert [c.split("): ")[0] for c in report.corrupt] == [f"{name} chunk 1 (rows 4:8"]
+    store = open_store(str(good))
+    store[0:4]
+    with pytest.raises(KdError, match=f"corrupt chunk in {name}"):
+        store[4:8]
 
 
 def test_bytes_that_pass_the_checksum_but_do_not_decompress_are_named(good):
@@ -110,7 +125,7 @@ def test_missing_or_unreadable_arrays_are_problems(good):
     shutil.rmtree(good / "target_rank")
     (good / "doc_index" / "zarr.json").write_bytes(b"\xff not json")
     report = verify_store(str(good))
-    assert not report.ok and report.chunks_checked == 6 * 3
+    assert not report.ok and report.chunks_checked == 7 * 3
     assert "array target_rank is missing" in report.problems
     assert any(p.startswith("array doc_index has unreadable metadata") for p in report.problems)
 
@@ -118,7 +133,7 @@ def test_missing_or_unreadable_arrays_are_problems(good):
 def test_an_incomplete_store_is_reported(tmp_path):
     write(tmp_path / "s.zarr", synthetic(10), finalize=False)  # two chunks written, last one buffered
     report = verify_store(str(tmp_path / "s.zarr"))
-    assert not report.ok and report.corrupt == [] and report.chunks_checked == 24
+    assert not report.ok and report.corrupt == [] and report.chunks_checked == 27
     assert any("incomplete" in p for p in report.problems)
 
 
@@ -145,16 +160,16 @@ def test_cli_verify_lists_each_corrupt_chunk_and_exits_1(good):
     runner = CliRunner()
     ok = runner.invoke(store_cli, ["verify", str(good)])
     assert ok.exit_code == 0, ok.output
-    assert ok.output.strip().splitlines()[-1].startswith("ok: 24 chunks checked")
+    assert ok.output.strip().splitlines()[-1].startswith("ok: 27 chunks checked")
 
-    flip_byte(good / "topk_ids" / "c" / "0" / "0" / "0")
+    flip_byte(good / "topk_index" / "c" / "0" / "0" / "0")
     flip_byte(good / "target_rank" / "c" / "1" / "0")
     bad = runner.invoke(store_cli, ["verify", str(good)])
     assert bad.exit_code == 1
     lines = bad.output.strip().splitlines()
-    assert lines[0].startswith("corrupt: topk_ids chunk 0 (rows 0:4)")
+    assert lines[0].startswith("corrupt: topk_index chunk 0 (rows 0:4)")
     assert lines[1].startswith("corrupt: target_rank chunk 1 (rows 4:8)")
-    assert lines[-1] == "FAILED: 2 corrupt chunk(s), 0 other problem(s) in 24 chunks checked"
+    assert lines[-1] == "FAILED: 2 corrupt chunk(s), 0 other problem(s) in 27 chunks checked"
 
 
 def test_cli_info_shows_provenance_even_when_incomplete(tmp_path):

@@ -1,20 +1,35 @@
-"""Compact on-disk encodings of teacher log-probabilities (format version 2), and their decoding.
+"""Compact on-disk encodings of teacher log-probabilities, and their decoding.
 
 ``qdelta`` (the default) stores each row's top-k logprobs (descending) as uint16 codes on a fixed
 log grid of step ``scale`` nats, delta-coded along k:
 
     c_j  = round(-logprob_j / scale)             (non-decreasing in j, since logprobs descend)
-    d_0  = c_0,  d_j = c_j - c_{j-1} >= 0        (small integers: cheap after byte shuffle + zstd)
+    d_0  = c_0,  d_j = c_j - c_{j-1} >= 0        (small integers: cheap after bit shuffle + zstd)
 
-and the row's tail mass ``1 - sum_j exp(logprob_j)`` as float32. Decoding takes the cumulative
-sum, multiplies by ``-scale``, then shifts the row by one constant so that the top-k mass is
-exactly ``1 - tail_mass``: the decoded top-k + tail bucket is a proper distribution whose tail is
-the teacher's. Each code is off by at most scale/2 and the shift (a weighted mean of those errors)
-by at most scale/2 again, so every decoded logprob is within ``scale`` of the teacher's value
-(``max_abs_error`` in the attributes). Values below -65535·scale nats are clamped there.
+Format version 3 (scale 1/104) adds, per row, one int16 ``topk_shift`` code h: the decoded row is
 
-``fp32`` stores the logprobs as float32 (exact), with the same tail_mass array. Either way the
-true token's ``target_logprob`` stays float32: perplexities computed from the store are exact.
+    logprob_j = -c_j * scale + h * shift_scale        (c = cumsum(d), shift_scale = scale / 1024)
+
+where h * shift_scale is the constant that makes the decoded top-k mass equal the teacher's,
+rounded: h = round((log(1 - tail) - logsumexp(-c * scale)) / shift_scale). Each code is within
+scale/2 of the exact value, that constant (minus a probability-weighted mean of those errors)
+within scale/2 again, and its rounding adds shift_scale/2: every decoded logprob is within
+``max_abs_error`` = scale * (1 + 1/2048) = 0.00962 nats of the teacher's (plus float32 rounding),
+and the decoded top-k mass within a factor exp(±shift_scale/2) (±4.7e-6) of the teacher's. The
+tail mass is what the decoded top-k leaves, 1 - sum_j exp(logprob_j).
+
+The true token's logprob is an int32 ``target_code`` r, a residual against the row's codes:
+
+    target_logprob = -(r + 512 * c_ref) * target_scale     (target_scale = scale / 512)
+
+with c_ref = c at slot rank - 1 when rank <= k, else the last code c_{k-1}. Where the target is
+one of the top-k (87% of positions on SmolLM2), |r| <= 256: ~1.8 B/token instead of 4 for a
+float32, within target_scale/2 = 9.4e-6 nats (``target_max_abs_error`` = target_scale allows
+for float32 rounding). Values below -65535 * scale (top-k) or -2^31 * target_scale (target)
+nats are clamped there.
+
+Version 2 (scale 1/128) stored a float32 ``tail_mass`` instead of the shift, renormalised on read
+(``decode_topk``), and a float32 target; ``fp32`` stores exact float32 logprobs, tail and target.
 """
 from __future__ import annotations
 
@@ -23,8 +38,13 @@ import numpy as np
 ENCODINGS = ("qdelta", "fp32", "sampled")
 MAX_SAMPLES = 255  # counts are uint8
 DEFAULT_ENCODING = "qdelta"
-QDELTA_SCALE = 1.0 / 128  # nats per code: decoded error <= 1/128 = 0.0078 nats (bound above)
+QDELTA_SCALE = 1.0 / 104  # nats per code: with the shift, decoded error <= scale * (1 + 1/2048) < 0.01 nats
+# shift_scale = scale / 1024: |shift| <= scale / 2 = 512 steps (int16); the top-k mass is then kept to
+# 4.7e-6 relative (steps of scale/64 in int8 cost 0.6 B/token less but kept it only to 7.5e-5)
+SHIFT_STEPS = 1024
+TARGET_STEPS = 512  # target_scale = scale / 512: the target code is an integer residual against the top-k codes
 _MAX_CODE = np.iinfo(np.uint16).max
+_MAX_TARGET = np.iinfo(np.int32).max  # target logprobs below -2^31 * target_scale (~ -41,000 nats) are clamped
 
 
 def encoding_attrs(encoding: str, samples: int | None = None) -> dict:
@@ -34,9 +54,14 @@ def encoding_attrs(encoding: str, samples: int | None = None) -> dict:
             raise ValueError(f"sampled targets need 1 <= samples <= {MAX_SAMPLES}, got {samples}")
         return {"topk_logprobs": "sampled", "samples": int(samples), "scale": None, "max_abs_error": None}
     if encoding == "fp32":
-        return {"topk_logprobs": "fp32", "scale": None, "max_abs_error": 0.0}
+        return {"topk_ids": "id_table", "topk_logprobs": "fp32", "scale": None, "max_abs_error": 0.0,
+                "target_max_abs_error": 0.0}
     if encoding == "qdelta":
-        return {"topk_logprobs": "qdelta", "scale": QDELTA_SCALE, "max_abs_error": QDELTA_SCALE}
+        scale = QDELTA_SCALE
+        return {"topk_ids": "id_table", "topk_logprobs": "qdelta", "scale": scale,
+                "shift_scale": scale / SHIFT_STEPS, "target_scale": scale / TARGET_STEPS,
+                "max_abs_error": scale + scale / SHIFT_STEPS / 2,
+                "target_max_abs_error": scale / TARGET_STEPS}  # half a step + float32 rounding
     raise ValueError(f"unknown logprob encoding {encoding!r}; expected one of {ENCODINGS}")
 
 
@@ -52,6 +77,15 @@ def tail_mass(topk_logprobs: np.ndarray) -> np.ndarray:
     return np.clip(1.0 - mass, 0.0, 1.0).astype(np.float32)
 
 
+def decoded_tail(logprobs: np.ndarray) -> np.ndarray:
+    """(..., k) float32 decoded logprobs → (...,) float32 tail 1 - sum exp, clipped to [0, 1].
+
+    In float32 (~4x faster than ``tail_mass``, which the writer uses on the exact values): the
+    sum's rounding, ~1e-7, is far below the encoding's own mass error (exp(±shift_scale/2))."""
+    mass = np.exp(logprobs).sum(-1)  # (...,) pairwise float32 summation over k
+    return np.clip(np.float32(1) - mass, 0, 1)
+
+
 def encode_topk(topk_logprobs: np.ndarray, scale: float) -> np.ndarray:
     """(..., k) descending logprobs → (..., k) uint16 delta codes (d_0 = c_0, d_j = c_j - c_{j-1})."""
     c = codes(topk_logprobs, scale)
@@ -59,9 +93,19 @@ def encode_topk(topk_logprobs: np.ndarray, scale: float) -> np.ndarray:
     return np.diff(c, axis=-1, prepend=0).astype(np.uint16)
 
 
+def cumulative_codes(deltas: np.ndarray) -> np.ndarray:
+    """(..., k) uint16 delta codes → (..., k) uint16 absolute codes c_j.
+
+    Summed in uint16: the encoder clamps every c_j to 65535 and they are non-decreasing, so the
+    running sum never exceeds 65535 (a chunk whose bytes were changed is refused by its checksum
+    first). numpy's cumsum is ~6x faster without a dtype conversion, and this is the reader's
+    hottest loop."""
+    return np.cumsum(deltas, axis=-1, dtype=np.uint16)
+
+
 def decode_topk(deltas: np.ndarray, tail: np.ndarray, scale: float) -> np.ndarray:
-    """(..., k) uint16 delta codes + (...,) tail mass → (..., k) float32 logprobs, renormalised so
-    that sum_j exp(logprob_j) = 1 - tail (rows whose top-k mass is 0 are left unshifted)."""
+    """Version 2: (..., k) uint16 delta codes + (...,) tail mass → (..., k) float32 logprobs,
+    renormalised so that sum_j exp(logprob_j) = 1 - tail (rows whose top-k mass is 0 are left unshifted)."""
     lp = np.cumsum(deltas, axis=-1, dtype=np.int64).astype(np.float32) * np.float32(-scale)  # (..., k)
     top = lp[..., :1]  # (..., 1) the row's largest value: a stable logsumexp
     lse = top[..., 0] + np.log(np.exp(lp - top).sum(-1))  # (...,)
@@ -69,6 +113,47 @@ def decode_topk(deltas: np.ndarray, tail: np.ndarray, scale: float) -> np.ndarra
         target = np.log1p(-np.asarray(tail, dtype=np.float64)).astype(np.float32)  # (...,) log top-k mass
     shift = np.where(np.isfinite(target), target - lse, np.float32(0))
     return lp + shift[..., None].astype(np.float32)
+
+
+def shift_codes(cum: np.ndarray, tail: np.ndarray, scale: float, shift_scale: float) -> np.ndarray:
+    """(..., k) absolute codes (``cumulative_codes``) + (...,) exact tail mass → (...,) int16 shift
+    codes h = round((log(1 - tail) - logsumexp(-c * scale)) / shift_scale); 0 where the top-k
+    mass is 0. The logsumexp is of the float32 values the reader computes before shifting."""
+    lp = np.multiply(cum, np.float32(-scale), dtype=np.float32).astype(np.float64)  # (..., k) as decoded, unshifted
+    top = lp[..., :1]
+    lse = top[..., 0] + np.log(np.exp(lp - top).sum(-1))  # (...,)
+    with np.errstate(divide="ignore"):
+        want = np.log1p(-np.asarray(tail, dtype=np.float64))  # (...,) log of the exact top-k mass
+    s = np.where(np.isfinite(want), want - lse, 0.0)
+    return np.clip(np.rint(s / shift_scale), -32767, 32767).astype(np.int16)
+
+
+def decode_shifted(cum: np.ndarray, shift: np.ndarray, scale: float, shift_scale: float) -> np.ndarray:
+    """(..., k) uint16 absolute codes + (...,) int16 shift codes → (..., k) float32 logprobs
+    -c * scale + h * shift_scale, in two passes (the cast is part of the multiply)."""
+    lp = np.multiply(cum, np.float32(-scale), dtype=np.float32)  # (..., k)
+    lp += (shift.astype(np.float32) * np.float32(shift_scale))[..., None]
+    return lp
+
+
+def _reference_codes(cum: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """(..., k) absolute codes, (...,) ranks → (...,) float64 code of the target's top-k slot
+    (rank - 1 when rank <= k, else the last one)."""
+    k = cum.shape[-1]
+    slot = np.clip(np.asarray(rank, dtype=np.int64) - 1, 0, k - 1)
+    return np.take_along_axis(cum, slot[..., None], -1)[..., 0].astype(np.float64)
+
+
+def encode_target(target_logprob: np.ndarray, cum: np.ndarray, rank: np.ndarray, target_scale: float) -> np.ndarray:
+    """(...,) exact target logprobs → (...,) int32 residual codes r = round(-logprob / target_scale)
+    - 512 * c_ref (c_ref: ``_reference_codes``); 0 where the target is exactly its top-k value's code."""
+    ct = np.clip(np.rint(-np.asarray(target_logprob, dtype=np.float64) / target_scale), 0, _MAX_TARGET)
+    return (ct - TARGET_STEPS * _reference_codes(cum, rank)).astype(np.int32)
+
+
+def decode_target(code: np.ndarray, cum: np.ndarray, rank: np.ndarray, target_scale: float) -> np.ndarray:
+    """(...,) int32 residual codes + the row's absolute codes and ranks → (...,) float32 target logprobs."""
+    return (-(code.astype(np.float64) + TARGET_STEPS * _reference_codes(cum, rank)) * target_scale).astype(np.float32)
 
 
 def draw_samples(topk_ids: np.ndarray, topk_logprobs: np.ndarray, samples: int, width: int,
@@ -88,7 +173,8 @@ def draw_samples(topk_ids: np.ndarray, topk_logprobs: np.ndarray, samples: int, 
     order = np.argsort(-top, axis=-1, kind="stable")[..., :width]
     c = np.take_along_axis(top, order, -1)
     ids = np.where(c > 0, np.take_along_axis(np.asarray(topk_ids), order, -1), 0)
-    return {"sample_ids": ids, "sample_counts": c.astype(np.uint8), "sample_tail_count": counts[..., -1].astype(np.uint8)}
+    return {"sample_ids": ids, "sample_counts": c.astype(np.uint8),
+            "sample_tail_count": counts[..., -1].astype(np.uint8)}
 
 
 def decode_samples(ids: np.ndarray, counts: np.ndarray, tail_count: np.ndarray, samples: int):

@@ -14,7 +14,7 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.storage.chunks import DONE_ARRAY, chunks_per_group, describe, owner, stored_chunks
-from kdstream.storage.schema import stored_arrays
+from kdstream.storage.schema import arrays_of
 
 
 def _owners(chunks: list[int], attrs: dict[str, Any]) -> str:
@@ -55,7 +55,7 @@ def finalize_store(url: str, extra_attrs: dict[str, Any] | None = None) -> dict[
                       f"chunk {describe(missing, rows, n)}{_owners(missing, attrs)}; rerun precompute-logits "
                       "with the same options for them, then finalize again")
 
-    names = stored_arrays(int(attrs.get("format_version", 1)), attrs.get("targets"))
+    names = arrays_of(attrs)
     lost: list[str] = []
     listed = True
     for name in names:

@@ -6,8 +6,15 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
+from kdstream.storage import chunk_io
 from kdstream.storage import encoding as enc
-from kdstream.storage.schema import ALL_ARRAYS, FORMAT_NAME, FORMAT_VERSION, stored_arrays
+from kdstream.storage import id_table
+from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, PER_CHUNK, arrays_of
+
+# What ``store[i]`` / ``store[a:b]`` / ``read`` return (the decoded view, whatever the version).
+KEYS = ("input_ids", "example_id", "doc_index", "topk_ids", "topk_logprobs", "tail_mass", "target_logprob",
+        "target_rank")
+_SAMPLED_VIEW = ("topk_ids", "topk_logprobs", "tail_mass")  # what a sampled store presents as top-k
 
 # Decoded dtypes handed to users, whatever the on-disk encoding.
 _DECODED = {
@@ -43,7 +50,9 @@ class LogitStore:
         # Version 1 stores: fp32 logprobs, no tail_mass array (computed from the top-k on read).
         self.encoding: dict[str, Any] = self.attrs.get("encoding") or enc.encoding_attrs("fp32")
         self.sampled = self.encoding["topk_logprobs"] == "sampled"
-        self._arrays = {name: group[name] for name in stored_arrays(self.format_version, self.attrs.get("targets"))}
+        self.qdelta = self.encoding["topk_logprobs"] == "qdelta"
+        self._arrays = {name: group[name] for name in arrays_of(self.attrs)}
+        self._plans = {name: chunk_io.plan(arr) for name, arr in self._arrays.items()}  # None: read via zarr
 
     def __len__(self) -> int:
         return int(self.attrs["num_examples"])
@@ -64,46 +73,105 @@ class LogitStore:
     def chunk_rows(self) -> int:
         return int(self.attrs["chunk_rows"])
 
-    def read(self, start: int, stop: int, keys: tuple[str, ...] = ALL_ARRAYS) -> dict[str, np.ndarray]:
-        """Rows [start, stop) of the named arrays; one contiguous slice per array (whole chunks)."""
-        if self.sampled and {"topk_ids", "topk_logprobs", "tail_mass"} & set(keys):
+    def _sources(self, key: str) -> tuple[str, ...]:
+        """The stored arrays that decoded ``key`` is computed from."""
+        stored = self._arrays
+        if key == "topk_ids" and "topk_index" in stored:  # version 3: indices into the chunk's table
+            return ("topk_index", "id_table")
+        if self.qdelta and key in ("topk_logprobs", "tail_mass"):
+            return ("topk_logprobs", "topk_shift") if "topk_shift" in stored else ("topk_logprobs", "tail_mass")
+        if key == "target_logprob" and "target_code" in stored:
+            return ("target_code", "topk_logprobs", "target_rank")
+        if key == "tail_mass" and "tail_mass" not in stored:
+            return ("topk_logprobs",)  # a version 1 store: tail computed from the fp32 top-k
+        return (key,)
+
+    def read(self, start: int, stop: int, keys: tuple[str, ...] = KEYS) -> dict[str, np.ndarray]:
+        """Rows [start, stop) of the named arrays: every stored array needed is read with one
+        contiguous slice (whole chunks when start and stop are chunk bounds), all concurrently."""
+        if self.sampled and set(_SAMPLED_VIEW) & set(keys):
             return self._read_sampled(start, stop, keys)
-        need = set(keys)
-        stored_tail = "tail_mass" in self._arrays
-        if "topk_logprobs" in need and self.encoding["topk_logprobs"] == "qdelta":
-            need.add("tail_mass")  # the decoder renormalises each row to it
-        if "tail_mass" in need and not stored_tail:
-            need.add("topk_logprobs")  # a version 1 store: tail computed from the fp32 top-k
-        raw = {name: self._read_raw(name, start, stop) for name in need if name in self._arrays}
-        if not stored_tail and "tail_mass" in need:
-            raw["tail_mass"] = enc.tail_mass(raw["topk_logprobs"])
-        scale = self.encoding.get("scale")
-        if "topk_logprobs" in raw and self.encoding["topk_logprobs"] == "qdelta":
-            raw["topk_logprobs"] = enc.decode_topk(raw["topk_logprobs"], raw["tail_mass"], scale)
-        return {name: raw[name].astype(_DECODED[name], copy=False) for name in keys}
+        raw = self._fetch(tuple(dict.fromkeys(n for key in keys for n in self._sources(key))), start, stop)
+        out: dict[str, np.ndarray] = {}
+        if "topk_ids" in keys and "topk_index" in raw:
+            R = self.chunk_rows
+            rows = np.arange(start, stop) // R - start // R  # (B,) which of the tables read each row uses
+            out["topk_ids"] = id_table.lookup(raw["topk_index"], raw["id_table"], rows)  # (B, L-1, k) int64
+        if self.qdelta and {"topk_logprobs", "tail_mass", "target_logprob"} & set(keys):
+            self._decode_qdelta(raw, keys, out)
+        if "tail_mass" in keys and "tail_mass" not in out:
+            out["tail_mass"] = raw["tail_mass"] if "tail_mass" in raw else enc.tail_mass(raw["topk_logprobs"])
+        for key in keys:
+            if key not in out:
+                out[key] = raw[key]
+        return {key: out[key].astype(_DECODED[key], copy=False) for key in keys}
+
+    def _decode_qdelta(self, raw: dict[str, np.ndarray], keys: tuple[str, ...], out: dict[str, np.ndarray]) -> None:
+        e = self.encoding
+        if "topk_shift" not in self._arrays:  # version 2: a float32 tail, renormalised on read
+            if "topk_logprobs" in keys:
+                out["topk_logprobs"] = enc.decode_topk(raw["topk_logprobs"], raw["tail_mass"], e["scale"])
+            return
+        cum = enc.cumulative_codes(raw["topk_logprobs"])  # (B, L-1, k) float32 absolute codes
+        if "target_logprob" in keys:  # before cum is scaled in place
+            out["target_logprob"] = enc.decode_target(raw["target_code"], cum, raw["target_rank"], e["target_scale"])
+        if "topk_logprobs" in keys or "tail_mass" in keys:
+            lp = enc.decode_shifted(cum, raw["topk_shift"], e["scale"], e["shift_scale"])  # (B, L-1, k)
+            if "topk_logprobs" in keys:
+                out["topk_logprobs"] = lp
+            if "tail_mass" in keys:
+                out["tail_mass"] = enc.decoded_tail(lp)  # (B, L-1): what the decoded top-k leaves
 
     def _read_sampled(self, start: int, stop: int, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         """A sampled store seen as top-k: the drawn ids, log(count / N), tail = tail draws / N."""
-        other = tuple(k for k in keys if k not in ("topk_ids", "topk_logprobs", "tail_mass"))
+        other = tuple(k for k in keys if k not in _SAMPLED_VIEW)
         raw = self.read(start, stop, tuple(dict.fromkeys(other + ("sample_ids", "sample_counts", "sample_tail_count"))))
         ids, logprobs, tail = enc.decode_samples(raw["sample_ids"], raw["sample_counts"], raw["sample_tail_count"],
                                                  int(self.encoding["samples"]))
         raw.update(topk_ids=ids, topk_logprobs=logprobs, tail_mass=tail)
         return {name: raw[name].astype(_DECODED[name], copy=False) for name in keys}
 
-    def _read_raw(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of one array as stored; a failed checksum is a one-line KdError."""
-        try:
-            return np.asarray(self._arrays[name][start:stop])
-        except KeyError:
-            raise KeyError(f"store {self.url} has no array {name!r}") from None
-        except (ValueError, RuntimeError) as exc:
-            if "checksum" in str(exc).lower() or "decompress" in str(exc).lower():
-                raise KdError(
-                    f"store {self.url}: corrupt chunk in {name} rows {start}:{stop} ({exc}): "
-                    "re-copy or regenerate the store"
-                ) from None
-            raise
+    def _fetch(self, names: tuple[str, ...], start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows [start, stop) of stored arrays (for PER_CHUNK ones: the rows of the chunks holding
+        them), as stored, all read concurrently: whole chunk objects fetched together and
+        decompressed straight into their output (chunk_io), or through zarr for arrays of other
+        layouts. A failed checksum is a one-line KdError naming the array."""
+        import asyncio
+
+        from zarr.core.sync import sync
+
+        for name in names:
+            if name not in self._arrays:
+                raise KeyError(f"store {self.url} has no array {name!r}")
+        direct = {n: self._plans[n] for n in names if self._plans[n] is not None}
+        others = [n for n in names if n not in direct]
+        R = self.chunk_rows
+        chunks = slice(start // R, -(-stop // R)) if stop > start else slice(0, 0)
+
+        async def get_all():
+            via_zarr = asyncio.gather(*(self._arrays[n]._async_array.getitem(chunks if n in PER_CHUNK else
+                                                                             slice(start, stop)) for n in others),
+                                      return_exceptions=True)
+            return await asyncio.gather(chunk_io.fetch(direct, start, stop, frozenset(PER_CHUNK), R), via_zarr)
+
+        fetched, got_zarr = sync(get_all())
+        got = chunk_io.assemble(direct, fetched, start, stop, frozenset(PER_CHUNK), R)
+        got.update(zip(others, got_zarr))
+        out = {}
+        for name in names:
+            if isinstance(got[name], BaseException):
+                self._raise(name, start, stop, got[name])
+            out[name] = np.asarray(got[name])
+        return out
+
+    def _raise(self, name: str, start: int, stop: int, exc: BaseException) -> None:
+        if isinstance(exc, (ValueError, RuntimeError)) and (
+                "checksum" in str(exc).lower() or "decompress" in str(exc).lower()):
+            raise KdError(
+                f"store {self.url}: corrupt chunk in {name} rows {start}:{stop} ({exc}): "
+                "re-copy or regenerate the store"
+            ) from None
+        raise exc
 
     def __getitem__(self, index: int | slice) -> dict[str, np.ndarray]:
         if isinstance(index, slice):
@@ -140,7 +208,7 @@ def open_store(url: str, require_complete: bool = True) -> LogitStore:
         raise KdError(
             f"store {url} is incomplete (its precompute did not finish): rerun precompute-logits with the same options"
         )
-    missing = [n for n in stored_arrays(int(attrs.get("format_version", 1)), attrs.get("targets")) if n not in group]
+    missing = [n for n in arrays_of(attrs) if n not in group]
     if missing:
         raise KdError(f"store {url} is missing arrays {', '.join(missing)}: it is corrupt; regenerate it")
     return LogitStore(group, url)

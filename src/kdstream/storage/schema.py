@@ -1,42 +1,65 @@
-"""What a kdstream logit store holds (format version 2), in one place.
+"""What a kdstream logit store holds (format version 3), in one place.
 
-Arrays, all with examples on axis 0 and the same number of rows per chunk:
+Per-example arrays, all with examples on axis 0 and the same number of rows per chunk (R):
     input_ids       (S, L)       uint16 | int32   the example's tokens
     example_id      (S,)         int64            stable id (position in the corpus packing)
     doc_index       (S,)         int64            source document of the example's first token
-    topk_ids        (S, L-1, k)  uint16 | int32   row t: teacher's top-k ids predicting input_ids[t+1]
+    topk_index      (S, L-1, k)  uint16 | int32   row t: the teacher's top-k ids predicting input_ids[t+1],
+                                                  most likely first, each as its index in its chunk's id_table
     topk_logprobs   (S, L-1, k)  uint16 | float32 their raw (T = 1) natural-log probabilities, descending,
-                                                  encoded as the ``encoding`` attribute says (encoding.py)
-    tail_mass       (S, L-1)     float32          1 - sum exp(top-k logprobs): the mass outside the top-k
-    target_logprob  (S, L-1)     float32          teacher logprob of the true token input_ids[t+1]
+                                                  as the ``encoding`` attribute says (encoding.py)
+    topk_shift      (S, L-1)     int16            qdelta: the row's renormalisation shift (encoding.py)
+    tail_mass       (S, L-1)     float32          fp32: 1 - sum exp(top-k logprobs), the mass outside the top-k
+    target_code     (S, L-1)     int32            qdelta: the teacher logprob of the true token input_ids[t+1],
+                                                  as a residual against the top-k codes (encoding.py)
+    target_logprob  (S, L-1)     float32          fp32: that logprob, exact
     target_rank     (S, L-1)     uint16 | int32   its 1-based rank in the teacher's distribution
+One array with one row per chunk (C = ceil(S / R) rows, chunks of one row):
+    id_table        (C, V)       uint16 | int32   chunk c's distinct top-k ids, most frequent in the chunk
+                                                  first (ties by id), then zeros: topk_ids = id_table[c][topk_index]
 A sampled store (``targets: sampled``) holds sample_ids / sample_counts (S, L-1, k) and
-sample_tail_count (S, L-1) instead of topk_ids, topk_logprobs and tail_mass (docs/store-format.md).
+sample_tail_count (S, L-1) instead of the top-k arrays, tail and target code (docs/store-format.md).
 Group attributes describe provenance; ``complete`` is set True last, after every chunk is written.
-Version 1 stores (fp32 logprobs, int32 ranks, no tail_mass) are still read.
+Version 1 and 2 stores (ids as they are, float32 or qdelta-coded logprobs, float32 tail and
+target) are still read.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 FORMAT_NAME = "kdstream-logits"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 TARGET_CHUNK_BYTES = 1 << 20  # a chunk is the unit of reading: >= 1 MiB raw keeps reads efficient
 
 PER_EXAMPLE = ("input_ids", "example_id", "doc_index")
-TEACHER_ARRAYS = ("topk_ids", "topk_logprobs", "tail_mass", "target_logprob", "target_rank")
-ALL_ARRAYS = PER_EXAMPLE + TEACHER_ARRAYS
-V1_ARRAYS = tuple(a for a in ALL_ARRAYS if a != "tail_mass")  # format version 1 had no tail_mass
+PER_CHUNK = ("id_table",)  # one row per chunk of the per-example arrays
+V3_QDELTA = PER_EXAMPLE + ("topk_index", "id_table", "topk_logprobs", "topk_shift", "target_code", "target_rank")
+V3_FP32 = PER_EXAMPLE + ("topk_index", "id_table", "topk_logprobs", "tail_mass", "target_logprob", "target_rank")
+V2_ARRAYS = PER_EXAMPLE + ("topk_ids", "topk_logprobs", "tail_mass", "target_logprob", "target_rank")
+V1_ARRAYS = tuple(a for a in V2_ARRAYS if a != "tail_mass")  # format version 1 had no tail_mass
 # --targets sampled: unique drawn ids (most drawn first, padded with id 0 / count 0), their counts,
-# and the draws that fell in the tail bucket (outside the teacher's top-k list).
+# and the draws that fell in the tail bucket (outside the teacher's top-k list). Same in versions 2 and 3.
 SAMPLED_ARRAYS = PER_EXAMPLE + ("sample_ids", "sample_counts", "sample_tail_count", "target_logprob", "target_rank")
 
 
-def stored_arrays(format_version: int = FORMAT_VERSION, targets: str = "topk") -> tuple[str, ...]:
-    """Names of the arrays a store of this version and kind of targets holds."""
+def stored_arrays(format_version: int = FORMAT_VERSION, targets: str | None = "topk",
+                  logprobs: str = "qdelta") -> tuple[str, ...]:
+    """Names of the arrays a store of this version, kind of targets and logprob encoding holds."""
     if format_version < 2:
         return V1_ARRAYS
-    return SAMPLED_ARRAYS if targets == "sampled" else ALL_ARRAYS
+    if targets == "sampled" or logprobs == "sampled":
+        return SAMPLED_ARRAYS
+    if format_version == 2:
+        return V2_ARRAYS
+    return V3_FP32 if logprobs == "fp32" else V3_QDELTA
+
+
+def arrays_of(attrs: dict[str, Any]) -> tuple[str, ...]:
+    """``stored_arrays`` of the store whose group attributes are ``attrs``."""
+    logprobs = (attrs.get("encoding") or {}).get("topk_logprobs", "fp32")
+    return stored_arrays(int(attrs.get("format_version", 1)), attrs.get("targets"), logprobs)
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -52,34 +75,37 @@ def rank_dtype(vocab_size: int) -> np.dtype:
 def array_specs(
     seq_len: int, k: int, vocab_size: int, encoding: str = "qdelta", format_version: int = FORMAT_VERSION
 ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Per-example shape (without the leading S axis) and on-disk dtype of every array."""
+    """Shape of one row (without the leading axis: S examples, or C chunks for PER_CHUNK arrays)
+    and on-disk dtype of every array of a store."""
     ids = id_dtype(vocab_size)
-    logprob = np.dtype(np.float32) if encoding == "fp32" or format_version < 2 else np.dtype(np.uint16)
+    fp32 = np.dtype(np.float32)
+    logprob = fp32 if encoding == "fp32" or format_version < 2 else np.dtype(np.uint16)
     specs = {
         "input_ids": ((seq_len,), ids),
         "example_id": ((), np.dtype(np.int64)),
         "doc_index": ((), np.dtype(np.int64)),
         "topk_ids": ((seq_len - 1, k), ids),
+        "topk_index": ((seq_len - 1, k), ids),  # < the number of distinct ids of a chunk <= V
+        "id_table": ((vocab_size,), ids),
         "topk_logprobs": ((seq_len - 1, k), logprob),
-        "tail_mass": ((seq_len - 1,), np.dtype(np.float32)),
-        "target_logprob": ((seq_len - 1,), np.dtype(np.float32)),
+        "topk_shift": ((seq_len - 1,), np.dtype(np.int16)),
+        "tail_mass": ((seq_len - 1,), fp32),
+        "target_code": ((seq_len - 1,), np.dtype(np.int32)),
+        "target_logprob": ((seq_len - 1,), fp32),
         "target_rank": ((seq_len - 1,), rank_dtype(vocab_size) if format_version >= 2 else np.dtype(np.int32)),
+        "sample_ids": ((seq_len - 1, k), ids),  # sampled: k is the padded width, the most unique ids a row can have
+        "sample_counts": ((seq_len - 1, k), np.dtype(np.uint8)),
+        "sample_tail_count": ((seq_len - 1,), np.dtype(np.uint8)),
     }
-    if format_version < 2:
-        del specs["tail_mass"]
-    if encoding == "sampled":  # k is the padded width: the most unique ids a position can have
-        for name in ("topk_ids", "topk_logprobs", "tail_mass"):
-            del specs[name]
-        specs["sample_ids"] = ((seq_len - 1, k), ids)
-        specs["sample_counts"] = ((seq_len - 1, k), np.dtype(np.uint8))
-        specs["sample_tail_count"] = ((seq_len - 1,), np.dtype(np.uint8))
-    return specs
+    names = stored_arrays(format_version, "sampled" if encoding == "sampled" else "topk", encoding)
+    return {name: specs[name] for name in names}
 
 
 def default_chunk_rows(seq_len: int, k: int, vocab_size: int, num_examples: int, encoding: str = "qdelta") -> int:
-    """Examples per chunk: a power of two making the largest array's chunk >= 1 MiB."""
+    """Examples per chunk: a power of two making the largest per-example array's chunk >= 1 MiB."""
     specs = array_specs(seq_len, k, vocab_size, encoding)
-    row_bytes = max(int(np.prod(shape, dtype=np.int64)) * dt.itemsize for shape, dt in specs.values())
+    row_bytes = max(int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+                    for name, (shape, dt) in specs.items() if name not in PER_CHUNK)
     rows = 1
     while rows * row_bytes < TARGET_CHUNK_BYTES and rows < num_examples:
         rows *= 2

@@ -20,7 +20,7 @@ import numpy as np
 from kdstream.errors import KdError
 from kdstream.storage import encoding as enc
 from kdstream.storage.chunks import DONE_ARRAY, describe, stored_chunks
-from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, array_specs, stored_arrays
+from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, PER_CHUNK, array_specs, arrays_of
 
 
 @dataclass
@@ -73,12 +73,14 @@ def _metadata_problems(attrs: dict[str, Any], arrays: dict[str, Any]) -> list[st
         return [f"group attributes lack or garble {exc}: cannot check array shapes"]
     for name, arr in arrays.items():
         shape, dtype = specs[name]
-        if tuple(arr.shape) != (n, *shape):
-            problems.append(f"{name} has shape {tuple(arr.shape)}, expected {(n, *shape)}")
+        # per-chunk arrays (id_table): one row per chunk of the others, each row its own chunk
+        lead, rows = (-(-n // chunk_rows), 1) if name in PER_CHUNK else (n, chunk_rows)
+        if tuple(arr.shape) != (lead, *shape):
+            problems.append(f"{name} has shape {tuple(arr.shape)}, expected {(lead, *shape)}")
         if np.dtype(arr.dtype) != dtype:
             problems.append(f"{name} has dtype {arr.dtype}, expected {dtype}")
-        if arr.chunks[0] != chunk_rows:
-            problems.append(f"{name} has {arr.chunks[0]} rows per chunk, attribute chunk_rows says {chunk_rows}")
+        if arr.chunks[0] != rows:
+            problems.append(f"{name} has {arr.chunks[0]} rows per chunk, expected {rows} (chunk_rows {chunk_rows})")
     return problems
 
 
@@ -153,7 +155,7 @@ def verify_store(url: str) -> VerifyReport:
     if not complete:
         problems.append("store is incomplete (attribute complete is not true): its precompute did not finish")
     arrays = {}
-    for name in stored_arrays(int(attrs.get("format_version", 1)), attrs.get("targets")):
+    for name in arrays_of(attrs):
         try:
             arrays[name] = group[name]
         except KeyError:
@@ -174,6 +176,9 @@ def verify_store(url: str) -> VerifyReport:
         for i, start in enumerate(range(0, n, rows)):
             stop = min(start + rows, n)
             where = f"chunk {i} (rows {start}:{stop})"
+            if name in PER_CHUNK:  # row i of id_table belongs to chunk i of the per-example arrays
+                R, S = int(attrs.get("chunk_rows", 1)), int(attrs.get("num_examples", 0))
+                where = f"chunk {i} (rows {i * R}:{min((i + 1) * R, S)})"
             checked += 1
             # Without markers (older stores) zarr skipped all-zero chunks: only a missing
             # target_rank file (ranks >= 1) is sure to be a gap; the others are read as zeros.

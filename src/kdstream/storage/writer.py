@@ -17,16 +17,27 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.storage import encoding as enc
+from kdstream.storage import id_table
 from kdstream.storage.chunks import DONE_ARRAY, chunk_slice, done_chunks, num_chunks
 from kdstream.storage.schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    PER_CHUNK,
     array_specs,
     default_chunk_rows,
     stored_arrays,
 )
 
-BLOSC_LEVEL = 5  # zstd level in blosc: 9 saves ~5 B/token at k=64 but wrote >10x slower (store_encoding_bench)
+# blosc clevel 6 (zstd level 11): ~2 B/token smaller than 5 at k = 64 for about the same write
+# speed; 7 saved 0.1 more but wrote ~3x slower, 9 (zstd 22) >10x (benchmarks/store_encoding_bench.py).
+BLOSC_LEVEL = 6
+
+# What write_chunk / append take: the teacher's values as produced (float logprobs, raw ids),
+# per example row; the writer encodes them into the stored arrays. ``tail_mass`` is optional
+# (computed from the top-k logprobs when absent).
+TOPK_INPUTS = ("input_ids", "example_id", "doc_index", "topk_ids", "topk_logprobs", "target_logprob", "target_rank")
+SAMPLED_INPUTS = ("input_ids", "example_id", "doc_index", "sample_ids", "sample_counts", "sample_tail_count",
+                  "target_logprob", "target_rank")
 
 # Attributes that may differ between the run that created a store and one that resumes or joins
 # it: when and how long, and where things live (a worker on another machine may see the teacher,
@@ -41,13 +52,21 @@ NOT_COMPARED = frozenset({
 })
 
 
-def _codecs():
+# Arrays of small integer codes and table indices whose high bits are mostly zero: bit shuffle
+# (with qdelta topk_logprobs: 1.4 B/token smaller than byte shuffle everywhere at k = 64 on
+# SmolLM2, read as fast). Everything else, the sampled arrays above all (36 vs 25 B/token for
+# sample_ids), compresses better byte-shuffled.
+BITSHUFFLED = frozenset({"topk_index", "id_table", "topk_shift"})
+
+
+def _codecs(name: str, encoding: str):
     from zarr.codecs import BloscCodec, Crc32cCodec
 
-    # Byte shuffle (blosc, typesize = the dtype's size) groups the mostly-zero high bytes of the
-    # small integer codes, then zstd; then a crc32c checksum of the compressed bytes, so a flipped
-    # byte in any chunk is caught. Both codecs are in the Zarr v3 specification.
-    return [BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="shuffle"), Crc32cCodec()]
+    # Shuffle (blosc, typesize = the dtype's size) groups the high bytes (bits) of the values,
+    # then zstd; then a crc32c checksum of the compressed bytes, so a flipped byte in any chunk is
+    # caught. Both codecs are in the Zarr v3 specification.
+    bits = name in BITSHUFFLED or (name == "topk_logprobs" and encoding == "qdelta")
+    return [BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="bitshuffle" if bits else "shuffle"), Crc32cCodec()]
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
@@ -96,7 +115,9 @@ class StoreWriter:
         self.num_examples = num_examples
         self.encoding = encoding
         self.encoding_attrs = enc.encoding_attrs(encoding, samples)  # ValueError on an unknown name
-        self.arrays = stored_arrays(targets="sampled" if encoding == "sampled" else "topk")
+        self.arrays = stored_arrays(targets="sampled" if encoding == "sampled" else "topk", logprobs=encoding)
+        self.inputs = SAMPLED_INPUTS if encoding == "sampled" else TOPK_INPUTS
+        self.vocab_size = vocab_size
         self.chunk_rows = chunk_rows or default_chunk_rows(seq_len, k, vocab_size, num_examples, encoding)
         self.num_chunks = num_chunks(num_examples, self.chunk_rows)
         self.specs = array_specs(seq_len, k, vocab_size, encoding)
@@ -116,13 +137,16 @@ class StoreWriter:
         }
         self.attrs = json.loads(json.dumps(self.attrs))  # as zarr.json gives them back (tuples → lists)
         self.group = self._open_or_create(overwrite)
-        self._arrays = {name: self._array(name, (num_examples, *shape), (self.chunk_rows, *shape), dtype, _codecs())
+        self._arrays = {name: self._array(name, (self.num_chunks, *shape), (1, *shape), dtype, _codecs(name, encoding))
+                        if name in PER_CHUNK else
+                        self._array(name, (num_examples, *shape), (self.chunk_rows, *shape), dtype,
+                                    _codecs(name, encoding))
                         for name, (shape, dtype) in self.specs.items()}
         from zarr.codecs import Crc32cCodec
 
         self._done = self._array(DONE_ARRAY, (self.num_chunks,), (1,), np.dtype(np.uint8), [Crc32cCodec()])
         self.resumed = done_chunks(self.group)  # chunks already written by an earlier or a parallel run
-        self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in self.arrays}
+        self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in (*self.inputs, "tail_mass")}
         self._buffered = 0
         self.rows_written = 0  # by append(), in order
 
@@ -183,41 +207,55 @@ class StoreWriter:
     # -- writing ---------------------------------------------------------------------------
 
     def _encode(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Teacher values as produced (fp32 logprobs) → on-disk arrays of ``self.encoding``."""
+        """One chunk's teacher values as produced (float logprobs, raw ids) → its on-disk arrays."""
         rows = dict(rows)
         if self.encoding == "sampled":
             return rows  # drawn by the caller (encoding.draw_samples)
+        index, table = id_table.build(rows.pop("topk_ids"), self.vocab_size, self.specs["topk_index"][1])
+        rows["topk_index"], rows["id_table"] = index, table[None]  # (n, L-1, k), (1, V)
         if "tail_mass" not in rows:
             rows["tail_mass"] = enc.tail_mass(rows["topk_logprobs"])  # (n, L-1)
-        scale = self.encoding_attrs["scale"]
         if self.encoding == "qdelta":
-            rows["topk_logprobs"] = enc.encode_topk(rows["topk_logprobs"], scale)  # (n, L-1, k) uint16
+            e = self.encoding_attrs
+            deltas = enc.encode_topk(rows["topk_logprobs"], e["scale"])  # (n, L-1, k) uint16
+            cum = enc.cumulative_codes(deltas)  # (n, L-1, k) absolute codes, as the reader computes them
+            rows["topk_logprobs"] = deltas
+            rows["topk_shift"] = enc.shift_codes(cum, rows.pop("tail_mass"), e["scale"], e["shift_scale"])
+            rows["target_code"] = enc.encode_target(rows.pop("target_logprob"), cum, rows["target_rank"],
+                                                    e["target_scale"])
         return rows
 
     def write_chunk(self, c: int, rows: dict[str, np.ndarray]) -> None:
-        """Write chunk c (all its rows, every array of ``self.arrays`` but ``tail_mass``, which is
-        computed here; logprobs as float, encoded here), then mark it done: a crash in between
-        leaves the chunk unmarked, so it is written again on resume."""
+        """Write chunk c (all its rows of every key of ``self.inputs``; logprobs as float and ids
+        raw, encoded here), then mark it done: a crash in between leaves the chunk unmarked, so it
+        is written again on resume."""
         if not 0 <= c < self.num_chunks:
             raise ValueError(f"chunk {c} outside 0..{self.num_chunks - 1}")
         where = chunk_slice(c, self.chunk_rows, self.num_examples)
         n = where.stop - where.start
+        missing = [key for key in self.inputs if key not in rows]
+        if missing:
+            raise ValueError(f"chunk {c} lacks {', '.join(missing)}")
+        for key in self.inputs:
+            if len(rows[key]) != n:
+                raise ValueError(f"{key}: chunk {c} needs {n} rows, got {len(rows[key])}")
         rows = self._encode(rows)
         encoded = {}
         for name in self.arrays:
             arr = np.asarray(rows[name])
             shape, dtype = self.specs[name]
-            if arr.shape != (n, *shape):
-                raise ValueError(f"{name}: chunk {c} needs shape {(n, *shape)}, got {arr.shape}")
+            lead = 1 if name in PER_CHUNK else n
+            if arr.shape != (lead, *shape):
+                raise ValueError(f"{name}: chunk {c} needs shape {(lead, *shape)}, got {arr.shape}")
             encoded[name] = arr.astype(dtype, copy=False)
         for name, arr in encoded.items():
-            self._arrays[name][where] = arr
+            self._arrays[name][slice(c, c + 1) if name in PER_CHUNK else where] = arr
         self._done[c : c + 1] = np.ones(1, np.uint8)
 
     def append(self, rows: dict[str, np.ndarray]) -> None:
         """Add the next rows in order (any batch size): whole chunks are written as they fill."""
         n = len(rows["input_ids"])
-        for name in self.arrays:
+        for name in self._buffer:
             if name in rows or name != "tail_mass":
                 self._buffer[name].append(np.asarray(rows[name]))
         self._buffered += n

@@ -1,0 +1,142 @@
+"""Read whole chunks of several arrays at once: all objects fetched concurrently, each checked and
+decompressed straight into the output, without zarr's per-read indexing machinery.
+
+The arrays kdstream writes are chunked along axis 0 only, with the codecs ``bytes`` (little endian)
+→ ``blosc`` → ``crc32c`` (docs/store-format.md). For those, reading rows [start, stop) is: get
+the objects of chunks ⌈start/R⌉…, check each one's crc32c (the last 4 bytes, little endian, of
+the rest), blosc-decompress it into its slot of one output buffer. That is what zarr does too,
+but zarr's generic path (selection indexing, a codec pipeline per chunk, a copy from each chunk
+into the selection) cost ~0.7 ms per array read and doubled the time of the two big arrays of a
+top-64 chunk (store_encoding_bench.py: `read`). Arrays with any other layout (format version 1's
+zstd codec, chunking along another axis) return None from ``plan`` and are read through zarr.
+
+Missing objects (a chunk never written) read as the fill value, as in zarr.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class CorruptChunk(ValueError):
+    """A chunk whose checksum fails or that does not decompress to its size (message says which)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to read one array's chunks directly: its store, key prefix and chunk geometry."""
+
+    array: object  # the zarr.Array
+    rows: int  # rows per chunk (axis 0)
+    row_shape: tuple[int, ...]
+    dtype: np.dtype
+    fill: object
+
+    @property
+    def chunk_bytes(self) -> int:
+        return self.rows * int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def plan(array) -> Plan | None:
+    """A Plan for ``array`` when it has the layout kdstream writes, else None (read it through zarr)."""
+    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
+
+    try:
+        codecs = array.metadata.codecs
+        chunks = tuple(array.chunks)
+    except (AttributeError, NotImplementedError):  # format 2 metadata, sharding, …
+        return None
+    if (len(codecs) != 3 or not isinstance(codecs[0], BytesCodec) or not isinstance(codecs[1], BloscCodec)
+            or not isinstance(codecs[2], Crc32cCodec) or chunks[1:] != tuple(array.shape[1:])):
+        return None
+    dtype = np.dtype(array.dtype)
+    if dtype.itemsize > 1 and str(getattr(codecs[0].endian, "value", codecs[0].endian)) != "little":
+        return None
+    return Plan(array, chunks[0], tuple(array.shape[1:]), dtype.newbyteorder("<"), array.metadata.fill_value)
+
+
+def _key(p: Plan, c: int) -> str:
+    a = p.array
+    return a.store_path.path.rstrip("/") + "/" + a.metadata.encode_chunk_key((c,) + (0,) * len(p.row_shape))
+
+
+def _decode_into(p: Plan, raw, dest: np.ndarray) -> None:
+    """Check the crc32c of one chunk object and blosc-decompress it into ``dest`` (its bytes)."""
+    import google_crc32c
+    from numcodecs import blosc
+
+    data = raw.as_numpy_array()  # (n,) uint8 view of the object
+    body, stored = data[:-4], bytes(data[-4:])
+    if np.uint32(google_crc32c.value(body)).tobytes() != stored:
+        raise CorruptChunk("stored and computed checksum do not match (crc32c)")
+    nbytes = int.from_bytes(bytes(body[4:8]), "little") if len(body) >= 16 else -1  # blosc header: uncompressed size
+    if nbytes != dest.nbytes:  # decompress() would fill only part of a larger dest, silently
+        raise CorruptChunk(f"blosc decompression error: the chunk holds {nbytes} bytes, expected {dest.nbytes}")
+    try:
+        blosc.decompress(body, dest)
+    except RuntimeError as exc:  # numcodecs: "error during blosc decompression: …"
+        raise CorruptChunk(str(exc)) from None
+
+
+def _spans(plans: dict[str, Plan], start: int, stop: int, per_chunk: frozenset[str], chunk_rows: int
+           ) -> dict[str, tuple[int, int]]:
+    """Chunk indices [a, b) of each array that rows [start, stop) need."""
+    if stop <= start:
+        return {n: (0, 0) for n in plans}
+    rows = {n: chunk_rows if n in per_chunk else p.rows for n, p in plans.items()}  # per-chunk: 1 row per chunk
+    return {n: (start // rows[n], -(-stop // rows[n])) for n in plans}
+
+
+async def fetch(plans: dict[str, Plan], start: int, stop: int, per_chunk: frozenset[str], chunk_rows: int) -> list:
+    """Every chunk object rows [start, stop) need, of every planned array, fetched concurrently:
+    [(name, chunk, object | None | exception)]. Decompression is left to ``assemble`` so that it
+    runs in the caller's thread, where blosc uses its own threads (numcodecs only threads blosc
+    in the main thread)."""
+    import zarr
+    from zarr.core.buffer import default_buffer_prototype
+
+    proto = default_buffer_prototype()
+    jobs = [(n, c) for n, (a, b) in _spans(plans, start, stop, per_chunk, chunk_rows).items() for c in range(a, b)]
+    # At most zarr's ``async.concurrency`` requests at once (default 10; raise it for object
+    # stores far away: zarr.config.set({"async.concurrency": 64})), as zarr itself would.
+    limit = asyncio.Semaphore(max(1, int(zarr.config.get("async.concurrency") or 10)))
+
+    async def get(name: str, c: int):
+        p = plans[name]
+        async with limit:
+            return await p.array.store_path.store.get(_key(p, c), prototype=proto)
+
+    got = await asyncio.gather(*(get(n, c) for n, c in jobs), return_exceptions=True)
+    return [(n, c, raw) for (n, c), raw in zip(jobs, got)]
+
+
+def assemble(plans: dict[str, Plan], fetched: list, start: int, stop: int, per_chunk: frozenset[str],
+             chunk_rows: int) -> dict[str, np.ndarray | BaseException]:
+    """Rows [start, stop) of each planned array from ``fetch``'s objects (for ``per_chunk`` arrays:
+    the rows of the chunks holding examples start…stop-1), each chunk checked and decompressed
+    into its slot of one buffer; a failure is returned in place of that array (the caller names it)."""
+    spans = _spans(plans, start, stop, per_chunk, chunk_rows)
+    buffers = {n: np.empty(((b - a) * plans[n].rows, *plans[n].row_shape), dtype=plans[n].dtype)
+               for n, (a, b) in spans.items()}  # whole chunks, sliced below
+    out: dict[str, np.ndarray | BaseException] = {}
+    for n, c, raw in fetched:
+        if n in out:
+            continue  # this array already failed
+        p, a = plans[n], spans[n][0]
+        slot = buffers[n][(c - a) * p.rows : (c - a + 1) * p.rows]  # (R, *row) contiguous
+        try:
+            if isinstance(raw, BaseException):
+                raise raw
+            if raw is None:  # never written: the fill value, as zarr reads it
+                slot[...] = p.fill
+            else:
+                _decode_into(p, raw, slot.reshape(-1).view(np.uint8))
+        except Exception as exc:  # one array's failure does not hide the others'
+            out[n] = exc
+    for n, (a, b) in spans.items():
+        if n not in out:
+            lo = 0 if n in per_chunk else start - a * plans[n].rows
+            out[n] = buffers[n][lo : lo + (b - a if n in per_chunk else stop - start)]
+    return out

@@ -1,0 +1,47 @@
+"""Top-k ids as indices into a per-chunk table of the chunk's ids, most frequent first.
+
+A chunk of R examples holds R·(L-1)·k top-k ids drawn from a few thousand distinct tokens whose
+frequencies are very skewed. Renumbering them by their frequency in the chunk (index 0 = the most
+frequent id of the chunk) puts most indices below 256 or 4096, where bit shuffle + zstd code them
+close to their entropy; raw ids spread over the whole vocabulary (SmolLM2, top-64: 107.9 →
+93.1 B/token for the indices, plus 1.7 B/token for the tables; docs/store-format.md). The table
+belongs to its chunk, so it is written with it (parallel writers and resume need nothing global)
+and a reader needs only the chunks it reads.
+
+    id_table[c]  (V,)  the chunk's distinct ids by descending count (ties: smaller id first), then 0
+    topk_ids = id_table[c][topk_index]           for the rows of chunk c
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def build(ids: np.ndarray, vocab_size: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(n, L-1, k) ids of one chunk → (topk_index (n, L-1, k), table (V,)), both ``dtype``.
+
+    ValueError when an id is outside [0, vocab_size)."""
+    ids = np.asarray(ids)
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(f"top-k ids must lie in [0, {vocab_size}), got {int(ids.min())}..{int(ids.max())}")
+    counts = np.bincount(ids.ravel(), minlength=vocab_size)  # (V,)
+    order = np.argsort(-counts, kind="stable")  # (V,) most frequent first; stable: ties by id
+    used = int(np.count_nonzero(counts))
+    index_of = np.empty(vocab_size, dtype=dtype)
+    index_of[order] = np.arange(vocab_size, dtype=dtype)  # the inverse permutation
+    table = np.zeros(vocab_size, dtype=dtype)
+    table[:used] = order[:used]
+    return index_of[ids], table
+
+
+def lookup(index: np.ndarray, tables: np.ndarray, chunk_of_row: np.ndarray | None = None) -> np.ndarray:
+    """Indices (B, L-1, k) + tables (C', V) of the chunks they come from → ids (B, L-1, k) int64.
+
+    ``chunk_of_row`` (B,): which of the C' tables each row uses (None: all rows use table 0, the
+    usual whole-chunk read). The gather writes int64 directly from an int64 table: no separate
+    upcast pass. Indices are cast to intp first: numpy's take is ~4x slower on uint16 indices."""
+    tables = np.asarray(tables).astype(np.int64)  # (C', V): small (V ids per chunk read)
+    flat = np.asarray(index).astype(np.intp)  # (B, L-1, k)
+    if chunk_of_row is None or len(tables) == 1:
+        return np.take(tables[0], flat)  # (B, L-1, k) int64
+    flat += (np.asarray(chunk_of_row, dtype=np.intp) * tables.shape[1])[:, None, None]  # into tables.ravel()
+    return np.take(tables.ravel(), flat)
