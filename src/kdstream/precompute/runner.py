@@ -30,7 +30,7 @@ class PrecomputeOptions:
     chunk_rows: int | None = None  # examples per chunk; default: chunks of >= 1 MiB (schema.default_chunk_rows)
     num_workers: int = 1  # parallel writers of one store; each runs with its own --worker-index
     worker_index: int = 0
-    logprob_encoding: str = "qdelta"  # qdelta: uint16 log-grid codes (error <= 1/128 nat) | fp32
+    logprob_encoding: str = "qdelta"  # qdelta: uint16 log-grid codes (error <= 0.0096 nat: storage/encoding.py) | fp32
     targets: str = "topk"  # topk | sampled: --samples draws per position from the top-k + tail bucket
     samples: int = 64
     backend: str = "vllm"  # vllm | hf (transformers: models vLLM cannot load, machines without vLLM)
