@@ -89,7 +89,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_and_weights(tmp_path
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_torchrun_two_ranks_match_one_process(tmp_path, teacher_store, student_init_dir, fsdp):
     """DDP (or FSDP2) over gloo with the same global batch gives the single-process losses and
-    weights; under FSDP a mid-run checkpoint gathers the sharded state on every rank. --loss-chunk 100:
+    weights, with mid-run checkpoints (under FSDP gathered from the shards on every rank). --loss-chunk 100:
     the fused head runs several chunks per micro-batch (its gradients reach DDP's and FSDP's hooks)."""
     import os
     import shutil
@@ -100,7 +100,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, teacher_store, student_i
 
     # 24 examples, batch 10: the last batch (4 rows) splits unevenly, 2 + 2.
     args = ["--logits-store", teacher_store, "--model", student_init_dir, "--epochs", 2, "--batch-size", 10,
-            "--lr", "1e-3", "--temperature", 2, "--loss-chunk", 100, *(["--fsdp", "--checkpoint-every", 2] if fsdp else [])]
+            "--lr", "1e-3", "--temperature", 2, "--loss-chunk", 100, "--checkpoint-every", 2, *(["--fsdp"] if fsdp else [])]
     run_cli("distill", *[a for a in args if a != "--fsdp"], "--out", tmp_path / "one")
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     proc = subprocess.run(
@@ -112,6 +112,45 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, teacher_store, student_i
     assert json.loads((tmp_path / "two" / "train_summary.json").read_text())["world_size"] == 2
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
     a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(float((a[k] - b[k]).abs().max()) < 1e-4 for k in a)
+
+
+def test_fsdp_resumes_a_killed_run_with_the_uninterrupted_losses(tmp_path, teacher_store, student_init_dir):
+    """A single process SIGKILLed after its step-4 checkpoint, resumed by 2 FSDP2 ranks
+    (torchrun, gloo): checkpoints hold full state dicts, so FSDP re-shards them on load and the
+    remaining steps give the uninterrupted run's losses and final weights."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    args = ["--logits-store", teacher_store, "--model", student_init_dir, "--epochs", 3, "--batch-size", 8,
+            "--lr", "1e-3", "--checkpoint-every", 2]
+    run_cli("distill", *args, "--out", tmp_path / "straight")
+    out = tmp_path / "killed"
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "kdstream", "distill", *map(str, args), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    ckpt = tmp_path / "killed.partial" / "checkpoints" / "step-00000004"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (out / "train_summary.json").exists(), "the run was not killed mid-way"
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "kdstream.distill", *map(str, args),
+                           "--fsdp", "--resume", "--out", str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["resumed_from_step"] >= 4
+    assert losses(out) == pytest.approx(losses(tmp_path / "straight"), rel=1e-4)
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "straight" / "model.safetensors"))
     assert a.keys() == b.keys() and all(float((a[k] - b[k]).abs().max()) < 1e-4 for k in a)
 
 

@@ -6,7 +6,8 @@ so a kill mid-write leaves the previous checkpoint intact. Only the latest is ke
 
 Under FSDP the weights and optimizer state are sharded: ``gather_state`` (a collective, every
 rank calls it) assembles full tensors on the CPU, rank 0 writes them, and ``load_checkpoint``
-hands every rank the full state to re-shard. The files are the same with and without FSDP.
+hands every rank the full state to re-shard. The files are the same with and without FSDP (the
+optimizer state keyed by parameter name either way), so a run can resume under the other.
 """
 from __future__ import annotations
 
@@ -29,11 +30,14 @@ class Position:
 
 
 def gather_state(net, optimizer, fsdp: bool) -> tuple[dict, dict]:
-    """(model state dict, optimizer state dict) with full, unsharded CPU tensors."""
-    if not fsdp:
-        return net.state_dict(), optimizer.state_dict()
+    """(model state dict, optimizer state dict) with full, unsharded CPU tensors; the optimizer's
+    keyed by parameter name (torch.distributed.checkpoint's form) with or without FSDP, so a
+    checkpoint of either kind resumes under the other."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
+    if not fsdp:
+        _, optim = get_state_dict(net, optimizer, options=StateDictOptions(full_state_dict=True))
+        return net.state_dict(), optim
     return get_state_dict(net, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -76,15 +80,18 @@ def load_checkpoint(path: Path, net, optimizer, scheduler, fsdp: bool = False) -
     # from_pretrained maps the saved names back to this transformers version's module names.
     weights = type(net).from_pretrained(str(path), dtype=torch.float32).state_dict()
     state = torch.load(path / "state.pt", weights_only=False)
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-        set_state_dict(net, optimizer, model_state_dict=weights, optim_state_dict=state["optimizer"],
-                       options=StateDictOptions(full_state_dict=True))
-    else:
+    optim = state["optimizer"]
+    if not fsdp and all(isinstance(k, int) for k in optim["state"]):
+        # written before checkpoints keyed the optimizer by parameter name: plain torch form
         device = next(net.parameters()).device
         net.load_state_dict({k: v.to(device) for k, v in weights.items()})
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(optim)
+    else:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        # FSDP re-shards the full tensors; without FSDP this is a plain load by parameter name
+        set_state_dict(net, optimizer, model_state_dict=weights, optim_state_dict=optim,
+                       options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
