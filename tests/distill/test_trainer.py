@@ -55,29 +55,35 @@ def test_a_student_with_another_tokenizer_is_refused_before_training(tmp_path, t
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_losses_and_weights(tmp_path, teacher_store, student_init_dir):
+def kill_after_checkpoint(args: list, out, step: int):
+    """Start `python -m kdstream ARGS --out OUT`, SIGKILL it once its step-``step`` checkpoint is
+    written, and check it died mid-run; returns OUT."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    from safetensors.torch import load_file
-
-    args = ["distill", "--logits-store", teacher_store, "--model", student_init_dir, "--epochs", 3,
-            "--batch-size", 8, "--lr", "1e-3", "--checkpoint-every", 2]
-    run_cli(*args, "--out", tmp_path / "straight")
-
-    out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "kdstream", *map(str, args), "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"})
-    ckpt = tmp_path / "killed.partial" / "checkpoints" / "step-00000004"
+    ckpt = out.parent / (out.name + ".partial") / "checkpoints" / f"step-{step:08d}"
     deadline = time.time() + 300
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt.exists() and not (out / "train_summary.json").exists(), "the run was not killed mid-way"
+    return out
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_losses_and_weights(tmp_path, teacher_store, student_init_dir):
+    from safetensors.torch import load_file
+
+    args = ["distill", "--logits-store", teacher_store, "--model", student_init_dir, "--epochs", 3,
+            "--batch-size", 8, "--lr", "1e-3", "--checkpoint-every", 2]
+    run_cli(*args, "--out", tmp_path / "straight")
+
+    out = kill_after_checkpoint(args, tmp_path / "killed", 4)
 
     summary = last_json(run_cli(*args, "--out", out, "--resume").stdout)
     assert summary["resumed_from_step"] >= 4
@@ -121,27 +127,16 @@ def test_fsdp_resumes_a_killed_run_with_the_uninterrupted_losses(tmp_path, teach
     remaining steps give the uninterrupted run's losses and final weights."""
     import os
     import shutil
-    import signal
     import subprocess
     import sys
-    import time
 
     from safetensors.torch import load_file
 
     args = ["--logits-store", teacher_store, "--model", student_init_dir, "--epochs", 3, "--batch-size", 8,
             "--lr", "1e-3", "--checkpoint-every", 2]
     run_cli("distill", *args, "--out", tmp_path / "straight")
-    out = tmp_path / "killed"
+    out = kill_after_checkpoint(["distill", *args], tmp_path / "killed", 4)
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "kdstream", "distill", *map(str, args), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    ckpt = tmp_path / "killed.partial" / "checkpoints" / "step-00000004"
-    deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists() and not (out / "train_summary.json").exists(), "the run was not killed mid-way"
 
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "kdstream.distill", *map(str, args),
