@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")  # names accepted by kd_loss(kind=...)
