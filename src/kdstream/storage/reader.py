@@ -112,8 +112,8 @@ class LogitStore:
             if "topk_logprobs" in keys:
                 out["topk_logprobs"] = enc.decode_topk(raw["topk_logprobs"], raw["tail_mass"], e["scale"])
             return
-        cum = enc.cumulative_codes(raw["topk_logprobs"])  # (B, L-1, k) float32 absolute codes
-        if "target_logprob" in keys:  # before cum is scaled in place
+        cum = enc.cumulative_codes(raw["topk_logprobs"])  # (B, L-1, k) uint16 absolute codes
+        if "target_logprob" in keys:
             out["target_logprob"] = enc.decode_target(raw["target_code"], cum, raw["target_rank"], e["target_scale"])
         if "topk_logprobs" in keys or "tail_mass" in keys:
             lp = enc.decode_shifted(cum, raw["topk_shift"], e["scale"], e["shift_scale"])  # (B, L-1, k)
