@@ -1,14 +1,14 @@
-"""precompute-logits killed with SIGKILL and rerun, alone and as one of two parallel workers: the
+"""precompute-logits killed with SIGKILL (at a chosen chunk write, see LAUNCHER) and rerun, alone and as one of two parallel workers: the
 store equals the session's uninterrupted one array by array (the top-k ids decoded), and `store verify` passes.
 
 Both runs use --chunk-rows 2 with the session store's --batch-size 10: groups of 5 chunks, so the
 engine sees the same batches (rows 0:10, 10:20, 20:24) as the session store's single chunk did.
 """
+import os
 import random
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,22 +18,42 @@ from conftest import last_json, precompute_args, run_cli
 pytestmark = pytest.mark.slow
 
 
-def start(teacher_dir, corpus_file, out, *extra):
+# Runs the CLI with StoreWriter.write_chunk wrapped so the process SIGKILLs itself at a chosen
+# write: before chunk write number KILL_AT (0-based, counted in this process), or, with MID set,
+# after that chunk's arrays are written but before its done mark. A kill timed from outside
+# raced the background writer (all 12 chunks could land between two polls); this one is exact.
+LAUNCHER = """
+import os, signal, sys
+from kdstream.storage.writer import StoreWriter
+kill_at, mid = int(os.environ["KILL_AT"]), os.environ["MID"] == "1"
+original, calls = StoreWriter.write_chunk, [0]
+
+class DieOnMark:
+    def __setitem__(self, key, value):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def write_chunk(self, c, rows):
+    calls[0] += 1
+    if calls[0] - 1 == kill_at:
+        if not mid:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._done = DieOnMark()
+    original(self, c, rows)
+
+StoreWriter.write_chunk = write_chunk
+from kdstream.cli import main
+sys.argv[0] = "kdstream"
+main()
+"""
+
+
+def run_killed(teacher_dir, corpus_file, out, kill_at: int, mid: bool, *extra) -> None:
+    """precompute-logits on ``out``, SIGKILLed at write ``kill_at`` (see LAUNCHER)."""
     args = precompute_args(teacher_dir, corpus_file, out, "--chunk-rows", "2", *extra)
-    return subprocess.Popen([sys.executable, "-m", "kdstream", *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def kill_after_marker(proc, out, chunk: int, delay: float) -> None:
-    """SIGKILL ``proc`` ``delay`` seconds after chunk ``chunk`` of ``out`` was marked written."""
-    marker = out / "chunk_done" / "c" / str(chunk)
-    deadline = time.time() + 300
-    while not marker.exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before writing its first chunk"
-        time.sleep(0.01)
-    time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    env = {**os.environ, "KILL_AT": str(kill_at), "MID": "1" if mid else "0"}
+    proc = subprocess.run([sys.executable, "-c", LAUNCHER, *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
 
 
 def done_markers(out) -> set[int]:
@@ -58,10 +78,11 @@ def assert_same_arrays(a, b):
 
 def test_a_killed_precompute_resumes_to_the_uninterrupted_store(tmp_path, teacher_store, teacher_dir, corpus_file):
     out = tmp_path / "resumed.zarr"
-    delay = random.Random().uniform(0, 0.3)  # a random point after the first chunk is written
-    kill_after_marker(start(teacher_dir, corpus_file, out), out, 0, delay)
+    rng = random.Random()
+    kill_at, mid = rng.randrange(1, 12), rng.random() < 0.5  # a random write, at a chunk boundary or inside one
+    run_killed(teacher_dir, corpus_file, out, kill_at, mid)
     written = done_markers(out)
-    assert 1 <= len(written) < 12, f"killed {delay:.2f} s after the first chunk: {written}"
+    assert written == set(range(kill_at)), f"killed at write {kill_at} (mid={mid}): {written}"
 
     rerun = run_cli(*precompute_args(teacher_dir, corpus_file, out, "--chunk-rows", "2"))
     summary = last_json(rerun.stdout)
@@ -76,8 +97,10 @@ def test_two_workers_one_killed_and_rerun_then_finalize(tmp_path, teacher_store,
     out = tmp_path / "parallel.zarr"
     workers = ("--num-workers", "2", "--worker-index")
     # worker 0 owns groups 0 and 2 (chunks 0-4, 10-11), worker 1 group 1 (chunks 5-9)
-    w0, w1 = (start(teacher_dir, corpus_file, out, *workers, str(i)) for i in range(2))
-    kill_after_marker(w0, out, 0, 0.0)  # worker 0 still has group 2 to score
+    w1 = subprocess.Popen([sys.executable, "-m", "kdstream", *map(str, precompute_args(
+        teacher_dir, corpus_file, out, "--chunk-rows", "2", *workers, "1"))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_killed(teacher_dir, corpus_file, out, 1, False, *workers, "0")  # worker 0 still has group 2 to score
     assert w1.wait(timeout=300) == 0
     assert set(range(5, 10)) <= done_markers(out) and not {10, 11} & done_markers(out)
 
