@@ -4,8 +4,9 @@ Three ways to the same verdict (``method``):
     generate  greedy decoding of the suffix (the reference; also edit distance, approx match)
     fast      one teacher-forced pass over prefix + suffix (evaluate/fast_path.py): the same
               exact-match verdict and first divergence, plus a near-tie margin;
-              no decoding steps (on a 2-core CPU as fast as generate, whose decode steps are
-              compute-bound there too: benchmarks/extraction_bench.py)
+              no decoding steps, and one pass for all prefix lengths of a sweep (per prefix
+              length, on a 2-core CPU as fast as generate, whose decode steps are compute-bound
+              there too: benchmarks/extraction_bench.py)
     both      generate and fast, every disagreement reported (disagreements.parquet)
     store     the teacher's verdict read from its logit store (target_rank == 1), no model
 on vLLM or HF transformers (``backend``), for one or several prefix lengths, optionally as one
@@ -166,9 +167,43 @@ def _batched(fn, rows: np.ndarray, n: int, batch_size: int, bar):
     for b in range(0, len(rows), batch_size):
         out = fn(rows[b : b + batch_size], n)
         parts.append(out if isinstance(out, tuple) else (out,))
-        bar.update(len(rows[b : b + batch_size]))
+        if bar is not None:
+            bar.update(len(rows[b : b + batch_size]))
     joined = tuple(np.concatenate(col) for col in zip(*parts))
     return joined if len(joined) > 1 else joined[0]
+
+
+def generate_verdicts(backend, input_ids: np.ndarray, prefix_lens, n: int, offset: int, batch_size: int,
+                      bar=None) -> dict[int, dict[str, np.ndarray]]:
+    """{P: match_metrics + generated_ids} from greedy decoding, one engine pass per prefix length.
+
+    input_ids (s, L); prefix P is input_ids[:, offset : offset+P], its suffix the next n tokens."""
+    from kdstream.evaluate.metrics import match_metrics
+
+    out = {}
+    for p in prefix_lens:
+        gen = _batched(backend.greedy, input_ids[:, offset : offset + p], n, batch_size, bar)  # (s, n)
+        out[p] = {**match_metrics(gen, input_ids[:, offset + p : offset + p + n]), "generated_ids": gen}
+    return out
+
+
+def fast_verdicts(backend, input_ids: np.ndarray, prefix_lens, n: int, offset: int, batch_size: int,
+                  bar=None) -> dict[int, dict[str, np.ndarray]]:
+    """{P: teacher_forced_metrics} for every prefix length from ONE teacher-forced pass.
+
+    The argmax predicting token offset+t sees tokens offset .. offset+t-1 whatever P is, so
+    prefix P's verdict is a window of the same pass: it scores the suffix tokens from
+    offset+min(P) to offset+max(P)+n-1 (span = max−min+n positions), then slices n per P.
+    """
+    from kdstream.evaluate.fast_path import teacher_forced_metrics
+
+    lo, hi = min(prefix_lens), max(prefix_lens)
+    argmax, gap = _batched(backend.score_suffix, input_ids[:, offset : offset + hi + n], hi - lo + n, batch_size, bar)
+    out = {}
+    for p in prefix_lens:
+        window = slice(p - lo, p - lo + n)  # (s, span) → (s, n)
+        out[p] = teacher_forced_metrics(argmax[:, window], gap[:, window], input_ids[:, offset + p : offset + p + n])
+    return out
 
 
 def _store_metrics(opts: ExtractOptions, start: int, stop: int, bar) -> dict[int, dict]:
@@ -194,8 +229,6 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
     and summary.json under ``out`` (see evaluate/extract_results.py); returns the summary."""
     from kdstream.evaluate.backends import make_backend
     from kdstream.evaluate.extract_results import prefix_table, sweep_table, write_eval
-    from kdstream.evaluate.fast_path import teacher_forced_metrics
-    from kdstream.evaluate.metrics import match_metrics
     from kdstream.model_files import check_model_dir
     from kdstream.progress import progress
 
@@ -210,19 +243,19 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
 
     seconds = dict.fromkeys(methods, 0.0)
     per_prefix: dict[int, dict[str, dict]] = {p: {} for p in opts.prefix_len}
-    with progress(len(input_ids) * len(methods) * len(opts.prefix_len), "extract", unit="seq") as bar:
-        for p in opts.prefix_len:
-            truth = input_ids[:, o + p : o + p + n]  # (s, n)
-            if "generate" in methods:
-                t = time.perf_counter()
-                gen = _batched(backend.greedy, input_ids[:, o : o + p], n, opts.batch_size, bar)  # (s, n)
-                seconds["generate"] += time.perf_counter() - t
-                per_prefix[p]["generate"] = {**match_metrics(gen, truth), "generated_ids": gen}
-            if "fast" in methods:
-                t = time.perf_counter()
-                argmax, gap = _batched(backend.score_suffix, input_ids[:, o : o + p + n], n, opts.batch_size, bar)
-                seconds["fast"] += time.perf_counter() - t
-                per_prefix[p]["fast"] = teacher_forced_metrics(argmax, gap, truth)
+    # passes over the examples: generate and store once per prefix length, fast once for all
+    passes = len(opts.prefix_len) * sum(m in methods for m in ("generate", "store")) + ("fast" in methods)
+    with progress(len(input_ids) * passes, "extract", unit="seq") as bar:
+        if "generate" in methods:
+            t = time.perf_counter()
+            for p, m in generate_verdicts(backend, input_ids, opts.prefix_len, n, o, opts.batch_size, bar).items():
+                per_prefix[p]["generate"] = m
+            seconds["generate"] += time.perf_counter() - t
+        if "fast" in methods:
+            t = time.perf_counter()
+            for p, m in fast_verdicts(backend, input_ids, opts.prefix_len, n, o, opts.batch_size, bar).items():
+                per_prefix[p]["fast"] = m
+            seconds["fast"] += time.perf_counter() - t
         if "store" in methods:
             t = time.perf_counter()
             for p, m in _store_metrics(opts, start, stop, bar).items():
