@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdstream.distill.losses import TAILS, kd_loss, sampled_ce_loss
+from kdstream.distill.losses import KD_LOSSES, TAILS, kd_loss, sampled_ce_loss
 from kdstream.storage.encoding import decode_samples, draw_samples
 
 N, V, S = 6, 40, 64
@@ -66,6 +66,25 @@ def test_which_ids_pad_a_row_does_not_matter():
     for tail in TAILS:
         torch.testing.assert_close(sampled_ce_loss(student, other, logprobs, tail=tail),
                                    sampled_ce_loss(student, ids, logprobs, tail=tail))
+
+
+def test_kd_loss_renormalize_on_a_sampled_store_ignores_the_padding():
+    """kd_loss --tail renormalize on a sampled view: the padding ids (-inf) take no share of the
+    student's renormalized mass, so which ids pad a row does not matter, and at T = 1 forward KL
+    has ce_sampled's (renormalize) gradient."""
+    student, teacher = student_and_teacher()
+    ids, logprobs, _, _ = sampled_view(teacher, 5)
+    pad = torch.isneginf(logprobs)
+    other = ids.clone()
+    other[pad] = (ids.max() + 1 + torch.arange(int(pad.sum()))) % V
+    for kind in KD_LOSSES:
+        a = kd_loss(student, ids, logprobs, kind=kind, temperature=2.0, tail="renormalize")
+        b = kd_loss(student, other, logprobs, kind=kind, temperature=2.0, tail="renormalize")
+        assert torch.isfinite(a) and torch.isfinite(grad(a, student)).all(), kind
+        torch.testing.assert_close(a, b, msg=kind)
+    kl = kd_loss(student, other, logprobs, kind="forward_kl", temperature=1.0, tail="renormalize")
+    ce = sampled_ce_loss(student, ids, logprobs, tail="renormalize")
+    torch.testing.assert_close(grad(kl, student), grad(ce, student), rtol=1e-4, atol=1e-7)
 
 
 def test_is_forward_kl_at_t1_plus_the_entropy_of_the_targets():

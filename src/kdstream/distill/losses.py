@@ -76,7 +76,8 @@ def teacher_distribution(topk_logprobs: Tensor, temperature: float, tail: str) -
     raise ValueError(f"unknown tail {tail!r}; expected one of {TAILS}")
 
 
-def student_distribution(student_logits: Tensor, topk_ids: Tensor, temperature: float, tail: str) -> Tensor:
+def student_distribution(student_logits: Tensor, topk_ids: Tensor, temperature: float, tail: str,
+                         listed: Tensor | None = None) -> Tensor:
     """(N, V) logits, (N, k) ids -> (N, k+1) tempered student log-probs over [top-k..., tail].
 
     bucket: the student is coarsened exactly like the teacher, then tempered like the teacher:
@@ -91,12 +92,17 @@ def student_distribution(student_logits: Tensor, topk_ids: Tensor, temperature: 
     non-top-k log-probs (top-k columns masked with -inf), computed on those rows only. One
     log_softmax over (N, V) is the only vocabulary-sized work on most rows, which keeps a KD step
     close to a CE step. An empty tail (k == V) is -inf, computed so that no NaN reaches the
-    gradient. renormalize: log_softmax over the k gathered logits / T only.
+    gradient. renormalize: log_softmax over the k gathered logits / T only, and only over the
+    ``listed`` (N, k) bool entries when given (a sampled store's rows end in padding ids the
+    teacher gives probability 0: they must not take a share of the student's renormalized mass).
     """
     z = student_logits.float()  # (N, V)
     ids = topk_ids.long()  # (N, k)
     if tail == "renormalize":
-        top = torch.log_softmax(z.gather(-1, ids) / temperature, -1)  # (N, k)
+        gathered = z.gather(-1, ids)  # (N, k)
+        if listed is not None:
+            gathered = gathered.masked_fill(~listed, _NEG_INF)
+        top = torch.log_softmax(gathered / temperature, -1)  # (N, k)
         return torch.cat([top, top.new_full((top.shape[0], 1), _NEG_INF)], -1)  # (N, k+1)
     if tail != "bucket":
         raise ValueError(f"unknown tail {tail!r}; expected one of {TAILS}")
@@ -196,7 +202,9 @@ def kd_loss(student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor, *, 
     if mask is not None:  # drop rows up front: masked rows get exactly zero gradient, even if garbage
         student_logits, topk_ids, topk_logprobs = student_logits[mask], topk_ids[mask], topk_logprobs[mask]
 
-    log_s = student_distribution(student_logits, topk_ids, temperature, tail)  # (N, k+1)
+    # renormalize: only the entries the teacher lists (-inf marks a sampled store's padding)
+    listed = ~torch.isneginf(topk_logprobs) if tail == "renormalize" else None  # (N, k)
+    log_s = student_distribution(student_logits, topk_ids, temperature, tail, listed)  # (N, k+1)
     log_t = teacher_distribution(topk_logprobs, temperature, tail)  # (N, k+1)
     if tail == "bucket":
         empty = torch.isneginf(log_s[:, -1:])  # (N, 1)
