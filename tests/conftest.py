@@ -1,11 +1,15 @@
 """Session fixtures: a tiny BPE tokenizer, tiny GPT-NeoX models built from config (no hub), a
-small corpus file, one teacher store written by the real `precompute-logits` CLI (vLLM)."""
+small corpus file, one teacher store written by the real `precompute-logits` CLI (vLLM), and a
+read-only local HTTP server (``http_root``)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -108,3 +112,39 @@ def teacher_store(tmp_path_factory, teacher_dir, corpus_file) -> Path:
     out = tmp_path_factory.mktemp("stores") / "teacher.zarr"
     run_cli(*precompute_args(teacher_dir, corpus_file, out))
     return out
+
+
+@pytest.fixture
+def http_root(tmp_path, request):
+    """Serve tmp_path/www read-only over HTTP on a free loopback port; yields (directory, base URL).
+    Parametrize indirectly with False to refuse directory listings, like most static hosting."""
+    listings = getattr(request, "param", True)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # no request log lines
+            pass
+
+        def list_directory(self, path):
+            if listings:
+                return super().list_directory(path)
+            self.send_error(404, "no directory listings")
+            return None
+
+    class Server(ThreadingHTTPServer):
+        # the stdlib's listen backlog is 5: the reader's concurrent requests (up to zarr's
+        # async.concurrency, 10) would overflow it, and a dropped connection retries after a 1 s
+        # SYN timeout. Real servers queue hundreds (nginx: 511).
+        request_queue_size = 128
+
+    root = tmp_path / "www"
+    root.mkdir()
+    server = Server(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    server.timeout = 10
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

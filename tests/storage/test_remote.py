@@ -3,11 +3,8 @@
 Everything listens on 127.0.0.1 only and is stopped when its test ends. The S3 endpoint reaches
 s3fs/botocore through AWS_ENDPOINT_URL, so kdstream's API needs no storage options.
 """
-import functools
 import logging
-import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -103,42 +100,6 @@ def test_write_to_s3_read_back_and_verify(s3):
     report = verify_store("s3://bucket/store.zarr")
     assert not report.ok and len(report.corrupt) == 1
     assert report.corrupt[0].startswith("topk_logprobs chunk 1 (rows 4:8): crc32c checksum mismatch")
-
-
-@pytest.fixture
-def http_root(tmp_path, request):
-    """Serve tmp_path/www read-only over HTTP on a free loopback port; yields (directory, base URL).
-    Parametrize indirectly with False to refuse directory listings, like most static hosting."""
-    listings = getattr(request, "param", True)
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):  # no request log lines
-            pass
-
-        def list_directory(self, path):
-            if listings:
-                return super().list_directory(path)
-            self.send_error(404, "no directory listings")
-            return None
-
-    class Server(ThreadingHTTPServer):
-        # the stdlib's listen backlog is 5: the reader's concurrent requests (up to zarr's
-        # async.concurrency, 10) would overflow it, and a dropped connection retries after a 1 s
-        # SYN timeout. Real servers queue hundreds (nginx: 511).
-        request_queue_size = 128
-
-    root = tmp_path / "www"
-    root.mkdir()
-    server = Server(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    server.timeout = 10
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def read_rate(store, repeats=3) -> float:
