@@ -1,5 +1,6 @@
-"""precompute-logits killed with SIGKILL (at a chosen chunk write, see LAUNCHER) and rerun, alone and as one of two parallel workers: the
-store equals the session's uninterrupted one array by array (the top-k ids decoded), and `store verify` passes.
+"""precompute-logits killed with SIGKILL (at a chosen chunk write, see LAUNCHER) and rerun,
+alone and as one of two parallel workers: the store equals the session's uninterrupted one array
+by array (the top-k ids decoded), and `store verify` passes.
 
 Both runs use --chunk-rows 2 with the session store's --batch-size 10: groups of 5 chunks, so the
 engine sees the same batches (rows 0:10, 10:20, 20:24) as the session store's single chunk did.
