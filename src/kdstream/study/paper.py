@@ -37,6 +37,11 @@ def _ms(stat: dict, fmt: str = "{:.3g}", scale: float = 1.0) -> str:
     return text + (f" ± {fmt.format(sd * scale)}" if n > 1 else "")
 
 
+def _count(stat: dict) -> str:
+    """A count: whole for one seed, 'mean ± sd' to one decimal over several."""
+    return _ms(stat, "{:.0f}" if stat["n"] == 1 else "{:.1f}")
+
+
 def _verdict(ok: bool | None, why: str = "") -> str:
     if ok is None:
         return "not testable" + (f" ({why})" if why else "")
@@ -47,7 +52,7 @@ def findings(agg: dict) -> list[dict]:
     """Rows {finding, paper, ours, criterion, verdict} from ``summary.aggregate``'s dict."""
     rate = {r: agg["rate"][r] for r in ("teacher", "baseline", "student")}
     pct = lambda r: _ms(rate[r], "{:.1f}", 100) + "%"  # noqa: E731
-    count = lambda r: _ms(agg["memorized"][r], "{:.1f}")  # noqa: E731
+    count = lambda r: _count(agg["memorized"][r])  # noqa: E731
     rows = [
         {"finding": "memorized: teacher / CE baseline / KD student", "paper": PAPER["rates"],
          "ours": f"{pct('teacher')} / {pct('baseline')} ({count('baseline')}) / {pct('student')} ({count('student')})",
@@ -100,7 +105,7 @@ def findings(agg: dict) -> list[dict]:
     if flt:
         before, after = flt["student_memorized_before"], flt["student_memorized_after"]
         rows.append({"finding": "student memorization after filtering, then re-distilling", "paper": PAPER["filtered"],
-                     "ours": f"{_ms(before, '{:.1f}')} → {_ms(after, '{:.1f}')} (excluded {_ms(flt['excluded'], '{:.1f}')})",
+                     "ours": f"{_count(before)} → {_count(after)} (excluded {_count(flt['excluded'])})",
                      "criterion": f"after ≤ {FILTER_MAX:.0%} of before",
                      "verdict": _verdict(after["mean"] <= FILTER_MAX * before["mean"])})
     else:
