@@ -98,6 +98,21 @@ def student_init_dir(tmp_path_factory, tokenizer) -> Path:
     return d
 
 
+def losses(out: Path) -> list[float]:
+    """The per-step training losses a distill run logged in OUT/metrics.jsonl."""
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def weight_gap(a: Path, b: Path) -> float:
+    """Largest |difference| between two saved models' weights (inf when their tensors differ in name)."""
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    if wa.keys() != wb.keys():
+        return float("inf")
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
 def precompute_args(teacher_dir: Path, corpus_file: Path, out: Path, *extra: str) -> list[str]:
     return [
         "precompute-logits", "--model", teacher_dir, "--dataset", corpus_file, "--out", out,

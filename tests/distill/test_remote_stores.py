@@ -6,22 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run_cli
+from conftest import losses, run_cli, weight_gap
 
 ARGS = ("--epochs", 1, "--batch-size", 8, "--lr", "1e-3", "--loader-workers", 1)
-
-
-def losses(out):
-    import json
-
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def same_weights(a, b) -> bool:
-    from safetensors.torch import load_file
-
-    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    return wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +23,7 @@ def test_distill_from_a_store_served_over_http(http_root, teacher_store, student
     shutil.copytree(teacher_store, root / "teacher.zarr")
     out = tmp_path / "out"
     run_cli("distill", "--logits-store", f"{base}/teacher.zarr", "--model", student_init_dir, *ARGS, "--out", out)
-    assert losses(out) == losses(local_run) and same_weights(out, local_run)
+    assert losses(out) == losses(local_run) and weight_gap(out, local_run) == 0
 
 
 def read_only_mount(source, target) -> list[str]:
@@ -64,4 +51,4 @@ def test_distill_from_a_store_on_a_read_only_filesystem(teacher_store, student_i
                            str(target / "teacher.zarr"), "--model", str(student_init_dir),
                            *map(str, ARGS), "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert losses(out) == losses(local_run) and same_weights(out, local_run)
+    assert losses(out) == losses(local_run) and weight_gap(out, local_run) == 0
