@@ -62,7 +62,7 @@ def _engine(kw: dict):
 @click.option("--worker-index", type=int, default=0, show_default=True,
               help="This worker's share (0..N-1); with N > 1 run `kdstream store finalize OUT` after all of them.")
 @click.option("--logprob-encoding", default="qdelta", show_default=True,
-              help="qdelta: uint16 codes on a 1/104-nat log grid (decoded error <= 0.0097 nats) | fp32: exact.")
+              help="qdelta: uint16 codes on a 1/52-nat log grid (decoded error <= 0.0096 nats) | fp32: exact.")
 @click.option("--targets", default="topk", show_default=True,
               help="topk | sampled: store --samples draws per position (unique ids + counts) from the top-k + tail.")
 @click.option("--samples", type=int, default=64, show_default=True, help="Draws per position with --targets sampled.")

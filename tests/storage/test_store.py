@@ -47,7 +47,7 @@ def test_roundtrip_random_access_and_slices(tmp_path):
     assert one["input_ids"].shape == (L,) and one["topk_ids"].shape == (L - 1, K)
     np.testing.assert_array_equal(one["topk_ids"], rows["topk_ids"][7])
     part = store[2:9]
-    e = store.attrs["encoding"]  # qdelta: within 0.0097 nats (top-k), 1.9e-5 (target)
+    e = store.attrs["encoding"]  # qdelta: within 0.0096 nats (top-k), 3.8e-5 (target)
     bound = {"topk_logprobs": e["max_abs_error"] + 1e-6, "target_logprob": e["target_max_abs_error"]}
     for key, value in rows.items():
         atol = bound.get(key, 0)  # ids, ranks and the rest exact
@@ -147,6 +147,30 @@ def test_a_format_version_2_store_still_reads(tmp_path):
     np.testing.assert_allclose(got["tail_mass"], stored["tail_mass"], rtol=0, atol=0)
     np.testing.assert_allclose(np.exp(got["topk_logprobs"].astype(np.float64)).sum(-1) + got["tail_mass"], 1, atol=1e-5)
     assert store.read(1, 5, ("topk_ids",))["topk_ids"].shape == (4, L - 1, K)
+
+
+def test_a_version_3_store_from_the_earlier_writer_still_reads(tmp_path):
+    """Stores written before the shift was chosen with the codes: scale 1/104, the shift computed after
+    rounding them (encoding.shift_codes), max_abs_error = scale * (1 + 1/2048). Same arrays, same decoding."""
+    from kdstream.storage import encoding as enc
+
+    rows = synthetic(6)
+    write(tmp_path / "old.zarr", rows)
+    g = zarr.open_group(str(tmp_path / "old.zarr"), mode="r+")
+    scale, steps = 1 / 104, enc.SHIFT_STEPS
+    lp = rows["topk_logprobs"].astype(np.float32)
+    d = enc.encode_topk(lp, scale)
+    cum = enc.cumulative_codes(d)
+    g["topk_logprobs"][:] = d
+    g["topk_shift"][:] = enc.shift_codes(cum, enc.tail_mass(lp), scale, scale / steps)
+    g["target_code"][:] = enc.encode_target(rows["target_logprob"], cum, rows["target_rank"], scale / enc.TARGET_STEPS)
+    g.attrs["encoding"] = {**g.attrs["encoding"], "scale": scale, "shift_scale": scale / steps,
+                           "target_scale": scale / enc.TARGET_STEPS, "max_abs_error": scale * (1 + 1 / 2048),
+                           "target_max_abs_error": scale / enc.TARGET_STEPS}
+    got = open_store(str(tmp_path / "old.zarr"))[0:6]
+    np.testing.assert_allclose(got["topk_logprobs"], lp, rtol=0, atol=scale * (1 + 1 / 2048) + 1e-6)
+    np.testing.assert_allclose(got["target_logprob"], rows["target_logprob"], rtol=0, atol=scale / enc.TARGET_STEPS)
+    np.testing.assert_allclose(got["tail_mass"], enc.tail_mass(lp), rtol=0, atol=1e-5)
 
 
 def test_the_same_rows_give_the_same_bytes(tmp_path):

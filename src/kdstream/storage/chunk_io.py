@@ -2,7 +2,8 @@
 decompressed straight into the output, without zarr's per-read indexing machinery.
 
 The arrays kdstream writes are chunked along axis 0 only, with the codecs ``bytes`` (little endian)
-→ ``blosc`` → ``crc32c`` (docs/store-format.md). For those, reading rows [start, stop) is: get
+→ ``blosc`` → ``crc32c``, qdelta ``topk_logprobs`` with a ``transpose`` before them (stored
+slot-major, docs/store-format.md). For those, reading rows [start, stop) is: get
 the objects of chunks ⌈start/R⌉…, check each one's crc32c (the last 4 bytes, little endian, of
 the rest), blosc-decompress it into its slot of one output buffer. That is what zarr does too,
 but zarr's generic path (selection indexing, a codec pipeline per chunk, a copy from each chunk
@@ -33,6 +34,7 @@ class Plan:
     row_shape: tuple[int, ...]
     dtype: np.dtype
     fill: object
+    order: tuple[int, ...] | None = None  # a transpose codec's order: the chunk is stored as chunk.transpose(order)
 
     @property
     def chunk_bytes(self) -> int:
@@ -41,20 +43,23 @@ class Plan:
 
 def plan(array) -> Plan | None:
     """A Plan for ``array`` when it has the layout kdstream writes, else None (read it through zarr)."""
-    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
+    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, TransposeCodec
 
     try:
         codecs = array.metadata.codecs
         chunks = tuple(array.chunks)
     except (AttributeError, NotImplementedError):  # format 2 metadata, sharding, …
         return None
+    order = None
+    if codecs and isinstance(codecs[0], TransposeCodec):
+        order, codecs = tuple(int(i) for i in codecs[0].order), codecs[1:]
     if (len(codecs) != 3 or not isinstance(codecs[0], BytesCodec) or not isinstance(codecs[1], BloscCodec)
             or not isinstance(codecs[2], Crc32cCodec) or chunks[1:] != tuple(array.shape[1:])):
         return None
     dtype = np.dtype(array.dtype)
     if dtype.itemsize > 1 and str(getattr(codecs[0].endian, "value", codecs[0].endian)) != "little":
         return None
-    return Plan(array, chunks[0], tuple(array.shape[1:]), dtype.newbyteorder("<"), array.metadata.fill_value)
+    return Plan(array, chunks[0], tuple(array.shape[1:]), dtype.newbyteorder("<"), array.metadata.fill_value, order)
 
 
 def _key(p: Plan, c: int) -> str:
@@ -63,7 +68,8 @@ def _key(p: Plan, c: int) -> str:
 
 
 def _decode_into(p: Plan, raw, dest: np.ndarray) -> None:
-    """Check the crc32c of one chunk object and blosc-decompress it into ``dest`` (its bytes)."""
+    """Check the crc32c of one chunk object and blosc-decompress it into ``dest`` (its bytes); a
+    transposed chunk goes through a buffer in its stored order and is transposed back into dest."""
     import google_crc32c
     from numcodecs import blosc
 
@@ -74,10 +80,14 @@ def _decode_into(p: Plan, raw, dest: np.ndarray) -> None:
     nbytes = int.from_bytes(bytes(body[4:8]), "little") if len(body) >= 16 else -1  # blosc header: uncompressed size
     if nbytes != dest.nbytes:  # decompress() would fill only part of a larger dest, silently
         raise CorruptChunk(f"blosc decompression error: the chunk holds {nbytes} bytes, expected {dest.nbytes}")
+    shape = (p.rows, *p.row_shape)
+    as_stored = dest if p.order is None else np.empty(tuple(shape[i] for i in p.order), p.dtype)
     try:
-        blosc.decompress(body, dest)
+        blosc.decompress(body, as_stored)
     except RuntimeError as exc:  # numcodecs: "error during blosc decompression: …"
         raise CorruptChunk(str(exc)) from None
+    if p.order is not None:
+        np.copyto(dest.view(p.dtype).reshape(shape), as_stored.transpose(np.argsort(p.order)))
 
 
 def _spans(plans: dict[str, Plan], start: int, stop: int, per_chunk: frozenset[str], chunk_rows: int

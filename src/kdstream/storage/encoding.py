@@ -6,27 +6,30 @@ log grid of step ``scale`` nats, delta-coded along k:
     c_j  = round(-logprob_j / scale)             (non-decreasing in j, since logprobs descend)
     d_0  = c_0,  d_j = c_j - c_{j-1} >= 0        (small integers: cheap after bit shuffle + zstd)
 
-Format version 3 (scale 1/104) adds, per row, one int16 ``topk_shift`` code h: the decoded row is
+Format version 3 adds, per row, one int16 ``topk_shift`` code h, and the decoded row is
 
     logprob_j = -c_j * scale + h * shift_scale        (c = cumsum(d), shift_scale = scale / 1024)
 
-where h * shift_scale is the constant that makes the decoded top-k mass equal the teacher's,
-rounded: h = round((log(1 - tail) - logsumexp(-c * scale)) / shift_scale). Each code is within
-scale/2 of the exact value, that constant (minus a probability-weighted mean of those errors)
-within scale/2 again, and its rounding adds shift_scale/2: every decoded logprob is within
-``max_abs_error`` = scale * (1 + 1/2048) = 0.00962 nats of the teacher's (plus float32 rounding),
-and the decoded top-k mass within a factor exp(±shift_scale/2) (±4.7e-6) of the teacher's. The
-tail mass is what the decoded top-k leaves, 1 - sum_j exp(logprob_j).
+The writer (``encode_offset``) picks h in 0..1024 first and then the codes on the grid that h
+shifts, c_j = round(h / 1024 - logprob_j / scale), so every decoded value is within scale/2 of
+the teacher's: ``max_abs_error`` = scale/2 = 0.00962 nats at scale 1/52. Among the offsets it
+picks one whose decoded top-k mass is the teacher's to a factor exp(±shift_scale/2) (±9.4e-6):
+the decoded mass moves continuously with h between the points where a code steps, and its mean
+over h is at least the teacher's mass, so such an h exists (below). The tail mass is what the
+decoded top-k leaves, 1 - sum_j exp(logprob_j). (Stores written before kdstream chose h this way
+have scale 1/104 and h computed after rounding the codes, h = round((log(1 - tail) -
+logsumexp(-c * scale)) / shift_scale), whose error adds to the codes': max_abs_error = scale *
+(1 + 1/2048). They decode with the same formula.)
 
 The true token's logprob is an int32 ``target_code`` r, a residual against the row's codes:
 
     target_logprob = -(r + 512 * c_ref) * target_scale     (target_scale = scale / 512)
 
 with c_ref = c at slot rank - 1 when rank <= k, else the last code c_{k-1}. Where the target is
-one of the top-k (87% of positions on SmolLM2), |r| <= 256: ~1.8 B/token instead of 4 for a
-float32, within target_scale/2 = 9.4e-6 nats (``target_max_abs_error`` = target_scale allows
-for float32 rounding). Values below -65535 * scale (top-k) or -2^31 * target_scale (target)
-nats are clamped there.
+one of the top-k (87% of positions on SmolLM2), |r| <= 768 (half a step, plus the shift's
+step at most): ~2 B/token instead of 4 for a float32, within target_scale/2 = 1.9e-5 nats at
+scale 1/52 (``target_max_abs_error`` = target_scale allows for float32 rounding). Values below
+-65535 * scale (top-k) or -2^31 * target_scale (target) nats are clamped there.
 
 Version 2 (scale 1/128) stored a float32 ``tail_mass`` instead of the shift, renormalised on read
 (``decode_topk``), and a float32 target; ``fp32`` stores exact float32 logprobs, tail and target.
@@ -38,9 +41,8 @@ import numpy as np
 ENCODINGS = ("qdelta", "fp32", "sampled")
 MAX_SAMPLES = 255  # counts are uint8
 DEFAULT_ENCODING = "qdelta"
-QDELTA_SCALE = 1.0 / 104  # nats per code: with the shift, decoded error <= scale * (1 + 1/2048) < 0.01 nats
-# shift_scale = scale / 1024: |shift| <= scale / 2 = 512 steps (int16); the top-k mass is then kept to
-# 4.7e-6 relative (steps of scale/64 in int8 cost 0.6 B/token less but kept it only to 7.5e-5)
+QDELTA_SCALE = 1.0 / 52  # nats per code: decoded error <= scale / 2 = 0.0096 nats (encode_offset)
+# shift_scale = scale / 1024: h in 0..1024 (int16); the top-k mass is kept to 9.4e-6 relative
 SHIFT_STEPS = 1024
 TARGET_STEPS = 512  # target_scale = scale / 512: the target code is an integer residual against the top-k codes
 _MAX_CODE = np.iinfo(np.uint16).max
@@ -60,7 +62,7 @@ def encoding_attrs(encoding: str, samples: int | None = None) -> dict:
         scale = QDELTA_SCALE
         return {"topk_ids": "id_table", "topk_logprobs": "qdelta", "scale": scale,
                 "shift_scale": scale / SHIFT_STEPS, "target_scale": scale / TARGET_STEPS,
-                "max_abs_error": scale + scale / SHIFT_STEPS / 2,
+                "max_abs_error": scale / 2,
                 "target_max_abs_error": scale / TARGET_STEPS}  # half a step + float32 rounding
     raise ValueError(f"unknown logprob encoding {encoding!r}; expected one of {ENCODINGS}")
 
@@ -118,7 +120,10 @@ def decode_topk(deltas: np.ndarray, tail: np.ndarray, scale: float) -> np.ndarra
 def shift_codes(cum: np.ndarray, tail: np.ndarray, scale: float, shift_scale: float) -> np.ndarray:
     """(..., k) absolute codes (``cumulative_codes``) + (...,) exact tail mass → (...,) int16 shift
     codes h = round((log(1 - tail) - logsumexp(-c * scale)) / shift_scale); 0 where the top-k
-    mass is 0. The logsumexp is of the float32 values the reader computes before shifting."""
+    mass is 0. The logsumexp is of the float32 values the reader computes before shifting.
+
+    The shift of stores written before ``encode_offset`` (scale 1/104); kept to measure against
+    (store_encoding_bench.py) and to test that such stores still read."""
     lp = np.multiply(cum, np.float32(-scale), dtype=np.float32).astype(np.float64)  # (..., k) as decoded, unshifted
     top = lp[..., :1]
     lse = top[..., 0] + np.log(np.exp(lp - top).sum(-1))  # (...,)
@@ -126,6 +131,59 @@ def shift_codes(cum: np.ndarray, tail: np.ndarray, scale: float, shift_scale: fl
         want = np.log1p(-np.asarray(tail, dtype=np.float64))  # (...,) log of the exact top-k mass
     s = np.where(np.isfinite(want), want - lse, 0.0)
     return np.clip(np.rint(s / shift_scale), -32767, 32767).astype(np.int16)
+
+
+def encode_offset(topk_logprobs: np.ndarray, tail: np.ndarray, scale: float,
+                  steps: int = SHIFT_STEPS) -> tuple[np.ndarray, np.ndarray]:
+    """(..., k) exact descending logprobs + (...,) exact tail mass → (..., k) uint16 delta codes and
+    (...,) int16 shift codes h in 0..steps, such that every decoded -c * scale + h * scale / steps
+    is within scale/2 of its logprob and the decoded top-k mass is 1 - tail to exp(±scale/steps/2).
+
+    Write u = h / steps and x_j = -logprob_j / scale. With c_j = round(u + x_j) the decoded error
+    of entry j is scale * (u + x_j - c_j), in [-scale/2, scale/2] for every u. As u grows each error
+    grows with it, so the decoded mass W(u) = e^(scale*u) * base grows, until the code of some entry
+    steps at u = t_j (where u + x_j crosses a half integer) and W drops by that entry's share times
+    (1 - e^-scale). Between steps (the k + 1 segments of [0, 1] cut at the sorted t_j) W is
+    e^(scale*u) times a constant, so each segment's solution of W(u) = 1 - tail is one log. W's mean
+    over u is the teacher's mass times sinh(scale/2)/(scale/2) >= 1 and W only drops at steps, so
+    W(u) = 1 - tail on some segment's rising part (or W never falls below it by more than the mean's
+    excess, 1.5e-5 at scale 1/52). The first segment whose solution, rounded to the grid of h,
+    stays inside it gives h; rows where none does (an exact tie of two steps, rare on real values)
+    try every h and keep the one whose mass is closest."""
+    lp = np.asarray(topk_logprobs, dtype=np.float64)
+    shape, k = lp.shape, lp.shape[-1]
+    lp = lp.reshape(-1, k)  # (n, k)
+    n = len(lp)
+    finite = np.isfinite(lp)  # -inf entries: no mass, the largest code
+    x = np.where(finite, -lp / scale, 0.0)  # (n, k) codes as reals, ascending in j
+    g = (x + 0.5) % 1.0  # (n, k): the error at u = 0 is scale * (g - 1/2)
+    term = np.where(finite, np.exp(lp + scale * (g - 0.5)), 0.0)  # (n, k) each entry's decoded mass at u = 0
+    order = np.argsort(1.0 - g, axis=1)  # entries by the u at which their code steps
+    steps_at = np.take_along_axis(1.0 - g, order, 1)  # (n, k) ascending
+    dropped = np.cumsum(np.take_along_axis(term, order, 1), 1) * -np.expm1(-scale)  # (n, k)
+    total = term.sum(1, keepdims=True)  # (n, 1)
+    base = np.concatenate([total, total - dropped], 1)  # (n, k+1): W(u) = e^(scale*u) * base on segment s
+    lo = np.concatenate([np.zeros((n, 1)), steps_at], 1)  # (n, k+1) segment bounds in u
+    hi = np.concatenate([steps_at, np.ones((n, 1))], 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = np.log1p(-np.asarray(tail, dtype=np.float64).reshape(n, 1))  # (n, 1) log of the top-k mass
+        u = (want - np.log(base)) / scale  # (n, k+1) each segment's solution
+    h = np.rint(np.where(np.isfinite(u), u, 0.0) * steps)  # (n, k+1) rounded to the grid of h
+    inside = (np.isfinite(u) & (h >= 0) & (h <= steps)
+              & ((h / steps > lo) | (lo == 0)) & ((h / steps < hi) | (hi == 1)))  # strictly: a step is a tie
+    found = inside.any(1)
+    h = np.where(found, h[np.arange(n), inside.argmax(1)], 0.0)  # (n,)
+    lost = np.flatnonzero(~found & np.isfinite(want[:, 0]))
+    grid = np.arange(steps + 1.0)
+    for rows in np.array_split(lost, -(-len(lost) // 64)) if len(lost) else ():  # every h: (64, steps + 1, k)
+        c = np.rint(grid[:, None] / steps + x[rows, None, :])
+        mass = np.where(finite[rows, None, :], np.exp(scale * (grid[:, None] / steps - c)), 0.0).sum(-1)
+        h[rows] = grid[np.abs(np.log(mass) - want[rows]).argmin(1)]
+    c = np.clip(np.rint(h[:, None] / steps + x), 0, _MAX_CODE)
+    c = np.where(finite, c, _MAX_CODE).astype(np.int64)
+    c = np.maximum.accumulate(c, axis=1)  # ties in fp noise must not make a negative delta
+    deltas = np.diff(c, axis=1, prepend=0).astype(np.uint16).reshape(shape)
+    return deltas, h.astype(np.int16).reshape(shape[:-1])
 
 
 def decode_shifted(cum: np.ndarray, shift: np.ndarray, scale: float, shift_scale: float) -> np.ndarray:

@@ -4,7 +4,7 @@ A chunk of R examples holds R·(L-1)·k top-k ids drawn from a few thousand dist
 frequencies are very skewed. Renumbering them by their frequency in the chunk (index 0 = the most
 frequent id of the chunk) puts most indices below 256 or 4096, where bit shuffle + zstd code them
 close to their entropy; raw ids spread over the whole vocabulary (SmolLM2, top-64: 107.9 →
-93.1 B/token for the indices, plus 1.7 B/token for the tables; docs/store-format.md). The table
+91.5 B/token for the indices, plus 1.7 B/token for the tables; docs/store-format.md). The table
 belongs to its chunk, so it is written with it (parallel writers and resume need nothing global)
 and a reader needs only the chunks it reads.
 
