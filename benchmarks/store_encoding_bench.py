@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 P_MIN = 1e-4  # the error target applies to entries with p >= 1e-4
+SLOT_MAJOR = "slot-major"  # a candidate's arrays stored slot-major (write_arrays)
 TRAINER_KEYS = ("input_ids", "topk_ids", "topk_logprobs", "example_id")  # what the distill loader reads
 
 
@@ -64,24 +65,31 @@ def dir_bytes(root: Path) -> int:
 def codecs(kind: str):
     from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-    name, _, level = kind.partition(":")
+    name, _, level = kind.partition(":")  # e.g. "blosc-bitshuffle:6", or ":6/1MiB": blosc blocks of 1 MiB
+    level, _, block = level.partition("/")
     if name == "zstd":
         return [ZstdCodec(level=int(level)), Crc32cCodec()]
     shuffle = {"blosc-shuffle": "shuffle", "blosc-bitshuffle": "bitshuffle"}[name]
-    return [BloscCodec(cname="zstd", clevel=int(level), shuffle=shuffle), Crc32cCodec()]
+    return [BloscCodec(cname="zstd", clevel=int(level), shuffle=shuffle, blocksize=(1 << 20) if block == "1MiB" else 0),
+            Crc32cCodec()]
 
 
 def write_arrays(root: Path, arrays: dict[str, np.ndarray], kind: str, chunk_rows: int,
                  attrs: dict | None = None) -> dict[str, int]:
     """Each array as a Zarr v3 array chunked along axis 0 (``id_table``: one row per chunk, as the
-    store does); bytes on disk of each array."""
+    store does); bytes on disk of each array. The names listed under the key ``SLOT_MAJOR`` are
+    (S, L-1, k) arrays stored slot-major within each chunk (Zarr's transpose codec, order (2, 0, 1))."""
     import zarr
+    from zarr.codecs import TransposeCodec
 
+    arrays = dict(arrays)
+    slot_major = arrays.pop(SLOT_MAJOR, ())
     g = zarr.open_group(str(root), mode="w", zarr_format=3, attributes=attrs or {})
     for name, value in arrays.items():
         value = np.ascontiguousarray(value)
         rows = 1 if name.endswith("id_table") else min(chunk_rows, len(value))
-        g.create_array(name, shape=value.shape, chunks=(rows, *value.shape[1:]),
+        filters = [TransposeCodec(order=(2, 0, 1))] if name in slot_major else None
+        g.create_array(name, shape=value.shape, chunks=(rows, *value.shape[1:]), filters=filters,
                        dtype=value.dtype, compressors=codecs(kind), fill_value=0)[:] = value
     return {name: dir_bytes(root / name) for name in arrays}
 
@@ -140,17 +148,26 @@ def candidates(r: dict[str, np.ndarray], vocab: int, chunk_rows: int):
     nxt = r["input_ids"][:, 1:, None].astype(np.uint16)
     np.put_along_axis(implicit, slot, np.where(r["target_rank"][..., None] <= lp.shape[-1], at - nxt, at), -1)
     out["v2 + next-token slot implicit"] = ({**v2q, "topk_ids": implicit}, v2dec)
-    for steps in (64, 1024):  # format v3 (1024 is the default: int16 shift)
-        e = enc.encoding_attrs("qdelta")
-        d = enc.encode_topk(lp, e["scale"])
+    for steps in (64, 1024):  # format v3 as written before: 1/104 nat, the shift computed after rounding
+        scale = 1 / 104
+        d = enc.encode_topk(lp, scale)
         cum = enc.cumulative_codes(d)
-        shift_scale = e["scale"] / steps
-        shift = enc.shift_codes(cum, tail, e["scale"], shift_scale)
+        shift = enc.shift_codes(cum, tail, scale, scale / steps)
         shift = shift.astype(np.int8) if steps < 256 else shift  # |h| <= steps / 2
-        out[f"v3: chunk id table + qdelta 1/104 + shift 1/{steps} + target code"] = (
+        out[f"v3 before: chunk id table + qdelta 1/104 + shift 1/{steps} after rounding + target code"] = (
             {**common, "topk_index": index, "id_table": tables, "topk_logprobs": d, "topk_shift": shift,
-             "target_code": enc.encode_target(r["target_logprob"], cum, r["target_rank"], e["target_scale"])},
-            enc.decode_shifted(cum, shift, e["scale"], shift_scale))
+             "target_code": enc.encode_target(r["target_logprob"], cum, r["target_rank"], scale / enc.TARGET_STEPS)},
+            enc.decode_shifted(cum, shift, scale, scale / steps))
+    e = enc.encoding_attrs("qdelta")  # format v3 now: the shift chosen with the codes (encode_offset), 1/52 nat
+    d, shift = enc.encode_offset(lp, tail, e["scale"])
+    cum = enc.cumulative_codes(d)
+    v3 = {**common, "topk_index": index, "id_table": tables, "topk_logprobs": d, "topk_shift": shift,
+          "target_code": enc.encode_target(r["target_logprob"], cum, r["target_rank"], e["target_scale"])}
+    v3dec = enc.decode_shifted(cum, shift, e["scale"], e["shift_scale"])
+    out["v3: chunk id table + qdelta 1/52 + shift chosen with the codes + target code"] = (v3, v3dec)
+    # the same arrays, the delta codes (or the indices too) slot-major: each slot's values together
+    out["v3, delta codes slot-major"] = ({**v3, SLOT_MAJOR: ("topk_logprobs",)}, v3dec)
+    out["v3, delta codes and indices slot-major"] = ({**v3, SLOT_MAJOR: ("topk_logprobs", "topk_index")}, v3dec)
     return out
 
 
@@ -168,16 +185,42 @@ def entropy_bits(values: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
+def chunk_index_bits(index: np.ndarray) -> dict[str, float]:
+    """Bits per id of one chunk's table indices (n, L-1, k), rank order, under order-0 models: the
+    index alone; the index given its rank bucket (1, 2, 3-4, 5-8, …, 33-64: one table per bucket);
+    exclusion (an id already in the row is not coded again); and the row as a set (a bit per table
+    entry, each at its frequency in the chunk) plus its order, as a Lehmer code against the table's
+    order (digit j: how many of the row's not yet placed ids have a smaller index), each digit
+    position at its own frequency."""
+    rows = index.reshape(-1, index.shape[-1]).astype(np.int64)  # (N, k)
+    n, k = rows.shape
+    counts = np.bincount(rows.ravel())
+    edges = [0, 1, 2] + [2 ** i for i in range(2, int(np.log2(k)) + 1)]  # 0, 1, 2, 4, 8, …, k
+    bucket = sum(entropy_bits(rows[:, a:b]) * (b - a) for a, b in zip(edges[:-1], edges[1:])) / k
+    f = counts[rows].astype(np.float64)  # (N, k) each id's count in the chunk
+    excl = float(np.mean(-np.log2(f / (counts.sum() - (np.cumsum(f, 1) - f)))))
+    p = np.clip(counts[counts > 0] / n, 1e-12, 1 - 1e-12)  # share of rows holding each table entry
+    set_bits = float(-(p * np.log2(p) + (1 - p) * np.log2(1 - p)).sum() / k)
+    lehmer = np.stack([(rows[:, j:] < rows[:, j : j + 1]).sum(1) for j in range(k)], 1)  # (N, k)
+    order_bits = float(np.mean([entropy_bits(lehmer[:, j]) for j in range(k)]))
+    return {"order0": entropy_bits(rows), "rank_buckets": bucket, "exclusion": excl, "set": set_bits,
+            "lehmer_order": order_bits, "set_plus_order": set_bits + order_bits}
+
+
 def id_bounds(r: dict[str, np.ndarray], vocab: int, chunk_rows: int, tokens: int) -> dict:
-    """How many bytes/token the top-k ids need under simple models, as floors for byte-wise coders:
-    order 0 over the store (the frequency of each id), order 0 within each chunk (what the chunk id
-    table exploits), and an ideal arithmetic coder with a bigram model P(id | current token) fitted
-    on the first 3/4 of the examples and scored on the rest (mixed with the unigram: lambda = n/(n + 16k))."""
+    """How many bytes/token the top-k ids and logprobs need under simple models, as floors for
+    byte-wise coders. Ids: order 0 over the store (the frequency of each id); the per-chunk models
+    of ``chunk_index_bits`` (what the chunk id table exploits, and three refinements of it); and an
+    ideal arithmetic coder with a bigram model P(id | current token) fitted on the first 3/4 of the
+    examples and scored on the rest (mixed with the unigram: lambda = n/(n + 16k)). Logprobs: the
+    order-0 entropy of the stored delta codes, alone and given their slot j (one table per slot)."""
     from kdstream.storage import encoding as enc
 
     ids, k = r["topk_ids"].astype(np.int64), r["topk_ids"].shape[-1]
     per_id = tokens / ids.size  # bytes/token = bits/id * ids per token / 8
-    chunk_bits = np.mean([entropy_bits(ids[c : c + chunk_rows]) for c in range(0, len(ids), chunk_rows)])
+    index, _ = chunk_tables(r["topk_ids"], vocab, chunk_rows)
+    per_chunk = [chunk_index_bits(index[c : c + chunk_rows]) for c in range(0, len(ids), chunk_rows)]
+    chunk_bytes = {name: round(float(np.mean([b[name] for b in per_chunk])) / 8 / per_id, 2) for name in per_chunk[0]}
     cut = (3 * len(ids)) // 4
     ia, ib = ids[:cut].reshape(-1, k), ids[cut:].reshape(-1, k)
     w = r["input_ids"][:, :-1].astype(np.int64)  # (S, L-1) the current token of each row
@@ -191,11 +234,15 @@ def id_bounds(r: dict[str, np.ndarray], vocab: int, chunk_rows: int, tokens: int
     n = (np.bincount(wa, minlength=vocab) * k)[np.repeat(wb, k)]
     lam = n / (n + 16 * k)
     p = lam * c / np.maximum(n, 1) + (1 - lam) * uni[ib.ravel()]
-    d = enc.encode_topk(r["topk_logprobs"], enc.QDELTA_SCALE)  # (S, L-1, k) the delta codes as stored
+    lp = r["topk_logprobs"].astype(np.float32)
+    d, _ = enc.encode_offset(lp, enc.tail_mass(lp), enc.QDELTA_SCALE)  # (S, L-1, k) the delta codes as stored
+    by_slot = np.mean([entropy_bits(d[..., j]) for j in range(k)])
     return {"qdelta_codes_order0_bytes_per_token": round(entropy_bits(d) * d.size / 8 / tokens, 2),
+            "qdelta_codes_by_slot_bytes_per_token": round(by_slot * d.size / 8 / tokens, 2),
             "order0_store_bits_per_id": round(entropy_bits(ids), 3),
             "order0_store_bytes_per_token": round(entropy_bits(ids) / 8 / per_id, 2),
-            "order0_per_chunk_bytes_per_token": round(chunk_bits / 8 / per_id, 2),
+            "order0_per_chunk_bytes_per_token": chunk_bytes["order0"],
+            "per_chunk_models_bytes_per_token": chunk_bytes,
             "bigram_heldout_bits_per_id": round(float(-np.log2(p).mean()), 3),
             "bigram_heldout_bytes_per_token": round(float(-np.log2(p).mean()) / 8 / per_id, 2)}
 
@@ -382,7 +429,8 @@ def main() -> None:
         for name, (arrays, decoded) in candidates(r, V, chunk_rows).items():
             err = errors(decoded, exact)
             kinds = ("zstd:3", "blosc-shuffle:5") if name.startswith("ids u16 + logprobs") else \
-                ("zstd:3", "blosc-shuffle:5", "blosc-shuffle:6", "blosc-shuffle:7", "blosc-bitshuffle:6")
+                ("zstd:3", "blosc-shuffle:5", "blosc-shuffle:6", "blosc-shuffle:7", "blosc-bitshuffle:6") + \
+                (("blosc-bitshuffle:6/1MiB",) if name.startswith("v3") else ())
             for kind in kinds:
                 t = time.perf_counter()
                 sizes = write_arrays(tmp / "cand.zarr", arrays, kind, chunk_rows)
