@@ -146,8 +146,9 @@ def encode_offset(topk_logprobs: np.ndarray, tail: np.ndarray, scale: float,
     (1 - e^-scale). Between steps (the k + 1 segments of [0, 1] cut at the sorted t_j) W is
     e^(scale*u) times a constant, so each segment's solution of W(u) = 1 - tail is one log. W's mean
     over u is the teacher's mass times sinh(scale/2)/(scale/2) >= 1 and W only drops at steps, so
-    W(u) = 1 - tail on some segment's rising part (or W never falls below it by more than the mean's
-    excess, 1.5e-5 at scale 1/52). The first segment whose solution, rounded to the grid of h,
+    W(u) = 1 - tail on some segment's rising part (unless W's ups and downs are all smaller than
+    the mean's excess over 1 - tail, 1.5e-5 relative at scale 1/52: then the search below keeps
+    an h within it). The first segment whose solution, rounded to the grid of h,
     stays inside it gives h; rows where none does (an exact tie of two steps, rare on real values)
     try every h and keep the one whose mass is closest."""
     lp = np.asarray(topk_logprobs, dtype=np.float64)
