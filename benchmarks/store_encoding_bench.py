@@ -65,12 +65,14 @@ def dir_bytes(root: Path) -> int:
 def codecs(kind: str):
     from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-    name, _, level = kind.partition(":")  # e.g. "blosc-bitshuffle:6", or ":6/1MiB": blosc blocks of 1 MiB
+    from kdstream.storage.writer import BLOSC_BLOCK
+
+    name, _, level = kind.partition(":")  # e.g. "blosc-bitshuffle:6", or ":6/1MiB": the writer's 1 MiB blosc blocks
     level, _, block = level.partition("/")
     if name == "zstd":
         return [ZstdCodec(level=int(level)), Crc32cCodec()]
     shuffle = {"blosc-shuffle": "shuffle", "blosc-bitshuffle": "bitshuffle"}[name]
-    return [BloscCodec(cname="zstd", clevel=int(level), shuffle=shuffle, blocksize=(1 << 20) if block == "1MiB" else 0),
+    return [BloscCodec(cname="zstd", clevel=int(level), shuffle=shuffle, blocksize=BLOSC_BLOCK if block == "1MiB" else 0),
             Crc32cCodec()]
 
 
@@ -78,9 +80,11 @@ def write_arrays(root: Path, arrays: dict[str, np.ndarray], kind: str, chunk_row
                  attrs: dict | None = None) -> dict[str, int]:
     """Each array as a Zarr v3 array chunked along axis 0 (``id_table``: one row per chunk, as the
     store does); bytes on disk of each array. The names listed under the key ``SLOT_MAJOR`` are
-    (S, L-1, k) arrays stored slot-major within each chunk (Zarr's transpose codec, order (2, 0, 1))."""
+    (S, L-1, k) arrays stored slot-major within each chunk (Zarr's transpose codec, in the writer's order)."""
     import zarr
     from zarr.codecs import TransposeCodec
+
+    from kdstream.storage.writer import SLOT_MAJOR_ORDER
 
     arrays = dict(arrays)
     slot_major = arrays.pop(SLOT_MAJOR, ())
@@ -88,7 +92,7 @@ def write_arrays(root: Path, arrays: dict[str, np.ndarray], kind: str, chunk_row
     for name, value in arrays.items():
         value = np.ascontiguousarray(value)
         rows = 1 if name.endswith("id_table") else min(chunk_rows, len(value))
-        filters = [TransposeCodec(order=(2, 0, 1))] if name in slot_major else None
+        filters = [TransposeCodec(order=SLOT_MAJOR_ORDER)] if name in slot_major else None
         g.create_array(name, shape=value.shape, chunks=(rows, *value.shape[1:]), filters=filters,
                        dtype=value.dtype, compressors=codecs(kind), fill_value=0)[:] = value
     return {name: dir_bytes(root / name) for name in arrays}
