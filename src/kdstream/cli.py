@@ -189,6 +189,14 @@ def _run(command: click.Command) -> None:
     except KdError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except OSError as exc:  # disk full, read-only or forbidden output location: the user's to fix
+        from kdstream.outputs import disk_error
+
+        known = disk_error(exc)
+        if known is None:
+            raise
+        click.echo(f"error: {known}", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

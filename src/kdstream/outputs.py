@@ -1,25 +1,135 @@
-"""Output directories that only ever look finished when they are: work goes into ``OUT.partial``
-and is renamed to ``OUT`` at the end (a crash leaves only the ``.partial`` directory behind)."""
+"""Output directories that only ever look finished when they are, and that never cost a user a
+directory kdstream did not make.
+
+Work goes into ``OUT.partial`` and is renamed to ``OUT`` at the end (a crash leaves only the
+``.partial`` directory behind). Every directory a command makes carries an owner file,
+``.kdstream-output.json`` (``{"command": …}``), and a command only ever deletes or replaces a
+directory whose owner file names that same command: a store, a model directory, another
+command's output or any other folder at ``--out`` is refused with one line, before any work,
+and again at the end (in case something appeared there meanwhile).
+"""
 from __future__ import annotations
 
+import datetime as _dt
+import errno
+import json
+import os
 import shutil
 from pathlib import Path
 
+from kdstream.errors import KdError
+
+OWNER_FILE = ".kdstream-output.json"
+
 
 def partial_path(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
+    return Path(out).with_name(Path(out).name + ".partial")
 
 
-def fresh_partial(out: Path) -> Path:
-    """An empty ``OUT.partial`` (leftovers of an earlier crashed run are removed)."""
+def owner(directory: Path) -> str | None:
+    """The command recorded in ``directory``'s owner file; None when it has none (not ours)."""
+    try:
+        return str(json.loads((Path(directory) / OWNER_FILE).read_text())["command"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def check_output(out: Path, command: str, *, replace: bool) -> None:
+    """Refuse, before any long work, an ``--out`` this command may not write.
+
+    ``replace``: whether an earlier finished output of this same command may be replaced (the
+    command's ``--overwrite``). A path that is a file, or a non-empty directory that this command
+    did not make, is never replaced.
+    """
+    out = Path(out)
+    if out.is_file() or (out.exists() and not out.is_dir()):
+        raise KdError(f"--out {out} is a file: pass a directory path (it is created)")
+    if out.is_dir() and not _is_empty_dir(out):
+        made_by = owner(out)
+        if made_by != command:
+            what = f"kdstream {made_by}'s output" if made_by else "a directory kdstream did not write"
+            raise KdError(f"--out {out} already exists and is {what}: choose another --out "
+                          "(kdstream never replaces what it did not create)")
+        if not replace:
+            raise KdError(f"{out} already holds a finished {command} output: pass --overwrite to replace it")
     partial = partial_path(out)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    if partial.exists() and (not partial.is_dir() or (not _is_empty_dir(partial) and owner(partial) != command)):
+        raise KdError(f"{partial} exists and is not a leftover of kdstream {command}: move it away or choose "
+                      "another --out")
+    _check_writable(out.parent if not out.exists() else out)
+
+
+def _check_writable(directory: Path) -> None:
+    """The nearest existing ancestor of ``directory`` must accept new entries."""
+    probe = Path(directory).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise KdError(f"cannot write under {probe} (permission denied or read-only): choose a writable --out")
+
+
+def _mark(directory: Path, command: str) -> None:
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    (directory / OWNER_FILE).write_text(json.dumps({"command": command, "created_at": stamp}) + "\n")
+
+
+def fresh_partial(out: Path, command: str) -> Path:
+    """An empty ``OUT.partial`` owned by ``command`` (a leftover of this command's crashed run is
+    removed; anything else there is refused, see ``check_output``)."""
+    partial = partial_path(out)
+    if partial.exists():
+        if owner(partial) != command and not _is_empty_dir(partial):
+            raise KdError(f"{partial} exists and is not a leftover of kdstream {command}: move it away or choose "
+                          "another --out")
+        shutil.rmtree(partial)
+    try:
+        partial.mkdir(parents=True)
+        _mark(partial, command)
+    except OSError as exc:
+        raise KdError(f"cannot create {partial} ({exc.strerror or exc}): choose a writable --out") from None
     return partial
 
 
-def publish(partial: Path, out: Path) -> None:
-    """Replace ``out`` with the finished ``partial`` directory."""
+def own_partial(out: Path, command: str) -> Path | None:
+    """``OUT.partial`` when it exists and belongs to ``command`` (an interrupted run to resume)."""
+    partial = partial_path(out)
+    return partial if partial.is_dir() and owner(partial) == command else None
+
+
+def publish(partial: Path, out: Path, command: str) -> None:
+    """Move the finished ``partial`` to ``out``; an earlier ``out`` is replaced only if this same
+    command made it (an empty directory is replaced too). The old output is moved aside first and
+    deleted last, so a crash never leaves neither."""
+    out = Path(out)
     if out.exists():
-        shutil.rmtree(out)
+        if not out.is_dir():
+            raise KdError(f"--out {out} became a file during the run: the result stays in {partial}")
+        if not _is_empty_dir(out) and owner(out) != command:
+            raise KdError(f"--out {out} appeared during the run and is not kdstream {command}'s output: "
+                          f"the result stays in {partial}")
+        old = out.with_name(f"{out.name}.replaced-{os.getpid()}")  # a name no one else uses
+        try:
+            out.rename(old)
+        except OSError as exc:
+            raise KdError(f"cannot replace {out} ({exc.strerror or exc}): the result stays in {partial}") from None
+        partial.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        return
     partial.rename(out)
+
+
+def disk_error(exc: OSError) -> KdError | None:
+    """A one-line KdError for the OS errors a user fixes themselves (disk full, read-only or
+    permission-denied output location); None for others (bugs, network)."""
+    hints = {errno.ENOSPC: "the disk is full: free space or choose another --out",
+             errno.EDQUOT: "the disk quota is exceeded: free space or choose another --out",
+             errno.EROFS: "the location is read-only: choose a writable --out",
+             errno.EACCES: "permission denied: choose a writable --out"}
+    if exc.errno in hints:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return KdError(f"cannot write{where}: {hints[exc.errno]}")
+    return None

@@ -17,7 +17,7 @@ from kdstream.distill.losses import CE_SAMPLED, KD_LOSSES, TAILS
 from kdstream.errors import KdError
 from kdstream.model_files import logit_postprocessing
 from kdstream.options import require, save_options
-from kdstream.outputs import fresh_partial, partial_path, publish
+from kdstream.outputs import check_output, fresh_partial, partial_path, publish
 
 LOSSES = ("ce", *KD_LOSSES, CE_SAMPLED)
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -155,8 +155,10 @@ def train(opts: DistillOptions) -> dict:
     require(not opts.fsdp or d.active, "--fsdp shards across ranks: launch with torchrun --nproc_per_node N (N > 1)")
     out = Path(opts.out)
     partial = partial_path(out)
-    if (out / DONE_FILE).exists() and not opts.overwrite:
-        raise KdError(f"{out} already holds a trained model: pass --overwrite to replace it")
+    check_output(out, "distill", replace=opts.overwrite)
+    if not opts.resume and not opts.overwrite and latest_checkpoint(partial) is not None:
+        raise KdError(f"{partial} holds the checkpoints of an interrupted run: pass --resume to continue it, "
+                      "or --overwrite to discard them and start over")
     exclude = read_exclude(opts.exclude)
     net, tokenizer = load_model_and_tokenizer(opts.model, opts.tokenizer, opts.seed)
     source, open_source, seq_len = load_source(opts, tokenizer, net)
@@ -190,7 +192,7 @@ def train(opts: DistillOptions) -> dict:
             truncate_metrics(partial / METRICS_FILE, pos.step)
             print(f"resuming from {resume_from} (step {pos.step}, epoch {pos.epoch})", file=sys.stderr)
     elif d.main:
-        fresh_partial(out)
+        fresh_partial(out, "distill")
     distributed.barrier(d)
     if d.main:
         save_options(opts, partial)
@@ -330,4 +332,4 @@ def _finish(net, model_state: dict, tokenizer, partial: Path, out: Path, summary
     tokenizer.save_pretrained(str(partial))
     shutil.rmtree(partial / "checkpoints", ignore_errors=True)
     (partial / DONE_FILE).write_text(json.dumps(summary, indent=2))
-    publish(partial, out)
+    publish(partial, out, "distill")

@@ -26,7 +26,7 @@ from kdstream.evaluate.study_dirs import (
     write_json,
 )
 from kdstream.options import require, save_options
-from kdstream.outputs import fresh_partial, publish
+from kdstream.outputs import check_output, fresh_partial, publish
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -117,8 +117,7 @@ def run_classify(opts: ClassifyRunOptions) -> dict:
     from kdstream.evaluate.classifier import evaluate_repeats, fit_filter, write_exclude_list
 
     out = Path(opts.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CLASSIFICATION_FILE).exists())):
-        raise KdError(f"--out {out} exists and is not a classify output: choose another directory")
+    check_output(out, "classify", replace=True)
     table, labels = classification_table(opts.student_eval, opts.teacher_features, opts.baseline_features)
     copts = opts.classify_options()
     summary, heldout = evaluate_repeats(table, labels, copts)
@@ -131,7 +130,7 @@ def run_classify(opts: ClassifyRunOptions) -> dict:
         "filter": None,
     }
     saved = table.assign(memorized=labels)
-    partial = fresh_partial(out)
+    partial = fresh_partial(out, "classify")
     if opts.filter:
         fr = fit_filter(table, labels, copts, target_recall=opts.target_recall)
         write_exclude_list(fr.flagged_ids, partial / EXCLUDE_FILE)
@@ -152,5 +151,5 @@ def run_classify(opts: ClassifyRunOptions) -> dict:
     pq.write_table(pa.Table.from_pandas(heldout, preserve_index=False), partial / HELDOUT_FILE)
     save_options(opts, partial)
     write_json(partial / CLASSIFICATION_FILE, result)
-    publish(partial, out)
+    publish(partial, out, "classify")
     return jsonable(result)

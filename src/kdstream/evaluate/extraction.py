@@ -30,7 +30,7 @@ from kdstream.errors import KdError
 from kdstream.evaluate.backends import BACKENDS
 from kdstream.evaluate.extract_results import SUMMARY_FILE
 from kdstream.options import options_dict, require, save_options
-from kdstream.outputs import fresh_partial, publish
+from kdstream.outputs import check_output, fresh_partial, publish
 from kdstream.vllm_engine import EngineOptions
 
 METHODS = {"generate": ["generate"], "fast": ["fast"], "both": ["generate", "fast"], "store": ["store"]}
@@ -233,8 +233,7 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
     from kdstream.progress import progress
 
     out = Path(opts.out)
-    if (out / SUMMARY_FILE).exists() and not opts.overwrite:
-        raise KdError(f"{out} already holds an evaluation: pass --overwrite to replace it")
+    check_output(out, "extract-eval", replace=opts.overwrite)
     model_dir = check_model_dir(opts.model, "evaluated") if opts.method != "store" else None
     input_ids, example_id, (start, stop, total) = _load_examples(opts, _tokenizer(model_dir) if model_dir else None)
     longest = _check_windows(opts, input_ids.shape[1], model_dir)
@@ -267,7 +266,7 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
     meta = run_meta(opts, model_dir, backend.name if backend else "store", seconds, len(input_ids))
     meta.update(worker_index=opts.worker_index, num_workers=opts.num_workers, example_range=[start, stop],
                 total_examples=total)
-    partial = fresh_partial(out)
+    partial = fresh_partial(out, "extract-eval")
     save_options(opts, partial)
     if opts.features:  # inside the partial directory: the evaluation is published with its features or not at all
         from kdstream.evaluate.features_run import FeaturesOptions
@@ -277,7 +276,7 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
                                   prefix_len=primary, suffix_len=n, max_examples=opts.max_examples))
         meta["features"] = str(out / FEATURES_DIR)
     summary = write_eval(partial, tables[primary], sweep_table(tables), meta, methods)
-    publish(partial, out)
+    publish(partial, out, "extract-eval")
     return summary
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from kdstream.errors import KdError
 from kdstream.evaluate.study_dirs import FEATURE_COLUMNS, FEATURES_FILE, SUMMARY_FILE, jsonable, write_json
 from kdstream.options import require, save_options
-from kdstream.outputs import fresh_partial, publish
+from kdstream.outputs import check_output, fresh_partial, publish
 
 _STORE_KEYS = ("input_ids", "example_id", "topk_ids", "topk_logprobs", "target_logprob")
 
@@ -92,10 +92,7 @@ def run_features(opts: FeaturesOptions) -> dict:
     from kdstream.storage import open_store
 
     out = Path(opts.out)
-    if (out / SUMMARY_FILE).exists() and not opts.overwrite:
-        raise KdError(f"{out} already holds features: pass --overwrite to replace them")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SUMMARY_FILE).exists())):
-        raise KdError(f"--out {out} exists and is not a features directory: choose another directory")
+    check_output(out, "features", replace=opts.overwrite)
     store = open_store(opts.logits_store)
     if opts.prefix_len + opts.suffix_len > store.seq_len:
         raise KdError(f"--prefix-len {opts.prefix_len} + --suffix-len {opts.suffix_len} exceeds the example length "
@@ -124,7 +121,7 @@ def run_features(opts: FeaturesOptions) -> dict:
     seconds = time.perf_counter() - start_time
     table = {c: np.concatenate(v) for c, v in columns.items()}
 
-    partial = fresh_partial(out)
+    partial = fresh_partial(out, "features")
     pq.write_table(pa.table(table), partial / FEATURES_FILE)
     save_options(opts, partial)
     summary = {
@@ -142,5 +139,5 @@ def run_features(opts: FeaturesOptions) -> dict:
         "sequences_per_s": round(n / seconds, 1) if seconds > 0 else None,
     }
     write_json(partial / SUMMARY_FILE, summary)
-    publish(partial, out)
+    publish(partial, out, "features")
     return jsonable(summary)

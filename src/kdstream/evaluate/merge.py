@@ -14,7 +14,7 @@ from kdstream.evaluate.extract_results import (
     SWEEP_FILE,
     write_eval,
 )
-from kdstream.outputs import fresh_partial, publish
+from kdstream.outputs import check_output, fresh_partial, publish
 
 # Options that may differ between shards of one evaluation.
 PER_SHARD = ("out", "worker_index", "overwrite")
@@ -52,8 +52,7 @@ def merge_shards(shard_dirs: list[str], out: str, overwrite: bool = False) -> di
     if not shard_dirs:
         raise KdError("eval merge needs at least one shard directory")
     out_dir = Path(out)
-    if (out_dir / SUMMARY_FILE).exists() and not overwrite:
-        raise KdError(f"{out_dir} already holds an evaluation: pass --overwrite to replace it")
+    check_output(out_dir, "extract-eval", replace=overwrite)
     dirs = [Path(d) for d in shard_dirs]
     shards = [_read_shard(d) for d in dirs]
     ref_summary, ref_opts = shards[0]
@@ -83,10 +82,10 @@ def merge_shards(shard_dirs: list[str], out: str, overwrite: bool = False) -> di
         worker_index=0, num_workers=1, example_range=[0, total], total_examples=total,
         merged_from=[str(d) for d in dirs],
     )
-    partial = fresh_partial(out_dir)
+    partial = fresh_partial(out_dir, "extract-eval")
     # the options of the equivalent single run
     opts = {**ref_opts, "out": str(out_dir), "num_workers": 1, "worker_index": 0}
     (partial / "options.yaml").write_text(yaml.safe_dump(opts, sort_keys=False))
     summary = write_eval(partial, results, sweep, meta, list(ref_summary["memorized_by_method"]))
-    publish(partial, out_dir)
+    publish(partial, out_dir, "extract-eval")
     return summary

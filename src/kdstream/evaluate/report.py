@@ -34,7 +34,7 @@ from kdstream.evaluate.study_dirs import (
     write_json,
 )
 from kdstream.options import require, save_options
-from kdstream.outputs import fresh_partial, publish
+from kdstream.outputs import check_output, fresh_partial, publish
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 PLOTS = {"venn": "venn.png", "zlib": "zlib_entropy.png", "roc": "roc.png", "prefix_len": "rate_by_prefix_len.png"}
@@ -275,8 +275,7 @@ def run_report(opts: ReportOptions) -> dict:
     from kdstream.evaluate.study_dirs import read_features
 
     out = Path(opts.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / REPORT_JSON).exists())):
-        raise KdError(f"--out {out} exists and is not a report directory: choose another directory")
+    check_output(out, "report", replace=True)
     dirs = dict(zip(ROLES, (opts.teacher_eval, opts.baseline_eval, opts.student_eval)))
     summaries = {role: eval_summary(d, role) for role, d in dirs.items()}
     features = {"teacher": opts.teacher_features, "baseline": opts.baseline_features}
@@ -303,7 +302,7 @@ def run_report(opts: ReportOptions) -> dict:
         notes["prefix_len"] = ("Only one prefix length was evaluated: run extract-eval at other --prefix-len values "
                                "(several in one run, or one run each passed as --prefix-eval ROLE=DIR) for a curve.")
 
-    partial = fresh_partial(out)
+    partial = fresh_partial(out, "report")
     plotted = {"venn": PLOTS["venn"]}
     plots.venn_plot(cmp["venn"], cmp["memorized"], cmp["examples"], partial / PLOTS["venn"])
     if zlib is not None:
@@ -341,5 +340,5 @@ def run_report(opts: ReportOptions) -> dict:
     write_json(partial / REPORT_JSON, report)
     (partial / REPORT_MD).write_text(format_report(report))
     save_options(opts, partial)
-    publish(partial, out)
+    publish(partial, out, "report")
     return report
