@@ -27,15 +27,26 @@ def store():
 @store.command("info")
 @click.argument("url", metavar="STORE")
 def info(url):
-    """Print the store's attributes: teacher, tokenizer, shapes, corpus, versions, options."""
+    """Print the store's identity and attributes: teacher, tokenizer, shapes, corpus, versions, options.
+
+    The identity (format version 4) names this finalized store, checked against its integrity
+    record; other tools record it as `store_identity`."""
     import yaml
 
+    from kdstream.errors import KdError
+    from kdstream.storage.integrity import identity_of
     from kdstream.storage.verify import open_group
 
-    attrs = dict(open_group(url).attrs)  # also works on an incomplete store: it shows complete: false
+    group = open_group(url)
+    attrs = dict(group.attrs)  # also works on an incomplete store: it shows complete: false
+    try:
+        ident = identity_of(group, url, attrs) or "none (incomplete, or format version < 4)"
+    except KdError as exc:  # still show the attributes: they say what the store claims to be
+        ident = f"none: {exc}"
     ordered = {key: attrs[key] for key in _INFO_FIRST if key in attrs}
     ordered.update({key: value for key, value in attrs.items() if key not in ordered})
     click.echo(f"store: {url}")
+    click.echo(f"identity: {ident}")
     click.echo(yaml.safe_dump(ordered, sort_keys=False, default_flow_style=False, width=100).rstrip())
 
 

@@ -212,6 +212,23 @@ def assemble(plans: dict[str, Plan], fetched: list, start: int, stop: int, per_c
     return out
 
 
+def read_chunk(p: Plan, c: int) -> np.ndarray:
+    """Chunk c of a planned array, checked (present when strict, crc32c, manifest) and decoded:
+    (rows, *row_shape), the last chunk padded as stored."""
+    from zarr.core.sync import sync
+
+    [(_, _, raw)] = sync(fetch_objects({"a": p}, [("a", c)]))
+    if isinstance(raw, BaseException):
+        raise raw
+    if raw is None and not p.strict:
+        return np.full((p.rows, *p.row_shape), p.fill, dtype=p.dtype)
+    if raw is None:
+        raise MissingChunk(f"chunk object {_key(p, c)} is missing")
+    out = np.empty((p.rows, *p.row_shape), dtype=p.dtype)
+    _decode_into(p, raw, out.reshape(-1).view(np.uint8), c)
+    return out
+
+
 def scan(plans: dict[str, Plan], chunks, window: int = 8):
     """Check the objects of ``chunks`` (indices, in order) of every planned array without
     decompressing them (``check_object``), ``window`` chunks (of every array) fetched at a time so

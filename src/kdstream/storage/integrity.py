@@ -76,6 +76,11 @@ def load_manifest(group, url: str, attrs: dict[str, Any]) -> tuple[dict[str, np.
     """({array: (C,) uint32 crc32c of each chunk}, identity) of a version >= 4 complete store;
     KdError when the attributes or the manifest fail their checksum."""
     record = check_attrs(url, attrs)
+    return read_manifest(group, url, attrs, record), identity(record)
+
+
+def read_manifest(group, url: str, attrs: dict[str, Any], record: dict[str, Any]) -> dict[str, np.ndarray]:
+    """{array: (C,) uint32 crc32c of each chunk} from MANIFEST_ARRAY, checked against ``record``."""
     manifest = attrs.get("manifest") or {}
     names = list(manifest.get("arrays") or [])
     try:
@@ -86,4 +91,12 @@ def load_manifest(group, url: str, attrs: dict[str, Any]) -> tuple[dict[str, np.
             manifest_sha256(names, crcs) != record.get("manifest_sha256"):
         raise KdError(f"store {url}: its chunk manifest ({MANIFEST_ARRAY}) is missing or does not match its "
                       "checksum (edited or damaged): re-copy or regenerate the store")
-    return {name: crcs[a] for a, name in enumerate(names)}, identity(record)
+    return {name: crcs[a] for a, name in enumerate(names)}
+
+
+def identity_of(group, url: str, attrs: dict[str, Any]) -> str | None:
+    """The store's identity after checking its integrity record; None for a store without one
+    (incomplete, or format version < 4); KdError when the record does not check out."""
+    if int(attrs.get("format_version", 1)) < INTEGRITY_VERSION or attrs.get("complete") is not True:
+        return None
+    return load_manifest(group, url, attrs)[1]
