@@ -45,7 +45,7 @@ SAMPLED_INPUTS = ("input_ids", "example_id", "doc_index", "sample_ids", "sample_
 # and corpus fingerprints). Every other attribute must be equal, or the rows would not belong to
 # one store. Dotted paths into nested dicts.
 NOT_COMPARED = frozenset({
-    "created_at", "complete", "precompute_seconds", "manifest",
+    "created_at", "complete", "precompute_seconds", "manifest", "integrity",
     "teacher.path", "corpus.source",
     "options.model", "options.dataset", "options.out", "options.tokenizer",
     "options.overwrite", "options.num_workers", "options.engine.gpu_memory_utilization",
