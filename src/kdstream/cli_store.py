@@ -81,15 +81,17 @@ def verify(url):
 def finalize(url):
     """Mark a store written by `precompute-logits --num-workers N` complete, once every worker is done.
 
-    Checks that every chunk was written (and has its files) and that each example is present
-    exactly once, then writes the manifest and `complete: true`. A missing chunk is an error
+    Checks that every chunk was written (and has its files, each passing its checksum) and that
+    each example is present exactly once, then writes the manifest of chunk checksums, the
+    attributes' checksum and `complete: true`. A missing chunk is an error
     naming it and the worker that owns it (exit 2); the store stays incomplete.
     """
     from kdstream.storage.finalize import finalize_store
 
     manifest = finalize_store(url)
     state = "already complete" if manifest["already_complete"] else "complete"
-    click.echo(f"{state}: {url}: {manifest.get('examples')} examples in {manifest.get('chunks')} chunks")
+    click.echo(f"{state}: {url}: {manifest.get('examples')} examples in {manifest.get('chunks')} chunks"
+               + (f"; identity {manifest['identity']}" if manifest.get("identity") else ""))
 
 
 def _size(n) -> str:

@@ -11,8 +11,9 @@
 - ``manifest.layout``: each array's chunk rows, row shape, dtype and transpose order, from its
   zarr.json, checked at open against the array's metadata (covered by attrs_sha256): a reader
   decodes only with the metadata the store was finalized with.
-- identity: sha256 of the two checksums. It names one finalized store: a copy keeps it, any
-  change, and any regeneration (the attributes hold when it was made), gives another.
+- identity: sha256 of the two checksums. It names one finalized store: a copy keeps it; any
+  change to its attributes or chunks gives another, and so does a regeneration unless it is
+  equal to the byte, to the second of its timestamps (``created_at``, ``finalized_at``) included.
 """
 from __future__ import annotations
 
