@@ -97,11 +97,13 @@ def finalize_store(url: str, extra_attrs: dict[str, Any] | None = None) -> dict[
         "arrays": list(names),  # the rows of MANIFEST_ARRAY
         "layout": {name: integrity.layout(p) for name, p in plans.items()},
     }
-    final = {**attrs, **(extra_attrs or {}), "manifest": manifest, "complete": True}
-    final = json.loads(json.dumps(final))  # as zarr.json gives them back (tuples → lists), so readers hash the same
+    # a version 3 store (same arrays) written by an older kdstream's workers becomes version 4 with its record
+    last = {**(extra_attrs or {}), "format_version": max(int(attrs.get("format_version", 1)), integrity.INTEGRITY_VERSION),
+            "manifest": manifest, "complete": True}
+    final = json.loads(json.dumps({**attrs, **last}))  # as zarr.json gives them back (tuples → lists)
     record = {"attrs_sha256": integrity.attrs_sha256(final),
               "manifest_sha256": integrity.manifest_sha256(list(names), crcs)}
-    group.attrs.update({**(extra_attrs or {}), "manifest": manifest, "complete": True, integrity.INTEGRITY: record})
+    group.attrs.update({**last, integrity.INTEGRITY: record})
     return {**manifest, "already_complete": False, "identity": integrity.identity(record)}
 
 
