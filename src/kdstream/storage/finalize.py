@@ -98,8 +98,8 @@ def finalize_store(url: str, extra_attrs: dict[str, Any] | None = None) -> dict[
         "layout": {name: integrity.layout(p) for name, p in plans.items()},
     }
     # a version 3 store (same arrays) written by an older kdstream's workers becomes version 4 with its record
-    last = {**(extra_attrs or {}), "format_version": max(int(attrs.get("format_version", 1)), integrity.INTEGRITY_VERSION),
-            "manifest": manifest, "complete": True}
+    version = max(int(attrs.get("format_version", 1)), integrity.INTEGRITY_VERSION)
+    last = {**(extra_attrs or {}), "format_version": version, "manifest": manifest, "complete": True}
     final = json.loads(json.dumps({**attrs, **last}))  # as zarr.json gives them back (tuples → lists)
     record = {"attrs_sha256": integrity.attrs_sha256(final),
               "manifest_sha256": integrity.manifest_sha256(list(names), crcs)}

@@ -210,7 +210,8 @@ class LogitStore:
             where = f"{name} rows {start}:{stop}"
         else:
             rows = chunk_slice(c, self.chunk_rows, len(self))
-            where = f"{name} chunk {c} (rows {rows.start}:{rows.stop}, file {chunk_io.chunk_key(self._arrays[name], c)})"
+            key = chunk_io.chunk_key(self._arrays[name], c)
+            where = f"{name} chunk {c} (rows {rows.start}:{rows.stop}, file {key})"
         if isinstance(exc, chunk_io.MissingChunk):
             raise KdError(f"store {self.url}: {where} is missing (lost, or the store is being rewritten): "
                           "re-copy or regenerate the store") from None
@@ -220,7 +221,8 @@ class LogitStore:
                           "re-copy or regenerate it") from None
         if isinstance(exc, (ValueError, RuntimeError)) and (
                 "checksum" in str(exc).lower() or "decompress" in str(exc).lower()):
-            raise KdError(f"store {self.url}: corrupt chunk in {where} ({exc}): re-copy or regenerate the store") from None
+            raise KdError(f"store {self.url}: corrupt chunk in {where} ({exc}): "
+                          "re-copy or regenerate the store") from None
         raise exc
 
     def __getitem__(self, index: int | slice) -> dict[str, np.ndarray]:
