@@ -27,15 +27,26 @@ def store():
 @store.command("info")
 @click.argument("url", metavar="STORE")
 def info(url):
-    """Print the store's attributes: teacher, tokenizer, shapes, corpus, versions, options."""
+    """Print the store's identity and attributes: teacher, tokenizer, shapes, corpus, versions, options.
+
+    The identity (format version 4) names this finalized store, checked against its integrity
+    record; other tools record it as `store_identity`."""
     import yaml
 
+    from kdstream.errors import KdError
+    from kdstream.storage.integrity import identity_of
     from kdstream.storage.verify import open_group
 
-    attrs = dict(open_group(url).attrs)  # also works on an incomplete store: it shows complete: false
+    group = open_group(url)
+    attrs = dict(group.attrs)  # also works on an incomplete store: it shows complete: false
+    try:
+        ident = identity_of(group, url, attrs) or "none (incomplete, or format version < 4)"
+    except KdError as exc:  # still show the attributes: they say what the store claims to be
+        ident = f"none: {exc}"
     ordered = {key: attrs[key] for key in _INFO_FIRST if key in attrs}
     ordered.update({key: value for key, value in attrs.items() if key not in ordered})
     click.echo(f"store: {url}")
+    click.echo(f"identity: {ident}")
     click.echo(yaml.safe_dump(ordered, sort_keys=False, default_flow_style=False, width=100).rstrip())
 
 
@@ -70,15 +81,17 @@ def verify(url):
 def finalize(url):
     """Mark a store written by `precompute-logits --num-workers N` complete, once every worker is done.
 
-    Checks that every chunk was written (and has its files) and that each example is present
-    exactly once, then writes the manifest and `complete: true`. A missing chunk is an error
+    Checks that every chunk was written (and has its files, each passing its checksum) and that
+    each example is present exactly once, then writes the manifest of chunk checksums, the
+    attributes' checksum and `complete: true`. A missing chunk is an error
     naming it and the worker that owns it (exit 2); the store stays incomplete.
     """
     from kdstream.storage.finalize import finalize_store
 
     manifest = finalize_store(url)
     state = "already complete" if manifest["already_complete"] else "complete"
-    click.echo(f"{state}: {url}: {manifest.get('examples')} examples in {manifest.get('chunks')} chunks")
+    click.echo(f"{state}: {url}: {manifest.get('examples')} examples in {manifest.get('chunks')} chunks"
+               + (f"; identity {manifest['identity']}" if manifest.get("identity") else ""))
 
 
 def _size(n) -> str:

@@ -29,7 +29,7 @@ def test_store_layout_and_provenance(teacher_store, teacher_dir):
     store = open_store(str(teacher_store))
     assert len(store) == NUM_EXAMPLES and store.seq_len == SEQ_LEN and store.k == TOP_K
     a = store.attrs
-    assert a["complete"] is True and a["format_version"] == 3 and a["targets"] == "topk"
+    assert a["complete"] is True and a["format_version"] == 4 and a["targets"] == "topk"
     assert a["vocab_size"] == VOCAB and a["tokenizer"]["vocab_size"] == VOCAB
     assert a["teacher"]["config_sha256"] and a["teacher"]["weights_fingerprint"]
     assert a["engine"]["name"] == "vllm" and a["engine"]["version"].startswith("0.")

@@ -4,6 +4,7 @@ import pytest
 import zarr
 from test_store import synthetic, write
 
+from kdstream.errors import KdError
 from kdstream.storage import chunk_io, open_store
 from kdstream.storage.schema import PER_CHUNK
 
@@ -23,16 +24,38 @@ def test_every_slice_equals_zarr(tmp_path):
             assert value.flags.writeable  # torch.from_numpy needs no copy and warns about none
 
 
-def test_a_missing_chunk_reads_as_zarr_reads_it_and_a_bad_size_is_refused(tmp_path):
+def test_a_missing_chunk_is_refused_and_a_bad_size_too(tmp_path):
+    """A store with chunk_done markers was written with write_empty_chunks: a missing object is a
+    lost chunk, never zeros (zarr would read it as the fill value)."""
     write(tmp_path / "s.zarr", synthetic(10))
-    (tmp_path / "s.zarr" / "target_rank" / "c" / "1" / "0").unlink()  # never written: fill value 0
+    (tmp_path / "s.zarr" / "target_rank" / "c" / "1" / "0").unlink()
     store = open_store(str(tmp_path / "s.zarr"))
-    np.testing.assert_array_equal(store._fetch(("target_rank",), 3, 9)["target_rank"],
-                                  zarr.open_group(str(tmp_path / "s.zarr"))["target_rank"][3:9])
+    store.read(0, 4, ("target_rank",))  # the other chunks still read
+    with pytest.raises(KdError, match=r"target_rank chunk 1 \(rows 4:8, file target_rank/c/1/0\) is missing"):
+        store.read(3, 9, ("target_rank",))
+    with pytest.raises(KdError, match="target_rank chunk 1"):  # store[5] decodes target_logprob from it, among others
+        store[5]
     plan = chunk_io.plan(store._arrays["input_ids"])
     with pytest.raises(chunk_io.CorruptChunk, match="expected"):
         chunk_io._decode_into(plan, _buffer(b"\x02\x01\x21\x02" + (7).to_bytes(4, "little") + bytes(8)),
                               np.empty(plan.chunk_bytes, np.uint8))
+
+
+def test_a_store_without_markers_reads_a_missing_chunk_as_zarr_does(tmp_path):
+    """Stores written before chunk_done (format version <= 3, older writers) skipped all-zero chunks:
+    there a missing object is the fill value, as zarr reads it."""
+    import shutil
+
+    from test_store import as_version_3
+
+    write(tmp_path / "s.zarr", synthetic(10))
+    as_version_3(tmp_path / "s.zarr")
+    shutil.rmtree(tmp_path / "s.zarr" / "chunk_done")
+    (tmp_path / "s.zarr" / "target_rank" / "c" / "1" / "0").unlink()
+    store = open_store(str(tmp_path / "s.zarr"))
+    assert store.identity is None and not store.strict
+    np.testing.assert_array_equal(store._fetch(("target_rank",), 3, 9)["target_rank"],
+                                  zarr.open_group(str(tmp_path / "s.zarr"))["target_rank"][3:9])
 
 
 def test_arrays_of_other_layouts_get_no_plan(tmp_path):

@@ -23,7 +23,7 @@ def test_read_a_store_following_the_spec_only(tmp_path):
     # --- what another team writes from docs/store-format.md ---
     g = zarr.open_group(str(tmp_path / "t.zarr"), mode="r")
     a = g.attrs
-    assert a["format"] == "kdstream-logits" and a["complete"] is True and a["format_version"] == 3
+    assert a["format"] == "kdstream-logits" and a["complete"] is True and a["format_version"] == 4
     e = a["encoding"]
     assert e["topk_logprobs"] == "qdelta" and e["topk_ids"] == "id_table"
     R, k = a["chunk_rows"], a["k"]

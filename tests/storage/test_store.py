@@ -38,6 +38,21 @@ def write(path, rows, chunk_rows=4, finalize=True, **kw):
     return w
 
 
+def as_version_3(path):
+    """Make a store written now into a format version 3 store: no integrity record (attribute,
+    manifest array, manifest.arrays/layout), as the writer before version 4 left it."""
+    import shutil
+
+    meta = json.loads((path / "zarr.json").read_text())
+    attrs = meta["attributes"]
+    attrs["format_version"] = 3
+    attrs.pop("integrity")
+    for key in ("arrays", "layout"):
+        attrs["manifest"].pop(key)
+    (path / "zarr.json").write_text(json.dumps(meta))
+    shutil.rmtree(path / "manifest_crc32c")
+
+
 def test_roundtrip_random_access_and_slices(tmp_path):
     rows = synthetic(10)
     write(tmp_path / "s.zarr", rows)
@@ -156,6 +171,7 @@ def test_a_version_3_store_from_the_earlier_writer_still_reads(tmp_path):
 
     rows = synthetic(6)
     write(tmp_path / "old.zarr", rows)
+    as_version_3(tmp_path / "old.zarr")
     g = zarr.open_group(str(tmp_path / "old.zarr"), mode="r+")
     scale, steps = 1 / 104, enc.SHIFT_STEPS
     lp = rows["topk_logprobs"].astype(np.float32)

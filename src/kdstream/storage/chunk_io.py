@@ -11,7 +11,12 @@ into the selection) cost ~0.7 ms per array read and doubled the time of the two 
 top-64 chunk (store_encoding_bench.py: `read`). Arrays with any other layout (format version 1's
 zstd codec, chunking along another axis) return None from ``plan`` and are read through zarr.
 
-Missing objects (a chunk never written) read as the fill value, as in zarr.
+Every chunk object must exist whenever it is read (``Plan.strict``; stores written with chunk_done
+markers are written with write_empty_chunks, so a missing object always means a lost or not yet
+written chunk): ``MissingChunk``. Only older stores without markers, whose writer skipped
+all-zero chunks, read a missing object as the fill value, as zarr does. With a manifest (format
+version 4) each object's crc32c trailer must also equal its manifest entry: 4 bytes compared per
+chunk, ``ChangedChunk`` otherwise.
 """
 from __future__ import annotations
 
@@ -25,6 +30,14 @@ class CorruptChunk(ValueError):
     """A chunk whose checksum fails or that does not decompress to its size (message says which)."""
 
 
+class MissingChunk(LookupError):
+    """A chunk object that is not in the store where one must be."""
+
+
+class ChangedChunk(ValueError):
+    """A chunk object intact in itself whose crc32c is not its manifest entry: rewritten or replaced."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """How to read one array's chunks directly: its store, key prefix and chunk geometry."""
@@ -35,6 +48,8 @@ class Plan:
     dtype: np.dtype
     fill: object
     order: tuple[int, ...] | None = None  # a transpose codec's order: the chunk is stored as chunk.transpose(order)
+    strict: bool = False  # a missing object is an error (MissingChunk), not the fill value
+    expected: np.ndarray | None = None  # (C,) uint32: each chunk's crc32c from the store's manifest
 
     @property
     def chunk_bytes(self) -> int:
@@ -62,14 +77,48 @@ def plan(array) -> Plan | None:
     return Plan(array, chunks[0], tuple(array.shape[1:]), dtype.newbyteorder("<"), array.metadata.fill_value, order)
 
 
+def chunk_key(array, c: int) -> str:
+    """The store key of chunk c (along axis 0) of ``array``: "topk_logprobs/c/1/0/0"."""
+    return array.store_path.path.rstrip("/") + "/" + array.metadata.encode_chunk_key((c,) + (0,) * (array.ndim - 1))
+
+
 def _key(p: Plan, c: int) -> str:
-    a = p.array
-    return a.store_path.path.rstrip("/") + "/" + a.metadata.encode_chunk_key((c,) + (0,) * len(p.row_shape))
+    return chunk_key(p.array, c)
 
 
-def _decode_into(p: Plan, raw, dest: np.ndarray) -> None:
-    """Check the crc32c of one chunk object and blosc-decompress it into ``dest`` (its bytes); a
-    transposed chunk goes through a buffer in its stored order and is transposed back into dest."""
+def check_object(p: Plan, raw, c: int) -> int:
+    """The crc32c trailer of chunk c's object after checking it without decompressing: present
+    (MissingChunk), trailer = crc32c of the rest and blosc header size = the chunk's (CorruptChunk),
+    trailer = manifest entry when the plan has one (ChangedChunk)."""
+    import google_crc32c
+
+    if raw is None:
+        raise MissingChunk(f"chunk object {_key(p, c)} is missing")
+    data = raw.as_numpy_array()  # (n,) uint8 view of the object
+    body, stored = data[:-4], int.from_bytes(bytes(data[-4:]), "little")
+    if len(data) < 4 or google_crc32c.value(body) != stored:
+        raise CorruptChunk("stored and computed checksum do not match (crc32c)")
+    nbytes = int.from_bytes(bytes(body[4:8]), "little") if len(body) >= 16 else -1  # blosc header: uncompressed size
+    if nbytes != p.chunk_bytes:
+        raise CorruptChunk(f"blosc decompression error: the chunk holds {nbytes} bytes, expected {p.chunk_bytes}")
+    _check_manifest(p, stored, c)
+    return stored
+
+
+def _check_manifest(p: Plan, crc: int, c: int) -> None:
+    """ChangedChunk unless chunk c's crc32c trailer is its manifest entry (no manifest: nothing to check)."""
+    if p.expected is None:
+        return
+    if c >= len(p.expected):
+        raise ChangedChunk("it is not in the manifest")
+    if int(p.expected[c]) != crc:
+        raise ChangedChunk(f"its crc32c {crc:08x} is not the manifest's {int(p.expected[c]):08x}")
+
+
+def _decode_into(p: Plan, raw, dest: np.ndarray, c: int | None = None) -> None:
+    """Check the crc32c of one chunk object (c) and blosc-decompress it into ``dest`` (its bytes); a
+    transposed chunk goes through a buffer in its stored order and is transposed back into dest.
+    With a manifest the crc32c must also be chunk c's entry (ChangedChunk)."""
     import google_crc32c
     from numcodecs import blosc
 
@@ -77,6 +126,8 @@ def _decode_into(p: Plan, raw, dest: np.ndarray) -> None:
     body, stored = data[:-4], bytes(data[-4:])
     if np.uint32(google_crc32c.value(body)).tobytes() != stored:
         raise CorruptChunk("stored and computed checksum do not match (crc32c)")
+    if c is not None:
+        _check_manifest(p, int.from_bytes(stored, "little"), c)
     nbytes = int.from_bytes(bytes(body[4:8]), "little") if len(body) >= 16 else -1  # blosc header: uncompressed size
     if nbytes != dest.nbytes:  # decompress() would fill only part of a larger dest, silently
         raise CorruptChunk(f"blosc decompression error: the chunk holds {nbytes} bytes, expected {dest.nbytes}")
@@ -104,11 +155,17 @@ async def fetch(plans: dict[str, Plan], start: int, stop: int, per_chunk: frozen
     [(name, chunk, object | None | exception)]. Decompression is left to ``assemble`` so that it
     runs in the caller's thread, where blosc uses its own threads (numcodecs only threads blosc
     in the main thread)."""
+    jobs = [(n, c) for n, (a, b) in _spans(plans, start, stop, per_chunk, chunk_rows).items() for c in range(a, b)]
+    return await fetch_objects(plans, jobs)
+
+
+async def fetch_objects(plans: dict[str, Plan], jobs: list[tuple[str, int]]) -> list:
+    """The objects of chunks ``jobs`` [(array name, chunk)], fetched concurrently:
+    [(name, chunk, object | None | exception)]."""
     import zarr
     from zarr.core.buffer import default_buffer_prototype
 
     proto = default_buffer_prototype()
-    jobs = [(n, c) for n, (a, b) in _spans(plans, start, stop, per_chunk, chunk_rows).items() for c in range(a, b)]
     # At most zarr's ``async.concurrency`` requests at once (default 10; raise it for object
     # stores far away: zarr.config.set({"async.concurrency": 64})), as zarr itself would.
     limit = asyncio.Semaphore(max(1, int(zarr.config.get("async.concurrency") or 10)))
@@ -139,14 +196,52 @@ def assemble(plans: dict[str, Plan], fetched: list, start: int, stop: int, per_c
         try:
             if isinstance(raw, BaseException):
                 raise raw
-            if raw is None:  # never written: the fill value, as zarr reads it
+            if raw is None and not p.strict:  # an older store's all-zero chunk: the fill value, as zarr reads it
                 slot[...] = p.fill
+            elif raw is None:
+                raise MissingChunk(f"chunk object {_key(p, c)} is missing")
             else:
-                _decode_into(p, raw, slot.reshape(-1).view(np.uint8))
+                _decode_into(p, raw, slot.reshape(-1).view(np.uint8), c)
         except Exception as exc:  # one array's failure does not hide the others'
+            exc.chunk = c  # which chunk, for the caller's message
             out[n] = exc
     for n, (a, b) in spans.items():
         if n not in out:
             lo = 0 if n in per_chunk else start - a * plans[n].rows
             out[n] = buffers[n][lo : lo + (b - a if n in per_chunk else stop - start)]
     return out
+
+
+def read_chunk(p: Plan, c: int) -> np.ndarray:
+    """Chunk c of a planned array, checked (present when strict, crc32c, manifest) and decoded:
+    (rows, *row_shape), the last chunk padded as stored."""
+    from zarr.core.sync import sync
+
+    [(_, _, raw)] = sync(fetch_objects({"a": p}, [("a", c)]))
+    if isinstance(raw, BaseException):
+        raise raw
+    if raw is None and not p.strict:
+        return np.full((p.rows, *p.row_shape), p.fill, dtype=p.dtype)
+    if raw is None:
+        raise MissingChunk(f"chunk object {_key(p, c)} is missing")
+    out = np.empty((p.rows, *p.row_shape), dtype=p.dtype)
+    _decode_into(p, raw, out.reshape(-1).view(np.uint8), c)
+    return out
+
+
+def scan(plans: dict[str, Plan], chunks, window: int = 8):
+    """Check the objects of ``chunks`` (indices, in order) of every planned array without
+    decompressing them (``check_object``), ``window`` chunks (of every array) fetched at a time so
+    memory stays bounded: yields (name, chunk, crc32c trailer | the exception)."""
+    from zarr.core.sync import sync
+
+    chunks = list(chunks)
+    for lo in range(0, len(chunks), window):
+        jobs = [(n, c) for c in chunks[lo : lo + window] for n in plans]
+        for n, c, raw in sync(fetch_objects(plans, jobs)):
+            try:
+                if isinstance(raw, BaseException):
+                    raise raw
+                yield n, c, check_object(plans[n], raw, c)
+            except (CorruptChunk, MissingChunk, ChangedChunk) as exc:
+                yield n, c, exc

@@ -1,18 +1,22 @@
 """Finish a store written chunk by chunk (by one writer or several): check, then mark complete.
 
 ``finalize_store`` checks that every chunk is marked done and has its file in every array, and
-that each example id occurs once; then it writes the ``manifest`` attribute and ``complete: true``
-in one metadata write, the last write to the store. Run by a single-worker precompute at its
-end, and by ``kdstream store finalize STORE`` after parallel workers.
+that each example id occurs once; then it reads every chunk object of every array once, checks
+its crc32c and size, and writes the manifest of those checksums (integrity.py); last, in one
+metadata write, the ``manifest`` and ``integrity`` attributes and ``complete: true``. Run by a
+single-worker precompute at its end, and by ``kdstream store finalize STORE`` after parallel workers.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import json
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from kdstream.errors import KdError
+from kdstream.storage import chunk_io, integrity
 from kdstream.storage.chunks import DONE_ARRAY, chunks_per_group, describe, owner, stored_chunks
 from kdstream.storage.schema import arrays_of
 
@@ -32,8 +36,9 @@ def finalize_store(url: str, extra_attrs: dict[str, Any] | None = None) -> dict[
     """Mark the store at ``url`` complete after checking it; returns the manifest written
     (``already_complete: true`` added, and nothing written, when it was complete already).
 
-    KdError (one line) when a chunk was never written, a written chunk's file is gone, or an
-    example id occurs twice; the store stays incomplete and the message says what to rerun.
+    KdError (one line) when a chunk was never written, a written chunk's file is gone or fails its
+    checksum, or an example id occurs twice; the store stays incomplete and the message says what
+    to rerun.
     """
     import zarr
 
@@ -68,8 +73,8 @@ def finalize_store(url: str, extra_attrs: dict[str, Any] | None = None) -> dict[
             lost.append(f"{name} chunk {describe(gone, rows, n)}")
     if lost:
         raise KdError(f"store {url}: chunks marked written have no file: {'; '.join(lost[:3])}"
-                      f"{' …' if len(lost) > 3 else ''}; delete their {DONE_ARRAY} markers and rerun "
-                      "precompute-logits, or rerun it with --overwrite")
+                      f"{' …' if len(lost) > 3 else ''}; rerun precompute-logits with the same options (it writes "
+                      "them again), then finalize again")
 
     ids = np.asarray(group["example_id"][:]).astype(np.int64)  # (S,): small, read whole
     values, counts = np.unique(ids, return_counts=True)
@@ -79,6 +84,9 @@ def finalize_store(url: str, extra_attrs: dict[str, Any] | None = None) -> dict[
         raise KdError(f"store {url}: example {dup} is stored more than once (rows {where[:4]}); "
                       "rerun precompute-logits with --overwrite")
 
+    plans = _plans(url, group, names)
+    crcs = _checksums(url, plans, len(done), rows, n)  # (A, C)
+    integrity.write_manifest(group, list(names), crcs)
     manifest = {
         "chunks": len(done),
         "chunk_rows": rows,
@@ -86,6 +94,44 @@ def finalize_store(url: str, extra_attrs: dict[str, Any] | None = None) -> dict[
         "example_ids": [int(values[0]), int(values[-1])] if n else [],
         "chunk_files_listed": listed,
         "finalized_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "arrays": list(names),  # the rows of MANIFEST_ARRAY
+        "layout": {name: integrity.layout(p) for name, p in plans.items()},
     }
-    group.attrs.update({**(extra_attrs or {}), "manifest": manifest, "complete": True})
-    return {**manifest, "already_complete": False}
+    # a version 3 store (same arrays) written by an older kdstream's workers becomes version 4 with its record
+    version = max(int(attrs.get("format_version", 1)), integrity.INTEGRITY_VERSION)
+    last = {**(extra_attrs or {}), "format_version": version, "manifest": manifest, "complete": True}
+    final = json.loads(json.dumps({**attrs, **last}))  # as zarr.json gives them back (tuples → lists)
+    record = {"attrs_sha256": integrity.attrs_sha256(final),
+              "manifest_sha256": integrity.manifest_sha256(list(names), crcs)}
+    group.attrs.update({**last, integrity.INTEGRITY: record})
+    return {**manifest, "already_complete": False, "identity": integrity.identity(record)}
+
+
+def _plans(url: str, group, names: tuple[str, ...]) -> dict[str, chunk_io.Plan]:
+    """Every array's direct-read plan (strict: a missing object is an error); KdError for a layout
+    kdstream does not write (its chunks could not be checked)."""
+    plans = {}
+    for name in names:
+        p = chunk_io.plan(group[name])
+        if p is None:
+            raise KdError(f"store {url}: array {name} has codecs or chunks this kdstream does not write: "
+                          "rerun precompute-logits with --overwrite")
+        plans[name] = replace(p, strict=True)
+    return plans
+
+
+def _checksums(url: str, plans: dict[str, chunk_io.Plan], chunks: int, rows: int, n: int) -> np.ndarray:
+    """(A, C) uint32: the crc32c trailer of every chunk object, each checked (present, checksum, size)."""
+    names = list(plans)
+    crcs = np.zeros((len(names), chunks), dtype=np.uint32)
+    bad: list[str] = []
+    for name, c, got in chunk_io.scan(plans, range(chunks)):
+        if isinstance(got, Exception):
+            bad.append(f"{name} chunk {describe([c], rows, n)} ({got})")
+        else:
+            crcs[names.index(name), c] = got
+    if bad:
+        raise KdError(f"store {url}: {len(bad)} chunk(s) fail their check: {'; '.join(bad[:3])}"
+                      f"{' …' if len(bad) > 3 else ''}; rerun precompute-logits with the same options (it writes "
+                      "them again), then finalize again")
+    return crcs

@@ -1,14 +1,16 @@
 """Read a logit store from a path or fsspec URL: random access and slices, decoded to numpy."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from kdstream.errors import KdError
-from kdstream.storage import chunk_io
+from kdstream.storage import chunk_io, integrity
 from kdstream.storage import encoding as enc
 from kdstream.storage import id_table
+from kdstream.storage.chunks import DONE_ARRAY, chunk_slice
 from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, PER_CHUNK, arrays_of
 
 # What ``store[i]`` / ``store[a:b]`` / ``read`` return (the decoded view, whatever the version).
@@ -40,11 +42,17 @@ class LogitStore:
     Row t of the teacher arrays is the distribution that predicts input_ids[t+1]. Logprobs come
     back decoded to float32 whatever the on-disk encoding (``attrs["encoding"]``); each is within
     ``attrs["encoding"]["max_abs_error"]`` nats of the teacher's value.
+
+    Every chunk a read needs must exist (``strict``: stores with chunk_done markers) and, with a
+    manifest (format version 4), match it: otherwise a one-line KdError naming the array, chunk,
+    rows and file. ``identity`` names the finalized store (integrity.py); None before version 4.
     """
 
-    def __init__(self, group, url: str) -> None:
+    def __init__(self, group, url: str, *, strict: bool = False,
+                 manifest: dict[str, np.ndarray] | None = None, identity: str | None = None) -> None:
         self.group = group
         self.url = url
+        self.identity = identity
         self.attrs: dict[str, Any] = dict(group.attrs)
         self.format_version = int(self.attrs.get("format_version", 1))
         # Version 1 stores: fp32 logprobs, no tail_mass array (computed from the top-k on read).
@@ -52,7 +60,20 @@ class LogitStore:
         self.sampled = self.encoding["topk_logprobs"] == "sampled"
         self.qdelta = self.encoding["topk_logprobs"] == "qdelta"
         self._arrays = {name: group[name] for name in arrays_of(self.attrs)}
-        self._plans = {name: chunk_io.plan(arr) for name, arr in self._arrays.items()}  # None: read via zarr
+        self.strict = strict
+        plans = {name: chunk_io.plan(arr) for name, arr in self._arrays.items()}  # None: read via zarr
+        if manifest is not None:
+            self._check_layout(plans, manifest)
+        self._plans = {name: p if p is None else replace(p, strict=strict, expected=(manifest or {}).get(name))
+                       for name, p in plans.items()}
+
+    def _check_layout(self, plans: dict[str, chunk_io.Plan | None], manifest: dict[str, np.ndarray]) -> None:
+        """Each array's metadata must be what the store was finalized with (``manifest.layout``)."""
+        layouts = (self.attrs.get("manifest") or {}).get("layout") or {}
+        for name, p in plans.items():
+            if p is None or name not in manifest or integrity.layout(p) != layouts.get(name):
+                raise KdError(f"store {self.url}: the metadata of array {name} ({name}/zarr.json) is not what the "
+                              "store was finalized with (edited or damaged): re-copy or regenerate the store")
 
     def __len__(self) -> int:
         return int(self.attrs["num_examples"])
@@ -152,11 +173,13 @@ class LogitStore:
             via_zarr = asyncio.gather(*(self._arrays[n]._async_array.getitem(chunks if n in PER_CHUNK else
                                                                              slice(start, stop)) for n in others),
                                       return_exceptions=True)
-            return await asyncio.gather(chunk_io.fetch(direct, start, stop, frozenset(PER_CHUNK), R), via_zarr)
+            return await asyncio.gather(chunk_io.fetch(direct, start, stop, frozenset(PER_CHUNK), R), via_zarr,
+                                        self._absent(others, range(chunks.start, chunks.stop)))
 
-        fetched, got_zarr = sync(get_all())
+        fetched, got_zarr, absent = sync(get_all())
         got = chunk_io.assemble(direct, fetched, start, stop, frozenset(PER_CHUNK), R)
         got.update(zip(others, got_zarr))
+        got.update(absent)
         out = {}
         for name in names:
             if isinstance(got[name], BaseException):
@@ -164,13 +187,42 @@ class LogitStore:
             out[name] = np.asarray(got[name])
         return out
 
+    async def _absent(self, names: list[str], chunks: range) -> dict[str, BaseException]:
+        """For arrays read through zarr (which reads a missing object as the fill value): a
+        MissingChunk for each whose object of one of ``chunks`` is absent, in a strict store."""
+        import asyncio
+
+        if not self.strict or not names:
+            return {}
+        jobs = [(n, c) for n in names for c in chunks]
+        found = await asyncio.gather(*(self._arrays[n].store_path.store.exists(chunk_io.chunk_key(self._arrays[n], c))
+                                       for n, c in jobs))
+        out: dict[str, BaseException] = {}
+        for (n, c), there in zip(jobs, found):
+            if not there and n not in out:
+                out[n] = chunk_io.MissingChunk(f"chunk object {chunk_io.chunk_key(self._arrays[n], c)} is missing")
+                out[n].chunk = c
+        return out
+
     def _raise(self, name: str, start: int, stop: int, exc: BaseException) -> None:
+        c = getattr(exc, "chunk", None)
+        if c is None:
+            where = f"{name} rows {start}:{stop}"
+        else:
+            rows = chunk_slice(c, self.chunk_rows, len(self))
+            key = chunk_io.chunk_key(self._arrays[name], c)
+            where = f"{name} chunk {c} (rows {rows.start}:{rows.stop}, file {key})"
+        if isinstance(exc, chunk_io.MissingChunk):
+            raise KdError(f"store {self.url}: {where} is missing (lost, or the store is being rewritten): "
+                          "re-copy or regenerate the store") from None
+        if isinstance(exc, chunk_io.ChangedChunk):
+            raise KdError(f"store {self.url} changed since it was finalized or opened: {where} differs from its "
+                          f"manifest ({exc}; rewritten or replaced): reopen it once its writer has finished, or "
+                          "re-copy or regenerate it") from None
         if isinstance(exc, (ValueError, RuntimeError)) and (
                 "checksum" in str(exc).lower() or "decompress" in str(exc).lower()):
-            raise KdError(
-                f"store {self.url}: corrupt chunk in {name} rows {start}:{stop} ({exc}): "
-                "re-copy or regenerate the store"
-            ) from None
+            raise KdError(f"store {self.url}: corrupt chunk in {where} ({exc}): "
+                          "re-copy or regenerate the store") from None
         raise exc
 
     def __getitem__(self, index: int | slice) -> dict[str, np.ndarray]:
@@ -187,8 +239,12 @@ class LogitStore:
         return {k: v[0] for k, v in self.read(i, i + 1).items()}
 
 
-def open_store(url: str, require_complete: bool = True) -> LogitStore:
-    """Open a store written by ``precompute-logits`` (a local path or an fsspec URL)."""
+def open_store(url: str, require_complete: bool = True, identity: str | None = None) -> LogitStore:
+    """Open a store written by ``precompute-logits`` (a local path or an fsspec URL).
+
+    A complete store of format version >= 4 must match its integrity record (attributes and
+    manifest checksums, integrity.py), read once here. ``identity``: the store must be that one
+    (a reader reopening a store it started with, e.g. in a DataLoader worker); KdError otherwise."""
     import zarr
 
     url = str(url)
@@ -208,10 +264,19 @@ def open_store(url: str, require_complete: bool = True) -> LogitStore:
         raise KdError(
             f"store {url} is incomplete (its precompute did not finish): rerun precompute-logits with the same options"
         )
+    manifest, ident = None, None
+    version = int(attrs.get("format_version", 1))
+    if version >= integrity.INTEGRITY_VERSION and attrs.get("complete"):
+        manifest, ident = integrity.load_manifest(group, url, attrs)
     missing = [n for n in arrays_of(attrs) if n not in group]
     if missing:
         raise KdError(f"store {url} is missing arrays {', '.join(missing)}: it is corrupt; regenerate it")
-    return LogitStore(group, url)
+    if identity is not None and ident != identity:
+        raise KdError(f"store {url} is not the store this run started with (identity {ident}, expected {identity}): "
+                      "it was rewritten or replaced; rerun against the store as it is now, or restore the old one")
+    # chunk_done markers: written with write_empty_chunks, so a missing chunk object is always a loss
+    strict = version >= integrity.INTEGRITY_VERSION or DONE_ARRAY in group
+    return LogitStore(group, url, strict=strict, manifest=manifest, identity=ident)
 
 
 def disk_bytes(url: str) -> int:

@@ -1,4 +1,4 @@
-"""What a kdstream logit store holds (format version 3), in one place.
+"""What a kdstream logit store holds (format version 4), in one place.
 
 Per-example arrays, all with examples on axis 0 and the same number of rows per chunk (R):
     input_ids       (S, L)       uint16 | int32   the example's tokens
@@ -20,8 +20,11 @@ One array with one row per chunk (C = ceil(S / R) rows, chunks of one row):
 A sampled store (``targets: sampled``) holds sample_ids / sample_counts (S, L-1, k) and
 sample_tail_count (S, L-1) instead of the top-k arrays, tail and target code (docs/store-format.md).
 Group attributes describe provenance; ``complete`` is set True last, after every chunk is written.
-Version 1 and 2 stores (ids as they are, float32 or qdelta-coded logprobs, float32 tail and
-target) are still read.
+Version 4 = version 3's arrays plus an integrity record written at finalize (integrity.py): the
+manifest_crc32c array (every chunk's crc32c) and the ``integrity`` attribute (checksums of the
+attributes and of the manifest), which readers check. Version 3 stores (the same arrays without
+it), and version 1 and 2 stores (ids as they are, float32 or qdelta-coded logprobs, float32 tail
+and target) are still read, without those checks.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 
 FORMAT_NAME = "kdstream-logits"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # 4: version 3 + integrity record (manifest of chunk checksums, attribute checksum)
 TARGET_CHUNK_BYTES = 1 << 20  # a chunk is the unit of reading: >= 1 MiB raw keeps reads efficient
 
 PER_EXAMPLE = ("input_ids", "example_id", "doc_index")

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from kdstream.storage.chunks import DONE_ARRAY
+from kdstream.storage.integrity import MANIFEST_ARRAY
 from kdstream.storage.reader import disk_bytes, open_store
 
 _MASS_BINS = 1 << 16  # histogram resolution of the top-k mass in [0, 1]: p10 within 1.6e-5
@@ -68,14 +69,16 @@ def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
         in_topk += int((batch["target_rank"] <= k).sum())
         positions += mass.size
 
-    markers = (DONE_ARRAY,) if DONE_ARRAY in store.group else ()  # chunk_done: 5 B per chunk, counted too
-    total, per_array = _sizes(url, tuple(store._arrays) + markers)
+    # chunk_done (5 B per chunk) and the manifest (4 B per chunk and array) are counted too
+    extra = tuple(name for name in (DONE_ARRAY, MANIFEST_ARRAY) if name in store.group)
+    total, per_array = _sizes(url, tuple(store._arrays) + extra)
 
     def mean(total_over_positions: float) -> float:
         return total_over_positions / positions if positions else float("nan")
 
     return {
         "store": str(url),
+        "store_identity": store.identity,  # None before format version 4
         "examples": n,
         "seq_len": store.seq_len,
         "k": k,

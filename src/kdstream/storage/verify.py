@@ -1,4 +1,6 @@
-"""Check a logit store end to end: metadata, every chunk's crc32c checksum, example ids.
+"""Check a logit store end to end: metadata, every chunk's crc32c checksum, example ids, and for
+format version 4 the integrity record: attributes and manifest against their checksums, every
+chunk against its manifest entry, every array's metadata against the layout it was finalized with.
 
 ``open_store`` refuses the first corrupt chunk it meets; ``verify_store`` reads them all (one
 slice per chunk, along axis 0) and names every bad one, so a user knows exactly which files to
@@ -12,12 +14,13 @@ through ``target_rank`` instead, whose values (ranks, >= 1) are never all 0 in a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from kdstream.errors import KdError
+from kdstream.storage import chunk_io, integrity
 from kdstream.storage import encoding as enc
 from kdstream.storage.chunks import DONE_ARRAY, describe, stored_chunks
 from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, PER_CHUNK, array_specs, arrays_of
@@ -56,6 +59,8 @@ def _chunk_error(exc: ValueError | RuntimeError) -> str:
     permissions: OSError) are not corruption and are not caught.
     """
     msg = str(exc)
+    if isinstance(exc, chunk_io.ChangedChunk):
+        return f"differs from the store's manifest (rewritten or replaced: {msg})"
     if isinstance(exc, ValueError) and "checksum" in msg.lower():
         return "crc32c checksum mismatch"
     return f"undecodable ({msg.splitlines()[0] if msg else type(exc).__name__})"
@@ -144,11 +149,44 @@ def _written_chunks(group, arrays: dict[str, Any], attrs: dict[str, Any],
     return unwritten, files
 
 
+def _integrity(group, url: str, attrs: dict[str, Any], problems: list[str]) -> dict[str, np.ndarray]:
+    """A complete version >= 4 store's manifest {array: (C,) crc32c}, after checking the attributes'
+    and the manifest's checksums ({} and a problem when either fails)."""
+    if int(attrs.get("format_version", 1)) < integrity.INTEGRITY_VERSION or attrs.get("complete") is not True:
+        return {}
+    try:
+        integrity.check_attrs(url, attrs)
+    except KdError:
+        problems.append("attributes do not match their checksum (integrity.attrs_sha256): edited or damaged")
+    record = attrs.get(integrity.INTEGRITY)
+    try:
+        return integrity.read_manifest(group, url, attrs, record if isinstance(record, dict) else {})
+    except KdError:
+        problems.append(f"the chunk manifest ({integrity.MANIFEST_ARRAY}) is missing or does not match its checksum")
+        return {}
+
+
+def _plans(arrays: dict[str, Any], manifest: dict[str, np.ndarray], attrs: dict[str, Any], strict: bool,
+           problems: list[str]) -> dict[str, chunk_io.Plan]:
+    """Direct-read plans (with their manifest entries) of the arrays that have one; with a manifest,
+    each array's layout must be the one it was finalized with."""
+    layouts = (attrs.get("manifest") or {}).get("layout") or {}
+    plans = {}
+    for name, arr in arrays.items():
+        p = chunk_io.plan(arr)
+        if manifest and (p is None or name not in manifest or integrity.layout(p) != layouts.get(name)):
+            problems.append(f"array {name}: its metadata ({name}/zarr.json) is not what the store was finalized with")
+        if p is not None:
+            plans[name] = replace(p, strict=strict, expected=manifest.get(name))
+    return plans
+
+
 def verify_store(url: str) -> VerifyReport:
     """Read every chunk of every array of the store at ``url`` (path or fsspec URL)."""
     group = open_group(url)
     attrs = dict(group.attrs)
     problems: list[str] = []
+    manifest = _integrity(group, str(url), attrs, problems)
     if int(attrs.get("format_version", -1)) > FORMAT_VERSION:
         problems.append(f"format version {attrs['format_version']} is newer than this kdstream ({FORMAT_VERSION})")
     complete = attrs.get("complete") is True
@@ -165,6 +203,7 @@ def verify_store(url: str) -> VerifyReport:
     problems += _metadata_problems(attrs, arrays)
     unwritten, files = _written_chunks(group, arrays, attrs, problems)
     markers = DONE_ARRAY in group  # written with write_empty_chunks: every written chunk has a file
+    plans = _plans(arrays, manifest, attrs, markers, problems)
 
     corrupt: list[str] = []
     checked = 0
@@ -184,11 +223,18 @@ def verify_store(url: str) -> VerifyReport:
             # target_rank file (ranks >= 1) is sure to be a gap; the others are read as zeros.
             if files.get(name) is not None and i not in files[name] and (markers or name == "target_rank"):
                 if i not in unwritten:  # marked written (or the old layout): its file went missing
-                    problems.append(f"{name} {where}: chunk file missing (reads as zeros): re-copy "
+                    problems.append(f"{name} {where}: chunk file missing (lost: readers refuse it): re-copy "
                                     f"{name}/{arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))}")
                 continue
             try:
-                data = np.asarray(arr[start:stop])  # (stop-start, *per-example shape)
+                if name in plans:  # the object itself: crc32c, manifest entry, then decoded
+                    data = chunk_io.read_chunk(plans[name], i)[: stop - start]  # (stop-start, *per-example shape)
+                else:
+                    data = np.asarray(arr[start:stop])
+            except chunk_io.MissingChunk:  # where the store cannot be listed
+                if i not in unwritten:
+                    problems.append(f"{name} {where}: chunk file missing: re-copy {chunk_io.chunk_key(arr, i)}")
+                continue
             except (ValueError, RuntimeError) as exc:
                 key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
                 corrupt.append(f"{name} {where}: {_chunk_error(exc)} (file {name}/{key})")

@@ -45,7 +45,7 @@ SAMPLED_INPUTS = ("input_ids", "example_id", "doc_index", "sample_ids", "sample_
 # and corpus fingerprints). Every other attribute must be equal, or the rows would not belong to
 # one store. Dotted paths into nested dicts.
 NOT_COMPARED = frozenset({
-    "created_at", "complete", "precompute_seconds", "manifest",
+    "created_at", "complete", "precompute_seconds", "manifest", "integrity",
     "teacher.path", "corpus.source",
     "options.model", "options.dataset", "options.out", "options.tokenizer",
     "options.overwrite", "options.num_workers", "options.engine.gpu_memory_utilization",
@@ -156,7 +156,8 @@ class StoreWriter:
 
         self._done = self._array(DONE_ARRAY, (self.num_chunks,), (1,), np.dtype(np.uint8),
                                  {"compressors": [Crc32cCodec()]})
-        self.resumed = done_chunks(self.group)  # chunks already written by an earlier or a parallel run
+        # chunks already written by an earlier or a parallel run, each checked (a damaged one is written again)
+        self.resumed = self._intact(done_chunks(self.group))
         self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in (*self.inputs, "tail_mass")}
         self._buffered = 0
         self.rows_written = 0  # by append(), in order
@@ -214,6 +215,26 @@ class StoreWriter:
             raise KdError(f"array {name} of the store at {self.url} has shape {arr.shape}, chunks {arr.chunks}, "
                           f"dtype {arr.dtype}, expected {shape}, {chunks}, {dtype}: pass --overwrite to start over")
         return arr.with_config({"write_empty_chunks": True})
+
+    def _intact(self, marked: set[int]) -> set[int]:
+        """The chunks of ``marked`` whose objects are all present, pass their crc32c and hold their
+        size. The others (truncated, lost, damaged since) lose their done marker, so that they are
+        written again (by this run, or by the rerun of the worker that owns them) and finalize never
+        sees them as done: a resumed store cannot end complete but corrupt. Reads each marked
+        chunk's objects once, without decompressing them."""
+        from dataclasses import replace
+
+        from zarr.core.sync import sync
+
+        from kdstream.storage import chunk_io
+
+        plans = {n: chunk_io.plan(a) for n, a in self._arrays.items()}
+        plans = {n: replace(p, strict=True) for n, p in plans.items() if p is not None}
+        bad = sorted({c for _, c, got in chunk_io.scan(plans, sorted(marked)) if isinstance(got, Exception)})
+        store = self._done.store_path.store
+        for c in bad:
+            sync(store.delete(chunk_io.chunk_key(self._done, c)))
+        return marked - set(bad)
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -1,0 +1,158 @@
+"""Store integrity end to end through the real commands: a lost chunk, a chunk swapped in or a store
+rewritten under its reader, hand-edited attributes, and a resume over a truncated chunk already
+marked done. Each breaks a copy of the session store (tests/conftest.py: 24 examples, one chunk)."""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kdstream.errors import KdError
+from kdstream.storage import StoreWriter, open_store
+from kdstream.storage.verify import verify_store
+
+
+
+def _tests_conftest():
+    """tests/conftest.py: the name ``conftest`` is tests/faults/conftest.py by the time this runs."""
+    import importlib.util
+
+    name = "kdstream_tests_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "conftest.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+make_gpt_neox, precompute_args, run_cli = (getattr(_tests_conftest(), n) for n in ("make_gpt_neox", "precompute_args",
+                                                                                   "run_cli"))
+EXTRACT = ("--method", "store", "--prefix-len", "16", "--suffix-len", "16")
+
+
+@pytest.fixture
+def store(teacher_store, tmp_path) -> Path:
+    path = tmp_path / "teacher.zarr"
+    shutil.copytree(teacher_store, path)
+    return path
+
+
+def attrs_of(path: Path) -> dict:
+    return json.loads((path / "zarr.json").read_text())["attributes"]
+
+
+def set_attrs(path: Path, attrs: dict) -> None:
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"] = attrs
+    (path / "zarr.json").write_text(json.dumps(meta))
+
+
+def make_partial(path: Path) -> None:
+    """The store as a killed precompute leaves it after its (only) chunk was written and marked:
+    complete false, no integrity record or manifest yet."""
+    attrs = attrs_of(path)
+    for key in ("integrity", "manifest", "precompute_seconds"):
+        attrs.pop(key, None)
+    set_attrs(path, {**attrs, "complete": False})
+    shutil.rmtree(path / "manifest_crc32c")
+
+
+def refused(proc, error_line, *parts: str) -> str:
+    line = error_line(proc)
+    for part in parts:
+        assert part in line, line
+    return line
+
+
+def test_a_missing_chunk_stops_every_reader(store, tmp_path, digest, error_line):
+    """Issue 14 case 4: a lost chunk file read as zeros (suffix ids 0, top-k mass 0.90)."""
+    (store / "topk_logprobs" / "c" / "0" / "0" / "0").unlink()
+    before = digest(store)
+    refused(run_cli("store", "stats", store, check=False), error_line,
+            "topk_logprobs chunk 0 (rows 0:24, file topk_logprobs/c/0/0/0) is missing")
+    out = tmp_path / "eval"
+    refused(run_cli("extract-eval", "--logits-store", store, *EXTRACT, "--out", out, check=False), error_line,
+            "topk_logprobs chunk 0", "is missing")
+    assert not (out / "summary.json").exists()
+    (store / "input_ids" / "c" / "0" / "0").unlink()  # the suffix ids themselves
+    before = digest(store)
+    refused(run_cli("extract-eval", "--logits-store", store, *EXTRACT, "--out", out, check=False), error_line,
+            "input_ids chunk 0", "is missing")
+    assert digest(store) == before and not (out / "summary.json").exists()
+
+
+def test_a_chunk_swapped_in_from_another_store_is_refused(store, teacher_store, tmp_path, digest, error_line):
+    """Issue 14 case 5 (the cheap form): a chunk object intact in itself, but not the store's."""
+    rows = open_store(str(teacher_store))[0:24]
+    a = attrs_of(teacher_store)
+    other = StoreWriter(str(tmp_path / "other.zarr"), num_examples=24, seq_len=a["seq_len"], k=a["k"],
+                        vocab_size=a["vocab_size"], chunk_rows=a["chunk_rows"], attrs={})
+    other.append({**{k: rows[k] for k in ("input_ids", "example_id", "doc_index", "topk_ids", "target_rank")},
+                  "topk_logprobs": rows["topk_logprobs"] - 0.25, "target_logprob": rows["target_logprob"] - 0.25})
+    other.finalize()
+    key = Path("topk_logprobs/c/0/0/0")
+    shutil.copy(tmp_path / "other.zarr" / key, store / key)
+    before = digest(store)
+    refused(run_cli("store", "stats", store, check=False), error_line,
+            "topk_logprobs chunk 0", "differs from its manifest")
+    verify = run_cli("store", "verify", store, check=False)
+    assert verify.returncode == 1 and "corrupt: topk_logprobs chunk 0 (rows 0:24): differs from the store's manifest" \
+        in verify.stdout, verify.stdout
+    assert digest(store) == before
+
+
+@pytest.mark.slow
+def test_a_store_rewritten_under_an_open_reader_stops_it(store, tokenizer, corpus_file, tmp_path, digest):
+    """Issue 14 case 5: `precompute-logits --overwrite` rewrites the store a reader (distill) has open."""
+    reader = open_store(str(store))
+    reader[0:24]
+    other_teacher = make_gpt_neox(tmp_path / "teacher2", tokenizer, seed=2)
+    run_cli(*precompute_args(other_teacher, corpus_file, store, "--overwrite"))
+    with pytest.raises(KdError, match=r"changed since it was finalized or opened: \w+ chunk 0 .* differs from its "
+                                      r"manifest"):
+        reader[0:24]
+    with pytest.raises(KdError, match="not the store this run started with"):
+        open_store(str(store), identity=reader.identity)
+    assert open_store(str(store)).identity != reader.identity
+
+
+def test_hand_edited_attributes_are_refused(store, tmp_path, digest, error_line):
+    """Issue 14 case 8: a doubled encoding.scale passed verify and trained."""
+    attrs = attrs_of(store)
+    set_attrs(store, {**attrs, "encoding": {**attrs["encoding"], "scale": attrs["encoding"]["scale"] * 2}})
+    before = digest(store)
+    verify = run_cli("store", "verify", store, check=False)
+    assert verify.returncode == 1 and "problem: attributes do not match their checksum" in verify.stdout, verify.stdout
+    refused(run_cli("store", "stats", store, check=False), error_line, "attributes do not match their checksum")
+    info = run_cli("store", "info", store)  # still shows what the store claims, and why it has no identity
+    assert "identity: none: store" in info.stdout and "attributes do not match" in info.stdout
+    assert digest(store) == before
+
+
+def test_a_partial_store_edited_to_complete_is_refused(store, tmp_path, digest, error_line):
+    """Issue 14 case 8: `complete: true` on a partial store was read by stats and extract-eval."""
+    make_partial(store)
+    set_attrs(store, {**attrs_of(store), "complete": True})
+    before = digest(store)
+    refused(run_cli("store", "stats", store, check=False), error_line, "attributes do not match their checksum")
+    out = tmp_path / "eval"
+    refused(run_cli("extract-eval", "--logits-store", store, *EXTRACT, "--out", out, check=False), error_line,
+            "attributes do not match their checksum")
+    assert digest(store) == before and not (out / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_resume_over_a_truncated_chunk_marked_done_rewrites_it(store, teacher_store, teacher_dir, corpus_file):
+    """Issue 14 case 9: the resumed store ended `complete: true` but corrupt."""
+    make_partial(store)
+    target = store / "topk_index" / "c" / "0" / "0" / "0"
+    target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])  # a copy cut short
+    run_cli(*precompute_args(teacher_dir, corpus_file, store))  # the same command: a resume
+    assert attrs_of(store)["complete"] is True
+    assert verify_store(str(store)).ok
+    assert target.read_bytes() == (teacher_store / "topk_index" / "c" / "0" / "0" / "0").read_bytes()
+    got, want = open_store(str(store))[0:24], open_store(str(teacher_store))[0:24]
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], key)
