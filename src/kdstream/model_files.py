@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from kdstream.errors import KdError
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-_SAMPLE = 1 << 20  # bytes hashed from each end of a weight file
+_BLOCK = 8 << 20  # bytes per read while hashing a weight file
 
 
 def check_model_dir(path: str | Path, role: str, need_weights: bool = True) -> Path:
@@ -41,17 +43,68 @@ def logit_postprocessing(config: dict) -> str | None:
 
 
 def model_fingerprint(path: str | Path) -> dict:
-    """Identify a model cheaply: sha256 of config.json, and of each weight file's name, size,
-    first and last MiB (hashing a 24 GB checkpoint in full would cost minutes; this catches any
-    retraining or re-save, which changes sizes and headers)."""
+    """Identify a model: sha256 of config.json, and of each weight file's name, size and whole
+    contents (a change anywhere in the weights, a fine-tune of one layer included, changes it).
+
+    Hashing reads every byte once (docs/precompute.md: the cost, and why not a sample); the
+    digests are cached per user by path, size, mtime and ctime (``fingerprint_cache_path``),
+    so a rerun or a resume on the same files hashes nothing again."""
     p = Path(path)
     config_hash = hashlib.sha256((p / "config.json").read_bytes()).hexdigest()
+    cache = _load_cache()
     h = hashlib.sha256()
     for f in sorted(x for x in p.iterdir() if x.suffix in _WEIGHT_SUFFIXES):
-        size = f.stat().st_size
-        h.update(f.name.encode() + size.to_bytes(8, "little"))
-        with f.open("rb") as fh:
-            h.update(fh.read(_SAMPLE))
-            fh.seek(max(0, size - _SAMPLE))
-            h.update(fh.read(_SAMPLE))
+        st = f.stat()
+        h.update(f.name.encode() + st.st_size.to_bytes(8, "little"))
+        h.update(bytes.fromhex(_file_sha256(f, st, cache)))
+    _save_cache(cache)
     return {"path": str(p.resolve()), "name": p.name, "config_sha256": config_hash, "weights_fingerprint": h.hexdigest()}
+
+
+def fingerprint_cache_path() -> Path:
+    """$XDG_CACHE_HOME/kdstream/fingerprints.json (default ~/.cache/…): JSON, never pickle."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kdstream" / "fingerprints.json"
+
+
+def _file_sha256(f: Path, st: os.stat_result, cache: dict) -> str:
+    """sha256 of the whole file, from ``cache`` when path, size, mtime and ctime all match (ctime
+    too: restoring an mtime after an edit, as ``touch -r`` or a copy tool may, cannot fake it)."""
+    key = str(f.resolve())
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+    hit = cache.get(key)
+    if isinstance(hit, dict) and all(hit.get(k) == v for k, v in stamp.items()) and _is_sha256(hit.get("sha256")):
+        return hit["sha256"]
+    h = hashlib.sha256()
+    with f.open("rb") as fh:
+        while block := fh.read(_BLOCK):
+            h.update(block)
+    cache[key] = {**stamp, "sha256": h.hexdigest()}
+    return cache[key]["sha256"]
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _load_cache() -> dict:
+    """The cache's entries; {} when it is missing or damaged (it is rewritten whole on save)."""
+    try:
+        data = json.loads(fingerprint_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save_cache(cache: dict) -> None:
+    """Write the cache atomically (a concurrent worker never reads half of it); a cache that
+    cannot be written only costs a rehash next time."""
+    target = fingerprint_cache_path()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".fingerprints-", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(cache, fh)
+        os.replace(tmp, target)
+    except OSError:
+        pass

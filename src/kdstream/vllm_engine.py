@@ -66,3 +66,33 @@ def make_llm(model: str, max_model_len: int, engine: EngineOptions, max_logprobs
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
         raise KdError(f"vLLM could not load {model}: {first}") from None
+
+
+def dtype_name(dtype) -> str:
+    """``torch.bfloat16`` → ``"bfloat16"``: the names --dtype takes and the store records."""
+    return str(dtype).removeprefix("torch.")
+
+
+def resolve_dtype(model: str, engine: EngineOptions) -> str:
+    """The dtype vLLM will run ``model`` in for ``engine.dtype``, without loading weights.
+
+    vLLM's own rule (its ModelConfig: config.json and the platform's supported dtypes), so
+    ``auto`` on a float32 checkpoint gives the 16-bit type vLLM picks, not ``auto``. Used to
+    record the dtype in the store before the engine starts; the loaded engine's dtype is
+    checked against it (``loaded_dtype``)."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    try:
+        from vllm.config import ModelConfig
+    except ImportError:
+        raise KdError("vLLM is not installed: `pip install 'kdstream[cpu]'` (or '[gpu]'), or use make install") from None
+    try:
+        config = ModelConfig(model=str(model), dtype=engine.dtype, skip_tokenizer_init=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.__class__.__name__
+        raise KdError(f"vLLM cannot run {model} with --dtype {engine.dtype}: {first}") from None
+    return dtype_name(config.dtype)
+
+
+def loaded_dtype(llm) -> str:
+    """The dtype a started engine (``make_llm``) actually runs in."""
+    return dtype_name(llm.llm_engine.model_config.dtype)

@@ -23,6 +23,8 @@ BACKENDS = ("vllm", "hf")
 class Teacher(Protocol):
     name: str
     k: int
+    dtype: str  # what the loaded model runs in ("bfloat16", …), read from the engine or the model
+
 
     def score(self, input_ids: np.ndarray) -> dict[str, np.ndarray]: ...
 
@@ -34,9 +36,17 @@ def context_needed(backend: str, seq_len: int) -> int:
 
 
 def engine_attrs(backend: str, model_dir, opts) -> dict:
-    """The store's ``engine`` attribute, without loading the model (``opts``: PrecomputeOptions)."""
+    """The store's ``engine`` attribute, without loading the model (``opts``: PrecomputeOptions).
+
+    ``dtype`` is the dtype the teacher will run in, resolved by the backend's own rule (vLLM's
+    ``auto`` on a float32 checkpoint is 16-bit); ``requested_dtype`` is ``--dtype`` as given.
+    Both are compared on resume; once loaded, the teacher's actual dtype is checked against
+    ``dtype`` before a chunk is written (runner.check_teacher)."""
     if backend == "vllm":
-        return {"name": "vllm", "version": vllm_version(), "dtype": opts.engine.dtype, "logprobs_mode": "raw_logprobs"}
+        from kdstream.vllm_engine import resolve_dtype as vllm_dtype
+
+        return {"name": "vllm", "version": vllm_version(), "dtype": vllm_dtype(str(model_dir), opts.engine),
+                "requested_dtype": opts.engine.dtype, "logprobs_mode": "raw_logprobs"}
     import torch
     import transformers
 
@@ -45,7 +55,7 @@ def engine_attrs(backend: str, model_dir, opts) -> dict:
 
     dtype = resolve_dtype(opts.engine.dtype, model_config(model_dir), torch.cuda.is_available())
     return {"name": "hf", "version": transformers.__version__, "torch": torch.__version__, "dtype": dtype,
-            "logprobs_mode": "raw_logprobs"}
+            "requested_dtype": opts.engine.dtype, "logprobs_mode": "raw_logprobs"}
 
 
 def make_teacher(backend: str, model_dir, opts) -> Teacher:

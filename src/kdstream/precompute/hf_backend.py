@@ -53,6 +53,7 @@ class HfTeacher:
             raise KdError(f"--dtype {dtype!r} is not a torch dtype: use auto | float32 | bfloat16 | float16")
         self.model = AutoModelForCausalLM.from_pretrained(str(model), dtype=getattr(torch, self.dtype))
         self.model = self.model.to(self.device).eval()
+        self.dtype = str(self.model.dtype).removeprefix("torch.")  # as loaded, not as requested
         # The decoder without its head: GPTNeoXModel, LlamaModel, … (last_hidden_state is after
         # the final norm). The head alone is then applied chunk by chunk.
         self.body = self.model.base_model

@@ -66,16 +66,15 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     """
     from kdstream.data import load_corpus, load_tokenizer, pack_examples, tokenizer_fingerprint
     from kdstream.model_files import check_model_dir, model_config, model_fingerprint
-    from kdstream.progress import progress
-    from kdstream.storage import StoreWriter, encoding
-    from kdstream.storage.background import BackgroundWriter
-    from kdstream.storage.chunks import chunks_per_group, owned_groups
-    from kdstream.storage.reader import disk_bytes
+    from kdstream.storage import StoreWriter
+    from kdstream.storage.lock import WorkerLock
+    from kdstream.storage.writer import check_store_target
 
     if teacher is not None and (teacher.name != opts.backend or teacher.k != opts.top_k):
         raise KdError(f"the loaded teacher ({teacher.name}, top-k {teacher.k}) does not match --backend "
                       f"{opts.backend} --top-k {opts.top_k}")
     model_dir = check_model_dir(opts.model, "teacher")
+    check_store_target(opts.out, opts.overwrite)  # before the long work: hashing the weights, the corpus
     config = model_config(model_dir)
     vocab_size = int(config.get("vocab_size", 0))
     if opts.top_k > vocab_size:
@@ -114,16 +113,36 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
             "options": options | {"engine": options_dict(opts.engine)},
         },
     )
-    # Plan: this worker's groups of chunks, minus those an earlier run wrote whole.
+    # One run per share of the store at a time: the mark is taken before the plan is made, and
+    # removed at the end whatever happens (a failed run's store stays resumable).
+    with WorkerLock(opts.out, opts.worker_index, opts.num_workers) as lock:
+        return _write_store(opts, writer, examples, model_dir, teacher, lock, width)
+
+
+def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: Teacher | None, lock,
+                 width: int) -> dict:
+    """Score and write this worker's chunks not yet written; finalize when it is the only worker."""
+    from kdstream.progress import progress
+    from kdstream.storage import encoding
+    from kdstream.storage.background import BackgroundWriter
+    from kdstream.storage.chunks import chunks_per_group, done_chunks, owned_groups
+    from kdstream.storage.reader import disk_bytes
+
+    sampled = opts.targets == "sampled"
+    writer.resumed = done_chunks(writer.group)  # again, now that no other run writes this share
+
     def rows_of(chunks: range) -> slice:
         return slice(chunks[0] * writer.chunk_rows, min((chunks[-1] + 1) * writer.chunk_rows, len(examples)))
 
+    # Plan: this worker's groups of chunks, minus those an earlier run wrote whole.
     plan = owned_groups(writer.num_chunks, chunks_per_group(opts.batch_size, writer.chunk_rows),
                         opts.num_workers, opts.worker_index)
     todo = [g for g in plan if not set(g) <= writer.resumed]
     planned_tokens, todo_tokens = (sum(_len(rows_of(g)) for g in groups) * opts.seq_len for groups in (plan, todo))
     if teacher is None and todo:  # a fully resumed run loads no model
         teacher = make_teacher(opts.backend, model_dir, opts)
+    if teacher is not None:
+        check_teacher_dtype(teacher, writer.attrs["engine"])
 
     def write_group(chunks: range, rows: dict) -> None:
         """Background thread: draw (sampled), encode and write each chunk of the group not yet written."""
@@ -142,7 +161,9 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     # depth 1: the teacher scores group g+1 while group g is written; at most one more waits.
     with bar, BackgroundWriter(depth=1) as background:
         for chunks in todo:
-            background.submit(write_group, chunks, _score_rows(teacher, examples, rows_of(chunks), opts.batch_size, bar))
+            rows = _score_rows(teacher, examples, rows_of(chunks), opts.batch_size, bar)
+            lock.check()  # this run stalled and another took its share over: write nothing more
+            background.submit(write_group, chunks, rows)
     seconds = time.perf_counter() - start
     summary = {
         "store": opts.out,
@@ -163,6 +184,16 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
                           "next": f"kdstream store finalize {opts.out} (once all {opts.num_workers} workers finished)"}
     writer.finalize({"precompute_seconds": round(seconds, 3)})
     return summary | {"complete": True, "bytes_per_token": round(disk_bytes(opts.out) / (len(examples) * opts.seq_len), 1)}
+
+
+def check_teacher_dtype(teacher: Teacher, engine: dict) -> None:
+    """The loaded teacher must run in the dtype the store records (resolved before loading, by the
+    backend's rule: see backends.engine_attrs): otherwise its rows would be mislabelled."""
+    actual = getattr(teacher, "dtype", None)
+    if actual is not None and actual != engine.get("dtype"):
+        raise KdError(f"the teacher runs in {actual} but the store records engine.dtype {engine.get('dtype')} "
+                      f"(--dtype {engine.get('requested_dtype')}): pass --dtype {actual} explicitly, or load the "
+                      "teacher with the store's dtype")
 
 
 def _score_rows(teacher, examples, rows: slice, batch_size: int, bar) -> dict[str, np.ndarray]:

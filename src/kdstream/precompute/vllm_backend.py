@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdstream.vllm_engine import EngineOptions, make_llm
+from kdstream.vllm_engine import EngineOptions, loaded_dtype, make_llm
 
 
 class VllmTeacher:
@@ -16,6 +16,7 @@ class VllmTeacher:
 
         self.k = top_k
         self.llm = make_llm(model, max_model_len=max_model_len, engine=engine, max_logprobs=top_k)
+        self.dtype = loaded_dtype(self.llm)  # as the engine resolved --dtype (auto on fp32 weights: 16-bit)
         # max_tokens=1: we only want the prompt's logprobs; the one sampled token is discarded.
         self.params = SamplingParams(
             max_tokens=1, prompt_logprobs=top_k, flat_logprobs=True, detokenize=False, temperature=1.0

@@ -94,6 +94,59 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
     return None
 
 
+def _zarr_json(fs, root: str) -> dict | None:
+    """The parsed zarr.json at ``root``; None when there is none; ValueError when it is not JSON."""
+    try:
+        raw = fs.cat_file(f"{root}/zarr.json")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("zarr.json is not a JSON object")
+    return data
+
+
+def check_store_target(url: str, overwrite: bool) -> None:
+    """Refuse an ``--out`` that precompute-logits may not write, before any long work.
+
+    Allowed: nothing there, an empty directory, or a kdstream store (zarr.json of format
+    FORMAT_NAME: resumed, or replaced with ``overwrite`` unless a live run is writing it). A file,
+    a model directory, another Zarr store or any other folder is refused whatever the flags:
+    Zarr's ``mode="w"`` would delete it all.
+    """
+    from fsspec.core import url_to_fs
+
+    from kdstream.storage.lock import live_holders
+
+    fs, root = url_to_fs(str(url))
+    root = root.rstrip("/") or root
+    if fs.isfile(root):
+        raise KdError(f"--out {url} is a file: pass a store path (a directory is created there)")
+    for attempt in range(20):  # a zarr.json another worker is writing this instant (object store mid-PUT)
+        try:
+            meta = _zarr_json(fs, root)
+            break
+        except ValueError:
+            if attempt == 19:
+                raise KdError(f"--out {url} has a zarr.json that is not valid JSON: it is not a kdstream store "
+                              "kdstream can resume or replace; choose another --out") from None
+            time.sleep(0.1)
+    if meta is None:
+        if fs.isdir(root) and fs.ls(root, detail=False):
+            raise KdError(f"--out {url} is a folder that is not a kdstream store (no zarr.json): choose another "
+                          "--out (kdstream never replaces what it did not create)")
+        return
+    attributes = meta.get("attributes")
+    if meta.get("node_type") != "group" or not isinstance(attributes, dict) or attributes.get("format") != FORMAT_NAME:
+        raise KdError(f"--out {url} is a Zarr store but not a kdstream logit store: choose another --out "
+                      "(kdstream never replaces what it did not create)")
+    if overwrite:
+        live = live_holders(url)
+        if live:
+            raise KdError(f"--overwrite would delete {url} while another precompute-logits writes it "
+                          f"({live[0].describe()}): wait for it to finish, or stop it first")
+
+
 class StoreWriter:
     """Write the store at ``url`` (a local path or an fsspec URL such as ``s3://…``).
 
@@ -168,6 +221,7 @@ class StoreWriter:
         import zarr
         from zarr.errors import ContainsGroupError, GroupNotFoundError
 
+        check_store_target(self.url, overwrite)  # again: something may have appeared since the run began
         if overwrite:
             return zarr.open_group(self.url, mode="w", zarr_format=3, attributes=self.attrs)
         for _ in range(50):  # another writer may be creating the same store this very moment
@@ -185,11 +239,12 @@ class StoreWriter:
             self._check_resumable(dict(group.attrs))
             return group
         raise KdError(f"could not open or create the store at {self.url}: its zarr.json stays unreadable; "
-                      "check the path, or pass --overwrite to start over")
+                      "check the path, or choose another --out")
 
     def _check_resumable(self, existing: dict[str, Any]) -> None:
         if existing.get("format") != FORMAT_NAME:
-            raise KdError(f"{self.url} exists and is not a kdstream store: choose another --out or pass --overwrite")
+            raise KdError(f"{self.url} exists and is not a kdstream store: choose another --out "
+                          "(kdstream never replaces what it did not create)")
         if existing.get("complete"):
             raise KdError(f"a complete store already exists at {self.url}: pass --overwrite to replace it")
         diff = _first_difference(existing, self.attrs)
