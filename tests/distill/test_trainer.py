@@ -15,6 +15,7 @@ def test_kd_from_store_is_deterministic_and_saves_a_loadable_checkpoint(tmp_path
     run_cli(*args, "--out", tmp_path / "b")
     la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert len(la) == first["steps"] == 2 * -(-NUM_EXAMPLES // 8)
+    assert "store_identity" in first  # the store's manifest hash (None for a store without one)
     assert la == lb  # same command + seed => same losses, bit for bit
     assert la[-1] < la[0]
 
@@ -51,24 +52,43 @@ def test_a_student_with_another_tokenizer_is_refused_before_training(tmp_path, t
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
+# Runs the CLI with checkpoint saving wrapped so the process SIGKILLs itself right after the
+# checkpoint of step KILL_AT_CHECKPOINT is written: exact, where a kill timed from outside by
+# polling for the directory could land before or after later steps.
+KILL_LAUNCHER = """
+import os, signal, sys
+from kdstream.distill import checkpoint
+
+kill_at, save = int(os.environ["KILL_AT_CHECKPOINT"]), checkpoint.save_checkpoint
+
+def save_then_die(run_dir, net, model_state, optim_state, scheduler, pos, *rest):
+    path = save(run_dir, net, model_state, optim_state, scheduler, pos, *rest)
+    if pos.step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+
+checkpoint.save_checkpoint = save_then_die
+from kdstream.cli import main
+sys.argv[0] = "kdstream"
+main()
+"""
+
+
 def kill_after_checkpoint(args: list, out, step: int):
-    """Start `python -m kdstream ARGS --out OUT`, SIGKILL it once its step-``step`` checkpoint is
-    written, and check it died mid-run; returns OUT."""
+    """Run `kdstream ARGS --out OUT`, SIGKILLed right after its step-``step`` checkpoint (see
+    KILL_LAUNCHER); returns OUT."""
     import os
     import signal
     import subprocess
     import sys
-    import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "kdstream", *map(str, args), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"})
-    ckpt = out.parent / (out.name + ".partial") / "checkpoints" / f"step-{step:08d}"
-    deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists() and not (out / "train_summary.json").exists(), "the run was not killed mid-way"
+    proc = subprocess.run([sys.executable, "-c", KILL_LAUNCHER, *map(str, args), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TQDM_DISABLE": "1", "KILL_AT_CHECKPOINT": str(step)})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    partial = out.parent / (out.name + ".partial")
+    assert sorted(p.name for p in (partial / "checkpoints").iterdir()) == [f"step-{step:08d}"]
+    assert not out.exists()
     return out
 
 
@@ -78,9 +98,14 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_and_weights(tmp_path
     run_cli(*args, "--out", tmp_path / "straight")
 
     out = kill_after_checkpoint(args, tmp_path / "killed", 4)
+    state = json.loads((tmp_path / "killed.partial" / "checkpoints" / "step-00000004" / "state.json").read_text())
+    assert state["position"] == {"step": 4, "epoch": 1, "batch_in_epoch": 1} and state["options"]["lr"] == 1e-3
+    assert not list((tmp_path / "killed.partial").rglob("*.pt"))  # nothing pickled
 
-    summary = last_json(run_cli(*args, "--out", out, "--resume").stdout)
-    assert summary["resumed_from_step"] >= 4
+    # options that do not change the result may differ on resume
+    summary = last_json(run_cli(*args, "--out", out, "--resume", "--prefetch", 1, "--no-tensorboard",
+                                "--checkpoint-every", 5, "--no-verify-store").stdout)
+    assert summary["resumed_from_step"] == 4
     assert losses(out) == losses(tmp_path / "straight")
     assert weight_gap(out, tmp_path / "straight") == 0
 
@@ -131,7 +156,7 @@ def test_fsdp_resumes_a_killed_run_with_the_uninterrupted_losses(tmp_path, teach
                            "--fsdp", "--resume", "--out", str(out)], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["resumed_from_step"] >= 4
+    assert summary["world_size"] == 2 and summary["resumed_from_step"] == 4
     assert losses(out) == pytest.approx(losses(tmp_path / "straight"), rel=1e-4)
     assert weight_gap(out, tmp_path / "straight") < 1e-4
 
@@ -209,3 +234,35 @@ def test_ce_sampled_trains_on_a_sampled_store_and_is_refused_on_a_top_k_one(
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "sampled store" in lines[0], proc.stderr[-2000:]
     assert not (tmp_path / "t").exists() and not (tmp_path / "t.partial").exists()
+
+
+def test_exclude_ids_absent_from_the_store_are_named_in_a_warning(tmp_path, teacher_store, student_init_dir):
+    ids = tmp_path / "exclude.txt"
+    ids.write_text("\n".join(map(str, [0, 3, 5, 100, 101, 999])) + "\n")
+    proc = run_cli("distill", "--logits-store", teacher_store, "--model", student_init_dir, "--epochs", 1,
+                   "--batch-size", 8, "--exclude", ids, "--out", tmp_path / "out")
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
+    assert warnings == [f"warning: 3 of 6 ids in --exclude {ids} are not in the store: 100, 101, 999"]
+    assert last_json(proc.stdout)["examples"] == NUM_EXAMPLES - 3
+
+
+@pytest.mark.parametrize("config,message", [
+    ('{"model_type": "gpt_neox", "vocab_size": 512,', "is not valid JSON"),
+    ('["gpt_neox"]', "must be a JSON object"),
+    (None, "has no vocab_size"),
+], ids=["not-json", "not-object", "no-vocab"])
+def test_a_broken_student_config_is_one_line(tmp_path, teacher_store, student_init_dir, config, message):
+    import shutil
+
+    student = shutil.copytree(student_init_dir, tmp_path / "student")
+    if config is None:
+        fields = json.loads((student / "config.json").read_text())
+        del fields["vocab_size"]
+        config = json.dumps(fields)
+    (student / "config.json").write_text(config)
+    proc = run_cli("distill", "--logits-store", teacher_store, "--model", student, "--out", tmp_path / "out",
+                   check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[0].startswith(f"error: student config {student / 'config.json'} ") and message in lines[0]
+    assert not (tmp_path / "out.partial").exists()

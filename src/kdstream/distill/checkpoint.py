@@ -1,8 +1,15 @@
-"""Resumable training state: model, optimizer, scheduler, RNG and loader position.
+"""Resumable training state: model, optimizer, scheduler, RNG, loader position and the options.
 
-A checkpoint is a directory ``step-N`` (model via ``save_pretrained`` so any intermediate
-checkpoint is usable on its own, plus ``state.pt``) written under a temporary name and renamed,
-so a kill mid-write leaves the previous checkpoint intact. Only the latest is kept.
+A checkpoint is a directory ``step-N`` written under a temporary name and renamed, so a kill
+mid-write leaves the previous checkpoint intact; only the latest is kept. It holds:
+
+- the model via ``save_pretrained`` (safetensors), so any intermediate checkpoint is usable alone;
+- ``state.safetensors``: every tensor of the optimizer state and the torch RNG state;
+- ``state.json``: everything else (position, scheduler, numpy and python RNG states, the
+  optimizer's parameter groups, the resolved options and the store's identity).
+
+Nothing is pickled, so loading a checkpoint someone else wrote runs no code of theirs. A
+``state.pt`` (the pickle earlier versions wrote) is refused, never opened.
 
 Under FSDP the weights and optimizer state are sharded: ``gather_state`` (a collective, every
 rank calls it) assembles full tensors on the CPU, rank 0 writes them, and ``load_checkpoint``
@@ -11,6 +18,7 @@ optimizer state keyed by parameter name either way), so a run can resume under t
 """
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from dataclasses import dataclass
@@ -19,7 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdstream.errors import KdError
+
 CHECKPOINTS = "checkpoints"
+STATE_JSON = "state.json"
+STATE_TENSORS = "state.safetensors"
+FORMAT = 2  # state.json's "format"; 1 was the pickled state.pt
+_SEP = "/"  # joins optimizer-state key parts; parameter names hold dots, never slashes
 
 
 @dataclass
@@ -27,6 +41,14 @@ class Position:
     step: int = 0  # optimizer steps taken
     epoch: int = 0  # epoch in progress
     batch_in_epoch: int = 0  # batches of that epoch already consumed
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a checkpoint says about the run that made it (compared by ``--resume``)."""
+
+    options: dict  # options_dict of the DistillOptions, precision resolved
+    store_identity: str | None
 
 
 def gather_state(net, optimizer, fsdp: bool) -> tuple[dict, dict]:
@@ -46,23 +68,59 @@ def save_model(net, model_state: dict, directory: Path) -> None:
     net.save_pretrained(str(directory), state_dict=model_state)
 
 
-def save_checkpoint(run_dir: Path, net, model_state: dict, optim_state: dict, scheduler, pos: Position) -> Path:
+def _split_optimizer(optim_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors by "optimizer/PARAM/KEY", the JSON rest: parameter groups and non-tensor state)."""
+    tensors, plain = {}, {}
+    for name, entries in optim_state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[_SEP.join(("optimizer", str(name), key))] = value.detach().cpu().contiguous()
+            else:
+                plain.setdefault(str(name), {})[key] = value
+    return tensors, {"param_groups": optim_state["param_groups"], "plain_state": plain}
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict = {name: dict(entries) for name, entries in meta["plain_state"].items()}
+    for flat, value in tensors.items():
+        if flat.startswith("optimizer" + _SEP):
+            _, name, key = flat.split(_SEP)
+            state.setdefault(name, {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_json() -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+            "python": [version, list(internal), gauss_next]}
+
+
+def _set_rng(rng: dict, torch_state: torch.Tensor) -> None:
+    torch.set_rng_state(torch_state)
+    name, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = rng["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def save_checkpoint(run_dir: Path, net, model_state: dict, optim_state: dict, scheduler, pos: Position,
+                    record: RunRecord) -> Path:
     """Rank 0 only: write ``step-N`` from states returned by ``gather_state``."""
+    from safetensors.torch import save_file
+
     root = run_dir / CHECKPOINTS
     final = root / f"step-{pos.step:08d}"
     tmp = root / f".tmp-step-{pos.step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(net, model_state, tmp)
-    torch.save(
-        {
-            "position": vars(pos).copy(),
-            "optimizer": optim_state,
-            "scheduler": scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-        },
-        tmp / "state.pt",
-    )
+    tensors, optim_meta = _split_optimizer(optim_state)
+    save_file({**tensors, "rng/torch": torch.get_rng_state()}, str(tmp / STATE_TENSORS))
+    state = {"format": FORMAT, "position": vars(pos).copy(), "optimizer": optim_meta,
+             "scheduler": scheduler.state_dict(), "rng": _rng_json(),
+             "options": record.options, "store_identity": record.store_identity}
+    (tmp / STATE_JSON).write_text(json.dumps(state))
     tmp.rename(final)
     for old in root.glob("step-*"):
         if old != final:
@@ -75,25 +133,47 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def read_state(path: Path) -> dict:
+    """``state.json`` of checkpoint ``path``, checked for form; refuses (never opens) a pickle."""
+    if not (path / STATE_JSON).is_file():
+        what = "a pickled state.pt, which kdstream no longer loads" if (path / "state.pt").exists() else "no state.json"
+        raise KdError(f"checkpoint {path} was written by an older kdstream or not by kdstream ({what}): "
+                      "drop --resume and pass --overwrite to start over")
+    try:
+        state = json.loads((path / STATE_JSON).read_text())
+        ok = state["format"] == FORMAT and isinstance(state["options"], dict) and Position(**state["position"])
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise KdError(f"checkpoint {path}/{STATE_JSON} is damaged or not kdstream's (format {FORMAT}): "
+                      "drop --resume and pass --overwrite to start over")
+    return state
+
+
+def run_record(state: dict) -> RunRecord:
+    return RunRecord(options=state["options"], store_identity=state.get("store_identity"))
+
+
 def load_checkpoint(path: Path, net, optimizer, scheduler, fsdp: bool = False) -> Position:
     """Restore everything in place (every rank); returns where training stopped."""
-    # from_pretrained maps the saved names back to this transformers version's module names.
-    weights = type(net).from_pretrained(str(path), dtype=torch.float32).state_dict()
-    state = torch.load(path / "state.pt", weights_only=False)
-    optim = state["optimizer"]
-    if not fsdp and all(isinstance(k, int) for k in optim["state"]):
-        # written before checkpoints keyed the optimizer by parameter name: plain torch form
-        device = next(net.parameters()).device
-        net.load_state_dict({k: v.to(device) for k, v in weights.items()})
-        optimizer.load_state_dict(optim)
-    else:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
+    state = read_state(path)
+    try:
+        tensors = load_file(str(path / STATE_TENSORS))
+        # from_pretrained maps the saved names back to this transformers version's module names;
+        # use_safetensors: a pickled weights file (*.bin) there is never loaded
+        weights = type(net).from_pretrained(str(path), dtype=torch.float32, use_safetensors=True).state_dict()
+        optim = _join_optimizer(tensors, state["optimizer"])
         # FSDP re-shards the full tensors; without FSDP this is a plain load by parameter name
         set_state_dict(net, optimizer, model_state_dict=weights, optim_state_dict=optim,
                        options=StateDictOptions(full_state_dict=True))
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng(state["rng"], tensors["rng/torch"])
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KdError(f"checkpoint {path} is damaged or incomplete ({first[:200]}): "
+                      "drop --resume and pass --overwrite to start over") from None
     return Position(**state["position"])

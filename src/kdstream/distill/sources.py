@@ -2,6 +2,7 @@
 packed corpus; plus the exclude list and the held-out split."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +81,10 @@ def load_source(opts, tokenizer, net):
     return examples, Given(examples), opts.seq_len
 
 
-def split_rows(source, exclude: frozenset[int], eval_examples: int) -> tuple[np.ndarray | None, np.ndarray]:
-    """(train mask over rows or None when all rows train, held-out row indices).
+def split_rows(source, exclude: frozenset[int], eval_examples: int,
+               on_absent: Callable[[list[int]], None] | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """(train mask over rows or None when all rows train, held-out row indices). ``on_absent``
+    is called with the sorted excluded ids that no row holds (when there are any).
 
     The held-out set is the last ``eval_examples`` rows that are not excluded: a fixed,
     documented choice that does not depend on the seed, so runs with different seeds are
@@ -92,7 +95,11 @@ def split_rows(source, exclude: frozenset[int], eval_examples: int) -> tuple[np.
         return None, np.zeros(0, np.int64)
     kept = np.ones(n, bool)
     if exclude:  # only then are the ids needed
-        kept = ~np.isin(source.read(0, n, ("example_id",))["example_id"], list(exclude))
+        ids = source.read(0, n, ("example_id",))["example_id"]  # (S,) int64
+        kept = ~np.isin(ids, list(exclude))
+        absent = sorted(exclude - set(ids.tolist()))
+        if absent and on_absent is not None:
+            on_absent(absent)
     if not kept.any():
         raise KdError("every example is excluded: check --exclude")
     if eval_examples >= int(kept.sum()):

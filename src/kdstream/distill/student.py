@@ -20,7 +20,7 @@ def load_model_and_tokenizer(model: str, tokenizer: str | None, seed: int):
     if path.is_file() and path.suffix == ".json":
         if tokenizer is None:
             raise KdError(f"model {path} is a config file: pass --tokenizer DIR (the teacher's tokenizer)")
-        cfg = json.loads(path.read_text())
+        cfg = read_config(path)
         model_type = cfg.pop("model_type", None)
         if model_type is None:
             raise KdError(f"config {path} has no model_type: write one (e.g. gpt_neox)")
@@ -28,6 +28,7 @@ def load_model_and_tokenizer(model: str, tokenizer: str | None, seed: int):
         weights = False
     else:
         check_model_dir(path, "student", need_weights=False)
+        read_config(path / "config.json")
         config = AutoConfig.from_pretrained(str(path))
         weights = any(f.suffix in (".safetensors", ".bin") for f in path.iterdir())
     tok = load_tokenizer(tokenizer or path)
@@ -37,3 +38,21 @@ def load_model_and_tokenizer(model: str, tokenizer: str | None, seed: int):
         torch.manual_seed(seed)
         net = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return net, tok
+
+
+def read_config(path: Path) -> dict:
+    """A student's config.json, refused in one line when it is not a JSON object with a vocab_size
+    (transformers would fall back to the architecture's default vocabulary, or fail with a trace)."""
+    try:
+        cfg = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise KdError(f"student config {path} is not text: pass a config.json written by save_pretrained") from None
+    except json.JSONDecodeError as exc:
+        raise KdError(f"student config {path} is not valid JSON ({exc.msg}, line {exc.lineno}): fix it or "
+                      "write it again with save_pretrained") from None
+    if not isinstance(cfg, dict):
+        raise KdError(f"student config {path} must be a JSON object of config fields, not a {type(cfg).__name__}")
+    if "vocab_size" not in cfg and "vocab_size" not in (cfg.get("text_config") or {}):
+        raise KdError(f"student config {path} has no vocab_size: add \"vocab_size\": N with N at least the "
+                      "teacher's vocabulary (the store's vocab_size)")
+    return cfg

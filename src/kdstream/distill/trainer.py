@@ -16,12 +16,18 @@ from pathlib import Path
 from kdstream.distill.losses import CE_SAMPLED, KD_LOSSES, TAILS
 from kdstream.errors import KdError
 from kdstream.model_files import logit_postprocessing
-from kdstream.options import require, save_options
+from kdstream.options import options_dict, require, save_options
 from kdstream.outputs import check_output, fresh_partial, partial_path, publish
 
 LOSSES = ("ce", *KD_LOSSES, CE_SAMPLED)
 PRECISIONS = ("auto", "fp32", "bf16")
 DONE_FILE = "train_summary.json"  # written last: a checkpoint directory without it is incomplete
+# Options --resume lets differ from the checkpoint's: they change how the run reads, logs or is
+# placed, not the numbers it computes. (--logits-store is compared by the store's identity
+# instead of its path when both are known; --fsdp and --device may change because checkpoints
+# hold full state dicts, and the precision is compared resolved.)
+RESUME_MAY_DIFFER = frozenset({"out", "resume", "overwrite", "loader_workers", "prefetch", "tensorboard",
+                               "verify_store", "checkpoint_every", "fsdp", "device"})
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,8 @@ def train(opts: DistillOptions) -> dict:
     import torch
 
     from kdstream.distill import distributed
-    from kdstream.distill.checkpoint import Position, gather_state, latest_checkpoint, load_checkpoint, save_checkpoint
+    from kdstream.distill.checkpoint import (Position, gather_state, latest_checkpoint, load_checkpoint,
+                                             read_state, run_record, save_checkpoint)
     from kdstream.distill.loader import EpochPlan, batches_per_epoch, epoch_order, stream_batches
     from kdstream.distill.metrics_log import METRICS_FILE, MetricsLog, truncate_metrics
     from kdstream.distill.objective import Objective
@@ -159,21 +166,27 @@ def train(opts: DistillOptions) -> dict:
     if not opts.resume and not opts.overwrite and latest_checkpoint(partial) is not None:
         raise KdError(f"{partial} holds the checkpoints of an interrupted run: pass --resume to continue it, "
                       "or --overwrite to discard them and start over")
+    resume_from = latest_checkpoint(partial) if opts.resume else None
+    earlier = None if resume_from is None else run_record(read_state(resume_from))  # refuses a pickle early
     exclude = read_exclude(opts.exclude)
     net, tokenizer = load_model_and_tokenizer(opts.model, opts.tokenizer, opts.seed)
     source, open_source, seq_len = load_source(opts, tokenizer, net)
+    bf16 = opts.precision == "bf16" or (
+        opts.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    record = run_record_of(opts, bf16, getattr(source, "identity", None) if opts.logits_store else None)
+    if earlier is not None:
+        check_resume(earlier, record)
     max_pos = getattr(net.config, "max_position_embeddings", None)
     if max_pos and seq_len > max_pos:
         raise KdError(f"examples have {seq_len} tokens but the student's context is {max_pos}: use a longer-context student")
     if opts.logits_store is not None and opts.verify_store and d.main:
         verify_before_training(opts.logits_store)
-    kept, held_out = split_rows(source, exclude, opts.eval_examples)
+    kept, held_out = split_rows(source, exclude, opts.eval_examples,
+                                on_absent=_warn_absent(opts, len(exclude)) if d.main else None)
     num_train = len(source) if kept is None else int(kept.sum())
     steps_per_epoch = batches_per_epoch(num_train, opts.batch_size)
     total_steps = steps_per_epoch * opts.epochs
     keys = ("input_ids",) if opts.loss == "ce" else ("input_ids", "topk_ids", "topk_logprobs")
-    bf16 = opts.precision == "bf16" or (
-        opts.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
 
     torch.manual_seed(opts.seed)
     net.to(device)
@@ -185,7 +198,6 @@ def train(opts: DistillOptions) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, int(opts.warmup_ratio * total_steps)))
 
     pos = Position()
-    resume_from = latest_checkpoint(partial) if opts.resume else None
     if resume_from is not None:
         pos = load_checkpoint(resume_from, net, optimizer, scheduler, fsdp=opts.fsdp)
         if d.main:
@@ -229,7 +241,7 @@ def train(opts: DistillOptions) -> dict:
                     model_state, optim_state = gather_state(net, optimizer, opts.fsdp)  # collective under FSDP
                     if d.main:
                         log.flush()
-                        save_checkpoint(partial, net, model_state, optim_state, scheduler, pos)
+                        save_checkpoint(partial, net, model_state, optim_state, scheduler, pos, record)
                     distributed.barrier(d)
     seconds = time.perf_counter() - start
     summary = {"steps": pos.step, "epochs": opts.epochs, "examples": num_train, "held_out": int(len(held_out)),
@@ -237,7 +249,8 @@ def train(opts: DistillOptions) -> dict:
                "seconds": round(seconds, 2), "world_size": d.world, "device": str(device),
                "precision": "bf16" if bf16 else "fp32",
                "tokens_per_s": round((pos.step - first_step) * tokens_per_step / seconds, 1) if seconds else None,
-               "resumed_from_step": None if resume_from is None else int(resume_from.name.split("-")[1])}
+               "resumed_from_step": None if resume_from is None else int(resume_from.name.split("-")[1]),
+               "store_identity": record.store_identity}
     model_state, _ = gather_state(net, optimizer, opts.fsdp)
     if d.main:
         log.close()
@@ -245,6 +258,47 @@ def train(opts: DistillOptions) -> dict:
     distributed.barrier(d)
     distributed.shutdown(d)
     return summary
+
+
+def run_record_of(opts: DistillOptions, bf16: bool, store_identity: str | None):
+    """The options as a checkpoint records them (JSON types; the precision resolved)."""
+    from kdstream.distill.checkpoint import RunRecord
+
+    options = json.loads(json.dumps(options_dict(opts)))
+    options["precision"] = "bf16" if bf16 else "fp32"
+    return RunRecord(options=options, store_identity=store_identity)
+
+
+def _flag(name: str, value) -> str:
+    flag = "--" + name.replace("_", "-")
+    return f"no {flag}" if value is None or value is False else flag if value is True else f"{flag} {value}"
+
+
+def check_resume(earlier, now) -> None:
+    """Refuse to continue a checkpoint under options that change the result (see RESUME_MAY_DIFFER):
+    another store, batch size, lr or loss would train rows twice, skip them or mix objectives."""
+    fix = "rerun with the checkpoint's options or drop --resume (--overwrite starts over)"
+    by_identity = earlier.store_identity is not None and now.store_identity is not None
+    if by_identity and earlier.store_identity != now.store_identity:
+        raise KdError(f"--resume: the checkpoint was made from another store (identity {earlier.store_identity[:12]}), "
+                      f"--logits-store {now.options['logits_store']} is {now.store_identity[:12]}: {fix}")
+    skip = RESUME_MAY_DIFFER | ({"logits_store"} if by_identity else set())
+    for name, value in now.options.items():
+        if name in skip or earlier.options.get(name) == value:
+            continue
+        raise KdError(f"--resume: the checkpoint was made with {_flag(name, earlier.options.get(name))}, "
+                      f"this run has {_flag(name, value)}: {fix}")
+
+
+def _warn_absent(opts: DistillOptions, count: int):
+    """Say which --exclude ids the training data does not hold (a list made for another store?)."""
+    def warn(absent: list[int]) -> None:
+        where = "store" if opts.logits_store else "dataset"
+        shown = ", ".join(map(str, absent[:10])) + (", …" if len(absent) > 10 else "")
+        print(f"warning: {len(absent)} of {count} ids in --exclude {opts.exclude} are not in the {where}: {shown}",
+              file=sys.stderr)
+
+    return warn
 
 
 class _Step:

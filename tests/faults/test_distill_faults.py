@@ -1,0 +1,226 @@
+"""distill against hostile or careless inputs: a pickled checkpoint, --resume under other options,
+a rerun over an interrupted run, --out over a store / model / folder / file, and a store damaged
+while the run reads it. Each runs the real command and checks exit 2, the one line, and that the
+inputs and earlier outputs (checkpoints included) are byte-identical afterwards."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+
+def _tests_conftest():
+    """tests/conftest.py: the name ``conftest`` is tests/faults/conftest.py by the time this runs."""
+    import importlib.util
+    from pathlib import Path
+
+    name = "kdstream_tests_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "conftest.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+precompute_args, run_cli = _tests_conftest().precompute_args, _tests_conftest().run_cli
+pytestmark = pytest.mark.slow
+
+# Runs the CLI with two hooks: SIGKILL right after the checkpoint of step KILL_AT_CHECKPOINT is
+# written (an interrupted run, exactly there), or flip a byte in every topk_logprobs chunk of
+# CORRUPT_STORE after optimizer step CORRUPT_AFTER_STEP (a store damaged while it is read).
+LAUNCHER = """
+import os, signal, sys
+from pathlib import Path
+from kdstream.distill import checkpoint, trainer
+
+kill_at, corrupt_after = int(os.environ.get("KILL_AT_CHECKPOINT", 0)), int(os.environ.get("CORRUPT_AFTER_STEP", 0))
+save, step, calls = checkpoint.save_checkpoint, trainer._Step.__call__, [0]
+
+def save_then_die(run_dir, net, model_state, optim_state, scheduler, pos, *rest):
+    path = save(run_dir, net, model_state, optim_state, scheduler, pos, *rest)
+    if pos.step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+
+def step_then_corrupt(self, *args):
+    result = step(self, *args)
+    calls[0] += 1
+    if calls[0] == corrupt_after:
+        for chunk in Path(os.environ["CORRUPT_STORE"], "topk_logprobs").rglob("*"):
+            if chunk.is_file() and chunk.name != "zarr.json":
+                data = bytearray(chunk.read_bytes())
+                data[len(data) // 2] ^= 0xFF
+                chunk.write_bytes(bytes(data))
+        print(f"corrupted the store after step {calls[0]}", file=sys.stderr)
+    return result
+
+checkpoint.save_checkpoint, trainer._Step.__call__ = save_then_die, step_then_corrupt
+from kdstream.cli import main
+sys.argv[0] = "kdstream"
+main()
+"""
+
+
+def launch(args: list, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", LAUNCHER, *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "TQDM_DISABLE": "1", **{k: str(v) for k, v in env.items()}})
+
+
+def distill_args(store, student, out, *extra) -> list:
+    # 24 examples, batch 4: 6 steps, a checkpoint every 2
+    return ["distill", "--logits-store", store, "--model", student, "--epochs", 1, "--batch-size", 4,
+            "--lr", "1e-3", "--checkpoint-every", 2, "--out", out, *extra]
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, teacher_store, student_init_dir):
+    """OUT.partial of a run SIGKILLed right after its step-2 checkpoint (copy it before use)."""
+    out = tmp_path_factory.mktemp("interrupted") / "run"
+    proc = launch(distill_args(teacher_store, student_init_dir, out), KILL_AT_CHECKPOINT=2)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    partial = out.with_name("run.partial")
+    assert (partial / "checkpoints" / "step-00000002" / "state.json").is_file()
+    return partial
+
+
+def copy_interrupted(interrupted, tmp_path):
+    """(OUT, its OUT.partial copied from the interrupted run)."""
+    out = tmp_path / "run"
+    shutil.copytree(interrupted, tmp_path / "run.partial")
+    return out, tmp_path / "run.partial"
+
+
+def test_a_pickled_checkpoint_is_refused_and_never_unpickled(tmp_path, interrupted, teacher_store, student_init_dir,
+                                                              digest, error_line):
+    """Issue 10: a crafted state.pt whose unpickling would create a file."""
+    import torch
+
+    out, partial = copy_interrupted(interrupted, tmp_path)
+    ckpt = partial / "checkpoints" / "step-00000002"
+    marker = tmp_path / "unpickled"
+
+    class Crafted:
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    for name in ("state.json", "state.safetensors"):
+        (ckpt / name).unlink()
+    torch.save({"position": Crafted()}, ckpt / "state.pt")
+    before = digest(tmp_path)
+    proc = run_cli(*distill_args(teacher_store, student_init_dir, out, "--resume"), check=False)
+    assert "written by an older kdstream or not by kdstream" in error_line(proc)
+    assert not marker.exists()
+    assert digest(tmp_path) == before and not out.exists()
+
+
+def test_a_damaged_checkpoint_state_is_refused(tmp_path, interrupted, teacher_store, student_init_dir, digest,
+                                               error_line):
+    out, partial = copy_interrupted(interrupted, tmp_path)
+    (partial / "checkpoints" / "step-00000002" / "state.json").write_text('{"format": 2, "position": ')
+    before = digest(tmp_path)
+    proc = run_cli(*distill_args(teacher_store, student_init_dir, out, "--resume"), check=False)
+    assert "state.json is damaged" in error_line(proc)
+    assert digest(tmp_path) == before and not out.exists()
+
+
+@pytest.mark.parametrize("change,flag", [
+    (["--lr", "2e-3"], "--lr 0.001"),
+    (["--batch-size", 8], "--batch-size 4"),
+    (["--loss", "reverse_kl"], "--loss forward_kl"),
+    (["--epochs", 2], "--epochs 1"),
+    (["--precision", "bf16"], "--precision fp32"),
+])
+def test_resume_under_other_options_is_refused(tmp_path, interrupted, teacher_store, student_init_dir, change, flag,
+                                               digest, error_line):
+    """Issue 6: every option that changes the result is compared with the checkpoint's."""
+    out, _ = copy_interrupted(interrupted, tmp_path)
+    before = digest(tmp_path)
+    args = distill_args(teacher_store, student_init_dir, out, "--resume")
+    proc = run_cli(*args[:-3], *change, *args[-3:], check=False)  # a later flag wins
+    line = error_line(proc)
+    assert f"the checkpoint was made with {flag}, this run has {change[0]}" in line, line
+    assert "drop --resume" in line
+    assert digest(tmp_path) == before and not out.exists()
+
+
+def test_resume_from_another_store_is_refused(tmp_path, interrupted, teacher_dir, corpus_file, student_init_dir,
+                                              digest, error_line):
+    """Issue 6: the same examples precomputed again are another store (compared by identity
+    when the store has one, else by path)."""
+    other = tmp_path / "other.zarr"
+    run_cli(*precompute_args(teacher_dir, corpus_file, other, "--backend", "hf"))
+    out, _ = copy_interrupted(interrupted, tmp_path)
+    before = digest(tmp_path)
+    proc = run_cli(*distill_args(other, student_init_dir, out, "--resume"), check=False)
+    line = error_line(proc)
+    assert "--resume: the checkpoint was made" in line and "store" in line, line
+    assert digest(tmp_path) == before and not out.exists()
+
+
+def test_a_rerun_without_resume_keeps_the_interrupted_runs_checkpoints(tmp_path, interrupted, teacher_store,
+                                                                       student_init_dir, digest, error_line):
+    """Issue 3."""
+    out, _ = copy_interrupted(interrupted, tmp_path)
+    before = digest(tmp_path)
+    proc = run_cli(*distill_args(teacher_store, student_init_dir, out), check=False)
+    assert "holds the checkpoints of an interrupted run: pass --resume" in error_line(proc)
+    assert digest(tmp_path) == before and not out.exists()
+
+
+def _model_dir(tmp_path, teacher_dir):
+    return shutil.copytree(teacher_dir, tmp_path / "model")
+
+
+def _folder(tmp_path, _):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("mine\n")
+    return tmp_path / "folder"
+
+
+def _file(tmp_path, _):
+    (tmp_path / "file.bin").write_bytes(b"not a directory")
+    return tmp_path / "file.bin"
+
+
+@pytest.mark.parametrize("make,message", [(_model_dir, "kdstream did not write"), (_folder, "kdstream did not write"),
+                                          (_file, "is a file")], ids=["model", "folder", "file"])
+def test_out_that_is_not_a_distill_output_is_refused_before_training(tmp_path, teacher_store, teacher_dir,
+                                                                     student_init_dir, make, message, digest,
+                                                                     error_line):
+    """Issue 1: a model directory, a folder of other files or a file at --out; refused before
+    any work (no OUT.partial is made), left byte-identical."""
+    out = make(tmp_path, teacher_dir)
+    before = digest(tmp_path)
+    proc = run_cli(*distill_args(teacher_store, student_init_dir, out), check=False)
+    assert message in error_line(proc)
+    assert digest(tmp_path) == before and not out.with_name(out.name + ".partial").exists()
+
+
+def test_out_that_is_the_store_being_read_is_refused(tmp_path, teacher_store, student_init_dir, digest, error_line):
+    """Issue 1: `--logits-store s.zarr --out s.zarr` leaves the store byte-identical."""
+    store = shutil.copytree(teacher_store, tmp_path / "s.zarr")
+    before = digest(tmp_path)
+    proc = run_cli(*distill_args(store, student_init_dir, store), check=False)
+    assert f"--out {store} already exists" in error_line(proc)
+    assert digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["thread", "dataloader"])
+def test_a_store_damaged_mid_run_stops_it_with_one_line_and_publishes_nothing(tmp_path, teacher_store,
+                                                                              student_init_dir, workers, digest,
+                                                                              error_line):
+    """Issue 5: every topk_logprobs chunk corrupted after step 2 (no up-front verify): the
+    reader's crc32c error reaches the CLI as one line from the background thread and from a
+    DataLoader worker process; no OUT, the student untouched."""
+    store = shutil.copytree(teacher_store, tmp_path / "s.zarr")
+    out = tmp_path / "run"
+    before = digest(student_init_dir)
+    # 2 epochs of 6 steps, 4-row blocks: the store is read again after the damage whatever the prefetch
+    args = distill_args(store, student_init_dir, out, "--epochs", 2, "--shuffle-block", 4, "--no-verify-store",
+                        "--loader-workers", workers)
+    proc = launch(args, CORRUPT_STORE=store, CORRUPT_AFTER_STEP=2)
+    assert "corrupted the store after step 2" in proc.stderr
+    assert "corrupt chunk in topk_logprobs" in error_line(proc)
+    assert not out.exists() and digest(student_init_dir) == before
