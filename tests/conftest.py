@@ -6,55 +6,15 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
-import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
-VOCAB = 512
-SEQ_LEN = 64
-TOP_K = 8
-NUM_EXAMPLES = 24
+from helpers import SEQ_LEN, VOCAB, make_gpt_neox, one_line_error, precompute_args, run_cli, tree_digest
 
 # vLLM on CPU: small KV cache; the engine runs in-process (see kdstream.vllm_engine).
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-
-
-def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run `python -m kdstream ARGS` the way a user runs the command; returns the finished process."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "kdstream", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, "TQDM_DISABLE": "1"},
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kdstream {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def last_json(stdout: str) -> dict:
-    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
-
-
-def make_gpt_neox(directory: Path, tokenizer, *, layers=2, hidden=128, heads=2, seed=0, vocab=VOCAB) -> Path:
-    """A random GPT-NeoX (Pythia architecture) with head_dim 64 (vLLM's CPU backend rejects 16)."""
-    import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    config = GPTNeoXConfig(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=4 * hidden, max_position_embeddings=2 * SEQ_LEN, rotary_pct=0.25,
-        tie_word_embeddings=False, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(seed)
-    model = GPTNeoXForCausalLM(config)
-    with torch.no_grad():  # a peakier output layer than the default init: more realistic top-k
-        model.get_output_embeddings().weight.mul_(8.0)
-    model.save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
-    return directory
 
 
 @pytest.fixture(scope="session")
@@ -96,29 +56,6 @@ def student_init_dir(tmp_path_factory, tokenizer) -> Path:
     ).save_pretrained(str(d))
     tokenizer.save_pretrained(str(d))
     return d
-
-
-def losses(out: Path) -> list[float]:
-    """The per-step training losses a distill run logged in OUT/metrics.jsonl."""
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def weight_gap(a: Path, b: Path) -> float:
-    """Largest |difference| between two saved models' weights (inf when their tensors differ in name)."""
-    from safetensors.torch import load_file
-
-    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    if wa.keys() != wb.keys():
-        return float("inf")
-    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
-
-
-def precompute_args(teacher_dir: Path, corpus_file: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "precompute-logits", "--model", teacher_dir, "--dataset", corpus_file, "--out", out,
-        "--top-k", TOP_K, "--seq-len", SEQ_LEN, "--max-examples", NUM_EXAMPLES, "--dtype", "float32",
-        "--batch-size", 10, *extra,
-    ]
 
 
 @pytest.fixture(scope="session")
@@ -163,3 +100,15 @@ def http_root(tmp_path, request):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def digest():
+    """``digest(path)`` → {relative path: sha256}: compare before and after a failed command."""
+    return tree_digest
+
+
+@pytest.fixture
+def error_line():
+    """``error_line(proc)``: exit 2, one ``error: …`` line, no traceback; returns the line."""
+    return one_line_error

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def assert_one_line_error(proc, *needles):

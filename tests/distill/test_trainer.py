@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import NUM_EXAMPLES, SEQ_LEN, last_json, losses, run_cli, weight_gap
+from helpers import NUM_EXAMPLES, SEQ_LEN, last_json, losses, run_cli, weight_gap
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_ce_sees_the_same_data_order_from_a_dataset_as_from_the_store(
 
 
 def test_a_student_with_another_tokenizer_is_refused_before_training(tmp_path, teacher_store, docs):
-    from conftest import make_gpt_neox
+    from helpers import make_gpt_neox
     from kdstream.data.tokenizer import train_bpe_tokenizer
 
     other = train_bpe_tokenizer(docs, 512 - 64, tmp_path / "tok")
@@ -219,7 +219,7 @@ def test_a_corrupt_chunk_stops_the_run_before_any_step(tmp_path, teacher_store, 
 def test_ce_sampled_trains_on_a_sampled_store_and_is_refused_on_a_top_k_one(
     tmp_path, teacher_dir, corpus_file, teacher_store, student_init_dir
 ):
-    from conftest import precompute_args
+    from helpers import precompute_args
 
     sampled = tmp_path / "sampled.zarr"
     run_cli(*precompute_args(teacher_dir, corpus_file, sampled, "--targets", "sampled", "--samples", 16,

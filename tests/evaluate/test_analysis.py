@@ -13,7 +13,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 from click.testing import CliRunner
 
-from conftest import VOCAB, make_gpt_neox
+from helpers import VOCAB, make_gpt_neox
 from kdstream.cli_analysis import ANALYSIS_COMMANDS, classify, compare, features, report
 from kdstream.errors import KdError
 from kdstream.evaluate.classify_run import ClassifyRunOptions, classification_table, run_classify
@@ -507,7 +507,7 @@ def test_report_without_optional_inputs_says_what_to_pass(study, scored, tmp_pat
 
 
 def test_report_errors_are_one_line(study, scored, tmp_path):
-    from conftest import run_cli
+    from helpers import run_cli
 
     args = _report_args(study, scored, tmp_path / "r")
     args[1] = str(tmp_path / "missing")

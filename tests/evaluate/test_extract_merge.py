@@ -4,7 +4,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import NUM_EXAMPLES, run_cli
+from helpers import NUM_EXAMPLES, run_cli
 
 COMMON = ("--method", "store", "--prefix-len", "16,24", "--suffix-len", 16)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import NUM_EXAMPLES, run_cli
+from helpers import NUM_EXAMPLES, run_cli
 from kdstream.evaluate.metrics import match_metrics
 
 pytestmark = pytest.mark.slow

@@ -9,22 +9,8 @@ import subprocess
 import sys
 
 import pytest
+from helpers import precompute_args, run_cli
 
-
-def _tests_conftest():
-    """tests/conftest.py: the name ``conftest`` is tests/faults/conftest.py by the time this runs."""
-    import importlib.util
-    from pathlib import Path
-
-    name = "kdstream_tests_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "conftest.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-precompute_args, run_cli = _tests_conftest().precompute_args, _tests_conftest().run_cli
 pytestmark = pytest.mark.slow
 
 # Runs the CLI with two hooks: SIGKILL right after the checkpoint of step KILL_AT_CHECKPOINT is

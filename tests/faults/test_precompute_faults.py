@@ -11,22 +11,8 @@ from pathlib import Path
 
 import pytest
 import zarr
+from helpers import make_gpt_neox, precompute_args, run_cli
 
-
-def _tests_conftest():
-    """tests/conftest.py: the name ``conftest`` is tests/faults/conftest.py by the time this runs."""
-    import importlib.util
-
-    name = "kdstream_tests_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "conftest.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-make_gpt_neox, precompute_args, run_cli = (getattr(_tests_conftest(), n) for n in ("make_gpt_neox", "precompute_args",
-                                                                                   "run_cli"))
 
 # Runs the CLI with StoreWriter.write_chunk wrapped: at chunk write number AT (0-based, counted in
 # this process) the process either SIGKILLs itself (ACTION=kill) or writes PAUSE.paused and waits

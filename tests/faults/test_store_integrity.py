@@ -8,27 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_gpt_neox, precompute_args, run_cli
 
 from kdstream.errors import KdError
 from kdstream.storage import StoreWriter, open_store
 from kdstream.storage.verify import verify_store
 
-
-
-def _tests_conftest():
-    """tests/conftest.py: the name ``conftest`` is tests/faults/conftest.py by the time this runs."""
-    import importlib.util
-
-    name = "kdstream_tests_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "conftest.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-make_gpt_neox, precompute_args, run_cli = (getattr(_tests_conftest(), n) for n in ("make_gpt_neox", "precompute_args",
-                                                                                   "run_cli"))
 EXTRACT = ("--method", "store", "--prefix-len", "16", "--suffix-len", "16")
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import NUM_EXAMPLES, SEQ_LEN, TOP_K, precompute_args, run_cli
+from helpers import NUM_EXAMPLES, SEQ_LEN, TOP_K, precompute_args, run_cli
 from kdstream.storage import open_store
 
 pytestmark = pytest.mark.slow
@@ -116,7 +116,7 @@ def test_unknown_backend_is_one_line_error(tmp_path, teacher_dir, corpus_file):
 
 def test_context_check_follows_the_backend(tmp_path, teacher_dir, corpus_file):
     """The teacher's context is 2·SEQ_LEN: vLLM needs one more token than the example, HF does not."""
-    from conftest import last_json
+    from helpers import last_json
 
     def args(backend, out):
         a = precompute_args(teacher_dir, corpus_file, out, "--backend", backend)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import zarr
-from conftest import precompute_args, run_cli
+from helpers import precompute_args, run_cli
 
 from kdstream.errors import KdError
 

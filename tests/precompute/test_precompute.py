@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import NUM_EXAMPLES, SEQ_LEN, TOP_K, VOCAB, precompute_args, run_cli
+from helpers import NUM_EXAMPLES, SEQ_LEN, TOP_K, VOCAB, precompute_args, run_cli
 from kdstream.storage import open_store
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 # Small enough for the test suite, trained long enough that every model memorizes something, so
 # the classifier, the filter and the re-distilled student all run.

@@ -190,12 +190,15 @@ class Given:
 
 
 class OpenStore:
-    """A picklable ``open_source`` for a logit store at a path or URL."""
+    """A picklable ``open_source`` for a logit store at a path or URL. ``identity``: the store the
+    run checked at its start; a reader (thread, DataLoader worker, held-out pass) that reopens the
+    URL and finds another store there (rewritten and finalized again meanwhile) stops with KdError."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, identity: str | None = None) -> None:
         self.url = url
+        self.identity = identity
 
     def __call__(self) -> ExampleSource:
         from kdstream.storage import open_store
 
-        return open_store(self.url)
+        return open_store(self.url, identity=self.identity)

@@ -73,7 +73,7 @@ def load_source(opts, tokenizer, net):
         store = open_store(opts.logits_store)
         check_store_matches(store, tokenizer, net)
         check_loss_fits_store(opts.loss, store)
-        return store, OpenStore(opts.logits_store), store.seq_len
+        return store, OpenStore(opts.logits_store, store.identity), store.seq_len
     from kdstream.data import load_corpus, pack_examples
 
     corpus = load_corpus(opts.dataset, opts.text_field, opts.split)

@@ -173,7 +173,7 @@ def train(opts: DistillOptions) -> dict:
     source, open_source, seq_len = load_source(opts, tokenizer, net)
     bf16 = opts.precision == "bf16" or (
         opts.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    record = run_record_of(opts, bf16, getattr(source, "identity", None) if opts.logits_store else None)
+    record = run_record_of(opts, bf16, source.identity if opts.logits_store else None)
     if earlier is not None:
         check_resume(earlier, record)
     max_pos = getattr(net.config, "max_position_embeddings", None)

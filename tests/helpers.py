@@ -1,0 +1,92 @@
+"""Helpers the tests share (imported as ``from helpers import …``; pytest puts tests/ on the path
+through tests/conftest.py): the tiny models' sizes, running the CLI as a user does, building a tiny
+GPT-NeoX, reading a run's losses and weights, and the fault suite's digest and one-line-error checks."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+VOCAB = 512
+SEQ_LEN = 64
+TOP_K = 8
+NUM_EXAMPLES = 24
+
+def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python -m kdstream ARGS` the way a user runs the command; returns the finished process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdstream", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kdstream {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+
+
+def make_gpt_neox(directory: Path, tokenizer, *, layers=2, hidden=128, heads=2, seed=0, vocab=VOCAB) -> Path:
+    """A random GPT-NeoX (Pythia architecture) with head_dim 64 (vLLM's CPU backend rejects 16)."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * hidden, max_position_embeddings=2 * SEQ_LEN, rotary_pct=0.25,
+        tie_word_embeddings=False, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = GPTNeoXForCausalLM(config)
+    with torch.no_grad():  # a peakier output layer than the default init: more realistic top-k
+        model.get_output_embeddings().weight.mul_(8.0)
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def losses(out: Path) -> list[float]:
+    """The per-step training losses a distill run logged in OUT/metrics.jsonl."""
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def weight_gap(a: Path, b: Path) -> float:
+    """Largest |difference| between two saved models' weights (inf when their tensors differ in name)."""
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    if wa.keys() != wb.keys():
+        return float("inf")
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
+def precompute_args(teacher_dir: Path, corpus_file: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "precompute-logits", "--model", teacher_dir, "--dataset", corpus_file, "--out", out,
+        "--top-k", TOP_K, "--seq-len", SEQ_LEN, "--max-examples", NUM_EXAMPLES, "--dtype", "float32",
+        "--batch-size", 10, *extra,
+    ]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under ``root`` (a file: itself); {} when absent."""
+    root = Path(root)
+    if root.is_file():
+        return {".": hashlib.sha256(root.read_bytes()).hexdigest()}
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def one_line_error(proc) -> str:
+    """The command failed with exit 2 and printed exactly one ``error: …`` line and no traceback."""
+    assert proc.returncode == 2, f"exit {proc.returncode}:\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
