@@ -177,3 +177,21 @@ def test_a_read_only_location_is_refused_before_any_work(command, small_mount, t
                                         shards=shards), check=False))
     assert f"cannot write under {small_mount}" in line and "read-only" in line, line
     assert not any(small_mount.iterdir())
+
+
+def test_a_full_disk_while_the_study_saves_its_tokenizer(small_mount, digest, error_line):
+    """`reproduce` trains a BPE tokenizer and saves it (tokenizers reports the failed write in Rust
+    words, not as an OSError): one line, and no tokenizer/ that a rerun would take for finished."""
+    (small_mount / "filler").write_bytes(b"\0" * (12 * 4096))  # room for config.yaml and small files only
+    out = small_mount / "study"
+    line = error_line(run_cli("reproduce", "--out", out, check=False))
+    assert "the disk is full: free space or choose another --out" in line, line
+    assert not (out / "tokenizer").exists()
+
+
+def test_reproduce_does_not_write_into_a_folder_it_did_not_make(tmp_path, teacher_dir, digest, error_line):
+    model = shutil.copytree(teacher_dir, tmp_path / "model")
+    before = digest(model)
+    line = error_line(run_cli("reproduce", "--out", model, check=False))
+    assert f"--out {model} already exists and is not a kdstream reproduce output" in line, line
+    assert digest(model) == before
