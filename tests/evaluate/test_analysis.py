@@ -327,7 +327,7 @@ def test_classify_errors(tmp_path):
         run_classify(ClassifyRunOptions(**{**base, "student_eval": str(short)}))
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("x")
-    with pytest.raises(KdError, match="not a classify output"):
+    with pytest.raises(KdError, match="a directory kdstream did not write"):
         run_classify(ClassifyRunOptions(**{**base, "out": str(tmp_path / "busy")}))
     assert (tmp_path / "busy" / "keep.txt").exists()
     for bad in ({"repeats": 0}, {"target_recall": 0.0}, {"test_size": 1.0}, {"negative_ratio": 0}):
@@ -357,7 +357,7 @@ def test_commands_through_click(tmp_path, evals, models, store):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["repeats"] == 3 and out["seed"] == 1 and out["filter"]["target_recall"] == 0.9
     assert {p.name for p in (tmp_path / "cls").iterdir()} == {
-        "classification.json", "options.yaml", "table.parquet", "heldout.parquet", "exclude.txt"}
+        ".kdstream-output.json", "classification.json", "options.yaml", "table.parquet", "heldout.parquet", "exclude.txt"}
 
     r = runner.invoke(features, ["--model", str(models[1]), "--logits-store", str(store), "--out",
                                  str(tmp_path / "feat"), "--prefix-len", "8", "--suffix-len", "8", "--max-examples", "4"])
@@ -445,7 +445,7 @@ def test_report_over_a_tiny_study(study, scored, tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.strip().splitlines()[-1])["auc_mean"] == study["cls"]["auc"]["mean"]
     names = {p.name for p in out.iterdir()}
-    assert names == {"report.md", "report.json", "options.yaml", "venn.png", "zlib_entropy.png", "roc.png",
+    assert names == {".kdstream-output.json", "report.md", "report.json", "options.yaml", "venn.png", "zlib_entropy.png", "roc.png",
                      "rate_by_prefix_len.png"}
     for png in ("venn.png", "zlib_entropy.png", "roc.png", "rate_by_prefix_len.png"):
         _assert_png(out / png)
@@ -488,8 +488,8 @@ def test_report_over_a_tiny_study(study, scored, tmp_path):
 def test_report_without_optional_inputs_says_what_to_pass(study, scored, tmp_path):
     r = CliRunner().invoke(report, _report_args(study, scored, tmp_path / "r"))
     assert r.exit_code == 0, r.output
-    assert {p.name for p in (tmp_path / "r").iterdir()} == {"report.md", "report.json", "options.yaml", "venn.png",
-                                                             "rate_by_prefix_len.png"}
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {".kdstream-output.json", "report.md", "report.json",
+                                                             "options.yaml", "venn.png", "rate_by_prefix_len.png"}
     md = (tmp_path / "r" / "report.md").read_text()
     assert "pass --classify DIR" in md and "pass --teacher-features DIR" in md
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
