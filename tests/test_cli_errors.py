@@ -55,3 +55,29 @@ def test_config_file_sets_options_and_flags_override(tmp_path, student_init_dir,
     cfg.write_text(yaml.safe_dump({"epochz": 3}))
     proc = run_cli("distill", "--config", cfg, "--out", tmp_path / "p", check=False)
     assert_one_line_error(proc, "unknown options epochz")
+
+
+def test_write_errors_of_libraries_become_one_line():
+    """Disk full as each library reports it: an OSError (Python, zarr, pyarrow), one wrapped in
+    another exception, a Rust error that keeps only the text (tokenizers), a C++ iostream error."""
+    from tokenizers import Tokenizer, models
+
+    from kdstream.cli import _io_error
+
+    with pytest.raises(OSError) as plain:  # /dev/full: every write fails with ENOSPC
+        with open("/dev/full", "wb", buffering=0) as f:
+            f.write(b"x")
+    assert "the disk is full" in str(_io_error(plain.value))
+    try:
+        try:
+            raise plain.value
+        except OSError as exc:
+            raise RuntimeError("could not store the chunk") from exc
+    except RuntimeError as wrapped:
+        assert "the disk is full" in str(_io_error(wrapped))
+    with pytest.raises(Exception) as rust:
+        Tokenizer(models.BPE()).save("/dev/full")
+    assert not isinstance(rust.value, OSError)  # only the text says what happened
+    assert "the disk is full" in str(_io_error(rust.value))
+    assert "disk is full or read-only" in str(_io_error(Exception("basic_ios::clear: iostream error")))
+    assert _io_error(ValueError("operands could not be broadcast together")) is None  # a bug keeps its traceback

@@ -20,13 +20,33 @@ def check_model_dir(path: str | Path, role: str, need_weights: bool = True) -> P
         raise KdError(f"{role} model {p} not found: pass a HF model directory (config.json + weights)")
     if p.is_file() or not (p / "config.json").is_file():
         raise KdError(f"{role} model {p} has no config.json: pass a directory written by save_pretrained")
+    model_config(p)  # a damaged config.json fails here, not later as a misleading tokenizer or engine error
     if need_weights and not any(f.suffix in _WEIGHT_SUFFIXES for f in p.iterdir()):
         raise KdError(f"{role} model {p} has no weight files (*.safetensors/*.bin): train or download it first")
     return p
 
 
 def model_config(path: str | Path) -> dict:
-    return json.loads((Path(path) / "config.json").read_text())
+    """config.json of a model directory, checked: a JSON object whose ``vocab_size`` is a positive
+    integer. A multimodal config keeps it in ``text_config``; it is then copied to the top level,
+    where every caller reads it."""
+    f = Path(path) / "config.json"
+    try:
+        config = json.loads(f.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise KdError(f"cannot read {f} ({exc.strerror or exc}): restore the model's config.json") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        reason = str(exc).splitlines()[0][:120]
+        raise KdError(f"{f} is not valid JSON ({reason}): restore it (save_pretrained writes it)") from None
+    if not isinstance(config, dict):
+        raise KdError(f"{f} holds a JSON {type(config).__name__}, not an object: restore it (save_pretrained writes it)")
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    vocab = config.get("vocab_size", text.get("vocab_size"))
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+        what = "has no vocab_size" if vocab is None else f"has vocab_size {vocab!r}"
+        raise KdError(f"{f} {what}: set it to the size of the model's output layer (a positive integer)")
+    config["vocab_size"] = vocab
+    return config
 
 
 # Config fields of models whose logits are more than ``lm_head(hidden)`` (Gemma-2's soft-capping,

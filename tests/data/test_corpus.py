@@ -50,3 +50,35 @@ def test_bad_inputs_name_the_problem(tmp_path):
     bad.write_text("a,b\n")
     with pytest.raises(KdError, match="extension"):
         load_corpus(str(bad))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_text_that_is_not_utf8_is_named_with_its_byte_and_offset(tmp_path, suffix):
+    path = tmp_path / f"c{suffix}"
+    good = (json.dumps({"text": "plain ascii"}) + "\n").encode() if suffix == ".jsonl" else b"plain ascii\n\n"
+    path.write_bytes(good + "caf\xe9\n".encode("latin-1"))  # é in Latin-1: 0xe9, not UTF-8
+    with pytest.raises(KdError, match=rf"not UTF-8 text \(byte 0xe9 at offset {len(good) + 3}\): re-encode"):
+        load_corpus(str(path))
+
+
+def test_utf8_check_carries_a_character_across_blocks(tmp_path):
+    from kdstream.data.corpus import _TEXT_BLOCK, check_text_file
+
+    path = tmp_path / "c.txt"
+    head = b"a" * (_TEXT_BLOCK - 1) + "é".encode()  # é's two bytes straddle the first block's end
+    path.write_bytes(head + b"\n\nok\n")
+    check_text_file(path, "text")  # valid: no error
+    path.write_bytes(head + b"\n\nok \xff\n")
+    with pytest.raises(KdError, match=f"byte 0xff at offset {len(head) + 5}"):
+        check_text_file(path, "text")
+    path.write_bytes(b"ok\n\xc3")  # cut inside a character at the end of the file
+    with pytest.raises(KdError, match="byte 0xc3 at offset 3"):
+        check_text_file(path, "text")
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n", b'{"text": ""}\n{"text": "  "}\n'])
+def test_a_dataset_without_text_is_one_error(tmp_path, content):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(KdError, match=f"dataset {path} has no text in field 'text'"):
+        load_corpus(str(path))

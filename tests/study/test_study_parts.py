@@ -43,6 +43,96 @@ def test_canaries_are_planted_whole_and_counted(tokenizer, docs, tmp_path):
     assert json.loads((other / CANARY_FILE).read_text())[0]["text"] != canaries[0]["text"]
 
 
+def _plant_at_boundaries_only(texts, canaries, tokenizer, examples, seq_len, rng):
+    """canaries.plant as it was before issue 14 (copies only between documents), verbatim: the
+    reference that the demo's planting must still equal."""
+    from kdstream.study.canaries import _lengths
+
+    extra = 1 if tokenizer.eos_token_id is not None else 0
+    copies = [c for c in canaries for _ in range(c["count"])]
+    rng.shuffle(copies)
+    need = examples * seq_len
+    planted_tokens = sum(len(c["token_ids"]) + extra for c in copies)
+    room = int(0.6 * (need - planted_tokens))
+    if room <= seq_len:
+        raise KdError("do not fit")
+    targets = np.sort(rng.integers(0, room, size=len(copies)))
+    out: list[str] = []
+    offset, nxt = 0, 0
+    for doc_len, text in zip(_lengths(texts, tokenizer, need), texts):
+        while nxt < len(copies) and targets[nxt] <= offset:
+            size = len(copies[nxt]["token_ids"]) + extra
+            if offset % seq_len + size > seq_len:
+                break
+            if offset + size > need:
+                break
+            out.append(copies[nxt]["text"])
+            offset += size
+            nxt += 1
+        out.append(text)
+        offset += doc_len
+        if offset >= need and nxt == len(copies):
+            break
+    if nxt < len(copies):
+        raise KdError(f"only {nxt} of {len(copies)} canary copies fit")
+    return out + texts[len(out) - nxt:]
+
+
+def _draw(tokenizer, cfg, seed):
+    """The canaries and the generator state build_study_corpus plants them with."""
+    from kdstream.study.canaries import make_canaries
+
+    rng = np.random.default_rng([seed, 0xCA7A])
+    return make_canaries(tokenizer, cfg.canary_counts, cfg.canaries_per_count, cfg.canary_tokens, rng), rng
+
+
+def test_the_demo_corpus_is_planted_as_before_documents_could_be_split(tmp_path):
+    """The embedded demo with the default study settings and its own 4096-token BPE: the same
+    corpus as the boundary-only planting, so a demo's study.md does not change for a seed."""
+    from kdstream.data.demo_corpus import demo_documents
+    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.study.canaries import plant
+    from kdstream.study.config import StudyConfig
+
+    cfg = StudyConfig()
+    docs = demo_documents()
+    tokenizer = train_bpe_tokenizer(docs, cfg.tokenizer_vocab, tmp_path)
+    for seed in (0, 1):
+        canaries, rng = _draw(tokenizer, cfg, seed)
+        state = rng.bit_generator.state
+        before = _plant_at_boundaries_only(docs, canaries, tokenizer, cfg.examples, cfg.seq_len, rng)
+        rng.bit_generator.state = state
+        assert plant(docs, canaries, tokenizer, cfg.examples, cfg.seq_len, rng) == before
+
+
+def test_canaries_fit_in_a_corpus_of_long_documents(tokenizer, docs, tmp_path):
+    """Ten documents of ~1,000 tokens (15 windows each): too few boundaries for 30 copies, so
+    documents are split at window boundaries; every copy is whole in the training windows and
+    the corpus text is all there, in order."""
+    from kdstream.data import pack_examples
+    from kdstream.data.corpus import load_corpus
+    from kdstream.study.canaries import STUDY_CORPUS, build_study_corpus, copies_in_windows
+    from kdstream.study.config import StudyConfig
+
+    long_docs = ["\n\n".join(docs[i : i + 12]) for i in range(0, 120, 12)]
+    assert min(len(tokenizer(d)["input_ids"]) for d in long_docs) > 10 * 64
+    cfg = StudyConfig(examples=120, seq_len=64, canary_counts=(1, 2, 4, 8), canaries_per_count=2,
+                      canary_prefix_len=8, canary_suffix_len=8, prefix_len=16, suffix_len=16)
+    canaries, rng = _draw(tokenizer, cfg, 0)
+    with pytest.raises(KdError, match="only"):  # the old planting: copies go only between documents
+        _plant_at_boundaries_only(long_docs, canaries, tokenizer, cfg.examples, cfg.seq_len, rng)
+
+    build_study_corpus(tmp_path, long_docs, tokenizer, cfg, seed=0)
+    planted = load_corpus(str(tmp_path / STUDY_CORPUS)).texts
+    train = pack_examples(planted, tokenizer, cfg.seq_len, cfg.examples).input_ids
+    texts = {c["text"] for c in canaries}
+    for c in canaries:
+        assert copies_in_windows(train, c["token_ids"]) >= c["count"]
+    rest = [t for t in planted if t not in texts]
+    assert len(rest) > len(long_docs)  # split
+    assert "".join(rest) == "".join(long_docs)
+
+
 def test_too_many_canaries_is_one_line_error(tokenizer, docs, tmp_path):
     from kdstream.study.canaries import build_study_corpus
     from kdstream.study.config import StudyConfig

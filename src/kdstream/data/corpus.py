@@ -9,6 +9,7 @@ from kdstream.errors import KdError
 
 DEMO = "demo"  # `--dataset demo` selects the embedded standard-library corpus
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+_TEXT_BLOCK = 1 << 20  # bytes decoded at a time by the UTF-8 check
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,38 @@ def fingerprint_texts(texts: list[str]) -> str:
     return h.hexdigest()
 
 
-def _corpus(texts: list[str], source: str) -> Corpus:
+def _corpus(texts: list[str], source: str, text_field: str) -> Corpus:
     if not texts:
-        raise KdError(f"dataset {source} has no non-empty documents: check --text-field and the file")
+        raise KdError(f"dataset {source} has no text in field {text_field!r}: add non-empty documents, "
+                      "or pass the field that holds them with --text-field")
     return Corpus(texts, source, fingerprint_texts(texts))
+
+
+def check_text_file(path: Path, field: str) -> None:
+    """KdError for a text file that is blank (datasets fails with StopIteration) or not UTF-8
+    (datasets fails later, with a traceback, when the row is read), naming the first bad byte.
+    Decodes block by block: a character split across two blocks is carried to the next."""
+    carry, base = b"", 0  # base: file offset of carry's first byte
+    blank = True
+    with open(path, "rb") as f:
+        while block := f.read(_TEXT_BLOCK):
+            blank = blank and not block.strip()
+            data = carry + block
+            try:
+                data.decode("utf-8")
+                carry, base = b"", base + len(data)
+            except UnicodeDecodeError as exc:
+                if exc.reason != "unexpected end of data" or exc.end != len(data):
+                    raise _not_utf8(path, data[exc.start], base + exc.start)
+                carry, base = data[exc.start :], base + exc.start  # a character cut by the block end
+    if carry:
+        raise _not_utf8(path, carry[0], base)
+    if blank:
+        raise KdError(f"dataset {path} has no text in field {field!r}: the file is empty, add documents to it")
+
+
+def _not_utf8(path: Path, byte: int, offset: int) -> KdError:
+    return KdError(f"dataset {path} is not UTF-8 text (byte 0x{byte:02x} at offset {offset}): re-encode it as UTF-8")
 
 
 def _column(ds, text_field: str, source: str) -> list[str]:
@@ -55,7 +84,7 @@ def load_corpus(dataset: str, text_field: str = "text", split: str = "train") ->
         from kdstream.data.demo_corpus import demo_documents
 
         texts = demo_documents()
-        return _corpus(texts, DEMO)
+        return _corpus(texts, DEMO, "text")
 
     import datasets
 
@@ -67,13 +96,15 @@ def load_corpus(dataset: str, text_field: str = "text", split: str = "train") ->
             raise KdError(
                 f"dataset file {path} has an unsupported extension: use .jsonl, .json, .parquet or .txt"
             )
+        field = "text" if builder == "text" else text_field
+        if builder != "parquet":
+            check_text_file(path, field)
         kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
         try:
             ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
         except Exception as exc:  # datasets raises many types for malformed files
             raise KdError(f"could not read dataset file {path} ({exc.__class__.__name__}): check its format") from None
-        field = "text" if builder == "text" else text_field
-        return _corpus(_column(ds, field, dataset), dataset)
+        return _corpus(_column(ds, field, dataset), dataset, field)
     if path.is_dir():
         try:
             ds = datasets.load_from_disk(str(path))
@@ -85,7 +116,7 @@ def load_corpus(dataset: str, text_field: str = "text", split: str = "train") ->
             if split not in ds:
                 raise KdError(f"dataset {path} has no split {split!r} (splits: {', '.join(ds)}): pass --split")
             ds = ds[split]
-        return _corpus(_column(ds, text_field, dataset), dataset)
+        return _corpus(_column(ds, text_field, dataset), dataset, text_field)
     looks_like_hub = "/" in dataset and not dataset.startswith((".", "/")) and dataset.count("/") == 1
     if not looks_like_hub:
         raise KdError(
@@ -99,4 +130,4 @@ def load_corpus(dataset: str, text_field: str = "text", split: str = "train") ->
             f"could not load hub dataset {dataset} ({exc.__class__.__name__}): check the name and your network, "
             "or download it and pass the local path"
         ) from None
-    return _corpus(_column(ds, text_field, dataset), dataset)
+    return _corpus(_column(ds, text_field, dataset), dataset, text_field)

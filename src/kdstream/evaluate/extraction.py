@@ -114,7 +114,8 @@ def _tokenizer(model_dir: Path):
 
 
 def _load_examples(opts: ExtractOptions, tokenizer):
-    """(input_ids (s, L), example_id (s,), (start, stop, total)) for this worker's share."""
+    """(input_ids (s, L), example_id (s,), (start, stop, total), store identity) for this worker's
+    share; the identity (the store's manifest hash) is None for --dataset."""
     if opts.logits_store is not None:
         from kdstream.data import tokenizer_fingerprint
         from kdstream.storage import open_store
@@ -128,14 +129,14 @@ def _load_examples(opts: ExtractOptions, tokenizer):
         total = len(store) if opts.max_examples is None else min(len(store), opts.max_examples)
         start, stop = shard_range(total, opts.num_workers, opts.worker_index)
         rows = store.read(start, stop, ("input_ids", "example_id"))
-        return rows["input_ids"], rows["example_id"], (start, stop, total)
+        return rows["input_ids"], rows["example_id"], (start, stop, total), getattr(store, "identity", None)
     from kdstream.data import load_corpus, pack_examples
 
     if tokenizer is None:
         raise KdError(f"model {opts.model} has no tokenizer files: --dataset needs one to tokenize the text")
     ex = pack_examples(load_corpus(opts.dataset, opts.text_field, opts.split).texts, tokenizer, opts.seq_len, opts.max_examples)
     start, stop = shard_range(len(ex.input_ids), opts.num_workers, opts.worker_index)
-    return ex.input_ids[start:stop], ex.example_id[start:stop], (start, stop, len(ex.input_ids))
+    return ex.input_ids[start:stop], ex.example_id[start:stop], (start, stop, len(ex.input_ids)), None
 
 
 def _check_windows(opts: ExtractOptions, seq_len: int, model_dir: Path | None) -> int:
@@ -235,7 +236,8 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
     out = Path(opts.out)
     check_output(out, "extract-eval", replace=opts.overwrite)
     model_dir = check_model_dir(opts.model, "evaluated") if opts.method != "store" else None
-    input_ids, example_id, (start, stop, total) = _load_examples(opts, _tokenizer(model_dir) if model_dir else None)
+    input_ids, example_id, (start, stop, total), store_identity = _load_examples(
+        opts, _tokenizer(model_dir) if model_dir else None)
     longest = _check_windows(opts, input_ids.shape[1], model_dir)
     methods, n, o = opts.methods, opts.suffix_len, opts.offset
     backend = make_backend(opts.backend, str(model_dir), longest, opts.engine) if model_dir else None
@@ -265,7 +267,7 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
     primary = opts.prefix_len[0]
     meta = run_meta(opts, model_dir, backend.name if backend else "store", seconds, len(input_ids))
     meta.update(worker_index=opts.worker_index, num_workers=opts.num_workers, example_range=[start, stop],
-                total_examples=total)
+                total_examples=total, store_identity=store_identity)
     partial = fresh_partial(out, "extract-eval")
     save_options(opts, partial)
     if opts.features:  # inside the partial directory: the evaluation is published with its features or not at all

@@ -133,6 +133,7 @@ def run_features(opts: FeaturesOptions) -> dict:
         "prefix_len": opts.prefix_len,
         "suffix_len": opts.suffix_len,
         "tokenizer_sha256": store.attrs["tokenizer"]["sha256"],
+        "store_identity": getattr(store, "identity", None),  # the manifest hash: which store, not which path
         "mean": {c: float(np.mean(table[c])) for c in FEATURE_COLUMNS if c != "example_id"},
         "median": {c: float(np.median(table[c])) for c in FEATURE_COLUMNS if c != "example_id"},
         "seconds": round(seconds, 3),

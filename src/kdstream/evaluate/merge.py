@@ -62,6 +62,9 @@ def merge_shards(shard_dirs: list[str], out: str, overwrite: bool = False) -> di
         if diff:
             raise KdError(f"shards {dirs[0]} and {d} were run with different options ({', '.join(diff)}): "
                           "merge shards of one evaluation only")
+        if summary.get("store_identity") != ref_summary.get("store_identity"):
+            raise KdError(f"shards {dirs[0]} and {d} read different stores (store_identity differs): "
+                          "merge shards of one evaluation only")
     total = ref_summary["total_examples"]
     check_coverage([(*s["example_range"], d) for d, (s, _) in zip(dirs, shards)], total)
 
@@ -81,6 +84,7 @@ def merge_shards(shard_dirs: list[str], out: str, overwrite: bool = False) -> di
         sequences_per_s_by_method={m: round(runs / s, 1) if s > 0 else None for m, s in seconds.items()},
         worker_index=0, num_workers=1, example_range=[0, total], total_examples=total,
         merged_from=[str(d) for d in dirs],
+        store_identity=ref_summary.get("store_identity"),
     )
     partial = fresh_partial(out_dir, "extract-eval")
     # the options of the equivalent single run

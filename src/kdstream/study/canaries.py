@@ -3,14 +3,16 @@ corpus `count` times each, so memorization can be read against a known duplicati
 
 Each canary is ``canary_tokens`` tokens of random whole-word tokens of the study's tokenizer,
 chosen so that the canary's text tokenizes back to exactly those ids. Copies are inserted as
-documents at seeded random places in the part of the corpus the study trains on, never straddling
-two training windows (a straddled copy would never be seen whole). ``canaries.jsonl`` holds each
+documents at seeded random places in the part of the corpus the study trains on (between
+documents, or inside a long one, split at a window boundary), never straddling two training
+windows (a straddled copy would never be seen whole). ``canaries.jsonl`` holds each
 canary once: with ``--seq-len canary_tokens + 1`` every packed window is one canary + EOS, which
 is how extract-eval scores them.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,39 +61,126 @@ def make_canaries(tokenizer, counts: tuple[int, ...], per_count: int, length: in
 def plant(texts: list[str], canaries: list[dict], tokenizer, examples: int, seq_len: int,
           rng: np.random.Generator) -> list[str]:
     """``texts`` with ``count`` copies of every canary inserted as documents inside the first
-    ``examples * seq_len`` tokens of the packed stream, each copy whole inside one window."""
+    ``examples * seq_len`` tokens of the packed stream, each copy whole inside one window.
+
+    Copies go at document boundaries first (a corpus of short documents, such as the demo's, is
+    planted exactly as before documents could be split). When that leaves copies over (long
+    documents have too few boundaries), the same seeded places are used again, and a document that
+    runs past a copy's place is split at the next window boundary, where the copy then starts.
+    """
     extra = 1 if tokenizer.eos_token_id is not None else 0  # pack_examples appends EOS to documents
     copies = [c for c in canaries for _ in range(c["count"])]
     rng.shuffle(copies)
     need = examples * seq_len
     planted_tokens = sum(len(c["token_ids"]) + extra for c in copies)
     # Targets spread over the first 60% of the free room: the rest is slack for copies postponed
-    # to a later document boundary because they would have straddled a window.
+    # to a later document or window boundary because they would have straddled a window.
     room = int(0.6 * (need - planted_tokens))
     if room <= seq_len:
         raise KdError(f"{len(copies)} canary copies do not fit in {examples} examples of {seq_len} tokens: "
                       "raise examples or lower canary_counts / canaries_per_count")
     targets = np.sort(rng.integers(0, room, size=len(copies)))
-    out: list[str] = []
-    offset, nxt = 0, 0
-    for doc_len, text in zip(_lengths(texts, tokenizer, need), texts):
-        while nxt < len(copies) and targets[nxt] <= offset:
-            size = len(copies[nxt]["token_ids"]) + extra
-            if offset % seq_len + size > seq_len:
-                break  # would straddle a window boundary: try after the next document
-            if offset + size > need:
-                break  # past the training windows: reported below
-            out.append(copies[nxt]["text"])
-            offset += size
-            nxt += 1
-        out.append(text)
-        offset += doc_len
-        if offset >= need and nxt == len(copies):
+    for split in (False, True):
+        stream = _Stream(copies, targets, seq_len, need, extra)
+        consumed = _place(texts, stream, tokenizer, split)
+        if stream.done:
+            return stream.out + texts[consumed:]
+    raise KdError(f"only {stream.nxt} of {len(copies)} canary copies fit in the first {examples} examples: "
+                  "use more examples or fewer canaries")
+
+
+@dataclass
+class _Stream:
+    """The planted corpus as it grows: its documents, its length in packed tokens, the next copy."""
+
+    copies: list[dict]
+    targets: np.ndarray  # (copies,) sorted stream offsets at or after which each copy goes
+    seq_len: int
+    need: int  # tokens of the training windows
+    extra: int  # 1 when pack_examples appends EOS to every document
+    out: list[str] = field(default_factory=list)
+    offset: int = 0
+    nxt: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.nxt == len(self.copies)
+
+    def add(self, text: str, length: int) -> None:
+        self.out.append(text)
+        self.offset += length
+
+    def fits(self, at: int) -> bool:
+        """Whether the next copy, starting at stream offset ``at``, lies whole in one training window."""
+        size = len(self.copies[self.nxt]["token_ids"]) + self.extra
+        return at % self.seq_len + size <= self.seq_len and at + size <= self.need
+
+    def insert_due(self) -> None:
+        """Copies whose place is reached, while each fits whole in the current window."""
+        while not self.done and self.targets[self.nxt] <= self.offset and self.fits(self.offset):
+            self.add(self.copies[self.nxt]["text"], len(self.copies[self.nxt]["token_ids"]) + self.extra)
+            self.nxt += 1
+
+
+def _place(texts: list[str], stream: _Stream, tokenizer, split: bool) -> int:
+    """Fill ``stream`` with the documents and the copies due between them (and, with ``split``,
+    inside them); returns how many documents were used."""
+    used = 0
+    for doc_len, text in zip(_lengths(texts, tokenizer, stream.need), texts):
+        stream.insert_due()
+        if split:
+            text, doc_len = _split_for_copies(text, doc_len, stream, tokenizer)
+        stream.add(text, doc_len)
+        used += 1
+        if stream.offset >= stream.need and stream.done:
             break
-    if nxt < len(copies):
-        raise KdError(f"only {nxt} of {len(copies)} canary copies fit in the first {examples} examples: "
-                      "use more examples or fewer canaries")
-    return out + texts[len(out) - nxt:]
+    return used
+
+
+def _split_for_copies(text: str, doc_len: int, stream: _Stream, tokenizer) -> tuple[str, int]:
+    """Add the heads of ``text`` that end where due copies can start a window, each followed by
+    those copies; returns the rest of the document and its packed length."""
+    while not stream.done and stream.offset < stream.need:
+        cut = _window_cut(text, stream, tokenizer)
+        if cut is None:
+            break
+        head, head_len, text, doc_len = cut
+        stream.add(head, head_len)
+        stream.insert_due()
+    return text, doc_len
+
+
+def _at_space(text: str, cut: int) -> bool:
+    return any(ch.isspace() for ch in text[max(cut - 1, 0) : cut + 1])
+
+
+_CUT_TRIES = 32  # token positions tried after a window boundary before giving up on a document
+
+
+def _window_cut(text: str, stream: _Stream, tokenizer) -> tuple[str, int, str, int] | None:
+    """(head, its packed length, rest, its packed length): ``text`` cut at a token so that the head
+    (+ EOS) ends at or just after the first window boundary at or after the next copy's place,
+    where that copy then fits whole. Cuts after whitespace are preferred (no word is split); each
+    piece is tokenized again, as pack_examples will, so the lengths are exact. None when no cut
+    inside the document works (the copy then waits for the next document)."""
+    if not tokenizer.is_fast:  # token offsets come from the fast (Rust) tokenizers only
+        return None
+    seq_len, offset = stream.seq_len, stream.offset
+    boundary = -(-max(int(stream.targets[stream.nxt]), offset + 1) // seq_len) * seq_len
+    first = boundary - offset - stream.extra  # head tokens for the head to end on the boundary
+    if first < 1:
+        first += seq_len
+    spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    candidates = range(first, min(first + _CUT_TRIES, len(spans)))
+    for i in sorted(candidates, key=lambda i: (not _at_space(text, spans[i][0]), i)):
+        head, rest = text[: spans[i][0]], text[spans[i][0] :]
+        if not head.strip() or not rest.strip():  # load_corpus drops blank documents
+            continue
+        head_len = len(tokenizer(head, add_special_tokens=False)["input_ids"]) + stream.extra
+        at = offset + head_len
+        if at >= stream.targets[stream.nxt] and stream.fits(at):
+            return head, head_len, rest, len(tokenizer(rest, add_special_tokens=False)["input_ids"]) + stream.extra
+    return None
 
 
 def _lengths(texts: list[str], tokenizer, need: int):

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -49,7 +50,11 @@ def _models(cfg: StudyConfig, out: Path, texts) -> dict[str, str]:
             tokenizer = load_tokenizer(out / "tokenizer")
         else:
             print("[study] training a BPE tokenizer on the corpus", file=sys.stderr)
-            tokenizer = train_bpe_tokenizer(texts(), cfg.tokenizer_vocab, out / "tokenizer")
+            # saved in a fresh directory renamed at the end: a failed save (disk full) never
+            # leaves a tokenizer/ that a rerun would take for finished
+            partial = Path(tempfile.mkdtemp(prefix="tokenizer.partial-", dir=out))
+            tokenizer = train_bpe_tokenizer(texts(), cfg.tokenizer_vocab, partial)
+            partial.rename(out / "tokenizer")
     for role, name in (("teacher", cfg.teacher_model), ("student", cfg.student_model)):
         if tiny[role]:
             _init_tiny(out / "init" / role, TINY_ARCHS[name], cfg.seq_len, len(tokenizer), tokenizer)
@@ -67,12 +72,20 @@ def run_reproduce(cfg: StudyConfig, out: str) -> dict:
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise KdError(f"--out {root} is a file: pass a directory")
-    root.mkdir(parents=True, exist_ok=True)
     saved = root / "config.yaml"
+    if root.is_dir() and any(root.iterdir()) and not saved.is_file():  # config.yaml is written first
+        raise KdError(f"--out {root} already exists and is not a kdstream reproduce output: choose another --out "
+                      "(kdstream never writes into what it did not create)")
+    root.mkdir(parents=True, exist_ok=True)
     resolved = options_dict(cfg)
     resolved = {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
     if saved.exists():
-        before = yaml.safe_load(saved.read_text()) or {}
+        try:
+            before = yaml.safe_load(saved.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError):
+            before = None
+        if not isinstance(before, dict):
+            raise KdError(f"{saved} is not a kdstream reproduce config: choose another --out")
         changed = sorted(k for k in resolved if k not in ("seeds", "first_seed") and before.get(k) != resolved[k])
         if changed:
             raise KdError(f"{root} holds a study run with other settings ({', '.join(changed)}): "
