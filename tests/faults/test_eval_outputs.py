@@ -9,25 +9,10 @@ import os
 import shutil
 import subprocess
 
-import sys
 
 import pytest
+from helpers import run_cli
 
-
-def _tests_conftest():
-    """tests/conftest.py: the name ``conftest`` is tests/faults/conftest.py by the time this runs."""
-    import importlib.util
-    from pathlib import Path
-
-    name = "kdstream_tests_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "conftest.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-run_cli = _tests_conftest().run_cli
 
 STORE_EVAL = ("--method", "store", "--prefix-len", 16, "--suffix-len", 16)
 

@@ -5,25 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pytest
-
-
-def _tests_conftest():
-    """tests/conftest.py: the name ``conftest`` is tests/faults/conftest.py by the time this runs."""
-    import importlib.util
-    from pathlib import Path
-
-    name = "kdstream_tests_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "conftest.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-precompute_args, run_cli = _tests_conftest().precompute_args, _tests_conftest().run_cli
+from helpers import precompute_args, run_cli
 
 
 def _dataset_command(command, dataset, out, *, teacher_dir, student_init_dir) -> list:

@@ -3,7 +3,6 @@ rewritten under its reader, hand-edited attributes, and a resume over a truncate
 marked done. Each breaks a copy of the session store (tests/conftest.py: 24 examples, one chunk)."""
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -28,7 +28,6 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.evaluate.backends import BACKENDS
-from kdstream.evaluate.extract_results import SUMMARY_FILE
 from kdstream.options import options_dict, require, save_options
 from kdstream.outputs import check_output, fresh_partial, publish
 from kdstream.vllm_engine import EngineOptions
