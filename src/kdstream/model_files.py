@@ -27,10 +27,14 @@ def check_model_dir(path: str | Path, role: str, need_weights: bool = True) -> P
 
 
 def model_config(path: str | Path) -> dict:
-    """config.json of a model directory, checked: a JSON object whose ``vocab_size`` is a positive
-    integer. A multimodal config keeps it in ``text_config``; it is then copied to the top level,
-    where every caller reads it."""
-    f = Path(path) / "config.json"
+    """config.json of a model directory, checked (``read_config``)."""
+    return read_config(Path(path) / "config.json")
+
+
+def read_config(f: Path) -> dict:
+    """A model config file, checked: a JSON object whose ``vocab_size`` is a positive integer. A
+    multimodal config keeps it in ``text_config``; it is then copied to the top level, where every
+    caller reads it."""
     try:
         config = json.loads(f.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -248,7 +248,7 @@ def test_exclude_ids_absent_from_the_store_are_named_in_a_warning(tmp_path, teac
 
 @pytest.mark.parametrize("config,message", [
     ('{"model_type": "gpt_neox", "vocab_size": 512,', "is not valid JSON"),
-    ('["gpt_neox"]', "must be a JSON object"),
+    ('["gpt_neox"]', "holds a JSON list, not an object"),
     (None, "has no vocab_size"),
 ], ids=["not-json", "not-object", "no-vocab"])
 def test_a_broken_student_config_is_one_line(tmp_path, teacher_store, student_init_dir, config, message):
@@ -264,5 +264,5 @@ def test_a_broken_student_config_is_one_line(tmp_path, teacher_store, student_in
                    check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert lines[0].startswith(f"error: student config {student / 'config.json'} ") and message in lines[0]
+    assert lines[0].startswith(f"error: {student / 'config.json'} ") and message in lines[0]
     assert not (tmp_path / "out.partial").exists()

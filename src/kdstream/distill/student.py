@@ -1,7 +1,6 @@
 """Load the student (or a CE model): pretrained weights, or a fresh model from a config."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from kdstream.errors import KdError
@@ -14,7 +13,7 @@ def load_model_and_tokenizer(model: str, tokenizer: str | None, seed: int):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from kdstream.data import load_tokenizer
-    from kdstream.model_files import check_model_dir
+    from kdstream.model_files import check_model_dir, read_config
 
     path = Path(model)
     if path.is_file() and path.suffix == ".json":
@@ -27,8 +26,7 @@ def load_model_and_tokenizer(model: str, tokenizer: str | None, seed: int):
         config = AutoConfig.for_model(model_type, **cfg)
         weights = False
     else:
-        check_model_dir(path, "student", need_weights=False)
-        read_config(path / "config.json")
+        check_model_dir(path, "student", need_weights=False)  # config.json checked there
         config = AutoConfig.from_pretrained(str(path))
         weights = any(f.suffix in (".safetensors", ".bin") for f in path.iterdir())
     tok = load_tokenizer(tokenizer or path)
@@ -39,20 +37,3 @@ def load_model_and_tokenizer(model: str, tokenizer: str | None, seed: int):
         net = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return net, tok
 
-
-def read_config(path: Path) -> dict:
-    """A student's config.json, refused in one line when it is not a JSON object with a vocab_size
-    (transformers would fall back to the architecture's default vocabulary, or fail with a trace)."""
-    try:
-        cfg = json.loads(path.read_text())
-    except UnicodeDecodeError:
-        raise KdError(f"student config {path} is not text: pass a config.json written by save_pretrained") from None
-    except json.JSONDecodeError as exc:
-        raise KdError(f"student config {path} is not valid JSON ({exc.msg}, line {exc.lineno}): fix it or "
-                      "write it again with save_pretrained") from None
-    if not isinstance(cfg, dict):
-        raise KdError(f"student config {path} must be a JSON object of config fields, not a {type(cfg).__name__}")
-    if "vocab_size" not in cfg and "vocab_size" not in (cfg.get("text_config") or {}):
-        raise KdError(f"student config {path} has no vocab_size: add \"vocab_size\": N with N at least the "
-                      "teacher's vocabulary (the store's vocab_size)")
-    return cfg
