@@ -93,24 +93,22 @@ def click_option(opt: OptionField, *, as_override: bool = False) -> click.Option
     kind = _without_none(opt.type)
     default = cli_default(opt)
     kwargs: dict[str, Any] = {"help": help_text, "metavar": meta.get("metavar")}
+    decls = [opt.flag]
     if kind is bool and default is False and not as_override:
-        return click.Option([opt.flag], is_flag=True, default=False, help=help_text)
+        return click.Option(decls, is_flag=True, default=False, help=help_text)
     if kind is bool:
         decls = [f"{opt.flag}/--no-{opt.flag[2:]}"]
         kwargs.update(default=None if as_override else default, show_default=default is not None and not as_override)
     elif "parse" in meta:
         kwargs.update(type=click.STRING, default=default, show_default=default is not None)
-        decls = [opt.flag]
     elif typing.get_origin(kind) is tuple and typing.get_args(kind)[1:] == (Ellipsis,):
         kwargs.update(type=_CLICK_TYPES[typing.get_args(kind)[0]], multiple=True, default=default or ())
-        decls = [opt.flag]
     elif kind in _CLICK_TYPES:
         kwargs.update(type=_CLICK_TYPES[kind], default=default, show_default=default is not None)
         if opt.default is dataclasses.MISSING and meta.get("required", True):
             # no default at all: click 8.3 takes an explicit default=None as a value given
             del kwargs["default"]
             kwargs["required"] = True
-        decls = [opt.flag]
     else:
         raise TypeError(f"field {opt.name}: type {opt.type} has no click mapping: give it a 'parse' in its metadata")
     if as_override:
