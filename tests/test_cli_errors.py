@@ -62,22 +62,22 @@ def test_write_errors_of_libraries_become_one_line():
     another exception, a Rust error that keeps only the text (tokenizers), a C++ iostream error."""
     from tokenizers import Tokenizer, models
 
-    from kdstream.cli import _io_error
+    from kdstream.cli.errors import io_error
 
     with pytest.raises(OSError) as plain:  # /dev/full: every write fails with ENOSPC
         with open("/dev/full", "wb", buffering=0) as f:
             f.write(b"x")
-    assert "the disk is full" in str(_io_error(plain.value))
+    assert "the disk is full" in str(io_error(plain.value))
     try:
         try:
             raise plain.value
         except OSError as exc:
             raise RuntimeError("could not store the chunk") from exc
     except RuntimeError as wrapped:
-        assert "the disk is full" in str(_io_error(wrapped))
+        assert "the disk is full" in str(io_error(wrapped))
     with pytest.raises(Exception) as rust:
         Tokenizer(models.BPE()).save("/dev/full")
     assert not isinstance(rust.value, OSError)  # only the text says what happened
-    assert "the disk is full" in str(_io_error(rust.value))
-    assert "disk is full or read-only" in str(_io_error(Exception("basic_ios::clear: iostream error")))
-    assert _io_error(ValueError("operands could not be broadcast together")) is None  # a bug keeps its traceback
+    assert "the disk is full" in str(io_error(rust.value))
+    assert "disk is full or read-only" in str(io_error(Exception("basic_ios::clear: iostream error")))
+    assert io_error(ValueError("operands could not be broadcast together")) is None  # a bug keeps its traceback

@@ -15,6 +15,27 @@ import yaml
 from kdstream.errors import KdError
 
 
+def option(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
+    """A field of an options dataclass carrying its ``--help`` text: the command's flag is
+    generated from it (kdstream.cli.options), so default and help live here only. ``cli``: the
+    generator's other metadata keys (parse, metavar, required)."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+# Flags of every command that reads a corpus (precompute-logits, distill, extract-eval): one
+# default and help for each, wherever it appears.
+_CORPUS_FLAGS = {
+    "text_field": ("text", "Column (or JSON key) of the dataset that holds the text."),
+    "split": ("train", "Dataset split to read."),
+}
+
+
+def corpus_option(name: str) -> Any:
+    """The field of a corpus flag shared by several commands (``text_field``, ``split``)."""
+    default, help_text = _CORPUS_FLAGS[name]
+    return option(default, help_text)
+
+
 def options_dict(options: Any) -> dict[str, Any]:
     """A plain dict of a dataclass's fields (paths as strings), ready for YAML or Zarr attrs."""
     out = {}

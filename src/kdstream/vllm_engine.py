@@ -9,18 +9,20 @@ import os
 from dataclasses import dataclass
 
 from kdstream.errors import KdError
+from kdstream.options import option
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    dtype: str = "auto"  # vLLM dtype: auto | float32 | bfloat16 | float16
-    seed: int = 0
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    enforce_eager: bool | None = None  # None: eager on CPU (compilation costs minutes there)
-    # Tokens the scheduler packs into one engine step (None: vLLM's default). Larger steps amortize
-    # per-step overhead on long prompts; the cost is the activations (and logits) of a bigger step.
-    max_num_batched_tokens: int | None = None
+    dtype: str = option("auto", "auto | float32 | bfloat16 | float16")
+    seed: int = option(0, "Engine seed.")
+    tensor_parallel_size: int = option(1, "GPUs one vLLM engine spans.")
+    gpu_memory_utilization: float = option(0.9, "Share of GPU memory vLLM may take.")
+    # None: eager on CPU (compilation costs minutes there)
+    enforce_eager: bool | None = option(None, "Skip graph compilation (default: on for CPU, off for GPU).")
+    # Larger steps amortize per-step overhead on long prompts; the cost is the activations (and
+    # logits) of a bigger step.
+    max_num_batched_tokens: int | None = option(None, "Tokens per vLLM engine step (default: vLLM's).")
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:

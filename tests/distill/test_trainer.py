@@ -126,7 +126,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, teacher_store, student_i
     run_cli("distill", *[a for a in args if a != "--fsdp"], "--out", tmp_path / "one")
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "kdstream.distill", *map(str, args),
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "kdstream", "distill", *map(str, args),
          "--out", str(tmp_path / "two")],
         capture_output=True, text=True, timeout=600, env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"},
     )
@@ -152,7 +152,7 @@ def test_fsdp_resumes_a_killed_run_with_the_uninterrupted_losses(tmp_path, teach
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "kdstream.distill", *map(str, args),
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "kdstream", "distill", *map(str, args),
                            "--fsdp", "--resume", "--out", str(out)], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())

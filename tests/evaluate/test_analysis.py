@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from click.testing import CliRunner
 
 from helpers import VOCAB, make_gpt_neox
-from kdstream.cli_analysis import ANALYSIS_COMMANDS, classify, compare, features, report
+from kdstream.cli.analysis import ANALYSIS_COMMANDS, classify, compare, features, report
 from kdstream.errors import KdError
 from kdstream.evaluate.classify_run import ClassifyRunOptions, classification_table, run_classify
 from kdstream.evaluate.comparison import compare_evals, venn_regions, write_comparison

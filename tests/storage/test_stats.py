@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from kdstream.cli_store import store as store_cli
+from kdstream.cli.store import store as store_cli
 from kdstream.errors import KdError
 from kdstream.storage import StoreWriter
 from kdstream.storage.stats import store_stats

@@ -14,9 +14,10 @@ import math
 import torch
 from torch import Tensor
 
-KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")  # names accepted by kd_loss(kind=...)
-CE_SAMPLED = "ce_sampled"  # sampled_ce_loss: cross-entropy against a sampled store's draws
-TAILS = ("bucket", "renormalize")
+from kdstream.distill import loss_names
+from kdstream.distill.loss_names import KD_LOSSES, TAILS
+
+CE_SAMPLED = loss_names.CE_SAMPLED  # also named from here by the objective and the sources
 
 # Floor on the teacher's tempered tail probability (bucket tail, non-empty student tail). Without
 # it a stored top-k whose mass rounds to >= 1 gives the teacher a zero tail, and reverse KL

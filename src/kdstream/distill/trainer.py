@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdstream.distill.losses import CE_SAMPLED, KD_LOSSES, TAILS
+from kdstream.distill.loss_names import CE_SAMPLED, KD_LOSSES, TAILS
 from kdstream.errors import KdError
 from kdstream.model_files import logit_postprocessing
-from kdstream.options import options_dict, require, save_options
+from kdstream.options import corpus_option, option, options_dict, require, save_options
 from kdstream.outputs import check_output, fresh_partial, partial_path, publish
 
 LOSSES = ("ce", *KD_LOSSES, CE_SAMPLED)
@@ -30,49 +30,64 @@ RESUME_MAY_DIFFER = frozenset({"out", "resume", "overwrite", "loader_workers", "
                                "verify_store", "checkpoint_every", "fsdp", "device"})
 
 
+def parse_loss_chunk(value) -> int | str | None:
+    """--loss-chunk as typed: "auto", 0 (the plain path: None) or a number of positions."""
+    if value is None or str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except ValueError:
+        raise KdError(f"--loss-chunk {value!r}: pass auto, a number of positions, or 0 for the plain path") from None
+    return n or None
+
+
 @dataclass(frozen=True)
 class DistillOptions:
     """Train a student from a teacher's logit store (or a CE model from a store/dataset)."""
 
-    model: str  # HF directory (weights: fine-tune; config.json only: random init) or config .json
-    out: str
-    logits_store: str | None = None
-    dataset: str | None = None  # CE from plain text (teacher training), tokenized with the model's tokenizer
-    loss: str = "forward_kl"  # ce | forward_kl | reverse_kl | jsd | ce_sampled (sampled stores)
-    temperature: float = 2.0
-    alpha_ce: float = 0.0  # weight of the CE term mixed into a KD loss
-    tail: str = "bucket"  # bucket: leftover mass as one class; renormalize: top-k only
-    beta: float = 0.5  # generalized JSD mixing weight
-    epochs: int = 4
-    batch_size: int = 16
-    lr: float = 5e-5
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    tokenizer: str | None = None  # default: the model directory
-    seq_len: int = 256  # with --dataset only; a store fixes its own
-    text_field: str = "text"
-    split: str = "train"
-    max_examples: int | None = None
-    shuffle_block: int = 64  # rows per contiguous read; the unit of shuffling
-    # positions per chunk of the fused head + loss; "auto": a chunk's fp32 logits <= 64 MiB (333
-    # positions at V = 50,304, 4,096 at V = 4,096: fused_head.auto_chunk); None: plain full-logits path
-    loss_chunk: int | str | None = "auto"
-    exclude: str | None = None  # file of example ids (one per line) never to train on
-    checkpoint_every: int | None = None  # steps between resumable checkpoints (None: only the end)
-    resume: bool = False  # continue from the latest checkpoint of an interrupted run in --out
-    overwrite: bool = False
-    grad_accum: int = 1  # micro-batches per optimizer step on each rank: less memory, same update
-    precision: str = "auto"  # auto (bf16 autocast on a CUDA device that has it, else fp32) | fp32 | bf16
-    device: str = "auto"  # auto | cpu | cuda
-    fsdp: bool = False  # shard weights/grads/optimizer state across torchrun ranks (FSDP2)
-    eval_examples: int = 0  # hold out the last N (non-excluded) examples; eval loss on them
-    eval_every: int | None = None  # steps between held-out evals (None: only at the end)
-    loader_workers: int = 0  # DataLoader processes reading the store (0: one background thread)
-    prefetch: int = 2  # batches read ahead (per worker)
-    verify_store: bool = True  # decode every chunk before step 0, so corruption stops the run early
-    tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
+    model: str = option(help="Student: HF dir (weights → fine-tune; config only → random init) or config .json.")
+    out: str = option(help="Checkpoint directory to write.")
+    logits_store: str | None = option(None, "Teacher store (path or URL) to train from.")
+    # tokenized with the model's tokenizer
+    dataset: str | None = option(None, "Plain text to train on with --loss ce (e.g. the teacher).")
+    loss: str = option("forward_kl", "ce | forward_kl | reverse_kl | jsd | ce_sampled (a sampled store: CE "
+                                     "against its draws, no temperature)")
+    temperature: float = option(2.0, "Softmax temperature of teacher and student in KD losses.")
+    alpha_ce: float = option(0.0, "Weight of CE mixed into KD.")
+    tail: str = option("bucket", "bucket (leftover mass as one class) | renormalize (top-k only)")
+    beta: float = option(0.5, "JSD mixing weight.")
+    epochs: int = option(4, "Passes over the training examples.")
+    batch_size: int = option(16, "Examples per micro-batch (per rank).")
+    lr: float = option(5e-5, "Peak learning rate (AdamW; linear warmup, then cosine decay to 0).")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    warmup_ratio: float = option(0.03, "Share of the steps spent warming the learning rate up.")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.")
+    seed: int = option(0, "Seed of initialization and data order.")
+    tokenizer: str | None = option(None, "Tokenizer directory (default: the model's).")
+    seq_len: int = option(256, "With --dataset only (a store fixes its own).")
+    text_field: str = corpus_option("text_field")
+    split: str = corpus_option("split")
+    max_examples: int | None = option(None, "Train on only the first N examples.")
+    shuffle_block: int = option(64, "Rows per contiguous read: the unit of shuffling.")
+    # None (typed as 0): plain full-logits path; the memory bound is fused_head.auto_chunk's
+    loss_chunk: int | str | None = option("auto", "Positions per chunk of the fused output layer + loss (bounds "
+                                                  "the logits' memory); auto = a chunk's fp32 logits within 64 MiB; "
+                                                  "0 = plain full-logits path.", parse=parse_loss_chunk)
+    exclude: str | None = option(None, "File of example ids (one per line) to skip.")
+    checkpoint_every: int | None = option(None, "Save a resumable checkpoint every N steps.")
+    resume: bool = option(False, "Continue an interrupted run from its latest checkpoint in --out.")
+    overwrite: bool = option(False, "Replace an existing checkpoint directory.")
+    grad_accum: int = option(1, "Micro-batches per optimizer step (per rank): less memory, same update.")
+    precision: str = option("auto", "auto (bf16 autocast on a CUDA device that supports it, else fp32) | fp32 | bf16")
+    device: str = option("auto", "auto | cpu | cuda")
+    fsdp: bool = option(False, "Under torchrun: shard weights, gradients and optimizer state (FSDP2).")
+    eval_examples: int = option(0, "Hold out the last N (non-excluded) examples and report their loss.")
+    eval_every: int | None = option(None, "Held-out eval every N steps (default: at the end).")
+    loader_workers: int = option(0, "DataLoader processes reading the store (0: a background thread).")
+    prefetch: int = option(2, "Batches read ahead (per worker).")
+    # so that corruption stops the run before any training time is spent
+    verify_store: bool = option(True, "Decode every chunk before step 0 so a corrupt store stops the run at once.")
+    tensorboard: bool = option(True, "Also write TensorBoard events (when tensorboard is installed).")
 
     def __post_init__(self) -> None:
         require((self.logits_store is None) != (self.dataset is None),
@@ -99,17 +114,6 @@ class DistillOptions:
         require(self.eval_every is None or (self.eval_every >= 1 and self.eval_examples > 0),
                 "--eval-every needs --eval-examples N (the held-out examples to evaluate)")
         require(self.loader_workers >= 0 and self.prefetch >= 0, "--loader-workers and --prefetch must be >= 0")
-
-
-def parse_loss_chunk(value) -> int | str | None:
-    """--loss-chunk as typed: "auto", 0 (the plain path: None) or a number of positions."""
-    if value is None or str(value).strip().lower() == "auto":
-        return "auto"
-    try:
-        n = int(value)
-    except ValueError:
-        raise KdError(f"--loss-chunk {value!r}: pass auto, a number of positions, or 0 for the plain path") from None
-    return n or None
 
 
 def fused_chunk(loss_chunk, net) -> int | None:

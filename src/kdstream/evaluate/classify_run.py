@@ -25,7 +25,7 @@ from kdstream.evaluate.study_dirs import (
     read_features,
     write_json,
 )
-from kdstream.options import require, save_options
+from kdstream.options import option, require, save_options
 from kdstream.outputs import check_output, fresh_partial, publish
 
 if TYPE_CHECKING:
@@ -38,16 +38,17 @@ if TYPE_CHECKING:
 class ClassifyRunOptions:
     """Predict the student's memorization from teacher and baseline features (the paper's setup)."""
 
-    student_eval: str  # extract-eval directory of the student: labels = exact_match
-    teacher_features: str  # `features` directory of the teacher (its ppl)
-    baseline_features: str  # `features` directory of the CE baseline (its ppl and teacher_kl)
-    out: str  # directory for classification.json, options.yaml, table.parquet, heldout.parquet, [exclude.txt]
-    repeats: int = 100
-    seed: int = 0
-    negative_ratio: float = 3
-    test_size: float = 0.3
-    filter: bool = False  # also fit the filter on every example and write exclude.txt
-    target_recall: float = 0.95  # share of memorized examples the filter must flag
+    student_eval: str = option(help="extract-eval directory of the student (labels: exact match).")
+    teacher_features: str = option(help="`kdstream features` directory of the teacher (its ppl).")
+    baseline_features: str = option(help="`kdstream features` directory of the CE baseline (its ppl and teacher_kl).")
+    out: str = option(help="Directory for classification.json, table.parquet, heldout.parquet, options.yaml "
+                           "(exclude.txt).")
+    repeats: int = option(100, "Seeded resample / split / fit repeats.")
+    seed: int = option(0, "Seed of the resampling, splits and fits.")
+    negative_ratio: float = option(3, "Negatives sampled per positive.")
+    test_size: float = option(0.3, "Held-out fraction, stratified.")
+    filter: bool = option(False, "Also fit on every example and write exclude.txt for distill --exclude.")
+    target_recall: float = option(0.95, "With --filter: share of memorized examples the filter must flag.")
 
     def __post_init__(self) -> None:
         require(bool(self.student_eval) and bool(self.teacher_features) and bool(self.baseline_features)

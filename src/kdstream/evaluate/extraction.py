@@ -28,7 +28,7 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.evaluate.backends import BACKENDS
-from kdstream.options import options_dict, require, save_options
+from kdstream.options import corpus_option, option, options_dict, require, save_options
 from kdstream.outputs import check_output, fresh_partial, publish
 from kdstream.vllm_engine import EngineOptions
 
@@ -51,24 +51,29 @@ def parse_prefix_lens(value) -> tuple[int, ...]:
 class ExtractOptions:
     """Greedy-decode --suffix-len tokens after --prefix-len tokens (from --offset) of every example."""
 
-    model: str | None  # not needed by --method store
-    out: str
-    logits_store: str | None = None  # examples from a teacher store (its tokenization)
-    dataset: str | None = None  # or from a corpus, packed with the model's tokenizer
-    prefix_len: tuple[int, ...] = (50,)  # several: a sweep; the first is primary (results.parquet)
-    suffix_len: int = 50
-    offset: int = 0  # token where the prefix starts inside the example
-    seq_len: int = 256  # with --dataset only
-    text_field: str = "text"
-    split: str = "train"
-    max_examples: int | None = None
-    batch_size: int = 256  # prompts per engine call
-    method: str = "generate"  # generate | fast | both | store
-    backend: str = "vllm"  # vllm | hf
-    num_workers: int = 1
-    worker_index: int = 0
-    overwrite: bool = False
-    features: bool = False  # also write OUT/features/ (what `kdstream features` writes) for this model
+    model: str | None = option(help="Model directory to evaluate (not needed by --method store).", required=False)
+    out: str = option(help="Directory for results.parquet, prefix_sweep.parquet and summary.json.")
+    logits_store: str | None = option(None, "Take the examples from this store (its tokenization).")
+    dataset: str | None = option(None, "Or from a corpus, packed with the model's tokenizer like the store.")
+    # the first is primary (results.parquet)
+    prefix_len: tuple[int, ...] = option((50,), "Prefix tokens; a comma list (32,48) sweeps several, the first "
+                                                "is primary.", parse=parse_prefix_lens)
+    suffix_len: int = option(50, "Suffix tokens, right after the prefix (a longer prefix shifts the suffix).")
+    offset: int = option(0, "Where the prefix starts.")
+    seq_len: int = option(256, "With --dataset only.")
+    text_field: str = corpus_option("text_field")
+    split: str = corpus_option("split")
+    max_examples: int | None = option(None, "Evaluate only the first N examples.")
+    batch_size: int = option(256, "Prompts per engine call.")
+    method: str = option("generate", "generate (greedy decoding) | fast (one teacher-forced pass, same exact-match "
+                                     "verdict) | both (and report disagreements) | store (teacher's verdict from "
+                                     "--logits-store, no model)")
+    backend: str = option("vllm", "vllm | hf (transformers, for models vLLM cannot load)")
+    num_workers: int = option(1, "Shard the examples over N workers.")
+    worker_index: int = option(0, "This worker's share (0..N-1); join the shards with `kdstream eval merge`.")
+    overwrite: bool = option(False, "Replace an existing evaluation in --out.")
+    features: bool = option(False, "Also score the model against --logits-store (ppl, suffix ppl, Min-K%, KL to "
+                                   "the teacher, zlib) into OUT/features/, as `kdstream features` does.")
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.evaluate.study_dirs import FEATURE_COLUMNS, FEATURES_FILE, SUMMARY_FILE, jsonable, write_json
-from kdstream.options import require, save_options
+from kdstream.options import option, require, save_options
 from kdstream.outputs import check_output, fresh_partial, publish
 
 _STORE_KEYS = ("input_ids", "example_id", "topk_ids", "topk_logprobs", "target_logprob")
@@ -25,14 +25,15 @@ _STORE_KEYS = ("input_ids", "example_id", "topk_ids", "topk_logprobs", "target_l
 class FeaturesOptions:
     """Score every example of a teacher store with one model (fp32, transformers)."""
 
-    model: str  # HF model directory; must share the store's tokenizer
-    logits_store: str  # teacher store (path or fsspec URL): examples + the teacher's top-k
-    out: str  # directory for features.parquet, options.yaml, summary.json
-    prefix_len: int = 50  # suffix_ppl covers tokens [prefix_len, prefix_len + suffix_len)
-    suffix_len: int = 50
-    batch_size: int = 16  # examples per forward pass
-    max_examples: int | None = None  # only the first N examples of the store
-    overwrite: bool = False
+    model: str = option(help="HF model directory sharing the store's tokenizer (teacher or baseline).")
+    logits_store: str = option(help="Teacher store (path or URL): the examples and the teacher's top-k.")
+    out: str = option(help="Directory for features.parquet, options.yaml and summary.json.")
+    # suffix_ppl covers tokens [prefix_len, prefix_len + suffix_len)
+    prefix_len: int = option(50, "suffix_ppl starts after this many tokens.")
+    suffix_len: int = option(50, "Tokens scored by suffix_ppl.")
+    batch_size: int = option(16, "Examples per forward pass.")
+    max_examples: int | None = option(None, "Score only the first N examples.")
+    overwrite: bool = option(False, "Replace existing features in --out.")
 
     def __post_init__(self) -> None:
         require(bool(self.model) and bool(self.logits_store) and bool(self.out),

@@ -33,7 +33,7 @@ from kdstream.evaluate.study_dirs import (
     read_json,
     write_json,
 )
-from kdstream.options import require, save_options
+from kdstream.options import option, require, save_options
 from kdstream.outputs import check_output, fresh_partial, publish
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
@@ -49,14 +49,16 @@ ROC_GRID = 101  # false-positive rates at which the repeats' curves are averaged
 class ReportOptions:
     """Assemble a memorization report from the study's output directories."""
 
-    teacher_eval: str  # extract-eval directories (results.parquet + summary.json)
-    baseline_eval: str
-    student_eval: str
-    out: str  # directory for report.md, report.json, *.png, options.yaml
-    teacher_features: str | None = None  # `kdstream features` directories (zlib histograms, medians)
-    baseline_features: str | None = None
-    classify: str | None = None  # `kdstream classify` directory (numbers, ROC)
-    prefix_eval: tuple[str, ...] = ()  # "ROLE=DIR": extract-eval of ROLE at another --prefix-len
+    teacher_eval: str = option(help="extract-eval directory of the teacher (results.parquet + summary.json).")
+    baseline_eval: str = option(help="extract-eval directory of the CE baseline.")
+    student_eval: str = option(help="extract-eval directory of the KD student.")
+    out: str = option(help="Directory for report.md, report.json, the PNG plots and options.yaml.")
+    teacher_features: str | None = option(None, "`kdstream features` directory of the teacher (zlib plots, medians).")
+    baseline_features: str | None = option(None, "`kdstream features` directory of the baseline.")
+    classify: str | None = option(None, "`kdstream classify` output directory (classifier numbers, ROC curve).")
+    prefix_eval: tuple[str, ...] = option((), "Repeatable: an extract-eval of ROLE (teacher|baseline|student) at "
+                                              "another --prefix-len, a point of the rate-by-prefix-length plot.",
+                                          metavar="ROLE=DIR")
 
     def __post_init__(self) -> None:
         if isinstance(self.prefix_eval, (list, str)):  # from YAML or one flag

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kdstream.errors import KdError
-from kdstream.options import options_dict, require
+from kdstream.options import corpus_option, option, options_dict, require
 from kdstream.precompute.backends import BACKENDS, Teacher, context_needed, engine_attrs, make_teacher
 from kdstream.vllm_engine import EngineOptions
 
@@ -16,24 +16,31 @@ from kdstream.vllm_engine import EngineOptions
 class PrecomputeOptions:
     """Run the teacher once over a corpus and store its top-k next-token distributions."""
 
-    model: str  # teacher: a HF model directory
-    dataset: str  # .jsonl/.json/.parquet/.txt file, saved dataset dir, `demo`, or hub name
-    out: str  # store path or fsspec URL (s3://bucket/store.zarr)
-    top_k: int = 64
-    seq_len: int = 256
-    text_field: str = "text"
-    split: str = "train"
-    max_examples: int | None = None
-    batch_size: int = 64  # examples per engine call: large batches keep the engine busy
-    tokenizer: str | None = None  # default: the teacher's directory
-    overwrite: bool = False
-    chunk_rows: int | None = None  # examples per chunk; default: chunks of >= 1 MiB (schema.default_chunk_rows)
-    num_workers: int = 1  # parallel writers of one store; each runs with its own --worker-index
-    worker_index: int = 0
-    logprob_encoding: str = "qdelta"  # qdelta: uint16 log-grid codes (error <= 0.0096 nat: storage/encoding.py) | fp32
-    targets: str = "topk"  # topk | sampled: --samples draws per position from the top-k + tail bucket
-    samples: int = 64
-    backend: str = "vllm"  # vllm | hf (transformers: models vLLM cannot load, machines without vLLM)
+    model: str = option(help="Teacher: a HF model directory.")
+    dataset: str = option(help=".jsonl/.json/.parquet/.txt file, saved dataset dir, `demo`, or hub name.")
+    out: str = option(help="Store path or fsspec URL (s3://bucket/store.zarr).")
+    top_k: int = option(64, "Most probable next tokens stored per position.")
+    seq_len: int = option(256, "Tokens per example.")
+    text_field: str = corpus_option("text_field")
+    split: str = corpus_option("split")
+    max_examples: int | None = option(None, "Use only the first N examples.")
+    # large batches keep the engine busy
+    batch_size: int = option(64, "Examples per engine call.")
+    tokenizer: str | None = option(None, "Tokenizer directory (default: the model's).")
+    overwrite: bool = option(False, "Start over, replacing an existing store (without it, an incomplete store "
+                                    "started with the same options is resumed).")
+    # default: schema.default_chunk_rows
+    chunk_rows: int | None = option(None, "Examples per chunk (default: chunks of >= 1 MiB).")
+    num_workers: int = option(1, "Parallel writers of one store, each a process with its own --worker-index.")
+    worker_index: int = option(0, "This worker's share (0..N-1); with N > 1 run `kdstream store finalize OUT` "
+                                  "after all of them.")
+    # the error bound is derived in storage/encoding.py
+    logprob_encoding: str = option("qdelta", "qdelta: uint16 codes on a 1/52-nat log grid (decoded error <= "
+                                             "0.0096 nats) | fp32: exact.")
+    targets: str = option("topk", "topk | sampled: store --samples draws per position (unique ids + counts) "
+                                  "from the top-k + tail.")
+    samples: int = option(64, "Draws per position with --targets sampled.")
+    backend: str = option("vllm", "vllm | hf (transformers: for models vLLM cannot load, or without vLLM installed)")
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from kdstream.errors import KdError
-from kdstream.options import load_yaml_options, require
+from kdstream.options import load_yaml_options, option, require
 
 # Sized for a 2-core CPU: big enough to memorize, small enough to train in minutes. head_dim 64
 # (vLLM's CPU attention rejects 16). The teacher is the larger model, as in the paper.
@@ -36,15 +36,15 @@ class StudyConfig:
     # --student-epochs S): memorization rises steeply with epochs. 96 examples, 28/25 epochs:
     # teacher 100%, baseline 96%, student 72% (saturated); 256 examples, 20/24: 4% / 10% / 2%;
     # 256 examples, 30/28 (these defaults): 98% / 55% / 29%, stages ~11 min on an idle machine.
-    examples: int = 256
+    examples: int = option(256, "Training examples (windows of seq_len tokens).")
     seq_len: int = 128
     tokenizer: str | None = None  # None: the teacher's (a HF dir) or, for tiny models, BPE trained on the corpus
     tokenizer_vocab: int = 4096  # size of that trained BPE vocabulary
     # models and training (paper: 3 teacher epochs, 4 baseline / student epochs, T = 2)
     teacher_model: str = "tiny-teacher"
     student_model: str = "tiny-student"
-    teacher_epochs: int = 30
-    student_epochs: int = 28  # the CE baseline, the KD student and the filtered student
+    teacher_epochs: int = option(30, "Epochs of the teacher (CE).")
+    student_epochs: int = option(28, "Epochs of baseline, student and filtered student.")
     lr: float = 3e-3  # the baseline, the student and the filtered student
     # the teacher's own (None: lr). Measured on the miniature (256 examples, 30 epochs): at 3e-3 the
     # 4 x 256 teacher memorized 35 of 256, fewer than the 3 x 192 student-sized CE model's 178; at
@@ -57,8 +57,8 @@ class StudyConfig:
     # extraction: greedy prefix -> suffix on every training example, vLLM by default
     prefix_len: int = 32
     suffix_len: int = 32
-    eval_method: str = "generate"
-    eval_backend: str = "vllm"
+    eval_method: str = option("generate", "generate (vLLM greedy, the reference) | fast | both")
+    eval_backend: str = option("vllm", "vllm | hf")
     # canaries (Secret Sharer): random-word sequences planted `count` times each
     canary_counts: tuple[int, ...] = (1, 2, 4, 8, 16)
     canaries_per_count: int = 2
@@ -75,8 +75,8 @@ class StudyConfig:
     # vLLM's dtype "auto" runs fp32 checkpoints in 16 bits: the tiny models are scored in fp32
     precompute_args: tuple[str, ...] = ("--dtype", "float32")
     eval_args: tuple[str, ...] = ("--dtype", "float32")
-    seeds: int = 1
-    first_seed: int = 0
+    seeds: int = option(1, "Run the study for N seeds; figures become mean ± sd.")
+    first_seed: int = option(0, "Seeds run from this one.")
 
     def __post_init__(self) -> None:
         require(self.examples >= 4, f"examples {self.examples} must be at least 4")

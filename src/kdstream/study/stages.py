@@ -32,7 +32,7 @@ class Stages:
             self.seconds[name] = self.previous.get(name, 0.0)
             return
         if self.train_launcher and args[0] == "distill":
-            command = [*self.train_launcher, "-m", "kdstream.distill", *args[1:]]
+            command = [*self.train_launcher, "-m", "kdstream", *args]
         else:
             command = [sys.executable, "-m", "kdstream", *args]
         shown = "kdstream " + " ".join(args) if command[0] == sys.executable else " ".join(command)

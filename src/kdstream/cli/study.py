@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import click
 
+from kdstream.cli.options import options_from
+from kdstream.study.config import StudyConfig, load_study_config
 
-def _study_flags(f):
-    f = click.option("--seeds", type=int, default=None, help="Run the study for N seeds; figures become mean ± sd.")(f)
-    f = click.option("--first-seed", type=int, default=None, help="Seeds run from this one (default 0).")(f)
-    f = click.option("--examples", type=int, default=None, help="Training examples (windows of seq_len tokens).")(f)
-    f = click.option("--teacher-epochs", type=int, default=None)(f)
-    f = click.option("--student-epochs", type=int, default=None, help="Epochs of baseline, student and filtered student.")(f)
-    f = click.option("--eval-method", default=None, help="generate (vLLM greedy, the reference) | fast | both")(f)
-    f = click.option("--eval-backend", default=None, help="vllm | hf")(f)
-    return f
+# StudyConfig fields that are also flags: the rest are set in the study YAML. Their flags default
+# to None so that a value in --config's YAML is only overridden when the flag is given.
+STUDY_FLAGS = ("examples", "teacher_epochs", "student_epochs", "eval_method", "eval_backend", "seeds", "first_seed")
+_study_flags = options_from(StudyConfig, only=STUDY_FLAGS, as_override=True)
 
 
 @click.command("reproduce")
@@ -29,7 +26,6 @@ def reproduce(out, config_path, **overrides):
     """The paper's protocol end to end: teacher CE → baseline CE → teacher store → student KD →
     extract-eval (+ features, canaries) → compare → classify → filter → re-distill → extract-eval →
     report beside the paper's table (study.md). Finished stages are skipped on a rerun."""
-    from kdstream.study.config import load_study_config
     from kdstream.study.reproduce import run_reproduce
 
     run_reproduce(load_study_config(config_path, overrides), out)
@@ -41,7 +37,6 @@ def reproduce(out, config_path, **overrides):
 def demo(out, **overrides):
     """`kdstream reproduce` on the embedded default (what `make demo` runs): the study in miniature
     on standard-library docstrings with tiny GPT-NeoX models and planted canaries."""
-    from kdstream.study.config import load_study_config
     from kdstream.study.reproduce import run_reproduce
 
     run_reproduce(load_study_config(None, overrides), out)
