@@ -34,7 +34,7 @@ def engine_options(f):
 
 
 def _engine(kw: dict):
-    from kdstream.vllm_engine import EngineOptions
+    from kdstream.engines.vllm import EngineOptions
 
     return EngineOptions(
         dtype=kw.pop("dtype"), seed=kw.pop("seed"), tensor_parallel_size=kw.pop("tensor_parallel_size"),
@@ -164,14 +164,22 @@ def distill(**kw):
 @click.option("--features", is_flag=True,
               help="Also score the model against --logits-store (ppl, suffix ppl, Min-K%, KL to the teacher, zlib) "
                    "into OUT/features/, as `kdstream features` does.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the HF model runs (--backend hf, --features): auto = CUDA when available.")
 @engine_options
 def extract_eval(**kw):
     """Prefix → suffix extraction (greedy, teacher-forced, or from the store); writes
     results.parquet, prefix_sweep.parquet and summary.json."""
-    from kdstream.evaluate import ExtractOptions, run_extract_eval
+    from kdstream.extract import ExtractOptions, run_extract_eval
 
     engine = _engine(kw)
-    print_summary(run_extract_eval(ExtractOptions(**kw, engine=engine)))
+    opts = ExtractOptions(**kw, engine=engine)
+    after = None
+    if opts.features:  # a composition here: extraction itself imports no analysis
+        from kdstream.analysis.features_run import features_after_extract
+
+        after = features_after_extract(opts)
+    print_summary(run_extract_eval(opts, after=after))
 
 
 @click.group()

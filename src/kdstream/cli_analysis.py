@@ -1,7 +1,7 @@
 """`kdstream features | compare | classify | report`: memorization analysis after extract-eval.
 
-Only argument parsing and printing live here; the work is in kdstream.evaluate (features_run,
-comparison, classify_run, report). Heavy imports happen inside the commands so --help is fast.
+Only argument parsing and printing live here; the work is in kdstream.analysis (features_run,
+compare_run, classify_run, report). Heavy imports happen inside the commands so --help is fast.
 User errors are KdError, which the `kdstream` entry point prints as one line (exit 2). cli.py
 registers ``ANALYSIS_COMMANDS``.
 """
@@ -23,10 +23,12 @@ from kdstream.cli_common import config_option, print_summary
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Examples per forward pass.")
 @click.option("--max-examples", type=int, default=None, help="Score only the first N examples.")
 @click.option("--overwrite", is_flag=True, help="Replace existing features in --out.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the model runs: auto = CUDA when available.")
 def features(**kw):
     """Per-example features of one model over a teacher store (fp32, transformers): ppl, suffix ppl,
     Min-K%, KL(teacher ‖ model), zlib entropy and ratio, the teacher's own ppl from the store."""
-    from kdstream.evaluate.features_run import FeaturesOptions, run_features
+    from kdstream.analysis.features_run import FeaturesOptions, run_features
 
     print_summary(run_features(FeaturesOptions(**kw)))
 
@@ -44,8 +46,8 @@ def compare(teacher_eval, baseline_eval, student_eval, out, teacher_features, ba
     """Memorized counts, overlaps and Venn regions of teacher, CE baseline and student
     (three extract-eval directories) and, with features directories, their medians over memorized
     vs not memorized examples; prints the markdown table, then the JSON."""
-    from kdstream.evaluate.comparison import compare_evals, format_comparison, write_comparison
-    from kdstream.evaluate.study_dirs import jsonable
+    from kdstream.analysis.compare_run import compare_evals, format_comparison, write_comparison
+    from kdstream.analysis.files import jsonable
 
     features = {"teacher": teacher_features, "baseline": baseline_features, "student": student_features}
     cmp = compare_evals(teacher_eval, baseline_eval, student_eval, features)
@@ -71,7 +73,7 @@ def compare(teacher_eval, baseline_eval, student_eval, out, teacher_features, ba
 def classify(**kw):
     """Predict the student's memorization from teacher ppl, baseline ppl, teacher–baseline KL and
     zlib entropy (standardized logistic regression, repeated); --filter writes an exclude list."""
-    from kdstream.evaluate.classify_run import ClassifyRunOptions, run_classify
+    from kdstream.analysis.classify_run import ClassifyRunOptions, run_classify
 
     print_summary(run_classify(ClassifyRunOptions(**kw)))
 
@@ -92,7 +94,8 @@ def report(**kw):
     """Write report.md, report.json and PNG plots (Venn diagram of the memorized sets, zlib entropy
     histograms, classifier ROC, rate by prefix length) from the study's output directories;
     sections whose optional input is missing say which flag to pass."""
-    from kdstream.evaluate.report import REPORT_MD, ReportOptions, run_report
+    from kdstream.analysis.files import REPORT_MD
+    from kdstream.analysis.report import ReportOptions, run_report
 
     opts = ReportOptions(**kw)
     result = run_report(opts)

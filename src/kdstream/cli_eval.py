@@ -18,6 +18,6 @@ def eval_group():
 def merge(shards, out, overwrite):
     """Merge `extract-eval --num-workers N --worker-index i` outputs into one evaluation: checks
     the shards share their options and cover every example exactly once, then recomputes the summary."""
-    from kdstream.evaluate.merge import merge_shards
+    from kdstream.extract.merge import merge_shards
 
     print_summary(merge_shards(list(shards), out, overwrite))

@@ -9,7 +9,7 @@ import numpy as np
 from kdstream.errors import KdError
 from kdstream.options import options_dict, require
 from kdstream.precompute.backends import BACKENDS, Teacher, context_needed, engine_attrs, make_teacher
-from kdstream.vllm_engine import EngineOptions
+from kdstream.engines.vllm import EngineOptions
 
 
 @dataclass(frozen=True)

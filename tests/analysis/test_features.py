@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kdstream.distill.losses import dense_kd_loss
-from kdstream.evaluate.features import (
+from kdstream.analysis.features import (
     min_k_percent,
     model_features,
     perplexity,

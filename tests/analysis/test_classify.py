@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from kdstream.errors import KdError
-from kdstream.evaluate.classifier import (
+from kdstream.analysis.classify import (
     ClassifyOptions,
     fit_filter,
     recall_threshold,
