@@ -157,7 +157,7 @@ def features_after_extract(opts: ExtractOptions) -> Callable[[Path], dict]:
     primary prefix length), so the evaluation is published with its features or not at all."""
 
     def after(partial: Path) -> dict:
-        fopts = FeaturesOptions(model=str(opts.model), logits_store=opts.logits_store, out=str(partial / FEATURES_DIR),
+        fopts = FeaturesOptions(model=str(Path(opts.model)), logits_store=opts.logits_store, out=str(partial / FEATURES_DIR),
                                 prefix_len=opts.prefix_len[0], suffix_len=opts.suffix_len,
                                 max_examples=opts.max_examples, device=opts.device)
         _run_isolated(fopts)
