@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdstream.errors import KdError
 from kdstream.analysis.classify import (
     ClassifyOptions,
     fit_filter,
@@ -16,6 +15,7 @@ from kdstream.analysis.classify import (
     run_classifier,
     write_exclude_list,
 )
+from kdstream.errors import KdError
 
 FAST = ClassifyOptions(repeats=10)
 

@@ -11,9 +11,9 @@ from sklearn.metrics import roc_auc_score
 from click.testing import CliRunner
 
 from analysis_dirs import synthetic_dirs, write_eval
+from kdstream.analysis.classify_run import ClassifyRunOptions, classification_table, run_classify
 from kdstream.cli_analysis import classify
 from kdstream.errors import KdError
-from kdstream.analysis.classify_run import ClassifyRunOptions, classification_table, run_classify
 
 
 def test_classify_auc_determinism_and_filter(tmp_path):

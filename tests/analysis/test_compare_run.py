@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from analysis_dirs import synthetic_dirs, write_eval
+from kdstream.analysis.compare_run import compare_evals, venn_regions, write_comparison
 from kdstream.cli_analysis import compare
 from kdstream.errors import KdError
-from kdstream.analysis.compare_run import compare_evals, venn_regions, write_comparison
 
 
 T = set(range(10))  # 0..9: the teacher's memorized ids (the `evals` fixture)

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from analysis_dirs import EXAMPLES
 from helpers import VOCAB, make_gpt_neox
-from kdstream.cli_analysis import features
-from kdstream.errors import KdError
 from kdstream.analysis.features_run import FeaturesOptions, run_features
 from kdstream.analysis.files import FEATURE_COLUMNS
+from kdstream.cli_analysis import features
+from kdstream.errors import KdError
 
 
 def test_features_one_row_per_example(scored, store):

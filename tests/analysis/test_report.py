@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from analysis_dirs import study_eval
-from kdstream.cli_analysis import ANALYSIS_COMMANDS, classify, compare, features, report
-from kdstream.errors import KdError
 from kdstream.analysis.compare_run import venn_regions
 from kdstream.analysis.report import ReportOptions, run_report
+from kdstream.cli_analysis import ANALYSIS_COMMANDS, classify, compare, features, report
+from kdstream.errors import KdError
 
 
 def test_the_four_analysis_commands_are_registered():

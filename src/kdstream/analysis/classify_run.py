@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kdstream.errors import KdError
 from kdstream.analysis.files import (
     CLASSIFICATION_FILE,
     EXCLUDE_FILE,
@@ -25,6 +24,7 @@ from kdstream.analysis.files import (
     read_features,
     write_json,
 )
+from kdstream.errors import KdError
 from kdstream.options import require, save_options
 from kdstream.outputs import check_output, fresh_partial, publish
 

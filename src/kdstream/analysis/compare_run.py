@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kdstream.errors import KdError
 from kdstream.analysis.files import COMPARISON_JSON, COMPARISON_MD, eval_results, jsonable, read_features
+from kdstream.errors import KdError
 
 ROLES = ("teacher", "baseline", "student")
 VENN_REGIONS = (  # (key, markdown label)

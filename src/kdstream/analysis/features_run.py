@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kdstream.analysis.files import FEATURE_COLUMNS, FEATURES_DIR, FEATURES_FILE, SUMMARY_FILE, jsonable, write_json
 from kdstream.engines.hf import DEVICES
 from kdstream.errors import KdError
-from kdstream.analysis.files import FEATURE_COLUMNS, FEATURES_DIR, FEATURES_FILE, SUMMARY_FILE, jsonable, write_json
 from kdstream.options import require, save_options
 from kdstream.outputs import check_output, fresh_partial, publish
 

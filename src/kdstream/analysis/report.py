@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from kdstream.errors import KdError
 from kdstream.analysis.compare_run import ROLES, VENN_REGIONS, compare_evals, format_feature_summary, memorized_sets
 from kdstream.analysis.files import (
     CLASSIFICATION_FILE,
@@ -36,6 +35,7 @@ from kdstream.analysis.files import (
     read_json,
     write_json,
 )
+from kdstream.errors import KdError
 from kdstream.options import require, save_options
 from kdstream.outputs import check_output, fresh_partial, publish
 

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from kdstream.engines.hf import DEVICES
+from kdstream.engines.vllm import EngineOptions
 from kdstream.errors import KdError
 from kdstream.extract.backends import BACKENDS
 from kdstream.options import options_dict, require, save_options
 from kdstream.outputs import check_output, fresh_partial, publish
-from kdstream.engines.vllm import EngineOptions
 
 METHODS = {"generate": ["generate"], "fast": ["fast"], "both": ["generate", "fast"], "store": ["store"]}
 

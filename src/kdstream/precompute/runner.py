@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kdstream.engines.vllm import EngineOptions
 from kdstream.errors import KdError
 from kdstream.options import options_dict, require
 from kdstream.precompute.backends import BACKENDS, Teacher, context_needed, engine_attrs, make_teacher
-from kdstream.engines.vllm import EngineOptions
 
 
 @dataclass(frozen=True)

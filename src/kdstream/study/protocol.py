@@ -27,9 +27,9 @@ MIN_CLASS = 5  # examples of each class (student memorized or not) the classifie
 def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], corpus_texts) -> dict:
     """Run (or resume) every stage for ``seed``; ``init`` = {"teacher": dir, "student": dir} of the
     models to start from; ``corpus_texts()`` gives the corpus documents (for planting canaries)."""
+    from kdstream.analysis.files import CLASSIFICATION_FILE, COMPARISON_JSON, EXCLUDE_FILE, SUMMARY_FILE
     from kdstream.data import load_tokenizer
     from kdstream.distill.trainer import DONE_FILE
-    from kdstream.analysis.files import CLASSIFICATION_FILE, COMPARISON_JSON, EXCLUDE_FILE, SUMMARY_FILE
     from kdstream.study.canaries import CANARY_CORPUS, CANARY_FILE, STUDY_CORPUS, build_study_corpus
 
     d = seed_dir
