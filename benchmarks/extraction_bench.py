@@ -58,11 +58,11 @@ def main() -> None:
     from smollm2 import smollm2_dir
 
     from kdstream.data import load_corpus, load_tokenizer, pack_examples
-    from kdstream.evaluate.extraction import fast_verdicts, generate_verdicts, parse_prefix_lens
-    from kdstream.evaluate.fast_path import NEAR_TIE
-    from kdstream.evaluate.hf_backend import HfBackend
-    from kdstream.evaluate.vllm_backend import VllmBackend
-    from kdstream.vllm_engine import EngineOptions
+    from kdstream.engines.vllm import EngineOptions
+    from kdstream.extract.fast_path import NEAR_TIE
+    from kdstream.extract.hf_backend import HfBackend
+    from kdstream.extract.run import fast_verdicts, generate_verdicts, parse_prefix_lens
+    from kdstream.extract.vllm_backend import VllmBackend
 
     lens, N = parse_prefix_lens(args.prefix_len), args.suffix_len
     P, hi = lens[0], max(lens)  # HF runs the first (primary) prefix length only
@@ -75,7 +75,7 @@ def main() -> None:
     warm_ids, ids = ids[:warm], ids[warm:]
     engine = EngineOptions(dtype=args.dtype)
 
-    # the product's own passes (evaluate/extraction.py): generate once per prefix length, fast
+    # the product's own passes (extract/run.py): generate once per prefix length, fast
     # once for all of them
     vllm = VllmBackend(str(model), hi + N + 1, engine)
     generate_verdicts(vllm, warm_ids, lens, N, 0, args.batch_size), fast_verdicts(vllm, warm_ids, lens, N, 0, args.batch_size)

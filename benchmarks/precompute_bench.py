@@ -109,7 +109,7 @@ def timed_passes(fn, input_ids, batch: int, profile: int = 0) -> dict:
 
 
 def engine(args, backend: str = "vllm"):
-    from kdstream.vllm_engine import EngineOptions
+    from kdstream.engines.vllm import EngineOptions
 
     # --max-num-batched-tokens is a vLLM flag: the hf backend refuses it
     return EngineOptions(dtype=args.dtype,
@@ -120,7 +120,7 @@ def mode_forward(args) -> dict:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from kdstream.vllm_engine import make_llm
+    from kdstream.engines.vllm import make_llm
 
     input_ids = examples(args)
     llm = make_llm(args.model, max_model_len=args.seq_len + 1, engine=engine(args))

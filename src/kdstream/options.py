@@ -47,8 +47,11 @@ def options_dict(options: Any) -> dict[str, Any]:
     return out
 
 
+OPTIONS_FILE = "options.yaml"  # the resolved options, saved beside every output
+
+
 def save_options(options: Any, directory: str | os.PathLike) -> Path:
-    path = Path(directory) / "options.yaml"
+    path = Path(directory) / OPTIONS_FILE
     path.write_text(yaml.safe_dump(options_dict(options), sort_keys=False))
     return path
 

@@ -13,10 +13,10 @@ from kdstream.cli.options import build, option_fields, options_from
 from kdstream.cli.study import STUDY_FLAGS
 from kdstream.distill.trainer import DistillOptions
 from kdstream.errors import KdError
-from kdstream.evaluate.classify_run import ClassifyRunOptions
-from kdstream.evaluate.extraction import ExtractOptions
-from kdstream.evaluate.features_run import FeaturesOptions
-from kdstream.evaluate.report import ReportOptions
+from kdstream.analysis.classify_run import ClassifyRunOptions
+from kdstream.analysis.features_run import FeaturesOptions
+from kdstream.analysis.report import ReportOptions
+from kdstream.extract.run import ExtractOptions
 from kdstream.precompute.runner import PrecomputeOptions
 from kdstream.study.config import StudyConfig, load_study_config
 

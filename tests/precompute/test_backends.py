@@ -131,9 +131,9 @@ def test_context_check_follows_the_backend(tmp_path, teacher_dir, corpus_file):
 
 
 def test_max_num_batched_tokens_is_validated():
+    from kdstream.engines.vllm import EngineOptions
     from kdstream.errors import KdError
     from kdstream.precompute import PrecomputeOptions
-    from kdstream.vllm_engine import EngineOptions
 
     assert EngineOptions(max_num_batched_tokens=8192).max_num_batched_tokens == 8192
     with pytest.raises(KdError, match="--max-num-batched-tokens 0 must be at least 1"):

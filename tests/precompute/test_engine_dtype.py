@@ -34,9 +34,9 @@ def test_hf_auto_on_cpu_records_float32(tmp_path, teacher_dir, corpus_file):
 
 
 def test_a_loaded_teacher_in_another_dtype_than_the_store_records_is_refused(tmp_path, teacher_dir, corpus_file):
+    from kdstream.engines.vllm import EngineOptions
     from kdstream.precompute import PrecomputeOptions, run_precompute
     from kdstream.precompute.hf_backend import HfTeacher
-    from kdstream.vllm_engine import EngineOptions
 
     teacher = HfTeacher(str(teacher_dir), 8, "float32")
     assert teacher.dtype == "float32"  # read from the loaded model

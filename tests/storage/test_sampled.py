@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
+from kdstream.analysis.reference_kl import reference_kl
 from kdstream.errors import KdError
 from kdstream.storage import StoreWriter, encoding, open_store
-from kdstream.storage.stats import reference_kl, store_stats
+from kdstream.storage.stats import store_stats
 from kdstream.storage.verify import verify_store
 
 L, K, V, N = 12, 8, 300, 16

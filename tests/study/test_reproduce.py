@@ -54,7 +54,7 @@ def test_reduced_study_end_to_end(tmp_path):
     study = json.loads((out / "study.json").read_text())
     agg, figs = study["aggregate"], study["seeds"][0]
     # the report's numbers are the run's numbers: recount from the eval directories
-    from kdstream.evaluate.compare import memorized_ids
+    from kdstream.analysis.compare import memorized_ids
 
     for role in ("teacher", "baseline", "student"):
         ids, n = memorized_ids(seed / "eval" / role)

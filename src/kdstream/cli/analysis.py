@@ -1,7 +1,7 @@
 """`kdstream features | compare | classify | report`: memorization analysis after extract-eval.
 
-Only argument parsing and printing live here; the work is in kdstream.evaluate (features_run,
-comparison, classify_run, report). The flags of features, classify and report come from their
+Only argument parsing and printing live here; the work is in kdstream.analysis (features_run,
+compare_run, classify_run, report). The flags of features, classify and report come from their
 option dataclasses. User errors are KdError, which the `kdstream` entry point prints as one line
 (exit 2). The package registers ``ANALYSIS_COMMANDS``.
 """
@@ -11,9 +11,10 @@ import click
 
 from kdstream.cli.common import config_option, print_summary
 from kdstream.cli.options import build, options_from
-from kdstream.evaluate.classify_run import ClassifyRunOptions, run_classify
-from kdstream.evaluate.features_run import FeaturesOptions, run_features
-from kdstream.evaluate.report import REPORT_MD, ReportOptions, run_report
+from kdstream.analysis.classify_run import ClassifyRunOptions, run_classify
+from kdstream.analysis.features_run import FeaturesOptions, run_features
+from kdstream.analysis.files import REPORT_MD
+from kdstream.analysis.report import ReportOptions, run_report
 
 
 @click.command("features")
@@ -38,8 +39,8 @@ def compare(teacher_eval, baseline_eval, student_eval, out, teacher_features, ba
     """Memorized counts, overlaps and Venn regions of teacher, CE baseline and student
     (three extract-eval directories) and, with features directories, their medians over memorized
     vs not memorized examples; prints the markdown table, then the JSON."""
-    from kdstream.evaluate.comparison import compare_evals, format_comparison, write_comparison
-    from kdstream.evaluate.study_dirs import jsonable
+    from kdstream.analysis.compare_run import compare_evals, format_comparison, write_comparison
+    from kdstream.analysis.files import jsonable
 
     features = {"teacher": teacher_features, "baseline": baseline_features, "student": student_features}
     cmp = compare_evals(teacher_eval, baseline_eval, student_eval, features)

@@ -6,7 +6,7 @@ import click
 
 from kdstream.cli.common import config_option, print_summary
 from kdstream.cli.options import build, options_from
-from kdstream.evaluate.extraction import ExtractOptions, run_extract_eval
+from kdstream.extract.run import ExtractOptions, run_extract_eval
 
 
 @click.command("extract-eval")
@@ -15,7 +15,13 @@ from kdstream.evaluate.extraction import ExtractOptions, run_extract_eval
 def extract_eval(**kw):
     """Prefix → suffix extraction (greedy, teacher-forced, or from the store); writes
     results.parquet, prefix_sweep.parquet and summary.json."""
-    print_summary(run_extract_eval(build(ExtractOptions, kw)))
+    opts = build(ExtractOptions, kw)
+    after = None
+    if opts.features:  # a composition here: extraction itself imports no analysis
+        from kdstream.analysis.features_run import features_after_extract
+
+        after = features_after_extract(opts)
+    print_summary(run_extract_eval(opts, after=after))
 
 
 @click.group("eval")
@@ -30,6 +36,6 @@ def eval_group():
 def merge(shards, out, overwrite):
     """Merge `extract-eval --num-workers N --worker-index i` outputs into one evaluation: checks
     the shards share their options and cover every example exactly once, then recomputes the summary."""
-    from kdstream.evaluate.merge import merge_shards
+    from kdstream.extract.merge import merge_shards
 
     print_summary(merge_shards(list(shards), out, overwrite))

@@ -111,15 +111,19 @@ def _size(n) -> str:
               help="HF model dir (the teacher): also print the mean KL(full teacher || stored approximation).")
 @click.option("--kl-examples", type=click.IntRange(min=1), default=8, show_default=True,
               help="Examples (all their positions) the KL is measured on.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where --reference-model runs: auto = CUDA when available.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def stats(url, sample_rows, reference_model, kl_examples, as_json):
+def stats(url, sample_rows, reference_model, kl_examples, device, as_json):
     """Bytes on disk and per token, top-k probability mass kept, target coverage, teacher NLL,
     the encoding's logprob error bound, and with --reference-model the KL lost by the store."""
-    from kdstream.storage.stats import reference_kl, store_stats
+    from kdstream.storage.stats import store_stats
 
     s = store_stats(url, sample_rows=sample_rows)
-    if reference_model:
-        s.update(reference_kl(url, reference_model, examples=kl_examples))
+    if reference_model:  # storage loads no model: the KL against one is analysis, composed here
+        from kdstream.analysis.reference_kl import reference_kl
+
+        s.update(reference_kl(url, reference_model, examples=kl_examples, device=device))
     if as_json:
         click.echo(json.dumps(s))
         return

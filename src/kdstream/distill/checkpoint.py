@@ -160,12 +160,14 @@ def load_checkpoint(path: Path, net, optimizer, scheduler, fsdp: bool = False) -
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
+    from kdstream.engines.hf import load_causal_lm
+
     state = read_state(path)
     try:
         tensors = load_file(str(path / STATE_TENSORS))
         # from_pretrained maps the saved names back to this transformers version's module names;
         # use_safetensors: a pickled weights file (*.bin) there is never loaded
-        weights = type(net).from_pretrained(str(path), dtype=torch.float32, use_safetensors=True).state_dict()
+        weights = load_causal_lm(path, "float32", "cpu", cls=type(net), safetensors_only=True).state_dict()
         optim = _join_optimizer(tensors, state["optimizer"])
         # FSDP re-shards the full tensors; without FSDP this is a plain load by parameter name
         set_state_dict(net, optimizer, model_state_dict=weights, optim_state_dict=optim,

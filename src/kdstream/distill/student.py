@@ -13,6 +13,7 @@ def load_model_and_tokenizer(model: str, tokenizer: str | None, seed: int):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from kdstream.data import load_tokenizer
+    from kdstream.engines.hf import load_causal_lm
     from kdstream.model_files import check_model_dir, read_config
 
     path = Path(model)
@@ -31,7 +32,7 @@ def load_model_and_tokenizer(model: str, tokenizer: str | None, seed: int):
         weights = any(f.suffix in (".safetensors", ".bin") for f in path.iterdir())
     tok = load_tokenizer(tokenizer or path)
     if weights:
-        net = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        net = load_causal_lm(path, "float32", "cpu")  # fp32 weights; the trainer moves it to its device
     else:
         torch.manual_seed(seed)
         net = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

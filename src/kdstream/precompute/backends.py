@@ -43,7 +43,7 @@ def engine_attrs(backend: str, model_dir, opts) -> dict:
     Both are compared on resume; once loaded, the teacher's actual dtype is checked against
     ``dtype`` before a chunk is written (runner.check_teacher)."""
     if backend == "vllm":
-        from kdstream.vllm_engine import resolve_dtype as vllm_dtype
+        from kdstream.engines.vllm import resolve_dtype as vllm_dtype
 
         return {"name": "vllm", "version": vllm_version(), "dtype": vllm_dtype(str(model_dir), opts.engine),
                 "requested_dtype": opts.engine.dtype, "logprobs_mode": "raw_logprobs"}

@@ -33,9 +33,7 @@ class HfTeacher:
     name = "hf"
 
     def __init__(self, model: str, top_k: int, dtype: str = "auto", chunk_positions: int = CHUNK_POSITIONS) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM
-
+        from kdstream.engines.hf import load_causal_lm, resolve_device
         from kdstream.model_files import logit_postprocessing, model_config
 
         config = model_config(model)
@@ -47,12 +45,9 @@ class HfTeacher:
             raise KdError(f"chunk_positions {chunk_positions} must be at least 1")
         self.k = top_k
         self.chunk = chunk_positions
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.dtype = resolve_dtype(dtype, config, self.device == "cuda")
-        if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
-            raise KdError(f"--dtype {dtype!r} is not a torch dtype: use auto | float32 | bfloat16 | float16")
-        self.model = AutoModelForCausalLM.from_pretrained(str(model), dtype=getattr(torch, self.dtype))
-        self.model = self.model.to(self.device).eval()
+        self.device = resolve_device("auto")
+        # the teacher's own "auto" (the config's dtype on a GPU), resolved before engines.hf's fp32 "auto"
+        self.model = load_causal_lm(model, resolve_dtype(dtype, config, self.device == "cuda"), self.device)
         self.dtype = str(self.model.dtype).removeprefix("torch.")  # as loaded, not as requested
         # The decoder without its head: GPTNeoXModel, LlamaModel, … (last_hidden_state is after
         # the final norm). The head alone is then applied chunk by chunk.

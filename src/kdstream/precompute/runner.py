@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kdstream.engines.vllm import EngineOptions
 from kdstream.errors import KdError
 from kdstream.options import corpus_option, option, options_dict, require
 from kdstream.precompute.backends import BACKENDS, Teacher, context_needed, engine_attrs, make_teacher
-from kdstream.vllm_engine import EngineOptions
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ MIN_CLASS = 5  # examples of each class (student memorized or not) the classifie
 def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], corpus_texts) -> dict:
     """Run (or resume) every stage for ``seed``; ``init`` = {"teacher": dir, "student": dir} of the
     models to start from; ``corpus_texts()`` gives the corpus documents (for planting canaries)."""
+    from kdstream.analysis.files import CLASSIFICATION_FILE, COMPARISON_JSON, EXCLUDE_FILE, SUMMARY_FILE
     from kdstream.data import load_tokenizer
     from kdstream.distill.trainer import DONE_FILE
-    from kdstream.evaluate.study_dirs import CLASSIFICATION_FILE, EXCLUDE_FILE, SUMMARY_FILE
     from kdstream.study.canaries import CANARY_CORPUS, CANARY_FILE, STUDY_CORPUS, build_study_corpus
 
     d = seed_dir
@@ -87,9 +87,9 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     features = ["--teacher-features", str(d / "eval" / "teacher" / "features"),
                 "--baseline-features", str(d / "eval" / "baseline" / "features")]
     evals = [str(d / "eval" / role) for role in ROLES]
-    st.run("compare", done(d / "compare" / "comparison.json"), ["compare", *evals, "--out", str(d / "compare"), *features], quiet=True)
+    st.run("compare", done(d / "compare" / COMPARISON_JSON), ["compare", *evals, "--out", str(d / "compare"), *features], quiet=True)
 
-    cmp = json.loads((d / "compare" / "comparison.json").read_text())
+    cmp = json.loads((d / "compare" / COMPARISON_JSON).read_text())
     positives = cmp["memorized"]["student"]
     # repeated stratified 70/30 splits and 5-fold CV need a few of each class; fewer: not testable
     fit = min(positives, cmp["examples"] - positives) >= MIN_CLASS
@@ -115,11 +115,11 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
 
 def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
     """The numbers the study report tabulates, read from one seed directory's outputs."""
-    from kdstream.evaluate.compare import memorized_ids
-    from kdstream.evaluate.study_dirs import CLASSIFICATION_FILE, EXCLUDE_FILE
+    from kdstream.analysis.compare import memorized_ids
+    from kdstream.analysis.files import CLASSIFICATION_FILE, COMPARISON_JSON, EXCLUDE_FILE, RESULTS_FILE
     from kdstream.study.canaries import CANARY_FILE, canary_rates
 
-    cmp = json.loads((d / "compare" / "comparison.json").read_text())
+    cmp = json.loads((d / "compare" / COMPARISON_JSON).read_text())
     t, b, s = (memorized_ids(d / "eval" / role)[0] for role in ROLES)
     out: dict = {
         "examples": cmp["examples"],
@@ -148,7 +148,7 @@ def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
             "before_among_kept": len(s - excluded),
         }
     if cfg.canary_counts:
-        roles = [r for r in (*ROLES, "student_filtered") if (d / "eval-canaries" / r / "results.parquet").exists()]
+        roles = [r for r in (*ROLES, "student_filtered") if (d / "eval-canaries" / r / RESULTS_FILE).exists()]
         out["canaries"] = {r: {str(c): v for c, v in canary_rates(d / CANARY_FILE, d / "eval-canaries" / r /
-                                                                   "results.parquet").items()} for r in roles}
+                                                                   RESULTS_FILE).items()} for r in roles}
     return out

@@ -120,9 +120,9 @@ def format_study(cfg: dict, agg: dict, rows: list[dict]) -> str:
 
 
 def canary_plot(agg: dict, path: Path) -> None:
-    from kdstream.evaluate.report_plots import _pyplot, _save
+    from kdstream.analysis.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     colors = {"teacher": "#1f77b4", "baseline": "#ff7f0e", "student": "#2ca02c", "student_filtered": "#9467bd"}
     markers = {"teacher": "o", "baseline": "s", "student": "^", "student_filtered": "v"}
@@ -143,7 +143,7 @@ def canary_plot(agg: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_study_report(out: Path, cfg: dict, figs: list[dict]) -> dict:

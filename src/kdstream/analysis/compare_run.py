@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kdstream.analysis.files import COMPARISON_JSON, COMPARISON_MD, eval_results, jsonable, read_features
 from kdstream.errors import KdError
-from kdstream.evaluate.study_dirs import eval_results, jsonable, read_features
 
 ROLES = ("teacher", "baseline", "student")
 VENN_REGIONS = (  # (key, markdown label)
@@ -52,7 +52,7 @@ def memorized_sets(teacher_dir: str | Path, baseline_dir: str | Path,
                    student_dir: str | Path) -> tuple[dict[str, set[int]], np.ndarray]:
     """({role: memorized example ids}, (N,) the evaluated ids) of three extract-eval directories,
     which must cover the same example ids, each once."""
-    from kdstream.evaluate.compare import memorized_ids
+    from kdstream.analysis.compare import memorized_ids
 
     dirs = dict(zip(ROLES, (teacher_dir, baseline_dir, student_dir)))
     results = {role: eval_results(d, role) for role, d in dirs.items()}
@@ -108,7 +108,7 @@ def compare_evals(teacher_dir: str | Path, baseline_dir: str | Path, student_dir
     (the directories) and, for each ``features`` entry {role: features dir},
     ``features[role]`` = ``feature_summary`` (memorized vs not, split by each model's set).
     """
-    from kdstream.evaluate.compare import compare_sets
+    from kdstream.analysis.compare import compare_sets
 
     sets, ids = memorized_sets(teacher_dir, baseline_dir, student_dir)
     t, b, s = sets["teacher"], sets["baseline"], sets["student"]
@@ -147,7 +147,7 @@ def format_feature_summary(summary: dict, role: str) -> str:
 
 def format_comparison(cmp: dict) -> str:
     """Markdown: ``compare.format_table``, the Venn regions, then any feature summaries."""
-    from kdstream.evaluate.compare import format_table
+    from kdstream.analysis.compare import format_table
 
     share = cmp["student_memorized_by_both_others"]
     lines = [format_table(cmp), "", "| Venn region (exclusive) | count |", "|---|---|"]
@@ -171,8 +171,8 @@ def write_comparison(cmp: dict, out_dir: str | Path) -> dict[str, str]:
         raise KdError(f"--out {out} is a file: pass a directory")
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, text in (("comparison.json", json.dumps(jsonable(cmp), indent=2) + "\n"),
-                       ("comparison.md", format_comparison(cmp) + "\n")):
+    for name, text in ((COMPARISON_JSON, json.dumps(jsonable(cmp), indent=2) + "\n"),
+                       (COMPARISON_MD, format_comparison(cmp) + "\n")):
         tmp = out / (name + ".partial")
         tmp.write_text(text)
         tmp.replace(out / name)

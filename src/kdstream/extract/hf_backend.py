@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdstream.vllm_engine import EngineOptions
+from kdstream.engines.vllm import EngineOptions
 
 LOGITS_BUDGET = 256 << 20  # bytes of fp32 logits (rows x n x V x 4) materialized per forward
 
@@ -12,15 +12,12 @@ LOGITS_BUDGET = 256 << 20  # bytes of fp32 logits (rows x n x V x 4) materialize
 class HfBackend:
     name = "hf"
 
-    def __init__(self, model: str, engine: EngineOptions) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM
+    def __init__(self, model: str, engine: EngineOptions, device: str = "auto") -> None:
+        from kdstream.engines.hf import load_causal_lm
 
-        # "auto" means float32 here: the CPU reference precision (vLLM's auto follows the config).
-        dtype = torch.float32 if engine.dtype == "auto" else getattr(torch, engine.dtype)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype).to(device).eval()
-        self.device = device
+        # engines.hf's "auto" dtype is float32, the reference precision (vLLM's auto follows the config).
+        self.model = load_causal_lm(model, engine.dtype, device)
+        self.device = self.model.device
         self.vocab = int(self.model.get_output_embeddings().weight.shape[0])
 
     def greedy(self, prefixes: np.ndarray, n: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdstream.evaluate.fast_path import NEAR_TIE
+from kdstream.extract.fast_path import NEAR_TIE
 
 RESULTS_FILE = "results.parquet"
 SWEEP_FILE = "prefix_sweep.parquet"

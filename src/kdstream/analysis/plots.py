@@ -13,7 +13,8 @@ ROLE_COLORS = {"teacher": "#1f77b4", "baseline": "#ff7f0e", "student": "#2ca02c"
 DPI = 120
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -22,9 +23,10 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write ``fig`` as a PNG at ``path`` and close it."""
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def venn_plot(venn: dict[str, int], memorized: dict[str, int], examples: int, path: Path) -> None:
@@ -32,7 +34,7 @@ def venn_plot(venn: dict[str, int], memorized: dict[str, int], examples: int, pa
     exclusive region counts of ``comparison.venn_regions`` written inside them."""
     from matplotlib.patches import Circle
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 6.0))
     r = 1.0
     centers = {"teacher": (-0.55, 0.35), "baseline": (0.55, 0.35), "student": (0.0, -0.6)}
@@ -58,7 +60,7 @@ def venn_plot(venn: dict[str, int], memorized: dict[str, int], examples: int, pa
     ax.set_ylim(-2.05, 1.85)
     ax.set_aspect("equal")
     ax.axis("off")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def zlib_histograms(zlib: np.ndarray, masks: dict[str, np.ndarray], path: Path) -> None:
@@ -67,7 +69,7 @@ def zlib_histograms(zlib: np.ndarray, masks: dict[str, np.ndarray], path: Path) 
 
     zlib: (N,) bytes per evaluated example; masks: {role: (N,) bool memorized by that role}.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(masks), figsize=(4.4 * len(masks), 4.2), sharex=True, sharey=True,
                              squeeze=False)
     # about sqrt(N) bins: 128 examples -> 11 bins, not a comb of single examples
@@ -90,13 +92,13 @@ def zlib_histograms(zlib: np.ndarray, masks: dict[str, np.ndarray], path: Path) 
     axes[0][0].set_ylabel("share of the group's examples")
     fig.suptitle("zlib entropy of memorized vs not memorized examples (dashed lines: medians)")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def roc_plot(curves: list[tuple[np.ndarray, np.ndarray]], mean_fpr: np.ndarray, mean_tpr: np.ndarray,
              auc_mean: float, auc_sd: float, test_size: float, path: Path) -> None:
     """Every repeat's held-out ROC curve (thin), their vertical average (thick) and chance."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 5.0))
     alpha = max(0.08, min(0.4, 4 / len(curves)))  # many repeats: faint, so their spread reads as a band
     for i, (fpr, tpr) in enumerate(curves):
@@ -111,7 +113,7 @@ def roc_plot(curves: list[tuple[np.ndarray, np.ndarray]], mean_fpr: np.ndarray, 
     ax.set_ylabel("true positive rate (recall)")
     ax.set_title(f"Predicting student memorization\nROC on the held-out {round(100 * test_size)}% of each repeat")
     ax.legend(loc="lower right", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def prefix_rate_plot(points: list[dict], path: Path) -> None:
@@ -121,7 +123,7 @@ def prefix_rate_plot(points: list[dict], path: Path) -> None:
     Models often share a rate (teacher and baseline alike), so each has its own marker, the
     teacher's a large hollow circle, and a coinciding point stays visible.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     lengths = sorted({p["prefix_len"] for p in points})
     style = {"teacher": dict(marker="o", ms=13, mfc="none", mew=2.2, lw=5, alpha=0.6),  # wide: seen under the others
@@ -143,4 +145,4 @@ def prefix_rate_plot(points: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -1,4 +1,4 @@
 """Memorization: greedy prefix → suffix extraction and its metrics."""
-from kdstream.evaluate.extraction import ExtractOptions, run_extract_eval
+from kdstream.extract.run import ExtractOptions, run_extract_eval
 
 __all__ = ["ExtractOptions", "run_extract_eval"]

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdstream.distill.losses import dense_kd_loss
-from kdstream.evaluate.features import (
+from kdstream.analysis.features import (
     min_k_percent,
     model_features,
     perplexity,
@@ -21,6 +20,7 @@ from kdstream.evaluate.features import (
     zlib_entropy,
     zlib_ratio,
 )
+from kdstream.distill.losses import dense_kd_loss
 
 
 @pytest.fixture(scope="module")

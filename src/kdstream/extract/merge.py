@@ -8,12 +8,13 @@ from pathlib import Path
 import yaml
 
 from kdstream.errors import KdError
-from kdstream.evaluate.extract_results import (
+from kdstream.extract.results import (
     RESULTS_FILE,
     SUMMARY_FILE,
     SWEEP_FILE,
     write_eval,
 )
+from kdstream.options import OPTIONS_FILE
 from kdstream.outputs import check_output, fresh_partial, publish
 
 # Options that may differ between shards of one evaluation.
@@ -21,9 +22,9 @@ PER_SHARD = ("out", "worker_index", "overwrite")
 
 
 def _read_shard(d: Path) -> tuple[dict, dict]:
-    if not (d / SUMMARY_FILE).is_file() or not (d / "options.yaml").is_file():
+    if not (d / SUMMARY_FILE).is_file() or not (d / OPTIONS_FILE).is_file():
         raise KdError(f"{d} is not a finished extract-eval directory (no {SUMMARY_FILE}): rerun that worker")
-    return json.loads((d / SUMMARY_FILE).read_text()), yaml.safe_load((d / "options.yaml").read_text())
+    return json.loads((d / SUMMARY_FILE).read_text()), yaml.safe_load((d / OPTIONS_FILE).read_text())
 
 
 def check_coverage(ranges: list[tuple[int, int, Path]], total: int) -> None:
@@ -89,7 +90,7 @@ def merge_shards(shard_dirs: list[str], out: str, overwrite: bool = False) -> di
     partial = fresh_partial(out_dir, "extract-eval")
     # the options of the equivalent single run
     opts = {**ref_opts, "out": str(out_dir), "num_workers": 1, "worker_index": 0}
-    (partial / "options.yaml").write_text(yaml.safe_dump(opts, sort_keys=False))
+    (partial / OPTIONS_FILE).write_text(yaml.safe_dump(opts, sort_keys=False))
     summary = write_eval(partial, results, sweep, meta, list(ref_summary["memorized_by_method"]))
     publish(partial, out_dir, "extract-eval")
     return summary

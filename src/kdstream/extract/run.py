@@ -2,7 +2,7 @@
 
 Three ways to the same verdict (``method``):
     generate  greedy decoding of the suffix (the reference; also edit distance, approx match)
-    fast      one teacher-forced pass over prefix + suffix (evaluate/fast_path.py): the same
+    fast      one teacher-forced pass over prefix + suffix (extract/fast_path.py): the same
               exact-match verdict and first divergence, plus a near-tie margin;
               no decoding steps, and one pass for all prefix lengths of a sweep (per prefix
               length, on a 2-core CPU as fast as generate, whose decode steps are compute-bound
@@ -21,16 +21,18 @@ shifting rule lets one run sweep, and every prefix length is judged on the same 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from kdstream.engines.hf import DEVICES
+from kdstream.engines.vllm import EngineOptions
 from kdstream.errors import KdError
-from kdstream.evaluate.backends import BACKENDS
+from kdstream.extract.backends import BACKENDS
 from kdstream.options import corpus_option, option, options_dict, require, save_options
 from kdstream.outputs import check_output, fresh_partial, publish
-from kdstream.vllm_engine import EngineOptions
 
 METHODS = {"generate": ["generate"], "fast": ["fast"], "both": ["generate", "fast"], "store": ["store"]}
 
@@ -74,6 +76,7 @@ class ExtractOptions:
     overwrite: bool = option(False, "Replace an existing evaluation in --out.")
     features: bool = option(False, "Also score the model against --logits-store (ppl, suffix ppl, Min-K%, KL to "
                                    "the teacher, zlib) into OUT/features/, as `kdstream features` does.")
+    device: str = option("auto", "Where a HF model runs (--backend hf, --features): auto (CUDA when available) | cpu | cuda.")
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
@@ -85,6 +88,7 @@ class ExtractOptions:
         require(self.batch_size >= 1, "--batch-size must be at least 1")
         require(self.method in METHODS, f"--method {self.method!r} is unknown: use {' | '.join(METHODS)}")
         require(self.backend in BACKENDS, f"--backend {self.backend!r} is unknown: use vllm | hf")
+        require(self.device in DEVICES, f"--device {self.device!r} is unknown: use {' | '.join(DEVICES)}")
         require(self.num_workers >= 1 and 0 <= self.worker_index < self.num_workers,
                 f"--worker-index {self.worker_index} is outside 0..{self.num_workers - 1}: "
                 "pass 0 <= --worker-index < --num-workers")
@@ -183,7 +187,7 @@ def generate_verdicts(backend, input_ids: np.ndarray, prefix_lens, n: int, offse
     """{P: match_metrics + generated_ids} from greedy decoding, one engine pass per prefix length.
 
     input_ids (s, L); prefix P is input_ids[:, offset : offset+P], its suffix the next n tokens."""
-    from kdstream.evaluate.metrics import match_metrics
+    from kdstream.extract.metrics import match_metrics
 
     out = {}
     for p in prefix_lens:
@@ -200,7 +204,7 @@ def fast_verdicts(backend, input_ids: np.ndarray, prefix_lens, n: int, offset: i
     prefix P's verdict is a window of the same pass: it scores the suffix tokens from
     offset+min(P) to offset+max(P)+n-1 (span = max−min+n positions), then slices n per P.
     """
-    from kdstream.evaluate.fast_path import teacher_forced_metrics
+    from kdstream.extract.fast_path import teacher_forced_metrics
 
     lo, hi = min(prefix_lens), max(prefix_lens)
     argmax, gap = _batched(backend.score_suffix, input_ids[:, offset : offset + hi + n], hi - lo + n, batch_size, bar)
@@ -214,7 +218,7 @@ def fast_verdicts(backend, input_ids: np.ndarray, prefix_lens, n: int, offset: i
 def _store_metrics(opts: ExtractOptions, start: int, stop: int, bar) -> dict[int, dict]:
     """{prefix_len: store_metrics} read block by block (the top-k arrays of a big store do not
     fit in memory at once)."""
-    from kdstream.evaluate.fast_path import store_metrics
+    from kdstream.extract.fast_path import store_metrics
     from kdstream.storage import open_store
 
     store = open_store(opts.logits_store)
@@ -229,11 +233,16 @@ def _store_metrics(opts: ExtractOptions, start: int, stop: int, bar) -> dict[int
     return {p: {k: np.concatenate([m[k] for m in ms]) for k in ms[0]} for p, ms in parts.items()}
 
 
-def run_extract_eval(opts: ExtractOptions) -> dict:
+def run_extract_eval(opts: ExtractOptions, after: Callable[[Path], dict] | None = None) -> dict:
     """Write results.parquet, prefix_sweep.parquet (and disagreements.parquet with --method both)
-    and summary.json under ``out`` (see evaluate/extract_results.py); returns the summary."""
-    from kdstream.evaluate.backends import make_backend
-    from kdstream.evaluate.extract_results import prefix_table, sweep_table, write_eval
+    and summary.json under ``out`` (see extract/results.py); returns the summary.
+
+    ``after(partial_dir)`` runs once the engine is freed and before anything is published: what it
+    writes into ``partial_dir`` is published with the evaluation or not at all, and the dict it
+    returns joins the summary. ``--features`` is such a step, composed by the caller
+    (``analysis.features_run.features_after_extract``), so extraction imports no analysis."""
+    from kdstream.extract.backends import make_backend
+    from kdstream.extract.results import prefix_table, sweep_table, write_eval
     from kdstream.model_files import check_model_dir
     from kdstream.progress import progress
 
@@ -244,7 +253,7 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
         opts, _tokenizer(model_dir) if model_dir else None)
     longest = _check_windows(opts, input_ids.shape[1], model_dir)
     methods, n, o = opts.methods, opts.suffix_len, opts.offset
-    backend = make_backend(opts.backend, str(model_dir), longest, opts.engine) if model_dir else None
+    backend = make_backend(opts.backend, str(model_dir), longest, opts.engine, opts.device) if model_dir else None
 
     seconds = dict.fromkeys(methods, 0.0)
     per_prefix: dict[int, dict[str, dict]] = {p: {} for p in opts.prefix_len}
@@ -274,39 +283,16 @@ def run_extract_eval(opts: ExtractOptions) -> dict:
                 total_examples=total, store_identity=store_identity)
     partial = fresh_partial(out, "extract-eval")
     save_options(opts, partial)
-    if opts.features:  # inside the partial directory: the evaluation is published with its features or not at all
-        from kdstream.evaluate.features_run import FeaturesOptions
-
-        del backend  # free the engine's memory before the features model loads
-        _features(FeaturesOptions(model=str(model_dir), logits_store=opts.logits_store, out=str(partial / FEATURES_DIR),
-                                  prefix_len=primary, suffix_len=n, max_examples=opts.max_examples))
-        meta["features"] = str(out / FEATURES_DIR)
+    if after is not None:
+        del backend  # free the engine's memory before the step loads its own model
+        meta.update(after(partial) or {})
     summary = write_eval(partial, tables[primary], sweep_table(tables), meta, methods)
     publish(partial, out, "extract-eval")
     return summary
 
 
-FEATURES_DIR = "features"  # extract-eval --features: a `kdstream features` directory inside the evaluation
-
-
-def _features(fopts) -> None:
-    """``run_features(fopts)``; in a spawned process once vLLM is imported here, because vLLM
-    patches transformers' model classes (GPTNeoXModel then asserts a vLLM config), so no HF model
-    can be built in this process any more. A KdError in the child is re-raised here."""
-    import multiprocessing
-    import sys
-
-    from kdstream.evaluate.features_run import run_features
-
-    if "vllm" not in sys.modules:
-        run_features(fopts)
-        return
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        pool.apply(run_features, (fopts,))
-
-
 def run_meta(opts: ExtractOptions, model_dir, backend: str, seconds: dict[str, float], examples: int) -> dict:
-    """The summary's run facts (the counts come from extract_results.summarize)."""
+    """The summary's run facts (the counts come from results.summarize)."""
     per_method = {m: round(examples * len(opts.prefix_len) / s, 1) if s > 0 else None for m, s in seconds.items()}
     total_s = sum(seconds.values())
     return {

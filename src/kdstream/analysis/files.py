@@ -1,10 +1,13 @@
-"""The output directories of the analysis commands, and their checked readers.
+"""The output directories of the analysis commands, their file names, and their checked readers.
 
+Every analysis file name is defined here once (extract-eval's own in ``extract/results.py``).
 An extract-eval directory holds ``results.parquet`` (one row per example) and ``summary.json``
-(written last); a ``features`` directory ``features.parquet`` and ``summary.json``; a
-``classify`` directory ``classification.json`` (last), ``table.parquet``, ``heldout.parquet``
-and, with ``--filter``, ``exclude.txt``. Each reader raises a one-line ``KdError`` naming the
-command that makes the missing file.
+(written last), with ``--features`` also a ``features/`` directory; a ``features`` directory
+``features.parquet`` and ``summary.json``; a ``compare`` directory ``comparison.json`` and
+``comparison.md``; a ``classify`` directory ``classification.json`` (last), ``table.parquet``,
+``heldout.parquet`` and, with ``--filter``, ``exclude.txt``; a ``report`` directory
+``report.md``, ``report.json`` and the ``PLOTS``. Each reader raises a one-line ``KdError``
+naming the command that makes the missing file.
 """
 from __future__ import annotations
 
@@ -16,17 +19,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kdstream.errors import KdError
+from kdstream.extract.results import RESULTS_FILE, SUMMARY_FILE
 
 if TYPE_CHECKING:
     import pandas as pd
 
+# SUMMARY_FILE is written last by `features` too (as by extract-eval): its absence = incomplete.
 FEATURES_FILE = "features.parquet"
-SUMMARY_FILE = "summary.json"  # written last by `features` (and by extract-eval): its absence = incomplete
-RESULTS_FILE = "results.parquet"  # extract-eval's per-example results
+FEATURES_DIR = "features"  # extract-eval --features: a `kdstream features` directory inside the evaluation
+COMPARISON_JSON, COMPARISON_MD = "comparison.json", "comparison.md"  # `compare`
 CLASSIFICATION_FILE = "classification.json"  # written last by `classify`
 EXCLUDE_FILE = "exclude.txt"
 TABLE_FILE = "table.parquet"  # the classifier's input table (+ label, + filter score)
 HELDOUT_FILE = "heldout.parquet"  # classify: held-out (repeat, example_id, label, score) of every repeat
+REPORT_MD, REPORT_JSON = "report.md", "report.json"  # `report`
+PLOTS = {"venn": "venn.png", "zlib": "zlib_entropy.png", "roc": "roc.png", "prefix_len": "rate_by_prefix_len.png"}
 
 # Columns of features.parquet, in order (example_id first).
 FEATURE_COLUMNS = (

@@ -5,12 +5,14 @@ from pathlib import Path
 
 import numpy as np
 
+from kdstream.extract.results import RESULTS_FILE
+
 
 def memorized_ids(eval_dir: str | Path) -> tuple[set[int], int]:
     """(ids of exactly-extracted examples, number of examples evaluated) from an eval directory."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(Path(eval_dir) / "results.parquet", columns=["example_id", "exact_match"])
+    table = pq.read_table(Path(eval_dir) / RESULTS_FILE, columns=["example_id", "exact_match"])
     ids = table.column("example_id").to_numpy()
     exact = table.column("exact_match").to_numpy(zero_copy_only=False).astype(bool)
     return set(ids[exact].tolist()), int(len(ids))

@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdstream.errors import KdError
-from kdstream.evaluate.classifier import (
+from kdstream.analysis.classify import (
     ClassifyOptions,
     fit_filter,
     recall_threshold,
@@ -16,6 +15,7 @@ from kdstream.evaluate.classifier import (
     run_classifier,
     write_exclude_list,
 )
+from kdstream.errors import KdError
 
 FAST = ClassifyOptions(repeats=10)
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from kdstream.vllm_engine import EngineOptions
+from kdstream.engines.vllm import EngineOptions
 
 BACKENDS = ("vllm", "hf")
 
@@ -31,12 +31,13 @@ class Backend(Protocol):
     def score_suffix(self, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def make_backend(name: str, model: str, max_model_len: int, engine: EngineOptions) -> Backend:
-    """Load the model once; both methods of the returned backend share it."""
+def make_backend(name: str, model: str, max_model_len: int, engine: EngineOptions, device: str = "auto") -> Backend:
+    """Load the model once; both methods of the returned backend share it (``device``: hf only;
+    vLLM places its engine itself)."""
     if name == "vllm":
-        from kdstream.evaluate.vllm_backend import VllmBackend
+        from kdstream.extract.vllm_backend import VllmBackend
 
         return VllmBackend(model, max_model_len, engine)
-    from kdstream.evaluate.hf_backend import HfBackend
+    from kdstream.extract.hf_backend import HfBackend
 
-    return HfBackend(model, engine)
+    return HfBackend(model, engine, device)

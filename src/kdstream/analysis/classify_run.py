@@ -2,7 +2,7 @@
 ppl, teacher–baseline KL, zlib entropy) from a student extract-eval and two ``features``
 directories and, with ``filter``, the exclude list ``distill --exclude`` reads.
 
-The model itself (sampling, splits, logistic regression, threshold) is in ``classifier.py``; this
+The model itself (sampling, splits, logistic regression, threshold) is in ``classify.py``; this
 file joins the directories by example_id and writes the output directory (under
 ``OUT.partial``, published at the end).
 """
@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kdstream.errors import KdError
-from kdstream.evaluate.study_dirs import (
+from kdstream.analysis.files import (
     CLASSIFICATION_FILE,
     EXCLUDE_FILE,
     HELDOUT_FILE,
@@ -25,13 +24,14 @@ from kdstream.evaluate.study_dirs import (
     read_features,
     write_json,
 )
+from kdstream.errors import KdError
 from kdstream.options import option, require, save_options
 from kdstream.outputs import check_output, fresh_partial, publish
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from kdstream.evaluate.classifier import ClassifyOptions
+    from kdstream.analysis.classify import ClassifyOptions
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class ClassifyRunOptions:
         self.classify_options()  # validates repeats, seed, negative_ratio, test_size
 
     def classify_options(self) -> ClassifyOptions:
-        from kdstream.evaluate.classifier import ClassifyOptions
+        from kdstream.analysis.classify import ClassifyOptions
 
         return ClassifyOptions(negative_ratio=self.negative_ratio, test_size=self.test_size,
                                repeats=self.repeats, seed=self.seed)
@@ -66,7 +66,7 @@ class ClassifyRunOptions:
 def classification_table(student_eval: str | Path, teacher_features: str | Path,
                          baseline_features: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
     """The paper's feature table, one row per example the student was evaluated on, in the
-    eval's order -> (DataFrame with example_id + ``classifier.DEFAULT_FEATURES``, (N,) bool labels).
+    eval's order -> (DataFrame with example_id + ``classify.DEFAULT_FEATURES``, (N,) bool labels).
 
     teacher_ppl: the teacher's ``ppl``; baseline_ppl: the baseline's ``ppl``; teacher_baseline_kl:
     the baseline's ``teacher_kl`` (KL(teacher ‖ baseline) on the store's top-k); zlib_entropy: from
@@ -102,10 +102,10 @@ def classification_table(student_eval: str | Path, teacher_features: str | Path,
 
 
 def run_classify(opts: ClassifyRunOptions) -> dict:
-    """Repeated logistic-regression evaluation (``classifier.run_classifier``) of how well teacher
+    """Repeated logistic-regression evaluation (``classify.run_classifier``) of how well teacher
     ppl, baseline ppl, teacher–baseline KL and zlib entropy predict the student's memorization.
 
-    With ``filter``: ``classifier.fit_filter`` on every example; ``exclude.txt`` (the flagged ids,
+    With ``filter``: ``classify.fit_filter`` on every example; ``exclude.txt`` (the flagged ids,
     for ``distill --exclude``) and the threshold, target and cross-validated expected recall go
     into the result's ``filter``. Writes ``table.parquet`` (the inputs, label, filter score),
     ``heldout.parquet`` (every repeat's held-out repeat / row / example_id / label / score: the
@@ -115,7 +115,7 @@ def run_classify(opts: ClassifyRunOptions) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from kdstream.evaluate.classifier import evaluate_repeats, fit_filter, write_exclude_list
+    from kdstream.analysis.classify import evaluate_repeats, fit_filter, write_exclude_list
 
     out = Path(opts.out)
     check_output(out, "classify", replace=True)

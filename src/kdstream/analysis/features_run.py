@@ -8,15 +8,21 @@ the model against it and writes the directory (under ``OUT.partial``, published 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kdstream.analysis.files import FEATURE_COLUMNS, FEATURES_DIR, FEATURES_FILE, SUMMARY_FILE, jsonable, write_json
+from kdstream.engines.hf import DEVICES
 from kdstream.errors import KdError
-from kdstream.evaluate.study_dirs import FEATURE_COLUMNS, FEATURES_FILE, SUMMARY_FILE, jsonable, write_json
 from kdstream.options import option, require, save_options
 from kdstream.outputs import check_output, fresh_partial, publish
+
+if TYPE_CHECKING:
+    from kdstream.extract import ExtractOptions
 
 _STORE_KEYS = ("input_ids", "example_id", "topk_ids", "topk_logprobs", "target_logprob")
 
@@ -34,8 +40,10 @@ class FeaturesOptions:
     batch_size: int = option(16, "Examples per forward pass.")
     max_examples: int | None = option(None, "Score only the first N examples.")
     overwrite: bool = option(False, "Replace existing features in --out.")
+    device: str = option("auto", "Where the model runs: auto (CUDA when available) | cpu | cuda.")
 
     def __post_init__(self) -> None:
+        require(self.device in DEVICES, f"--device {self.device!r} is unknown: use {' | '.join(DEVICES)}")
         require(bool(self.model) and bool(self.logits_store) and bool(self.out),
                 "pass --model DIR, --logits-store STORE and --out DIR")
         require(isinstance(self.prefix_len, int) and self.prefix_len >= 1, f"--prefix-len {self.prefix_len} must be at least 1")
@@ -46,10 +54,7 @@ class FeaturesOptions:
 
 
 def _load_scoring_model(opts: FeaturesOptions, store):
-    """(model in eval mode, fp32; tokenizer) after every check that needs no weights."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
+    """(model in eval mode, fp32, on ``opts.device``; tokenizer) after every check that needs no weights."""
     from kdstream.data import load_tokenizer, tokenizer_fingerprint
     from kdstream.model_files import check_model_dir, model_config
 
@@ -70,7 +75,9 @@ def _load_scoring_model(opts: FeaturesOptions, store):
     if max_pos and int(max_pos) < store.seq_len:
         raise KdError(f"examples of {store.seq_len} tokens exceed the context of {model_dir} ({max_pos}): "
                       "use a store with shorter --seq-len")
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    from kdstream.engines.hf import load_causal_lm
+
+    model = load_causal_lm(model_dir, "float32", opts.device)
     return model, tokenizer
 
 
@@ -88,7 +95,7 @@ def run_features(opts: FeaturesOptions) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from kdstream.evaluate.features import model_features, perplexity, text_features, zlib_ratio
+    from kdstream.analysis.features import model_features, perplexity, text_features, zlib_ratio
     from kdstream.progress import progress
     from kdstream.storage import open_store
 
@@ -143,3 +150,32 @@ def run_features(opts: FeaturesOptions) -> dict:
     write_json(partial / SUMMARY_FILE, summary)
     publish(partial, out, "features")
     return jsonable(summary)
+
+
+def features_after_extract(opts: ExtractOptions) -> Callable[[Path], dict]:
+    """``extract-eval --features``: the step ``run_extract_eval(opts, after=…)`` runs on its partial
+    directory, writing FEATURES_DIR there (the model scored against ``opts.logits_store`` at the
+    primary prefix length), so the evaluation is published with its features or not at all."""
+
+    def after(partial: Path) -> dict:
+        fopts = FeaturesOptions(model=str(Path(opts.model)), logits_store=opts.logits_store, out=str(partial / FEATURES_DIR),
+                                prefix_len=opts.prefix_len[0], suffix_len=opts.suffix_len,
+                                max_examples=opts.max_examples, device=opts.device)
+        _run_isolated(fopts)
+        return {"features": str(Path(opts.out) / FEATURES_DIR)}
+
+    return after
+
+
+def _run_isolated(fopts: FeaturesOptions) -> None:
+    """``run_features(fopts)``; in a spawned process once vLLM is imported here, because vLLM
+    patches transformers' model classes (GPTNeoXModel then asserts a vLLM config), so no HF model
+    can be built in this process any more. A KdError in the child is re-raised here."""
+    import multiprocessing
+    import sys
+
+    if "vllm" not in sys.modules:
+        run_features(fopts)
+        return
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(run_features, (fopts,))

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import NUM_EXAMPLES, run_cli
-from kdstream.evaluate.metrics import match_metrics
+from kdstream.extract.metrics import match_metrics
 
 pytestmark = pytest.mark.slow
 TRAINED = 8  # examples 0..7 are trained on; the rest are excluded
@@ -172,7 +172,7 @@ def test_match_metrics():
 
 
 def test_one_changed_token_is_an_approximate_not_an_exact_match():
-    from kdstream.evaluate.metrics import edit_distance
+    from kdstream.extract.metrics import edit_distance
 
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 100, size=(4, 50))

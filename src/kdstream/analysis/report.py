@@ -23,21 +23,22 @@ from pathlib import Path
 
 import numpy as np
 
-from kdstream.errors import KdError
-from kdstream.evaluate.comparison import ROLES, VENN_REGIONS, compare_evals, format_feature_summary, memorized_sets
-from kdstream.evaluate.study_dirs import (
+from kdstream.analysis.compare_run import ROLES, VENN_REGIONS, compare_evals, format_feature_summary, memorized_sets
+from kdstream.analysis.files import (
     CLASSIFICATION_FILE,
     HELDOUT_FILE,
+    PLOTS,
+    REPORT_JSON,
+    REPORT_MD,
     eval_summary,
     jsonable,
     read_json,
     write_json,
 )
+from kdstream.errors import KdError
 from kdstream.options import option, require, save_options
 from kdstream.outputs import check_output, fresh_partial, publish
 
-REPORT_MD, REPORT_JSON = "report.md", "report.json"
-PLOTS = {"venn": "venn.png", "zlib": "zlib_entropy.png", "roc": "roc.png", "prefix_len": "rate_by_prefix_len.png"}
 # summary.json keys of an eval shown in the report's first table (absent keys are skipped)
 EVAL_KEYS = ("examples", "memorized", "rate", "approx_memorized", "prefix_len", "suffix_len", "method",
              "verdict_method", "memorized_by_method", "near_ties", "disagreements", "disagreements_not_near_tie",
@@ -186,7 +187,7 @@ def _pct(rate) -> str:
 
 def format_report(report: dict) -> str:
     """report.md from report.json's dict (so both always hold the same numbers)."""
-    from kdstream.evaluate.compare import format_table
+    from kdstream.analysis.compare import format_table
 
     cmp, n = report["comparison"], report["comparison"]["examples"]
     lines = ["# Memorization report", "",
@@ -273,8 +274,8 @@ def format_report(report: dict) -> str:
 def run_report(opts: ReportOptions) -> dict:
     """Write report.md, report.json, the PNGs and options.yaml into ``opts.out`` (under
     ``OUT.partial``, published at the end); return report.json's dict."""
-    from kdstream.evaluate import report_plots as plots
-    from kdstream.evaluate.study_dirs import read_features
+    from kdstream.analysis import plots
+    from kdstream.analysis.files import read_features
 
     out = Path(opts.out)
     check_output(out, "report", replace=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdstream.vllm_engine import EngineOptions, make_llm
+from kdstream.engines.vllm import EngineOptions, make_llm, prompt_logprobs_to_arrays
 
 TOP = 2  # the fast path needs the best and the second-best token
 
@@ -36,17 +36,14 @@ class VllmBackend:
         """ids (B, T) → argmax ids (B, n) and top1 − top2 logprob (B, n) for the last n tokens.
 
         One prefill per sequence with ``prompt_logprobs=2`` (flat, no detokenization; the one
-        sampled token is discarded), parsed in bulk with the teacher pass's numpy parser.
+        sampled token is discarded), parsed in bulk by engines.vllm's parser (the teacher pass's too).
         """
         from vllm import SamplingParams
 
-        # The precompute parser already handles vLLM's flat layout (true token + top-k per
-        # position, with a per-position fallback); reuse it rather than keep a second copy.
-        from kdstream.precompute.vllm_backend import _prompt_logprobs_to_arrays
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=TOP, flat_logprobs=True, detokenize=False)
         outputs = self.llm.generate(_prompts(ids), params, use_tqdm=False)
-        rows = [_prompt_logprobs_to_arrays(o.prompt_logprobs, row, TOP) for o, row in zip(outputs, ids)]
+        rows = [prompt_logprobs_to_arrays(o.prompt_logprobs, row, TOP) for o, row in zip(outputs, ids)]
         top_ids = np.stack([r["topk_ids"][-n:] for r in rows])  # (B, n, 2)
         top_lps = np.stack([r["topk_logprobs"][-n:] for r in rows])  # (B, n, 2)
         return top_ids[..., 0], top_lps[..., 0] - top_lps[..., 1]

@@ -1,0 +1,119 @@
+"""The package's import rules, read from the source (AST, nothing imported):
+
+- no module imports a ``_private`` name from another package;
+- extract/ imports nothing from analysis/ or study/ (data flows extract → analysis → study);
+- storage/ imports nothing from engines/, distill/, extract/ or analysis/ (it loads no model);
+- only engines/ loads a model: no ``AutoModel*`` / ``*ForCausalLM`` / ``type(net)`` ``.from_pretrained``
+  and no vLLM ``LLM`` elsewhere;
+- only the CLI (cli*.py, cli/) imports click.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "kdstream"
+FORBIDDEN = {  # package -> packages it must not import from
+    "extract": {"analysis", "study"},
+    "storage": {"engines", "distill", "extract", "analysis"},
+}
+MODEL_CLASS = re.compile(r"^AutoModel|ForCausalLM$|LMHeadModel$|Model$")
+
+
+def package_of(parts: tuple[str, ...]) -> str:
+    """'extract' for kdstream/extract/run.py; '' for a module at the package root (cli.py)."""
+    return parts[0] if len(parts) > 1 else ""
+
+
+def imported(node: ast.AST, parts: tuple[str, ...]) -> list[tuple[str, str | None]]:
+    """(module, name or None) for one import statement; relative imports resolved against ``parts``."""
+    if isinstance(node, ast.Import):
+        return [(a.name, None) for a in node.names]
+    if isinstance(node, ast.ImportFrom):
+        module = node.module or ""
+        if node.level:
+            base = ["kdstream", *parts[:-1]][: len(parts) - node.level + 1]
+            module = ".".join([*base, module] if module else base)
+        return [(module, a.name) for a in node.names]
+    return []
+
+
+def is_cli(parts: tuple[str, ...]) -> bool:
+    return parts[0] == "cli" or parts[0].startswith("cli_") or parts[0] == "cli.py"
+
+
+def loads_a_model(node: ast.AST) -> bool:
+    """``X.from_pretrained(...)`` with X a model class or ``type(...)``/``….__class__``; ``LLM(...)``."""
+    if not isinstance(node, ast.Call):
+        return False
+    f = node.func
+    if isinstance(f, ast.Attribute) and f.attr == "from_pretrained":
+        owner = f.value
+        if isinstance(owner, ast.Name):
+            return bool(MODEL_CLASS.search(owner.id))
+        if isinstance(owner, ast.Attribute):
+            return owner.attr == "__class__" or bool(MODEL_CLASS.search(owner.attr))
+        return isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name) and owner.func.id == "type"
+    return (isinstance(f, ast.Name) and f.id == "LLM") or (isinstance(f, ast.Attribute) and f.attr == "LLM")
+
+
+def problems(source: str, parts: tuple[str, ...]) -> list[str]:
+    """Every broken rule in one module's ``source``; ``parts``: its path under src/kdstream."""
+    name = "/".join(parts)
+    pkg = package_of(parts)
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        for module, item in imported(node, parts):
+            top = module.split(".")[0]
+            if top == "click" and not is_cli(parts):
+                found.append(f"{name} imports click outside the CLI")
+            if top == "vllm" and item == "LLM" and pkg != "engines":
+                found.append(f"{name} imports vllm.LLM outside engines/")
+            if top != "kdstream":
+                continue
+            target = module.split(".")[1:]
+            target_pkg = target[0] if target and (SRC / target[0]).is_dir() else ""
+            if item is not None and item.startswith("_") and target_pkg != pkg:
+                found.append(f"{name} imports the private {item} from {module}")
+            if target_pkg in FORBIDDEN.get(pkg, ()):
+                found.append(f"{name} imports {module}: {pkg}/ must not depend on {target_pkg}/")
+        if pkg != "engines" and loads_a_model(node):
+            found.append(f"{name}:{node.lineno} loads a model outside engines/ (use kdstream.engines)")
+    return found
+
+
+def test_the_package_keeps_its_import_rules():
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        found += problems(path.read_text(), path.relative_to(SRC).parts)
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("parts,source", [
+    (("study", "summary.py"), "from kdstream.analysis.plots import _save\n"),
+    (("extract", "run.py"), "from kdstream.analysis.features_run import run_features\n"),
+    (("extract", "run.py"), "def f():\n    import kdstream.study.protocol\n"),
+    (("storage", "stats.py"), "from kdstream.engines.hf import load_causal_lm\n"),
+    (("storage", "stats.py"), "from ..distill import losses\n"),
+    (("analysis", "features_run.py"), "from transformers import AutoModelForCausalLM as A\nAutoModelForCausalLM.from_pretrained('m')\n"),
+    (("distill", "checkpoint.py"), "w = type(net).from_pretrained(path)\n"),
+    (("precompute", "vllm_backend.py"), "from vllm import LLM\n"),
+    (("extract", "vllm_backend.py"), "import vllm\nllm = vllm.LLM(model='m')\n"),
+    (("options.py",), "import click\n"),
+])
+def test_each_rule_catches_its_violation(parts, source):
+    assert problems(source, parts)
+
+
+@pytest.mark.parametrize("parts,source", [
+    (("distill", "student.py"), "from transformers import AutoConfig\nAutoConfig.from_pretrained('m')\n"),
+    (("engines", "hf.py"), "from transformers import AutoModelForCausalLM\nAutoModelForCausalLM.from_pretrained('m')\n"),
+    (("cli.py",), "import click\nfrom kdstream.cli_common import config_option\n"),
+    (("extract", "run.py"), "from kdstream.extract.backends import _helper\n"),
+    (("analysis", "files.py"), "from kdstream.extract.results import RESULTS_FILE\n"),
+])
+def test_allowed_imports_pass(parts, source):
+    assert problems(source, parts) == []
