@@ -61,9 +61,9 @@ from kdstream.distill import checkpoint
 
 kill_at, save = int(os.environ["KILL_AT_CHECKPOINT"]), checkpoint.save_checkpoint
 
-def save_then_die(run_dir, net, model_state, optim_state, scheduler, pos, *rest):
-    path = save(run_dir, net, model_state, optim_state, scheduler, pos, *rest)
-    if pos.step == kill_at:
+def save_then_die(run, *rest):
+    path = save(run, *rest)
+    if run.pos.step == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
     return path
 

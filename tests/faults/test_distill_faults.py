@@ -19,19 +19,19 @@ pytestmark = pytest.mark.slow
 LAUNCHER = """
 import os, signal, sys
 from pathlib import Path
-from kdstream.distill import checkpoint, trainer
+from kdstream.distill import checkpoint, step as step_module
 
 kill_at, corrupt_after = int(os.environ.get("KILL_AT_CHECKPOINT", 0)), int(os.environ.get("CORRUPT_AFTER_STEP", 0))
-save, step, calls = checkpoint.save_checkpoint, trainer._Step.__call__, [0]
+save, step, calls = checkpoint.save_checkpoint, step_module.optimizer_step, [0]
 
-def save_then_die(run_dir, net, model_state, optim_state, scheduler, pos, *rest):
-    path = save(run_dir, net, model_state, optim_state, scheduler, pos, *rest)
-    if pos.step == kill_at:
+def save_then_die(run, *rest):
+    path = save(run, *rest)
+    if run.pos.step == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
     return path
 
-def step_then_corrupt(self, *args):
-    result = step(self, *args)
+def step_then_corrupt(*args):
+    result = step(*args)
     calls[0] += 1
     if calls[0] == corrupt_after:
         for chunk in Path(os.environ["CORRUPT_STORE"], "topk_logprobs").rglob("*"):
@@ -42,7 +42,7 @@ def step_then_corrupt(self, *args):
         print(f"corrupted the store after step {calls[0]}", file=sys.stderr)
     return result
 
-checkpoint.save_checkpoint, trainer._Step.__call__ = save_then_die, step_then_corrupt
+checkpoint.save_checkpoint, step_module.optimizer_step = save_then_die, step_then_corrupt
 from kdstream.cli import main
 sys.argv[0] = "kdstream"
 main()

@@ -23,11 +23,15 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from kdstream.errors import KdError
+
+if TYPE_CHECKING:
+    from kdstream.distill.run_state import Run
 
 CHECKPOINTS = "checkpoints"
 STATE_JSON = "state.json"
@@ -104,21 +108,22 @@ def _set_rng(rng: dict, torch_state: torch.Tensor) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def save_checkpoint(run_dir: Path, net, model_state: dict, optim_state: dict, scheduler, pos: Position,
-                    record: RunRecord) -> Path:
-    """Rank 0 only: write ``step-N`` from states returned by ``gather_state``."""
+def save_checkpoint(run: Run, model_state: dict, optim_state: dict) -> Path:
+    """Rank 0 only: write ``step-N`` (N = ``run.pos.step``) under ``run.partial`` from the states
+    ``gather_state`` returned, with the scheduler, RNG, position and ``run.record``."""
     from safetensors.torch import save_file
 
-    root = run_dir / CHECKPOINTS
+    pos, record = run.pos, run.record
+    root = run.partial / CHECKPOINTS
     final = root / f"step-{pos.step:08d}"
     tmp = root / f".tmp-step-{pos.step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(net, model_state, tmp)
+    save_model(run.net, model_state, tmp)
     tensors, optim_meta = _split_optimizer(optim_state)
     save_file({**tensors, "rng/torch": torch.get_rng_state()}, str(tmp / STATE_TENSORS))
     state = {"format": FORMAT, "position": vars(pos).copy(), "optimizer": optim_meta,
-             "scheduler": scheduler.state_dict(), "rng": _rng_json(),
+             "scheduler": run.scheduler.state_dict(), "rng": _rng_json(),
              "options": record.options, "store_identity": record.store_identity}
     (tmp / STATE_JSON).write_text(json.dumps(state))
     tmp.rename(final)
@@ -154,7 +159,7 @@ def run_record(state: dict) -> RunRecord:
     return RunRecord(options=state["options"], store_identity=state.get("store_identity"))
 
 
-def load_checkpoint(path: Path, net, optimizer, scheduler, fsdp: bool = False) -> Position:
+def load_checkpoint(path: Path, net, optimizer, scheduler) -> Position:
     """Restore everything in place (every rank); returns where training stopped."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -22,12 +22,6 @@ from kdstream.outputs import check_output, fresh_partial, partial_path, publish
 LOSSES = ("ce", *KD_LOSSES, CE_SAMPLED)
 PRECISIONS = ("auto", "fp32", "bf16")
 DONE_FILE = "train_summary.json"  # written last: a checkpoint directory without it is incomplete
-# Options --resume lets differ from the checkpoint's: they change how the run reads, logs or is
-# placed, not the numbers it computes. (--logits-store is compared by the store's identity
-# instead of its path when both are known; --fsdp and --device may change because checkpoints
-# hold full state dicts, and the precision is compared resolved.)
-RESUME_MAY_DIFFER = frozenset({"out", "resume", "overwrite", "loader_workers", "prefetch", "tensorboard",
-                               "verify_store", "checkpoint_every", "fsdp", "device"})
 
 
 def parse_loss_chunk(value) -> int | str | None:
@@ -149,29 +143,36 @@ def train(opts: DistillOptions) -> dict:
     from its latest checkpoint with the same data order, optimizer and RNG state, so the
     remaining losses are those of an uninterrupted run. Returns the summary (train_summary.json).
     """
+    from kdstream.distill import distributed
+
+    run, data, tokenizer = _setup(opts)
+    log = _start(run)
+    start, first_step = time.perf_counter(), run.pos.step
+    last = _train_epochs(run, data, log)
+    summary = _summary(run, data, last, time.perf_counter() - start, first_step)
+    _save(run, tokenizer, log, summary)
+    distributed.shutdown(run.d)
+    return summary
+
+
+# --- setup: load and check everything; nothing is written yet ------------------------------------
+
+def _setup(opts: DistillOptions):
+    """(Run, TrainData, tokenizer): place the run, find its resume point, load the student and
+    the data, check them against each other and the checkpoint, then build the optimizer."""
     import torch
 
     from kdstream.distill import distributed
-    from kdstream.distill.checkpoint import (Position, gather_state, latest_checkpoint, load_checkpoint,
-                                             read_state, run_record, save_checkpoint)
-    from kdstream.distill.loader import EpochPlan, batches_per_epoch, epoch_order, stream_batches
-    from kdstream.distill.metrics_log import METRICS_FILE, MetricsLog, truncate_metrics
-    from kdstream.distill.objective import Objective
-    from kdstream.distill.sources import load_source, read_exclude, split_rows, verify_before_training
+    from kdstream.distill.checkpoint import Position
+    from kdstream.distill.resume_check import check_resume, run_record_of
+    from kdstream.distill.run_state import Run
+    from kdstream.distill.sources import load_source, read_exclude, verify_before_training
     from kdstream.distill.student import load_model_and_tokenizer
-    from kdstream.progress import progress
 
     device = distributed.pick_device(opts.device)
     d = distributed.init_from_env(device.type)
     require(not opts.fsdp or d.active, "--fsdp shards across ranks: launch with torchrun --nproc_per_node N (N > 1)")
-    out = Path(opts.out)
-    partial = partial_path(out)
-    check_output(out, "distill", replace=opts.overwrite)
-    if not opts.resume and not opts.overwrite and latest_checkpoint(partial) is not None:
-        raise KdError(f"{partial} holds the checkpoints of an interrupted run: pass --resume to continue it, "
-                      "or --overwrite to discard them and start over")
-    resume_from = latest_checkpoint(partial) if opts.resume else None
-    earlier = None if resume_from is None else run_record(read_state(resume_from))  # refuses a pickle early
+    partial, resume_from, earlier = _resume_point(opts)
     exclude = read_exclude(opts.exclude)
     net, tokenizer = load_model_and_tokenizer(opts.model, opts.tokenizer, opts.seed)
     source, open_source, seq_len = load_source(opts, tokenizer, net)
@@ -180,118 +181,54 @@ def train(opts: DistillOptions) -> dict:
     record = run_record_of(opts, bf16, source.identity if opts.logits_store else None)
     if earlier is not None:
         check_resume(earlier, record)
+    _check_context(net, seq_len)
+    if opts.logits_store is not None and opts.verify_store and d.main:
+        verify_before_training(opts.logits_store)
+    data = _setup_data(opts, d, (source, open_source, seq_len), exclude)
+    model = _setup_model(opts, net, device, d)
+    optimizer, scheduler = _setup_optimizer(opts, net, data.total_steps)
+    run = Run(opts=opts, net=net, model=model, optimizer=optimizer, scheduler=scheduler, device=device, d=d,
+              bf16=bf16, partial=partial, record=record, resumed_from=resume_from, pos=Position())
+    return run, data, tokenizer
+
+
+def _resume_point(opts: DistillOptions):
+    """(OUT.partial, the checkpoint to resume or None, its RunRecord or None) after checking that
+    --out may be written and that an interrupted run there is neither ignored nor lost."""
+    from kdstream.distill.checkpoint import latest_checkpoint, read_state, run_record
+
+    out = Path(opts.out)
+    partial = partial_path(out)
+    check_output(out, "distill", replace=opts.overwrite)
+    if not opts.resume and not opts.overwrite and latest_checkpoint(partial) is not None:
+        raise KdError(f"{partial} holds the checkpoints of an interrupted run: pass --resume to continue it, "
+                      "or --overwrite to discard them and start over")
+    resume_from = latest_checkpoint(partial) if opts.resume else None
+    earlier = None if resume_from is None else run_record(read_state(resume_from))  # refuses a pickle early
+    return partial, resume_from, earlier
+
+
+def _check_context(net, seq_len: int) -> None:
     max_pos = getattr(net.config, "max_position_embeddings", None)
     if max_pos and seq_len > max_pos:
         raise KdError(f"examples have {seq_len} tokens but the student's context is {max_pos}: use a longer-context student")
-    if opts.logits_store is not None and opts.verify_store and d.main:
-        verify_before_training(opts.logits_store)
+
+
+def _setup_data(opts: DistillOptions, d, loaded: tuple, exclude):
+    """TrainData from the loaded (source, open_source, seq_len): the rows kept after --exclude
+    and --eval-examples, the held-out rows, and the steps the kept rows make."""
+    from kdstream.distill.loader import batches_per_epoch
+    from kdstream.distill.run_state import TrainData
+    from kdstream.distill.sources import split_rows
+
+    source, open_source, seq_len = loaded
     kept, held_out = split_rows(source, exclude, opts.eval_examples,
                                 on_absent=_warn_absent(opts, len(exclude)) if d.main else None)
     num_train = len(source) if kept is None else int(kept.sum())
-    steps_per_epoch = batches_per_epoch(num_train, opts.batch_size)
-    total_steps = steps_per_epoch * opts.epochs
     keys = ("input_ids",) if opts.loss == "ce" else ("input_ids", "topk_ids", "topk_logprobs")
-
-    torch.manual_seed(opts.seed)
-    net.to(device)
-    chunk = fused_chunk(opts.loss_chunk, net)
-    model = distributed.wrap(Objective(net, loss=opts.loss, temperature=opts.temperature, tail=opts.tail,
-                                       beta=opts.beta, alpha_ce=opts.alpha_ce, chunk=chunk),
-                             d, device, opts.fsdp)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, int(opts.warmup_ratio * total_steps)))
-
-    pos = Position()
-    if resume_from is not None:
-        pos = load_checkpoint(resume_from, net, optimizer, scheduler, fsdp=opts.fsdp)
-        if d.main:
-            truncate_metrics(partial / METRICS_FILE, pos.step)
-            print(f"resuming from {resume_from} (step {pos.step}, epoch {pos.epoch})", file=sys.stderr)
-    elif d.main:
-        fresh_partial(out, "distill")
-    distributed.barrier(d)
-    if d.main:
-        save_options(opts, partial)
-    log = MetricsLog(partial, pos.step, opts.tensorboard) if d.main else None
-    step_fn = _Step(model, optimizer, keys, opts.grad_accum, device, bf16, d, opts.fsdp)
-
-    def evaluate() -> dict:
-        return _held_out_loss(model, open_source, held_out, keys, opts.batch_size, opts.shuffle_block, device, bf16, d)
-
-    net.train()
-    start, first_step = time.perf_counter(), pos.step
-    last: dict = {}
-    tokens_per_step = opts.batch_size * seq_len
-    with progress(total_steps * tokens_per_step, f"train {opts.loss}", unit="tok",
-                  initial=pos.step * tokens_per_step, disable=not d.main) as bar:
-        for epoch in range(pos.epoch, opts.epochs):
-            skip = pos.batch_in_epoch if epoch == pos.epoch else 0
-            plan = EpochPlan(epoch_order(len(source), opts.shuffle_block, opts.seed, epoch, kept), opts.batch_size,
-                             opts.shuffle_block, keys, d.rank, d.world, start_batch=skip)
-            for i, (batch, weight) in enumerate(
-                    stream_batches(open_source, plan, workers=opts.loader_workers, prefetch=opts.prefetch), start=skip):
-                loss, ce, kd, grad_norm = step_fn(batch, weight, opts.max_grad_norm)
-                scheduler.step()
-                pos = Position(step=pos.step + 1, epoch=epoch, batch_in_epoch=i + 1)
-                last = {"step": pos.step, "epoch": epoch, "loss": loss, "ce": ce,
-                        "kd": None if opts.loss == "ce" else kd, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm}
-                if len(held_out) and ((opts.eval_every and pos.step % opts.eval_every == 0) or pos.step == total_steps):
-                    last.update(evaluate())
-                bar.update(tokens_per_step)
-                bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch)
-                if log is not None:
-                    log.write(last)
-                if opts.checkpoint_every and pos.step % opts.checkpoint_every == 0 and pos.step < total_steps:
-                    model_state, optim_state = gather_state(net, optimizer, opts.fsdp)  # collective under FSDP
-                    if d.main:
-                        log.flush()
-                        save_checkpoint(partial, net, model_state, optim_state, scheduler, pos, record)
-                    distributed.barrier(d)
-    seconds = time.perf_counter() - start
-    summary = {"steps": pos.step, "epochs": opts.epochs, "examples": num_train, "held_out": int(len(held_out)),
-               "seq_len": seq_len, "final_loss": last.get("loss"), "final_eval_loss": last.get("eval_loss"),
-               "seconds": round(seconds, 2), "world_size": d.world, "device": str(device),
-               "precision": "bf16" if bf16 else "fp32",
-               "tokens_per_s": round((pos.step - first_step) * tokens_per_step / seconds, 1) if seconds else None,
-               "resumed_from_step": None if resume_from is None else int(resume_from.name.split("-")[1]),
-               "store_identity": record.store_identity}
-    model_state, _ = gather_state(net, optimizer, opts.fsdp)
-    if d.main:
-        log.close()
-        _finish(net, model_state, tokenizer, partial, out, summary)
-    distributed.barrier(d)
-    distributed.shutdown(d)
-    return summary
-
-
-def run_record_of(opts: DistillOptions, bf16: bool, store_identity: str | None):
-    """The options as a checkpoint records them (JSON types; the precision resolved)."""
-    from kdstream.distill.checkpoint import RunRecord
-
-    options = json.loads(json.dumps(options_dict(opts)))
-    options["precision"] = "bf16" if bf16 else "fp32"
-    return RunRecord(options=options, store_identity=store_identity)
-
-
-def _flag(name: str, value) -> str:
-    flag = "--" + name.replace("_", "-")
-    return f"no {flag}" if value is None or value is False else flag if value is True else f"{flag} {value}"
-
-
-def check_resume(earlier, now) -> None:
-    """Refuse to continue a checkpoint under options that change the result (see RESUME_MAY_DIFFER):
-    another store, batch size, lr or loss would train rows twice, skip them or mix objectives."""
-    fix = "rerun with the checkpoint's options or drop --resume (--overwrite starts over)"
-    by_identity = earlier.store_identity is not None and now.store_identity is not None
-    if by_identity and earlier.store_identity != now.store_identity:
-        raise KdError(f"--resume: the checkpoint was made from another store (identity {earlier.store_identity[:12]}), "
-                      f"--logits-store {now.options['logits_store']} is {now.store_identity[:12]}: {fix}")
-    skip = RESUME_MAY_DIFFER | ({"logits_store"} if by_identity else set())
-    for name, value in now.options.items():
-        if name in skip or earlier.options.get(name) == value:
-            continue
-        raise KdError(f"--resume: the checkpoint was made with {_flag(name, earlier.options.get(name))}, "
-                      f"this run has {_flag(name, value)}: {fix}")
+    return TrainData(source=source, open_source=open_source, seq_len=seq_len, kept=kept, held_out=held_out,
+                     keys=keys, num_train=num_train,
+                     total_steps=batches_per_epoch(num_train, opts.batch_size) * opts.epochs)
 
 
 def _warn_absent(opts: DistillOptions, count: int):
@@ -305,89 +242,145 @@ def _warn_absent(opts: DistillOptions, count: int):
     return warn
 
 
-class _Step:
-    """One optimizer step on this rank's share of a global batch, in ``grad_accum`` micro-batches.
-
-    Each micro-batch's mean loss is weighted by its share of the global batch's rows (times
-    world size, as DDP/FSDP average gradients over ranks), so the update equals one backward of
-    the global-batch mean whatever grad_accum and world size are. Every rank runs the same number
-    of forward/backward passes (a rank without rows for a micro-batch runs one row at weight 0)
-    because FSDP gathers weights collectively in each one.
-    """
-
-    def __init__(self, model, optimizer, keys, grad_accum, device, bf16, d, fsdp) -> None:
-        self.model, self.optimizer, self.keys, self.grad_accum = model, optimizer, keys, grad_accum
-        self.device, self.bf16, self.d, self.fsdp = device, bf16, d, fsdp
-
-    def _sync(self, on: bool):
-        """Gradient all-reduce only in the last micro-batch's backward."""
-        import contextlib
-
-        if self.fsdp:
-            self.model.set_requires_gradient_sync(on)
-        elif self.d.active and not on:
-            return self.model.no_sync()
-        return contextlib.nullcontext()
-
-    def __call__(self, batch: dict, weight: float, max_grad_norm: float) -> tuple[float, float, float, float]:
-        import numpy as np
-        import torch
-
-        from kdstream.distill import distributed
-
-        rows = batch["input_ids"].shape[0]
-        parts = np.array_split(np.arange(rows), self.grad_accum)
-        self.optimizer.zero_grad(set_to_none=True)
-        logged = torch.zeros(3, dtype=torch.float64)
-        for j, idx in enumerate(parts):
-            share = len(idx) / rows
-            idx = idx if len(idx) else np.arange(1)  # keep collectives in step; weight 0 below
-            micro = {k: batch[k][torch.from_numpy(idx)].to(self.device, non_blocking=True) for k in self.keys}
-            with self._sync(j == len(parts) - 1):
-                with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
-                    out = self.model(**micro)  # [loss, ce, kd], means over this micro-batch's positions
-                (out[0] * (weight * share)).backward()
-            logged += out.detach().double().cpu() * share
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm)
-        self.optimizer.step()
-        loss, ce, kd = (distributed.all_mean(float(v), weight, self.d) for v in logged)
-        return loss, ce, kd, float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-
-
-def _held_out_loss(model, open_source, rows, keys, batch_size, block_rows, device, bf16, d) -> dict:
-    """Mean [loss, ce, kd] over the held-out rows, split across ranks (every rank runs the same
-    number of forward passes, for FSDP), without gradients; the model is left in train mode."""
-    import numpy as np
+def _setup_model(opts: DistillOptions, net, device, d):
+    """The student on its device inside the loss (Objective), wrapped for DDP / FSDP2."""
     import torch
 
     from kdstream.distill import distributed
-    from kdstream.distill.loader import BlockReader
+    from kdstream.distill.objective import Objective
 
-    reader = BlockReader(open_source(), block_rows, keys)
-    mine = np.array_split(rows, d.world)[d.rank]
-    per_rank = -(-len(rows) // d.world)  # ceil: the largest rank share
-    passes = -(-per_rank // batch_size)
-    sums = torch.zeros(3, dtype=torch.float64)
-    core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    core.eval()
-    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-        for b in range(passes):
-            idx = mine[b * batch_size : (b + 1) * batch_size]
-            n = len(idx)
-            batch = reader.take(idx if n else rows[:1])
-            out = core(**{k: torch.from_numpy(batch[k]).to(device) for k in keys})
-            sums += out.double().cpu() * n
-    core.train()
-    loss, ce, kd = (v / len(rows) for v in distributed.all_sum(sums.tolist(), d))
-    return {"eval_loss": loss, "eval_ce": ce, "eval_kd": kd}
+    torch.manual_seed(opts.seed)
+    net.to(device)
+    chunk = fused_chunk(opts.loss_chunk, net)
+    return distributed.wrap(Objective(net, loss=opts.loss, temperature=opts.temperature, tail=opts.tail,
+                                      beta=opts.beta, alpha_ce=opts.alpha_ce, chunk=chunk),
+                            d, device, opts.fsdp)
 
 
-def _finish(net, model_state: dict, tokenizer, partial: Path, out: Path, summary: dict) -> None:
-    """Save the final model and move ``OUT.partial`` to ``OUT`` (the summary file last)."""
-    from kdstream.distill.checkpoint import save_model
+def _setup_optimizer(opts: DistillOptions, net, total_steps: int):
+    """(AdamW, its warmup + cosine schedule); called after ``_setup_model``, whose FSDP wrapping
+    replaces the parameters with sharded ones: those are the ones to optimize."""
+    import torch
 
-    save_model(net, {k: v.detach().cpu() for k, v in model_state.items()}, partial)
-    tokenizer.save_pretrained(str(partial))
-    shutil.rmtree(partial / "checkpoints", ignore_errors=True)
-    (partial / DONE_FILE).write_text(json.dumps(summary, indent=2))
-    publish(partial, out, "distill")
+    optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, int(opts.warmup_ratio * total_steps)))
+    return optimizer, scheduler
+
+
+def _start(run):
+    """Restore the checkpoint being resumed (or create a fresh OUT.partial), save the options
+    there; returns the metrics log (rank 0; None elsewhere), the model in train mode."""
+    from kdstream.distill import distributed
+    from kdstream.distill.checkpoint import load_checkpoint
+    from kdstream.distill.metrics_log import METRICS_FILE, MetricsLog, truncate_metrics
+
+    if run.resumed_from is not None:
+        run.pos = load_checkpoint(run.resumed_from, run.net, run.optimizer, run.scheduler)
+        if run.d.main:
+            truncate_metrics(run.partial / METRICS_FILE, run.pos.step)
+            print(f"resuming from {run.resumed_from} (step {run.pos.step}, epoch {run.pos.epoch})", file=sys.stderr)
+    elif run.d.main:
+        fresh_partial(Path(run.opts.out), "distill")
+    distributed.barrier(run.d)
+    if run.d.main:
+        save_options(run.opts, run.partial)
+    log = MetricsLog(run.partial, run.pos.step, run.opts.tensorboard) if run.d.main else None
+    run.net.train()
+    return log
+
+
+# --- the train loop --------------------------------------------------------------------------------
+
+def _train_epochs(run, data, log) -> dict:
+    """Every remaining batch of every remaining epoch from ``run.pos``; returns the last step's metrics."""
+    from kdstream.distill import step
+    from kdstream.distill.checkpoint import Position
+    from kdstream.progress import progress
+
+    last: dict = {}
+    tokens_per_step = run.opts.batch_size * data.seq_len
+    with progress(data.total_steps * tokens_per_step, f"train {run.opts.loss}", unit="tok",
+                  initial=run.pos.step * tokens_per_step, disable=not run.d.main) as bar:
+        for epoch in range(run.pos.epoch, run.opts.epochs):
+            for i, (batch, weight) in _epoch_batches(run, data, epoch):
+                losses = step.optimizer_step(run, data.keys, batch, weight)
+                run.scheduler.step()
+                run.pos = Position(step=run.pos.step + 1, epoch=epoch, batch_in_epoch=i + 1)
+                last = _metrics(run, data, losses)
+                bar.update(tokens_per_step)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", epoch=epoch)
+                if log is not None:
+                    log.write(last)
+                _checkpoint_if_due(run, data, log)
+    return last
+
+
+def _epoch_batches(run, data, epoch: int):
+    """(global batch index, (this rank's batch, its loss weight)) of ``epoch``, from where a resumed run stopped."""
+    from kdstream.distill.loader import EpochPlan, epoch_order, stream_batches
+
+    opts = run.opts
+    skip = run.pos.batch_in_epoch if epoch == run.pos.epoch else 0
+    plan = EpochPlan(epoch_order(len(data.source), opts.shuffle_block, opts.seed, epoch, data.kept), opts.batch_size,
+                     opts.shuffle_block, data.keys, run.d.rank, run.d.world, start_batch=skip)
+    return enumerate(stream_batches(data.open_source, plan, workers=opts.loader_workers, prefetch=opts.prefetch),
+                     start=skip)
+
+
+def _metrics(run, data, losses: tuple) -> dict:
+    """The metrics.jsonl record of the step just taken, with the held-out loss when it is due."""
+    from kdstream.distill.held_out import held_out_loss
+
+    loss, ce, kd, grad_norm = losses
+    record = {"step": run.pos.step, "epoch": run.pos.epoch, "loss": loss, "ce": ce,
+              "kd": None if run.opts.loss == "ce" else kd, "lr": run.scheduler.get_last_lr()[0], "grad_norm": grad_norm}
+    every, at = run.opts.eval_every, run.pos.step
+    if len(data.held_out) and ((every and at % every == 0) or at == data.total_steps):
+        record.update(held_out_loss(run, data))
+    return record
+
+
+def _checkpoint_if_due(run, data, log) -> None:
+    """Every --checkpoint-every steps but the last (the final save follows): gather (a collective
+    under FSDP), rank 0 writes, every rank waits."""
+    from kdstream.distill import checkpoint, distributed
+
+    every = run.opts.checkpoint_every
+    if not (every and run.pos.step % every == 0 and run.pos.step < data.total_steps):
+        return
+    model_state, optim_state = checkpoint.gather_state(run.net, run.optimizer, run.opts.fsdp)
+    if run.d.main:
+        log.flush()
+        checkpoint.save_checkpoint(run, model_state, optim_state)
+    distributed.barrier(run.d)
+
+
+# --- save ------------------------------------------------------------------------------------------
+
+def _summary(run, data, last: dict, seconds: float, first_step: int) -> dict:
+    """train_summary.json: what was trained, how fast, and the final losses."""
+    tokens_per_step = run.opts.batch_size * data.seq_len
+    return {"steps": run.pos.step, "epochs": run.opts.epochs, "examples": data.num_train,
+            "held_out": int(len(data.held_out)), "seq_len": data.seq_len, "final_loss": last.get("loss"),
+            "final_eval_loss": last.get("eval_loss"), "seconds": round(seconds, 2), "world_size": run.d.world,
+            "device": str(run.device), "precision": "bf16" if run.bf16 else "fp32",
+            "tokens_per_s": round((run.pos.step - first_step) * tokens_per_step / seconds, 1) if seconds else None,
+            "resumed_from_step": None if run.resumed_from is None else int(run.resumed_from.name.split("-")[1]),
+            "store_identity": run.record.store_identity}
+
+
+def _save(run, tokenizer, log, summary: dict) -> None:
+    """Gather the final weights (every rank), then rank 0 saves the model and tokenizer, drops the
+    checkpoints, writes the summary last and moves ``OUT.partial`` to ``OUT``."""
+    from kdstream.distill import distributed
+    from kdstream.distill.checkpoint import CHECKPOINTS, gather_state, save_model
+
+    model_state, _ = gather_state(run.net, run.optimizer, run.opts.fsdp)
+    if run.d.main:
+        log.close()
+        save_model(run.net, {k: v.detach().cpu() for k, v in model_state.items()}, run.partial)
+        tokenizer.save_pretrained(str(run.partial))
+        shutil.rmtree(run.partial / CHECKPOINTS, ignore_errors=True)
+        (run.partial / DONE_FILE).write_text(json.dumps(summary, indent=2))
+        publish(run.partial, Path(run.opts.out), "distill")
+    distributed.barrier(run.d)
