@@ -16,7 +16,7 @@ from pathlib import Path
 from kdstream.distill.loss_names import CE_SAMPLED, KD_LOSSES, TAILS
 from kdstream.errors import KdError
 from kdstream.model_files import logit_postprocessing
-from kdstream.options import corpus_option, option, options_dict, require, save_options
+from kdstream.options import corpus_option, option, require, save_options
 from kdstream.outputs import check_output, fresh_partial, partial_path, publish
 
 LOSSES = ("ce", *KD_LOSSES, CE_SAMPLED)
