@@ -90,3 +90,12 @@ def one_line_error(proc) -> str:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, proc.stderr[-3000:]
     return errors[0]
+
+
+def store_eval_shards(store: Path, directory: Path, workers: int, *args) -> list[Path]:
+    """``extract-eval --logits-store STORE ARGS`` split over ``workers`` shards (no model needed
+    with ``--method store``), each into ``directory/w{i}``: the inputs of ``kdstream eval merge``."""
+    for i in range(workers):
+        run_cli("extract-eval", "--logits-store", store, *args, "--num-workers", workers, "--worker-index", i,
+                "--out", directory / f"w{i}")
+    return [directory / f"w{i}" for i in range(workers)]

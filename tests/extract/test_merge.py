@@ -4,7 +4,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import NUM_EXAMPLES, run_cli
+from helpers import NUM_EXAMPLES, run_cli, store_eval_shards
 
 COMMON = ("--method", "store", "--prefix-len", "16,24", "--suffix-len", 16)
 
@@ -18,11 +18,7 @@ def store_eval(tmp_path_factory, teacher_store):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, teacher_store):
-    d = tmp_path_factory.mktemp("shards")
-    for i in range(3):
-        run_cli("extract-eval", "--logits-store", teacher_store, *COMMON, "--num-workers", 3,
-                "--worker-index", i, "--out", d / f"w{i}")
-    return [d / f"w{i}" for i in range(3)]
+    return store_eval_shards(teacher_store, tmp_path_factory.mktemp("shards"), 3, *COMMON)
 
 
 def test_store_method_and_prefix_sweep_files(store_eval, teacher_store):

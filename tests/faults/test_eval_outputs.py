@@ -11,7 +11,7 @@ import subprocess
 
 
 import pytest
-from helpers import run_cli
+from helpers import run_cli, store_eval_shards
 
 
 STORE_EVAL = ("--method", "store", "--prefix-len", 16, "--suffix-len", 16)
@@ -24,11 +24,7 @@ def _partial(path):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, teacher_store):
     """Two shards of one extract-eval --method store (no model), for `eval merge`."""
-    d = tmp_path_factory.mktemp("shards")
-    for i in range(2):
-        run_cli("extract-eval", "--logits-store", teacher_store, *STORE_EVAL, "--num-workers", 2,
-                "--worker-index", i, "--out", d / f"w{i}")
-    return [d / "w0", d / "w1"]
+    return store_eval_shards(teacher_store, tmp_path_factory.mktemp("shards"), 2, *STORE_EVAL)
 
 
 def _command(name, out, *, teacher_store, teacher_dir, shards) -> list:
