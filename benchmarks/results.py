@@ -27,8 +27,9 @@ def _git(*args: str) -> str:
 
 
 def commit() -> dict:
-    """HEAD and whether the work tree differs from it (results/ itself excluded)."""
-    dirty = _git("status", "--porcelain", "--", ".", ":(exclude)benchmarks/results")
+    """HEAD and whether the code that makes the figures (src/, benchmarks/ but its results,
+    pyproject.toml) differs from it: edits to docs do not change a figure."""
+    dirty = _git("status", "--porcelain", "--", "src", "benchmarks", ":(exclude)benchmarks/results", "pyproject.toml")
     return {"sha": _git("rev-parse", "HEAD") or None, "dirty": bool(dirty)}
 
 
