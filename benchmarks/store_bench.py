@@ -229,6 +229,7 @@ def main() -> None:
             "teacher": "SmolLM2-135M-Instruct", "corpus": "demo", "examples": S, "seq_len": L,
             "k": r["topk_ids"].shape[-1], "vocab_size": V, "tokens": tokens, "teacher_seconds": teacher_s,
             "fp32_store_bytes_per_token": round(dir_bytes(src) / tokens, 2),
+            "target_in_topk": round(float((r["target_rank"] <= r["topk_ids"].shape[-1]).mean()), 4),
             "qdelta": qdelta, "sampled_targets": sampled, "read": rates,
         })
 
