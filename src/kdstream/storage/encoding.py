@@ -26,8 +26,8 @@ The true token's logprob is an int32 ``target_code`` r, a residual against the r
     target_logprob = -(r + 512 * c_ref) * target_scale     (target_scale = scale / 512)
 
 with c_ref = c at slot rank - 1 when rank <= k, else the last code c_{k-1}. Where the target is
-one of the top-k (87% of positions on SmolLM2), |r| <= 768 (half a step, plus the shift's
-step at most): ~2 B/token instead of 4 for a float32, within target_scale/2 = 1.9e-5 nats at
+one of the top-k (most positions: docs/benchmarks.md, store encoding), |r| <= 768 (half a step,
+plus the shift's step at most): it compresses to about half a float32's bytes, within target_scale/2 = 1.9e-5 nats at
 scale 1/52 (``target_max_abs_error`` = target_scale allows for float32 rounding). Values below
 -65535 * scale (top-k) or -2^31 * target_scale (target) nats are clamped there.
 
@@ -123,7 +123,7 @@ def shift_codes(cum: np.ndarray, tail: np.ndarray, scale: float, shift_scale: fl
     mass is 0. The logsumexp is of the float32 values the reader computes before shifting.
 
     The shift of stores written before ``encode_offset`` (scale 1/104); kept to measure against
-    (store_encoding_bench.py) and to test that such stores still read."""
+    (benchmarks/research/store_encoding_search.py) and to test that such stores still read."""
     lp = np.multiply(cum, np.float32(-scale), dtype=np.float32).astype(np.float64)  # (..., k) as decoded, unshifted
     top = lp[..., :1]
     lse = top[..., 0] + np.log(np.exp(lp - top).sum(-1))  # (...,)
