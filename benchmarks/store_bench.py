@@ -208,15 +208,20 @@ def shipped(r: dict[str, np.ndarray], vocab: int, out: Path) -> dict:
             "write_tokens_per_s": round(tokens / write_s)}
 
 
-def main() -> None:
-    from kdstream.storage import open_store
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser(description: str) -> argparse.ArgumentParser:
+    """The options of a benchmark on the fp32 SmolLM2 rows (``fp32_rows``)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--examples", type=int, default=424)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--top-k", type=int, default=64)
     ap.add_argument("--store", default=None, help="an existing fp32 store: skip the teacher pass")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    from kdstream.storage import open_store
+
+    args = parser(__doc__.splitlines()[0]).parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         src, r, teacher_s = fp32_rows(args, tmp)

@@ -20,7 +20,6 @@ Saves benchmarks/results/store_encoding_search.json.
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.results import save
-from benchmarks.store_bench import dir_bytes, errors, fp32_rows, read_rates, shipped
+from benchmarks.store_bench import dir_bytes, errors, fp32_rows, parser, read_rates, shipped
 
 SLOT_MAJOR = "slot-major"  # a candidate's arrays stored slot-major (write_arrays)
 
@@ -234,11 +233,7 @@ def v2_store(root: Path, r: dict[str, np.ndarray], vocab: int, chunk_rows: int) 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--examples", type=int, default=424)
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--top-k", type=int, default=64)
-    ap.add_argument("--store", default=None, help="an existing fp32 store: skip the teacher pass")
+    ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--read", nargs="+", default=None, help="only time reading these stores (local and HTTP)")
     args = ap.parse_args()
     if args.read:
