@@ -38,7 +38,7 @@ def lookup(index: np.ndarray, tables: np.ndarray, chunk_of_row: np.ndarray | Non
 
     ``chunk_of_row`` (B,): which of the C' tables each row uses (None: all rows use table 0, the
     usual whole-chunk read). The gather writes int64 directly from an int64 table: no separate
-    upcast pass. Indices are cast to intp first: numpy's take is ~4x slower on uint16 indices."""
+    upcast pass. Indices are cast to intp first: numpy's take is slower on uint16 indices."""
     tables = np.asarray(tables).astype(np.int64)  # (C', V): small (V ids per chunk read)
     flat = np.asarray(index).astype(np.intp)  # (B, L-1, k)
     if chunk_of_row is None or len(tables) == 1:
