@@ -54,7 +54,7 @@ NOT_COMPARED = frozenset({
 
 # Arrays of small integer codes and table indices whose high bits are mostly zero: bit shuffle
 # (with qdelta topk_logprobs: smaller than byte shuffle everywhere at k = 64 on SmolLM2, read as
-# fast). Everything else, the sampled arrays above all, compresses better byte-shuffled
+# fast). Everything else, raw ids among them, compresses better byte-shuffled
 # (docs/benchmarks.md, encoding search).
 BITSHUFFLED = frozenset({"topk_index", "id_table", "topk_shift"})
 # qdelta topk_logprobs are stored slot-major within each chunk (Zarr's transpose codec, order
