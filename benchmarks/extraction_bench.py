@@ -13,26 +13,22 @@ verdicts/s per path, the ratios fast/generate (target ≥ 3) and vllm_generate/h
 ≥ 20), and how often the verdicts (exact match, first divergence) agree, with the margins of any
 disagreement.
 
-    python benchmarks/extraction_bench.py [--examples 128] [--hf-examples 8] [--hf-batch-size 1]
+    python -m benchmarks.extraction_bench [--examples 128] [--hf-examples 8] [--hf-batch-size 1]
 
-Measured here (2 CPU cores, load ~1, 128 examples, fp32; the JSON of each run is quoted in the
-issue notes): fast/generate 1.01 at 32 → 32 and 0.95 at 50 → 50; vLLM/HF generate 4.5x with HF
-batched like vLLM's first batch of 8, 22x with HF one example at a time (50 → 50). On a compute-
-bound CPU a decode step over B sequences costs about what B prompt tokens cost, so greedy decoding
-of n tokens costs about a prefill of n tokens: the teacher-forced pass does the same arithmetic and
-wins only where decoding is memory-bound (a GPU), or over a sweep: 64 examples, 32 → 32, idle
-machine: 0.98 for one prefix length, 3.03 for the sweep 32,8,16,24 (four verdicts per pass).
-Earlier figures here (3.1x, 4.6x) were measured on a loaded machine with the prefix cache shared
-between the two paths.
+Saves benchmarks/results/extraction_bench-p<prefix lens>-s<suffix>.json. On a compute-bound CPU a
+decode step over B sequences costs about what B prompt tokens cost, so greedy decoding of n tokens
+costs about a prefill of n tokens: the teacher-forced pass does the same arithmetic and wins only
+where decoding is memory-bound (a GPU), or over a sweep (one pass answers every prefix length).
+Measured figures: docs/benchmarks.md.
+
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
-from pathlib import Path
+
+from benchmarks.results import save
 
 PREFIX, SUFFIX = 32, 32
 
@@ -54,8 +50,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from smollm2 import smollm2_dir
+    from benchmarks.smollm2 import smollm2_dir
 
     from kdstream.data import load_corpus, load_tokenizer, pack_examples
     from kdstream.engines.vllm import EngineOptions
@@ -98,7 +93,7 @@ def main() -> None:
     S, g = len(ids), gen[P]
     # a verdict per example and prefix length: a sweep of m lengths is m verdicts per example
     rates = {"vllm_fast": S * len(lens) / t_fast, "vllm_generate": S * len(lens) / t_gen, "hf_generate": h / t_hf}
-    print(json.dumps({
+    save(f"extraction_bench-p{'_'.join(map(str, lens))}-s{N}", {
         "model": "SmolLM2-135M-Instruct", "dtype": args.dtype, "corpus": "demo (embedded English text)",
         "prefix_lens": list(lens), "suffix_len": N, "examples": S, "hf_examples": h,
         "hf_batch_size": args.hf_batch_size or h, "hf_prefix_len": P,
@@ -117,7 +112,7 @@ def main() -> None:
             "hf_vs_vllm_generate_same_prefix_match": int((hf_gen["prefix_match_len"] == g["prefix_match_len"][:h]).sum()),
         },
         "mean_prefix_match_len": round(float(g["prefix_match_len"].mean()), 2),
-    }))
+    })
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@ time is the fastest of --steps steps. Prints one JSON object, with the sizes tha
 figures: one chunk's fp32 logits, the full (N, V) logits, the head's gradient (the fused path
 holds it through the forward), all parameter gradients, and the load average when it ran.
 
-    python benchmarks/fused_loss_bench.py [--chunk auto|512]
+    python -m benchmarks.fused_loss_bench [--chunk auto|512]   # saves benchmarks/results/fused_loss_bench[-chunkN].json
 
 The fused path holds about two chunk-sized (c, V) fp32 tensors at a time (logits + log-probs in
 forward, log-probs + their gradient in backward) plus grad_W; the plain path about three (N, V)
-ones. Measured on 2 shared CPU cores (README / report): memory ratio ~0.25, time ratio ~1.
+ones. Measured figures: docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ import resource
 import subprocess
 import sys
 import time
+
+from benchmarks.results import ROOT, save
 
 V, B, L, K, H = 50304, 8, 257, 64, 256
 
@@ -63,6 +65,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--_child", default=None)
     a = ap.parse_args()
+    result = "fused_loss_bench" if a.chunk == "auto" else f"fused_loss_bench-chunk{a.chunk}"
     if a.chunk == "auto":
         from kdstream.distill.fused_head import auto_chunk
 
@@ -73,16 +76,16 @@ def main() -> None:
         return
     runs = {}
     for name, arg in (("plain", "plain"), ("fused", str(a.chunk))):
-        out = subprocess.run([sys.executable, __file__, "--_child", arg, "--steps", str(a.steps)],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([sys.executable, "-m", "benchmarks.fused_loss_bench", "--_child", arg, "--steps", str(a.steps)],
+                             capture_output=True, text=True, check=True, cwd=ROOT).stdout
         runs[name] = json.loads(out.strip().splitlines()[-1])
-    print(json.dumps({
-        "vocab": V, "positions": B * (L - 1), "k": K, **{f"{n}_{k}": v for n, r in runs.items() for k, v in r.items()},
+    save(result, {
+        "chunk": a.chunk, "vocab": V, "positions": B * (L - 1), "k": K, **{f"{n}_{k}": v for n, r in runs.items() for k, v in r.items()},
         "chunk_logits_mb": round(a.chunk * V * 4 / 2**20, 1), "all_logits_mb": round(B * (L - 1) * V * 4 / 2**20, 1),
         "head_grad_mb": round(V * H * 4 / 2**20, 1), "load_average_1m": round(os.getloadavg()[0], 2),
         "memory_ratio": round(runs["fused"]["peak_rise_mb"] / runs["plain"]["peak_rise_mb"], 3),
         "time_ratio": round(runs["fused"]["step_s"] / runs["plain"]["step_s"], 3),
-    }))
+    })
 
 
 if __name__ == "__main__":

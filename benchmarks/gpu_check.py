@@ -4,29 +4,28 @@
    (V = 50,304, 2,048 positions, forward KL on top-64, forward + backward).
 2. Trainer: `kdstream.distill.train` (the distill command's function) on a Pythia-160M-shaped
    student (12 layers x 768) from a real store of top-64 targets: tokens/s and peak memory.
-Prints one JSON object. Run through benchmarks/gpu_check.sh on a CUDA machine; `--device cpu
---small` runs the same code on a CPU (a smoke test of the script, not a measurement).
+Saves benchmarks/results/gpu_check.json (`--small`: gpu_check-small.json). Run through
+benchmarks/gpu_check.sh on a CUDA machine; `--device cpu --small` runs the same code on a CPU (a
+smoke test of the script, not a measurement).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from loader_bench import gpt_neox, write_store  # noqa: E402
+from benchmarks.loader_bench import gpt_neox, write_store
+from benchmarks.results import save
 
 B, L, K = 8, 257, 64
 V = 50304  # Pythia's vocabulary; --small uses 4096
 
 
 def peak_mb(device: torch.device) -> float | None:
-    """Peak allocated GPU memory (None on CPU: measured there by fused_loss_bench.py instead)."""
+    """Peak allocated GPU memory (None on CPU: measured there by fused_loss_bench instead)."""
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
@@ -109,7 +108,7 @@ def main() -> None:
             "fused_loss": fused_loss(device, hidden, 512, 2 if a.small else 5),
             "trainer": trainer(device, layers, hidden, examples, seq_len, Path(tmp)),
         }
-    print(json.dumps(result))
+    save("gpu_check-small" if a.small else "gpu_check", result)
 
 
 if __name__ == "__main__":

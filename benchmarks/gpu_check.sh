@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check (on a machine with a CUDA GPU): the trainer and the fused loss in bf16 on a mid-sized
-# model; prints one JSON line with throughput and peak memory. Needs torch (CUDA), transformers,
+# model; saves benchmarks/results/gpu_check.json with throughput and peak memory. Needs torch (CUDA), transformers,
 # zarr and numcodecs; not vLLM. Everything else in kdstream is tested without a GPU.
 #   benchmarks/gpu_check.sh            # or: PYTHON=.venv/bin/python benchmarks/gpu_check.sh
 set -euo pipefail
@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python}"
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device visible')"
-"$PY" benchmarks/gpu_check.py --device cuda "$@"
+"$PY" -m benchmarks.gpu_check --device cuda "$@"

@@ -8,18 +8,18 @@ Prints one JSON object with seconds per step (median of timed steps), the ratios
 teacher the arithmetic floor of offline/online: a student step (forward + backward ≈ 3 forwards)
 against that plus a teacher forward of r student forwards, 3 / (3 + r), which no implementation
 of offline KD can beat (the offline step is at least the student's own step).
-    python benchmarks/kd_step_bench.py [--steps 10]
+    python -m benchmarks.kd_step_bench [--steps 10]   # saves benchmarks/results/kd_step_bench.json
 """
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+from benchmarks.results import save
 from kdstream.distill.objective import Objective
 
 V, B, L, K = 4096, 8, 128, 16
@@ -77,10 +77,10 @@ def main() -> None:
         online[name] = {"teacher_nonembedding_params": params(teacher), "params_ratio": round(r, 2),
                         "online_kd_step_s": round(t, 4), "offline_over_online": round(kd / t, 3),
                         "floor_3_over_3_plus_r": round(3 / (3 + r), 3)}
-    print(json.dumps({
+    save("kd_step_bench", {
         "student_nonembedding_params": params(student), "ce_step_s": round(ce, 4), "offline_kd_step_s": round(kd, 4),
         "kd_over_ce": round(kd / ce, 3), "online": online,
-    }))
+    })
 
 
 if __name__ == "__main__":

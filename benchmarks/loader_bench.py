@@ -7,14 +7,13 @@ they compress like model output rather than like noise. Then, in one run:
     in-process reader (background thread) and with DataLoader worker processes;
   - trainer: median seconds of a KD step (fused loss, AdamW) of the benchmark student (the demo's
     GPT-NeoX, 3 layers x 192, as in kd_step_bench.py) on a batch of the same shape.
-Prints JSON with tokens/s of each and loader ÷ trainer (target ≥ 20).
+Saves tokens/s of each and loader ÷ trainer (target ≥ 20) to benchmarks/results/loader_bench.json.
 
-    python benchmarks/loader_bench.py [--examples 512 --seq-len 128 --top-k 16 --vocab 4096]
+    python -m benchmarks.loader_bench [--examples 512 --seq-len 128 --top-k 16 --vocab 4096]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+from benchmarks.results import save
 from kdstream.distill.loader import EpochPlan, OpenStore, epoch_order, stream_batches
 from kdstream.distill.objective import Objective
 from kdstream.storage import StoreWriter
@@ -102,13 +102,13 @@ def main() -> None:
         trainer = trainer_tokens_per_s(url, a.seq_len, a.top_k, a.vocab, a.batch_size, a.steps)
         thread = loader_tokens_per_s(url, a.examples, a.seq_len, a.batch_size, workers=0)
         procs = loader_tokens_per_s(url, a.examples, a.seq_len, a.batch_size, workers=2)
-    print(json.dumps({
+    save("loader_bench", {
         "examples": a.examples, "seq_len": a.seq_len, "top_k": a.top_k, "vocab": a.vocab, "batch_size": a.batch_size,
         "student": "gpt-neox 3x192", "threads": torch.get_num_threads(),
         "trainer_tokens_per_s": round(trainer, 1),
         "loader_tokens_per_s": round(thread, 1), "loader_2_workers_tokens_per_s": round(procs, 1),
         "loader_over_trainer": round(thread / trainer, 1), "target": 20,
-    }))
+    })
 
 
 if __name__ == "__main__":

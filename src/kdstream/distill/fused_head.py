@@ -28,8 +28,8 @@ AUTO_CHUNK_BYTES = 64 << 20  # fp32 logits of one chunk: the loss holds about tw
 
 def auto_chunk(vocab_size: int) -> int:
     """Positions per chunk so one chunk's (rows, V) fp32 logits fit in AUTO_CHUNK_BYTES: 333 at
-    V = 50,304 (measured 0.19x the plain path's peak memory at 256 and 1.1x its time), 4,096 at
-    V = 4,096 (where the whole batch is usually one chunk)."""
+    V = 50,304, 4,096 at V = 4,096 (where the whole batch is usually one chunk). Peak memory and
+    time against the plain path: docs/benchmarks.md."""
     return max(1, AUTO_CHUNK_BYTES // (4 * int(vocab_size)))
 
 

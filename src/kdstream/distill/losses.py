@@ -86,8 +86,8 @@ def student_distribution(student_logits: Tensor, topk_ids: Tensor, temperature: 
     then log_softmax([top-k..., tail] / T). Tempering both sides by the same rule keeps the two
     (k+1)-way distributions comparable; tempering the student's full softmax instead would put
     a large tempered tail (many small probabilities flattened) against the teacher's single
-    tempered tail token, and on SmolLM2 it turned the top-64 gradient away from the dense one
-    (cosine 0.53 vs 0.85 this way; benchmarks/loss_fidelity_bench.py). Exact when k = V.
+    tempered tail token, which turns the top-k gradient away from the dense one (this rule's
+    gradient against the dense one on SmolLM2: docs/benchmarks.md, loss fidelity). Exact when k = V.
     The tail is log1p(-mass) while it holds at least 1% of the mass (fp32 cancellation error
     there is ~1e-5 relative), and, for rows whose top-k hold more, the exact logsumexp of the
     non-top-k log-probs (top-k columns masked with -inf), computed on those rows only. One

@@ -7,8 +7,8 @@ slot-major, docs/store-format.md). For those, reading rows [start, stop) is: get
 the objects of chunks ⌈start/R⌉…, check each one's crc32c (the last 4 bytes, little endian, of
 the rest), blosc-decompress it into its slot of one output buffer. That is what zarr does too,
 but zarr's generic path (selection indexing, a codec pipeline per chunk, a copy from each chunk
-into the selection) cost ~0.7 ms per array read and doubled the time of the two big arrays of a
-top-64 chunk (store_encoding_bench.py: `read`). Arrays with any other layout (format version 1's
+into the selection) adds a fixed cost to every array read, which this path avoids (read rates of
+the shipped store: docs/benchmarks.md). Arrays with any other layout (format version 1's
 zstd codec, chunking along another axis) return None from ``plan`` and are read through zarr.
 
 Every chunk object must exist whenever it is read (``Plan.strict``; stores written with chunk_done

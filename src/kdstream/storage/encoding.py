@@ -26,8 +26,8 @@ The true token's logprob is an int32 ``target_code`` r, a residual against the r
     target_logprob = -(r + 512 * c_ref) * target_scale     (target_scale = scale / 512)
 
 with c_ref = c at slot rank - 1 when rank <= k, else the last code c_{k-1}. Where the target is
-one of the top-k (87% of positions on SmolLM2), |r| <= 768 (half a step, plus the shift's
-step at most): ~2 B/token instead of 4 for a float32, within target_scale/2 = 1.9e-5 nats at
+one of the top-k (most positions: docs/benchmarks.md, store encoding), |r| <= 768 (half a step,
+plus the shift's step at most): it compresses to about half a float32's bytes, within target_scale/2 = 1.9e-5 nats at
 scale 1/52 (``target_max_abs_error`` = target_scale allows for float32 rounding). Values below
 -65535 * scale (top-k) or -2^31 * target_scale (target) nats are clamped there.
 
@@ -82,7 +82,7 @@ def tail_mass(topk_logprobs: np.ndarray) -> np.ndarray:
 def decoded_tail(logprobs: np.ndarray) -> np.ndarray:
     """(..., k) float32 decoded logprobs → (...,) float32 tail 1 - sum exp, clipped to [0, 1].
 
-    In float32 (~4x faster than ``tail_mass``, which the writer uses on the exact values): the
+    In float32 (faster than ``tail_mass``, which the writer uses on the exact values): the
     sum's rounding, ~1e-7, is far below the encoding's own mass error (exp(±shift_scale/2))."""
     mass = np.exp(logprobs).sum(-1)  # (...,) pairwise float32 summation over k
     return np.clip(np.float32(1) - mass, 0, 1)
@@ -100,7 +100,7 @@ def cumulative_codes(deltas: np.ndarray) -> np.ndarray:
 
     Summed in uint16: the encoder clamps every c_j to 65535 and they are non-decreasing, so the
     running sum never exceeds 65535 (a chunk whose bytes were changed is refused by its checksum
-    first). numpy's cumsum is ~6x faster without a dtype conversion, and this is the reader's
+    first). numpy's cumsum is much faster without a dtype conversion, and this is the reader's
     hottest loop."""
     return np.cumsum(deltas, axis=-1, dtype=np.uint16)
 
@@ -123,7 +123,7 @@ def shift_codes(cum: np.ndarray, tail: np.ndarray, scale: float, shift_scale: fl
     mass is 0. The logsumexp is of the float32 values the reader computes before shifting.
 
     The shift of stores written before ``encode_offset`` (scale 1/104); kept to measure against
-    (store_encoding_bench.py) and to test that such stores still read."""
+    (benchmarks/research/store_encoding_search.py) and to test that such stores still read."""
     lp = np.multiply(cum, np.float32(-scale), dtype=np.float32).astype(np.float64)  # (..., k) as decoded, unshifted
     top = lp[..., :1]
     lse = top[..., 0] + np.log(np.exp(lp - top).sum(-1))  # (...,)

@@ -3,8 +3,8 @@
 A chunk of R examples holds R·(L-1)·k top-k ids drawn from a few thousand distinct tokens whose
 frequencies are very skewed. Renumbering them by their frequency in the chunk (index 0 = the most
 frequent id of the chunk) puts most indices below 256 or 4096, where bit shuffle + zstd code them
-close to their entropy; raw ids spread over the whole vocabulary (SmolLM2, top-64: 107.9 →
-91.5 B/token for the indices, plus 1.7 B/token for the tables; docs/store-format.md). The table
+close to their entropy; raw ids spread over the whole vocabulary (sizes on SmolLM2, top-64:
+docs/benchmarks.md, encoding search). The table
 belongs to its chunk, so it is written with it (parallel writers and resume need nothing global)
 and a reader needs only the chunks it reads.
 
@@ -38,7 +38,7 @@ def lookup(index: np.ndarray, tables: np.ndarray, chunk_of_row: np.ndarray | Non
 
     ``chunk_of_row`` (B,): which of the C' tables each row uses (None: all rows use table 0, the
     usual whole-chunk read). The gather writes int64 directly from an int64 table: no separate
-    upcast pass. Indices are cast to intp first: numpy's take is ~4x slower on uint16 indices."""
+    upcast pass. Indices are cast to intp first: numpy's take is slower on uint16 indices."""
     tables = np.asarray(tables).astype(np.int64)  # (C', V): small (V ids per chunk read)
     flat = np.asarray(index).astype(np.intp)  # (B, L-1, k)
     if chunk_of_row is None or len(tables) == 1:

@@ -28,8 +28,8 @@ from kdstream.storage.schema import (
     stored_arrays,
 )
 
-# blosc clevel 6 (zstd level 11): ~2 B/token smaller than 5 at k = 64 for about the same write
-# speed; 7 saved 0.1 more but wrote ~3x slower, 9 (zstd 22) >10x (benchmarks/store_encoding_bench.py).
+# blosc clevel 6 (zstd level 11): smaller than 5 at k = 64 for about the same write speed; 7 is
+# barely smaller and writes much slower (the codec comparison: docs/benchmarks.md, encoding search).
 BLOSC_LEVEL = 6
 
 # What write_chunk / append take: the teacher's values as produced (float logprobs, raw ids),
@@ -53,16 +53,16 @@ NOT_COMPARED = frozenset({
 
 
 # Arrays of small integer codes and table indices whose high bits are mostly zero: bit shuffle
-# (with qdelta topk_logprobs: 1.4 B/token smaller than byte shuffle everywhere at k = 64 on
-# SmolLM2, read as fast). Everything else, the sampled arrays above all (36 vs 25 B/token for
-# sample_ids), compresses better byte-shuffled.
+# (with qdelta topk_logprobs: smaller than byte shuffle everywhere at k = 64 on SmolLM2, read as
+# fast). Everything else, raw ids among them, compresses better byte-shuffled
+# (docs/benchmarks.md, encoding search).
 BITSHUFFLED = frozenset({"topk_index", "id_table", "topk_shift"})
 # qdelta topk_logprobs are stored slot-major within each chunk (Zarr's transpose codec, order
 # (2, 0, 1): all rows' slot 0, then slot 1, …): each slot's delta codes have their own spread (the
-# first is the top-1 code, the last ones are small), and grouped they compress 2.9 B/token
-# smaller at k = 64 on SmolLM2 (31.4 → 28.5 with the 1 MiB blosc blocks; store_encoding_bench.py).
+# first is the top-1 code, the last ones are small), and grouped they compress smaller at k = 64
+# on SmolLM2 (docs/benchmarks.md, encoding search).
 SLOT_MAJOR_ORDER = (2, 0, 1)
-BLOSC_BLOCK = 1 << 20  # bytes per blosc block: 1.0 B/token smaller than blosc's own choice (ids 0.4, logprobs 0.6)
+BLOSC_BLOCK = 1 << 20  # bytes per blosc block: smaller stores than blosc's own choice (docs/benchmarks.md, encoding search)
 
 
 def _codecs(name: str, encoding: str) -> dict:

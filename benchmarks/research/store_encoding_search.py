@@ -1,65 +1,35 @@
-"""On-disk size, fidelity and read speed of top-k store encodings, on real teacher output.
+"""The search behind the store encoding: candidate encodings, entropy bounds, the older format.
 
-SmolLM2-135M-Instruct (benchmarks/smollm2.py) scores the demo corpus (packed with its tokenizer)
-through the real ``precompute-logits`` CLI with exact fp32 logprobs (top-64 by default); the
-arrays are read back and re-encoded in memory into real Zarr arrays on disk, one candidate at a
-time. Every candidate holds every array of a store (ids, logprobs, tail, targets, input ids…),
-so bytes/token is the whole store's, chunked as the writer chunks. Error: the worst
-|decoded − fp32| logprob over the entries with p >= 1e-4, and over all entries.
+A research script, not a benchmark of what ships (that is benchmarks/store_bench.py, whose
+helpers it reuses). On the same fp32 SmolLM2 rows, every candidate encoding (fp32, fp16, bf16,
+format v2's raw ids + qdelta 1/64 or 1/128 + fp32 tail, per-chunk and store-wide id tables, the
+next-token slot implicit, format v3 before and now, slot-major layouts) is re-encoded in memory
+into real Zarr arrays on disk under several codecs. Every candidate holds every array of a store
+(ids, logprobs, tail, targets, input ids…), so bytes/token is the whole store's, chunked as the
+writer chunks. ``id_bounds`` says how far any per-symbol coder of the ids can go; ``read`` times
+the shipped store against a format version 2 store of the same rows.
 
-``chosen`` is a store written by kdstream's own StoreWriter (the default encoding) and read back
-with ``open_store``; ``read`` times reading it, and a format version 2 store of the same rows,
-chunk by chunk into torch tensors, from local disk and over a local HTTP server, in this one
-process (compare the ratios: the machine may be shared). ``id_bounds`` says how far any
-per-symbol coder of the ids can go. ``sampled_targets``: ``--targets sampled`` at N = 64.
+    python -m benchmarks.research.store_encoding_search [--examples 424] [--seq-len 256] [--top-k 64]
+    python -m benchmarks.research.store_encoding_search --store EXISTING_FP32_STORE
+    python -m benchmarks.research.store_encoding_search --read STORE [STORE…]   # only read rates
 
-    python benchmarks/store_encoding_bench.py [--examples 424] [--seq-len 256] [--top-k 64]
-    python benchmarks/store_encoding_bench.py --store EXISTING_FP32_STORE   # skip the teacher pass
-    python benchmarks/store_encoding_bench.py --read STORE [STORE…]   # only read rates, any version
+``--read`` imports nothing of kdstream but ``open_store``, so it also times an older kdstream's
+reader (PYTHONPATH=that checkout's src) on the same stores.
 
-``--read`` imports nothing but ``open_store``, so it also times an older kdstream's reader
-(PYTHONPATH=that checkout's src) on the same stores.
-
-Prints one JSON object.
+Saves benchmarks/results/store_encoding_search.json.
 """
 from __future__ import annotations
 
-import argparse
-import functools
-import json
-import os
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.results import save
+from benchmarks.store_bench import dir_bytes, errors, fp32_rows, parser, read_rates, shipped
 
-P_MIN = 1e-4  # the error target applies to entries with p >= 1e-4
 SLOT_MAJOR = "slot-major"  # a candidate's arrays stored slot-major (write_arrays)
-TRAINER_KEYS = ("input_ids", "topk_ids", "topk_logprobs", "example_id")  # what the distill loader reads
-
-
-def teacher_store(out: Path, examples: int, seq_len: int, top_k: int) -> Path:
-    """Run the real precompute-logits CLI (vLLM, fp32 logprobs) into ``out``."""
-    from smollm2 import smollm2_dir
-
-    cmd = [sys.executable, "-m", "kdstream", "precompute-logits", "--model", str(smollm2_dir()),
-           "--dataset", "demo", "--out", str(out), "--top-k", str(top_k), "--seq-len", str(seq_len),
-           "--max-examples", str(examples), "--dtype", "float32", "--batch-size", "16",
-           "--logprob-encoding", "fp32", "--overwrite"]
-    env = {**os.environ, "TQDM_DISABLE": "1", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return out
-
-
-def dir_bytes(root: Path) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(root) for f in names)
 
 
 def codecs(kind: str):
@@ -175,13 +145,6 @@ def candidates(r: dict[str, np.ndarray], vocab: int, chunk_rows: int):
     return out
 
 
-def errors(decoded: np.ndarray, exact: np.ndarray) -> dict[str, float]:
-    err = np.abs(decoded.astype(np.float64) - exact.astype(np.float64))
-    keep = exact >= np.log(P_MIN)
-    return {"max_err_p_ge_1e-4": float(err[keep].max()), "max_err_all": float(err.max()),
-            "mean_err_p_ge_1e-4": float(err[keep].mean())}
-
-
 def entropy_bits(values: np.ndarray) -> float:
     """Mean bits per value of coding each value alone at its empirical frequency."""
     _, counts = np.unique(values.ravel(), return_counts=True)
@@ -251,43 +214,6 @@ def id_bounds(r: dict[str, np.ndarray], vocab: int, chunk_rows: int, tokens: int
             "bigram_heldout_bytes_per_token": round(float(-np.log2(p).mean()) / 8 / per_id, 2)}
 
 
-def sampled_targets(r: dict[str, np.ndarray], vocab: int, n_draws: int, tokens: int, tmp: Path) -> dict:
-    """Sparse Logit Sampling as ``--targets sampled`` writes it (StoreWriter, draws per example
-    from ``encoding.draw_samples_by_example``, seed 0): N draws per position from the teacher's
-    distribution as vLLM returns it (top-k + one tail bucket for the mass outside it), kept as
-    unique ids + counts. Counts of top-k ids and of the bucket are exact multinomial draws, so
-    count/N is unbiased for each top-k probability and for the tail mass as a whole; sampling
-    from the top-k renormalised instead (ignoring the tail) inflates every top-k probability by
-    1/(1 - tail): its total-variation bias per position is exactly the tail mass."""
-    from kdstream.storage import StoreWriter, encoding as enc
-
-    p = np.exp(r["topk_logprobs"].astype(np.float64))  # (S, L-1, k)
-    tail = np.clip(1.0 - p.sum(-1), 0.0, 1.0)  # (S, L-1)
-    S, L = r["input_ids"].shape
-    width = min(n_draws, p.shape[-1])
-    d = enc.draw_samples_by_example(r["topk_ids"], r["topk_logprobs"], n_draws, width, 0, r["example_id"])
-    c, tail_counts = d["sample_counts"].astype(np.int64), d["sample_tail_count"]
-    unique = (c > 0).sum(-1)  # (S, L-1)
-    match = (d["sample_ids"][..., :, None] == r["topk_ids"][..., None, :]) & (c > 0)[..., :, None]
-    top_counts = (match.astype(np.uint8) * c.astype(np.uint8)[..., :, None]).sum(-2, dtype=np.int64)  # (S, L-1, k)
-    out = tmp / "sampled.zarr"
-    w = StoreWriter(str(out), num_examples=S, seq_len=L, k=width, vocab_size=vocab, attrs={},
-                    encoding="sampled", samples=n_draws)
-    w.append({key: r[key] for key in ("input_ids", "example_id", "doc_index", "target_logprob", "target_rank")} | d)
-    w.finalize()
-    est = top_counts / n_draws  # (S, L-1, k) unbiased estimates of p
-    return {"samples": n_draws, "width": width, "unique_ids_max": int(unique.max()),
-            "unique_ids_mean": round(float(unique.mean()), 2),
-            "bytes_per_token": round(dir_bytes(out) / tokens, 2),
-            "array_bytes_per_token": {n: round(dir_bytes(out / n) / tokens, 2) for n in sorted(os.listdir(out))
-                                      if (out / n).is_dir()},
-            "draws_in_tail_bucket": round(float(tail_counts.mean() / n_draws), 4),
-            "tail_mass_mean": round(float(tail.mean()), 4),
-            "renormalised_topk_tv_bias_mean": round(
-                float((p / np.maximum(1 - tail, 1e-12)[..., None] - p).sum(-1).mean()), 4),
-            "estimate_mean_minus_p_max": float(np.abs(est.mean((0, 1)) - p.mean((0, 1))).max())}
-
-
 def v2_store(root: Path, r: dict[str, np.ndarray], vocab: int, chunk_rows: int) -> Path:
     """The same rows as a format version 2 store (raw uint16 ids, qdelta 1/128, fp32 tail and
     target, blosc zstd 5), the layout the writer wrote before version 3: read-speed reference."""
@@ -306,127 +232,22 @@ def v2_store(root: Path, r: dict[str, np.ndarray], vocab: int, chunk_rows: int) 
     return root
 
 
-def reader_pass(url: str, keys: tuple[str, ...] | None):
-    """A function reading the whole store once, chunk by chunk, into torch tensors; it returns
-    (tokens per wall second, tokens per CPU second of this process, all threads)."""
-    import torch
-
-    from kdstream.storage import open_store
-
-    store = open_store(url)
-    n, R = len(store), store.chunk_rows
-
-    def one() -> tuple[float, float]:
-        wall, cpu = time.perf_counter(), time.process_time()
-        for a in range(0, n, R):
-            rows = store[a : min(a + R, n)] if keys is None else store.read(a, min(a + R, n), keys)
-            {key: torch.from_numpy(v) for key, v in rows.items()}  # (B, …) tensors, no copy
-        return n * store.seq_len / (time.perf_counter() - wall), n * store.seq_len / (time.process_time() - cpu)
-
-    return one
-
-
-def http_server(root: Path):
-    """Serve ``root`` read-only on a free loopback port (as tests/storage/test_remote.py does)."""
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    class Server(ThreadingHTTPServer):
-        # the stdlib's listen backlog is 5: ten concurrent requests overflow it and the dropped
-        # connections retry after a 1 s SYN timeout. Real servers queue hundreds (nginx: 511).
-        request_queue_size = 128
-
-    server = Server(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
-def read_rates(tmp: Path, chosen: Path, v2: Path, passes: int = 7) -> dict:
-    """v3 (the chosen store) and v2 read alternately, pass by pass, so that both see the same
-    machine load: median and best of ``passes`` passes each, after one warm-up pass."""
-    server, base = http_server(tmp)
-    try:
-        out = {"load_before": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "passes": passes}
-        for where, url in (("local", str), ("http", lambda p: f"{base}/{p.name}")):
-            for kind, keys in (("all_keys", None), ("trainer_keys", TRAINER_KEYS)):
-                readers = {label: reader_pass(url(path), keys) for label, path in (("v3", chosen), ("v2", v2))}
-                runs: dict[str, list] = {label: [] for label in readers}
-                for i in range(passes + 1):
-                    for label, one in readers.items():
-                        rate = one()
-                        if i:  # the first pass warms caches
-                            runs[label].append(rate)
-                for label, r in runs.items():
-                    out[f"{label}_{where}_{kind}"] = {
-                        "tokens_per_s_median": round(float(np.median([w for w, _ in r]))),
-                        "tokens_per_s_best": round(max(w for w, _ in r)),
-                        "tokens_per_cpu_s_median": round(float(np.median([c for _, c in r])))}
-        out["load_after"] = round(os.getloadavg()[0], 2)
-    finally:
-        server.shutdown()
-        server.server_close()
-    return out
-
-
-def read_only(stores: list[str], passes: int = 7) -> dict:
-    """Read rates of existing stores, alternating pass by pass, local and over HTTP (each store's
-    parent directory served)."""
-    out: dict = {"load_before": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "passes": passes}
-    servers = {}
-    try:
-        for path in map(Path, stores):
-            if path.parent not in servers:
-                servers[path.parent] = http_server(path.parent)
-        for where in ("local", "http"):
-            for kind, keys in (("all_keys", None), ("trainer_keys", TRAINER_KEYS)):
-                readers = {str(p): reader_pass(str(p) if where == "local" else f"{servers[p.parent][1]}/{p.name}", keys)
-                           for p in map(Path, stores)}
-                runs: dict[str, list] = {name: [] for name in readers}
-                for i in range(passes + 1):
-                    for name, one in readers.items():
-                        rate = one()
-                        if i:
-                            runs[name].append(rate)
-                for name, r in runs.items():
-                    out[f"{name} {where} {kind}"] = {"tokens_per_s_median": round(float(np.median([w for w, _ in r]))),
-                                                     "tokens_per_cpu_s_median": round(float(np.median([c for _, c in r])))}
-    finally:
-        for server, _ in servers.values():
-            server.shutdown()
-            server.server_close()
-    out["load_after"] = round(os.getloadavg()[0], 2)
-    return out
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--examples", type=int, default=424)
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--top-k", type=int, default=64)
-    ap.add_argument("--store", default=None, help="an existing fp32 (or format v1) store: skip the teacher pass")
+    ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--read", nargs="+", default=None, help="only time reading these stores (local and HTTP)")
     args = ap.parse_args()
     if args.read:
-        print(json.dumps(read_only(args.read), indent=1))
+        save("store_encoding_search-read", read_rates({p: Path(p) for p in args.read}))
         return
 
-    from kdstream.storage import StoreWriter, open_store
-    from kdstream.storage import encoding as enc
+    from kdstream.storage import open_store
     from kdstream.storage.schema import default_chunk_rows
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        t0 = time.perf_counter()
-        src = Path(args.store) if args.store else teacher_store(tmp / "fp32.zarr", args.examples, args.seq_len, args.top_k)
-        teacher_s = time.perf_counter() - t0
-        store = open_store(str(src))
-        if store.attrs.get("encoding", {}).get("topk_logprobs", "fp32") != "fp32":
-            raise SystemExit(f"{src} is not an fp32 store: pass one written with --logprob-encoding fp32")
-        r = store[:]
-        S, L, k, V = len(store), store.seq_len, store.k, store.vocab_size
-        tokens = S * L
+        src, r, teacher_s = fp32_rows(args, tmp)
+        S, L = r["input_ids"].shape
+        k, V, tokens = r["topk_ids"].shape[-1], open_store(str(src)).vocab_size, S * L
         exact = r["topk_logprobs"]
         chunk_rows = default_chunk_rows(L, k, V, S)
         results = []
@@ -443,39 +264,18 @@ def main() -> None:
                                     "topk_ids", "topk_index", "id_table", "store_id_table")) / tokens, 2),
                                 "logprobs_bytes_per_token": round(sizes["topk_logprobs"] / tokens, 2),
                                 "write_tokens_per_s": round(tokens / (time.perf_counter() - t)), **err})
-
-        sampled = sampled_targets(r, V, 64, tokens, tmp)
-
-        # The chosen encoding through kdstream's own writer and reader.
-        out = tmp / "chosen.zarr"
-        w = StoreWriter(str(out), num_examples=S, seq_len=L, k=k, vocab_size=V, attrs={})
-        t = time.perf_counter()
-        w.append({key: r[key] for key in ("input_ids", "example_id", "doc_index", "topk_ids", "topk_logprobs",
-                                          "target_logprob", "target_rank")})
-        w.finalize()
-        write_s = time.perf_counter() - t
-        got = open_store(str(out))[:]
-        chosen = {"encoding": open_store(str(out)).attrs["encoding"], "chunk_rows": chunk_rows,
-                  "bytes_per_token": round(dir_bytes(out) / tokens, 2),
-                  "array_bytes_per_token": {n: round(dir_bytes(out / n) / tokens, 2) for n in sorted(os.listdir(out))
-                                            if (out / n).is_dir()},
-                  **errors(got["topk_logprobs"], exact),
-                  "target_max_err": float(np.abs(got["target_logprob"].astype(np.float64) - r["target_logprob"]).max()),
-                  "tail_max_err": float(np.abs(got["tail_mass"] - enc.tail_mass(exact).astype(np.float64)).max()),
-                  "ids_exact": bool(np.array_equal(got["topk_ids"], r["topk_ids"])),
-                  "write_tokens_per_s": round(tokens / write_s)}
-        rates = read_rates(tmp, out, v2_store(tmp / "v2.zarr", r, V, chunk_rows))
-        print(json.dumps({
+        chosen = shipped(r, V, tmp / "chosen.zarr")
+        rates = read_rates({"v3": tmp / "chosen.zarr", "v2": v2_store(tmp / "v2.zarr", r, V, chunk_rows)})
+        save("store_encoding_search", {
             "teacher": "SmolLM2-135M-Instruct", "corpus": "demo", "examples": S, "seq_len": L, "k": k,
-            "vocab_size": V, "tokens": tokens, "teacher_seconds": round(teacher_s, 1) if not args.store else None,
+            "vocab_size": V, "tokens": tokens, "teacher_seconds": teacher_s,
             "fp32_store_bytes_per_token": round(dir_bytes(src) / tokens, 2),
-            "entries_p_ge_1e-4": float((exact >= np.log(P_MIN)).mean()),
+            "entries_p_ge_1e-4": float((exact >= np.log(1e-4)).mean()),
             "targets": {"bytes_per_token": 96, "max_err_p_ge_1e-4": 0.01, "read_tokens_per_s": 1_000_000},
             "id_bounds": id_bounds(r, V, chunk_rows, tokens),
             "chosen": chosen, "read": rates,
             "candidates": sorted(results, key=lambda x: x["bytes_per_token"]),
-            "sampled_targets": sampled,
-        }, indent=1))
+        })
 
 
 if __name__ == "__main__":

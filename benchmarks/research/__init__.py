@@ -1,0 +1,1 @@
+"""Scripts that chose a design (kept to rerun the choice), not benchmarks of what ships."""

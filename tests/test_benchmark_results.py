@@ -1,0 +1,29 @@
+"""benchmarks/results.py: every saved figure carries its commit, machine and command."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_save_records_commit_machine_and_command(tmp_path):
+    # run as a benchmark module would be (python -m …), so the recorded command is the typed one
+    code = ("import sys; from pathlib import Path; from benchmarks.results import save; "
+            "save('probe', {'ratio': 0.5}, Path(sys.argv[1]))")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, check=True, capture_output=True)
+    record = json.loads((tmp_path / "probe.json").read_text())
+    assert record["name"] == "probe" and record["figures"] == {"ratio": 0.5}
+    assert len(record["commit"]["sha"]) == 40 and isinstance(record["commit"]["dirty"], bool)
+    machine = record["machine"]
+    assert machine["cores"] >= 1 and machine["cpu"] and machine["gpu"] is None  # torch not imported: no GPU query
+    assert record["command"].startswith("python")
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_benchmarks_edit_no_sys_path():
+    # a package run with python -m: no module may reach around it through sys.path
+    for path in (ROOT / "benchmarks").rglob("*.py"):
+        assert "sys.path" not in path.read_text(), path
