@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from analysis_dirs import synthetic_dirs, write_eval
 from kdstream.analysis.classify_run import ClassifyRunOptions, classification_table, run_classify
-from kdstream.cli_analysis import classify
+from kdstream.cli.analysis import classify
 from kdstream.errors import KdError
 
 

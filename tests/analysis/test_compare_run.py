@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from analysis_dirs import synthetic_dirs, write_eval
 from kdstream.analysis.compare_run import compare_evals, venn_regions, write_comparison
-from kdstream.cli_analysis import compare
+from kdstream.cli.analysis import compare
 from kdstream.errors import KdError
 
 

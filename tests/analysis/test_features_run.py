@@ -13,7 +13,7 @@ from analysis_dirs import EXAMPLES
 from helpers import VOCAB, make_gpt_neox
 from kdstream.analysis.features_run import FeaturesOptions, run_features
 from kdstream.analysis.files import FEATURE_COLUMNS
-from kdstream.cli_analysis import features
+from kdstream.cli.analysis import features
 from kdstream.errors import KdError
 
 

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from kdstream.analysis.reference_kl import reference_kl
-from kdstream.cli_store import store as store_cli
+from kdstream.cli.store import store as store_cli
 from kdstream.storage import StoreWriter
 
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from analysis_dirs import study_eval
 from kdstream.analysis.compare_run import venn_regions
 from kdstream.analysis.report import ReportOptions, run_report
-from kdstream.cli_analysis import ANALYSIS_COMMANDS, classify, compare, features, report
+from kdstream.cli.analysis import ANALYSIS_COMMANDS, classify, compare, features, report
 from kdstream.errors import KdError
 
 

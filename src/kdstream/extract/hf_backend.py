@@ -1,5 +1,5 @@
 """Extraction on HF transformers, for models vLLM cannot load (much slower: see
-benchmarks/extraction_bench.py). Batched; every prefix has the same length, so no padding."""
+docs/benchmarks.md). Batched; every prefix has the same length, so no padding."""
 from __future__ import annotations
 
 import numpy as np

@@ -6,7 +6,7 @@ Three ways to the same verdict (``method``):
               exact-match verdict and first divergence, plus a near-tie margin;
               no decoding steps, and one pass for all prefix lengths of a sweep (per prefix
               length, on a 2-core CPU as fast as generate, whose decode steps are compute-bound
-              there too: benchmarks/extraction_bench.py)
+              there too: docs/benchmarks.md)
     both      generate and fast, every disagreement reported (disagreements.parquet)
     store     the teacher's verdict read from its logit store (target_rank == 1), no model
 on vLLM or HF transformers (``backend``), for one or several prefix lengths, optionally as one
