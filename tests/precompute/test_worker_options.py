@@ -1,4 +1,4 @@
-"""precompute-logits worker flags are checked before any work starts (no engine, no store)."""
+"""precompute-logits worker and device flags are checked before any work starts (no engine, no store)."""
 import pytest
 
 from kdstream.errors import KdError
@@ -17,3 +17,11 @@ def test_worker_flags_are_validated():
         opts(num_workers=2, worker_index=0, overwrite=True)
     with pytest.raises(KdError, match="--chunk-rows 0 must be at least 1"):
         opts(chunk_rows=0)
+
+
+def test_device_is_a_flag_of_the_hf_backend():
+    assert opts(backend="hf", device="cpu").device == "cpu"
+    with pytest.raises(KdError, match="--device cuda is for --backend hf"):
+        opts(device="cuda")  # vLLM places the model itself
+    with pytest.raises(KdError, match="--device 'tpu' is not one of auto, cpu, cuda"):
+        opts(backend="hf", device="tpu")

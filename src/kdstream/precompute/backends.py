@@ -50,10 +50,11 @@ def engine_attrs(backend: str, model_dir, opts) -> dict:
     import torch
     import transformers
 
+    from kdstream.engines.hf import resolve_device
     from kdstream.model_files import model_config
     from kdstream.precompute.hf_backend import resolve_dtype
 
-    dtype = resolve_dtype(opts.engine.dtype, model_config(model_dir), torch.cuda.is_available())
+    dtype = resolve_dtype(opts.engine.dtype, model_config(model_dir), resolve_device(opts.device) == "cuda")
     return {"name": "hf", "version": transformers.__version__, "torch": torch.__version__, "dtype": dtype,
             "requested_dtype": opts.engine.dtype, "logprobs_mode": "raw_logprobs"}
 
@@ -66,7 +67,7 @@ def make_teacher(backend: str, model_dir, opts) -> Teacher:
         return VllmTeacher(str(model_dir), opts.top_k, context_needed(backend, opts.seq_len), opts.engine)
     from kdstream.precompute.hf_backend import HfTeacher
 
-    return HfTeacher(str(model_dir), opts.top_k, opts.engine.dtype)
+    return HfTeacher(str(model_dir), opts.top_k, opts.engine.dtype, device=opts.device)
 
 
 def vllm_version() -> str:

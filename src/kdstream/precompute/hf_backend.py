@@ -32,7 +32,8 @@ class HfTeacher:
 
     name = "hf"
 
-    def __init__(self, model: str, top_k: int, dtype: str = "auto", chunk_positions: int = CHUNK_POSITIONS) -> None:
+    def __init__(self, model: str, top_k: int, dtype: str = "auto", chunk_positions: int = CHUNK_POSITIONS,
+                 device: str = "auto") -> None:
         from kdstream.engines.hf import load_causal_lm, resolve_device
         from kdstream.model_files import logit_postprocessing, model_config
 
@@ -45,7 +46,7 @@ class HfTeacher:
             raise KdError(f"chunk_positions {chunk_positions} must be at least 1")
         self.k = top_k
         self.chunk = chunk_positions
-        self.device = resolve_device("auto")
+        self.device = resolve_device(device)
         # the teacher's own "auto" (the config's dtype on a GPU), resolved before engines.hf's fp32 "auto"
         self.model = load_causal_lm(model, resolve_dtype(dtype, config, self.device == "cuda"), self.device)
         self.dtype = str(self.model.dtype).removeprefix("torch.")  # as loaded, not as requested

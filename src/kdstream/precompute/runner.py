@@ -41,6 +41,8 @@ class PrecomputeOptions:
                                   "from the top-k + tail.")
     samples: int = option(64, "Draws per position with --targets sampled.")
     backend: str = option("vllm", "vllm | hf (transformers: for models vLLM cannot load, or without vLLM installed)")
+    device: str = option("auto", "Where --backend hf runs the teacher: auto (CUDA when available) | cpu | cuda; "
+                                 "vLLM places the model itself.")
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
@@ -51,6 +53,9 @@ class PrecomputeOptions:
         require(self.logprob_encoding in ("qdelta", "fp32"),
                 f"--logprob-encoding {self.logprob_encoding!r} is not one of qdelta, fp32")
         require(self.backend in BACKENDS, f"--backend {self.backend!r} is not one of {' | '.join(BACKENDS)}")
+        require(self.device in ("auto", "cpu", "cuda"), f"--device {self.device!r} is not one of auto, cpu, cuda")
+        require(self.device == "auto" or self.backend == "hf",
+                f"--device {self.device} is for --backend hf: vLLM places the model itself (drop --device)")
         require(self.backend == "vllm" or (self.engine.max_num_batched_tokens is None
                                            and self.engine.tensor_parallel_size == 1),
                 "--max-num-batched-tokens and --tensor-parallel-size are vLLM engine flags: drop them with --backend hf")
