@@ -19,6 +19,26 @@ from kdstream.distill.fused_head import fused_head_loss
 from kdstream.distill.losses import CE_SAMPLED, ce_loss, kd_loss, sampled_ce_loss
 
 
+def loss_terms(logits: Tensor, targets: Tensor, topk_ids: Tensor | None, topk_logprobs: Tensor | None, *,
+               loss: str, temperature: float, tail: str, beta: float, alpha_ce: float) -> Tensor:
+    """logits (n, V), targets (n,), top-k (n, k) → tensor [loss, ce, kd] (means over n rows).
+
+    The one definition of the training loss: distill's Objective and kdstream.torch.KDLoss both
+    call it, so a step in another trainer computes what a distill step computes."""
+    if loss != "ce" and alpha_ce == 0.0:
+        with torch.no_grad():  # logged only: no backward pass through a second softmax
+            ce = ce_loss(logits, targets)
+    else:
+        ce = ce_loss(logits, targets)
+    if loss == "ce":
+        return torch.stack([ce, ce, torch.zeros_like(ce)])
+    if loss == CE_SAMPLED:
+        kd = sampled_ce_loss(logits, topk_ids, topk_logprobs, tail=tail)
+    else:
+        kd = kd_loss(logits, topk_ids, topk_logprobs, kind=loss, temperature=temperature, tail=tail, beta=beta)
+    return torch.stack([(1 - alpha_ce) * kd + alpha_ce * ce, ce, kd])
+
+
 class Objective(nn.Module):
     def __init__(self, net: nn.Module, *, loss: str, temperature: float, tail: str, beta: float,
                  alpha_ce: float, chunk: int | None) -> None:
@@ -28,20 +48,8 @@ class Objective(nn.Module):
         self.alpha_ce, self.chunk = alpha_ce, chunk
 
     def _losses(self, logits: Tensor, targets: Tensor, topk_ids: Tensor | None, topk_logprobs: Tensor | None) -> Tensor:
-        """logits (n, V), targets (n,), top-k (n, k) → tensor [loss, ce, kd] (means over n rows)."""
-        if self.loss != "ce" and self.alpha_ce == 0.0:
-            with torch.no_grad():  # logged only: no backward pass through a second softmax
-                ce = ce_loss(logits, targets)
-        else:
-            ce = ce_loss(logits, targets)
-        if self.loss == "ce":
-            return torch.stack([ce, ce, torch.zeros_like(ce)])
-        if self.loss == CE_SAMPLED:
-            kd = sampled_ce_loss(logits, topk_ids, topk_logprobs, tail=self.tail)
-        else:
-            kd = kd_loss(logits, topk_ids, topk_logprobs, kind=self.loss, temperature=self.temperature,
-                         tail=self.tail, beta=self.beta)
-        return torch.stack([(1 - self.alpha_ce) * kd + self.alpha_ce * ce, ce, kd])
+        return loss_terms(logits, targets, topk_ids, topk_logprobs, loss=self.loss, temperature=self.temperature,
+                          tail=self.tail, beta=self.beta, alpha_ce=self.alpha_ce)
 
     def forward(self, input_ids: Tensor, topk_ids: Tensor | None = None, topk_logprobs: Tensor | None = None) -> Tensor:
         """input_ids (B, L), topk_* (B, L-1, k) → [loss, ce, kd]; row t predicts token t+1.

@@ -22,8 +22,9 @@ def read_exclude(path: str | None) -> frozenset[int]:
         raise KdError(f"exclude list {p} must hold integer example ids, one per line") from None
 
 
-def check_store_matches(store, tokenizer, net) -> None:
-    """Refuse, before any step, a student that cannot be trained on this store's ids."""
+def check_store_matches(store, tokenizer, net=None) -> None:
+    """Refuse, before any step, a student that cannot be trained on this store's ids (``net``
+    None: the tokenizer only)."""
     from kdstream.data import tokenizer_fingerprint
 
     mine, theirs = tokenizer_fingerprint(tokenizer), store.attrs.get("tokenizer", {})
@@ -33,7 +34,7 @@ def check_store_matches(store, tokenizer, net) -> None:
             f"store's (vocab {theirs.get('vocab_size')}, sha256 {str(theirs.get('sha256'))[:12]}): use a student "
             "that shares the teacher's tokenizer, or pass --tokenizer with the teacher's"
         )
-    if net.config.vocab_size < store.vocab_size:
+    if net is not None and net.config.vocab_size < store.vocab_size:
         raise KdError(
             f"the student's output layer has {net.config.vocab_size} classes but the store's ids go up to "
             f"{store.vocab_size}: build the student with vocab_size >= {store.vocab_size}"
