@@ -66,6 +66,19 @@ def teacher_store(tmp_path_factory, teacher_dir, corpus_file) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def second_store(tmp_path_factory, teacher_dir, docs) -> Path:
+    """A second store from the teacher of ``teacher_store`` over another corpus (its documents in
+    reverse order), 8 examples in chunks of 3, written with --backend hf (no vLLM engine to start):
+    with ``teacher_store``, the parts of a union (storage/union.py)."""
+    d = tmp_path_factory.mktemp("second_store")
+    corpus = d / "reversed.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in reversed(docs)))
+    run_cli(*precompute_args(teacher_dir, corpus, d / "second.zarr", "--max-examples", 8, "--chunk-rows", 3,
+                             "--backend", "hf"))
+    return d / "second.zarr"
+
+
 @pytest.fixture
 def http_root(tmp_path, request):
     """Serve tmp_path/www read-only over HTTP on a free loopback port; yields (directory, base URL).

@@ -46,6 +46,9 @@ class FeaturesOptions:
         require(self.device in DEVICES, f"--device {self.device!r} is unknown: use {' | '.join(DEVICES)}")
         require(bool(self.model) and bool(self.logits_store) and bool(self.out),
                 "pass --model DIR, --logits-store STORE and --out DIR")
+        require("," not in str(self.logits_store),
+                f"--logits-store {self.logits_store}: features reads one store (only distill reads several, "
+                "comma-separated, as one): score each store in its own run")
         require(isinstance(self.prefix_len, int) and self.prefix_len >= 1, f"--prefix-len {self.prefix_len} must be at least 1")
         require(isinstance(self.suffix_len, int) and self.suffix_len >= 1, f"--suffix-len {self.suffix_len} must be at least 1")
         require(isinstance(self.batch_size, int) and self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1")

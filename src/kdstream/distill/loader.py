@@ -190,15 +190,23 @@ class Given:
 
 
 class OpenStore:
-    """A picklable ``open_source`` for a logit store at a path or URL. ``identity``: the store the
-    run checked at its start; a reader (thread, DataLoader worker, held-out pass) that reopens the
-    URL and finds another store there (rewritten and finalized again meanwhile) stops with KdError."""
+    """A picklable ``open_source`` for a logit store at a path or URL, or several read as one
+    (comma-separated URLs: storage.open_stores). ``identity``: the store (union) the run checked at
+    its start; ``part_identities``: a union's parts'. A reader (thread, DataLoader worker,
+    held-out pass) that reopens the URLs and finds another store there (rewritten and finalized
+    again meanwhile) stops with KdError naming it."""
 
-    def __init__(self, url: str, identity: str | None = None) -> None:
+    def __init__(self, url: str, identity: str | None = None, part_identities: tuple | None = None) -> None:
         self.url = url
         self.identity = identity
+        self.part_identities = part_identities
+
+    @classmethod
+    def of(cls, store) -> OpenStore:
+        """Reopens ``store`` (a LogitStore or a StoreUnion) as it is now."""
+        return cls(store.url, store.identity, getattr(store, "part_identities", None))
 
     def __call__(self) -> ExampleSource:
-        from kdstream.storage import open_store
+        from kdstream.storage import open_stores
 
-        return open_store(self.url, identity=self.identity)
+        return open_stores(self.url, identity=self.identity, part_identities=self.part_identities)

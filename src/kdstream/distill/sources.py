@@ -51,30 +51,34 @@ def check_loss_fits_store(loss: str, store) -> None:
                       f"{store.url} holds top-k lists: use --loss forward_kl (--temperature 1 for the same gradient)")
 
 
-def verify_before_training(url: str) -> None:
+def verify_before_training(urls: str) -> None:
     """Decode every chunk once (crc32c + zstd) so a corrupt store stops the run before step 0,
-    naming the chunk, instead of hours in. Costs one read pass: small next to an epoch of training."""
+    naming the chunk, instead of hours in. Costs one read pass: small next to an epoch of training.
+    ``urls``: --logits-store, one store or several comma-separated (each verified)."""
+    from kdstream.storage.union import split_urls
     from kdstream.storage.verify import verify_store
 
-    report = verify_store(url)
-    if not report.ok:
-        first = (report.corrupt or report.problems)[0]
-        more = len(report.corrupt) + len(report.problems) - 1
-        raise KdError(f"store {url} is damaged: {first}{f' (and {more} more)' if more else ''}: "
-                      "run `kdstream store verify` and re-copy or regenerate it")
+    for url in split_urls(urls):
+        report = verify_store(url)
+        if not report.ok:
+            first = (report.corrupt or report.problems)[0]
+            more = len(report.corrupt) + len(report.problems) - 1
+            raise KdError(f"store {url} is damaged: {first}{f' (and {more} more)' if more else ''}: "
+                          f"run `kdstream store verify {url}` and re-copy or regenerate it")
 
 
 def load_source(opts, tokenizer, net):
-    """(source, open_source, seq_len): a logit store or packed corpus examples."""
+    """(source, open_source, seq_len): a logit store (or several read as one: open_stores) or
+    packed corpus examples."""
     from kdstream.distill.loader import Given, OpenStore
 
     if opts.logits_store is not None:
-        from kdstream.storage import open_store
+        from kdstream.storage import open_stores
 
-        store = open_store(opts.logits_store)
+        store = open_stores(opts.logits_store)
         check_store_matches(store, tokenizer, net)
         check_loss_fits_store(opts.loss, store)
-        return store, OpenStore(opts.logits_store, store.identity), store.seq_len
+        return store, OpenStore.of(store), store.seq_len
     from kdstream.data import load_corpus, pack_examples
 
     corpus = load_corpus(opts.dataset, opts.text_field, opts.split)

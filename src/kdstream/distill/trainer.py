@@ -41,7 +41,8 @@ class DistillOptions:
 
     model: str = option(help="Student: HF dir (weights → fine-tune; config only → random init) or config .json.")
     out: str = option(help="Checkpoint directory to write.")
-    logits_store: str | None = option(None, "Teacher store (path or URL) to train from.")
+    logits_store: str | None = option(None, "Teacher store (path or URL) to train from: one store, or several "
+                                               "from one teacher and tokenizer, comma-separated (read as one).")
     # tokenized with the model's tokenizer
     dataset: str | None = option(None, "Plain text to train on with --loss ce (e.g. the teacher).")
     loss: str = option("forward_kl", "ce | forward_kl | reverse_kl | jsd | ce_sampled (a sampled store: CE "

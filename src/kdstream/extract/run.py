@@ -83,6 +83,9 @@ class ExtractOptions:
         object.__setattr__(self, "prefix_len", parse_prefix_lens(self.prefix_len))
         require((self.logits_store is None) != (self.dataset is None),
                 "pass exactly one of --logits-store STORE or --dataset DATA")
+        require(self.logits_store is None or "," not in str(self.logits_store),
+                f"--logits-store {self.logits_store}: extract-eval reads one store (only distill reads several, "
+                "comma-separated, as one): evaluate each store in its own run")
         require(self.suffix_len >= 1, "--suffix-len must be at least 1")
         require(self.offset >= 0, "--offset must be >= 0")
         require(self.batch_size >= 1, "--batch-size must be at least 1")
