@@ -37,6 +37,7 @@ def main():
         output_dir=args.out, max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr, seed=args.seed, logging_steps=1, report_to=[], save_strategy="no",
         remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),  # SFTConfig's default needs a GPU
     )
     trainer = kd_trainer(SFTTrainer)(
         model=AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32),

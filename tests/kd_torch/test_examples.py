@@ -25,7 +25,7 @@ def _run(*cmd, timeout=600):
 
 
 def _torchrun(*args):
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
 
 
 @pytest.fixture(scope="module")
