@@ -32,7 +32,8 @@ COMMANDS = {
 NOT_FIELDS = {"config"}  # --config: read before the flags, not an option of the run
 NOT_EXPOSED: dict[str, set[str]] = {name: set() for name in COMMANDS}  # fields deliberately without a flag
 # commands whose flags map to no options dataclass (arguments + a few flags of their own)
-WITHOUT_DATACLASS = {"compare", "eval merge", "store info", "store verify", "store finalize", "store stats"}
+WITHOUT_DATACLASS = {"compare", "eval merge", "store info", "store verify", "store finalize", "store stats",
+                     "store card"}
 HEAVY = ("torch", "vllm", "transformers", "sklearn", "matplotlib", "pandas")
 
 

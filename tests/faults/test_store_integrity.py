@@ -110,6 +110,8 @@ def test_hand_edited_attributes_are_refused(store, tmp_path, digest, error_line)
     verify = run_cli("store", "verify", store, check=False)
     assert verify.returncode == 1 and "problem: attributes do not match their checksum" in verify.stdout, verify.stdout
     refused(run_cli("store", "stats", store, check=False), error_line, "attributes do not match their checksum")
+    # no dataset card for it either (and no README.md written into it)
+    refused(run_cli("store", "card", store, check=False), error_line, "attributes do not match their checksum")
     info = run_cli("store", "info", store)  # still shows what the store claims, and why it has no identity
     assert "identity: none: store" in info.stdout and "attributes do not match" in info.stdout
     assert digest(store) == before

@@ -1,10 +1,14 @@
-"""Stores over fsspec URLs: written to S3 (a local moto server), read over plain HTTP.
+"""Stores over fsspec URLs: written to S3 (a local moto server), read over plain HTTP and from
+fsspec's in-process ``memory://`` filesystem (the path any other fsspec filesystem, ``hf://``
+among them, takes through zarr's FsspecStore).
 
 Everything listens on 127.0.0.1 only and is stopped when its test ends. The S3 endpoint reaches
 s3fs/botocore through AWS_ENDPOINT_URL, so kdstream's API needs no storage options.
 """
 import logging
 import time
+import uuid
+import warnings
 
 import numpy as np
 import pytest
@@ -139,3 +143,32 @@ def test_stats_over_http_without_listings(http_root):
     assert local["bytes_on_disk"] > 0
     for key in ("topk_mass_mean", "topk_mass_p10", "target_in_topk", "mean_target_nll", "positions_read"):
         assert remote[key] == local[key], key
+
+
+def test_read_from_fsspec_memory_filesystem_equals_local(tmp_path):
+    """A store copied into memory:// reads as the local one: same arrays, same identity, verifies.
+
+    memory:// is a synchronous fsspec filesystem: zarr's FsspecStore wraps it in fsspec's
+    AsyncFileSystemWrapper, as it would any other synchronous one."""
+    import fsspec
+
+    rows = synthetic(10, L=16, k=4)
+    local_path = tmp_path / "store.zarr"
+    write(str(local_path), rows, chunk_rows=4)
+    fs = fsspec.filesystem("memory")
+    root = f"/kdstream-test-{uuid.uuid4().hex}"  # the memory filesystem is one per process: a fresh name
+    fs.put(str(local_path), f"{root}/store.zarr", recursive=True)
+    url = f"memory://{root}/store.zarr"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no zarr or fsspec warning on the way either
+            remote, local = open_store(url), open_store(str(local_path))
+            assert remote.identity == local.identity is not None
+            got, want = remote[0 : len(remote)], local[0 : len(local)]
+            assert got.keys() == want.keys()
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+            assert verify_store(url).ok
+            assert store_stats(url)["bytes_on_disk"] == store_stats(str(local_path))["bytes_on_disk"] > 0
+    finally:
+        fs.rm(root, recursive=True)

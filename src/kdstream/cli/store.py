@@ -1,6 +1,8 @@
-"""`kdstream store info|verify|stats|finalize STORE`: look inside a logit store (path or fsspec URL).
+"""`kdstream store info|verify|stats|finalize|card STORE`: look inside a logit store (path or fsspec
+URL), finish one, describe it for sharing.
 
-Only argument parsing and printing live here; the work is in kdstream.storage.verify/stats.
+Only argument parsing and printing live here; the work is in kdstream.storage (info, verify,
+stats, finalize, card).
 User errors are KdError, which the `kdstream` entry point prints as one line (exit 2).
 """
 from __future__ import annotations
@@ -10,44 +12,35 @@ import sys
 
 import click
 
-# `store info` shows these first, in this order; every other attribute follows as stored.
-_INFO_FIRST = (
-    "format", "format_version", "complete", "created_at", "num_examples", "seq_len", "k", "vocab_size",
-    "targets", "encoding", "source_top_k", "chunk_rows", "teacher", "tokenizer", "corpus", "engine",
-    "precompute_seconds", "dtypes",
-)
-
 
 @click.group("store")
 def store():
     """Inspect a logit store: provenance (info), integrity (verify), size and fidelity (stats);
-    finish one written by parallel workers (finalize)."""
+    finish one written by parallel workers (finalize); write its dataset card for sharing (card)."""
 
 
 @store.command("info")
 @click.argument("url", metavar="STORE")
-def info(url):
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: store, identity, identity_note, checked, attributes.")
+def info(url, as_json):
     """Print the store's identity and attributes: teacher, tokenizer, shapes, corpus, versions, options.
 
     The identity (format version 4) names this finalized store, checked against its integrity
     record; other tools record it as `store_identity`."""
     import yaml
 
-    from kdstream.errors import KdError
-    from kdstream.storage.integrity import identity_of
-    from kdstream.storage.verify import open_group
+    from kdstream.storage.info import store_info
 
-    group = open_group(url)
-    attrs = dict(group.attrs)  # also works on an incomplete store: it shows complete: false
-    try:
-        ident = identity_of(group, url, attrs) or "none (incomplete, or format version < 4)"
-    except KdError as exc:  # still show the attributes: they say what the store claims to be
-        ident = f"none: {exc}"
-    ordered = {key: attrs[key] for key in _INFO_FIRST if key in attrs}
-    ordered.update({key: value for key, value in attrs.items() if key not in ordered})
+    i = store_info(url)
+    if as_json:
+        click.echo(json.dumps(i))
+        return
     click.echo(f"store: {url}")
-    click.echo(f"identity: {ident}")
-    click.echo(yaml.safe_dump(ordered, sort_keys=False, default_flow_style=False, width=100).rstrip())
+    # no identity: "none (incomplete, …)", or "none: <why its integrity record fails>"
+    note = i["identity_note"]
+    click.echo(f"identity: {i['identity'] or ('none: ' + note if i['checked'] else f'none ({note})')}")
+    click.echo(yaml.safe_dump(i["attributes"], sort_keys=False, default_flow_style=False, width=100).rstrip())
 
 
 @store.command("verify")
@@ -94,15 +87,6 @@ def finalize(url):
                + (f"; identity {manifest['identity']}" if manifest.get("identity") else ""))
 
 
-def _size(n) -> str:
-    if n is None:
-        return "unknown (the filesystem cannot list)"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n:,} B ({n / scale:.2f} {unit})"
-    return f"{n:,} B"
-
-
 @store.command("stats")
 @click.argument("url", metavar="STORE")
 @click.option("--sample-rows", type=click.IntRange(min=1), default=None,
@@ -117,7 +101,7 @@ def _size(n) -> str:
 def stats(url, sample_rows, reference_model, kl_examples, device, as_json):
     """Bytes on disk and per token, top-k probability mass kept, target coverage, teacher NLL,
     the encoding's logprob error bound, and with --reference-model the KL lost by the store."""
-    from kdstream.storage.stats import store_stats
+    from kdstream.storage.stats import format_size, store_stats
 
     s = store_stats(url, sample_rows=sample_rows)
     if reference_model:  # storage loads no model: the KL against one is analysis, composed here
@@ -131,9 +115,9 @@ def stats(url, sample_rows, reference_model, kl_examples, device, as_json):
     lines = [
         f"store:            {s['store']}",
         f"examples:         {s['examples']} x {s['seq_len']} tokens = {s['tokens']:,} tokens (k = {s['k']})",
-        f"bytes on disk:    {_size(s['bytes_on_disk'])}",
+        f"bytes on disk:    {format_size(s['bytes_on_disk'])}",
         f"bytes per token:  {bpt:.2f}" if bpt is not None else "bytes per token:  unknown",
-        *(f"  {name + ':':16}{_size(b)}" for name, b in s["array_bytes"].items()),
+        *(f"  {name + ':':16}{format_size(b)}" for name, b in s["array_bytes"].items()),
         f"rows read:        {s['rows_read']} ({s['positions_read']:,} positions)",
         f"top-k mass:       mean {s['topk_mass_mean']:.4f}, p10 {s['topk_mass_p10']:.4f}",
         f"tail mass:        mean {s['tail_mass_mean']:.4f}",
@@ -148,3 +132,30 @@ def stats(url, sample_rows, reference_model, kl_examples, device, as_json):
             f"{s['kl_bucket_mean']:.2e} over top-k + bucket ({s['kl_positions']:,} positions of {s['reference_model']})",
         ]
     click.echo("\n".join(lines))
+
+
+@store.command("card")
+@click.argument("url", metavar="STORE")
+@click.option("--license", "license_", default="other", show_default=True,
+              help="The card's Hub license id (SPDX-style, e.g. apache-2.0). `other`: the card says the "
+                   "teacher's license applies.")
+@click.option("--name", default=None, help="The card's title and pretty_name (default: teacher and targets).")
+@click.option("--repo", default=None, metavar="ORG/NAME",
+              help="The Hub dataset repo it will be read from: used in the card's reading example.")
+@click.option("--out", default=None, metavar="PATH",
+              help="Where to write the card (a file, or a folder for README.md); required for a remote "
+                   "STORE. Default: STORE/README.md.")
+@click.option("--overwrite", is_flag=True, help="Replace a README.md that kdstream did not write.")
+def card(url, license_, name, repo, out, overwrite):
+    """Write a Hugging Face Hub dataset card (README.md: YAML metadata + Markdown) for a complete store.
+
+    Its numbers are those `store info` and `store stats` print. An existing README.md is replaced
+    only when kdstream wrote it (or with --overwrite). Then upload the store folder as a dataset
+    repo: docs/sharing.md."""
+    from kdstream.storage.card import card_path, check_target, store_card, write_card
+
+    path = card_path(url, out)
+    check_target(path, overwrite)  # before reading the store: refuse at once
+    text = store_card(url, license=license_, name=name, repo=repo)
+    write_card(path, text, overwrite)
+    click.echo(f"wrote {path}")

@@ -31,7 +31,11 @@ def _quantile_from_hist(counts: np.ndarray, q: float) -> float:
 
 def _sizes(url: str, names: tuple[str, ...]) -> tuple[int | None, dict[str, int | None]]:
     """Bytes of the whole store and of each array; None where the filesystem cannot list
-    (a plain HTTP server without directory listings)."""
+    (a plain HTTP server without directory listings).
+
+    The whole store is its group's zarr.json plus its arrays, not whatever else shares the
+    folder: a dataset card (README.md, `kdstream store card`) or an uploader's cache there would
+    otherwise change bytes_on_disk after the card that quotes it was written."""
 
     def du(path: str) -> int | None:
         try:
@@ -41,7 +45,19 @@ def _sizes(url: str, names: tuple[str, ...]) -> tuple[int | None, dict[str, int 
         return size or None  # 0: nothing listed (every part of a store holds at least a zarr.json)
 
     url = str(url).rstrip("/")
-    return du(url), {name: du(f"{url}/{name}") for name in names}
+    per_array = {name: du(f"{url}/{name}") for name in names}
+    parts = [du(f"{url}/zarr.json"), *per_array.values()]
+    return (None if None in parts else sum(parts)), per_array
+
+
+def format_size(n: int | None) -> str:
+    """``44,050 B (43.02 KiB)``: how `store stats` and the dataset card print a size."""
+    if n is None:
+        return "unknown (the filesystem cannot list)"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n:,} B ({n / scale:.2f} {unit})"
+    return f"{n:,} B"
 
 
 def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:

@@ -1,0 +1,42 @@
+"""What a store says it is: its identity and attributes, as ``kdstream store info`` prints them.
+
+Works on an incomplete store too (it shows ``complete: false``): the attributes say what the store
+claims to be even when it is unfinished or its integrity record fails.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from kdstream.errors import KdError
+from kdstream.storage.integrity import identity_of
+from kdstream.storage.verify import open_group
+
+# Shown first, in this order; every other attribute follows as stored.
+INFO_FIRST = (
+    "format", "format_version", "complete", "created_at", "num_examples", "seq_len", "k", "vocab_size",
+    "targets", "encoding", "source_top_k", "chunk_rows", "teacher", "tokenizer", "corpus", "engine",
+    "precompute_seconds", "dtypes",
+)
+
+
+def store_info(url: str) -> dict[str, Any]:
+    """``{"store", "identity", "identity_note", "checked", "attributes"}`` of the store at ``url`` (path or fsspec URL).
+
+    identity: the finalized store's sha256 name (integrity.py), checked against its integrity
+    record; None when it has none (incomplete, or format version < 4; ``checked`` False) or when the
+    record does not check out (``checked`` True), ``identity_note`` then saying why: not an error,
+    so that the attributes can still be read. KdError when ``url`` holds no kdstream store.
+    """
+    group = open_group(url)
+    attrs = dict(group.attrs)
+    note, checked = None, True  # checked: the store has an integrity record, and it was checked
+    try:
+        ident = identity_of(group, str(url), attrs)
+        if ident is None:
+            note, checked = "incomplete, or format version < 4", False
+    except KdError as exc:
+        ident, note = None, str(exc)
+    ordered = {key: attrs[key] for key in INFO_FIRST if key in attrs}
+    ordered.update({key: value for key, value in attrs.items() if key not in ordered})
+    return {"store": str(url), "identity": ident, "identity_note": note, "checked": checked,
+            "attributes": ordered}
