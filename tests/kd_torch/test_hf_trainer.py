@@ -91,7 +91,7 @@ def test_dropping_the_teacher_columns_is_refused(teacher_store, student_dir, tmp
     with pytest.raises(KdError, match="remove_unused_columns=True would drop the teacher's topk_ids"):
         KDTrainer(model=_student(student_dir), args=_args(tmp_path, remove_unused_columns=True),
                   train_dataset=StoreDataset(teacher_store))
-    with pytest.raises(KdError, match="pass a kdstream.torch.StoreDataset"):
+    with pytest.raises(KdError, match=r"pass train_dataset=kdstream.torch.StoreDataset"):
         KDTrainer(model=_student(student_dir), args=_args(tmp_path), train_dataset=[{"input_ids": torch.zeros(4)}])
 
 

@@ -1,7 +1,6 @@
 """Can this student train on this store? The checks ``distill`` runs before step 0, for anyone's loop."""
 from __future__ import annotations
 
-from kdstream.errors import KdError
 
 
 def check_compatible(store, tokenizer, model=None) -> None:

@@ -42,7 +42,6 @@ class KDTrainerMixin:
     """
 
     def __init__(self, *args, kd_loss: KDLoss | None = None, fused: bool = True, **kwargs) -> None:
-        kwargs.setdefault("data_collator", collate)
         targs = kwargs.get("args", args[1] if len(args) > 1 else None)
         if targs is not None and getattr(targs, "remove_unused_columns", False):
             raise KdError("remove_unused_columns=True would drop the teacher's topk_ids / topk_logprobs from every "
@@ -50,22 +49,27 @@ class KDTrainerMixin:
                           "training arguments")
         self.kd_loss = kd_loss or KDLoss()
         self.fused = fused
+        store = kwargs.get("train_dataset")
+        if not isinstance(store, StoreDataset):
+            raise KdError(f"train_dataset={type(store).__name__}: pass train_dataset=kdstream.torch.StoreDataset(...) "
+                          "(the teacher's store), by keyword")
+        model = kwargs.get("model", args[0] if args else None)
+        tokenizer = kwargs.get("processing_class")
+        if tokenizer is not None:  # before the Trainer builds anything: a mismatch is refused at once
+            from kdstream.torch.compat import check_compatible
+
+            check_compatible(store, tokenizer, model if hasattr(model, "config") else None)
+        if self.kd_loss.kind == "ce_sampled" and not store.sampled:
+            raise KdError(f"KDLoss('ce_sampled') needs a sampled store; {store.url} holds top-k lists: use forward_kl")
+        self.kd_store = store
+        kwargs["train_dataset"] = hf_view(store)  # TRL's trainers accept only datasets.Dataset
+        kwargs.setdefault("data_collator", collate)
         super().__init__(*args, **kwargs)
         self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by the accumulation steps
         self.model_accepts_loss_kwargs = False  # (transformers versions without loss_is_scaled_for_ga)
-        dataset = self.train_dataset
-        if self.kd_loss.kind != "ce" and not isinstance(dataset, StoreDataset):
-            raise KdError(f"train_dataset is a {type(dataset).__name__}: pass a kdstream.torch.StoreDataset "
-                          "(the teacher's store)")
-        if isinstance(dataset, StoreDataset):
-            from kdstream.torch.compat import check_compatible
-
-            tokenizer = getattr(self, "processing_class", None)
-            if tokenizer is not None:
-                check_compatible(dataset, tokenizer, self.model)
-            if self.kd_loss.kind == "ce_sampled" and not dataset.sampled:
-                raise KdError(f"KDLoss('ce_sampled') needs a sampled store; {dataset.url} holds top-k lists: use "
-                              "forward_kl")
+        if fused and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            raise KdError("fused=True reads the output layer's weight outside the model's forward, where FSDP and "
+                          "DeepSpeed ZeRO-3 hold only a shard of it: pass fused=False to KDTrainer")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """inputs: a ``collate`` batch, on the model's device → scalar KD loss (KDLoss)."""
@@ -84,8 +88,8 @@ class KDTrainerMixin:
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        dataset = self.train_dataset
-        if isinstance(dataset, StoreDataset) and self.args.should_save:
+        dataset = self.kd_store
+        if self.args.should_save:
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
             if folder.is_dir():
                 record = {"store": dataset.url, "identity": dataset.identity, "rows": len(dataset)}
@@ -115,7 +119,7 @@ class KDTrainerMixin:
         model.load_state_dict(restored.state_dict(), strict=True)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        if resume_from_checkpoint and isinstance(self.train_dataset, StoreDataset):
+        if resume_from_checkpoint:
             self._check_resume(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
@@ -128,11 +132,27 @@ class KDTrainerMixin:
         if folder is None or not path.is_file():
             return  # the Trainer reports a missing checkpoint itself; no record: written by another trainer
         was = json.loads(path.read_text())
-        ds = self.train_dataset
+        ds = self.kd_store
         if was.get("identity") != ds.identity or was.get("rows") != len(ds):
             raise KdError(f"checkpoint {folder} trained on store {was.get('store')} (identity "
                           f"{str(was.get('identity'))[:12]}, {was.get('rows')} rows), not {ds.url} (identity "
                           f"{str(ds.identity)[:12]}, {len(ds)} rows): resume with the store it started with")
+
+
+def hf_view(store: StoreDataset):
+    """``store`` as a ``datasets.Dataset`` without copying: one column of positions 0..n-1 and a
+    transform that reads those examples from the store (batched: the DataLoader's
+    ``__getitems__`` becomes one StoreDataset.__getitems__ call). TRL's trainers refuse other
+    dataset types; the Hugging Face Trainer takes it as it takes any ``datasets.Dataset``."""
+    import datasets
+
+    def read(batch: dict) -> dict:  # {"position": [i, ...]} → {key: [tensor, ...]}
+        rows = store.__getitems__(batch["position"])
+        return {k: [r[k] for r in rows] for k in store.keys}
+
+    view = datasets.Dataset.from_dict({"position": list(range(len(store)))})
+    view.set_transform(read)
+    return view
 
 
 def kd_trainer(trainer_class: type) -> type:
