@@ -16,12 +16,16 @@ import torch
 from torch import Tensor, nn
 
 from kdstream.distill.fused_head import fused_head_loss
-from kdstream.distill.losses import CE_SAMPLED, ce_loss, kd_loss, sampled_ce_loss
+import torch.nn.functional as F
+
+from kdstream.distill.losses import CE_SAMPLED, ce_loss, dense_kd_loss, kd_loss, sampled_ce_loss
 
 
 def loss_terms(logits: Tensor, targets: Tensor, topk_ids: Tensor | None, topk_logprobs: Tensor | None, *,
-               loss: str, temperature: float, tail: str, beta: float, alpha_ce: float) -> Tensor:
+               loss: str, temperature: float, tail: str, beta: float, alpha_ce: float,
+               teacher_logits: Tensor | None = None) -> Tensor:
     """logits (n, V), targets (n,), top-k (n, k) → tensor [loss, ce, kd] (means over n rows).
+    ``teacher_logits`` (n, V): online dense KD, the same divergence over the full vocabulary.
 
     The one definition of the training loss: distill's Objective and kdstream.torch.KDLoss both
     call it, so a step in another trainer computes what a distill step computes."""
@@ -32,7 +36,9 @@ def loss_terms(logits: Tensor, targets: Tensor, topk_ids: Tensor | None, topk_lo
         ce = ce_loss(logits, targets)
     if loss == "ce":
         return torch.stack([ce, ce, torch.zeros_like(ce)])
-    if loss == CE_SAMPLED:
+    if teacher_logits is not None:
+        kd = dense_kd_loss(logits, teacher_logits, kind=loss, temperature=temperature, beta=beta)
+    elif loss == CE_SAMPLED:
         kd = sampled_ce_loss(logits, topk_ids, topk_logprobs, tail=tail)
     else:
         kd = kd_loss(logits, topk_ids, topk_logprobs, kind=loss, temperature=temperature, tail=tail, beta=beta)
@@ -40,16 +46,32 @@ def loss_terms(logits: Tensor, targets: Tensor, topk_ids: Tensor | None, topk_lo
 
 
 class Objective(nn.Module):
+    """``teacher``: online dense KD (``distill --teacher``): a frozen causal LM run under no_grad
+    in every forward, its full-vocabulary logits the target. Kept outside the module tree (not a
+    submodule), so DDP/FSDP wrap, checkpoints and ``train()`` touch only the student."""
+
     def __init__(self, net: nn.Module, *, loss: str, temperature: float, tail: str, beta: float,
-                 alpha_ce: float, chunk: int | None) -> None:
+                 alpha_ce: float, chunk: int | None, teacher: nn.Module | None = None) -> None:
         super().__init__()
         self.net = net
         self.loss, self.temperature, self.tail, self.beta = loss, temperature, tail, beta
         self.alpha_ce, self.chunk = alpha_ce, chunk
+        self._teacher = (teacher,)  # a tuple: nn.Module would register a submodule
 
-    def _losses(self, logits: Tensor, targets: Tensor, topk_ids: Tensor | None, topk_logprobs: Tensor | None) -> Tensor:
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0]
+
+    def _losses(self, logits: Tensor, targets: Tensor, topk_ids: Tensor | None, topk_logprobs: Tensor | None,
+                teacher_logits: Tensor | None = None) -> Tensor:
         return loss_terms(logits, targets, topk_ids, topk_logprobs, loss=self.loss, temperature=self.temperature,
-                          tail=self.tail, beta=self.beta, alpha_ce=self.alpha_ce)
+                          tail=self.tail, beta=self.beta, alpha_ce=self.alpha_ce, teacher_logits=teacher_logits)
+
+    def _teacher_hidden(self, input_ids: Tensor) -> tuple[Tensor, nn.Module]:
+        """(the teacher's final hidden states (N, H_t) at the predicting positions, its output layer)."""
+        with torch.no_grad():
+            hidden = self.teacher.base_model(input_ids=input_ids).last_hidden_state[:, :-1]  # (B, L-1, H_t)
+        return hidden.reshape(-1, hidden.shape[-1]), self.teacher.get_output_embeddings()
 
     def forward(self, input_ids: Tensor, topk_ids: Tensor | None = None, topk_logprobs: Tensor | None = None) -> Tensor:
         """input_ids (B, L), topk_* (B, L-1, k) → [loss, ce, kd]; row t predicts token t+1.
@@ -62,14 +84,24 @@ class Objective(nn.Module):
         if topk_ids is not None:
             topk_ids = topk_ids.reshape(n, -1)  # (N, k)
             topk_logprobs = topk_logprobs.reshape(n, -1)  # (N, k)
+        t_hidden, t_head = self._teacher_hidden(input_ids) if self.teacher is not None else (None, None)
         if self.chunk is None:
             logits = self.net(input_ids=input_ids).logits[:, :-1]  # (B, L-1, V)
-            return self._losses(logits.reshape(n, -1), targets, topk_ids, topk_logprobs)
+            t_logits = None if t_hidden is None else _head(t_hidden, t_head)  # (N, V), no grad
+            return self._losses(logits.reshape(n, -1), targets, topk_ids, topk_logprobs, t_logits)
         hidden = self.net.base_model(input_ids=input_ids).last_hidden_state[:, :-1]  # (B, L-1, H)
         head = self.net.get_output_embeddings()  # weight (V, H): tied to the input embedding in some models
 
         def chunk_losses(logits: Tensor, rows: slice) -> Tensor:  # logits (c, V) fp32 → [loss, ce, kd]
+            # the teacher's logits of these rows only: memory stays one chunk's, for both models
+            t_logits = None if t_hidden is None else _head(t_hidden[rows], t_head)  # (c, V)
             return self._losses(logits, targets[rows], None if topk_ids is None else topk_ids[rows],
-                                None if topk_logprobs is None else topk_logprobs[rows])
+                                None if topk_logprobs is None else topk_logprobs[rows], t_logits)
 
         return fused_head_loss(hidden.reshape(n, -1), head.weight, head.bias, chunk_losses, self.chunk)
+
+
+def _head(hidden: Tensor, head: nn.Module) -> Tensor:
+    """A frozen output layer on (n, H) hidden states → (n, V) fp32 logits, without a graph."""
+    with torch.no_grad():
+        return F.linear(hidden.to(head.weight.dtype), head.weight, head.bias).float()

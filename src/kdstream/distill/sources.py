@@ -41,6 +41,36 @@ def check_store_matches(store, tokenizer, net=None) -> None:
         )
 
 
+def load_online_teacher(path: str, tokenizer, net, device):
+    """The teacher of ``distill --teacher``: fp32 weights (autocast applies as to the student), in
+    eval mode, frozen, on the student's device; refused unless it shares the student's tokenizer
+    and output size (dense KD compares the two distributions class by class) and computes its
+    logits as lm_head(last hidden state) (the loss applies the head itself, chunk by chunk)."""
+    from kdstream.data import load_tokenizer, tokenizer_fingerprint
+    from kdstream.engines.hf import load_causal_lm
+    from kdstream.model_files import check_model_dir, logit_postprocessing, read_config
+
+    teacher_dir = Path(path)
+    check_model_dir(teacher_dir, "teacher", need_weights=True)
+    theirs, mine = tokenizer_fingerprint(load_tokenizer(teacher_dir)), tokenizer_fingerprint(tokenizer)
+    if theirs["sha256"] != mine["sha256"]:
+        raise KdError(
+            f"the teacher's tokenizer ({teacher_dir}: vocab {theirs['vocab_size']}, sha256 {theirs['sha256'][:12]}) "
+            f"differs from the student's (vocab {mine['vocab_size']}, sha256 {mine['sha256'][:12]}): online KD "
+            "needs one tokenizer; use a student with the teacher's tokenizer")
+    post = logit_postprocessing(read_config(teacher_dir / "config.json"))
+    if post:
+        raise KdError(f"teacher {teacher_dir} post-processes its logits ({post}), which online KD does not apply: "
+                      "precompute a store from it instead (precompute-logits --backend hf)")
+    teacher = load_causal_lm(teacher_dir, "float32", str(device.type))
+    v_t, v_s = teacher.get_output_embeddings().weight.shape[0], net.get_output_embeddings().weight.shape[0]
+    if v_t != v_s:
+        raise KdError(f"the teacher has {v_t} output classes and the student {v_s}: online dense KD compares them "
+                      "class by class; use a student with the teacher's output size")
+    teacher.to(device).requires_grad_(False)
+    return teacher
+
+
 def check_loss_fits_store(loss: str, store) -> None:
     """--loss ce_sampled is the cross-entropy against a sampled store's draws; on top-k lists it
     would be forward KL at T = 1 under another name, so a mix-up is refused."""

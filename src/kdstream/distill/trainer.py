@@ -44,7 +44,11 @@ class DistillOptions:
     logits_store: str | None = option(None, "Teacher store (path or URL) to train from: one store, or several "
                                                "from one teacher and tokenizer, comma-separated (read as one).")
     # tokenized with the model's tokenizer
-    dataset: str | None = option(None, "Plain text to train on with --loss ce (e.g. the teacher).")
+    dataset: str | None = option(None, "Plain text to train on: with --loss ce (e.g. the teacher), or with "
+                                       "--teacher (online KD).")
+    teacher: str | None = option(None, "Online dense KD instead of a store: this teacher (HF dir, the student's "
+                                       "tokenizer) runs in the training process on --dataset and the loss covers "
+                                       "the full vocabulary.")
     loss: str = option("forward_kl", "ce | forward_kl | reverse_kl | jsd | ce_sampled (a sampled store: CE "
                                      "against its draws, no temperature)")
     temperature: float = option(2.0, "Softmax temperature of teacher and student in KD losses.")
@@ -88,8 +92,12 @@ class DistillOptions:
         require((self.logits_store is None) != (self.dataset is None),
                 "pass exactly one of --logits-store STORE or --dataset DATA")
         require(self.loss in LOSSES, f"--loss {self.loss} is unknown: choose one of {', '.join(LOSSES)}")
-        require(self.loss == "ce" or self.logits_store is not None,
-                f"--loss {self.loss} needs teacher targets: pass --logits-store (or use --loss ce)")
+        require(self.loss == "ce" or self.logits_store is not None or self.teacher is not None,
+                f"--loss {self.loss} needs teacher targets: pass --logits-store or --teacher (or use --loss ce)")
+        require(self.teacher is None or self.dataset is not None,
+                "--teacher runs the teacher online on text: pass --dataset DATA (not --logits-store)")
+        require(self.teacher is None or self.loss in KD_LOSSES,
+                f"--teacher with --loss {self.loss}: online KD takes {' | '.join(KD_LOSSES)}")
         require(self.tail in TAILS, f"--tail {self.tail} is unknown: choose one of {', '.join(TAILS)}")
         require(self.temperature > 0, f"--temperature {self.temperature} must be > 0")
         require(0.0 <= self.alpha_ce <= 1.0, f"--alpha-ce {self.alpha_ce} must be in [0, 1]")
@@ -167,7 +175,7 @@ def _setup(opts: DistillOptions):
     from kdstream.distill.checkpoint import Position
     from kdstream.distill.resume_check import check_resume, run_record_of
     from kdstream.distill.run_state import Run
-    from kdstream.distill.sources import load_source, read_exclude, verify_before_training
+    from kdstream.distill.sources import load_online_teacher, load_source, read_exclude, verify_before_training
     from kdstream.distill.student import load_model_and_tokenizer
 
     device = distributed.pick_device(opts.device)
@@ -176,6 +184,7 @@ def _setup(opts: DistillOptions):
     partial, resume_from, earlier = _resume_point(opts)
     exclude = read_exclude(opts.exclude)
     net, tokenizer = load_model_and_tokenizer(opts.model, opts.tokenizer, opts.seed)
+    teacher = load_online_teacher(opts.teacher, tokenizer, net, device) if opts.teacher else None
     source, open_source, seq_len = load_source(opts, tokenizer, net)
     bf16 = opts.precision == "bf16" or (
         opts.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
@@ -186,7 +195,7 @@ def _setup(opts: DistillOptions):
     if opts.logits_store is not None and opts.verify_store and d.main:
         verify_before_training(opts.logits_store)
     data = _setup_data(opts, d, (source, open_source, seq_len), exclude)
-    model = _setup_model(opts, net, device, d)
+    model = _setup_model(opts, net, device, d, teacher)
     optimizer, scheduler = _setup_optimizer(opts, net, data.total_steps)
     run = Run(opts=opts, net=net, model=model, optimizer=optimizer, scheduler=scheduler, device=device, d=d,
               bf16=bf16, partial=partial, record=record, resumed_from=resume_from, pos=Position())
@@ -226,7 +235,7 @@ def _setup_data(opts: DistillOptions, d, loaded: tuple, exclude):
     kept, held_out = split_rows(source, exclude, opts.eval_examples,
                                 on_absent=_warn_absent(opts, len(exclude)) if d.main else None)
     num_train = len(source) if kept is None else int(kept.sum())
-    keys = ("input_ids",) if opts.loss == "ce" else ("input_ids", "topk_ids", "topk_logprobs")
+    keys = ("input_ids",) if opts.loss == "ce" or opts.teacher else ("input_ids", "topk_ids", "topk_logprobs")
     return TrainData(source=source, open_source=open_source, seq_len=seq_len, kept=kept, held_out=held_out,
                      keys=keys, num_train=num_train,
                      total_steps=batches_per_epoch(num_train, opts.batch_size) * opts.epochs)
@@ -243,8 +252,9 @@ def _warn_absent(opts: DistillOptions, count: int):
     return warn
 
 
-def _setup_model(opts: DistillOptions, net, device, d):
-    """The student on its device inside the loss (Objective), wrapped for DDP / FSDP2."""
+def _setup_model(opts: DistillOptions, net, device, d, teacher=None):
+    """The student on its device inside the loss (Objective), wrapped for DDP / FSDP2; an online
+    teacher rides along unwrapped (frozen, replicated on every rank)."""
     import torch
 
     from kdstream.distill import distributed
@@ -254,7 +264,7 @@ def _setup_model(opts: DistillOptions, net, device, d):
     net.to(device)
     chunk = fused_chunk(opts.loss_chunk, net)
     return distributed.wrap(Objective(net, loss=opts.loss, temperature=opts.temperature, tail=opts.tail,
-                                      beta=opts.beta, alpha_ce=opts.alpha_ce, chunk=chunk),
+                                      beta=opts.beta, alpha_ce=opts.alpha_ce, chunk=chunk, teacher=teacher),
                             d, device, opts.fsdp)
 
 
