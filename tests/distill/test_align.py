@@ -42,7 +42,9 @@ def check_consistent(a: Alignment, teacher, student, teacher_ids) -> None:
         (ta, tb), (sa, sb) = a.teacher_bounds[c], a.student_bounds[c]
         assert ta < tb and sa < sb
         piece = data[a.byte_bounds[c]:a.byte_bounds[c + 1]]
-        assert b"".join(tv.tokens[i] for i in teacher_ids[ta:tb]) == piece
+        whole = np.all(np.diff(a.teacher_spans[ta:tb], axis=1)[:, 0] == tv.lengths[teacher_ids[ta:tb]])
+        if whole:  # (a token that lost bytes to trimming spells more than the text)
+            assert b"".join(tv.tokens[i] for i in teacher_ids[ta:tb]) == piece
         if not s_specials & set(a.student_ids[sa:sb].tolist()):  # a student special spells the teacher's
             assert b"".join(sv.tokens[i] for i in a.student_ids[sa:sb]).lstrip(b" ") == piece.lstrip(b" ")
         assert np.all(a.teacher_chunk[ta:tb] == c) and np.all(a.student_chunk[sa:sb] == c)
@@ -118,14 +120,14 @@ def test_example_cut_inside_a_character(small, large):
     assert a.text == "本 the fox naïve 日"
     assert a.teacher_chunk[:2].tolist() == [-1, -1] and a.teacher_chunk[-2:].tolist() == [-1, -1]  # trimmed
     check_consistent(a, small, large, ids[1:-1])  # the trimmed tokens are outside every chunk
-    # a token holding the tail of a cut character and more ("\xafve" = the end of ï, then "ve")
-    partial = [i for i, b in enumerate(vocab.tokens) if b[:1] and b[0] & 0xC0 == 0x80 and b[-1] & 0xC0 != 0x80]
-    j = next(j for j, t in enumerate(ids.tolist()) if t in partial)
-    a = Aligner(small, large).align(ids[j:])
-    raw = b"".join(vocab.tokens[i] for i in ids[j:])
-    lead = len(raw) - len(raw.lstrip(bytes(range(0x80, 0xC0))))  # continuation bytes of the cut character
-    assert isinstance(a, Alignment) and lead > 0 and a.text == raw[lead:].decode()
-    assert a.teacher_chunk[0] == 0 and not a.usable[0]  # kept in the text, but its chunk is unusable
+    # a token holding the tail of a cut character and more (large has "\xafve": the end of ï, then "ve")
+    vocab = byte_vocab(large)
+    ids = ids_of(large, "naïve 日本")
+    j = next(j for j, t in enumerate(ids.tolist()) if vocab.tokens[t] == b"\xafve")
+    a = Aligner(large, small).align(ids[j:])
+    assert isinstance(a, Alignment) and a.text == "ve 日本"
+    assert a.teacher_chunk[0] == 0 and not a.usable[0]  # kept for its whole bytes, but its chunk is unusable
+    check_consistent(a, large, small, ids[j:])
 
 
 def test_example_that_does_not_round_trip_is_skipped(small):
