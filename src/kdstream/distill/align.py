@@ -1,0 +1,325 @@
+"""Align a teacher's and a student's tokenization of the same text on bytes: chunks between shared
+byte boundaries, and the exact teacher → student vocabulary map.
+
+Per example (the store's ``input_ids``, teacher tokens): each teacher token's byte string (from the
+tokenizer's vocabulary, byte-level "Ġ" tokens through the GPT-2 byte decoder, SentencePiece "▁"
+tokens with ``<0xNN>`` byte fallback), their concatenation as UTF-8 text, the student's tokens
+for that text (no special tokens added) and their byte spans. A byte offset where a teacher token
+and a student token both end is a shared boundary; the text between two consecutive shared
+boundaries is a chunk, covered by teacher tokens [ta, tb) and student tokens [sa, sb).
+
+Special tokens (the teacher's ``<|endoftext|>`` between packed documents) are atomic spans: the
+text between them is tokenized piece by piece, and each one becomes the student's matching special
+token (same content, else the same role: eos, bos, pad, unk), whose span is the teacher token's.
+An example cut inside a multi-byte character loses the partial character at its edges; the teacher
+tokens holding those bytes are unusable. An example whose student tokenization does not give back
+the same bytes (a normaliser, an unknown character) is skipped with a reason (``Skip``).
+
+Everything here is numpy over per-tokenizer tables built once (``ByteVocab``): cheap enough to
+run in DataLoader workers (benchmarks/align_bench.py).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from kdstream.errors import KdError
+
+BYTE_LEVEL = "byte_level"  # GPT-2 / GPT-NeoX / Llama-3 / Qwen: every byte is a printable char
+METASPACE = "metaspace"  # SentencePiece (Llama-2, Mistral, Gemma): "▁" is a space, <0xNN> a byte
+_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+_SPECIAL_ROLES = ("eos_token_id", "bos_token_id", "pad_token_id", "unk_token_id")
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's bytes_to_unicode, inverted: printable char → byte."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    cs = list(bs)
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def _types(node) -> list[dict]:
+    """Every component of a tokenizer.json decoder / pre-tokenizer / normalizer, Sequences flattened."""
+    if not isinstance(node, dict):
+        return []
+    inner = node.get("decoders") or node.get("pretokenizers") or node.get("normalizers") or []
+    return [node, *(t for child in inner for t in _types(child))]
+
+
+def _scheme(spec: dict) -> str:
+    parts = _types(spec.get("decoder")) + _types(spec.get("pre_tokenizer"))
+    kinds = {p.get("type") for p in parts}
+    if "ByteLevel" in kinds:
+        return BYTE_LEVEL
+    replaces_marker = any(p.get("type") == "Replace" and (p.get("pattern") or {}).get("String") == "▁"
+                          for p in parts + _types(spec.get("normalizer")))
+    if "Metaspace" in kinds or replaces_marker:
+        return METASPACE
+    raise KdError(f"tokenizer decoder {sorted(k for k in kinds if k)} is not byte-level BPE nor SentencePiece-style: "
+                  "cross-tokenizer alignment supports those two (use a tokenizer of either kind)")
+
+
+@dataclass(frozen=True)
+class ByteVocab:
+    """One tokenizer's byte string per id, built once (``byte_vocab``).
+
+    tokens[i]: the bytes token i stands for in text (a special token: its content's UTF-8);
+    lengths (V,) int64; special (V,) bool (atomic added tokens); fallback (V,) bool (<0xNN> tokens).
+    """
+
+    tokens: list[bytes]
+    lengths: np.ndarray
+    special: np.ndarray
+    fallback: np.ndarray
+    scheme: str
+
+
+def byte_vocab(tokenizer) -> ByteVocab:
+    """The byte string of every token of a fast HF tokenizer (see the module docstring)."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    scheme = _scheme(spec)
+    byte_fallback = bool((spec.get("model") or {}).get("byte_fallback"))
+    vocab = tokenizer.get_vocab()  # token string → id, added tokens included
+    size = max(vocab.values()) + 1
+    added = {i: t for i, t in tokenizer.added_tokens_decoder.items()}
+    decoder = _byte_decoder()
+    tokens = [b""] * size
+    special = np.zeros(size, bool)
+    fallback = np.zeros(size, bool)
+    for piece, i in vocab.items():
+        if scheme == METASPACE and byte_fallback and (m := _FALLBACK.match(piece)):
+            tokens[i] = bytes([int(m.group(1), 16)])  # <0xNN>, in the model's vocabulary or added
+            fallback[i] = True
+        elif i in added:  # added tokens are stored as their raw content, never byte-mapped
+            tokens[i] = added[i].content.encode()
+            special[i] = bool(added[i].special)
+        elif scheme == BYTE_LEVEL:
+            try:
+                tokens[i] = bytes(decoder[c] for c in piece)
+            except KeyError:  # not a byte-level piece (a hand-added token): its own text
+                tokens[i] = piece.encode()
+        else:
+            tokens[i] = piece.replace("▁", " ").encode()
+    lengths = np.fromiter(map(len, tokens), np.int64, size)
+    return ByteVocab(tokens, lengths, special, fallback, scheme)
+
+
+def _special_map(teacher_tok, student_tok, t: ByteVocab, s: ByteVocab) -> dict[int, int]:
+    """Teacher special id → the student's special id of the same content, else of the same role, else -1."""
+    by_content = {s.tokens[i]: i for i in np.flatnonzero(s.special)[::-1].tolist()}
+    out = {}
+    for i in np.flatnonzero(t.special).tolist():
+        j = by_content.get(t.tokens[i], -1)
+        for role in _SPECIAL_ROLES:
+            if j < 0 and getattr(teacher_tok, role, None) == i and getattr(student_tok, role, None) is not None:
+                j = int(getattr(student_tok, role))
+        out[i] = j
+    return out
+
+
+def exact_vocab_map(teacher_tok, student_tok) -> np.ndarray:
+    """(V_t,) int64: for each teacher id, the student id whose byte string is identical, -1 if none.
+
+    Special tokens map to special tokens only (``_special_map``). Among student tokens with the
+    same bytes an ordinary token wins over a ``<0xNN>`` byte-fallback one (the one the student
+    would produce), then the lowest id. Empty byte strings map to nothing.
+    """
+    return Aligner(teacher_tok, student_tok).vocab_map()
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An example that cannot be aligned; ``reason`` is one of SKIP_REASONS (count them by it)."""
+
+    reason: str
+    detail: str = ""
+
+
+SKIP_REASONS = ("invalid_utf8", "no_round_trip", "empty")
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """One example's alignment. C chunks; byte offsets are into ``text.encode()``.
+
+    student_ids (L_s,) int64: the student's tokens of the text (its model input).
+    teacher_spans (L_t, 2), student_spans (L_s, 2) int64: byte [start, end) of each token, the
+    teacher's clipped to the text (a token wholly outside it: an empty span at the edge).
+    teacher_chunk (L_t,) int64: chunk of each teacher token, -1 outside the text (trimmed edges).
+    student_chunk (L_s,) int64: chunk of each student token.
+    teacher_bounds (C, 2), student_bounds (C, 2) int64: token ranges [ta, tb), [sa, sb) per chunk.
+    byte_bounds (C+1,) int64: the shared boundaries.
+    usable (C,) bool: every token of the chunk has a log-prob on both sides (not token 0 of
+    either sequence) and no teacher token in it lost bytes to trimming.
+    """
+
+    text: str
+    student_ids: np.ndarray
+    teacher_spans: np.ndarray
+    student_spans: np.ndarray
+    teacher_chunk: np.ndarray
+    student_chunk: np.ndarray
+    teacher_bounds: np.ndarray
+    student_bounds: np.ndarray
+    byte_bounds: np.ndarray
+    usable: np.ndarray
+
+    @property
+    def num_chunks(self) -> int:
+        return int(self.usable.shape[0])
+
+
+def _utf8_window(raw: bytes) -> tuple[int, int]:
+    """[lo, hi): ``raw`` without a multi-byte character cut at either edge."""
+    lo = 0
+    while lo < min(len(raw), 3) and raw[lo] & 0xC0 == 0x80:  # continuation bytes of a cut char
+        lo += 1
+    hi = len(raw)
+    for back in range(1, min(4, len(raw) - lo) + 1):  # the last lead byte: is its character whole?
+        b = raw[hi - back]
+        if b & 0xC0 == 0x80:
+            continue
+        need = 1 if b < 0x80 else 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4 if b >> 3 == 0b11110 else 1
+        if need > back:
+            hi -= back
+        break
+    return lo, hi
+
+
+def _ranges(chunk: np.ndarray, num: int) -> np.ndarray:
+    """(C, 2) [first, end) token index per chunk from a non-decreasing chunk index per token."""
+    c = np.arange(num)
+    return np.stack([np.searchsorted(chunk, c, "left"), np.searchsorted(chunk, c, "right")], -1)
+
+
+class Aligner:
+    """Both tokenizers' byte tables and the special-token map, built once; ``align`` per example.
+
+    Picklable (DataLoader workers get a copy).
+    """
+
+    def __init__(self, teacher_tokenizer, student_tokenizer) -> None:
+        self.student = student_tokenizer
+        self.t = byte_vocab(teacher_tokenizer)
+        self.s = byte_vocab(student_tokenizer)
+        self.specials = _special_map(teacher_tokenizer, student_tokenizer, self.t, self.s)
+
+    def vocab_map(self) -> np.ndarray:
+        """See ``exact_vocab_map``."""
+        by_bytes: dict[bytes, int] = {}
+        ordinary = ~self.s.special & ~self.s.fallback & (self.s.lengths > 0)
+        for keep in (ordinary, self.s.fallback):  # ordinary tokens first, then <0xNN>
+            for i in np.flatnonzero(keep).tolist():
+                by_bytes.setdefault(self.s.tokens[i], i)
+        out = np.array([-1 if self.t.special[i] else by_bytes.get(b, -1) for i, b in enumerate(self.t.tokens)],
+                       np.int64)
+        for i, j in self.specials.items():
+            out[i] = j
+        return out
+
+    def _student_piece(self, data: bytes, ids: list[int]) -> np.ndarray | None:
+        """Byte lengths of the student's tokens of one text piece, or None when they don't give it back.
+
+        A SentencePiece tokenizer that prepends "▁" to the piece gives one byte too many at the
+        front: taken off its first token.
+        """
+        lens = self.s.lengths[ids].copy()
+        got = b"".join([self.s.tokens[i] for i in ids])
+        if got == data:
+            return lens
+        if len(got) == len(data) + 1 and got[:1] == b" " and got[1:] == data and len(lens):
+            lens[0] -= 1
+            return lens
+        return None
+
+    def align(self, teacher_ids) -> Alignment | Skip:
+        """Align one example's teacher tokens (L_t,) with the student's tokens of the same text."""
+        ids = np.asarray(teacher_ids, np.int64).reshape(-1)
+        t = self.t
+        lens = t.lengths[ids]  # (L_t,)
+        ends = np.cumsum(lens)
+        starts = ends - lens
+        raw = b"".join([t.tokens[i] for i in ids.tolist()])
+        lo, hi = _utf8_window(raw)
+        try:
+            text = raw[lo:hi].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Skip("invalid_utf8", str(exc))
+        if hi <= lo:
+            return Skip("empty", "no whole character in the example")
+        # teacher spans in text coordinates; outside tokens get an empty span at the edge
+        t_spans = np.stack([np.clip(starts, lo, hi), np.clip(ends, lo, hi)], -1) - lo  # (L_t, 2)
+        inside = ((ends > lo) & (starts < hi)) | ((lens == 0) & (starts >= lo) & (starts < hi))
+        cut = inside & ((starts < lo) | (ends > hi))  # lost bytes to trimming
+
+        # the student's tokens, piece by piece between the teacher's special tokens
+        sp = np.flatnonzero(t.special[ids] & inside)
+        s_ids: list[np.ndarray] = []
+        s_lens: list[np.ndarray] = []
+        pieces: list[tuple[int, int]] = []  # text byte ranges to tokenize
+        layout: list[tuple[str, int]] = []  # ("text", piece index) or ("special", teacher position)
+        at = 0
+        for j in sp.tolist():
+            a, b = int(t_spans[j, 0]), int(t_spans[j, 1])
+            if a > at:
+                layout.append(("text", len(pieces)))
+                pieces.append((at, a))
+            student = self.specials.get(int(ids[j]), -1)
+            if student >= 0:
+                layout.append(("special", j))
+            else:  # no student counterpart: its content as text
+                layout.append(("text", len(pieces)))
+                pieces.append((a, b))
+            at = b
+        if hi - lo > at:
+            layout.append(("text", len(pieces)))
+            pieces.append((at, hi - lo))
+        data = raw[lo:hi]
+        texts = [data[a:b].decode("utf-8") for a, b in pieces]
+        encoded = self.student(texts, add_special_tokens=False)["input_ids"] if texts else []
+        for kind, k in layout:
+            if kind == "special":
+                s_ids.append(np.array([self.specials[int(ids[k])]], np.int64))
+                s_lens.append(np.array([t_spans[k, 1] - t_spans[k, 0]], np.int64))
+                continue
+            a, b = pieces[k]
+            got = self._student_piece(data[a:b], encoded[k])
+            if got is None:
+                return Skip("no_round_trip", f"the student's tokens of bytes [{a}, {b}) do not give them back")
+            s_ids.append(np.asarray(encoded[k], np.int64))
+            s_lens.append(got)
+        student_ids = np.concatenate(s_ids)
+        s_ends = np.cumsum(np.concatenate(s_lens))
+        s_spans = np.stack([s_ends - np.concatenate(s_lens), s_ends], -1)  # (L_s, 2)
+
+        # shared boundaries and chunks: a byte offset is shared when a token of each side ends there
+        n = hi - lo
+        t_end = np.zeros(n + 1, bool)
+        t_end[0] = True
+        t_end[t_spans[inside, 1]] = True
+        shared = np.zeros(n + 1, bool)
+        shared[0] = True
+        shared[s_ends] = True
+        shared &= t_end  # (n+1,)
+        bounds = np.flatnonzero(shared)  # (C+1,) sorted: 0 … n
+        num = len(bounds) - 1
+        chunk_at = np.minimum(np.cumsum(shared) - 1, num - 1)  # (n+1,) chunk holding the byte at each offset
+        t_chunk = np.where(inside, chunk_at[t_spans[:, 0]], -1)
+        first = int(np.argmax(inside))
+        monotone = np.where(inside, t_chunk, np.where(np.arange(len(ids)) < first, -1, num))
+        s_chunk = chunk_at[s_spans[:, 0]]
+        t_ranges, s_ranges = _ranges(monotone, num), _ranges(s_chunk, num)
+        usable = (t_ranges[:, 0] >= 1) & (s_ranges[:, 0] >= 1)
+        usable[t_chunk[cut]] = False
+        return Alignment(text, student_ids, t_spans, s_spans, t_chunk, s_chunk, t_ranges, s_ranges, bounds, usable)

@@ -1,0 +1,142 @@
+"""The cross-tokenizer targets of one example (numpy, built by a loader worker from a store row
+and its ``Alignment``) and their padded batch (torch), the input of ``cross_losses``.
+
+Per example: the student's input ids and the chunk of each of its tokens, the teacher's chunk
+log-likelihoods (sums of the store's ``target_logprob``, float64 so a long chunk keeps its digits)
+and, for the ``exact`` loss, the teacher's top-k at chunk starts mapped to student ids. A batch
+flattens the chunks of all its examples into one axis of N chunks (example b's chunk c is
+``offset_b + c``) and pads the student tokens to the longest example with a mask.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kdstream.distill.align import Alignment
+
+if TYPE_CHECKING:  # torch is imported where a batch is built: a worker that only aligns needs none
+    import torch
+
+
+@dataclass(frozen=True)
+class AlignedExample:
+    """One example's targets. C chunks, P exact rows, k the store's top-k.
+
+    student_ids (L_s,) int64; student_chunk (L_s,) int64 chunk of each student token.
+    teacher_chunk_logprob (C,) float64: the teacher's log-likelihood of each chunk (0 where unusable).
+    usable (C,) bool. exact_rows (P,) int64: student positions s whose next token (s+1) starts
+    where the teacher's next token does. exact_ids (P, k) int64: the teacher's top-k at that
+    position as student ids, -1 where the teacher token has no byte-identical student token.
+    exact_logprobs (P, k) float32: their teacher log-probs, -inf where unmapped (that mass joins
+    the tail). Without a top-k (ALM only) P = k = 0.
+    """
+
+    student_ids: np.ndarray
+    student_chunk: np.ndarray
+    teacher_chunk_logprob: np.ndarray
+    usable: np.ndarray
+    exact_rows: np.ndarray
+    exact_ids: np.ndarray
+    exact_logprobs: np.ndarray
+
+
+def teacher_chunk_logprobs(alignment: Alignment, target_logprob: np.ndarray) -> np.ndarray:
+    """(C,) float64: sum over each chunk's teacher tokens j of target_logprob[j - 1] (0 where unusable).
+
+    target_logprob (L_t - 1,): the store's log-prob of input_ids[t + 1] at row t; token 0 has none.
+    """
+    lp = np.asarray(target_logprob, np.float64)
+    chunk = alignment.teacher_chunk[1:]  # (L_t - 1,) chunk of the token row t predicts
+    keep = chunk >= 0
+    out = np.bincount(chunk[keep], weights=lp[keep], minlength=alignment.num_chunks)
+    return np.where(alignment.usable, out, 0.0)
+
+
+def aligned_example(alignment: Alignment, target_logprob: np.ndarray, topk_ids: np.ndarray | None = None,
+                    topk_logprobs: np.ndarray | None = None, vocab_map: np.ndarray | None = None) -> AlignedExample:
+    """The targets of one store row (``store[i]``'s target_logprob, topk_ids, topk_logprobs).
+
+    The exact rows: at every usable chunk, the teacher's row ta - 1 (predicting the chunk's first
+    teacher token) against the student's row sa - 1 (predicting its first student token); both
+    predict text that starts at the same byte. Rows with no mapped id are left out.
+    """
+    lp = teacher_chunk_logprobs(alignment, target_logprob)
+    if topk_ids is None:
+        rows = np.zeros(0, np.int64)
+        ids, logprobs = np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32)
+    else:
+        if vocab_map is None or topk_logprobs is None:
+            raise ValueError("the exact targets need topk_ids, topk_logprobs and vocab_map together")
+        c = np.flatnonzero(alignment.usable)  # (P0,)
+        t_rows = alignment.teacher_bounds[c, 0] - 1
+        ids = vocab_map[np.asarray(topk_ids)[t_rows]]  # (P0, k) student ids, -1 unmapped
+        logprobs = np.asarray(topk_logprobs, np.float32)[t_rows]
+        mapped = ids >= 0
+        logprobs = np.where(mapped, logprobs, -np.inf).astype(np.float32)
+        keep = (mapped & np.isfinite(logprobs)).any(-1)
+        rows, ids, logprobs = alignment.student_bounds[c[keep], 0] - 1, ids[keep], logprobs[keep]
+    return AlignedExample(alignment.student_ids, alignment.student_chunk, lp, alignment.usable.copy(),
+                          rows.astype(np.int64), ids.astype(np.int64), logprobs)
+
+
+@dataclass
+class AlignedBatch:
+    """B examples, padded to L = the longest student sequence; N chunks, P exact rows in all.
+
+    input_ids (B, L) int64 (pad_id past each example's end); attention_mask (B, L) bool.
+    token_chunk (B, L) int64: batch-wide chunk index of each student token, -1 on padding.
+    teacher_chunk_logprob (N,) float32; chunk_usable (N,) bool.
+    exact_batch (P,), exact_row (P,) int64: where the exact rows sit in (B, L);
+    exact_ids (P, k) int64 (-1 unmapped); exact_logprobs (P, k) float32 (-inf unmapped).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_chunk: torch.Tensor
+    teacher_chunk_logprob: torch.Tensor
+    chunk_usable: torch.Tensor
+    exact_batch: torch.Tensor
+    exact_row: torch.Tensor
+    exact_ids: torch.Tensor
+    exact_logprobs: torch.Tensor
+
+    def to(self, device, non_blocking: bool = False) -> "AlignedBatch":
+        return AlignedBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+                               for f in fields(self)})
+
+
+def collate_aligned(examples: list[AlignedExample], pad_id: int = 0) -> AlignedBatch:
+    """Pad a list of AlignedExample into one AlignedBatch (a DataLoader ``collate_fn``)."""
+    import torch
+
+    if not examples:
+        raise ValueError("collate_aligned needs at least one example")
+    b, width = len(examples), max(len(e.student_ids) for e in examples)
+    ids = np.full((b, width), pad_id, np.int64)
+    mask = np.zeros((b, width), bool)
+    chunk = np.full((b, width), -1, np.int64)
+    offset = 0
+    for i, e in enumerate(examples):
+        n = len(e.student_ids)
+        ids[i, :n], mask[i, :n], chunk[i, :n] = e.student_ids, True, e.student_chunk + offset
+        offset += len(e.usable)
+    ks = {e.exact_ids.shape[1] for e in examples if len(e.exact_rows)} or {0}
+    if len(ks) > 1:
+        raise ValueError(f"examples of one batch must share the store's top-k, got k in {sorted(ks)}")
+    k = ks.pop()
+    exact = [e for e in examples if len(e.exact_rows)]
+    cat = (lambda xs, dtype, shape: np.concatenate(xs) if xs else np.zeros(shape, dtype))
+    return AlignedBatch(
+        input_ids=torch.from_numpy(ids),
+        attention_mask=torch.from_numpy(mask),
+        token_chunk=torch.from_numpy(chunk),
+        teacher_chunk_logprob=torch.from_numpy(np.concatenate([e.teacher_chunk_logprob for e in examples])).float(),
+        chunk_usable=torch.from_numpy(np.concatenate([e.usable for e in examples])),
+        exact_batch=torch.from_numpy(cat([np.full(len(e.exact_rows), i, np.int64) for i, e in enumerate(examples)
+                                          if len(e.exact_rows)], np.int64, (0,))),
+        exact_row=torch.from_numpy(cat([e.exact_rows for e in exact], np.int64, (0,))),
+        exact_ids=torch.from_numpy(cat([e.exact_ids for e in exact], np.int64, (0, k))),
+        exact_logprobs=torch.from_numpy(cat([e.exact_logprobs for e in exact], np.float32, (0, k))),
+    )
