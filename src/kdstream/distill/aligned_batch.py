@@ -81,6 +81,14 @@ def aligned_example(alignment: Alignment, target_logprob: np.ndarray, topk_ids: 
                           rows.astype(np.int64), ids.astype(np.int64), logprobs)
 
 
+def empty_example() -> AlignedExample:
+    """A one-token example with no chunks and no exact rows: a rank or micro-batch whose examples
+    were all skipped still runs one forward pass (collectives stay in step), contributing 0."""
+    none = np.zeros(0, np.int64)
+    return AlignedExample(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(0), np.zeros(0, bool), none,
+                          np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32))
+
+
 @dataclass
 class AlignedBatch:
     """B examples, padded to L = the longest student sequence; N chunks, P exact rows in all.

@@ -14,6 +14,8 @@ def held_out_loss(run: Run, data: TrainData) -> dict:
     import torch
 
     from kdstream.distill import distributed
+    from kdstream.distill.aligned_batch import collate_aligned, empty_example
+    from kdstream.distill.cross_tokenizer import ALIGNED, PAD_ID
     from kdstream.distill.loader import BlockReader
 
     rows, batch_size, d = data.held_out, run.opts.batch_size, run.d
@@ -22,6 +24,7 @@ def held_out_loss(run: Run, data: TrainData) -> dict:
     per_rank = -(-len(rows) // d.world)  # ceil: the largest rank share
     passes = -(-per_rank // batch_size)
     sums = torch.zeros(3, dtype=torch.float64)
+    counted = 0  # held-out examples evaluated on this rank (a cross-tokenizer run skips some)
     model = run.model
     core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     core.eval()
@@ -30,8 +33,18 @@ def held_out_loss(run: Run, data: TrainData) -> dict:
             idx = mine[b * batch_size : (b + 1) * batch_size]
             n = len(idx)
             batch = reader.take(idx if n else rows[:1])
+            if data.transform is not None:  # cross-tokenizer: align, collate, weigh by what aligned
+                batch = data.transform(batch)
+                kept = batch[ALIGNED]
+                n = len(kept) if n else 0
+                out = core(aligned=collate_aligned(kept or [empty_example()], batch[PAD_ID]).to(run.device))
+                counted += n
+                sums += out.double().cpu() * n
+                continue
             out = core(**{k: torch.from_numpy(batch[k]).to(run.device) for k in data.keys})
+            counted += n
             sums += out.double().cpu() * n
     core.train()
-    loss, ce, kd = (v / len(rows) for v in distributed.all_sum(sums.tolist(), d))
+    *totals, total = distributed.all_sum([*sums.tolist(), float(counted)], d)
+    loss, ce, kd = (v / max(total, 1.0) for v in totals)
     return {"eval_loss": loss, "eval_ce": ce, "eval_kd": kd}

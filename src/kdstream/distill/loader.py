@@ -59,6 +59,7 @@ class EpochPlan:
     rank: int = 0
     world: int = 1
     start_batch: int = 0  # resume: batches already consumed this epoch
+    transform: Callable[[dict], dict] | None = None  # applied to each batch where it is read (worker or thread)
 
     @property
     def num_batches(self) -> int:
@@ -109,7 +110,16 @@ def _batches(source: ExampleSource, plan: EpochPlan, worker: int, workers: int) 
     reader = BlockReader(source, plan.block_rows, plan.keys)
     for g in range(plan.start_batch + worker, plan.num_batches, workers):
         rows, weight = plan.rows(g)
-        yield reader.take(rows), weight
+        batch = reader.take(rows)
+        yield (batch if plan.transform is None else plan.transform(batch)), weight
+
+
+def tensors(batch: dict) -> dict:
+    """numpy arrays of a batch → torch tensors (sharing memory); other values (a cross-tokenizer
+    batch's examples) as they are."""
+    import torch
+
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
 
 
 def _torch_dataset(open_source: Callable[[], ExampleSource], plan: EpochPlan):
@@ -122,7 +132,7 @@ def _torch_dataset(open_source: Callable[[], ExampleSource], plan: EpochPlan):
             info = torch.utils.data.get_worker_info()
             w, n = (0, 1) if info is None else (info.id, info.num_workers)
             for batch, weight in _batches(open_source(), plan, w, n):
-                yield {k: torch.from_numpy(v) for k, v in batch.items()}, weight
+                yield tensors(batch), weight
 
     return _Dataset()
 
@@ -158,7 +168,7 @@ def stream_batches(open_source: Callable[[], ExampleSource], plan: EpochPlan, *,
     import torch
 
     if workers == 0:
-        it = ((({k: torch.from_numpy(v) for k, v in b.items()}), w) for b, w in _batches(open_source(), plan, 0, 1))
+        it = ((tensors(b), w) for b, w in _batches(open_source(), plan, 0, 1))
         yield from (_prefetched(it, prefetch) if prefetch else it)
         return
     loader = torch.utils.data.DataLoader(_torch_dataset(open_source, plan), batch_size=None, num_workers=workers,

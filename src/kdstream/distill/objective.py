@@ -51,9 +51,11 @@ class Objective(nn.Module):
     submodule), so DDP/FSDP wrap, checkpoints and ``train()`` touch only the student."""
 
     def __init__(self, net: nn.Module, *, loss: str, temperature: float, tail: str, beta: float,
-                 alpha_ce: float, chunk: int | None, teacher: nn.Module | None = None) -> None:
+                 alpha_ce: float, chunk: int | None, teacher: nn.Module | None = None,
+                 cross: str | None = None) -> None:
         super().__init__()
         self.net = net
+        self.cross = cross  # a cross_tokenizer.CROSS_MODES mode: forward takes ``aligned`` batches
         self.loss, self.temperature, self.tail, self.beta = loss, temperature, tail, beta
         self.alpha_ce, self.chunk = alpha_ce, chunk
         self._teacher = (teacher,)  # a tuple: nn.Module would register a submodule
@@ -73,12 +75,20 @@ class Objective(nn.Module):
             hidden = self.teacher.base_model(input_ids=input_ids).last_hidden_state[:, :-1]  # (B, L-1, H_t)
         return hidden.reshape(-1, hidden.shape[-1]), self.teacher.get_output_embeddings()
 
-    def forward(self, input_ids: Tensor, topk_ids: Tensor | None = None, topk_logprobs: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor | None = None, topk_ids: Tensor | None = None,
+                topk_logprobs: Tensor | None = None, aligned=None) -> Tensor:
         """input_ids (B, L), topk_* (B, L-1, k) → [loss, ce, kd]; row t predicts token t+1.
+        ``aligned``: a cross-tokenizer AlignedBatch instead (the student's own tokens, padded).
 
         Only ``loss`` is meant to be differentiated; ce and kd are for logging (on the fused path
         they carry no gradient at all).
         """
+        if aligned is not None:
+            from kdstream.distill.cross_tokenizer import cross_terms
+
+            logits = self.net(input_ids=aligned.input_ids, attention_mask=aligned.attention_mask).logits  # (B, L, V)
+            return cross_terms(logits, aligned, mode=self.cross, loss=self.loss, temperature=self.temperature,
+                               tail=self.tail, beta=self.beta, alpha_ce=self.alpha_ce)
         targets = input_ids[:, 1:].reshape(-1)  # (N,), N = B*(L-1)
         n = targets.shape[0]
         if topk_ids is not None:

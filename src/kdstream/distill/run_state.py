@@ -7,7 +7,7 @@ them instead of long argument lists. Nothing here imports torch, so ``--help`` s
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ class Run:
     record: RunRecord  # the options as checkpoints record them and --resume compares them
     resumed_from: Path | None  # the checkpoint this run continues (None: a fresh start)
     pos: Position  # optimizer steps taken and the loader's place in the epoch
+    skipped: dict[str, int] = field(default_factory=dict)  # cross-tokenizer: examples skipped by reason (this rank)
 
 
 @dataclass(frozen=True)
@@ -49,3 +50,4 @@ class TrainData:
     keys: tuple[str, ...]  # arrays a batch carries to the objective
     num_train: int  # rows trained on per epoch
     total_steps: int  # optimizer steps over all epochs
+    transform: Callable[[dict], dict] | None = None  # rows → a cross-tokenizer batch (cross_tokenizer.CrossTargets)

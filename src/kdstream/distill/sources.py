@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdstream.distill.loss_names import KD_LOSSES
 from kdstream.errors import KdError
 
 
@@ -97,6 +98,35 @@ def verify_before_training(urls: str) -> None:
                           f"run `kdstream store verify {url}` and re-copy or regenerate it")
 
 
+def cross_mode(opts, store, tokenizer) -> str | None:
+    """The cross-tokenizer loss this run uses (cross_tokenizer.CROSS_MODES), or None for the
+    token-level losses: ``--cross-tokenizer auto`` picks alm+exact when the student's tokenizer
+    differs from the store's (KD losses only); an explicit mode applies even to the same one."""
+    from kdstream.distill.cross_tokenizer import AUTO
+
+    if opts.cross_tokenizer == AUTO:
+        return None if opts.loss not in KD_LOSSES or _same_tokenizer(store, tokenizer) else "alm+exact"
+    return opts.cross_tokenizer
+
+
+def cross_targets(opts, store, tokenizer):
+    """The loader's per-batch transform of a cross-tokenizer run (None otherwise); the teacher's
+    tokenizer is the student's when they are the same, else ``--teacher-tokenizer``'s (checked)."""
+    from kdstream.distill.cross_tokenizer import CrossTargets, teacher_tokenizer
+
+    mode = cross_mode(opts, store, tokenizer)
+    if mode is None:
+        return None
+    teacher = tokenizer if _same_tokenizer(store, tokenizer) else teacher_tokenizer(store, opts.teacher_tokenizer)
+    return CrossTargets.build(teacher, tokenizer, mode)
+
+
+def _same_tokenizer(store, tokenizer) -> bool:
+    from kdstream.data import tokenizer_fingerprint
+
+    return tokenizer_fingerprint(tokenizer)["sha256"] == (store.attrs.get("tokenizer") or {}).get("sha256")
+
+
 def load_source(opts, tokenizer, net):
     """(source, open_source, seq_len): a logit store (or several read as one: open_stores) or
     packed corpus examples."""
@@ -106,7 +136,8 @@ def load_source(opts, tokenizer, net):
         from kdstream.storage import open_stores
 
         store = open_stores(opts.logits_store)
-        check_store_matches(store, tokenizer, net)
+        if cross_mode(opts, store, tokenizer) is None:
+            check_store_matches(store, tokenizer, net)
         check_loss_fits_store(opts.loss, store)
         return store, OpenStore.of(store), store.seq_len
     from kdstream.data import load_corpus, pack_examples

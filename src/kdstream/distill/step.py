@@ -11,8 +11,20 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
+from kdstream.distill.cross_tokenizer import ALIGNED, PAD_ID
+
 if TYPE_CHECKING:
     from kdstream.distill.run_state import Run
+
+
+def _aligned_micro(run: Run, aligned: list, idx, pad_id: int):
+    """One micro-batch of a cross-tokenizer batch, collated (padded) on this rank's device. A rank
+    or micro-batch left without examples (all skipped) runs on the batch's first one, or on an
+    empty one-token example, at weight 0."""
+    from kdstream.distill.aligned_batch import collate_aligned, empty_example
+
+    chosen = [aligned[i] for i in idx if i < len(aligned)] or aligned[:1] or [empty_example()]
+    return collate_aligned(chosen, pad_id=pad_id).to(run.device, non_blocking=True)
 
 
 def _sync(run: Run, on: bool):
@@ -32,14 +44,18 @@ def optimizer_step(run: Run, keys: tuple[str, ...], batch: dict, weight: float) 
 
     from kdstream.distill import distributed
 
-    rows = batch["input_ids"].shape[0]
+    aligned = batch.get(ALIGNED)  # a cross-tokenizer batch: this rank's aligned examples
+    rows = len(aligned) if aligned is not None else batch["input_ids"].shape[0]
     parts = np.array_split(np.arange(rows), run.opts.grad_accum)
     run.optimizer.zero_grad(set_to_none=True)
     logged = torch.zeros(3, dtype=torch.float64)
     for j, idx in enumerate(parts):
-        share = len(idx) / rows
+        share = len(idx) / rows if rows else 0.0
         idx = idx if len(idx) else np.arange(1)  # keep collectives in step; weight 0 below
-        micro = {k: batch[k][torch.from_numpy(idx)].to(run.device, non_blocking=True) for k in keys}
+        if aligned is not None:
+            micro = {"aligned": _aligned_micro(run, aligned, idx, batch[PAD_ID])}
+        else:
+            micro = {k: batch[k][torch.from_numpy(idx)].to(run.device, non_blocking=True) for k in keys}
         with _sync(run, j == len(parts) - 1):
             with torch.autocast(run.device.type, torch.bfloat16, enabled=run.bf16):
                 out = run.model(**micro)  # [loss, ce, kd], means over this micro-batch's positions

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdstream.distill.cross_tokenizer import CROSS_MODES, SKIPPED
 from kdstream.distill.loss_names import CE_SAMPLED, KD_LOSSES, TAILS
 from kdstream.errors import KdError
 from kdstream.model_files import logit_postprocessing
@@ -73,6 +74,11 @@ class DistillOptions:
                                                   "the logits' memory); auto = a chunk's fp32 logits within 64 MiB; "
                                                   "0 = plain full-logits path.", parse=parse_loss_chunk)
     exclude: str | None = option(None, "File of example ids (one per line) to skip.")
+    cross_tokenizer: str = option("auto", "A student whose tokenizer differs from the store's: alm (chunk "
+                                          "likelihood matching) | exact (top-k on identical tokens) | alm+exact; "
+                                          "auto = alm+exact when the tokenizers differ.")
+    teacher_tokenizer: str | None = option(None, "The store's tokenizer (a directory), for --cross-tokenizer when "
+                                                 "the store does not carry it.")
     checkpoint_every: int | None = option(None, "Save a resumable checkpoint every N steps.")
     resume: bool = option(False, "Continue an interrupted run from its latest checkpoint in --out.")
     overwrite: bool = option(False, "Replace an existing checkpoint directory.")
@@ -94,6 +100,10 @@ class DistillOptions:
         require(self.loss in LOSSES, f"--loss {self.loss} is unknown: choose one of {', '.join(LOSSES)}")
         require(self.loss == "ce" or self.logits_store is not None or self.teacher is not None,
                 f"--loss {self.loss} needs teacher targets: pass --logits-store or --teacher (or use --loss ce)")
+        require(self.cross_tokenizer in ("auto", *CROSS_MODES),
+                f"--cross-tokenizer {self.cross_tokenizer} is unknown: choose auto, {', '.join(CROSS_MODES)}")
+        require(self.cross_tokenizer == "auto" or (self.logits_store is not None and self.loss in KD_LOSSES),
+                f"--cross-tokenizer {self.cross_tokenizer} needs --logits-store and --loss {' | '.join(KD_LOSSES)}")
         require(self.teacher is None or self.dataset is not None,
                 "--teacher runs the teacher online on text: pass --dataset DATA (not --logits-store)")
         require(self.teacher is None or self.loss in KD_LOSSES,
@@ -175,7 +185,14 @@ def _setup(opts: DistillOptions):
     from kdstream.distill.checkpoint import Position
     from kdstream.distill.resume_check import check_resume, run_record_of
     from kdstream.distill.run_state import Run
-    from kdstream.distill.sources import load_online_teacher, load_source, read_exclude, verify_before_training
+    from kdstream.distill.sources import (
+        cross_mode,
+        cross_targets,
+        load_online_teacher,
+        load_source,
+        read_exclude,
+        verify_before_training,
+    )
     from kdstream.distill.student import load_model_and_tokenizer
 
     device = distributed.pick_device(opts.device)
@@ -186,6 +203,7 @@ def _setup(opts: DistillOptions):
     net, tokenizer = load_model_and_tokenizer(opts.model, opts.tokenizer, opts.seed)
     teacher = load_online_teacher(opts.teacher, tokenizer, net, device) if opts.teacher else None
     source, open_source, seq_len = load_source(opts, tokenizer, net)
+    cross = cross_targets(opts, source, tokenizer) if opts.logits_store else None
     bf16 = opts.precision == "bf16" or (
         opts.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     record = run_record_of(opts, bf16, source.identity if opts.logits_store else None)
@@ -194,8 +212,8 @@ def _setup(opts: DistillOptions):
     _check_context(net, seq_len)
     if opts.logits_store is not None and opts.verify_store and d.main:
         verify_before_training(opts.logits_store)
-    data = _setup_data(opts, d, (source, open_source, seq_len), exclude)
-    model = _setup_model(opts, net, device, d, teacher)
+    data = _setup_data(opts, d, (source, open_source, seq_len), exclude, cross)
+    model = _setup_model(opts, net, device, d, teacher, cross_mode(opts, source, tokenizer) if cross else None)
     optimizer, scheduler = _setup_optimizer(opts, net, data.total_steps)
     run = Run(opts=opts, net=net, model=model, optimizer=optimizer, scheduler=scheduler, device=device, d=d,
               bf16=bf16, partial=partial, record=record, resumed_from=resume_from, pos=Position())
@@ -224,7 +242,7 @@ def _check_context(net, seq_len: int) -> None:
         raise KdError(f"examples have {seq_len} tokens but the student's context is {max_pos}: use a longer-context student")
 
 
-def _setup_data(opts: DistillOptions, d, loaded: tuple, exclude):
+def _setup_data(opts: DistillOptions, d, loaded: tuple, exclude, cross=None):
     """TrainData from the loaded (source, open_source, seq_len): the rows kept after --exclude
     and --eval-examples, the held-out rows, and the steps the kept rows make."""
     from kdstream.distill.loader import batches_per_epoch
@@ -236,8 +254,12 @@ def _setup_data(opts: DistillOptions, d, loaded: tuple, exclude):
                                 on_absent=_warn_absent(opts, len(exclude)) if d.main else None)
     num_train = len(source) if kept is None else int(kept.sum())
     keys = ("input_ids",) if opts.loss == "ce" or opts.teacher else ("input_ids", "topk_ids", "topk_logprobs")
+    if cross is not None:
+        from kdstream.distill.cross_tokenizer import store_keys
+
+        keys = store_keys("alm+exact" if cross.vocab_map is not None else "alm")
     return TrainData(source=source, open_source=open_source, seq_len=seq_len, kept=kept, held_out=held_out,
-                     keys=keys, num_train=num_train,
+                     keys=keys, num_train=num_train, transform=cross,
                      total_steps=batches_per_epoch(num_train, opts.batch_size) * opts.epochs)
 
 
@@ -252,9 +274,10 @@ def _warn_absent(opts: DistillOptions, count: int):
     return warn
 
 
-def _setup_model(opts: DistillOptions, net, device, d, teacher=None):
+def _setup_model(opts: DistillOptions, net, device, d, teacher=None, cross: str | None = None):
     """The student on its device inside the loss (Objective), wrapped for DDP / FSDP2; an online
-    teacher rides along unwrapped (frozen, replicated on every rank)."""
+    teacher rides along unwrapped (frozen, replicated on every rank). A cross-tokenizer run takes
+    the plain path (its losses gather per chunk, not per position)."""
     import torch
 
     from kdstream.distill import distributed
@@ -262,9 +285,10 @@ def _setup_model(opts: DistillOptions, net, device, d, teacher=None):
 
     torch.manual_seed(opts.seed)
     net.to(device)
-    chunk = fused_chunk(opts.loss_chunk, net)
+    chunk = None if cross else fused_chunk(opts.loss_chunk, net)
     return distributed.wrap(Objective(net, loss=opts.loss, temperature=opts.temperature, tail=opts.tail,
-                                      beta=opts.beta, alpha_ce=opts.alpha_ce, chunk=chunk, teacher=teacher),
+                                      beta=opts.beta, alpha_ce=opts.alpha_ce, chunk=chunk, teacher=teacher,
+                                      cross=cross),
                             d, device, opts.fsdp)
 
 
@@ -314,6 +338,8 @@ def _train_epochs(run, data, log) -> dict:
                   initial=run.pos.step * tokens_per_step, disable=not run.d.main) as bar:
         for epoch in range(run.pos.epoch, run.opts.epochs):
             for i, (batch, weight) in _epoch_batches(run, data, epoch):
+                for reason, n in batch.get(SKIPPED, {}).items():
+                    run.skipped[reason] = run.skipped.get(reason, 0) + n
                 losses = step.optimizer_step(run, data.keys, batch, weight)
                 run.scheduler.step()
                 run.pos = Position(step=run.pos.step + 1, epoch=epoch, batch_in_epoch=i + 1)
@@ -333,7 +359,7 @@ def _epoch_batches(run, data, epoch: int):
     opts = run.opts
     skip = run.pos.batch_in_epoch if epoch == run.pos.epoch else 0
     plan = EpochPlan(epoch_order(len(data.source), opts.shuffle_block, opts.seed, epoch, data.kept), opts.batch_size,
-                     opts.shuffle_block, data.keys, run.d.rank, run.d.world, start_batch=skip)
+                     opts.shuffle_block, data.keys, run.d.rank, run.d.world, start_batch=skip, transform=data.transform)
     return enumerate(stream_batches(data.open_source, plan, workers=opts.loader_workers, prefetch=opts.prefetch),
                      start=skip)
 
@@ -377,7 +403,20 @@ def _summary(run, data, last: dict, seconds: float, first_step: int) -> dict:
             "device": str(run.device), "precision": "bf16" if run.bf16 else "fp32",
             "tokens_per_s": round((run.pos.step - first_step) * tokens_per_step / seconds, 1) if seconds else None,
             "resumed_from_step": None if run.resumed_from is None else int(run.resumed_from.name.split("-")[1]),
-            "store_identity": run.record.store_identity}
+            "store_identity": run.record.store_identity, **_cross_summary(run)}
+
+
+def _cross_summary(run) -> dict:
+    """A cross-tokenizer run's loss and the examples it skipped (all ranks; an epoch's skips recur)."""
+    from kdstream.distill import distributed
+    from kdstream.distill.align import SKIP_REASONS
+
+    cross = getattr(run.model.module if hasattr(run.model, "module") else run.model, "cross", None)
+    if cross is None:
+        return {}
+    reasons = list(SKIP_REASONS)  # the same list on every rank: the sum is a collective
+    counts = distributed.all_sum([float(run.skipped.get(r, 0)) for r in reasons], run.d)
+    return {"cross_tokenizer": cross, "skipped_examples": {r: int(c) for r, c in zip(reasons, counts)}}
 
 
 def _save(run, tokenizer, log, summary: dict) -> None:

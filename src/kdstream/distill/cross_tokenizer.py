@@ -1,0 +1,105 @@
+"""distill across tokenizers: a student whose tokenizer differs from the store's teacher.
+
+The loader reads store rows as for any run; ``CrossTargets`` (run by the loader, in its worker
+or thread) turns each row into the student's view: the example's text re-tokenized for the
+student, aligned with the teacher's tokens (align.py), and the targets the losses need
+(aligned_batch.py): chunk log-likelihoods for ``alm``, the teacher's top-k mapped to identical
+student tokens for ``exact``. An example whose text does not survive the round trip is skipped
+and counted. The step collates each micro-batch's examples (``collate_aligned``) and the
+objective runs the student on them with the full logits (``cross_terms``).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from kdstream.errors import KdError
+
+CROSS_MODES = ("alm", "exact", "alm+exact")
+AUTO = "auto"  # alm+exact when the tokenizers differ; same-tokenizer runs stay token-level
+ALIGNED, SKIPPED, PAD_ID = "aligned", "skipped", "pad_id"  # the keys of a cross-tokenizer batch
+
+
+def store_keys(mode: str) -> tuple[str, ...]:
+    """The store arrays the targets of ``mode`` are built from."""
+    base = ("input_ids", "target_logprob")
+    return base + ("topk_ids", "topk_logprobs") if "exact" in mode else base
+
+
+@dataclass
+class CrossTargets:
+    """rows ({key: (B, ...) array} of store rows) → {ALIGNED: [AlignedExample], SKIPPED: {reason: n},
+    PAD_ID: the student's padding id}.
+    Picklable: built once in the main process (the byte tables and the vocabulary map), sent to
+    each DataLoader worker."""
+
+    aligner: object  # align.Aligner
+    vocab_map: np.ndarray | None  # (V_t,) student id with identical bytes, -1 if none (exact modes)
+    pad_id: int  # the student's pad (or eos) id: fills the batch past each example's end
+
+    @classmethod
+    def build(cls, teacher_tokenizer, student_tokenizer, mode: str) -> "CrossTargets":
+        from kdstream.distill.align import Aligner
+
+        aligner = Aligner(teacher_tokenizer, student_tokenizer)
+        pad = next((t for t in (student_tokenizer.pad_token_id, student_tokenizer.eos_token_id) if t is not None), 0)
+        return cls(aligner, aligner.vocab_map() if "exact" in mode else None, int(pad))
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict:
+        from kdstream.distill.align import Skip
+        from kdstream.distill.aligned_batch import aligned_example
+
+        examples, skipped = [], Counter()
+        exact = self.vocab_map is not None
+        for i in range(len(rows["input_ids"])):
+            a = self.aligner.align(rows["input_ids"][i])
+            if isinstance(a, Skip):
+                skipped[a.reason] += 1
+                continue
+            examples.append(aligned_example(a, rows["target_logprob"][i],
+                                            rows["topk_ids"][i] if exact else None,
+                                            rows["topk_logprobs"][i] if exact else None, self.vocab_map))
+        return {ALIGNED: examples, SKIPPED: dict(skipped), PAD_ID: self.pad_id}
+
+
+def cross_terms(logits, batch, *, mode: str, loss: str, temperature: float, tail: str, beta: float,
+                alpha_ce: float):
+    """logits (B, L, V) of the student on batch.input_ids → tensor [loss, ce, kd] (AlignedBatch).
+
+    kd: ``alm`` (chunk likelihoods, binary KL at ``temperature``), ``exact`` (``loss`` over the
+    teacher's top-k mapped to identical student tokens) or their mean; ce: the student's own
+    next-token CE over its real (unpadded) tokens, mixed in by ``alpha_ce``."""
+    import torch
+
+    from kdstream.distill.cross_losses import alm_loss, exact_map_loss, student_token_logprobs
+
+    lp = student_token_logprobs(logits, batch.input_ids)  # (B, L-1)
+    real = batch.attention_mask[:, 1:]  # (B, L-1) a real next token
+    ce = -(lp * real).sum() / real.sum().clamp(min=1)
+    parts = []
+    if "alm" in mode:
+        parts.append(alm_loss(logits, batch, temperature=temperature))
+    if "exact" in mode:
+        parts.append(exact_map_loss(logits, batch, kind=loss, temperature=temperature, tail=tail, beta=beta))
+    kd = torch.stack(parts).mean()
+    if alpha_ce == 0.0:
+        ce = ce.detach()
+    return torch.stack([(1 - alpha_ce) * kd + alpha_ce * ce, ce, kd])
+
+
+def teacher_tokenizer(store, path: str | None):
+    """The store's (teacher's) tokenizer from ``--teacher-tokenizer DIR``, checked against the
+    fingerprint the store recorded."""
+    from kdstream.data import load_tokenizer, tokenizer_fingerprint
+
+    if path is None:
+        raise KdError(f"the student's tokenizer differs from the store's and {store.url} carries no tokenizer: "
+                      "pass --teacher-tokenizer DIR (the teacher's tokenizer) to distil across tokenizers")
+    tok = load_tokenizer(path)
+    mine, theirs = tokenizer_fingerprint(tok)["sha256"], (store.attrs.get("tokenizer") or {}).get("sha256")
+    if mine != theirs:
+        raise KdError(f"--teacher-tokenizer {path} is not the tokenizer of {store.url} (sha256 {mine[:12]}, the store "
+                      f"records {str(theirs)[:12]}): pass the teacher's own tokenizer")
+    return tok

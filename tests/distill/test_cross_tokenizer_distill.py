@@ -1,0 +1,57 @@
+"""distill from a store with a student of another tokenizer (alignment + ALM / exact losses),
+end to end through the CLI, and its one-line refusals."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from helpers import losses, make_gpt_neox, one_line_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def other_student(tmp_path_factory, docs):
+    """A student whose BPE has another vocabulary (trained on the same documents)."""
+    from kdstream.data.tokenizer import train_bpe_tokenizer
+
+    d = tmp_path_factory.mktemp("other_student")
+    tok = train_bpe_tokenizer(docs, 400, d / "tok")
+    return make_gpt_neox(d / "model", tok, layers=1, vocab=400, seed=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["alm+exact", "alm"])
+def test_a_student_with_another_tokenizer_trains_from_the_store(teacher_store, teacher_dir, other_student, tmp_path,
+                                                                 mode):
+    out = tmp_path / "out"
+    run_cli("distill", "--logits-store", teacher_store, "--model", other_student, "--teacher-tokenizer", teacher_dir,
+            "--cross-tokenizer", mode, "--epochs", 2, "--batch-size", 8, "--lr", "1e-3", "--eval-examples", 4,
+            "--alpha-ce", 0.1, "--out", out)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["cross_tokenizer"] == mode
+    assert set(summary["skipped_examples"]) == {"invalid_utf8", "no_round_trip", "empty"}
+    steps = losses(out)
+    assert len(steps) == summary["steps"] > 0 and all(math.isfinite(x) for x in steps)
+    assert math.isfinite(summary["final_eval_loss"])
+    assert (out / "model.safetensors").is_file()
+
+
+def test_cross_tokenizer_refusals(teacher_store, teacher_dir, other_student, student_init_dir, tmp_path):
+    base = ["distill", "--logits-store", teacher_store, "--model", other_student, "--out", tmp_path / "out",
+            "--epochs", 1]
+    err = one_line_error(run_cli(*base, check=False))
+    assert "--teacher-tokenizer DIR" in err
+    err = one_line_error(run_cli(*base, "--teacher-tokenizer", other_student, check=False))
+    assert "is not the tokenizer of" in err
+    err = one_line_error(run_cli(*base, "--cross-tokenizer", "bytes", check=False))
+    assert "--cross-tokenizer bytes is unknown" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_same_tokenizer_with_an_explicit_cross_loss_runs(teacher_store, student_init_dir, tmp_path):
+    """One chunk per token: alm on the teacher's own tokenizer (its unit tests check the reduction)."""
+    run_cli("distill", "--logits-store", teacher_store, "--model", student_init_dir, "--cross-tokenizer", "alm",
+            "--epochs", 1, "--batch-size", 8, "--out", tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
+    assert summary["cross_tokenizer"] == "alm" and sum(summary["skipped_examples"].values()) == 0
