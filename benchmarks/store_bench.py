@@ -135,7 +135,7 @@ def http_server(root: Path):
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def read_rates(stores: dict[str, Path], passes: int = 7) -> dict:
+def read_rates(stores: dict[str, Path], passes: int = 7, where: tuple[str, ...] = ("local", "http")) -> dict:
     """Tokens/s reading each store whole, chunk by chunk, local and over HTTP (each store's parent
     directory served), all keys and the trainer's keys. The stores are read alternately, pass by
     pass, so that all see the same machine load: median and best of ``passes`` passes each,
@@ -143,12 +143,12 @@ def read_rates(stores: dict[str, Path], passes: int = 7) -> dict:
     out: dict = {"load_before": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "passes": passes}
     servers = {}
     try:
-        for path in stores.values():
+        for path in stores.values() if "http" in where else ():
             if path.parent not in servers:
                 servers[path.parent] = http_server(path.parent)
-        for where in ("local", "http"):
+        for place in where:
             for kind, keys in (("all_keys", None), ("trainer_keys", TRAINER_KEYS)):
-                readers = {label: reader_pass(str(p) if where == "local" else f"{servers[p.parent][1]}/{p.name}", keys)
+                readers = {label: reader_pass(str(p) if place == "local" else f"{servers[p.parent][1]}/{p.name}", keys)
                            for label, p in stores.items()}
                 runs: dict[str, list] = {label: [] for label in readers}
                 for i in range(passes + 1):
@@ -157,7 +157,7 @@ def read_rates(stores: dict[str, Path], passes: int = 7) -> dict:
                         if i:  # the first pass warms caches
                             runs[label].append(rate)
                 for label, r in runs.items():
-                    out[f"{label}_{where}_{kind}"] = {
+                    out[f"{label}_{place}_{kind}"] = {
                         "tokens_per_s_median": round(float(np.median([w for w, _ in r]))),
                         "tokens_per_s_best": round(max(w for w, _ in r)),
                         "tokens_per_cpu_s_median": round(float(np.median([c for _, c in r])))}

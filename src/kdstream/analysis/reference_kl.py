@@ -39,8 +39,8 @@ def reference_kl(url: str, model_dir: str, examples: int = 8, batch_size: int = 
                       "pass the store's teacher (or a model with the same tokenizer)")
     model = load_causal_lm(model_dir, "float32", device)
     n = max(1, min(int(examples), len(store)))
-    rows = store.read(0, n, ("input_ids", "topk_ids", "topk_logprobs", "tail_mass"))
-    V, k = store.vocab_size, store.k
+    rows = store.read(0, n, ("input_ids", "topk_ids", "topk_logprobs", "tail_mass", "topk_len"))
+    V = store.vocab_size
     full_sum = bucket_sum = 0.0
     positions = 0
     for b in range(0, n, batch_size):
@@ -51,17 +51,23 @@ def reference_kl(url: str, model_dir: str, examples: int = 8, batch_size: int = 
         top = torch.from_numpy(rows["topk_ids"][b : b + batch_size])  # (B, L-1, k)
         q_top = torch.from_numpy(rows["topk_logprobs"][b : b + batch_size]).double()  # (B, L-1, k)
         tail = torch.from_numpy(rows["tail_mass"][b : b + batch_size]).double().clamp(min=1e-30)  # (B, L-1)
+        n_row = torch.from_numpy(rows["topk_len"][b : b + batch_size]).double()  # (B, L-1): k unless ragged
+        # a ragged row's padding (-inf, id 0) lists nothing: point it at the row's first entry instead
+        pad = torch.isneginf(q_top)
+        top, q_top = torch.where(pad, top[..., :1], top), torch.where(pad, q_top[..., :1], q_top)
         p = logp.exp()
-        # full vocabulary: log q = log(tail / (V - k)) off the top-k, the stored value on it
-        log_q = (tail.log() - math.log(max(V - k, 1)))[..., None].expand_as(logp).clone()
+        # full vocabulary: log q = log(tail / (V - n)) off the row's n listed entries, the stored value on them
+        log_q = (tail.log() - (V - n_row).clamp(min=1).log())[..., None].expand_as(logp).clone()
         log_q.scatter_(-1, top, q_top)
         full_sum += float((p * (logp - log_q)).sum())
         # k + 1 classes: [top-k..., rest]
-        p_top = logp.gather(-1, top)  # (B, L-1, k)
+        p_top = logp.gather(-1, top).masked_fill(pad, -math.inf)  # (B, L-1, k)
+        q_top = q_top.masked_fill(pad, -math.inf)
         p_rest = torch.log1p(-p_top.exp().sum(-1).clamp(max=1 - 1e-15))  # (B, L-1)
         lp_cls = torch.cat([p_top, p_rest[..., None]], -1)
         lq_cls = torch.cat([q_top, tail.log()[..., None]], -1)
-        bucket_sum += float((lp_cls.exp() * (lp_cls - lq_cls)).sum())
+        listed = torch.isfinite(lp_cls)  # padding: no class on either side
+        bucket_sum += float(torch.where(listed, lp_cls.exp() * (lp_cls - lq_cls), 0.0).sum())
         positions += p_top.shape[0] * p_top.shape[1]
     return {"reference_model": str(model_dir), "kl_examples": n, "kl_positions": positions,
             "kl_full_mean": full_sum / positions, "kl_bucket_mean": bucket_sum / positions}

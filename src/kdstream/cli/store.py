@@ -119,6 +119,8 @@ def stats(url, sample_rows, reference_model, kl_examples, device, as_json):
         f"bytes per token:  {bpt:.2f}" if bpt is not None else "bytes per token:  unknown",
         *(f"  {name + ':':16}{format_size(b)}" for name, b in s["array_bytes"].items()),
         f"rows read:        {s['rows_read']} ({s['positions_read']:,} positions)",
+        f"entries/position: mean {s['entries_mean']:.2f}, p10 {s['entries_p10']:.0f}, p90 {s['entries_p90']:.0f} "
+        f"({_selection(s['selection'])})",
         f"top-k mass:       mean {s['topk_mass_mean']:.4f}, p10 {s['topk_mass_p10']:.4f}",
         f"tail mass:        mean {s['tail_mass_mean']:.4f}",
         f"target in top-k:  {s['target_in_topk']:.2%}",
@@ -132,6 +134,15 @@ def stats(url, sample_rows, reference_model, kl_examples, device, as_json):
             f"{s['kl_bucket_mean']:.2e} over top-k + bucket ({s['kl_positions']:,} positions of {s['reference_model']})",
         ]
     click.echo("\n".join(lines))
+
+
+def _selection(sel: dict) -> str:
+    """``top-k 8`` / ``top-p 0.9, 1..64 entries`` / ``budget 16, 1..64 entries``: how rows were chosen."""
+    if sel.get("kind") == "top_p":
+        return f"top-p {sel['p']:g}, {sel['min_k']}..{sel['max_k']} entries"
+    if sel.get("kind") == "budget":
+        return f"budget {sel['budget']:g}, {sel['min_k']}..{sel['max_k']} entries"
+    return f"top-k {sel.get('max_k')}"
 
 
 @store.command("card")

@@ -96,6 +96,9 @@ def student_distribution(student_logits: Tensor, topk_ids: Tensor, temperature: 
     gradient. renormalize: log_softmax over the k gathered logits / T only, and only over the
     ``listed`` (N, k) bool entries when given (a sampled store's rows end in padding ids the
     teacher gives probability 0: they must not take a share of the student's renormalized mass).
+    bucket with ``listed``: the unlisted entries (a ragged store's padding, id 0) are no class
+    (log-prob -inf) and their ids are not removed from the tail, so the tail is 1 - the mass of
+    the listed ids; without it every entry counts as listed.
     """
     z = student_logits.float()  # (N, V)
     ids = topk_ids.long()  # (N, k)
@@ -109,11 +112,17 @@ def student_distribution(student_logits: Tensor, topk_ids: Tensor, temperature: 
         raise ValueError(f"unknown tail {tail!r}; expected one of {TAILS}")
     logp = log_softmax(z)  # (N, V)
     top = logp.gather(-1, ids)  # (N, k)
+    if listed is not None:
+        top = top.masked_fill(~listed, _NEG_INF)  # padding: no class, no mass (gradient 0)
     mass = top.exp().sum(-1, keepdim=True)  # (N, 1)
     log_tail = torch.log1p(-mass.clamp(max=_CANCEL_LIMIT))  # (N, 1); replaced below where mass is larger
     heavy = (mass > _CANCEL_LIMIT).squeeze(-1).nonzero().squeeze(-1)  # (h,) rows needing the exact path
     if heavy.numel():
-        rest = logp[heavy].scatter(-1, ids[heavy], _NEG_INF)  # (h, V), top-k columns removed
+        if listed is None:
+            rest = logp[heavy].scatter(-1, ids[heavy], _NEG_INF)  # (h, V), top-k columns removed
+        else:  # only the listed ids' columns (a padding id may be listed elsewhere in the row, or not)
+            drop = torch.zeros_like(logp[heavy]).scatter_reduce(-1, ids[heavy], listed[heavy].float(), "amax")
+            rest = logp[heavy].masked_fill(drop > 0, _NEG_INF)  # (h, V)
         empty = torch.isneginf(rest).all(-1, keepdim=True)  # (h, 1)
         # logsumexp over an all -inf row has a NaN gradient; feed it zeros there and mask the result.
         exact = torch.logsumexp(rest.masked_fill(empty, 0.0), -1, keepdim=True).masked_fill(empty, _NEG_INF)
@@ -203,8 +212,8 @@ def kd_loss(student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor, *, 
     if mask is not None:  # drop rows up front: masked rows get exactly zero gradient, even if garbage
         student_logits, topk_ids, topk_logprobs = student_logits[mask], topk_ids[mask], topk_logprobs[mask]
 
-    # renormalize: only the entries the teacher lists (-inf marks a sampled store's padding)
-    listed = ~torch.isneginf(topk_logprobs) if tail == "renormalize" else None  # (N, k)
+    # only the entries the teacher lists: -inf marks padding (a sampled store's, a ragged store's)
+    listed = ~torch.isneginf(topk_logprobs)  # (N, k)
     log_s = student_distribution(student_logits, topk_ids, temperature, tail, listed)  # (N, k+1)
     log_t = teacher_distribution(topk_logprobs, temperature, tail)  # (N, k+1)
     if tail == "bucket":

@@ -19,7 +19,13 @@ class PrecomputeOptions:
     model: str = option(help="Teacher: a HF model directory.")
     dataset: str = option(help=".jsonl/.json/.parquet/.txt file, saved dataset dir, `demo`, or hub name.")
     out: str = option(help="Store path or fsspec URL (s3://bucket/store.zarr).")
-    top_k: int = option(64, "Most probable next tokens stored per position.")
+    top_k: int = option(64, "Most probable next tokens stored per position (with --top-p / --budget: at most).")
+    # ragged stores (storage/selection.py): a prefix of each row's top-k, its length per row
+    top_p: float | None = option(None, "Keep per position the smallest prefix of the top-k whose mass reaches P "
+                                       "(0 < P <= 1; at least --min-k, at most --top-k entries).")
+    budget: float | None = option(None, "Keep on average B entries per position, given within each chunk to its "
+                                        "largest probabilities across positions (each row --min-k..--top-k).")
+    min_k: int = option(1, "Fewest entries a row keeps with --top-p / --budget.")
     seq_len: int = option(256, "Tokens per example.")
     text_field: str = corpus_option("text_field")
     split: str = corpus_option("split")
@@ -47,6 +53,21 @@ class PrecomputeOptions:
 
     def __post_init__(self) -> None:
         require(self.top_k >= 1, f"--top-k {self.top_k} must be at least 1")
+        require(self.top_p is None or 0.0 < self.top_p <= 1.0, f"--top-p {self.top_p} is outside (0, 1]: "
+                "pass a probability mass such as 0.95")
+        require(self.top_p is None or self.budget is None,
+                "--top-p and --budget are two ways to choose each row's entries: pass one of them")
+        require(self.budget is None or self.budget <= self.top_k,
+                f"--budget {self.budget} is above --top-k {self.top_k} (the most a row can hold): "
+                f"use --budget <= {self.top_k}, or raise --top-k")
+        require(1 <= self.min_k <= self.top_k, f"--min-k {self.min_k} must be in 1..--top-k ({self.top_k})")
+        require(self.budget is None or self.budget >= self.min_k,
+                f"--budget {self.budget} is below --min-k {self.min_k} (every row keeps that many): "
+                f"use --budget >= {self.min_k}")
+        require(self.min_k == 1 or self.top_p is not None or self.budget is not None,
+                "--min-k is for --top-p / --budget (a fixed top-k store keeps --top-k entries per row): drop it")
+        require(self.targets == "topk" or (self.top_p is None and self.budget is None),
+                "--top-p / --budget choose entries of a top-k store: drop them with --targets sampled")
         require(self.seq_len >= 2, f"--seq-len {self.seq_len} must be at least 2")
         require(self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1")
         require(self.max_examples is None or self.max_examples >= 1, "--max-examples must be at least 1")
@@ -104,7 +125,11 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     sampled = opts.targets == "sampled"
     # sampled: at most min(N, k) distinct ids per position can be drawn: the stored width
     width = min(opts.samples, opts.top_k) if sampled else opts.top_k
-    options = {k: v for k, v in options_dict(opts).items() if k != "worker_index"}  # the same for every worker
+    selection = store_selection(opts)
+    # the same for every worker; a fixed store's options as before ragged stores (the selection
+    # attribute records --top-p / --budget / --min-k where they are used)
+    options = {k: v for k, v in options_dict(opts).items()
+               if k != "worker_index" and (selection is not None or k not in _SELECTION_OPTIONS)}
     writer = StoreWriter(
         opts.out,
         num_examples=len(examples),
@@ -115,6 +140,7 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
         overwrite=opts.overwrite,
         encoding="sampled" if sampled else opts.logprob_encoding,
         samples=opts.samples if sampled else None,
+        selection=selection,
         attrs={
             "targets": opts.targets,
             "source_top_k": opts.top_k,
@@ -196,6 +222,20 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
                           "next": f"kdstream store finalize {opts.out} (once all {opts.num_workers} workers finished)"}
     writer.finalize({"precompute_seconds": round(seconds, 3)})
     return summary | {"complete": True, "bytes_per_token": round(disk_bytes(opts.out) / (len(examples) * opts.seq_len), 1)}
+
+
+_SELECTION_OPTIONS = ("top_p", "budget", "min_k")
+
+
+def store_selection(opts: PrecomputeOptions) -> dict | None:
+    """The ``selection`` attribute of a ragged store (storage/selection.py); None for fixed top-k."""
+    from kdstream.storage import selection
+
+    if opts.top_p is not None:
+        return selection.describe("top_p", opts.top_k, opts.min_k, p=opts.top_p)
+    if opts.budget is not None:
+        return selection.describe("budget", opts.top_k, opts.min_k, budget=opts.budget)
+    return None
 
 
 def check_teacher_dtype(teacher: Teacher, engine: dict) -> None:

@@ -63,6 +63,11 @@ def _targets(attrs: dict[str, Any], stats: dict[str, Any]) -> str:
     if attrs.get("targets") == "sampled":
         return (f"{e.get('samples')} draws from the teacher's top-{attrs.get('source_top_k')} + tail, kept as up to "
                 f"{stats['k']} unique ids with their counts")
+    sel = attrs.get("selection") or {}
+    if sel.get("kind") in ("top_p", "budget"):  # ragged: a prefix of each row's top-k
+        rule = f"mass {sel['p']:g}" if sel["kind"] == "top_p" else f"a budget of {sel['budget']:g} per position"
+        return (f"a prefix of the teacher's {stats['k']} most probable next tokens ({rule}, {sel['min_k']}.."
+                f"{sel['max_k']} entries, {stats.get('entries_mean', float('nan')):.2f} on average) with their logprobs")
     return f"the teacher's {stats['k']} most probable next tokens with their logprobs"
 
 

@@ -195,24 +195,36 @@ def decode_shifted(cum: np.ndarray, shift: np.ndarray, scale: float, shift_scale
     return lp
 
 
-def _reference_codes(cum: np.ndarray, rank: np.ndarray) -> np.ndarray:
+def _reference_codes(cum: np.ndarray, rank: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
     """(..., k) absolute codes, (...,) ranks → (...,) float64 code of the target's top-k slot
-    (rank - 1 when rank <= k, else the last one)."""
-    k = cum.shape[-1]
-    slot = np.clip(np.asarray(rank, dtype=np.int64) - 1, 0, k - 1)
+    (rank - 1 when rank <= the row's length, else its last entry's). ``lengths`` (...,): a ragged
+    row's entries in use (None: k). A ragged row's padding repeats its last code (``pad_deltas``),
+    so slot min(rank, k) - 1 holds the same code: the lengths make it explicit, not different."""
+    last = cum.shape[-1] - 1 if lengths is None else np.asarray(lengths, dtype=np.int64) - 1
+    slot = np.clip(np.minimum(np.asarray(rank, dtype=np.int64) - 1, last), 0, cum.shape[-1] - 1)
     return np.take_along_axis(cum, slot[..., None], -1)[..., 0].astype(np.float64)
 
 
-def encode_target(target_logprob: np.ndarray, cum: np.ndarray, rank: np.ndarray, target_scale: float) -> np.ndarray:
+def encode_target(target_logprob: np.ndarray, cum: np.ndarray, rank: np.ndarray, target_scale: float,
+                  lengths: np.ndarray | None = None) -> np.ndarray:
     """(...,) exact target logprobs → (...,) int32 residual codes r = round(-logprob / target_scale)
     - 512 * c_ref (c_ref: ``_reference_codes``); 0 where the target is exactly its top-k value's code."""
     ct = np.clip(np.rint(-np.asarray(target_logprob, dtype=np.float64) / target_scale), 0, _MAX_TARGET)
-    return (ct - TARGET_STEPS * _reference_codes(cum, rank)).astype(np.int32)
+    return (ct - TARGET_STEPS * _reference_codes(cum, rank, lengths)).astype(np.int32)
 
 
-def decode_target(code: np.ndarray, cum: np.ndarray, rank: np.ndarray, target_scale: float) -> np.ndarray:
+def decode_target(code: np.ndarray, cum: np.ndarray, rank: np.ndarray, target_scale: float,
+                  lengths: np.ndarray | None = None) -> np.ndarray:
     """(...,) int32 residual codes + the row's absolute codes and ranks → (...,) float32 target logprobs."""
-    return (-(code.astype(np.float64) + TARGET_STEPS * _reference_codes(cum, rank)) * target_scale).astype(np.float32)
+    ref = _reference_codes(cum, rank, lengths)
+    return (-(code.astype(np.float64) + TARGET_STEPS * ref) * target_scale).astype(np.float32)
+
+
+def pad_deltas(deltas: np.ndarray, pad: np.ndarray) -> np.ndarray:
+    """A ragged row's (..., k) delta codes with 0 at its padding slots (``pad``, bool): the padding
+    then repeats the row's last code. Zeros cost least after bit shuffle + zstd (docs/store-format.md,
+    ragged rows); readers mask the padding with the row's length (-inf)."""
+    return np.where(pad, np.uint16(0), deltas)
 
 
 def draw_samples(topk_ids: np.ndarray, topk_logprobs: np.ndarray, samples: int, width: int,

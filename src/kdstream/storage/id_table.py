@@ -16,21 +16,30 @@ from __future__ import annotations
 import numpy as np
 
 
-def build(ids: np.ndarray, vocab_size: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def build(ids: np.ndarray, vocab_size: int, dtype: np.dtype,
+          pad: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(n, L-1, k) ids of one chunk → (topk_index (n, L-1, k), table (V,)), both ``dtype``.
 
+    ``pad`` (n, L-1, k) bool: a ragged store's padding slots, left out of the counts (they do not
+    move a real id's index) and stored as index 0 (the cheapest to compress; readers mask them).
     ValueError when an id is outside [0, vocab_size)."""
     ids = np.asarray(ids)
+    if pad is not None:
+        ids = np.where(pad, 0, ids)
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         raise ValueError(f"top-k ids must lie in [0, {vocab_size}), got {int(ids.min())}..{int(ids.max())}")
-    counts = np.bincount(ids.ravel(), minlength=vocab_size)  # (V,)
+    counted = ids if pad is None else ids[~pad]
+    counts = np.bincount(counted.ravel(), minlength=vocab_size)  # (V,)
     order = np.argsort(-counts, kind="stable")  # (V,) most frequent first; stable: ties by id
     used = int(np.count_nonzero(counts))
     index_of = np.empty(vocab_size, dtype=dtype)
     index_of[order] = np.arange(vocab_size, dtype=dtype)  # the inverse permutation
     table = np.zeros(vocab_size, dtype=dtype)
     table[:used] = order[:used]
-    return index_of[ids], table
+    index = index_of[ids]
+    if pad is not None:
+        index[pad] = 0
+    return index, table
 
 
 def lookup(index: np.ndarray, tables: np.ndarray, chunk_of_row: np.ndarray | None = None) -> np.ndarray:

@@ -11,7 +11,8 @@ from kdstream.storage import chunk_io, integrity
 from kdstream.storage import encoding as enc
 from kdstream.storage import id_table
 from kdstream.storage.chunks import DONE_ARRAY, chunk_slice
-from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, PER_CHUNK, arrays_of
+from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, LENGTH_ARRAY, PER_CHUNK, arrays_of, is_ragged
+from kdstream.storage.selection import pad_mask
 
 # What ``store[i]`` / ``store[a:b]`` / ``read`` return (the decoded view, whatever the version).
 KEYS = ("input_ids", "example_id", "doc_index", "topk_ids", "topk_logprobs", "tail_mass", "target_logprob",
@@ -31,7 +32,10 @@ _DECODED = {
     "sample_ids": np.int64,
     "sample_counts": np.int64,
     "sample_tail_count": np.int64,
+    LENGTH_ARRAY: np.int64,
 }
+# Read from a ragged store's topk_len, besides what the key's own arrays give: the padding to mask.
+_MASKED = ("topk_ids", "topk_logprobs", "tail_mass", "target_logprob")
 
 
 class LogitStore:
@@ -42,6 +46,11 @@ class LogitStore:
     Row t of the teacher arrays is the distribution that predicts input_ids[t+1]. Logprobs come
     back decoded to float32 whatever the on-disk encoding (``attrs["encoding"]``); each is within
     ``attrs["encoding"]["max_abs_error"]`` nats of the teacher's value.
+
+    A ragged store (``attrs["selection"]``, format version 5) keeps a prefix of each row: its
+    rows come back padded to k all the same, with logprob -inf and id 0 at the unused slots
+    (the losses read -inf as "not listed"), and ``read(..., keys=("topk_len",))`` gives each
+    row's entries in use (k everywhere for a fixed store).
 
     Every chunk a read needs must exist (``strict``: stores with chunk_done markers) and, with a
     manifest (format version 4), match it: otherwise a one-line KdError naming the array, chunk,
@@ -59,6 +68,7 @@ class LogitStore:
         self.encoding: dict[str, Any] = self.attrs.get("encoding") or enc.encoding_attrs("fp32")
         self.sampled = self.encoding["topk_logprobs"] == "sampled"
         self.qdelta = self.encoding["topk_logprobs"] == "qdelta"
+        self.ragged = is_ragged(self.attrs)
         self._arrays = {name: group[name] for name in arrays_of(self.attrs)}
         self.strict = strict
         plans = {name: chunk_io.plan(arr) for name, arr in self._arrays.items()}  # None: read via zarr
@@ -96,6 +106,13 @@ class LogitStore:
 
     def _sources(self, key: str) -> tuple[str, ...]:
         """The stored arrays that decoded ``key`` is computed from."""
+        if key == LENGTH_ARRAY:
+            return (LENGTH_ARRAY,) if self.ragged else ()
+        if self.ragged and key in _MASKED:
+            return self._stored_sources(key) + (LENGTH_ARRAY,)
+        return self._stored_sources(key)
+
+    def _stored_sources(self, key: str) -> tuple[str, ...]:
         stored = self._arrays
         if key == "topk_ids" and "topk_index" in stored:  # version 3: indices into the chunk's table
             return ("topk_index", "id_table")
@@ -114,12 +131,18 @@ class LogitStore:
             return self._read_sampled(start, stop, keys)
         raw = self._fetch(tuple(dict.fromkeys(n for key in keys for n in self._sources(key))), start, stop)
         out: dict[str, np.ndarray] = {}
+        # (B, L-1, k) True at a ragged row's padding slots; None for a fixed store
+        pad = pad_mask(raw[LENGTH_ARRAY], self.k) if LENGTH_ARRAY in raw and set(_MASKED[:3]) & set(keys) else None
+        if LENGTH_ARRAY in keys and not self.ragged:
+            out[LENGTH_ARRAY] = np.full((stop - start, self.seq_len - 1), self.k, dtype=np.int64)
         if "topk_ids" in keys and "topk_index" in raw:
             R = self.chunk_rows
             rows = np.arange(start, stop) // R - start // R  # (B,) which of the tables read each row uses
             out["topk_ids"] = id_table.lookup(raw["topk_index"], raw["id_table"], rows)  # (B, L-1, k) int64
+            if pad is not None:
+                np.copyto(out["topk_ids"], 0, where=pad)
         if self.qdelta and {"topk_logprobs", "tail_mass", "target_logprob"} & set(keys):
-            self._decode_qdelta(raw, keys, out)
+            self._decode_qdelta(raw, keys, out, pad)
         if "tail_mass" in keys and "tail_mass" not in out:
             out["tail_mass"] = raw["tail_mass"] if "tail_mass" in raw else enc.tail_mass(raw["topk_logprobs"])
         for key in keys:
@@ -127,7 +150,8 @@ class LogitStore:
                 out[key] = raw[key]
         return {key: out[key].astype(_DECODED[key], copy=False) for key in keys}
 
-    def _decode_qdelta(self, raw: dict[str, np.ndarray], keys: tuple[str, ...], out: dict[str, np.ndarray]) -> None:
+    def _decode_qdelta(self, raw: dict[str, np.ndarray], keys: tuple[str, ...], out: dict[str, np.ndarray],
+                       pad: np.ndarray | None = None) -> None:
         e = self.encoding
         if "topk_shift" not in self._arrays:  # version 2: a float32 tail, renormalised on read
             if "topk_logprobs" in keys:
@@ -135,9 +159,12 @@ class LogitStore:
             return
         cum = enc.cumulative_codes(raw["topk_logprobs"])  # (B, L-1, k) uint16 absolute codes
         if "target_logprob" in keys:
-            out["target_logprob"] = enc.decode_target(raw["target_code"], cum, raw["target_rank"], e["target_scale"])
+            out["target_logprob"] = enc.decode_target(raw["target_code"], cum, raw["target_rank"], e["target_scale"],
+                                                      raw.get(LENGTH_ARRAY))
         if "topk_logprobs" in keys or "tail_mass" in keys:
             lp = enc.decode_shifted(cum, raw["topk_shift"], e["scale"], e["shift_scale"])  # (B, L-1, k)
+            if pad is not None:  # the padding repeats the row's last code: no entry, no mass
+                np.copyto(lp, -np.inf, where=pad)
             if "topk_logprobs" in keys:
                 out["topk_logprobs"] = lp
             if "tail_mass" in keys:

@@ -14,6 +14,8 @@ Per-example arrays, all with examples on axis 0 and the same number of rows per 
                                                   as a residual against the top-k codes (encoding.py)
     target_logprob  (S, L-1)     float32          fp32: that logprob, exact
     target_rank     (S, L-1)     uint16 | int32   its 1-based rank in the teacher's distribution
+    topk_len        (S, L-1)     uint8 | uint16   ragged stores only (version 5): entries of row t in use,
+                                                  1..k; slots >= topk_len are padding (docs/store-format.md)
 One array with one row per chunk (C = ceil(S / R) rows, chunks of one row):
     id_table        (C, V)       uint16 | int32   chunk c's distinct top-k ids, most frequent in the chunk
                                                   first (ties by id), then zeros: topk_ids = id_table[c][topk_index]
@@ -25,6 +27,10 @@ manifest_crc32c array (every chunk's crc32c) and the ``integrity`` attribute (ch
 attributes and of the manifest), which readers check. Version 3 stores (the same arrays without
 it), and version 1 and 2 stores (ids as they are, float32 or qdelta-coded logprobs, float32 tail
 and target) are still read, without those checks.
+Version 5 = version 4 plus ``topk_len``, written only by ragged stores (``precompute-logits
+--top-p`` / ``--budget``, attribute ``selection``): fixed top-k stores are still written as version
+4, so that the kdstream releases before ragged stores read them, and refuse (rather than misread)
+a ragged one.
 """
 from __future__ import annotations
 
@@ -33,7 +39,11 @@ from typing import Any
 import numpy as np
 
 FORMAT_NAME = "kdstream-logits"
-FORMAT_VERSION = 4  # 4: version 3 + integrity record (manifest of chunk checksums, attribute checksum)
+FORMAT_VERSION = 5  # 5: version 4 + topk_len (ragged stores only; fixed stores stay version 4)
+FIXED_VERSION = 4  # 4: version 3 + integrity record (manifest of chunk checksums, attribute checksum)
+RAGGED_VERSION = 5
+LENGTH_ARRAY = "topk_len"
+RAGGED_KINDS = ("top_p", "budget")  # the ``selection`` kinds whose rows have their own length
 TARGET_CHUNK_BYTES = 1 << 20  # a chunk is the unit of reading: >= 1 MiB raw keeps reads efficient
 
 PER_EXAMPLE = ("input_ids", "example_id", "doc_index")
@@ -47,22 +57,30 @@ V1_ARRAYS = tuple(a for a in V2_ARRAYS if a != "tail_mass")  # format version 1 
 SAMPLED_ARRAYS = PER_EXAMPLE + ("sample_ids", "sample_counts", "sample_tail_count", "target_logprob", "target_rank")
 
 
-def stored_arrays(format_version: int = FORMAT_VERSION, targets: str | None = "topk",
-                  logprobs: str = "qdelta") -> tuple[str, ...]:
-    """Names of the arrays a store of this version, kind of targets and logprob encoding holds."""
+def stored_arrays(format_version: int = FIXED_VERSION, targets: str | None = "topk",
+                  logprobs: str = "qdelta", ragged: bool = False) -> tuple[str, ...]:
+    """Names of the arrays a store of this version, kind of targets and logprob encoding holds
+    (``ragged``: rows of their own length, ``topk_len``; version 5 top-k stores only)."""
     if format_version < 2:
         return V1_ARRAYS
     if targets == "sampled" or logprobs == "sampled":
         return SAMPLED_ARRAYS
     if format_version == 2:
         return V2_ARRAYS
-    return V3_FP32 if logprobs == "fp32" else V3_QDELTA
+    fixed = V3_FP32 if logprobs == "fp32" else V3_QDELTA
+    return fixed + (LENGTH_ARRAY,) if ragged and format_version >= RAGGED_VERSION else fixed
+
+
+def is_ragged(attrs: dict[str, Any]) -> bool:
+    """Whether the store whose group attributes are ``attrs`` has rows of their own length."""
+    selection = attrs.get("selection")
+    return isinstance(selection, dict) and selection.get("kind") in RAGGED_KINDS
 
 
 def arrays_of(attrs: dict[str, Any]) -> tuple[str, ...]:
     """``stored_arrays`` of the store whose group attributes are ``attrs``."""
     logprobs = (attrs.get("encoding") or {}).get("topk_logprobs", "fp32")
-    return stored_arrays(int(attrs.get("format_version", 1)), attrs.get("targets"), logprobs)
+    return stored_arrays(int(attrs.get("format_version", 1)), attrs.get("targets"), logprobs, is_ragged(attrs))
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -75,8 +93,14 @@ def rank_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size < 1 << 16 else np.dtype(np.int32)
 
 
+def length_dtype(k: int) -> np.dtype:
+    """``topk_len`` holds 1..k: uint8 while k < 256."""
+    return np.dtype(np.uint8) if k <= np.iinfo(np.uint8).max else np.dtype(np.uint16)
+
+
 def array_specs(
-    seq_len: int, k: int, vocab_size: int, encoding: str = "qdelta", format_version: int = FORMAT_VERSION
+    seq_len: int, k: int, vocab_size: int, encoding: str = "qdelta", format_version: int = FIXED_VERSION,
+    ragged: bool = False,
 ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shape of one row (without the leading axis: S examples, or C chunks for PER_CHUNK arrays)
     and on-disk dtype of every array of a store."""
@@ -99,8 +123,9 @@ def array_specs(
         "sample_ids": ((seq_len - 1, k), ids),  # sampled: k is the padded width, the most unique ids a row can have
         "sample_counts": ((seq_len - 1, k), np.dtype(np.uint8)),
         "sample_tail_count": ((seq_len - 1,), np.dtype(np.uint8)),
+        LENGTH_ARRAY: ((seq_len - 1,), length_dtype(k)),
     }
-    names = stored_arrays(format_version, "sampled" if encoding == "sampled" else "topk", encoding)
+    names = stored_arrays(format_version, "sampled" if encoding == "sampled" else "topk", encoding, ragged)
     return {name: specs[name] for name in names}
 
 

@@ -29,6 +29,14 @@ def _quantile_from_hist(counts: np.ndarray, q: float) -> float:
     return min(1.0, (idx + 0.5) / _MASS_BINS)
 
 
+def _count_quantile(hist: np.ndarray, q: float) -> float:
+    """The q-quantile (``inverted_cdf``) of integers 0..len-1 from their counts; nan when empty."""
+    cum = np.cumsum(hist)
+    if not len(cum) or cum[-1] == 0:
+        return float("nan")
+    return float(np.searchsorted(cum, max(1, math.ceil(round(q * int(cum[-1]), 9)))))
+
+
 def _sizes(url: str, names: tuple[str, ...]) -> tuple[int | None, dict[str, int | None]]:
     """Bytes of the whole store and of each array; None where the filesystem cannot list
     (a plain HTTP server without directory listings).
@@ -63,8 +71,9 @@ def format_size(n: int | None) -> str:
 def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
     """Size and top-k fidelity of the complete store at ``url`` (path or fsspec URL).
 
-    Per position (row t of an example): mass = Σ exp(topk_logprobs[t]), tail = 1 − mass,
-    target in top-k when target_rank[t] <= k, NLL = −target_logprob[t].
+    Per position (row t of an example): entries = the entries stored (topk_len[t] in a ragged
+    store, k otherwise), mass = Σ exp(topk_logprobs[t]) over them (the captured mass), tail =
+    1 − mass, target in top-k when target_rank[t] <= entries, NLL = −target_logprob[t].
     """
     store = open_store(url)
     n, k = len(store), store.k
@@ -74,15 +83,18 @@ def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
     mass_hist = np.zeros(_MASS_BINS + 1, dtype=np.int64)
     mass_sum = nll_sum = 0.0
     in_topk = positions = 0
+    entries_hist = np.zeros(k + 1, dtype=np.int64)  # rows by entries stored, 0..k
     step = store.chunk_rows
+    keys = ("topk_logprobs", "target_logprob", "target_rank", "topk_len")
     for start in range(0, rows, step):  # whole chunks (the last one cut at `rows`)
-        batch = store.read(start, min(start + step, rows), keys=("topk_logprobs", "target_logprob", "target_rank"))
+        batch = store.read(start, min(start + step, rows), keys=keys)
+        entries_hist += np.bincount(batch["topk_len"].ravel(), minlength=k + 1)[: k + 1]
         mass = np.exp(batch["topk_logprobs"].astype(np.float64)).sum(-1)  # (B, L-1)
         bins = np.clip((mass * _MASS_BINS).astype(np.int64), 0, _MASS_BINS)
         mass_hist += np.bincount(bins.ravel(), minlength=_MASS_BINS + 1)
         mass_sum += float(mass.sum())
         nll_sum -= float(batch["target_logprob"].astype(np.float64).sum())  # (B, L-1)
-        in_topk += int((batch["target_rank"] <= k).sum())
+        in_topk += int((batch["target_rank"] <= batch["topk_len"]).sum())
         positions += mass.size
 
     # chunk_done (5 B per chunk) and the manifest (4 B per chunk and array) are counted too
@@ -105,7 +117,11 @@ def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
         "array_bytes": per_array,
         "rows_read": rows,
         "positions_read": positions,
-        "topk_mass_mean": mean(mass_sum),
+        "selection": store.attrs.get("selection") or {"kind": "top_k", "max_k": k},
+        "entries_mean": float((entries_hist * np.arange(k + 1)).sum() / positions) if positions else float("nan"),
+        "entries_p10": _count_quantile(entries_hist, 0.10),
+        "entries_p90": _count_quantile(entries_hist, 0.90),
+        "topk_mass_mean": mean(mass_sum),  # the captured mass
         "topk_mass_p10": _quantile_from_hist(mass_hist, 0.10),
         "tail_mass_mean": 1.0 - mean(mass_sum),
         "logprob_encoding": store.encoding["topk_logprobs"],

@@ -23,7 +23,8 @@ from kdstream.errors import KdError
 from kdstream.storage import chunk_io, integrity
 from kdstream.storage import encoding as enc
 from kdstream.storage.chunks import DONE_ARRAY, describe, stored_chunks
-from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, PER_CHUNK, array_specs, arrays_of
+from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, LENGTH_ARRAY, PER_CHUNK, array_specs, arrays_of, is_ragged
+from kdstream.storage.selection import pad_mask
 
 
 @dataclass
@@ -72,7 +73,8 @@ def _metadata_problems(attrs: dict[str, Any], arrays: dict[str, Any]) -> list[st
     try:
         version = int(attrs.get("format_version", 1))
         logprobs = (attrs.get("encoding") or {}).get("topk_logprobs", "fp32")
-        specs = array_specs(int(attrs["seq_len"]), int(attrs["k"]), int(attrs["vocab_size"]), logprobs, version)
+        specs = array_specs(int(attrs["seq_len"]), int(attrs["k"]), int(attrs["vocab_size"]), logprobs, version,
+                            is_ragged(attrs))
         n, chunk_rows = int(attrs["num_examples"]), int(attrs["chunk_rows"])
     except (KeyError, TypeError, ValueError) as exc:
         return [f"group attributes lack or garble {exc}: cannot check array shapes"]
@@ -105,21 +107,36 @@ def _id_problems(example_id: np.ndarray) -> list[str]:
     return [f"example_id is not 0..{n - 1} each once: {', '.join(detail)}"]
 
 
-def _mass_problem(name: str, where: str, stored: np.ndarray, k: int, encoding: dict) -> str | None:
+def _mass_problem(name: str, where: str, stored: np.ndarray, k: int, encoding: dict,
+                  lengths: np.ndarray | None = None) -> str | None:
     """A zeroed or missing topk_logprobs chunk reads as logprob 0 everywhere: mass k > 1.
 
     zarr does not write all-zero chunks (write_empty_chunks is off) and returns zeros for an
     absent chunk file, so a lost file is only visible through its impossible values. qdelta codes
     (before the reader's renormalisation) may overshoot a mass of 1 by e^(scale/2): allow 1%.
+    ``lengths``: a ragged store's topk_len chunk (its padding slots hold no mass).
     """
     if encoding.get("topk_logprobs") == "qdelta":
         logp, slack = -np.cumsum(stored, -1, dtype=np.int64) * float(encoding["scale"]), 1e-2
     else:
         logp, slack = stored, 1e-3
-    mass = np.exp(logp.astype(np.float64)).sum(-1)  # (B, L-1)
+    logp = logp.astype(np.float64)
+    if lengths is not None:
+        logp[pad_mask(lengths.astype(np.int64), logp.shape[-1])] = -np.inf
+    mass = np.exp(logp).sum(-1)  # (B, L-1)
     if k > 1 and (mass > 1.0 + slack).any():
         return f"{name} {where}: top-k probability mass above 1 (max {mass.max():.3f}); a missing or zeroed chunk"
     return None
+
+
+def _chunk_or_none(plan: chunk_io.Plan | None, c: int, rows: int) -> np.ndarray | None:
+    """Chunk c's first ``rows`` rows, or None when it cannot be read (its own check reports why)."""
+    if plan is None:
+        return None
+    try:
+        return chunk_io.read_chunk(plan, c)[:rows]
+    except (chunk_io.MissingChunk, ValueError, RuntimeError):
+        return None
 
 
 def _written_chunks(group, arrays: dict[str, Any], attrs: dict[str, Any],
@@ -205,6 +222,7 @@ def verify_store(url: str) -> VerifyReport:
     markers = DONE_ARRAY in group  # written with write_empty_chunks: every written chunk has a file
     plans = _plans(arrays, manifest, attrs, markers, problems)
 
+    ragged = is_ragged(attrs)
     corrupt: list[str] = []
     checked = 0
     example_ids: list[np.ndarray] = []  # chunks of example_id, checked as a whole at the end
@@ -242,10 +260,16 @@ def verify_store(url: str) -> VerifyReport:
                 continue
             # Value checks only mean something once every row was written.
             if complete and name == "topk_logprobs":
-                bad = _mass_problem(name, where, data, int(attrs.get("k", data.shape[-1])),
-                                    attrs.get("encoding") or enc.encoding_attrs("fp32"))
-                if bad:
-                    problems.append(bad)
+                lengths = _chunk_or_none(plans.get(LENGTH_ARRAY), i, stop - start) if ragged else None
+                if not ragged or lengths is not None:  # an unreadable topk_len chunk is reported as such
+                    bad = _mass_problem(name, where, data, int(attrs.get("k", data.shape[-1])),
+                                        attrs.get("encoding") or enc.encoding_attrs("fp32"), lengths)
+                    if bad:
+                        problems.append(bad)
+            if complete and name == LENGTH_ARRAY:
+                k = int(attrs.get("k", 0))
+                if data.size and (int(data.min()) < 1 or int(data.max()) > k):
+                    problems.append(f"{name} {where}: row lengths {int(data.min())}..{int(data.max())} outside 1..{k}")
             if name == "example_id":
                 example_ids.append(data)
     if complete and ids_readable and example_ids:

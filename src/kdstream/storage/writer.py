@@ -18,11 +18,14 @@ import numpy as np
 from kdstream.errors import KdError
 from kdstream.storage import encoding as enc
 from kdstream.storage import id_table
+from kdstream.storage import selection as sel
 from kdstream.storage.chunks import DONE_ARRAY, chunk_slice, done_chunks, num_chunks
 from kdstream.storage.schema import (
+    FIXED_VERSION,
     FORMAT_NAME,
-    FORMAT_VERSION,
+    LENGTH_ARRAY,
     PER_CHUNK,
+    RAGGED_VERSION,
     array_specs,
     default_chunk_rows,
     stored_arrays,
@@ -34,10 +37,14 @@ BLOSC_LEVEL = 6
 
 # What write_chunk / append take: the teacher's values as produced (float logprobs, raw ids),
 # per example row; the writer encodes them into the stored arrays. ``tail_mass`` is optional
-# (computed from the top-k logprobs when absent).
+# (computed from the top-k logprobs when absent). A ragged store (``selection``) may also be given
+# ``topk_len`` (n, L-1), the entries of each row to keep; otherwise the selection rule sets them,
+# chunk by chunk.
 TOPK_INPUTS = ("input_ids", "example_id", "doc_index", "topk_ids", "topk_logprobs", "target_logprob", "target_rank")
 SAMPLED_INPUTS = ("input_ids", "example_id", "doc_index", "sample_ids", "sample_counts", "sample_tail_count",
                   "target_logprob", "target_rank")
+
+_OPTIONAL_INPUTS = ("tail_mass", LENGTH_ARRAY)
 
 # Attributes that may differ between the run that created a store and one that resumes or joins
 # it: when and how long, and where things live (a worker on another machine may see the teacher,
@@ -56,7 +63,7 @@ NOT_COMPARED = frozenset({
 # (with qdelta topk_logprobs: smaller than byte shuffle everywhere at k = 64 on SmolLM2, read as
 # fast). Everything else, raw ids among them, compresses better byte-shuffled
 # (docs/benchmarks.md, encoding search).
-BITSHUFFLED = frozenset({"topk_index", "id_table", "topk_shift"})
+BITSHUFFLED = frozenset({"topk_index", "id_table", "topk_shift", LENGTH_ARRAY})
 # qdelta topk_logprobs are stored slot-major within each chunk (Zarr's transpose codec, order
 # (2, 0, 1): all rows' slot 0, then slot 1, …): each slot's delta codes have their own spread (the
 # first is the top-1 code, the last ones are small), and grouped they compress smaller at k = 64
@@ -173,21 +180,30 @@ class StoreWriter:
         overwrite: bool = False,
         encoding: str = enc.DEFAULT_ENCODING,
         samples: int | None = None,
+        selection: dict[str, Any] | None = None,
     ) -> None:
         self.url = str(url)
         self.num_examples = num_examples
         self.encoding = encoding
         self.encoding_attrs = enc.encoding_attrs(encoding, samples)  # ValueError on an unknown name
-        self.arrays = stored_arrays(targets="sampled" if encoding == "sampled" else "topk", logprobs=encoding)
+        # ragged rows (selection.py): version 5 with topk_len; a fixed store stays version 4, as before
+        self.selection = selection
+        if selection is not None and (encoding == "sampled" or selection.get("max_k") != k):
+            raise ValueError(f"a selection needs top-k targets and max_k = k ({k}), got {selection} with {encoding}")
+        ragged = selection is not None
+        version = RAGGED_VERSION if ragged else FIXED_VERSION
+        self.arrays = stored_arrays(version, "sampled" if encoding == "sampled" else "topk", encoding, ragged)
         self.inputs = SAMPLED_INPUTS if encoding == "sampled" else TOPK_INPUTS
         self.vocab_size = vocab_size
+        self.k = k
         self.chunk_rows = chunk_rows or default_chunk_rows(seq_len, k, vocab_size, num_examples, encoding)
         self.num_chunks = num_chunks(num_examples, self.chunk_rows)
-        self.specs = array_specs(seq_len, k, vocab_size, encoding)
+        self.specs = array_specs(seq_len, k, vocab_size, encoding, version, ragged)
         self.attrs = {
             **attrs,
+            **({"selection": selection} if ragged else {}),
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": version,
             "num_examples": num_examples,
             "seq_len": seq_len,
             "k": k,
@@ -211,7 +227,7 @@ class StoreWriter:
                                  {"compressors": [Crc32cCodec()]})
         # chunks already written by an earlier or a parallel run, each checked (a damaged one is written again)
         self.resumed = self._intact(done_chunks(self.group))
-        self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in (*self.inputs, "tail_mass")}
+        self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in (*self.inputs, *_OPTIONAL_INPUTS)}
         self._buffered = 0
         self.rows_written = 0  # by append(), in order
 
@@ -298,17 +314,31 @@ class StoreWriter:
         rows = dict(rows)
         if self.encoding == "sampled":
             return rows  # drawn by the caller (encoding.draw_samples)
-        index, table = id_table.build(rows.pop("topk_ids"), self.vocab_size, self.specs["topk_index"][1])
+        pad = lengths = None
+        if self.selection is not None:  # ragged: keep each row's prefix, the rest is padding
+            given = rows.pop(LENGTH_ARRAY, None)
+            lengths = (sel.lengths(rows["topk_logprobs"], self.selection) if given is None
+                       else np.asarray(given, dtype=np.int64))  # (n, L-1)
+            if lengths.size and (lengths.min() < 1 or lengths.max() > self.k):
+                raise ValueError(f"{LENGTH_ARRAY} must lie in 1..{self.k}, got {lengths.min()}..{lengths.max()}")
+            pad = sel.pad_mask(lengths, self.k)  # (n, L-1, k)
+            # -inf: no mass (the tail is what the kept entries leave); fp32 stores keep the -inf
+            rows["topk_logprobs"] = np.where(pad, -np.inf, np.asarray(rows["topk_logprobs"], dtype=np.float32))
+            rows.pop("tail_mass", None)
+            rows[LENGTH_ARRAY] = lengths
+        index, table = id_table.build(rows.pop("topk_ids"), self.vocab_size, self.specs["topk_index"][1], pad)
         rows["topk_index"], rows["id_table"] = index, table[None]  # (n, L-1, k), (1, V)
         if "tail_mass" not in rows:
             rows["tail_mass"] = enc.tail_mass(rows["topk_logprobs"])  # (n, L-1)
         if self.encoding == "qdelta":
             e = self.encoding_attrs
             deltas, shift = enc.encode_offset(rows["topk_logprobs"], rows.pop("tail_mass"), e["scale"])
+            if pad is not None:
+                deltas = enc.pad_deltas(deltas, pad)  # padding repeats the row's last code
             cum = enc.cumulative_codes(deltas)  # (n, L-1, k) absolute codes, as the reader computes them
             rows["topk_logprobs"], rows["topk_shift"] = deltas, shift  # (n, L-1, k) uint16, (n, L-1) int16
             rows["target_code"] = enc.encode_target(rows.pop("target_logprob"), cum, rows["target_rank"],
-                                                    e["target_scale"])
+                                                    e["target_scale"], lengths)
         return rows
 
     def write_chunk(self, c: int, rows: dict[str, np.ndarray]) -> None:
@@ -342,7 +372,7 @@ class StoreWriter:
         """Add the next rows in order (any batch size): whole chunks are written as they fill."""
         n = len(rows["input_ids"])
         for name in self._buffer:
-            if name in rows or name != "tail_mass":
+            if name in rows or name not in _OPTIONAL_INPUTS:
                 self._buffer[name].append(np.asarray(rows[name]))
         self._buffered += n
         if self.rows_written + self._buffered > self.num_examples:

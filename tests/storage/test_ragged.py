@@ -1,0 +1,179 @@
+"""Ragged stores (selection.py, format version 5): rows keep a prefix of their top-k, padded on read.
+
+Real stores written by StoreWriter from a synthetic teacher whose exact values are known; the
+end-to-end precompute runs are in tests/precompute/test_ragged_precompute.py.
+"""
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from kdstream.distill.losses import kd_loss
+from kdstream.storage import StoreWriter, open_store
+from kdstream.storage import selection as sel
+from kdstream.storage.stats import store_stats
+from kdstream.storage.verify import verify_store
+
+S, L, K, V = 12, 17, 8, 300
+R = 4  # chunk rows: 3 chunks
+
+
+def synthetic(seed=0):
+    """Teachers from very sure to unsure (so row lengths vary), true tokens inside and outside the top-k."""
+    rng = np.random.default_rng(seed)
+    sharp = rng.choice([0.5, 2.0, 6.0], size=(S, L - 1, 1))
+    logits = sharp * rng.normal(size=(S, L - 1, V))
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))  # (S, L-1, V)
+    top = np.argsort(-logp, axis=-1)[..., :K]
+    ids = rng.integers(0, V, size=(S, L))
+    ids[:, 1:] = np.where(rng.random((S, L - 1)) < 0.5, top[..., 0], ids[:, 1:])
+    target = np.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
+    return {"input_ids": ids, "example_id": np.arange(S), "doc_index": np.zeros(S, dtype=np.int64),
+            "topk_ids": top, "topk_logprobs": np.take_along_axis(logp, top, -1).astype(np.float32),
+            "target_logprob": target.astype(np.float32), "target_rank": 1 + (logp > target[..., None]).sum(-1)}
+
+
+def write(path, rows, selection=None, encoding="qdelta"):
+    w = StoreWriter(str(path), num_examples=S, seq_len=L, k=K, vocab_size=V, attrs={"targets": "topk"},
+                    chunk_rows=R, encoding=encoding, selection=selection)
+    w.append(rows)
+    w.finalize()
+    return open_store(str(path))
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return synthetic()
+
+
+@pytest.mark.parametrize("encoding", ["qdelta", "fp32"])
+def test_full_length_ragged_store_reads_as_the_fixed_one(tmp_path, rows, encoding):
+    """Every row at full length (--min-k = --top-k): the same decoded values, and every array the
+    fixed store has holds the same chunk bytes (the ragged layout adds topk_len, changes nothing else)."""
+    fixed = write(tmp_path / "fixed.zarr", rows, encoding=encoding)
+    full = write(tmp_path / "full.zarr", rows, sel.describe("top_p", K, min_k=K, p=0.5), encoding)
+    assert fixed.format_version == 4 and "selection" not in fixed.attrs
+    assert full.format_version == 5 and full.attrs["selection"]["kind"] == "top_p"
+    a, b = fixed[:], full[:]
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    for name in fixed._arrays:
+        root = tmp_path / "fixed.zarr" / name
+        chunks = [p.relative_to(root) for p in sorted(root.rglob("*")) if p.is_file()]
+        assert chunks
+        for chunk in chunks:
+            assert (root / chunk).read_bytes() == (tmp_path / "full.zarr" / name / chunk).read_bytes(), (name, chunk)
+    assert (full.read(0, S, ("topk_len",))["topk_len"] == K).all()
+
+
+@pytest.mark.parametrize("encoding", ["qdelta", "fp32"])
+def test_top_p_rows_are_the_smallest_prefix_reaching_p(tmp_path, rows, encoding):
+    p, min_k = 0.8, 2
+    store = write(tmp_path / "p.zarr", rows, sel.describe("top_p", K, min_k=min_k, p=p), encoding)
+    got = store.read(0, S, ("topk_ids", "topk_logprobs", "tail_mass", "target_logprob", "topk_len"))
+    n = got["topk_len"]
+    assert n.min() >= min_k and n.max() <= K and len(np.unique(n)) > 3  # really ragged
+    exact = np.exp(rows["topk_logprobs"].astype(np.float64))  # (S, L-1, K) the teacher's
+    mass = np.cumsum(exact, -1)
+    kept = np.take_along_axis(mass, n[..., None] - 1, -1)[..., 0]
+    assert ((kept >= p) | (n == K)).all()  # reaches p unless at the cap
+    before = np.take_along_axis(mass, np.maximum(n - 2, 0)[..., None], -1)[..., 0]
+    assert ((before < p) | (n == min_k)).all()  # one entry fewer would not
+    pad = sel.pad_mask(n, K)
+    assert np.isneginf(got["topk_logprobs"][pad]).all() and (got["topk_ids"][pad] == 0).all()
+    assert np.isfinite(got["topk_logprobs"][~pad]).all()
+    np.testing.assert_array_equal(got["topk_ids"][~pad], rows["topk_ids"][~pad])
+    err = store.encoding["max_abs_error"]
+    assert np.abs(got["topk_logprobs"][~pad] - rows["topk_logprobs"][~pad]).max() <= err + 1e-6
+    # the tail is what the kept entries leave; targets beyond a row's length decode as well
+    np.testing.assert_allclose(got["tail_mass"], 1 - kept, atol=1e-4)
+    assert (rows["target_rank"] > n).any() and (rows["target_rank"] <= n).any()
+    np.testing.assert_allclose(got["target_logprob"], rows["target_logprob"],
+                               atol=store.encoding["target_max_abs_error"] + 1e-6)
+    assert verify_store(str(tmp_path / "p.zarr")).ok
+
+
+def test_budget_keeps_the_largest_probabilities_of_each_chunk(tmp_path, rows):
+    budget, min_k = 3, 1
+    store = write(tmp_path / "b.zarr", rows, sel.describe("budget", K, min_k=min_k, budget=budget), "fp32")
+    got = store.read(0, S, ("topk_logprobs", "topk_len"))
+    n = got["topk_len"]
+    exact = rows["topk_logprobs"]
+    for c in range(S // R):
+        rc = slice(c * R, (c + 1) * R)
+        nc, lp = n[rc].ravel(), exact[rc].reshape(-1, K)  # (P,), (P, K)
+        assert nc.sum() == budget * len(nc)  # continuous values: no ties at the threshold
+        pad = sel.pad_mask(nc, K)
+        # the rows free to grow or shrink: none keeps an entry smaller than one dropped elsewhere
+        free_kept = np.where(~pad & (nc > min_k)[:, None], lp, np.inf).min()
+        free_dropped = np.where(pad & (nc < K)[:, None], lp, -np.inf).max()
+        assert free_kept >= free_dropped
+        np.testing.assert_array_equal(got["topk_logprobs"][rc].reshape(-1, K)[~pad], lp[~pad])
+    assert len(np.unique(n)) > 2
+
+
+def test_budget_ties_at_the_threshold_are_kept():
+    lp = np.log(np.array([[0.5, 0.2, 0.2, 0.1], [0.6, 0.2, 0.1, 0.1]]))  # (2, 4): 0.2 three times
+    n = sel.budget_lengths(lp, 2, min_k=1)  # 4 entries: 0.6, 0.5, then one of three 0.2s
+    assert n.tolist() == [3, 2] and n.sum() == 5  # all the tied entries kept: one more
+
+
+def test_stats_and_plain_zarr_reading(tmp_path, rows):
+    store = write(tmp_path / "p.zarr", rows, sel.describe("top_p", K, p=0.7))
+    n = store.read(0, S, ("topk_len",))["topk_len"]
+    s = store_stats(str(tmp_path / "p.zarr"))
+    assert s["entries_mean"] == pytest.approx(n.mean())
+    assert s["entries_p10"] == np.quantile(n, 0.1, method="inverted_cdf")
+    assert s["entries_p90"] == np.quantile(n, 0.9, method="inverted_cdf")
+    assert s["selection"]["kind"] == "top_p"
+    decoded = store[:]
+    assert s["topk_mass_mean"] == pytest.approx(np.exp(decoded["topk_logprobs"].astype(np.float64)).sum(-1).mean())
+    assert s["target_in_topk"] == pytest.approx((rows["target_rank"] <= n).mean())
+    fixed = store_stats(str(write(tmp_path / "f.zarr", rows).url))
+    assert fixed["entries_mean"] == fixed["entries_p10"] == fixed["entries_p90"] == K
+
+    # docs/store-format.md, ragged rows: the lengths applied with plain zarr + numpy
+    g = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
+    e, k = g.attrs["encoding"], g.attrs["k"]
+    for c in range(S // R):
+        rows_c = slice(c * R, (c + 1) * R)
+        n_c = g["topk_len"][rows_c].astype(np.int64)                                      # (B, L-1)
+        pad = np.arange(k) >= n_c[..., None]                                              # (B, L-1, k)
+        ids = np.where(pad, 0, g["id_table"][c].astype(np.int64)[g["topk_index"][rows_c]])
+        codes = np.cumsum(g["topk_logprobs"][rows_c], -1, dtype=np.int64)
+        lp = -codes * e["scale"] + g["topk_shift"][rows_c][..., None] * e["shift_scale"]
+        lp = np.where(pad, -np.inf, lp)
+        rank = g["target_rank"][rows_c].astype(np.int64)
+        ref = np.take_along_axis(codes, np.clip(np.minimum(rank, n_c) - 1, 0, k - 1)[..., None], -1)[..., 0]
+        target = -(g["target_code"][rows_c] + 512 * ref) * e["target_scale"]
+        np.testing.assert_array_equal(ids, decoded["topk_ids"][rows_c])
+        np.testing.assert_allclose(lp, decoded["topk_logprobs"][rows_c], atol=1e-5)
+        np.testing.assert_allclose(target, decoded["target_logprob"][rows_c], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,temperature", [("forward_kl", 1.0), ("forward_kl", 2.0), ("reverse_kl", 1.0),
+                                              ("jsd", 2.0)])
+def test_bucket_loss_on_padded_rows_equals_the_loss_on_their_listed_entries(kind, temperature):
+    """-inf = not listed: a padded row (id 0 at the padding, listed elsewhere in the row or not)
+    has the loss of its listed entries alone, the tail being 1 - their mass (student and teacher)."""
+    g = torch.Generator().manual_seed(0)
+    v, k = 50, 6
+    student = torch.randn(5, v, generator=g) * 3
+    student[4, 7] = 12.0  # a row whose listed ids hold > 0.99 of the student's mass (exact tail path)
+    teacher = torch.log_softmax(torch.randn(5, v, generator=g) * 3, -1)
+    teacher[4] = torch.log_softmax(torch.where(torch.arange(v) == 7, 12.0, 0.0), -1)
+    top = teacher.topk(k, -1)
+    ids, lp = top.indices.clone(), top.values.clone()
+    ids[1, 2] = 0  # id 0 listed, and padding (id 0) after it
+    lengths = [3, 4, 6, 1, 2]
+    per_row = []
+    for i, n in enumerate(lengths):
+        per_row.append(kd_loss(student[i : i + 1], ids[i : i + 1, :n], lp[i : i + 1, :n], kind=kind,
+                               temperature=temperature, tail="bucket"))
+        ids[i, n:], lp[i, n:] = 0, float("-inf")
+    padded = kd_loss(student, ids, lp, kind=kind, temperature=temperature, tail="bucket")
+    torch.testing.assert_close(padded, torch.stack(per_row).mean(), rtol=1e-5, atol=1e-6)
+
+    s = student.clone().requires_grad_(True)
+    kd_loss(s, ids, lp, kind=kind, temperature=temperature, tail="bucket").backward()
+    assert torch.isfinite(s.grad).all()
