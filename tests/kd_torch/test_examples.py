@@ -35,7 +35,8 @@ def student_dir(tmp_path_factory, tokenizer):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script,launch", [
-    ("plain_torch.py", "python"), ("plain_torch.py", "torchrun"), ("hf_trainer.py", "python"), ("trl_sft.py", "python"),
+    ("plain_torch.py", "python"), ("plain_torch.py", "torchrun"), ("hf_trainer.py", "python"),
+    ("hf_trainer.py", "torchrun"), ("trl_sft.py", "python"),
 ])
 def test_each_example_trains_and_saves_a_loadable_student(script, launch, teacher_store, student_dir, tmp_path):
     from transformers import AutoModelForCausalLM
