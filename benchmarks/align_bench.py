@@ -17,23 +17,9 @@ import numpy as np
 from benchmarks.results import save
 from kdstream.data.demo_corpus import demo_documents
 from kdstream.data.examples import pack_examples
-from kdstream.data.tokenizer import train_bpe_tokenizer
+from kdstream.data.tokenizer import train_bpe_tokenizer, train_sentencepiece_style_tokenizer
 from kdstream.distill.align import Aligner, Skip
 from kdstream.distill.aligned_batch import aligned_example
-
-
-def _sentencepiece(texts: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(byte_fallback=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                                       show_progress=False))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
 def _best(fn, repeats: int) -> float:
@@ -55,7 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         teacher = train_bpe_tokenizer(docs, 8192, f"{tmp}/teacher")
         students = {"bpe_16384": train_bpe_tokenizer(docs, 16384, f"{tmp}/student"),
-                    "sentencepiece_4096": _sentencepiece(docs, 4096)}
+                    "sentencepiece_4096": train_sentencepiece_style_tokenizer(docs, 4096)}
         examples = pack_examples(docs, teacher, args.seq_len).input_ids  # (S, L)
         tokens = examples.size
         figures.update(teacher_vocab=8192, examples=int(examples.shape[0]), teacher_tokens=int(tokens))

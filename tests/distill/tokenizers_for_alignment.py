@@ -8,14 +8,9 @@ from transformers import PreTrainedTokenizerFast
 
 
 def sentencepiece_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE(byte_fallback=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                                       show_progress=False))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    from kdstream.data.tokenizer import train_sentencepiece_style_tokenizer
+
+    return train_sentencepiece_style_tokenizer(texts, vocab_size)
 
 
 def lowercasing_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:

@@ -57,3 +57,20 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path):
     )
     fast.save_pretrained(str(out_dir))
     return fast
+
+
+def train_sentencepiece_style_tokenizer(texts: list[str], vocab_size: int):
+    """A Llama-2-style tokenizer ("▁" for spaces, one "▁" prepended, <0xNN> byte fallback, BPE
+    merges) trained on ``texts``: a student tokenizer of another family than the byte-level BPE
+    teacher, for cross-tokenizer tests and benchmarks without a model hub."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                       show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
