@@ -1,4 +1,4 @@
-"""Run by test_examples.py under torchrun (gloo): one epoch of StoreDataset through a
+"""Run by test_example_scripts.py under torchrun (gloo): one epoch of StoreDataset through a
 DistributedSampler and DataLoader workers; rank 0 writes every rank's example ids to ARGV[2]."""
 import json
 import sys
