@@ -35,6 +35,7 @@ class CrossTargets:
     Picklable: built once in the main process (the byte tables and the vocabulary map), sent to
     each DataLoader worker."""
 
+    mode: str  # one of CROSS_MODES
     aligner: object  # align.Aligner
     vocab_map: np.ndarray | None  # (V_t,) student id with identical bytes, -1 if none (exact modes)
     pad_id: int  # the student's pad (or eos) id: fills the batch past each example's end
@@ -45,7 +46,7 @@ class CrossTargets:
 
         aligner = Aligner(teacher_tokenizer, student_tokenizer)
         pad = next((t for t in (student_tokenizer.pad_token_id, student_tokenizer.eos_token_id) if t is not None), 0)
-        return cls(aligner, aligner.vocab_map() if "exact" in mode else None, int(pad))
+        return cls(mode, aligner, aligner.vocab_map() if "exact" in mode else None, int(pad))
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict:
         from kdstream.distill.align import Skip

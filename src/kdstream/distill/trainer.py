@@ -186,7 +186,6 @@ def _setup(opts: DistillOptions):
     from kdstream.distill.resume_check import check_resume, run_record_of
     from kdstream.distill.run_state import Run
     from kdstream.distill.sources import (
-        cross_mode,
         cross_targets,
         load_online_teacher,
         load_source,
@@ -213,7 +212,7 @@ def _setup(opts: DistillOptions):
     if opts.logits_store is not None and opts.verify_store and d.main:
         verify_before_training(opts.logits_store)
     data = _setup_data(opts, d, (source, open_source, seq_len), exclude, cross)
-    model = _setup_model(opts, net, device, d, teacher, cross_mode(opts, source, tokenizer) if cross else None)
+    model = _setup_model(opts, net, device, d, teacher, cross.mode if cross else None)
     optimizer, scheduler = _setup_optimizer(opts, net, data.total_steps)
     run = Run(opts=opts, net=net, model=model, optimizer=optimizer, scheduler=scheduler, device=device, d=d,
               bf16=bf16, partial=partial, record=record, resumed_from=resume_from, pos=Position())
@@ -257,7 +256,7 @@ def _setup_data(opts: DistillOptions, d, loaded: tuple, exclude, cross=None):
     if cross is not None:
         from kdstream.distill.cross_tokenizer import store_keys
 
-        keys = store_keys("alm+exact" if cross.vocab_map is not None else "alm")
+        keys = store_keys(cross.mode)
     return TrainData(source=source, open_source=open_source, seq_len=seq_len, kept=kept, held_out=held_out,
                      keys=keys, num_train=num_train, transform=cross,
                      total_steps=batches_per_epoch(num_train, opts.batch_size) * opts.epochs)

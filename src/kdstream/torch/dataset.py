@@ -18,7 +18,6 @@ decoded, so a sampler that visits rows chunk by chunk (``block_order``) decodes 
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -80,8 +79,7 @@ class StoreDataset(torch.utils.data.Dataset):
             ids = handle.read(0, n, ("example_id",))["example_id"]  # (S,) int64
             chosen = chosen[~np.isin(ids[chosen], list(drop))]
         self.rows = chosen
-        self._handle, self._pid = handle, os.getpid()
-        self._blocks: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self._handle, self._pid, self._reader = handle, os.getpid(), None
 
     def _open(self, identity: str | None):
         from kdstream.storage import open_stores
@@ -96,41 +94,29 @@ class StoreDataset(torch.utils.data.Dataset):
     def store(self):
         """This process's handle (reopened after a fork or unpickling, pinned to ``identity``)."""
         if self._handle is None or self._pid != os.getpid():
-            self._handle, self._pid = self._open(self.identity), os.getpid()
-            self._blocks.clear()
+            self._handle, self._pid, self._reader = self._open(self.identity), os.getpid(), None
         return self._handle
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.update(_handle=None, _pid=None, _blocks=OrderedDict())  # each process opens its own
+        state.update(_handle=None, _pid=None, _reader=None)  # each process opens its own
         return state
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _block(self, b: int) -> dict[str, np.ndarray]:
-        """Decoded rows of the store's chunk b (all of ``keys``), kept for the next reads."""
-        blocks = self._blocks
-        if b not in blocks:
-            store = self.store
-            start = b * self.block_rows
-            blocks[b] = store.read(start, min(start + self.block_rows, len(store)), self.keys)
-            while len(blocks) > max(1, self.cache_blocks):
-                blocks.popitem(last=False)
-        blocks.move_to_end(b)
-        return blocks[b]
-
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
         """Several examples at once (torch's DataLoader calls this with a batch of indices)."""
-        self.store  # noqa: B018 — (re)open first: a fork clears the cache
-        out = []
+        from kdstream.distill.loader import BlockReader
+
+        store = self.store  # (re)opened first: a fork drops the reader and its cached chunks
+        if self._reader is None:  # whole chunks per read, the last ``cache_blocks`` kept (as distill reads)
+            self._reader = BlockReader(store, self.block_rows, self.keys, cache=max(1, self.cache_blocks))
         for i in indices:
             if not -len(self) <= int(i) < len(self):
                 raise IndexError(f"example {i} out of range for a dataset of {len(self)}")
-            b, offset = divmod(int(self.rows[int(i)]), self.block_rows)
-            data = self._block(b)
-            out.append({k: torch.from_numpy(np.array(data[k][offset])) for k in self.keys})
-        return out
+        data = self._reader.take(self.rows[np.asarray(indices, dtype=np.int64)])  # {key: (n, ...)}
+        return [{k: torch.from_numpy(np.asarray(data[k][j])) for k in self.keys} for j in range(len(indices))]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return self.__getitems__([i])[0]
