@@ -177,3 +177,19 @@ def test_bucket_loss_on_padded_rows_equals_the_loss_on_their_listed_entries(kind
     s = student.clone().requires_grad_(True)
     kd_loss(s, ids, lp, kind=kind, temperature=temperature, tail="bucket").backward()
     assert torch.isfinite(s.grad).all()
+
+
+def test_a_union_refuses_stores_of_another_row_rule(tmp_path, rows):
+    """Fixed top-k and budgeted rows, or two budgets, are different kinds of row: one union holds one."""
+    from kdstream.errors import KdError
+    from kdstream.storage import open_stores
+
+    write(tmp_path / "fixed.zarr", rows)
+    write(tmp_path / "b4.zarr", rows, selection=sel.describe("budget", K, budget=4))
+    write(tmp_path / "b4bis.zarr", rows, selection=sel.describe("budget", K, budget=4))
+    write(tmp_path / "b6.zarr", rows, selection=sel.describe("budget", K, budget=6))
+    assert len(open_stores([str(tmp_path / "b4.zarr"), str(tmp_path / "b4bis.zarr")])) == 2 * S
+    for a, b, named in (("fixed", "b4", "selection"), ("b4", "b6", "selection.budget")):
+        with pytest.raises(KdError) as exc:
+            open_stores([str(tmp_path / f"{a}.zarr"), str(tmp_path / f"{b}.zarr")])
+        assert f"differ in {named} " in str(exc.value) and "--budget" in str(exc.value)

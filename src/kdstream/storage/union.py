@@ -8,8 +8,9 @@ reader of a ``LogitStore`` uses (``len``, ``read``, ``store[i]``, ``store[a:b]``
 
 The parts must hold the same kind of rows: the same teacher (weights and config fingerprints,
 and directory name), tokenizer, vocabulary, example length, targets, k, logprob encoding (the
-``encoding`` attribute as a whole: qdelta and fp32 rows differ in precision), teacher dtype and
-logprob mode. A difference, or one store listed twice (same identity or same resolved URL), is
+``encoding`` attribute as a whole: qdelta and fp32 rows differ in precision), teacher dtype,
+logprob mode and, for ragged stores, the row-length rule (``selection``: a budgeted store's rows
+differ in kind from a fixed top-k store's). A difference, or one store listed twice (same identity or same resolved URL), is
 a one-line KdError naming both URLs and the field.
 
 Example ids: a part's ids are positions in the packing of its own corpus, so parts usually all
@@ -42,6 +43,7 @@ MUST_MATCH = (
     "encoding",  # as a whole: qdelta and fp32 logprobs differ in precision, old and new qdelta in scale
     "engine.dtype", "engine.logprobs_mode",
     "temperature",  # the stored distribution's, where a store records one
+    "selection",  # ragged stores' per-row rule (top-p / budget): one union, one kind of row
 )
 
 
@@ -157,7 +159,7 @@ def check_compatible(a: LogitStore, b: LogitStore) -> None:
         if va != vb:
             raise KdError(f"stores {a.url} and {b.url} differ in {what} ({_show(va)} vs {_show(vb)}): "
                           "train on stores precomputed from one teacher and tokenizer with the same --top-k, "
-                          "--seq-len, --targets, --logprob-encoding and --dtype (or on each store separately)")
+                          "--seq-len, --targets, --logprob-encoding, --dtype and --top-p/--budget (or on each store separately)")
 
 
 def _field(attrs: dict[str, Any], path: str) -> Any:
