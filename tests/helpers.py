@@ -99,3 +99,20 @@ def store_eval_shards(store: Path, directory: Path, workers: int, *args) -> list
         run_cli("extract-eval", "--logits-store", store, *args, "--num-workers", workers, "--worker-index", i,
                 "--out", directory / f"w{i}")
     return [directory / f"w{i}" for i in range(workers)]
+
+
+def without_tokenizer(store: Path, out: Path) -> Path:
+    """A copy of ``store`` at ``out`` as a kdstream that stored no tokenizer wrote it: no
+    ``tokenizer/`` group, no ``tokenizer.files`` attribute, the attributes' checksum resealed."""
+    import shutil
+
+    from kdstream.storage.integrity import INTEGRITY, attrs_sha256
+
+    shutil.copytree(store, out)
+    shutil.rmtree(out / "tokenizer")
+    meta = json.loads((out / "zarr.json").read_text())
+    attrs = meta["attributes"]
+    attrs["tokenizer"].pop("files")
+    attrs[INTEGRITY]["attrs_sha256"] = attrs_sha256(attrs)
+    (out / "zarr.json").write_text(json.dumps(meta, indent=2))
+    return out

@@ -33,7 +33,7 @@ NOT_FIELDS = {"config"}  # --config: read before the flags, not an option of the
 NOT_EXPOSED: dict[str, set[str]] = {name: set() for name in COMMANDS}  # fields deliberately without a flag
 # commands whose flags map to no options dataclass (arguments + a few flags of their own)
 WITHOUT_DATACLASS = {"compare", "eval merge", "store info", "store verify", "store finalize", "store stats",
-                     "store card"}
+                     "store card", "store tokenizer"}
 HEAVY = ("torch", "vllm", "transformers", "sklearn", "matplotlib", "pandas")
 
 

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from helpers import losses, make_gpt_neox, one_line_error, run_cli
+from helpers import losses, make_gpt_neox, one_line_error, run_cli, without_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,10 @@ def test_a_student_with_another_tokenizer_trains_from_the_store(teacher_store, t
 def test_cross_tokenizer_refusals(teacher_store, teacher_dir, other_student, student_init_dir, tmp_path):
     base = ["distill", "--logits-store", teacher_store, "--model", other_student, "--out", tmp_path / "out",
             "--epochs", 1]
-    err = one_line_error(run_cli(*base, check=False))
-    assert "--teacher-tokenizer DIR" in err
+    # a store written before stores carried their tokenizer, and no --teacher-tokenizer
+    old = without_tokenizer(teacher_store, tmp_path / "old.zarr")
+    err = one_line_error(run_cli(*base[:2], old, *base[3:], check=False))
+    assert "carries no tokenizer" in err and "--teacher-tokenizer DIR" in err
     err = one_line_error(run_cli(*base, "--teacher-tokenizer", other_student, check=False))
     assert "is not the tokenizer of" in err
     err = one_line_error(run_cli(*base, "--cross-tokenizer", "bytes", check=False))
@@ -55,3 +57,13 @@ def test_same_tokenizer_with_an_explicit_cross_loss_runs(teacher_store, student_
             "--epochs", 1, "--batch-size", 8, "--out", tmp_path / "out")
     summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
     assert summary["cross_tokenizer"] == "alm" and sum(summary["skipped_examples"].values()) == 0
+
+
+def test_the_store_s_own_tokenizer_serves_a_student_of_another(teacher_store, other_student, tmp_path):
+    """No --teacher-tokenizer: the tokenizer the store carries (storage/tokenizer_files.py) aligns."""
+    out = tmp_path / "out"
+    run_cli("distill", "--logits-store", teacher_store, "--model", other_student, "--epochs", 1, "--batch-size", 12,
+            "--out", out)  # 24 examples: 2 steps
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["cross_tokenizer"] == "alm+exact" and summary["steps"] == 2
+    assert all(math.isfinite(x) for x in losses(out))

@@ -1,8 +1,8 @@
-"""`kdstream store info|verify|stats|finalize|card STORE`: look inside a logit store (path or fsspec
-URL), finish one, describe it for sharing.
+"""`kdstream store info|verify|stats|finalize|card|tokenizer STORE`: look inside a logit store (path
+or fsspec URL), finish one, describe it for sharing, export the tokenizer it carries.
 
 Only argument parsing and printing live here; the work is in kdstream.storage (info, verify,
-stats, finalize, card).
+stats, finalize, card, tokenizer_files).
 User errors are KdError, which the `kdstream` entry point prints as one line (exit 2).
 """
 from __future__ import annotations
@@ -16,13 +16,14 @@ import click
 @click.group("store")
 def store():
     """Inspect a logit store: provenance (info), integrity (verify), size and fidelity (stats);
-    finish one written by parallel workers (finalize); write its dataset card for sharing (card)."""
+    finish one written by parallel workers (finalize); write its dataset card for sharing (card);
+    export the teacher's tokenizer it carries (tokenizer)."""
 
 
 @store.command("info")
 @click.argument("url", metavar="STORE")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object: store, identity, identity_note, checked, attributes.")
+              help="Print one JSON object: store, identity, identity_note, checked, tokenizer_files, attributes.")
 def info(url, as_json):
     """Print the store's identity and attributes: teacher, tokenizer, shapes, corpus, versions, options.
 
@@ -40,6 +41,9 @@ def info(url, as_json):
     # no identity: "none (incomplete, …)", or "none: <why its integrity record fails>"
     note = i["identity_note"]
     click.echo(f"identity: {i['identity'] or ('none: ' + note if i['checked'] else f'none ({note})')}")
+    files = i["tokenizer_files"]
+    click.echo(f"tokenizer files: {', '.join(files)} (kdstream store tokenizer STORE OUT)" if files else
+               "tokenizer files: none (a store written before stores carried their tokenizer)")
     click.echo(yaml.safe_dump(i["attributes"], sort_keys=False, default_flow_style=False, width=100).rstrip())
 
 
@@ -170,3 +174,21 @@ def card(url, license_, name, repo, out, overwrite):
     text = store_card(url, license=license_, name=name, repo=repo)
     write_card(path, text, overwrite)
     click.echo(f"wrote {path}")
+
+
+@store.command("tokenizer")
+@click.argument("url", metavar="STORE")
+@click.argument("out", metavar="OUT")
+def tokenizer(url, out):
+    """Write the teacher's tokenizer the store carries into the new folder OUT, so that
+    `AutoTokenizer.from_pretrained(OUT)` (or `distill --teacher-tokenizer OUT`) loads it.
+
+    Each file is checked against the sha256 the store records, and the tokenizer loaded from them
+    against the store's fingerprint, before OUT appears (written beside it, then renamed). An
+    existing OUT with anything in it is refused; so is a store written before stores carried
+    their tokenizer (use the teacher's own tokenizer directory)."""
+    from kdstream.storage import open_store
+    from kdstream.storage.tokenizer_files import export_tokenizer
+
+    names = export_tokenizer(open_store(url), out)
+    click.echo(f"wrote {out}: {', '.join(names)}")

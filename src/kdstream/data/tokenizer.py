@@ -9,14 +9,15 @@ from kdstream.errors import KdError
 
 
 def load_tokenizer(path: str | Path):
-    """A fast HF tokenizer from a model or tokenizer directory."""
+    """A fast HF tokenizer from a model or tokenizer directory. Never runs code from it
+    (trust_remote_code=False: an ``auto_map`` naming a tokenizer class in a .py file is ignored)."""
     from transformers import AutoTokenizer
 
     p = Path(path)
     if not p.is_dir():
         raise KdError(f"tokenizer directory {p} not found: pass a model directory that holds tokenizer files")
     try:
-        return AutoTokenizer.from_pretrained(str(p))
+        return AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)
     except Exception as exc:
         raise KdError(
             f"no usable tokenizer in {p} ({exc.__class__.__name__}): save one there or pass --tokenizer DIR"

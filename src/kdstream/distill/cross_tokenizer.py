@@ -91,13 +91,20 @@ def cross_terms(logits, batch, *, mode: str, loss: str, temperature: float, tail
 
 
 def teacher_tokenizer(store, path: str | None):
-    """The store's (teacher's) tokenizer from ``--teacher-tokenizer DIR``, checked against the
-    fingerprint the store recorded."""
+    """The store's (teacher's) tokenizer: ``--teacher-tokenizer DIR`` when given, checked against
+    the fingerprint the store recorded; else the one the store carries (storage/tokenizer_files.py,
+    checked the same way); KdError naming the flag when there is neither (a store written before
+    stores carried their tokenizer)."""
     from kdstream.data import load_tokenizer, tokenizer_fingerprint
+    from kdstream.storage.tokenizer_files import store_tokenizer
 
     if path is None:
-        raise KdError(f"the student's tokenizer differs from the store's and {store.url} carries no tokenizer: "
-                      "pass --teacher-tokenizer DIR (the teacher's tokenizer) to distil across tokenizers")
+        tok = store_tokenizer(store)
+        if tok is None:
+            raise KdError(f"the student's tokenizer differs from the store's and {store.url} carries no tokenizer "
+                          "(written before stores carried one): pass --teacher-tokenizer DIR (the teacher's "
+                          "tokenizer) to distil across tokenizers")
+        return tok
     tok = load_tokenizer(path)
     mine, theirs = tokenizer_fingerprint(tok)["sha256"], (store.attrs.get("tokenizer") or {}).get("sha256")
     if mine != theirs:

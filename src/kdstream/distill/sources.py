@@ -111,7 +111,8 @@ def cross_mode(opts, store, tokenizer) -> str | None:
 
 def cross_targets(opts, store, tokenizer):
     """The loader's per-batch transform of a cross-tokenizer run (None otherwise); the teacher's
-    tokenizer is the student's when they are the same, else ``--teacher-tokenizer``'s (checked)."""
+    tokenizer is the student's when they are the same, else ``--teacher-tokenizer``'s or the one the
+    store carries (checked: cross_tokenizer.teacher_tokenizer)."""
     from kdstream.distill.cross_tokenizer import CrossTargets, teacher_tokenizer
 
     mode = cross_mode(opts, store, tokenizer)

@@ -77,8 +77,9 @@ class DistillOptions:
     cross_tokenizer: str = option("auto", "A student whose tokenizer differs from the store's: alm (chunk "
                                           "likelihood matching) | exact (top-k on identical tokens) | alm+exact; "
                                           "auto = alm+exact when the tokenizers differ.")
-    teacher_tokenizer: str | None = option(None, "The store's tokenizer (a directory), for --cross-tokenizer when "
-                                                 "the store does not carry it.")
+    teacher_tokenizer: str | None = option(None, "The store's tokenizer (a directory), for a student of another "
+                                                 "tokenizer; default: the one the store carries (stores written "
+                                                 "before stores carried it need this flag).")
     checkpoint_every: int | None = option(None, "Save a resumable checkpoint every N steps.")
     resume: bool = option(False, "Continue an interrupted run from its latest checkpoint in --out.")
     overwrite: bool = option(False, "Replace an existing checkpoint directory.")

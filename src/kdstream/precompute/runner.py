@@ -1,6 +1,7 @@
 """precompute-logits: corpus → examples → teacher (vLLM or HF) → Zarr store, marked complete last."""
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -99,7 +100,7 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     """
     from kdstream.data import load_corpus, load_tokenizer, pack_examples, tokenizer_fingerprint
     from kdstream.model_files import check_model_dir, model_config, model_fingerprint
-    from kdstream.storage import StoreWriter
+    from kdstream.storage import StoreWriter, tokenizer_files
     from kdstream.storage.lock import WorkerLock
     from kdstream.storage.writer import check_store_target
 
@@ -119,6 +120,12 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
         raise KdError(f"--seq-len {opts.seq_len} needs a context of {needed} on --backend {opts.backend} but the "
                       f"teacher has {max_pos}: use --seq-len <= {max_pos - (needed - opts.seq_len)}")
     tokenizer = load_tokenizer(opts.tokenizer or model_dir)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    # the store carries the tokenizer's files, when they load alone to this very tokenizer
+    tok_files, why_not = tokenizer_files.collect(opts.tokenizer or model_dir, fingerprint["sha256"])
+    if why_not:
+        print(f"note: the store will not carry its tokenizer ({why_not}); its users pass the teacher's tokenizer "
+              "directory (distill --teacher-tokenizer DIR)", file=sys.stderr)
     corpus = load_corpus(opts.dataset, opts.text_field, opts.split)
     examples = pack_examples(corpus.texts, tokenizer, opts.seq_len, opts.max_examples)
 
@@ -141,11 +148,12 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
         encoding="sampled" if sampled else opts.logprob_encoding,
         samples=opts.samples if sampled else None,
         selection=selection,
+        tokenizer_files=tok_files,
         attrs={
             "targets": opts.targets,
             "source_top_k": opts.top_k,
             "teacher": model_fingerprint(model_dir),
-            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "tokenizer": fingerprint,
             "corpus": {**corpus.describe(), "text_field": opts.text_field, "split": opts.split},
             "engine": engine_attrs(opts.backend, model_dir, opts),
             "options": options | {"engine": options_dict(opts.engine)},
@@ -161,7 +169,7 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
                  width: int) -> dict:
     """Score and write this worker's chunks not yet written; finalize when it is the only worker."""
     from kdstream.progress import progress
-    from kdstream.storage import encoding
+    from kdstream.storage import encoding, tokenizer_files
     from kdstream.storage.background import BackgroundWriter
     from kdstream.storage.chunks import chunks_per_group, done_chunks, owned_groups
     from kdstream.storage.reader import disk_bytes
@@ -221,7 +229,9 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
         return summary | {"complete": False, "bytes_per_token": None,
                           "next": f"kdstream store finalize {opts.out} (once all {opts.num_workers} workers finished)"}
     writer.finalize({"precompute_seconds": round(seconds, 3)})
-    return summary | {"complete": True, "bytes_per_token": round(disk_bytes(opts.out) / (len(examples) * opts.seq_len), 1)}
+    # per token: the store's arrays, not the tokenizer files it carries (the same few MB whatever its size)
+    data_bytes = disk_bytes(opts.out) - tokenizer_files.disk_bytes(opts.out)
+    return summary | {"complete": True, "bytes_per_token": round(data_bytes / (len(examples) * opts.seq_len), 1)}
 
 
 _SELECTION_OPTIONS = ("top_p", "budget", "min_k")

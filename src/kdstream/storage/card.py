@@ -130,7 +130,9 @@ def _table(a: dict[str, Any], stats: dict[str, Any], kd: dict[str, Any]) -> list
     rows = [
         ("store identity", f"`{kd['store_identity']}`" if kd["store_identity"] else "none (format version < 4)"),
         ("teacher", f"{teacher.get('name')} (weights fingerprint `{teacher.get('weights_fingerprint')}`)"),
-        ("tokenizer", f"sha256 `{tok.get('sha256')}`, vocabulary {tok.get('vocab_size')}"),
+        ("tokenizer", f"sha256 `{tok.get('sha256')}`, vocabulary {tok.get('vocab_size')}; "
+                      + ("its files are in the store (`kdstream store tokenizer STORE OUT` exports them)"
+                         if tok.get("files") else "not in the store (pass the teacher's tokenizer directory)")),
         ("targets", f"{kd['targets']}: {_targets(a, stats)}"),
         ("logprob encoding", _encoding(stats)),
         ("examples", f"{stats['examples']} x {stats['seq_len']} tokens = {stats['tokens']:,} tokens "

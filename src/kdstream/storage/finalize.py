@@ -1,7 +1,7 @@
 """Finish a store written chunk by chunk (by one writer or several): check, then mark complete.
 
-``finalize_store`` checks that every chunk is marked done and has its file in every array, and
-that each example id occurs once; then it reads every chunk object of every array once, checks
+``finalize_store`` checks that every chunk is marked done and has its file in every array, that
+each example id occurs once, and that the tokenizer files the store records are there, intact; then it reads every chunk object of every array once, checks
 its crc32c and size, and writes the manifest of those checksums (integrity.py); last, in one
 metadata write, the ``manifest`` and ``integrity`` attributes and ``complete: true``. Run by a
 single-worker precompute at its end, and by ``kdstream store finalize STORE`` after parallel workers.
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
-from kdstream.storage import chunk_io, integrity
+from kdstream.storage import chunk_io, integrity, tokenizer_files
 from kdstream.storage.chunks import DONE_ARRAY, chunks_per_group, describe, owner, stored_chunks
 from kdstream.storage.schema import arrays_of
 
@@ -83,6 +83,11 @@ def finalize_store(url: str, extra_attrs: dict[str, Any] | None = None) -> dict[
         where = np.flatnonzero(ids == dup).tolist()
         raise KdError(f"store {url}: example {dup} is stored more than once (rows {where[:4]}); "
                       "rerun precompute-logits with --overwrite")
+
+    bad_files = tokenizer_files.problems(group, attrs)
+    if bad_files:
+        raise KdError(f"store {url}: {bad_files[0]}; rerun precompute-logits with the same options (it writes the "
+                      "tokenizer files again), then finalize again")
 
     plans = _plans(url, group, names)
     crcs = _checksums(url, plans, len(done), rows, n)  # (A, C)

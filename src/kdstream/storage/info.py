@@ -9,6 +9,7 @@ from typing import Any
 
 from kdstream.errors import KdError
 from kdstream.storage.integrity import identity_of
+from kdstream.storage.tokenizer_files import recorded
 from kdstream.storage.verify import open_group
 
 # Shown first, in this order; every other attribute follows as stored.
@@ -20,7 +21,9 @@ INFO_FIRST = (
 
 
 def store_info(url: str) -> dict[str, Any]:
-    """``{"store", "identity", "identity_note", "checked", "attributes"}`` of the store at ``url`` (path or fsspec URL).
+    """``{"store", "identity", "identity_note", "checked", "tokenizer_files", "attributes"}`` of the
+    store at ``url`` (path or fsspec URL); ``tokenizer_files``: the names of the tokenizer files it
+    carries (tokenizer_files.py), [] for none.
 
     identity: the finalized store's sha256 name (integrity.py), checked against its integrity
     record; None when it has none (incomplete, or format version < 4; ``checked`` False) or when the
@@ -39,4 +42,5 @@ def store_info(url: str) -> dict[str, Any]:
     ordered = {key: attrs[key] for key in INFO_FIRST if key in attrs}
     ordered.update({key: value for key, value in attrs.items() if key not in ordered})
     return {"store": str(url), "identity": ident, "identity_note": note, "checked": checked,
+            "tokenizer_files": [f.get("name") for f in recorded(attrs)],  # [] in stores written before them
             "attributes": ordered}

@@ -22,6 +22,9 @@ One array with one row per chunk (C = ceil(S / R) rows, chunks of one row):
 A sampled store (``targets: sampled``) holds sample_ids / sample_counts (S, L-1, k) and
 sample_tail_count (S, L-1) instead of the top-k arrays, tail and target code (docs/store-format.md).
 Group attributes describe provenance; ``complete`` is set True last, after every chunk is written.
+A ``tokenizer/`` group holds the teacher's tokenizer files, listed with their sha256 in the
+``tokenizer`` attribute (tokenizer_files.py); no format version of its own: stores without it read
+as before, and older readers ignore it.
 Version 4 = version 3's arrays plus an integrity record written at finalize (integrity.py): the
 manifest_crc32c array (every chunk's crc32c) and the ``integrity`` attribute (checksums of the
 attributes and of the manifest), which readers check. Version 3 stores (the same arrays without

@@ -1,6 +1,7 @@
 """Check a logit store end to end: metadata, every chunk's crc32c checksum, example ids, and for
 format version 4 the integrity record: attributes and manifest against their checksums, every
-chunk against its manifest entry, every array's metadata against the layout it was finalized with.
+chunk against its manifest entry, every array's metadata against the layout it was finalized with;
+and the tokenizer files a store carries against the sha256 its attributes record.
 
 ``open_store`` refuses the first corrupt chunk it meets; ``verify_store`` reads them all (one
 slice per chunk, along axis 0) and names every bad one, so a user knows exactly which files to
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
-from kdstream.storage import chunk_io, integrity
+from kdstream.storage import chunk_io, integrity, tokenizer_files
 from kdstream.storage import encoding as enc
 from kdstream.storage.chunks import DONE_ARRAY, describe, stored_chunks
 from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, LENGTH_ARRAY, PER_CHUNK, array_specs, arrays_of, is_ragged
@@ -272,6 +273,9 @@ def verify_store(url: str) -> VerifyReport:
                     problems.append(f"{name} {where}: row lengths {int(data.min())}..{int(data.max())} outside 1..{k}")
             if name == "example_id":
                 example_ids.append(data)
+    # the teacher's tokenizer files (tokenizer_files.py), against the sha256 the attributes record
+    corrupt += tokenizer_files.problems(group, attrs)
+    checked += len(tokenizer_files.recorded(attrs))
     if complete and ids_readable and example_ids:
         problems += _id_problems(np.concatenate(example_ids).astype(np.int64))
     return VerifyReport(ok=not corrupt and not problems, chunks_checked=checked, corrupt=corrupt, problems=problems)

@@ -19,6 +19,7 @@ from kdstream.errors import KdError
 from kdstream.storage import encoding as enc
 from kdstream.storage import id_table
 from kdstream.storage import selection as sel
+from kdstream.storage import tokenizer_files as tok_files
 from kdstream.storage.chunks import DONE_ARRAY, chunk_slice, done_chunks, num_chunks
 from kdstream.storage.schema import (
     FIXED_VERSION,
@@ -165,6 +166,9 @@ class StoreWriter:
 
     ``write_chunk(c, rows)`` writes chunk c whole (one region write per array: no read-modify-write)
     then its done marker. ``append(rows)`` is the sequential form: it buffers rows into chunks.
+
+    ``tokenizer_files`` ({name: bytes}, tokenizer_files.collect): the teacher's tokenizer, recorded
+    in the ``tokenizer`` attribute (``files``) and written as the ``tokenizer/`` group on opening.
     """
 
     def __init__(
@@ -181,8 +185,14 @@ class StoreWriter:
         encoding: str = enc.DEFAULT_ENCODING,
         samples: int | None = None,
         selection: dict[str, Any] | None = None,
+        tokenizer_files: dict[str, bytes] | None = None,
     ) -> None:
         self.url = str(url)
+        # the teacher's tokenizer files (tokenizer_files.py), recorded in the tokenizer attribute
+        self.tokenizer_files = dict(tokenizer_files or {})
+        if self.tokenizer_files:
+            attrs = {**attrs, "tokenizer": {**(attrs.get("tokenizer") or {}),
+                                            "files": tok_files.record(self.tokenizer_files)}}
         self.num_examples = num_examples
         self.encoding = encoding
         self.encoding_attrs = enc.encoding_attrs(encoding, samples)  # ValueError on an unknown name
@@ -225,6 +235,7 @@ class StoreWriter:
 
         self._done = self._array(DONE_ARRAY, (self.num_chunks,), (1,), np.dtype(np.uint8),
                                  {"compressors": [Crc32cCodec()]})
+        tok_files.write_files(self.group, self.tokenizer_files)  # again on resume: a crash may have cut one short
         # chunks already written by an earlier or a parallel run, each checked (a damaged one is written again)
         self.resumed = self._intact(done_chunks(self.group))
         self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in (*self.inputs, *_OPTIONAL_INPUTS)}
@@ -252,7 +263,12 @@ class StoreWriter:
             except ValueError:  # metadata half-written by another writer (an object store mid-PUT)
                 time.sleep(0.1)
                 continue
-            self._check_resumable(dict(group.attrs))
+            existing = dict(group.attrs)
+            if self.tokenizer_files and not tok_files.recorded(existing):
+                # started by a kdstream that stored no tokenizer: it stays a store without one
+                self.tokenizer_files = {}
+                self.attrs["tokenizer"] = {k: v for k, v in self.attrs["tokenizer"].items() if k != "files"}
+            self._check_resumable(existing)
             return group
         raise KdError(f"could not open or create the store at {self.url}: its zarr.json stays unreadable; "
                       "check the path, or choose another --out")
