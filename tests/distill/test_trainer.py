@@ -237,13 +237,15 @@ def test_ce_sampled_trains_on_a_sampled_store_and_is_refused_on_a_top_k_one(
 
 
 def test_exclude_ids_absent_from_the_store_are_named_in_a_warning(tmp_path, teacher_store, student_init_dir):
+    """... and --max-examples keeps the store's first rows (the excluded ids among them stay out)."""
     ids = tmp_path / "exclude.txt"
     ids.write_text("\n".join(map(str, [0, 3, 5, 100, 101, 999])) + "\n")
     proc = run_cli("distill", "--logits-store", teacher_store, "--model", student_init_dir, "--epochs", 1,
-                   "--batch-size", 8, "--exclude", ids, "--out", tmp_path / "out")
+                   "--batch-size", 8, "--exclude", ids, "--max-examples", NUM_EXAMPLES - 4, "--out", tmp_path / "out")
     warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
     assert warnings == [f"warning: 3 of 6 ids in --exclude {ids} are not in the store: 100, 101, 999"]
-    assert last_json(proc.stdout)["examples"] == NUM_EXAMPLES - 3
+    summary = last_json(proc.stdout)
+    assert summary["examples"] == NUM_EXAMPLES - 4 - 3 and summary["steps"] == -(-(NUM_EXAMPLES - 7) // 8)
 
 
 @pytest.mark.parametrize("config,message", [

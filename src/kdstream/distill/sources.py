@@ -149,21 +149,28 @@ def load_source(opts, tokenizer, net):
 
 
 def split_rows(source, exclude: frozenset[int], eval_examples: int,
-               on_absent: Callable[[list[int]], None] | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+               on_absent: Callable[[list[int]], None] | None = None,
+               max_rows: int | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """(train mask over rows or None when all rows train, held-out row indices). ``on_absent``
-    is called with the sorted excluded ids that no row holds (when there are any).
+    is called with the sorted excluded ids that no row holds (when there are any). ``max_rows``
+    (--max-examples): only the first rows take part, in training and in the held-out set.
 
     The held-out set is the last ``eval_examples`` rows that are not excluded: a fixed,
     documented choice that does not depend on the seed, so runs with different seeds are
     evaluated on the same examples.
     """
     n = len(source)
-    if not exclude and not eval_examples:
+    if max_rows is not None and max_rows < 1:
+        raise KdError(f"--max-examples {max_rows} must be at least 1")
+    limited = max_rows is not None and max_rows < n
+    if not exclude and not eval_examples and not limited:
         return None, np.zeros(0, np.int64)
     kept = np.ones(n, bool)
+    if limited:
+        kept[max_rows:] = False
     if exclude:  # only then are the ids needed
         ids = source.read(0, n, ("example_id",))["example_id"]  # (S,) int64
-        kept = ~np.isin(ids, list(exclude))
+        kept &= ~np.isin(ids, list(exclude))
         absent = sorted(exclude - set(ids.tolist()))
         if absent and on_absent is not None:
             on_absent(absent)

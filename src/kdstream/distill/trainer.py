@@ -67,7 +67,8 @@ class DistillOptions:
     seq_len: int = option(256, "With --dataset only (a store fixes its own).")
     text_field: str = corpus_option("text_field")
     split: str = corpus_option("split")
-    max_examples: int | None = option(None, "Train on only the first N examples.")
+    max_examples: int | None = option(None, "Train on only the first N examples (a store's first N rows; "
+                                                  "--eval-examples are taken from them).")
     shuffle_block: int = option(64, "Rows per contiguous read: the unit of shuffling.")
     # None (typed as 0): plain full-logits path; the memory bound is fused_head.auto_chunk's
     loss_chunk: int | str | None = option("auto", "Positions per chunk of the fused output layer + loss (bounds "
@@ -251,7 +252,8 @@ def _setup_data(opts: DistillOptions, d, loaded: tuple, exclude, cross=None):
 
     source, open_source, seq_len = loaded
     kept, held_out = split_rows(source, exclude, opts.eval_examples,
-                                on_absent=_warn_absent(opts, len(exclude)) if d.main else None)
+                                on_absent=_warn_absent(opts, len(exclude)) if d.main else None,
+                                max_rows=opts.max_examples)
     num_train = len(source) if kept is None else int(kept.sum())
     keys = ("input_ids",) if opts.loss == "ce" or opts.teacher else ("input_ids", "topk_ids", "topk_logprobs")
     if cross is not None:
