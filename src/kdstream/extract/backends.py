@@ -4,6 +4,9 @@ A backend answers two questions about token sequences, with no text involved:
 
 ``greedy(prefixes (B, P), n) -> (B, n)``
     exactly n greedily decoded token ids per prefix (EOS ignored: decoding never stops early).
+``greedy_each(prompts [(P_i,)], lengths (B,)) -> [(lengths[i],)]``
+    the same for prompts of different lengths, each decoded for its own number of tokens (the
+    cross-tokenizer path: extract/cross_tokenizer.py).
 ``score_suffix(ids (B, T), n) -> (argmax_ids (B, n), gap (B, n))``
     teacher forcing over the whole sequence: for each of the last n tokens ``ids[:, T-n+j]``,
     the model's argmax prediction from ``ids[:, :T-n+j]`` and the logprob gap between its best
@@ -27,6 +30,8 @@ class Backend(Protocol):
     name: str
 
     def greedy(self, prefixes: np.ndarray, n: int) -> np.ndarray: ...
+
+    def greedy_each(self, prompts: list[np.ndarray], lengths: np.ndarray) -> list[np.ndarray]: ...
 
     def score_suffix(self, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]: ...
 

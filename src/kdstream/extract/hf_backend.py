@@ -1,5 +1,6 @@
 """Extraction on HF transformers, for models vLLM cannot load (much slower: see
-docs/benchmarks.md). Batched; every prefix has the same length, so no padding."""
+docs/benchmarks.md). Batched; every prefix of a batch has the same length, so no padding
+(``greedy_each`` groups prompts of different lengths by length)."""
 from __future__ import annotations
 
 import numpy as np
@@ -35,6 +36,21 @@ class HfBackend:
                 eos_token_id=None, pad_token_id=0, repetition_penalty=1.0,
             )
         return out[:, ids.shape[1]:].cpu().numpy().astype(np.int64)
+
+    def greedy_each(self, prompts: list[np.ndarray], lengths: np.ndarray) -> list[np.ndarray]:
+        """prompts [(P_i,)], lengths (B,) → [(lengths[i],)]: ``greedy`` per group of prompts of
+        one length, for the group's largest count, each cut to its own (greedy decoding's first k
+        tokens do not depend on how many follow)."""
+        lengths = np.asarray(lengths, np.int64)
+        out: list[np.ndarray | None] = [None] * len(prompts)
+        by_len: dict[int, list[int]] = {}
+        for i, p in enumerate(prompts):
+            by_len.setdefault(len(p), []).append(i)
+        for idx in by_len.values():
+            gen = self.greedy(np.stack([prompts[i] for i in idx]), int(lengths[idx].max()))  # (b, max)
+            for row, i in zip(gen, idx):
+                out[i] = row[: lengths[i]]
+        return out
 
     def score_suffix(self, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """ids (B, T) → argmax ids (B, n) and top1 − top2 logprob (B, n) for the last n tokens.

@@ -78,6 +78,7 @@ def merge_shards(shard_dirs: list[str], out: str, overwrite: bool = False) -> di
     runs = len(ref_summary["prefix_lens"]) * total
     meta = {k: ref_summary[k] for k in ("model", "logits_store", "prefix_len", "prefix_lens", "suffix_len",
                                          "offset", "method", "backend", "engine")}
+    meta.update({k: ref_summary[k] for k in ("mode", "match_on") if k in ref_summary})  # absent before them
     meta.update(
         seconds=round(sum(seconds.values()), 3),  # summed over shards: worker-seconds, not wall time
         seconds_by_method={m: round(s, 3) for m, s in seconds.items()},

@@ -22,7 +22,8 @@ RESULTS_FILE = "results.parquet"
 SWEEP_FILE = "prefix_sweep.parquet"
 DISAGREEMENTS_FILE = "disagreements.parquet"
 SUMMARY_FILE = "summary.json"  # written last: an eval directory without it is incomplete
-LIST_COLUMNS = ("generated_ids", "suffix_ids", "argmax_ids")  # kept in results, not in the sweep
+# kept in results, not in the sweep
+LIST_COLUMNS = ("generated_ids", "suffix_ids", "argmax_ids", "generated_bytes", "suffix_bytes")
 TF_METHODS = ("fast", "store")  # teacher-forced: they give margins, not generated tokens
 
 
@@ -41,25 +42,42 @@ def prefix_table(example_id: np.ndarray, truth: np.ndarray, per_method: dict[str
     generate), suffix_ids, <method>_exact_match and <method>_prefix_match_len for every method,
     and with a teacher-forced method margin, near_tie, tf_frac_matched, argmax_ids; with both
     generate and fast, verdicts_differ.
+
+    Judged on bytes (a "generate" entry from run.byte_verdicts, with "skip_reason"): frac_matched,
+    prefix_match_len and edit_distance count bytes, generated_ids are the model's own (as many as
+    it took to cover the suffix's bytes), and the rows gain skip_reason (null when judged; a
+    skipped example has exact_match and approx_match False and null numbers), suffix_bytes and
+    generated_bytes.
     """
     import pyarrow as pa
 
     S = len(example_id)
     main = per_method[verdict_method(list(per_method))]
     gen = per_method.get("generate")
+    skipped = None  # (S,) bool for a byte-judged run: examples not judged, their numbers null
+    if gen is not None and "skip_reason" in gen:
+        skipped = np.array([r is not None for r in gen["skip_reason"]], bool)
+
+    def col(values, type=None):
+        return pa.array(values, type, mask=skipped) if skipped is not None else pa.array(values, type)
+
     cols = {
         "example_id": pa.array(np.asarray(example_id, np.int64)),
         "exact_match": pa.array(main["exact"]),
-        "frac_matched": pa.array(main["frac_matched"] if gen is not None else main["tf_frac_matched"]),
-        "prefix_match_len": pa.array(main["prefix_match_len"]),
-        "edit_distance": pa.array(gen["edit_distance"] if gen else [None] * S, pa.int64()),
+        "frac_matched": col(main["frac_matched"] if gen is not None else main["tf_frac_matched"]),
+        "prefix_match_len": col(main["prefix_match_len"]),
+        "edit_distance": col(gen["edit_distance"], pa.int64()) if gen else pa.array([None] * S, pa.int64()),
         "approx_match": pa.array(gen["approx"] if gen else [None] * S, pa.bool_()),
         "generated_ids": pa.array(list(gen["generated_ids"]) if gen else [None] * S, pa.list_(pa.int64())),
         "suffix_ids": pa.array(list(np.asarray(truth, np.int64)), pa.list_(pa.int64())),
     }
+    if skipped is not None:
+        cols["skip_reason"] = pa.array(list(gen["skip_reason"]), pa.string())
+        cols["suffix_bytes"] = pa.array(list(gen["suffix_bytes"]), pa.binary())
+        cols["generated_bytes"] = pa.array(list(gen["generated_bytes"]), pa.binary())
     for name, m in per_method.items():
         cols[f"{name}_exact_match"] = pa.array(m["exact"])
-        cols[f"{name}_prefix_match_len"] = pa.array(m["prefix_match_len"])
+        cols[f"{name}_prefix_match_len"] = col(m["prefix_match_len"])
     tf = next((per_method[k] for k in TF_METHODS if k in per_method), None)
     if tf is not None:
         cols["margin"] = pa.array(tf["margin"], pa.float32())
@@ -94,6 +112,11 @@ def summarize(results, sweep, methods: list[str]) -> dict:
     }
     if "generate" in methods:
         s["approx_memorized"] = int(results["approx_match"].sum())
+    if "skip_reason" in results:  # judged on bytes: skipped examples count as not extracted
+        from kdstream.extract.cross_tokenizer import skip_counts
+
+        s["skipped_examples"] = skip_counts(results["skip_reason"].tolist())
+        s["judged"] = int(results["skip_reason"].isna().sum())
     if "margin" in results:
         s["near_tie_margin"] = NEAR_TIE
         s["near_ties"] = int(results["near_tie"].sum())
@@ -102,7 +125,8 @@ def summarize(results, sweep, methods: list[str]) -> dict:
         s["disagreements_not_near_tie"] = int((results["verdicts_differ"] & ~results["near_tie"]).sum())
     s["by_prefix_len"] = [
         {"prefix_len": int(p), "examples": len(g), "memorized": int(g["exact_match"].sum()),
-         "rate": float(g["exact_match"].mean())}
+         "rate": float(g["exact_match"].mean()),
+         **({"skipped": int(g["skip_reason"].notna().sum())} if "skip_reason" in g else {})}
         for p, g in sweep.groupby("prefix_len", sort=True)
     ]
     return s

@@ -17,6 +17,12 @@ right after it (the paper's prefix 50 → next 50 tokens), so a longer prefix sh
 along the example. A sweep with the suffix at one fixed position and more context before it is
 the same rule with ``offset`` moved back by the extra length, run once per prefix length; the
 shifting rule lets one run sweep, and every prefix length is judged on the same number of tokens.
+
+Tokenizers (``mode`` in the summary): a model that shares the examples' tokenizer is judged on
+tokens (``same_tokenizer``); one with another tokenizer (``cross_tokenizer``, the examples'
+tokenizer from ``--teacher-tokenizer``) gets the prefix as text re-tokenized and is judged on the
+suffix's bytes (extract/cross_tokenizer.py), with ``--method generate`` only. ``--match bytes``
+judges a same-tokenizer model on bytes too, for comparisons across tokenizers.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from kdstream.options import corpus_option, option, options_dict, require, save_
 from kdstream.outputs import check_output, fresh_partial, publish
 
 METHODS = {"generate": ["generate"], "fast": ["fast"], "both": ["generate", "fast"], "store": ["store"]}
+MATCHES = ("auto", "tokens", "bytes")
 
 
 def parse_prefix_lens(value) -> tuple[int, ...]:
@@ -71,6 +78,11 @@ class ExtractOptions:
                                      "verdict) | both (and report disagreements) | store (teacher's verdict from "
                                      "--logits-store, no model)")
     backend: str = option("vllm", "vllm | hf (transformers, for models vLLM cannot load)")
+    teacher_tokenizer: str | None = option(None, "The examples' (store's, teacher's) tokenizer, a directory: "
+                                                 "needed for a --model with another tokenizer (judged on the "
+                                                 "suffix's bytes). With --dataset: pack the corpus with it.")
+    match: str = option("auto", "auto (tokens when the model shares the examples' tokenizer, else bytes) | "
+                                "tokens | bytes (exact match on the suffix's UTF-8 bytes, greedy decoding only)")
     num_workers: int = option(1, "Shard the examples over N workers.")
     worker_index: int = option(0, "This worker's share (0..N-1); join the shards with `kdstream eval merge`.")
     overwrite: bool = option(False, "Replace an existing evaluation in --out.")
@@ -91,6 +103,9 @@ class ExtractOptions:
         require(self.batch_size >= 1, "--batch-size must be at least 1")
         require(self.method in METHODS, f"--method {self.method!r} is unknown: use {' | '.join(METHODS)}")
         require(self.backend in BACKENDS, f"--backend {self.backend!r} is unknown: use vllm | hf")
+        require(self.match in MATCHES, f"--match {self.match!r} is unknown: use {' | '.join(MATCHES)}")
+        require(self.match != "bytes" or self.method == "generate",
+                f"--match bytes judges greedy decoding: use --method generate, not {self.method}")
         require(self.device in DEVICES, f"--device {self.device!r} is unknown: use {' | '.join(DEVICES)}")
         require(self.num_workers >= 1 and 0 <= self.worker_index < self.num_workers,
                 f"--worker-index {self.worker_index} is outside 0..{self.num_workers - 1}: "
@@ -98,6 +113,8 @@ class ExtractOptions:
         if self.method == "store":
             require(self.logits_store is not None, "--method store reads the teacher's verdicts from --logits-store STORE: pass it")
             require(self.offset == 0, "--method store needs --offset 0: the store's teacher saw every example from token 0")
+            require(self.teacher_tokenizer is None and self.match == "auto",
+                    "--method store reads the teacher's own verdicts (its tokens): drop --teacher-tokenizer / --match")
         else:
             require(self.model is not None, f"--method {self.method} needs --model MODEL_DIR")
         if self.features:
@@ -125,29 +142,64 @@ def _tokenizer(model_dir: Path):
 
 
 def _load_examples(opts: ExtractOptions, tokenizer):
-    """(input_ids (s, L), example_id (s,), (start, stop, total), store identity) for this worker's
-    share; the identity (the store's manifest hash) is None for --dataset."""
+    """(input_ids (s, L), example_id (s,), (start, stop, total), store identity, examples'
+    tokenizer) for this worker's share; the identity (the store's manifest hash) is None for
+    --dataset; the examples' tokenizer is None when it is the model's (or unknown: a model without
+    tokenizer files), else the tokenizer the examples were cut with (a cross-tokenizer run)."""
+    from kdstream.data import load_tokenizer, tokenizer_fingerprint
+
+    def differs(other) -> bool:
+        sha = tokenizer_fingerprint(tokenizer)["sha256"] if tokenizer is not None else None
+        return sha is not None and tokenizer_fingerprint(other)["sha256"] != sha
+
     if opts.logits_store is not None:
-        from kdstream.data import tokenizer_fingerprint
+        from kdstream.extract.cross_tokenizer import teacher_tokenizer
         from kdstream.storage import open_store
 
         store = open_store(opts.logits_store)
-        if tokenizer is not None and tokenizer_fingerprint(tokenizer)["sha256"] != store.attrs["tokenizer"]["sha256"]:
-            raise KdError(
-                f"the model's tokenizer differs from the store's ({opts.logits_store}): evaluate a model that "
-                "shares the teacher's tokenizer, or use --dataset"
-            )
+        examples_tok = None
+        if opts.teacher_tokenizer is not None:
+            examples_tok = teacher_tokenizer(store, opts.teacher_tokenizer)  # checked against the store
+        elif tokenizer is not None and tokenizer_fingerprint(tokenizer)["sha256"] != store.attrs["tokenizer"]["sha256"]:
+            examples_tok = teacher_tokenizer(store, None)  # the store's; today: KdError naming the flag
         total = len(store) if opts.max_examples is None else min(len(store), opts.max_examples)
         start, stop = shard_range(total, opts.num_workers, opts.worker_index)
         rows = store.read(start, stop, ("input_ids", "example_id"))
-        return rows["input_ids"], rows["example_id"], (start, stop, total), getattr(store, "identity", None)
+        return (rows["input_ids"], rows["example_id"], (start, stop, total), getattr(store, "identity", None),
+                examples_tok if examples_tok is not None and differs(examples_tok) else None)
     from kdstream.data import load_corpus, pack_examples
 
-    if tokenizer is None:
+    if tokenizer is None and opts.teacher_tokenizer is None:
         raise KdError(f"model {opts.model} has no tokenizer files: --dataset needs one to tokenize the text")
-    ex = pack_examples(load_corpus(opts.dataset, opts.text_field, opts.split).texts, tokenizer, opts.seq_len, opts.max_examples)
+    packer = load_tokenizer(opts.teacher_tokenizer) if opts.teacher_tokenizer is not None else tokenizer
+    ex = pack_examples(load_corpus(opts.dataset, opts.text_field, opts.split).texts, packer, opts.seq_len, opts.max_examples)
     start, stop = shard_range(len(ex.input_ids), opts.num_workers, opts.worker_index)
-    return ex.input_ids[start:stop], ex.example_id[start:stop], (start, stop, len(ex.input_ids)), None
+    return (ex.input_ids[start:stop], ex.example_id[start:stop], (start, stop, len(ex.input_ids)), None,
+            packer if differs(packer) else None)
+
+
+def _byte_judge(opts: ExtractOptions, tokenizer, examples_tok):
+    """The byte-level judge (cross_tokenizer.ByteJudge) when the run is judged on bytes, else
+    None; KdError for what a cross-tokenizer run cannot do. ``examples_tok``: see _load_examples."""
+    from kdstream.extract.cross_tokenizer import ByteJudge
+
+    if examples_tok is None:  # the model shares the examples' tokenizer
+        if opts.match != "bytes":
+            return None
+        if tokenizer is None:
+            raise KdError(f"--match bytes reads the model's tokenizer and {opts.model} has no tokenizer files: save "
+                          "one there")
+        return ByteJudge(tokenizer, tokenizer)
+    if opts.match == "tokens":
+        raise KdError("--match tokens needs the model to share the examples' tokenizer, and its tokenizer differs: "
+                      "use --match auto (bytes)")
+    if opts.method != "generate":
+        raise KdError(f"--method {opts.method} compares token ids, and the model's tokenizer differs from the "
+                      "examples': use --method generate (judged on the suffix's bytes)")
+    if opts.features:
+        raise KdError("--features scores the model on the store's tokens, and the model's tokenizer differs: drop "
+                      "--features")
+    return ByteJudge(examples_tok, tokenizer)
 
 
 def _check_windows(opts: ExtractOptions, seq_len: int, model_dir: Path | None) -> int:
@@ -218,6 +270,31 @@ def fast_verdicts(backend, input_ids: np.ndarray, prefix_lens, n: int, offset: i
     return out
 
 
+def byte_verdicts(backend, windows: dict, judge, batch_size: int, bar=None) -> dict[int, dict[str, object]]:
+    """{P: byte_match_metrics + generated_ids, generated_bytes, suffix_bytes, skip_reason} from
+    greedy decoding of each judged example's prompt for as many tokens as its suffix has bytes.
+
+    windows: {P: cross_tokenizer.Windows}; judge: the ByteJudge that built them."""
+    from kdstream.extract.metrics import byte_match_metrics
+
+    out = {}
+    for p, w in windows.items():
+        S, todo = len(w.skip), w.judged
+        gen: list = [None] * S
+        for b in range(0, len(todo), batch_size):
+            idx = todo[b : b + batch_size]
+            for i, g in zip(idx.tolist(), backend.greedy_each([w.prompts[i] for i in idx], w.max_new(idx))):
+                gen[i] = g
+            if bar is not None:
+                bar.update(len(idx))
+        if bar is not None:
+            bar.update(S - len(todo))
+        got = [None if g is None else judge.model_text(g) for g in gen]
+        out[p] = {**byte_match_metrics(got, w.suffix), "generated_ids": gen, "generated_bytes": got,
+                  "suffix_bytes": w.suffix, "skip_reason": w.skip}
+    return out
+
+
 def _store_metrics(opts: ExtractOptions, start: int, stop: int, bar) -> dict[int, dict]:
     """{prefix_len: store_metrics} read block by block (the top-k arrays of a big store do not
     fit in memory at once)."""
@@ -245,6 +322,7 @@ def run_extract_eval(opts: ExtractOptions, after: Callable[[Path], dict] | None 
     returns joins the summary. ``--features`` is such a step, composed by the caller
     (``analysis.features_run.features_after_extract``), so extraction imports no analysis."""
     from kdstream.extract.backends import make_backend
+    from kdstream.extract.cross_tokenizer import CROSS, SAME
     from kdstream.extract.results import prefix_table, sweep_table, write_eval
     from kdstream.model_files import check_model_dir
     from kdstream.progress import progress
@@ -252,10 +330,19 @@ def run_extract_eval(opts: ExtractOptions, after: Callable[[Path], dict] | None 
     out = Path(opts.out)
     check_output(out, "extract-eval", replace=opts.overwrite)
     model_dir = check_model_dir(opts.model, "evaluated") if opts.method != "store" else None
-    input_ids, example_id, (start, stop, total), store_identity = _load_examples(
-        opts, _tokenizer(model_dir) if model_dir else None)
-    longest = _check_windows(opts, input_ids.shape[1], model_dir)
+    tokenizer = _tokenizer(model_dir) if model_dir else None
+    input_ids, example_id, (start, stop, total), store_identity, examples_tok = _load_examples(opts, tokenizer)
+    judge = _byte_judge(opts, tokenizer, examples_tok) if model_dir else None
     methods, n, o = opts.methods, opts.suffix_len, opts.offset
+    longest = _check_windows(opts, input_ids.shape[1], model_dir if judge is None else None)
+    windows = {}
+    if judge is not None:  # the model's prompts and the suffixes' bytes, before the engine (its context)
+        from kdstream.model_files import model_config
+
+        context = model_config(model_dir).get("max_position_embeddings")
+        windows = {p: judge.windows(input_ids[:, o : o + p], input_ids[:, o + p : o + p + n], context)
+                   for p in opts.prefix_len}
+        longest = max(w.longest() for w in windows.values())
     backend = make_backend(opts.backend, str(model_dir), longest, opts.engine, opts.device) if model_dir else None
 
     seconds = dict.fromkeys(methods, 0.0)
@@ -265,7 +352,9 @@ def run_extract_eval(opts: ExtractOptions, after: Callable[[Path], dict] | None 
     with progress(len(input_ids) * passes, "extract", unit="seq") as bar:
         if "generate" in methods:
             t = time.perf_counter()
-            for p, m in generate_verdicts(backend, input_ids, opts.prefix_len, n, o, opts.batch_size, bar).items():
+            verdicts = (byte_verdicts(backend, windows, judge, opts.batch_size, bar) if judge is not None else
+                        generate_verdicts(backend, input_ids, opts.prefix_len, n, o, opts.batch_size, bar))
+            for p, m in verdicts.items():
                 per_prefix[p]["generate"] = m
             seconds["generate"] += time.perf_counter() - t
         if "fast" in methods:
@@ -283,7 +372,8 @@ def run_extract_eval(opts: ExtractOptions, after: Callable[[Path], dict] | None 
     primary = opts.prefix_len[0]
     meta = run_meta(opts, model_dir, backend.name if backend else "store", seconds, len(input_ids))
     meta.update(worker_index=opts.worker_index, num_workers=opts.num_workers, example_range=[start, stop],
-                total_examples=total, store_identity=store_identity)
+                total_examples=total, store_identity=store_identity,
+                mode=CROSS if examples_tok is not None else SAME, match_on="bytes" if judge is not None else "tokens")
     partial = fresh_partial(out, "extract-eval")
     save_options(opts, partial)
     if after is not None:

@@ -32,6 +32,19 @@ class VllmBackend:
             raise RuntimeError(f"vLLM stopped before {n} tokens despite ignore_eos")
         return np.asarray(gen, dtype=np.int64)
 
+    def greedy_each(self, prompts: list[np.ndarray], lengths: np.ndarray) -> list[np.ndarray]:
+        """prompts [(P_i,)], lengths (B,) → [(lengths[i],)] generated ids: one request each, with
+        its own max_tokens (the same greedy, EOS-ignoring parameters as ``greedy``)."""
+        from vllm import SamplingParams
+
+        params = [SamplingParams(temperature=0.0, max_tokens=int(k), ignore_eos=True, detokenize=False)
+                  for k in lengths]
+        outputs = self.llm.generate(_prompts(prompts), params, use_tqdm=False)
+        gen = [np.asarray(o.outputs[0].token_ids, np.int64) for o in outputs]
+        if any(len(g) != k for g, k in zip(gen, lengths)):
+            raise RuntimeError("vLLM stopped before max_tokens despite ignore_eos")
+        return gen
+
     def score_suffix(self, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """ids (B, T) → argmax ids (B, n) and top1 − top2 logprob (B, n) for the last n tokens.
 
@@ -49,7 +62,8 @@ class VllmBackend:
         return top_ids[..., 0], top_lps[..., 0] - top_lps[..., 1]
 
 
-def _prompts(ids: np.ndarray) -> list:
+def _prompts(ids) -> list:
+    """(B, P) array or a list of (P_i,) arrays → vLLM token prompts."""
     from vllm.inputs import TokensPrompt
 
-    return [TokensPrompt(prompt_token_ids=row.tolist()) for row in ids]
+    return [TokensPrompt(prompt_token_ids=np.asarray(row).tolist()) for row in ids]
