@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import NUM_EXAMPLES, make_gpt_neox, one_line_error, run_cli
+from helpers import NUM_EXAMPLES, make_gpt_neox, one_line_error, run_cli, without_tokenizer
 
 from kdstream.extract.cross_tokenizer import SKIP_REASONS, ByteJudge
 from kdstream.extract.metrics import byte_match_metrics, edit_distance
@@ -46,10 +46,10 @@ ARGS = ("--prefix-len", "16,24", "--suffix-len", 16, "--dtype", "float32")
 
 
 @pytest.fixture(scope="module")
-def cross_eval(tmp_path_factory, cross_memorizer, teacher_store, teacher_dir):
+def cross_eval(tmp_path_factory, cross_memorizer, teacher_store):
     out = tmp_path_factory.mktemp("xeval") / "vllm"
-    run_cli("extract-eval", "--model", cross_memorizer, "--logits-store", teacher_store, "--teacher-tokenizer",
-            teacher_dir, *ARGS, "--out", out)
+    # no --teacher-tokenizer: the store carries its tokenizer (the HF-shard test passes the flag)
+    run_cli("extract-eval", "--model", cross_memorizer, "--logits-store", teacher_store, *ARGS, "--out", out)
     return out
 
 
@@ -244,8 +244,11 @@ def test_cross_tokenizer_refusals(tmp_path, teacher_store, teacher_dir, other_to
     from kdstream.extract.run import ExtractOptions, run_extract_eval
 
     other = make_gpt_neox(tmp_path / "other", other_tokenizer, layers=1, vocab=400)
+    old = without_tokenizer(teacher_store, tmp_path / "old.zarr")  # a store written before stores carried one
+    old_base = ["extract-eval", "--model", other, "--logits-store", old, "--out", tmp_path / "out"]
+    err = one_line_error(run_cli(*old_base, check=False))
+    assert "carries no tokenizer" in err and "--teacher-tokenizer DIR" in err
     base = ["extract-eval", "--model", other, "--logits-store", teacher_store, "--out", tmp_path / "out"]
-    assert "--teacher-tokenizer DIR" in one_line_error(run_cli(*base, check=False))
     assert "is not the tokenizer of" in one_line_error(run_cli(*base, "--teacher-tokenizer", other, check=False))
     err = one_line_error(run_cli(*base, "--teacher-tokenizer", teacher_dir, "--method", "fast", check=False))
     assert "--method fast compares token ids" in err

@@ -34,16 +34,16 @@ SAME, CROSS = "same_tokenizer", "cross_tokenizer"  # the ``mode`` of an evaluati
 
 
 def teacher_tokenizer(store, path: str | None):
-    """The examples' (store's, teacher's) tokenizer for a cross-tokenizer evaluation.
-
-    The one place it is obtained: today from ``--teacher-tokenizer DIR``, checked against the
-    fingerprint the store recorded (a store that carries its tokenizer would be read here).
-    """
-    if path is None:
-        raise KdError(f"the model's tokenizer differs from the store's ({store.url}): pass --teacher-tokenizer DIR "
-                      "(the teacher's tokenizer) to evaluate it across tokenizers, judged on bytes")
+    """The examples' (store's, teacher's) tokenizer for a cross-tokenizer evaluation:
+    ``--teacher-tokenizer DIR`` when given, else the one the store carries; either way checked
+    against the fingerprint the store recorded (distill's ``teacher_tokenizer``)."""
     from kdstream.distill.cross_tokenizer import teacher_tokenizer as checked
+    from kdstream.storage.tokenizer_files import carries_tokenizer
 
+    if path is None and not carries_tokenizer(store):
+        raise KdError(f"the model's tokenizer differs from the store's and {store.url} carries no tokenizer (written "
+                      "before stores carried one): pass --teacher-tokenizer DIR (the teacher's tokenizer) to "
+                      "evaluate it across tokenizers, judged on bytes")
     return checked(store, path)
 
 

@@ -161,7 +161,7 @@ def _load_examples(opts: ExtractOptions, tokenizer):
         if opts.teacher_tokenizer is not None:
             examples_tok = teacher_tokenizer(store, opts.teacher_tokenizer)  # checked against the store
         elif tokenizer is not None and tokenizer_fingerprint(tokenizer)["sha256"] != store.attrs["tokenizer"]["sha256"]:
-            examples_tok = teacher_tokenizer(store, None)  # the store's; today: KdError naming the flag
+            examples_tok = teacher_tokenizer(store, None)  # the one the store carries
         total = len(store) if opts.max_examples is None else min(len(store), opts.max_examples)
         start, stop = shard_range(total, opts.num_workers, opts.worker_index)
         rows = store.read(start, stop, ("input_ids", "example_id"))
