@@ -94,3 +94,17 @@ def test_features_through_click(tmp_path, models, store):
                                  str(tmp_path / "feat"), "--prefix-len", "8", "--suffix-len", "8", "--max-examples", "4"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.strip().splitlines()[-1])["examples"] == 4
+
+
+def test_bits_per_byte_column(scored, store, tokenizer):
+    """ppl's CE in bits per UTF-8 byte of tokens 1..L-1: ln(ppl) · (L-1) / (ln 2 · bytes)."""
+    from kdstream.data.token_bytes import token_byte_lengths
+    from kdstream.storage import open_store
+
+    for out in (scored[0], scored[2]):
+        frame = pq.read_table(out / "features.parquet").to_pandas()
+        ids = open_store(str(store)).read(0, EXAMPLES, ("input_ids",))["input_ids"]
+        num_bytes = token_byte_lengths(tokenizer, ids[:, 1:]).sum(1)
+        expected = np.log(frame["ppl"]) * (ids.shape[1] - 1) / (np.log(2) * num_bytes)
+        np.testing.assert_allclose(frame["bits_per_byte"], expected, rtol=1e-6)
+        assert list(frame.columns).index("bits_per_byte") == list(frame.columns).index("ppl") + 1

@@ -90,6 +90,19 @@ def perplexity(logprobs: np.ndarray, start: int = 0, stop: int | None = None) ->
     return np.exp(-window.mean(axis=1))
 
 
+def bits_per_byte(logprobs: np.ndarray, token_bytes: np.ndarray) -> np.ndarray:
+    """(S, L-1) next-token log-probs, (S, L-1) UTF-8 bytes of each predicted token -> (S,) bits per
+    byte: −Σ log-prob ÷ ln 2 ÷ Σ bytes over tokens 1..L-1 (NaN for a row without bytes).
+
+    Unlike perplexity it does not depend on the tokenizer: models with different vocabularies
+    score the same text in the same unit. Bytes per token: data/token_bytes.py.
+    """
+    nats = -np.asarray(logprobs, dtype=np.float64).sum(axis=1)
+    num_bytes = np.asarray(token_bytes, dtype=np.float64).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(num_bytes > 0, nats / (np.log(2.0) * num_bytes), np.nan)
+
+
 def min_k_percent(logprobs: np.ndarray, k: float = 0.2) -> np.ndarray:
     """(S, L-1) log-probs -> (S,) Min-K% Prob: mean of each row's lowest k-fraction log-probs.
 
@@ -137,7 +150,7 @@ def topk_kl(model_logprobs_full: Tensor, topk_ids: Tensor, topk_logprobs: Tensor
 
 
 def model_features(model, input_ids, *, prefix_len: int, suffix_len: int | None = None,
-                   topk_ids=None, topk_logprobs=None, batch_size: int = 16) -> dict[str, np.ndarray]:
+                   topk_ids=None, topk_logprobs=None, token_bytes=None, batch_size: int = 16) -> dict[str, np.ndarray]:
     """One pass of ``model`` over (S, L) examples -> dict of (S,) float64 features.
 
     ppl: perplexity of tokens 1..L-1. suffix_ppl: perplexity of the suffix tokens
@@ -146,7 +159,8 @@ def model_features(model, input_ids, *, prefix_len: int, suffix_len: int | None 
     teacher_kl (only with the teacher's stored ``topk_ids`` / ``topk_logprobs``, (S, L-1, k)):
     mean over positions of KL(teacher ‖ model) (``topk_kl``), computed batch by batch from the
     same logits, so the model runs once. With the CE baseline as ``model`` this is the paper's
-    teacher–baseline KL.
+    teacher–baseline KL. bits_per_byte (only with ``token_bytes``, (S, L-1) UTF-8 bytes of tokens
+    1..L-1): ``bits_per_byte`` over the positions ppl covers.
     """
     ids = _as_tensor(input_ids, torch.long)
     s, length = ids.shape
@@ -177,6 +191,10 @@ def model_features(model, input_ids, *, prefix_len: int, suffix_len: int | None 
         "suffix_ppl": perplexity(lp, start=prefix_len - 1, stop=None if stop is None else stop - 1),
         "min_k": min_k_percent(lp),
     }
+    if token_bytes is not None:
+        if np.shape(token_bytes) != (s, length - 1):
+            raise ValueError(f"token_bytes must be (S={s}, L-1={length - 1}), got {np.shape(token_bytes)}")
+        out["bits_per_byte"] = bits_per_byte(lp, token_bytes)
     if with_kl:
         out["teacher_kl"] = kl
     return out

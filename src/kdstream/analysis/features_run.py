@@ -1,5 +1,5 @@
 """``kdstream features``: one fp32 transformers pass of a model over a teacher store's examples
--> ``features.parquet`` (one row per example_id: ppl, suffix_ppl, min_k, teacher_kl against the
+-> ``features.parquet`` (one row per example_id: ppl, bits_per_byte, suffix_ppl, min_k, teacher_kl against the
 store's top-k, zlib_entropy, zlib_ratio, and the teacher's own perplexity read from the store).
 
 The per-example maths lives in ``features.py``; this file reads the store chunk by chunk, checks
@@ -84,11 +84,27 @@ def _load_scoring_model(opts: FeaturesOptions, store):
     return model, tokenizer
 
 
+def _byte_table(tokenizer) -> np.ndarray | None:
+    """(V,) UTF-8 bytes of each token id, or None (bits_per_byte left NaN, with a warning) for a
+    tokenizer that is neither byte-level BPE nor SentencePiece-style."""
+    import sys
+
+    from kdstream.data.token_bytes import byte_vocab
+
+    try:
+        return byte_vocab(tokenizer).lengths
+    except KdError as exc:
+        print(f"warning: bits_per_byte left empty: {exc}", file=sys.stderr)
+        return None
+
+
 def run_features(opts: FeaturesOptions) -> dict:
     """Write ``features.parquet`` (one row per example), ``options.yaml`` and ``summary.json``
     (last) into ``opts.out``; return the summary.
 
-    Columns (``FEATURE_COLUMNS``): ppl (tokens 1..L-1), suffix_ppl (the extraction suffix), min_k
+    Columns (``FEATURE_COLUMNS``): ppl (tokens 1..L-1), bits_per_byte (the same tokens' CE in bits
+    per UTF-8 byte of their text: comparable across tokenizers; NaN for a tokenizer whose bytes
+    per token are unknown, data/token_bytes.py), suffix_ppl (the extraction suffix), min_k
     (Min-K% Prob, k = 0.2), teacher_kl (mean over positions of KL(teacher ‖ model) on the store's
     top-k + tail; ≈ 0 for the teacher itself, the paper's teacher–baseline KL for the baseline),
     teacher_ppl_from_store (exp(−mean target_logprob): the teacher's perplexity, no model),
@@ -113,6 +129,7 @@ def run_features(opts: FeaturesOptions) -> dict:
     if n == 0:
         raise KdError(f"store {opts.logits_store} holds no examples: precompute a store with examples")
 
+    byte_table = _byte_table(tokenizer)
     columns: dict[str, list[np.ndarray]] = {c: [] for c in FEATURE_COLUMNS}
     start_time = time.perf_counter()
     with progress(n, "features", unit="seq") as bar:
@@ -120,11 +137,13 @@ def run_features(opts: FeaturesOptions) -> dict:
             rows = store.read(start, min(start + store.chunk_rows, n), _STORE_KEYS)
             f = model_features(model, rows["input_ids"], prefix_len=opts.prefix_len, suffix_len=opts.suffix_len,
                                topk_ids=rows["topk_ids"], topk_logprobs=rows["topk_logprobs"],
+                               token_bytes=None if byte_table is None else byte_table[rows["input_ids"][:, 1:]],
                                batch_size=opts.batch_size)
             zlib_bytes = text_features(tokenizer, rows["input_ids"])["zlib_entropy"]
             columns["example_id"].append(rows["example_id"])
             for name in ("ppl", "suffix_ppl", "min_k", "teacher_kl"):
                 columns[name].append(f[name])
+            columns["bits_per_byte"].append(f.get("bits_per_byte", np.full(len(f["ppl"]), np.nan)))
             columns["teacher_ppl_from_store"].append(perplexity(rows["target_logprob"]))
             columns["zlib_entropy"].append(zlib_bytes)
             columns["zlib_ratio"].append(zlib_ratio(f["ppl"], zlib_bytes))

@@ -1,9 +1,8 @@
 """Align a teacher's and a student's tokenization of the same text on bytes: chunks between shared
 byte boundaries, and the exact teacher → student vocabulary map.
 
-Per example (the store's ``input_ids``, teacher tokens): each teacher token's byte string (from the
-tokenizer's vocabulary, byte-level "Ġ" tokens through the GPT-2 byte decoder, SentencePiece "▁"
-tokens with ``<0xNN>`` byte fallback), their concatenation as UTF-8 text, the student's tokens
+Per example (the store's ``input_ids``, teacher tokens): each teacher token's byte string (the
+tokenizer's ``ByteVocab``, data/token_bytes.py), their concatenation as UTF-8 text, the student's tokens
 for that text (no special tokens added) and their byte spans. A byte offset where a teacher token
 and a student token both end is a shared boundary; the text between two consecutive shared
 boundaries is a chunk, covered by teacher tokens [ta, tb) and student tokens [sa, sb).
@@ -20,99 +19,15 @@ run in DataLoader workers (benchmarks/align_bench.py).
 """
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
-from kdstream.errors import KdError
+from kdstream.data.token_bytes import ByteVocab, byte_vocab
 
-BYTE_LEVEL = "byte_level"  # GPT-2 / GPT-NeoX / Llama-3 / Qwen: every byte is a printable char
-METASPACE = "metaspace"  # SentencePiece (Llama-2, Mistral, Gemma): "▁" is a space, <0xNN> a byte
-_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+__all__ = ["Aligner", "Alignment", "ByteVocab", "SKIP_REASONS", "Skip", "byte_vocab", "exact_vocab_map"]
+
 _SPECIAL_ROLES = ("eos_token_id", "bos_token_id", "pad_token_id", "unk_token_id")
-
-
-@lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's bytes_to_unicode, inverted: printable char → byte."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs = list(bs)
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
-def _types(node) -> list[dict]:
-    """Every component of a tokenizer.json decoder / pre-tokenizer / normalizer, Sequences flattened."""
-    if not isinstance(node, dict):
-        return []
-    inner = node.get("decoders") or node.get("pretokenizers") or node.get("normalizers") or []
-    return [node, *(t for child in inner for t in _types(child))]
-
-
-def _scheme(spec: dict) -> str:
-    parts = _types(spec.get("decoder")) + _types(spec.get("pre_tokenizer"))
-    kinds = {p.get("type") for p in parts}
-    if "ByteLevel" in kinds:
-        return BYTE_LEVEL
-    replaces_marker = any(p.get("type") == "Replace" and (p.get("pattern") or {}).get("String") == "▁"
-                          for p in parts + _types(spec.get("normalizer")))
-    if "Metaspace" in kinds or replaces_marker:
-        return METASPACE
-    raise KdError(f"tokenizer decoder {sorted(k for k in kinds if k)} is not byte-level BPE nor SentencePiece-style: "
-                  "cross-tokenizer alignment supports those two (use a tokenizer of either kind)")
-
-
-@dataclass(frozen=True)
-class ByteVocab:
-    """One tokenizer's byte string per id, built once (``byte_vocab``).
-
-    tokens[i]: the bytes token i stands for in text (a special token: its content's UTF-8);
-    lengths (V,) int64; special (V,) bool (atomic added tokens); fallback (V,) bool (<0xNN> tokens).
-    """
-
-    tokens: list[bytes]
-    lengths: np.ndarray
-    special: np.ndarray
-    fallback: np.ndarray
-    scheme: str
-
-
-def byte_vocab(tokenizer) -> ByteVocab:
-    """The byte string of every token of a fast HF tokenizer (see the module docstring)."""
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    scheme = _scheme(spec)
-    byte_fallback = bool((spec.get("model") or {}).get("byte_fallback"))
-    vocab = tokenizer.get_vocab()  # token string → id, added tokens included
-    size = max(vocab.values()) + 1
-    added = {i: t for i, t in tokenizer.added_tokens_decoder.items()}
-    decoder = _byte_decoder()
-    tokens = [b""] * size
-    special = np.zeros(size, bool)
-    fallback = np.zeros(size, bool)
-    for piece, i in vocab.items():
-        if scheme == METASPACE and byte_fallback and (m := _FALLBACK.match(piece)):
-            tokens[i] = bytes([int(m.group(1), 16)])  # <0xNN>, in the model's vocabulary or added
-            fallback[i] = True
-        elif i in added:  # added tokens are stored as their raw content, never byte-mapped
-            tokens[i] = added[i].content.encode()
-            special[i] = bool(added[i].special)
-        elif scheme == BYTE_LEVEL:
-            try:
-                tokens[i] = bytes(decoder[c] for c in piece)
-            except KeyError:  # not a byte-level piece (a hand-added token): its own text
-                tokens[i] = piece.encode()
-        else:
-            tokens[i] = piece.replace("▁", " ").encode()
-    lengths = np.fromiter(map(len, tokens), np.int64, size)
-    return ByteVocab(tokens, lengths, special, fallback, scheme)
 
 
 def _special_map(teacher_tok, student_tok, t: ByteVocab, s: ByteVocab) -> dict[int, int]:

@@ -31,6 +31,8 @@ class AlignedExample:
     position as student ids, -1 where the teacher token has no byte-identical student token.
     exact_logprobs (P, k) float32: their teacher log-probs, -inf where unmapped (that mass joins
     the tail). Without a top-k (ALM only) P = k = 0.
+    student_bytes (L_s,) int64: the text's bytes each student token covers (its span), for bits
+    per byte (held_out.py); not batched.
     """
 
     student_ids: np.ndarray
@@ -40,6 +42,7 @@ class AlignedExample:
     exact_rows: np.ndarray
     exact_ids: np.ndarray
     exact_logprobs: np.ndarray
+    student_bytes: np.ndarray | None = None
 
 
 def teacher_chunk_logprobs(alignment: Alignment, target_logprob: np.ndarray) -> np.ndarray:
@@ -77,8 +80,9 @@ def aligned_example(alignment: Alignment, target_logprob: np.ndarray, topk_ids: 
         logprobs = np.where(mapped, logprobs, -np.inf).astype(np.float32)
         keep = (mapped & np.isfinite(logprobs)).any(-1)
         rows, ids, logprobs = alignment.student_bounds[c[keep], 0] - 1, ids[keep], logprobs[keep]
+    spans = alignment.student_spans
     return AlignedExample(alignment.student_ids, alignment.student_chunk, lp, alignment.usable.copy(),
-                          rows.astype(np.int64), ids.astype(np.int64), logprobs)
+                          rows.astype(np.int64), ids.astype(np.int64), logprobs, spans[:, 1] - spans[:, 0])
 
 
 def empty_example() -> AlignedExample:
@@ -86,7 +90,7 @@ def empty_example() -> AlignedExample:
     were all skipped still runs one forward pass (collectives stay in step), contributing 0."""
     none = np.zeros(0, np.int64)
     return AlignedExample(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(0), np.zeros(0, bool), none,
-                          np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32))
+                          np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32), np.zeros(1, np.int64))
 
 
 @dataclass

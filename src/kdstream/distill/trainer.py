@@ -213,7 +213,8 @@ def _setup(opts: DistillOptions):
     _check_context(net, seq_len)
     if opts.logits_store is not None and opts.verify_store and d.main:
         verify_before_training(opts.logits_store)
-    data = _setup_data(opts, d, (source, open_source, seq_len), exclude, cross)
+    data = _setup_data(opts, d, (source, open_source, seq_len), exclude, cross,
+                       _byte_lengths(tokenizer) if opts.eval_examples and cross is None else None)
     model = _setup_model(opts, net, device, d, teacher, cross.mode if cross else None)
     optimizer, scheduler = _setup_optimizer(opts, net, data.total_steps)
     run = Run(opts=opts, net=net, model=model, optimizer=optimizer, scheduler=scheduler, device=device, d=d,
@@ -243,7 +244,7 @@ def _check_context(net, seq_len: int) -> None:
         raise KdError(f"examples have {seq_len} tokens but the student's context is {max_pos}: use a longer-context student")
 
 
-def _setup_data(opts: DistillOptions, d, loaded: tuple, exclude, cross=None):
+def _setup_data(opts: DistillOptions, d, loaded: tuple, exclude, cross=None, byte_lengths=None):
     """TrainData from the loaded (source, open_source, seq_len): the rows kept after --exclude
     and --eval-examples, the held-out rows, and the steps the kept rows make."""
     from kdstream.distill.loader import batches_per_epoch
@@ -261,8 +262,20 @@ def _setup_data(opts: DistillOptions, d, loaded: tuple, exclude, cross=None):
 
         keys = store_keys(cross.mode)
     return TrainData(source=source, open_source=open_source, seq_len=seq_len, kept=kept, held_out=held_out,
-                     keys=keys, num_train=num_train, transform=cross,
+                     keys=keys, num_train=num_train, transform=cross, byte_lengths=byte_lengths,
                      total_steps=batches_per_epoch(num_train, opts.batch_size) * opts.epochs)
+
+
+def _byte_lengths(tokenizer):
+    """(V,) bytes of each token id for the held-out bits per byte; None (with a warning) for a
+    tokenizer whose tokens' bytes cannot be read off its vocabulary: the run still trains."""
+    from kdstream.data.token_bytes import byte_vocab
+
+    try:
+        return byte_vocab(tokenizer).lengths
+    except KdError as exc:
+        print(f"warning: no held-out bits per byte: {exc}", file=sys.stderr)
+        return None
 
 
 def _warn_absent(opts: DistillOptions, count: int):
@@ -405,7 +418,16 @@ def _summary(run, data, last: dict, seconds: float, first_step: int) -> dict:
             "device": str(run.device), "precision": "bf16" if run.bf16 else "fp32",
             "tokens_per_s": round((run.pos.step - first_step) * tokens_per_step / seconds, 1) if seconds else None,
             "resumed_from_step": None if run.resumed_from is None else int(run.resumed_from.name.split("-")[1]),
-            "store_identity": run.record.store_identity, **_cross_summary(run)}
+            "store_identity": run.record.store_identity, **_held_out_summary(last), **_cross_summary(run)}
+
+
+def _held_out_summary(last: dict) -> dict:
+    """The final held-out evaluation in tokenizer-free units: the student's CE in nats per token
+    and bits per byte over the held-out positions, with the tokens and bytes they cover."""
+    if "eval_loss" not in last:
+        return {}
+    return {"held_out_nats_per_token": last["eval_nats_per_token"], "held_out_bits_per_byte": last["eval_bits_per_byte"],
+            "held_out_tokens": last["eval_tokens"], "held_out_bytes": last["eval_bytes"]}
 
 
 def _cross_summary(run) -> dict:

@@ -1,0 +1,266 @@
+"""Cross-tokenizer distillation on the miniature (issue 18's benchmark): one teacher store, students
+with the teacher's tokenizer and with another one, held-out bits per byte and step time per arm.
+
+The demo corpus packed into examples of --seq-len teacher tokens; the last --held-out examples are
+held out from everything (the teacher's training included). The teacher (a byte-level BPE of
+--teacher-vocab, a GPT-NeoX, --teacher-hidden) is trained with ``distill --loss ce`` on every other
+example, then ``precompute-logits`` (vLLM, fp32 log-probs) writes its store over the whole corpus.
+Students (smaller: --student-hidden, initialised from the seed) train from that store on its first
+--train-examples examples (the rest are excluded) for --epochs epochs: equal steps, the same
+examples, in every arm:
+
+    ce_same        --loss ce, the teacher's tokenizer
+    kd_same        --loss forward_kl, the teacher's tokenizer (the reference)
+    ce_other       a SentencePiece-style tokenizer of --other-vocab ("▁", byte fallback), CE only on
+                   its own tokens of the same examples (--cross-tokenizer alm --alpha-ce 1: the KD
+                   term is weighed 0)
+    alm, exact, alm+exact   that student with --cross-tokenizer MODE
+
+Held-out bits per byte (train_summary.json's held_out_bits_per_byte: the student's CE over the
+held-out text in bits per UTF-8 byte, comparable across tokenizers) per seed, mean ± sd; step time =
+training seconds ÷ steps (the final held-out pass, a few forward passes, included). Targets of
+issue 18 computed from these figures. Every training runs through the library ``distill`` calls
+(kdstream.distill.trainer.train), in this process.
+
+    OMP_NUM_THREADS=2 python -m benchmarks.cross_tokenizer_bench [--seeds 0 1 2] [--work DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.results import RESULTS, save
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: no progress bars in the log
+
+ARMS = ("ce_same", "kd_same", "ce_other", "alm", "exact", "alm+exact")
+CROSS = ("alm", "exact", "alm+exact")
+
+
+def _config(directory: Path, tokenizer, *, vocab: int, hidden: int, layers: int, seq_len: int) -> Path:
+    """A config-only GPT-NeoX (distill initialises it from its seed) with head dim 64 (vLLM's CPU backend)."""
+    from transformers import GPTNeoXConfig
+
+    GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
+                  intermediate_size=4 * hidden, max_position_embeddings=seq_len, rotary_pct=0.25,
+                  tie_word_embeddings=False, bos_token_id=tokenizer.eos_token_id,
+                  eos_token_id=tokenizer.eos_token_id).save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def _train(log: list, **opts) -> dict:
+    from kdstream.distill.trainer import DistillOptions, train
+
+    start = time.perf_counter()
+    summary = train(DistillOptions(tensorboard=False, verify_store=False, overwrite=True, **opts))
+    log.append({"out": opts["out"], "wall_s": round(time.perf_counter() - start, 1)})
+    return summary
+
+
+def _teacher_and_store(args, work: Path, log: list) -> tuple[Path, Path, dict]:
+    """(teacher dir, store, the teacher's train summary); reused when --work already holds them."""
+    import numpy as np
+
+    from kdstream.data.demo_corpus import demo_documents
+    from kdstream.data.tokenizer import train_bpe_tokenizer
+
+    teacher, store = work / "teacher", work / "store.zarr"
+    summary_file = teacher / "train_summary.json"
+    corpus = work / "corpus.jsonl"
+    if summary_file.exists() and (store / "zarr.json").exists():
+        log.append({"out": str(teacher), "reused": True})  # a --work of an earlier run with the same options
+        return teacher, store, json.loads(summary_file.read_text())
+    docs = demo_documents()
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    tok = train_bpe_tokenizer(docs, args.teacher_vocab, work / "teacher_tokenizer")
+    init = _config(work / "teacher_init", tok, vocab=args.teacher_vocab, hidden=args.teacher_hidden,
+                   layers=args.teacher_layers, seq_len=2 * args.seq_len)  # vLLM wants seq_len + 1
+    summary = _train(log, model=str(init), out=str(teacher), dataset=str(corpus), loss="ce", seq_len=args.seq_len,
+                     eval_examples=args.held_out, epochs=args.teacher_epochs, batch_size=16, lr=2e-3,
+                     warmup_ratio=0.05, seed=0)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TQDM_DISABLE": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "kdstream", "precompute-logits", "--model", str(teacher),
+                           "--dataset", str(corpus), "--out", str(store), "--top-k", str(args.top_k), "--seq-len",
+                           str(args.seq_len), "--dtype", "float32", "--logprob-encoding", "fp32", "--batch-size", "64",
+                           "--overwrite"], env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"precompute-logits failed: {proc.stderr[-2000:]}")
+    log.append({"out": str(store), "wall_s": round(time.perf_counter() - start, 1)})
+    from kdstream.storage import open_store
+
+    s = open_store(str(store))
+    if len(s) != summary["examples"] + summary["held_out"]:
+        raise SystemExit(f"the store has {len(s)} examples, the teacher's packing {summary['examples']} + "
+                         f"{summary['held_out']}: the held-out rows would differ")
+    ids = s.read(0, len(s), ("example_id",))["example_id"]
+    if not np.array_equal(ids, np.arange(len(s))):
+        raise SystemExit("store example ids are not row numbers: the exclude list below assumes they are")
+    return teacher, store, summary
+
+
+def _students(args, work: Path, teacher: Path) -> tuple[Path, Path]:
+    from kdstream.data import load_tokenizer
+    from kdstream.data.demo_corpus import demo_documents
+    from kdstream.data.tokenizer import train_sentencepiece_style_tokenizer
+
+    same_tok = load_tokenizer(teacher)
+    other_tok = train_sentencepiece_style_tokenizer(demo_documents(), args.other_vocab)
+    same = _config(work / "student_same", same_tok, vocab=args.teacher_vocab, hidden=args.student_hidden,
+                   layers=args.student_layers, seq_len=2 * args.seq_len)
+    # the student's own tokens of an example can outnumber the teacher's: room for them
+    other = _config(work / "student_other", other_tok, vocab=len(other_tok), hidden=args.student_hidden,
+                    layers=args.student_layers, seq_len=4 * args.seq_len)
+    return same, other
+
+
+def _arm_options(arm: str, args, same: Path, other: Path, teacher: Path) -> dict:
+    kd = {"loss": "forward_kl", "temperature": args.temperature, "alpha_ce": args.alpha_ce}
+    if arm == "ce_same":
+        return {"model": str(same), "loss": "ce"}
+    if arm == "kd_same":
+        return {"model": str(same), **kd}
+    cross = {"model": str(other), "teacher_tokenizer": str(teacher)}
+    if arm == "ce_other":
+        return {**cross, "loss": "forward_kl", "cross_tokenizer": "alm", "alpha_ce": 1.0}
+    return {**cross, **kd, "cross_tokenizer": arm}
+
+
+def _mean_sd(xs: list[float]) -> dict:
+    return {"mean": round(statistics.fmean(xs), 4), "sd": round(statistics.stdev(xs), 4) if len(xs) > 1 else 0.0,
+            "per_seed": [round(x, 4) for x in xs]}
+
+
+def _targets(runs: dict, seeds: list[int]) -> dict:
+    """Issue 18's targets from the per-seed figures, for each cross-tokenizer mode."""
+    bpb = {arm: [runs[arm][s]["held_out_bits_per_byte"] for s in seeds] for arm in ARMS}
+    step = {arm: statistics.fmean(runs[arm][s]["step_s"] for s in seeds) for arm in ARMS}
+    gain_same = statistics.fmean(bpb["ce_same"]) - statistics.fmean(bpb["kd_same"])  # bits/byte KD saves
+    out = {"same_tokenizer_kd_gain_bpb": round(gain_same, 4)}
+    for mode in CROSS:
+        better = [c < k for c, k in zip(bpb[mode], bpb["ce_other"])]
+        gain = statistics.fmean(bpb["ce_other"]) - statistics.fmean(bpb[mode])
+        share = gain / gain_same if gain_same > 0 else None
+        ratio = step[mode] / step["kd_same"]
+        out[mode] = {
+            "better_than_ce_other_every_seed": {"target": True, "measured": all(better), "per_seed": better,
+                                                "margin_bpb_per_seed": [round(k - c, 4) for c, k in
+                                                                        zip(bpb[mode], bpb["ce_other"])]},
+            "share_of_kd_gain_recovered": {"target": ">= 0.5", "measured": None if share is None else round(share, 3),
+                                           "met": share is not None and share >= 0.5,
+                                           "gain_bpb": round(gain, 4)},
+            "step_time_over_kd_same": {"target": "<= 1.5", "measured": round(ratio, 3), "met": ratio <= 1.5},
+        }
+    return out
+
+
+def _plot(figures: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(ARMS)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    means = [figures["held_out_bits_per_byte"][arm]["mean"] for arm in arms]
+    sds = [figures["held_out_bits_per_byte"][arm]["sd"] for arm in arms]
+    colors = ["#999999", "#4c72b0", "#bbbbbb", "#dd8452", "#55a868", "#c44e52"]
+    a.bar(arms, means, yerr=sds, color=colors, capsize=4)
+    teacher = figures["teacher"]["held_out_bits_per_byte"]
+    a.axhline(teacher, color="k", ls="--", lw=1, label=f"teacher {teacher:.3f}")
+    lo = min(min(means) - 3 * max(sds), teacher) - 0.05
+    a.set_ylim(lo, max(means) + 3 * max(sds) + 0.05)
+    a.set_ylabel("held-out bits per byte (mean ± sd, %d seeds)" % len(figures["seeds"]))
+    a.legend(loc="upper right")
+    a.tick_params(axis="x", rotation=30)
+    steps = [figures["step_time_s"][arm]["mean"] for arm in arms]
+    b.bar(arms, steps, yerr=[figures["step_time_s"][arm]["sd"] for arm in arms], color=colors, capsize=4)
+    b.set_ylabel("seconds per optimizer step (CPU)")
+    b.tick_params(axis="x", rotation=30)
+    fig.suptitle("Cross-tokenizer distillation on the miniature: *_same = teacher's BPE, others = SentencePiece-style")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--held-out", type=int, default=64)
+    parser.add_argument("--teacher-vocab", type=int, default=1024)
+    parser.add_argument("--other-vocab", type=int, default=768)
+    parser.add_argument("--teacher-hidden", type=int, default=128)
+    parser.add_argument("--teacher-layers", type=int, default=2)
+    parser.add_argument("--teacher-epochs", type=int, default=1)
+    parser.add_argument("--student-hidden", type=int, default=64)
+    parser.add_argument("--student-layers", type=int, default=2)
+    parser.add_argument("--top-k", type=int, default=32)
+    parser.add_argument("--train-examples", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    # 0.5: with 0 (KD only) every cross-tokenizer arm came out worse than CE in a one-seed trial
+    parser.add_argument("--alpha-ce", type=float, default=0.5)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--work", help="Keep the teacher, store and runs here (reused by a rerun).")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        log: list = []
+        teacher, store, t_summary = _teacher_and_store(args, work, log)
+        same, other = _students(args, work, teacher)
+        total = t_summary["examples"] + t_summary["held_out"]
+        exclude = work / "exclude.txt"  # students train on the first --train-examples; the held-out rows stay last
+        exclude.write_text("".join(f"{i}\n" for i in range(args.train_examples, total - args.held_out)))
+        runs: dict = {arm: {} for arm in args.arms}
+        for seed in args.seeds:
+            for arm in args.arms:
+                out = work / "runs" / f"{arm}-seed{seed}"
+                s = _train(log, out=str(out), logits_store=str(store), exclude=str(exclude),
+                           eval_examples=args.held_out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                           seed=seed, **_arm_options(arm, args, same, other, teacher))
+                runs[arm][seed] = {"held_out_bits_per_byte": s["held_out_bits_per_byte"],
+                                   "held_out_nats_per_token": s["held_out_nats_per_token"],
+                                   "held_out_tokens": s["held_out_tokens"], "held_out_bytes": s["held_out_bytes"],
+                                   "steps": s["steps"], "step_s": s["seconds"] / s["steps"],
+                                   "skipped_examples": s.get("skipped_examples")}
+                print(f"{arm} seed {seed}: {s['held_out_bits_per_byte']:.4f} bits/byte, "
+                      f"{s['seconds'] / s['steps']:.3f} s/step", file=sys.stderr)
+        steps = {r["steps"] for arm in runs for r in runs[arm].values()}
+        figures = {
+            "seeds": args.seeds, "seq_len": args.seq_len, "top_k": args.top_k, "held_out_examples": args.held_out,
+            "train_examples": args.train_examples, "epochs": args.epochs, "batch_size": args.batch_size,
+            "steps_per_arm": sorted(steps), "lr": args.lr, "temperature": args.temperature, "alpha_ce": args.alpha_ce,
+            "teacher": {"vocab": args.teacher_vocab, "hidden": args.teacher_hidden, "layers": args.teacher_layers,
+                        "train_examples": t_summary["examples"], "epochs": args.teacher_epochs,
+                        "held_out_bits_per_byte": round(t_summary["held_out_bits_per_byte"], 4)},
+            "students": {"hidden": args.student_hidden, "layers": args.student_layers, "same_vocab": args.teacher_vocab,
+                         "other_tokenizer": f"SentencePiece-style BPE, vocab {args.other_vocab}, byte fallback"},
+            "held_out_bits_per_byte": {arm: _mean_sd([runs[arm][s]["held_out_bits_per_byte"] for s in args.seeds])
+                                       for arm in runs},
+            "step_time_s": {arm: _mean_sd([runs[arm][s]["step_s"] for s in args.seeds]) for arm in runs},
+            "runs": {arm: {str(s): r for s, r in v.items()} for arm, v in runs.items()},
+            "wall_s": log,
+        }
+        if set(runs) == set(ARMS):
+            figures["targets"] = _targets(runs, args.seeds)
+            _plot(figures, RESULTS / "cross_tokenizer_bench.png")
+            figures["plot"] = "cross_tokenizer_bench.png"
+        figures["total_wall_s"] = round(time.perf_counter() - start, 1)
+        save("cross_tokenizer_bench", figures)
+
+
+if __name__ == "__main__":
+    main()
