@@ -49,15 +49,28 @@ def unpack(packed: np.ndarray, lengths: np.ndarray, by_slot: bool, fill=0) -> np
     """``pack``'s (n, L-1, k) chunk + its (n, L-1) lengths → the padded (n, L-1, k) rows, ``fill``
     at the unused slots; C-contiguous."""
     n, rows, k = packed.shape
-    keep = keep_mask(lengths, k)  # (n, L-1, k)
     flat = packed.reshape(-1)
     if by_slot:  # scatter slot-major (contiguous), then one transposing copy, as zarr's transpose codec does
-        out_t = np.full((k, n, rows), fill, dtype=packed.dtype)
-        keep_t = keep.transpose(2, 0, 1)
+        keep_t = np.arange(k)[:, None, None] < np.asarray(lengths, dtype=np.int64)[None]  # (k, n, L-1) contiguous:
+        out_t = np.full((k, n, rows), fill, dtype=packed.dtype)  # a contiguous mask scatters twice as fast
         out_t[keep_t] = flat[: int(np.count_nonzero(keep_t))]
         return np.ascontiguousarray(out_t.transpose(1, 2, 0))
+    keep = keep_mask(lengths, k)  # (n, L-1, k)
     out = np.full(packed.shape, fill, dtype=packed.dtype)
     out[keep] = flat[: int(np.count_nonzero(keep))]
+    return out
+
+
+def unpack_ids(packed: np.ndarray, lengths: np.ndarray, tables: np.ndarray, chunk_rows: int) -> np.ndarray:
+    """Whole chunks of packed ``topk_index`` (B, L-1, k) + lengths (B, L-1) + the chunks' id tables
+    (C', V) → (B, L-1, k) int64 ids, 0 at the unused slots. Looks up only the entries in use and
+    scatters the ids (cheaper than unpacking the indices, looking up every slot, then masking)."""
+    out = np.zeros(packed.shape, dtype=np.int64)
+    k = packed.shape[-1]
+    for c, a in enumerate(range(0, len(packed), chunk_rows)):
+        keep = keep_mask(lengths[a : a + chunk_rows], k)  # (R, L-1, k)
+        kept = packed[a : a + chunk_rows].reshape(-1)[: int(np.count_nonzero(keep))].astype(np.intp)
+        out[a : a + chunk_rows][keep] = np.take(np.asarray(tables[c]).astype(np.int64), kept)
     return out
 
 

@@ -148,14 +148,17 @@ class LogitStore:
                 got = self.read(a, b, keys)
                 return {key: v[start - a : stop - a] for key, v in got.items()}
         raw = self._fetch(names, start, stop)
-        if self.packed:
-            self._unpack(raw)
         out: dict[str, np.ndarray] = {}
+        if self.packed:
+            if "topk_ids" in keys:  # straight to ids: only the entries in use are looked up
+                out["topk_ids"] = packing.unpack_ids(raw.pop("topk_index"), raw[LENGTH_ARRAY], raw["id_table"],
+                                                     self.chunk_rows)
+            self._unpack(raw)
         # (B, L-1, k) True at a ragged row's padding slots; None for a fixed store
         pad = pad_mask(raw[LENGTH_ARRAY], self.k) if LENGTH_ARRAY in raw and set(_MASKED[:3]) & set(keys) else None
         if LENGTH_ARRAY in keys and not self.ragged:
             out[LENGTH_ARRAY] = np.full((stop - start, self.seq_len - 1), self.k, dtype=np.int64)
-        if "topk_ids" in keys and "topk_index" in raw:
+        if "topk_ids" in keys and "topk_index" in raw and "topk_ids" not in out:
             R = self.chunk_rows
             rows = np.arange(start, stop) // R - start // R  # (B,) which of the tables read each row uses
             out["topk_ids"] = id_table.lookup(raw["topk_index"], raw["id_table"], rows)  # (B, L-1, k) int64
