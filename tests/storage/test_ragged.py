@@ -248,8 +248,9 @@ def realistic(seed=0, s=16, length=129, k=32, v=4096):
 def test_packed_ragged_rows_cost_no_more_per_entry_than_fixed_rows(tmp_path):
     """Bytes of the entries (topk_index, topk_logprobs, id_table chunk objects) per stored entry: a
     budget store (version 6, packed) at most a fixed top-k store's with the same mean entries
-    (measured 0.89x here; 0.99x on SmolLM2, docs/benchmarks.md), while the padded layout of
-    version 5 costs more than 10% more than the packed one (1.25-1.3x here and on SmolLM2)."""
+    (0.88x here; 0.99-1.02x on SmolLM2 at cap 64, docs/benchmarks.md, ragged stores), while the
+    padded layout of version 5 costs more than 10% more than the packed one (1.31x here,
+    1.05-1.6x on SmolLM2)."""
     s, length, k, v, r, budget = 16, 129, 32, 4096, 8, 16
     rows = realistic(s=s, length=length, k=k, v=v)
 
