@@ -38,7 +38,8 @@ from kdstream.storage.reader import disk_bytes
 
 CAP = 256  # --top-k of the ragged settings: the most one row may hold
 SETTINGS = ([("top_k", k) for k in (8, 16, 32, 64, 128)] + [("top_p", p) for p in (0.9, 0.95, 0.99, 0.995, 0.999)]
-            + [("budget", b) for b in (8, 16, 32, 64)] + [("sampled", n) for n in (16, 32, 64)])
+            + [("budget", b) for b in (8, 16, 24, 32, 36, 40, 44, 48, 56, 64, 80, 96)]
+            + [("sampled", n) for n in (16, 32, 64)])
 
 
 def held_out_ids(tokenizer, examples: int, seq_len: int) -> np.ndarray:
@@ -107,6 +108,44 @@ def measure(store: Path, kind: str, teacher: torch.Tensor, student: torch.Tensor
     return row
 
 
+def _at_bytes(points: list[dict], x: float, key: str) -> float | None:
+    """``key`` linearly interpolated at ``x`` bytes/token along ``points`` (one kind, sorted by bytes)."""
+    xs = [r["bytes_per_token"] for r in points]
+    if not xs or not xs[0] <= x <= xs[-1]:
+        return None
+    return round(float(np.interp(x, xs, [r[key] for r in points])), 4)
+
+
+def targets(rows: list[dict]) -> dict:
+    """Issue 17's two byte targets, read off the budget frontier (interpolated between settings):
+    at <= 0.6x the bytes of fixed top-64, captured mass and gradient cosines >= top-64's; at the
+    bytes of top-64, captured mass >= top-128's."""
+    fixed = {r["value"]: r for r in rows if r["kind"] == "top_k"}
+    budget = sorted((r for r in rows if r["kind"] == "budget"), key=lambda r: r["bytes_per_token"])
+    top64, top128 = fixed[64], fixed[128]
+    keys = ("uncaptured_mass", "grad_cosine_T1", "grad_cosine_T2")
+    at06 = {key: _at_bytes(budget, 0.6 * top64["bytes_per_token"], key) for key in keys}
+    at1 = _at_bytes(budget, top64["bytes_per_token"], "uncaptured_mass")
+    # the cheapest budget point (interpolated) whose uncaptured mass is top-64's
+    match = next((i for i, r in enumerate(budget) if r["uncaptured_mass"] <= top64["uncaptured_mass"]), None)
+    cheapest = None
+    if match:
+        lo, hi = budget[match - 1], budget[match]
+        f = (lo["uncaptured_mass"] - top64["uncaptured_mass"]) / (lo["uncaptured_mass"] - hi["uncaptured_mass"])
+        cheapest = round((lo["bytes_per_token"] + f * (hi["bytes_per_token"] - lo["bytes_per_token"]))
+                         / top64["bytes_per_token"], 3)
+    return {
+        "budget_at_0.6x_top64_bytes": {"bytes_per_token": round(0.6 * top64["bytes_per_token"], 2), **at06,
+                                       "top64": {key: top64[key] for key in keys},
+                                       "met": {key: at06[key] is not None and (at06[key] <= top64[key] if key ==
+                                               "uncaptured_mass" else at06[key] >= top64[key]) for key in keys}},
+        "budget_bytes_ratio_at_top64_mass": cheapest,
+        "budget_at_top64_bytes": {"bytes_per_token": top64["bytes_per_token"], "uncaptured_mass": at1,
+                                  "top128_uncaptured_mass": top128["uncaptured_mass"],
+                                  "met": at1 is not None and at1 <= top128["uncaptured_mass"]},
+    }
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -157,7 +196,7 @@ def main() -> None:
     plot(rows, RESULTS / "frontier_bench.png")
     save("frontier_bench", {"teacher": "SmolLM2-135M-Instruct", "text": "pydoc_data.topics (held out)",
                             "positions": int(teacher.shape[0]), "cap": CAP, "student": "teacher logits + N(0, 2^2)",
-                            "rows": rows, "plot": "benchmarks/results/frontier_bench.png"})
+                            "rows": rows, "targets": targets(rows), "plot": "benchmarks/results/frontier_bench.png"})
 
 
 if __name__ == "__main__":

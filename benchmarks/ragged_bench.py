@@ -9,8 +9,11 @@ back with ``open_store``:
 
 - bytes/token of the whole store and of each array, entries per position (mean, p10, p90), mean
   captured mass (Σ exp of the decoded kept logprobs) and mean uncaptured mass;
-- ``padding``: one ragged store written again with its padding delta codes jumping to the largest
-  code (what encode_offset gives -inf entries) instead of 0 (repeating the last code, shipped);
+- bytes per stored entry of each store's entries (topk_index + topk_logprobs + id_table), so that
+  ragged and fixed rows compare at equal entries;
+- ``layout``: each ragged store written again in format version 5's layout (rows padded to k,
+  qdelta codes through the transpose codec) instead of version 6's packed chunks (shipped):
+  bytes/token of the arrays the layout changes, and bytes per entry;
 - ``read``: the fixed and one ragged store read whole, chunk by chunk into torch tensors,
   alternately pass by pass (store_bench.read_rates, local only), so that both see the same load:
   the ragged/fixed ratio is the figure on a busy machine.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,6 +62,24 @@ def write(rows: dict, attrs: dict, out: Path, selection: dict | None, chunk_rows
     return out
 
 
+ENTRY_ARRAYS = ("topk_index", "topk_logprobs", "id_table")  # what each stored entry costs
+
+
+def write_padded(rows: dict, attrs: dict, out: Path, selection: dict, chunk_rows: int) -> Path:
+    """The same ragged store in format version 5's layout: rows padded to k (no packing, the
+    transpose codec on qdelta codes). Only its bytes are measured (its attributes say version 6)."""
+    from kdstream.storage import packing
+    from kdstream.storage import writer as writer_module
+
+    pack, codecs = packing.pack, writer_module._codecs
+    packing.pack = lambda values, lengths, by_slot: values
+    writer_module._codecs = lambda name, encoding, packed=False: codecs(name, encoding)
+    try:
+        return write(rows, attrs, out, selection, chunk_rows)
+    finally:
+        packing.pack, writer_module._codecs = pack, codecs
+
+
 def measure(url: Path, tokens: int) -> dict:
     from kdstream.storage import open_store
 
@@ -66,7 +88,9 @@ def measure(url: Path, tokens: int) -> dict:
     n = got["topk_len"]
     mass = np.exp(got["topk_logprobs"].astype(np.float64)).sum(-1)  # (S, L-1) captured
     arrays = {name: dir_bytes(url / name) for name in sorted(os.listdir(url)) if (url / name).is_dir()}
+    entries = float(n.sum())
     return {"bytes_per_token": round(dir_bytes(url) / tokens, 2),
+            "entry_bytes_per_entry": round(sum(arrays[a] for a in ENTRY_ARRAYS) / entries, 3),
             "array_bytes_per_token": {k: round(v / tokens, 2) for k, v in arrays.items()},
             "entries_mean": round(float(n.mean()), 2),
             "entries_p10": int(np.quantile(n, 0.1, method="inverted_cdf")),
@@ -89,7 +113,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from benchmarks.store_bench import read_rates
-    from kdstream.storage import encoding as enc
     from kdstream.storage import open_store
     from kdstream.storage import selection as sel
 
@@ -113,20 +136,22 @@ def main() -> None:
             out["stores"][label] = measure(url, tokens)
             print(label, out["stores"][label]["bytes_per_token"], out["stores"][label]["entries_mean"], flush=True)
 
-        # the padding: zero deltas (shipped) vs a jump to the largest code, on the first top-p store
-        label = f"top_p_{args.top_p[0]:g}"
-        shipped = enc.pad_deltas
-        enc.pad_deltas = lambda deltas, pad: deltas  # keep encode_offset's jump at the first padding slot
-        try:
-            jump = write(rows, attrs, tmp / "jump.zarr", sel.describe("top_p", exact.k, p=args.top_p[0]), R)
-        finally:
-            enc.pad_deltas = shipped
-        out["padding"] = {"store": label, "zero_deltas_topk_logprobs_bytes_per_token":
-                          out["stores"][label]["array_bytes_per_token"]["topk_logprobs"],
-                          "jump_topk_logprobs_bytes_per_token": round(dir_bytes(jump / "topk_logprobs") / tokens, 2),
-                          "zero_deltas_target_code_bytes_per_token":
-                          out["stores"][label]["array_bytes_per_token"]["target_code"],
-                          "jump_target_code_bytes_per_token": round(dir_bytes(jump / "target_code") / tokens, 2)}
+        # the layout: version 6's packed chunks (shipped) vs version 5's rows padded to k, same rows
+        out["layout"] = {}
+        selections = {**{f"top_p_{p:g}": sel.describe("top_p", exact.k, p=p) for p in args.top_p},
+                      **{f"budget_{b:g}": sel.describe("budget", exact.k, budget=b) for b in args.budget}}
+        for label, selection in selections.items():
+            padded = write_padded(rows, attrs, tmp / f"padded-{label}.zarr", selection, R)
+            mine = out["stores"][label]
+            entries = mine["entries_mean"] * len(exact) * (exact.seq_len - 1)
+            old = {a: dir_bytes(padded / a) for a in ENTRY_ARRAYS}
+            out["layout"][label] = {
+                "packed_v6": {a: mine["array_bytes_per_token"][a] for a in ENTRY_ARRAYS},
+                "padded_v5": {a: round(b / tokens, 2) for a, b in old.items()},
+                "packed_v6_bytes_per_entry": mine["entry_bytes_per_entry"],
+                "padded_v5_bytes_per_entry": round(sum(old.values()) / entries, 3),
+                "fixed_bytes_per_entry": out["stores"]["fixed"]["entry_bytes_per_entry"]}
+            shutil.rmtree(padded)
 
         ragged = f"budget_{args.budget[-1]:g}" if args.budget else label
         rates = read_rates({"fixed": stores["fixed"], ragged: stores[ragged]}, passes=args.passes, where=("local",))

@@ -39,7 +39,7 @@ def test_top_p_one_reads_as_the_fixed_store(tmp_path, teacher_dir, second_store)
     run_cli(*_second_args(teacher_dir, second_store, out, "--top-p", 1.0))
     ragged, fixed = open_store(str(out)), open_store(str(second_store))
     assert ragged.attrs["selection"] == {"kind": "top_p", "p": 1.0, "min_k": 1, "max_k": TOP_K}
-    assert ragged.format_version == 5 and fixed.format_version == 4
+    assert ragged.format_version == 6 and fixed.format_version == 4
     a, b = ragged[:], fixed[:]
     for key in b:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)

@@ -1,4 +1,4 @@
-"""Ragged stores (selection.py, format version 5): rows keep a prefix of their top-k, padded on read.
+"""Ragged stores (selection.py, format version 6; 5 still read): rows keep a prefix of their top-k, padded on read.
 
 Real stores written by StoreWriter from a synthetic teacher whose exact values are known; the
 end-to-end precompute runs are in tests/precompute/test_ragged_precompute.py.
@@ -12,6 +12,7 @@ from kdstream.distill.losses import kd_loss
 from kdstream.storage import StoreWriter, open_store
 from kdstream.storage import selection as sel
 from kdstream.storage.stats import store_stats
+from kdstream.storage.finalize import finalize_store
 from kdstream.storage.verify import verify_store
 
 S, L, K, V = 12, 17, 8, 300
@@ -49,17 +50,19 @@ def rows():
 @pytest.mark.parametrize("encoding", ["qdelta", "fp32"])
 def test_full_length_ragged_store_reads_as_the_fixed_one(tmp_path, rows, encoding):
     """Every row at full length (--min-k = --top-k): the same decoded values, and every array the
-    fixed store has holds the same chunk bytes (the ragged layout adds topk_len, changes nothing else)."""
+    fixed store has holds the same chunk bytes (the ragged layout adds topk_len, and packs each chunk's
+    entries in the order the fixed store stores them: with no padding, nothing moves). Only
+    topk_logprobs' zarr.json differs for qdelta: the packed chunk is already slot-major, no transpose codec."""
     fixed = write(tmp_path / "fixed.zarr", rows, encoding=encoding)
     full = write(tmp_path / "full.zarr", rows, sel.describe("top_p", K, min_k=K, p=0.5), encoding)
     assert fixed.format_version == 4 and "selection" not in fixed.attrs
-    assert full.format_version == 5 and full.attrs["selection"]["kind"] == "top_p"
+    assert full.format_version == 6 and full.attrs["selection"]["kind"] == "top_p"
     a, b = fixed[:], full[:]
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     for name in fixed._arrays:
         root = tmp_path / "fixed.zarr" / name
-        chunks = [p.relative_to(root) for p in sorted(root.rglob("*")) if p.is_file()]
+        chunks = [p.relative_to(root) for p in sorted(root.rglob("*")) if p.is_file() and p.name != "zarr.json"]
         assert chunks
         for chunk in chunks:
             assert (root / chunk).read_bytes() == (tmp_path / "full.zarr" / name / chunk).read_bytes(), (name, chunk)
@@ -132,15 +135,22 @@ def test_stats_and_plain_zarr_reading(tmp_path, rows):
     fixed = store_stats(str(write(tmp_path / "f.zarr", rows).url))
     assert fixed["entries_mean"] == fixed["entries_p10"] == fixed["entries_p90"] == K
 
-    # docs/store-format.md, ragged rows: the lengths applied with plain zarr + numpy
+    # docs/store-format.md, ragged rows: the chunk unpacked and the lengths applied with plain zarr + numpy
     g = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
     e, k = g.attrs["encoding"], g.attrs["k"]
+    assert g.attrs["format_version"] == 6
     for c in range(S // R):
         rows_c = slice(c * R, (c + 1) * R)
         n_c = g["topk_len"][rows_c].astype(np.int64)                                      # (B, L-1)
-        pad = np.arange(k) >= n_c[..., None]                                              # (B, L-1, k)
-        ids = np.where(pad, 0, g["id_table"][c].astype(np.int64)[g["topk_index"][rows_c]])
-        codes = np.cumsum(g["topk_logprobs"][rows_c], -1, dtype=np.int64)
+        keep = np.arange(k) < n_c[..., None]                                              # (B, L-1, k)
+        m = int(keep.sum())
+        index = np.zeros(keep.shape, np.int64)
+        index[keep] = g["topk_index"][rows_c].ravel()[:m]                                 # row by row
+        deltas = np.zeros(keep.shape, np.int64)
+        deltas.transpose(2, 0, 1)[keep.transpose(2, 0, 1)] = g["topk_logprobs"][rows_c].ravel()[:m]  # slot by slot
+        pad = ~keep
+        ids = np.where(pad, 0, g["id_table"][c].astype(np.int64)[index])
+        codes = np.cumsum(deltas, -1, dtype=np.int64)
         lp = -codes * e["scale"] + g["topk_shift"][rows_c][..., None] * e["shift_scale"]
         lp = np.where(pad, -np.inf, lp)
         rank = g["target_rank"][rows_c].astype(np.int64)
@@ -193,3 +203,94 @@ def test_a_union_refuses_stores_of_another_row_rule(tmp_path, rows):
         with pytest.raises(KdError) as exc:
             open_stores([str(tmp_path / f"{a}.zarr"), str(tmp_path / f"{b}.zarr")])
         assert f"differ in {named} " in str(exc.value) and "--budget" in str(exc.value)
+
+
+def as_version_5(path, chunk_rows):
+    """Make an unfinalized ragged store written now into a format version 5 one (rows padded to k,
+    qdelta codes through the transpose codec), as the writer before packing left it; then finalize."""
+    from kdstream.storage import packing
+    from kdstream.storage.writer import _codecs
+
+    g = zarr.open_group(str(path), mode="r+")
+    logprobs = g.attrs["encoding"]["topk_logprobs"]
+    lengths = g["topk_len"][:].astype(np.int64)
+    for name in packing.PACKED:
+        old = g[name]
+        data = old[:]
+        fill = -np.inf if data.dtype.kind == "f" else 0  # version 5: fp32 -inf, codes and indices 0 at the padding
+        padded = packing.unpack_chunks(data, lengths, chunk_rows, packing.slot_major(name, logprobs), fill)
+        shape, chunks, dtype = old.shape, old.chunks, old.dtype
+        del g[name]
+        g.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, **_codecs(name, logprobs))
+        g[name].with_config({"write_empty_chunks": True})[:] = padded
+    g.attrs["format_version"] = 5
+    finalize_store(str(path))
+
+
+@pytest.mark.parametrize("encoding", ["qdelta", "fp32"])
+def test_a_version_5_store_with_padded_rows_still_reads(tmp_path, rows, encoding):
+    selection = sel.describe("budget", K, budget=3.5)
+    new = write(tmp_path / "new.zarr", rows, selection, encoding)
+    w = StoreWriter(str(tmp_path / "old.zarr"), num_examples=S, seq_len=L, k=K, vocab_size=V,
+                    attrs={"targets": "topk"}, chunk_rows=R, encoding=encoding, selection=selection)
+    w.append(rows)
+    as_version_5(tmp_path / "old.zarr", R)
+    old = open_store(str(tmp_path / "old.zarr"))
+    assert old.format_version == 5 and not old.packed and new.format_version == 6 and new.packed
+    assert verify_store(str(tmp_path / "old.zarr")).ok and verify_store(str(tmp_path / "new.zarr")).ok
+    keys = ("topk_ids", "topk_logprobs", "tail_mass", "target_logprob", "target_rank", "topk_len")
+    for a, b in ((0, S), (1, 6), (5, 5 + 1)):  # whole store, across chunks, one row inside a chunk
+        got, want = old.read(a, b, keys), new.read(a, b, keys)
+        for key in keys:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def realistic(seed=0, s=16, length=129, k=32, v=4096):
+    """A teacher like a real LM's: Zipf-like token frequencies shared by all positions, each position
+    sure or unsure (sharpness drawn per position), so rows of a budget store range from 1 to k."""
+    rng = np.random.default_rng(seed)
+    prior = -1.2 * np.log1p(np.arange(v))  # (V,)
+    sharp = rng.gamma(2.0, 1.0, size=(s, length - 1, 1))
+    logits = prior + sharp * rng.gumbel(size=(s, length - 1, v))  # (S, L-1, V)
+    logp = logits - np.logaddexp.reduce(logits, -1, keepdims=True)
+    top = np.argsort(-logp, -1)[..., :k]
+    ids = rng.integers(0, v, size=(s, length))
+    target = np.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
+    return {"input_ids": ids, "example_id": np.arange(s), "doc_index": np.zeros(s, dtype=np.int64),
+            "topk_ids": top, "topk_logprobs": np.take_along_axis(logp, top, -1).astype(np.float32),
+            "target_logprob": target.astype(np.float32), "target_rank": 1 + (logp > target[..., None]).sum(-1)}
+
+
+def test_packed_ragged_rows_cost_no_more_per_entry_than_fixed_rows(tmp_path):
+    """Bytes of the entries (topk_index, topk_logprobs, id_table chunk objects) per stored entry: a
+    budget store (version 6, packed) at most a fixed top-k store's with the same mean entries
+    (0.88x here; 0.99-1.02x on SmolLM2 at cap 64, docs/benchmarks.md, ragged stores), while the
+    padded layout of version 5 costs more than 10% more than the packed one (1.31x here,
+    1.05-1.6x on SmolLM2)."""
+    s, length, k, v, r, budget = 16, 129, 32, 4096, 8, 16
+    rows = realistic(s=s, length=length, k=k, v=v)
+
+    def entry_bytes(path):
+        return sum(f.stat().st_size for n in ("topk_index", "topk_logprobs", "id_table")
+                   for f in (path / n).rglob("*") if f.is_file() and f.name != "zarr.json")
+
+    def writer(path, width, selection=None):
+        return StoreWriter(str(path), num_examples=s, seq_len=length, k=width, vocab_size=v, attrs={"targets": "topk"},
+                           chunk_rows=r, selection=selection)
+
+    fixed = writer(tmp_path / "fixed.zarr", budget)
+    fixed.append({**rows, "topk_ids": rows["topk_ids"][..., :budget], "topk_logprobs": rows["topk_logprobs"][..., :budget]})
+    fixed.finalize()
+    per_fixed = entry_bytes(tmp_path / "fixed.zarr") / (s * (length - 1) * budget)
+    selection = sel.describe("budget", k, budget=budget)
+    for name in ("packed.zarr", "padded.zarr"):
+        w = writer(tmp_path / name, k, selection)
+        w.append(rows)
+    finalize_store(str(tmp_path / "packed.zarr"))
+    as_version_5(tmp_path / "padded.zarr", r)
+    n = open_store(str(tmp_path / "packed.zarr")).read(0, s, ("topk_len",))["topk_len"]
+    assert n.min() == 1 and n.max() == k and n.sum() == budget * s * (length - 1)  # really ragged
+    per_packed = entry_bytes(tmp_path / "packed.zarr") / n.sum()
+    per_padded = entry_bytes(tmp_path / "padded.zarr") / n.sum()
+    assert per_packed <= 1.0 * per_fixed, (per_packed, per_fixed)
+    assert per_padded > 1.1 * per_packed, (per_padded, per_packed)

@@ -9,9 +9,17 @@ import numpy as np
 from kdstream.errors import KdError
 from kdstream.storage import chunk_io, integrity
 from kdstream.storage import encoding as enc
-from kdstream.storage import id_table
+from kdstream.storage import id_table, packing
 from kdstream.storage.chunks import DONE_ARRAY, chunk_slice
-from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, LENGTH_ARRAY, PER_CHUNK, arrays_of, is_ragged
+from kdstream.storage.schema import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LENGTH_ARRAY,
+    PER_CHUNK,
+    arrays_of,
+    is_packed,
+    is_ragged,
+)
 from kdstream.storage.selection import pad_mask
 
 # What ``store[i]`` / ``store[a:b]`` / ``read`` return (the decoded view, whatever the version).
@@ -47,10 +55,12 @@ class LogitStore:
     back decoded to float32 whatever the on-disk encoding (``attrs["encoding"]``); each is within
     ``attrs["encoding"]["max_abs_error"]`` nats of the teacher's value.
 
-    A ragged store (``attrs["selection"]``, format version 5) keeps a prefix of each row: its
+    A ragged store (``attrs["selection"]``, format version 6, or 5) keeps a prefix of each row: its
     rows come back padded to k all the same, with logprob -inf and id 0 at the unused slots
     (the losses read -inf as "not listed"), and ``read(..., keys=("topk_len",))`` gives each
-    row's entries in use (k everywhere for a fixed store).
+    row's entries in use (k everywhere for a fixed store). Version 6 stores each chunk's kept
+    entries back to back (packing.py): a read unpacks whole chunks, so one that starts or stops
+    inside a chunk decodes that whole chunk.
 
     Every chunk a read needs must exist (``strict``: stores with chunk_done markers) and, with a
     manifest (format version 4), match it: otherwise a one-line KdError naming the array, chunk,
@@ -69,6 +79,7 @@ class LogitStore:
         self.sampled = self.encoding["topk_logprobs"] == "sampled"
         self.qdelta = self.encoding["topk_logprobs"] == "qdelta"
         self.ragged = is_ragged(self.attrs)
+        self.packed = is_packed(self.attrs)  # version 6: chunks of kept entries back to back
         self._arrays = {name: group[name] for name in arrays_of(self.attrs)}
         self.strict = strict
         plans = {name: chunk_io.plan(arr) for name, arr in self._arrays.items()}  # None: read via zarr
@@ -129,13 +140,25 @@ class LogitStore:
         contiguous slice (whole chunks when start and stop are chunk bounds), all concurrently."""
         if self.sampled and set(_SAMPLED_VIEW) & set(keys):
             return self._read_sampled(start, stop, keys)
-        raw = self._fetch(tuple(dict.fromkeys(n for key in keys for n in self._sources(key))), start, stop)
+        names = tuple(dict.fromkeys(n for key in keys for n in self._sources(key)))
+        if self.packed and set(packing.PACKED) & set(names):
+            R = self.chunk_rows
+            a, b = start // R * R, min(-(-stop // R) * R, len(self))  # whole chunks: packed rows unpack per chunk
+            if (a, b) != (start, stop) and stop > start:
+                got = self.read(a, b, keys)
+                return {key: v[start - a : stop - a] for key, v in got.items()}
+        raw = self._fetch(names, start, stop)
         out: dict[str, np.ndarray] = {}
+        if self.packed:
+            if "topk_ids" in keys:  # straight to ids: only the entries in use are looked up
+                out["topk_ids"] = packing.unpack_ids(raw.pop("topk_index"), raw[LENGTH_ARRAY], raw["id_table"],
+                                                     self.chunk_rows)
+            self._unpack(raw)
         # (B, L-1, k) True at a ragged row's padding slots; None for a fixed store
         pad = pad_mask(raw[LENGTH_ARRAY], self.k) if LENGTH_ARRAY in raw and set(_MASKED[:3]) & set(keys) else None
         if LENGTH_ARRAY in keys and not self.ragged:
             out[LENGTH_ARRAY] = np.full((stop - start, self.seq_len - 1), self.k, dtype=np.int64)
-        if "topk_ids" in keys and "topk_index" in raw:
+        if "topk_ids" in keys and "topk_index" in raw and "topk_ids" not in out:
             R = self.chunk_rows
             rows = np.arange(start, stop) // R - start // R  # (B,) which of the tables read each row uses
             out["topk_ids"] = id_table.lookup(raw["topk_index"], raw["id_table"], rows)  # (B, L-1, k) int64
@@ -149,6 +172,16 @@ class LogitStore:
             if key not in out:
                 out[key] = raw[key]
         return {key: out[key].astype(_DECODED[key], copy=False) for key in keys}
+
+    def _unpack(self, raw: dict[str, np.ndarray]) -> None:
+        """Whole chunks of a version 6 store's packed arrays → rows padded to k (the version 5
+        layout: index 0 and delta code 0 at the padding, fp32 logprob -inf), in place."""
+        logprobs = self.encoding["topk_logprobs"]
+        for name in packing.PACKED:
+            if name in raw:
+                fill = -np.inf if raw[name].dtype.kind == "f" else 0
+                raw[name] = packing.unpack_chunks(raw[name], raw[LENGTH_ARRAY], self.chunk_rows,
+                                                  packing.slot_major(name, logprobs), fill)
 
     def _decode_qdelta(self, raw: dict[str, np.ndarray], keys: tuple[str, ...], out: dict[str, np.ndarray],
                        pad: np.ndarray | None = None) -> None:

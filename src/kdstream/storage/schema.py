@@ -14,7 +14,7 @@ Per-example arrays, all with examples on axis 0 and the same number of rows per 
                                                   as a residual against the top-k codes (encoding.py)
     target_logprob  (S, L-1)     float32          fp32: that logprob, exact
     target_rank     (S, L-1)     uint16 | int32   its 1-based rank in the teacher's distribution
-    topk_len        (S, L-1)     uint8 | uint16   ragged stores only (version 5): entries of row t in use,
+    topk_len        (S, L-1)     uint8 | uint16   ragged stores only (versions 5, 6): entries of row t in use,
                                                   1..k; slots >= topk_len are padding (docs/store-format.md)
 One array with one row per chunk (C = ceil(S / R) rows, chunks of one row):
     id_table        (C, V)       uint16 | int32   chunk c's distinct top-k ids, most frequent in the chunk
@@ -33,7 +33,9 @@ and target) are still read, without those checks.
 Version 5 = version 4 plus ``topk_len``, written only by ragged stores (``precompute-logits
 --top-p`` / ``--budget``, attribute ``selection``): fixed top-k stores are still written as version
 4, so that the kdstream releases before ragged stores read them, and refuse (rather than misread)
-a ragged one.
+a ragged one. Version 5 rows are padded to k; version 6 (what ragged stores are written as now)
+has the same arrays, with each chunk of topk_index / topk_logprobs holding the chunk's kept entries
+back to back, then zeros (packing.py).
 """
 from __future__ import annotations
 
@@ -42,9 +44,10 @@ from typing import Any
 import numpy as np
 
 FORMAT_NAME = "kdstream-logits"
-FORMAT_VERSION = 5  # 5: version 4 + topk_len (ragged stores only; fixed stores stay version 4)
+FORMAT_VERSION = 6  # the newest this kdstream reads
 FIXED_VERSION = 4  # 4: version 3 + integrity record (manifest of chunk checksums, attribute checksum)
-RAGGED_VERSION = 5
+PADDED_RAGGED_VERSION = 5  # 5: version 4 + topk_len, rows padded to k (ragged stores only)
+RAGGED_VERSION = 6  # 6: version 5 with each chunk's kept entries packed back to back (packing.py)
 LENGTH_ARRAY = "topk_len"
 RAGGED_KINDS = ("top_p", "budget")  # the ``selection`` kinds whose rows have their own length
 TARGET_CHUNK_BYTES = 1 << 20  # a chunk is the unit of reading: >= 1 MiB raw keeps reads efficient
@@ -63,7 +66,7 @@ SAMPLED_ARRAYS = PER_EXAMPLE + ("sample_ids", "sample_counts", "sample_tail_coun
 def stored_arrays(format_version: int = FIXED_VERSION, targets: str | None = "topk",
                   logprobs: str = "qdelta", ragged: bool = False) -> tuple[str, ...]:
     """Names of the arrays a store of this version, kind of targets and logprob encoding holds
-    (``ragged``: rows of their own length, ``topk_len``; version 5 top-k stores only)."""
+    (``ragged``: rows of their own length, ``topk_len``; version >= 5 top-k stores only)."""
     if format_version < 2:
         return V1_ARRAYS
     if targets == "sampled" or logprobs == "sampled":
@@ -71,13 +74,19 @@ def stored_arrays(format_version: int = FIXED_VERSION, targets: str | None = "to
     if format_version == 2:
         return V2_ARRAYS
     fixed = V3_FP32 if logprobs == "fp32" else V3_QDELTA
-    return fixed + (LENGTH_ARRAY,) if ragged and format_version >= RAGGED_VERSION else fixed
+    return fixed + (LENGTH_ARRAY,) if ragged and format_version >= PADDED_RAGGED_VERSION else fixed
 
 
 def is_ragged(attrs: dict[str, Any]) -> bool:
     """Whether the store whose group attributes are ``attrs`` has rows of their own length."""
     selection = attrs.get("selection")
     return isinstance(selection, dict) and selection.get("kind") in RAGGED_KINDS
+
+
+def is_packed(attrs: dict[str, Any]) -> bool:
+    """Whether a ragged store's chunks hold their kept entries back to back (version 6, packing.py)
+    rather than rows padded to k (version 5)."""
+    return is_ragged(attrs) and int(attrs.get("format_version", 1)) >= RAGGED_VERSION
 
 
 def arrays_of(attrs: dict[str, Any]) -> tuple[str, ...]:

@@ -21,10 +21,19 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
-from kdstream.storage import chunk_io, integrity, tokenizer_files
+from kdstream.storage import chunk_io, integrity, packing, tokenizer_files
 from kdstream.storage import encoding as enc
 from kdstream.storage.chunks import DONE_ARRAY, describe, stored_chunks
-from kdstream.storage.schema import FORMAT_NAME, FORMAT_VERSION, LENGTH_ARRAY, PER_CHUNK, array_specs, arrays_of, is_ragged
+from kdstream.storage.schema import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LENGTH_ARRAY,
+    PER_CHUNK,
+    array_specs,
+    arrays_of,
+    is_packed,
+    is_ragged,
+)
 from kdstream.storage.selection import pad_mask
 
 
@@ -263,6 +272,9 @@ def verify_store(url: str) -> VerifyReport:
             if complete and name == "topk_logprobs":
                 lengths = _chunk_or_none(plans.get(LENGTH_ARRAY), i, stop - start) if ragged else None
                 if not ragged or lengths is not None:  # an unreadable topk_len chunk is reported as such
+                    if lengths is not None and is_packed(attrs):  # version 6: the rows padded again first
+                        logprobs = (attrs.get("encoding") or {}).get("topk_logprobs", "fp32")
+                        data = packing.unpack(data, lengths, packing.slot_major(name, logprobs))
                     bad = _mass_problem(name, where, data, int(attrs.get("k", data.shape[-1])),
                                         attrs.get("encoding") or enc.encoding_attrs("fp32"), lengths)
                     if bad:

@@ -17,7 +17,7 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.storage import encoding as enc
-from kdstream.storage import id_table
+from kdstream.storage import id_table, packing
 from kdstream.storage import selection as sel
 from kdstream.storage import tokenizer_files as tok_files
 from kdstream.storage.chunks import DONE_ARRAY, chunk_slice, done_chunks, num_chunks
@@ -69,12 +69,14 @@ BITSHUFFLED = frozenset({"topk_index", "id_table", "topk_shift", LENGTH_ARRAY})
 # (2, 0, 1): all rows' slot 0, then slot 1, …): each slot's delta codes have their own spread (the
 # first is the top-1 code, the last ones are small), and grouped they compress smaller at k = 64
 # on SmolLM2 (docs/benchmarks.md, encoding search).
+# A ragged store (version 6) packs its kept entries in that order itself (packing.py): no transpose.
 SLOT_MAJOR_ORDER = (2, 0, 1)
 BLOSC_BLOCK = 1 << 20  # bytes per blosc block: smaller stores than blosc's own choice (docs/benchmarks.md, encoding search)
 
 
-def _codecs(name: str, encoding: str) -> dict:
-    """create_array's ``filters`` and ``compressors`` for array ``name``."""
+def _codecs(name: str, encoding: str, packed: bool = False) -> dict:
+    """create_array's ``filters`` and ``compressors`` for array ``name`` (``packed``: a ragged
+    store's chunks, already in slot-major order where the fixed store's transpose would put them)."""
     from zarr.codecs import BloscCodec, Crc32cCodec, TransposeCodec
 
     # Shuffle (blosc, typesize = the dtype's size) groups the high bytes (bits) of the values,
@@ -82,7 +84,7 @@ def _codecs(name: str, encoding: str) -> dict:
     # caught. All three codecs (and transpose) are in the Zarr v3 specification.
     qdelta = name == "topk_logprobs" and encoding == "qdelta"
     bits = name in BITSHUFFLED or qdelta
-    return {"filters": [TransposeCodec(order=SLOT_MAJOR_ORDER)] if qdelta else None,
+    return {"filters": [TransposeCodec(order=SLOT_MAJOR_ORDER)] if qdelta and not packed else None,
             "compressors": [BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="bitshuffle" if bits else "shuffle",
                                        blocksize=BLOSC_BLOCK), Crc32cCodec()]}
 
@@ -196,7 +198,8 @@ class StoreWriter:
         self.num_examples = num_examples
         self.encoding = encoding
         self.encoding_attrs = enc.encoding_attrs(encoding, samples)  # ValueError on an unknown name
-        # ragged rows (selection.py): version 5 with topk_len; a fixed store stays version 4, as before
+        # ragged rows (selection.py): version 6 with topk_len, chunks packed (packing.py); a fixed
+        # store stays version 4, as before
         self.selection = selection
         if selection is not None and (encoding == "sampled" or selection.get("max_k") != k):
             raise ValueError(f"a selection needs top-k targets and max_k = k ({k}), got {selection} with {encoding}")
@@ -206,7 +209,10 @@ class StoreWriter:
         self.inputs = SAMPLED_INPUTS if encoding == "sampled" else TOPK_INPUTS
         self.vocab_size = vocab_size
         self.k = k
-        self.chunk_rows = chunk_rows or default_chunk_rows(seq_len, k, vocab_size, num_examples, encoding)
+        # A budget store's chunks hold ~budget entries per row, packed: size them by that, not by the
+        # cap (bigger chunks: id tables spread over more entries, the budget shared more widely).
+        sized_k = min(k, int(np.ceil(selection["budget"]))) if ragged and selection["kind"] == "budget" else k
+        self.chunk_rows = chunk_rows or default_chunk_rows(seq_len, sized_k, vocab_size, num_examples, encoding)
         self.num_chunks = num_chunks(num_examples, self.chunk_rows)
         self.specs = array_specs(seq_len, k, vocab_size, encoding, version, ragged)
         self.attrs = {
@@ -229,7 +235,7 @@ class StoreWriter:
         self._arrays = {name: self._array(name, (self.num_chunks, *shape), (1, *shape), dtype, _codecs(name, encoding))
                         if name in PER_CHUNK else
                         self._array(name, (num_examples, *shape), (self.chunk_rows, *shape), dtype,
-                                    _codecs(name, encoding))
+                                    _codecs(name, encoding, ragged and name in packing.PACKED))
                         for name, (shape, dtype) in self.specs.items()}
         from zarr.codecs import Crc32cCodec
 
@@ -355,6 +361,9 @@ class StoreWriter:
             rows["topk_logprobs"], rows["topk_shift"] = deltas, shift  # (n, L-1, k) uint16, (n, L-1) int16
             rows["target_code"] = enc.encode_target(rows.pop("target_logprob"), cum, rows["target_rank"],
                                                     e["target_scale"], lengths)
+        if lengths is not None:  # the chunk's kept entries back to back, then zeros (packing.py)
+            for name in packing.PACKED:
+                rows[name] = packing.pack(np.asarray(rows[name]), lengths, packing.slot_major(name, self.encoding))
         return rows
 
     def write_chunk(self, c: int, rows: dict[str, np.ndarray]) -> None:
