@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import NUM_EXAMPLES, make_gpt_neox, one_line_error, run_cli, without_tokenizer
+from helpers import NUM_EXAMPLES, levenshtein, make_gpt_neox, one_line_error, run_cli, without_tokenizer
 
 from kdstream.extract.cross_tokenizer import SKIP_REASONS, ByteJudge
 from kdstream.extract.metrics import byte_match_metrics, edit_distance
@@ -90,19 +90,12 @@ def test_byte_metrics_on_hand_built_rows():
 def test_byte_edit_distance_equals_plain_levenshtein():
     """Rows of different lengths padded to one width give each row's own distance (the generated
     bytes cut to the suffix's length, a missing byte as an unequal one)."""
-    def ref(a, b):
-        d = list(range(len(b) + 1))
-        for i, x in enumerate(a, 1):
-            prev, d[0] = d[0], i
-            for j, y in enumerate(b, 1):
-                prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (x != y))
-        return d[-1]
 
     rng = np.random.default_rng(0)
     suffix = [bytes(rng.integers(97, 100, size=rng.integers(1, 12)).tolist()) for _ in range(40)]
     generated = [bytes(rng.integers(97, 100, size=rng.integers(0, 14)).tolist()) for _ in range(40)]
     got = byte_match_metrics(generated, suffix)["edit_distance"]
-    assert got.tolist() == [ref(g[: len(s)].ljust(len(s), b"\0"), s) for g, s in zip(generated, suffix)]
+    assert got.tolist() == [levenshtein(g[: len(s)].ljust(len(s), b"\0"), s) for g, s in zip(generated, suffix)]
     assert edit_distance(np.array([[1, 2]]), np.array([[2, 1]])).tolist() == [2]
 
 
