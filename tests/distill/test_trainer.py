@@ -40,15 +40,19 @@ def test_ce_sees_the_same_data_order_from_a_dataset_as_from_the_store(
 
 
 def test_a_student_with_another_tokenizer_is_refused_before_training(tmp_path, teacher_store, docs):
-    from helpers import make_gpt_neox
+    """... when nothing gives the teacher's tokenizer: a store written before stores carried it
+    and no --teacher-tokenizer (a store that carries it trains across tokenizers:
+    test_cross_tokenizer_distill.py)."""
+    from helpers import make_gpt_neox, without_tokenizer
     from kdstream.data.tokenizer import train_bpe_tokenizer
 
     other = train_bpe_tokenizer(docs, 512 - 64, tmp_path / "tok")
     student = make_gpt_neox(tmp_path / "student", other, vocab=512)
-    proc = run_cli("distill", "--logits-store", teacher_store, "--model", student, "--out", tmp_path / "out", check=False)
+    old = without_tokenizer(teacher_store, tmp_path / "old.zarr")
+    proc = run_cli("distill", "--logits-store", old, "--model", student, "--out", tmp_path / "out", check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "tokenizer" in lines[0] and "Traceback" not in proc.stderr
+    assert len(lines) == 1 and "--teacher-tokenizer" in lines[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
