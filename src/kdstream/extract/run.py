@@ -20,7 +20,7 @@ shifting rule lets one run sweep, and every prefix length is judged on the same 
 
 Tokenizers (``mode`` in the summary): a model that shares the examples' tokenizer is judged on
 tokens (``same_tokenizer``); one with another tokenizer (``cross_tokenizer``, the examples'
-tokenizer from ``--teacher-tokenizer``) gets the prefix as text re-tokenized and is judged on the
+tokenizer the one the store carries, or ``--teacher-tokenizer``) gets the prefix as text re-tokenized and is judged on the
 suffix's bytes (extract/cross_tokenizer.py), with ``--method generate`` only. ``--match bytes``
 judges a same-tokenizer model on bytes too, for comparisons across tokenizers.
 """
@@ -148,9 +148,10 @@ def _load_examples(opts: ExtractOptions, tokenizer):
     tokenizer files), else the tokenizer the examples were cut with (a cross-tokenizer run)."""
     from kdstream.data import load_tokenizer, tokenizer_fingerprint
 
+    model_sha = tokenizer_fingerprint(tokenizer)["sha256"] if tokenizer is not None else None
+
     def differs(other) -> bool:
-        sha = tokenizer_fingerprint(tokenizer)["sha256"] if tokenizer is not None else None
-        return sha is not None and tokenizer_fingerprint(other)["sha256"] != sha
+        return model_sha is not None and tokenizer_fingerprint(other)["sha256"] != model_sha
 
     if opts.logits_store is not None:
         from kdstream.extract.cross_tokenizer import teacher_tokenizer
@@ -160,7 +161,7 @@ def _load_examples(opts: ExtractOptions, tokenizer):
         examples_tok = None
         if opts.teacher_tokenizer is not None:
             examples_tok = teacher_tokenizer(store, opts.teacher_tokenizer)  # checked against the store
-        elif tokenizer is not None and tokenizer_fingerprint(tokenizer)["sha256"] != store.attrs["tokenizer"]["sha256"]:
+        elif model_sha is not None and model_sha != store.attrs["tokenizer"]["sha256"]:
             examples_tok = teacher_tokenizer(store, None)  # the one the store carries
         total = len(store) if opts.max_examples is None else min(len(store), opts.max_examples)
         start, stop = shard_range(total, opts.num_workers, opts.worker_index)
