@@ -123,7 +123,8 @@ def _students(args, work: Path, teacher: Path) -> tuple[Path, Path]:
 
 
 def _arm_options(arm: str, args, same: Path, other: Path, teacher: Path) -> dict:
-    kd = {"loss": "forward_kl", "temperature": args.temperature, "alpha_ce": args.alpha_ce}
+    kd = {"loss": "forward_kl", "temperature": args.temperature, "alpha_ce": args.alpha_ce,
+          "alm_temperature": args.alm_temperature}
     if arm == "ce_same":
         return {"model": str(same), "loss": "ce"}
     if arm == "kd_same":
@@ -211,6 +212,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     # 0.5: with 0 (KD only) every cross-tokenizer arm came out worse than CE in a one-seed trial
     parser.add_argument("--alpha-ce", type=float, default=0.5)
+    parser.add_argument("--alm-temperature", type=float, default=None,
+                        help="distill --alm-temperature of the alm arms (default: --temperature)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--work", help="Keep the teacher, store and runs here (reused by a rerun).")
     args = parser.parse_args()
@@ -243,6 +246,7 @@ def main() -> None:
             "seeds": args.seeds, "seq_len": args.seq_len, "top_k": args.top_k, "held_out_examples": args.held_out,
             "train_examples": args.train_examples, "epochs": args.epochs, "batch_size": args.batch_size,
             "steps_per_arm": sorted(steps), "lr": args.lr, "temperature": args.temperature, "alpha_ce": args.alpha_ce,
+            "alm_temperature": args.alm_temperature,
             "teacher": {"vocab": args.teacher_vocab, "hidden": args.teacher_hidden, "layers": args.teacher_layers,
                         "train_examples": t_summary["examples"], "epochs": args.teacher_epochs,
                         "held_out_bits_per_byte": round(t_summary["held_out_bits_per_byte"], 4)},

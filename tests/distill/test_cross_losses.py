@@ -175,3 +175,15 @@ def test_chunk_logprobs_from_the_store_match_the_teachers_forward(teacher_store,
             checked += 1
         assert np.any(np.diff(a.teacher_bounds, axis=1) > 1) or np.any(np.diff(a.student_bounds, axis=1) > 1)
     assert checked > 50
+
+
+def test_at_a_large_temperature_the_scaled_alm_pulls_by_the_relative_gap():
+    """distill scales ALM by its temperature tau (cross_tokenizer.cross_terms): for tau >> |l| the
+    gradient w.r.t. the student's chunk log-likelihood is then (l_S - l_T) / |l_S| whatever tau,
+    not ~1/tau of it (why tokenkit's tau = 100 needs the scale next to a CE term)."""
+    lt = torch.tensor([-3.0, -0.5, -6.0, -1.0])
+    for tau in (100.0, 1000.0):
+        ls = torch.tensor([-2.5, -0.7, -6.6, -1.0], requires_grad=True)
+        (grad,) = torch.autograd.grad((tau * binary_divergence(lt / tau, ls / tau)).sum(), ls)
+        expected = (ls.detach() - lt) / ls.detach().abs()
+        torch.testing.assert_close(grad, expected, rtol=0.05, atol=1e-4)

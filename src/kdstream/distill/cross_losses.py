@@ -16,10 +16,13 @@ What is implemented, and why:
   f-divergence between two-outcome distributions built from chunk likelihoods); the binary KL
   has the gradient of the binary cross-entropy (they differ by the teacher's binary entropy,
   constant for the student) and is 0 at a perfect match, which makes the value readable. The
-  reverse one is offered for comparison. Which f the paper prefers by default could not be
-  checked from here (no access to the paper or tokenkit in this session): this is a choice.
+  reverse one is offered for comparison. The reference code (tokenkit, training/losses.py and
+  configs/cross_tokenizer_distill.yaml) defaults to the binary cross-entropy (the same
+  gradient) at a binarisation temperature of 100, on "unbiased" chunks, over several merged
+  chunk sizes; only the temperature is offered here (``distill --alm-temperature``).
 - temperature: τ divides both chunk log-likelihoods before exponentiation (p = P_T(c)^(1/τ)),
-  default τ = 1: with one chunk per token (same tokenizer) the loss is then exactly the
+  here τ = 1 by default (``distill`` passes --alm-temperature, else --temperature, and scales the
+  term by τ: cross_tokenizer.cross_terms): with one chunk per token (same tokenizer) the loss is then exactly the
   token-level binary KL of the true next token's probability. τ > 1 lifts long chunks' tiny
   probabilities out of the region where both Bernoullis are ~0 and the divergence vanishes. No
   τ² factor (there is no softmax being tempered).

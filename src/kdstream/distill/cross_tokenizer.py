@@ -66,12 +66,18 @@ class CrossTargets:
 
 
 def cross_terms(logits, batch, *, mode: str, loss: str, temperature: float, tail: str, beta: float,
-                alpha_ce: float):
+                alpha_ce: float, alm_temperature: float | None = None):
     """logits (B, L, V) of the student on batch.input_ids → tensor [loss, ce, kd] (AlignedBatch).
 
-    kd: ``alm`` (chunk likelihoods, binary KL at ``temperature``), ``exact`` (``loss`` over the
-    teacher's top-k mapped to identical student tokens) or their mean; ce: the student's own
-    next-token CE over its real (unpadded) tokens, mixed in by ``alpha_ce``."""
+    kd: ``alm`` (chunk likelihoods, binary KL at tau = ``alm_temperature``, default
+    ``temperature``, times tau), ``exact`` (``loss`` over the teacher's top-k mapped to identical
+    student tokens) or their mean; ce: the student's own next-token CE over its real (unpadded)
+    tokens, mixed in by ``alpha_ce``.
+
+    Why times tau: for tau >> |l| a chunk's Bernoulli parameter is 1 - |l|/tau, and the binary
+    divergence's gradient w.r.t. the student's chunk log-likelihood is about (l_S - l_T)/(tau |l|):
+    scaled by tau it is (l_S - l_T)/|l| whatever tau, as KD's T^2 keeps its scale (at tau = 1,
+    unchanged)."""
     import torch
 
     from kdstream.distill.cross_losses import alm_loss, exact_map_loss, student_token_logprobs
@@ -81,7 +87,8 @@ def cross_terms(logits, batch, *, mode: str, loss: str, temperature: float, tail
     ce = -(lp * real).sum() / real.sum().clamp(min=1)
     parts = []
     if "alm" in mode:
-        parts.append(alm_loss(logits, batch, temperature=temperature))
+        tau = temperature if alm_temperature is None else alm_temperature
+        parts.append(tau * alm_loss(logits, batch, temperature=tau))
     if "exact" in mode:
         parts.append(exact_map_loss(logits, batch, kind=loss, temperature=temperature, tail=tail, beta=beta))
     kd = torch.stack(parts).mean()

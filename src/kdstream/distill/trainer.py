@@ -78,6 +78,9 @@ class DistillOptions:
     cross_tokenizer: str = option("auto", "A student whose tokenizer differs from the store's: alm (chunk "
                                           "likelihood matching) | exact (top-k on identical tokens) | alm+exact; "
                                           "auto = alm+exact when the tokenizers differ.")
+    alm_temperature: float | None = option(None, "ALM's binarisation temperature tau (a chunk's likelihood P "
+                                                 "read as Bernoulli(P^(1/tau))); the ALM term is scaled by tau. "
+                                                 "Default: --temperature. tokenkit uses 100.")
     teacher_tokenizer: str | None = option(None, "The store's tokenizer (a directory), for a student of another "
                                                  "tokenizer; default: the one the store carries (stores written "
                                                  "before stores carried it need this flag).")
@@ -112,6 +115,8 @@ class DistillOptions:
                 f"--teacher with --loss {self.loss}: online KD takes {' | '.join(KD_LOSSES)}")
         require(self.tail in TAILS, f"--tail {self.tail} is unknown: choose one of {', '.join(TAILS)}")
         require(self.temperature > 0, f"--temperature {self.temperature} must be > 0")
+        require(self.alm_temperature is None or self.alm_temperature > 0,
+                f"--alm-temperature {self.alm_temperature} must be > 0")
         require(0.0 <= self.alpha_ce <= 1.0, f"--alpha-ce {self.alpha_ce} must be in [0, 1]")
         require(0.0 <= self.beta <= 1.0, f"--beta {self.beta} must be in [0, 1]")
         require(self.epochs >= 1 and self.batch_size >= 1, "--epochs and --batch-size must be at least 1")
@@ -303,7 +308,7 @@ def _setup_model(opts: DistillOptions, net, device, d, teacher=None, cross: str 
     chunk = None if cross else fused_chunk(opts.loss_chunk, net)
     return distributed.wrap(Objective(net, loss=opts.loss, temperature=opts.temperature, tail=opts.tail,
                                       beta=opts.beta, alpha_ce=opts.alpha_ce, chunk=chunk, teacher=teacher,
-                                      cross=cross),
+                                      cross=cross, alm_temperature=opts.alm_temperature),
                             d, device, opts.fsdp)
 
 
