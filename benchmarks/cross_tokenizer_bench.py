@@ -15,6 +15,8 @@ examples, in every arm:
                    its own tokens of the same examples (--cross-tokenizer alm --alpha-ce 1: the KD
                    term is weighed 0)
     alm, exact, alm+exact   that student with --cross-tokenizer MODE
+    exact_prefix   --cross-tokenizer exact --exact-map prefix (every teacher token mapped to the
+                   student token that begins it)
 
 Held-out bits per byte (train_summary.json's held_out_bits_per_byte: the student's CE over the
 held-out text in bits per UTF-8 byte, comparable across tokenizers) per seed, mean ± sd; step time =
@@ -40,8 +42,8 @@ from benchmarks.results import RESULTS, save
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: no progress bars in the log
 
-ARMS = ("ce_same", "kd_same", "ce_other", "alm", "exact", "alm+exact")
-CROSS = ("alm", "exact", "alm+exact")
+ARMS = ("ce_same", "kd_same", "ce_other", "alm", "exact", "exact_prefix", "alm+exact")
+CROSS = ("alm", "exact", "exact_prefix", "alm+exact")
 
 
 def _config(directory: Path, tokenizer, *, vocab: int, hidden: int, layers: int, seq_len: int) -> Path:
@@ -132,7 +134,37 @@ def _arm_options(arm: str, args, same: Path, other: Path, teacher: Path) -> dict
     cross = {"model": str(other), "teacher_tokenizer": str(teacher)}
     if arm == "ce_other":
         return {**cross, "loss": "forward_kl", "cross_tokenizer": "alm", "alpha_ce": 1.0}
+    if arm == "exact_prefix":
+        return {**cross, **kd, "cross_tokenizer": "exact", "exact_map": "prefix"}
     return {**cross, **kd, "cross_tokenizer": arm}
+
+
+def _exact_coverage(store: Path, teacher: Path, other: Path, rows: int) -> dict:
+    """What ``exact`` can pass on, per map rule, over the first ``rows`` training rows: the share of
+    the student's predicted tokens that get an exact row (their next token starts where a teacher
+    token does), and the teacher's top-k mass there that lands on student ids (the rest is tail).
+    KD's signal reaches the student only through those two factors: their product bounds the
+    share of the same-tokenizer gain exact can be expected to recover."""
+    import numpy as np
+
+    from kdstream.data import load_tokenizer
+    from kdstream.distill.cross_tokenizer import CrossTargets
+    from kdstream.storage import open_store
+
+    s = open_store(str(store))
+    data = s.read(0, rows, ("input_ids", "target_logprob", "topk_ids", "topk_logprobs"))
+    out = {"rows": rows, "teacher_topk_mass": round(float(np.exp(data["topk_logprobs"]).sum(-1).mean()), 4)}
+    for rule in ("identical", "prefix"):
+        targets = CrossTargets.build(load_tokenizer(teacher), load_tokenizer(other), "exact", rule)
+        ex = targets(data)["aligned"]
+        predicted = sum(len(e.student_ids) - 1 for e in ex)
+        mass = np.concatenate([np.exp(e.exact_logprobs.astype(np.float64)).sum(-1) for e in ex])
+        out[rule] = {"teacher_vocab_mapped": round(float((targets.vocab_map >= 0).mean()), 4),
+                     "positions_with_exact_row": round(sum(len(e.exact_rows) for e in ex) / predicted, 4),
+                     "mapped_topk_mass": round(float(mass.mean()), 4)}
+        out[rule]["signal_share"] = round(out[rule]["positions_with_exact_row"] * out[rule]["mapped_topk_mass"]
+                                          / out["teacher_topk_mass"], 4)
+    return out
 
 
 def _mean_sd(xs: list[float]) -> dict:
@@ -173,7 +205,7 @@ def _plot(figures: dict, path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     means = [figures["held_out_bits_per_byte"][arm]["mean"] for arm in arms]
     sds = [figures["held_out_bits_per_byte"][arm]["sd"] for arm in arms]
-    colors = ["#999999", "#4c72b0", "#bbbbbb", "#dd8452", "#55a868", "#c44e52"]
+    colors = ["#999999", "#4c72b0", "#bbbbbb", "#dd8452", "#55a868", "#8172b3", "#c44e52"]
     a.bar(arms, means, yerr=sds, color=colors, capsize=4)
     teacher = figures["teacher"]["held_out_bits_per_byte"]
     a.axhline(teacher, color="k", ls="--", lw=1, label=f"teacher {teacher:.3f}")
@@ -216,6 +248,7 @@ def main() -> None:
                         help="distill --alm-temperature of the alm arms (default: --temperature)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--work", help="Keep the teacher, store and runs here (reused by a rerun).")
+    parser.add_argument("--name", default="cross_tokenizer_bench", help="results/NAME.json (and .png)")
     args = parser.parse_args()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -256,14 +289,15 @@ def main() -> None:
                                        for arm in runs},
             "step_time_s": {arm: _mean_sd([runs[arm][s]["step_s"] for s in args.seeds]) for arm in runs},
             "runs": {arm: {str(s): r for s, r in v.items()} for arm, v in runs.items()},
+            "exact_coverage": _exact_coverage(store, teacher, other, args.train_examples),
             "wall_s": log,
         }
         if set(runs) == set(ARMS):
             figures["targets"] = _targets(runs, args.seeds)
-            _plot(figures, RESULTS / "cross_tokenizer_bench.png")
-            figures["plot"] = "cross_tokenizer_bench.png"
+            _plot(figures, RESULTS / f"{args.name}.png")
+            figures["plot"] = f"{args.name}.png"
         figures["total_wall_s"] = round(time.perf_counter() - start, 1)
-        save("cross_tokenizer_bench", figures)
+        save(args.name, figures)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ def test_same_tokenizer_one_chunk_per_token(tokenizer, docs):
     np.testing.assert_array_equal(a.teacher_bounds, np.stack([np.arange(n), np.arange(1, n + 1)], -1))
     np.testing.assert_array_equal(a.student_bounds, a.teacher_bounds)
     np.testing.assert_array_equal(a.usable, np.arange(n) >= 1)  # token 0 has no log-prob
-    np.testing.assert_array_equal(exact_vocab_map(tokenizer, tokenizer), np.arange(len(tokenizer.get_vocab())))
+    for rule in ("identical", "prefix"):
+        np.testing.assert_array_equal(exact_vocab_map(tokenizer, tokenizer, rule), np.arange(len(tokenizer.get_vocab())))
 
 
 def test_merges_that_split_differently(small, large):
@@ -157,3 +158,20 @@ def test_vocab_map_is_byte_identical(small, spm, large):
     pieces = [(small.convert_ids_to_tokens(t), spm.convert_ids_to_tokens(int(s))) for t, s in enumerate(m) if s >= 0]
     assert any(p.startswith("Ġ") and q == "▁" + p[1:] and len(p) > 1 for p, q in pieces)  # leading-space markers
     assert spm.convert_ids_to_tokens(int(m[ids_of(small, "a")[0]])) == "a"  # ordinary token over <0x61>
+
+
+def test_prefix_map_gives_every_teacher_token_the_student_token_that_begins_it(small, spm):
+    """--exact-map prefix: identical where a student token has the same bytes, else the student's
+    longest token that is a byte prefix of the teacher token; every ordinary teacher token is mapped."""
+    tv, sv = byte_vocab(small), byte_vocab(spm)
+    identical, prefix = exact_vocab_map(small, spm), exact_vocab_map(small, spm, "prefix")
+    np.testing.assert_array_equal(prefix[identical >= 0], identical[identical >= 0])
+    ordinary = ~tv.special & (tv.lengths > 0)
+    assert np.all(prefix[ordinary] >= 0) and (identical[ordinary] < 0).any()  # the map adds something
+    student_bytes = {sv.tokens[j] for j in range(len(sv.tokens)) if not sv.special[j]}
+    for t in np.flatnonzero(ordinary & (identical < 0)).tolist():
+        b, got = tv.tokens[t], sv.tokens[int(prefix[t])]
+        assert b.startswith(got) and len(got) < len(b)
+        assert not any(b[:n] in student_bytes for n in range(len(got) + 1, len(b)))  # the longest one
+    with pytest.raises(ValueError, match="unknown vocabulary map"):
+        exact_vocab_map(small, spm, "nearest")

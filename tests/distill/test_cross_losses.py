@@ -119,6 +119,24 @@ def test_unmapped_teacher_mass_goes_to_the_tail():
     assert got.item() == pytest.approx(ref.item(), rel=1e-5)
 
 
+def test_a_repeated_student_id_counts_once_with_the_summed_probability():
+    """Under --exact-map prefix several teacher tokens can land on one student token: its row lists
+    it once with their summed probability, so exact_map_loss is kd_loss over distinct ids."""
+    from kdstream.distill.aligned_batch import AlignedExample, merge_repeated_ids
+
+    ids = np.array([[2, 5, 2, -1], [7, 7, 7, 1]])
+    lp = np.log(np.array([[0.3, 0.1, 0.2, 0.1], [0.1, 0.2, 0.3, 0.05]], np.float32))
+    merged_ids, merged_lp = merge_repeated_ids(ids, np.where(ids >= 0, lp, -np.inf).astype(np.float32))
+    np.testing.assert_array_equal(merged_ids, [[2, 5, -1, -1], [7, -1, -1, 1]])
+    np.testing.assert_allclose(np.exp(merged_lp), [[0.5, 0.1, 0, 0], [0.6, 0, 0, 0.05]], rtol=1e-6)
+    logits = torch.randn(1, 3, 10, generator=torch.Generator().manual_seed(1))
+    e = AlignedExample(np.array([1, 2, 3]), np.array([0, 1, 2]), np.zeros(3), np.array([False, True, True]),
+                       np.array([1]), merged_ids[:1], merged_lp[:1])
+    got = exact_map_loss(logits, collate_aligned([e]))
+    ref = kd_loss(logits[0, 1:2], torch.tensor([[2, 5]]), torch.log(torch.tensor([[0.5, 0.1]])))
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
 def test_log1mexp_and_extremes():
     x = -torch.logspace(-7, 3, 200, dtype=torch.float64)
     ref = torch.log(-torch.expm1(x))

@@ -25,7 +25,13 @@ import numpy as np
 
 from kdstream.data.token_bytes import ByteVocab, byte_vocab
 
-__all__ = ["Aligner", "Alignment", "ByteVocab", "SKIP_REASONS", "Skip", "byte_vocab", "exact_vocab_map"]
+__all__ = ["Aligner", "Alignment", "ByteVocab", "SKIP_REASONS", "Skip", "VOCAB_MAPS", "byte_vocab", "exact_vocab_map"]
+
+# How ``exact`` maps a teacher token to a student token (Aligner.vocab_map):
+#   identical  the student token with the same bytes; none → its mass joins the tail
+#   prefix     that, else the student token that is the longest byte prefix of it (the token the
+#              student starts that text with, nearly always): all of the teacher's top-k is used
+VOCAB_MAPS = ("identical", "prefix")
 
 _SPECIAL_ROLES = ("eos_token_id", "bos_token_id", "pad_token_id", "unk_token_id")
 
@@ -43,14 +49,15 @@ def _special_map(teacher_tok, student_tok, t: ByteVocab, s: ByteVocab) -> dict[i
     return out
 
 
-def exact_vocab_map(teacher_tok, student_tok) -> np.ndarray:
-    """(V_t,) int64: for each teacher id, the student id whose byte string is identical, -1 if none.
+def exact_vocab_map(teacher_tok, student_tok, rule: str = "identical") -> np.ndarray:
+    """(V_t,) int64: for each teacher id, the student id whose byte string is identical, -1 if none
+    (``rule="prefix"``: else the student's longest token that is a byte prefix of it).
 
     Special tokens map to special tokens only (``_special_map``). Among student tokens with the
     same bytes an ordinary token wins over a ``<0xNN>`` byte-fallback one (the one the student
     would produce), then the lowest id. Empty byte strings map to nothing.
     """
-    return Aligner(teacher_tok, student_tok).vocab_map()
+    return Aligner(teacher_tok, student_tok).vocab_map(rule)
 
 
 @dataclass(frozen=True)
@@ -130,8 +137,10 @@ class Aligner:
         self.s = byte_vocab(student_tokenizer)
         self.specials = _special_map(teacher_tokenizer, student_tokenizer, self.t, self.s)
 
-    def vocab_map(self) -> np.ndarray:
-        """See ``exact_vocab_map``."""
+    def vocab_map(self, rule: str = "identical") -> np.ndarray:
+        """See ``exact_vocab_map``; ``rule`` one of VOCAB_MAPS."""
+        if rule not in VOCAB_MAPS:
+            raise ValueError(f"unknown vocabulary map {rule!r}; expected one of {VOCAB_MAPS}")
         by_bytes: dict[bytes, int] = {}
         ordinary = ~self.s.special & ~self.s.fallback & (self.s.lengths > 0)
         for keep in (ordinary, self.s.fallback):  # ordinary tokens first, then <0xNN>
@@ -139,6 +148,11 @@ class Aligner:
                 by_bytes.setdefault(self.s.tokens[i], i)
         out = np.array([-1 if self.t.special[i] else by_bytes.get(b, -1) for i, b in enumerate(self.t.tokens)],
                        np.int64)
+        if rule == "prefix":  # several teacher tokens may share a student token: rows merge them
+            longest = max(map(len, by_bytes), default=0)
+            for i in np.flatnonzero((out < 0) & ~self.t.special).tolist():
+                b = self.t.tokens[i]
+                out[i] = next((by_bytes[b[:n]] for n in range(min(len(b), longest), 0, -1) if b[:n] in by_bytes), -1)
         for i, j in self.specials.items():
             out[i] = j
         return out

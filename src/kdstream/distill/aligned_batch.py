@@ -78,11 +78,35 @@ def aligned_example(alignment: Alignment, target_logprob: np.ndarray, topk_ids: 
         logprobs = np.asarray(topk_logprobs, np.float32)[t_rows]
         mapped = ids >= 0
         logprobs = np.where(mapped, logprobs, -np.inf).astype(np.float32)
-        keep = (mapped & np.isfinite(logprobs)).any(-1)
+        ids, logprobs = merge_repeated_ids(ids, logprobs)  # a many-to-one map ("prefix") repeats ids
+        keep = ((ids >= 0) & np.isfinite(logprobs)).any(-1)
         rows, ids, logprobs = alignment.student_bounds[c[keep], 0] - 1, ids[keep], logprobs[keep]
     spans = alignment.student_spans
     return AlignedExample(alignment.student_ids, alignment.student_chunk, lp, alignment.usable.copy(),
                           rows.astype(np.int64), ids.astype(np.int64), logprobs, spans[:, 1] - spans[:, 0])
+
+
+def merge_repeated_ids(ids: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P, k) student ids (-1 unmapped) and (P, k) teacher log-probs → the same, each id listed
+    once per row (at its first place) with the log of its summed probability, the places it
+    left -1 / -inf. kd_loss reads its ids as distinct: a repeated id would count the student's
+    probability twice in the tail (1 - Σ q)."""
+    p, k = ids.shape
+    ok = ids >= 0
+    if p == 0 or not ok.any():
+        return ids, logprobs
+    width = int(ids.max()) + 1
+    key = (np.arange(p)[:, None] * width + ids)[ok]  # row-major order: first place first
+    uniq, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    if len(uniq) == len(key):
+        return ids, logprobs  # nothing repeated (the identical map, nearly always)
+    summed = np.full(len(uniq), -np.inf)
+    np.logaddexp.at(summed, inv, logprobs[ok].astype(np.float64))
+    at = np.flatnonzero(ok.reshape(-1))[first]  # flat places of each id's first occurrence
+    out_ids = np.full(p * k, -1, np.int64)
+    out_lp = np.full(p * k, -np.inf, np.float32)
+    out_ids[at], out_lp[at] = uniq % width, summed
+    return out_ids.reshape(p, k), out_lp.reshape(p, k)
 
 
 def empty_example() -> AlignedExample:

@@ -37,16 +37,17 @@ class CrossTargets:
 
     mode: str  # one of CROSS_MODES
     aligner: object  # align.Aligner
-    vocab_map: np.ndarray | None  # (V_t,) student id with identical bytes, -1 if none (exact modes)
+    vocab_map: np.ndarray | None  # (V_t,) the student id of each teacher id, -1 if none (exact modes)
     pad_id: int  # the student's pad (or eos) id: fills the batch past each example's end
 
     @classmethod
-    def build(cls, teacher_tokenizer, student_tokenizer, mode: str) -> "CrossTargets":
+    def build(cls, teacher_tokenizer, student_tokenizer, mode: str, vocab_map: str = "identical") -> "CrossTargets":
+        """``vocab_map``: the rule of the exact map (align.VOCAB_MAPS)."""
         from kdstream.distill.align import Aligner
 
         aligner = Aligner(teacher_tokenizer, student_tokenizer)
         pad = next((t for t in (student_tokenizer.pad_token_id, student_tokenizer.eos_token_id) if t is not None), 0)
-        return cls(mode, aligner, aligner.vocab_map() if "exact" in mode else None, int(pad))
+        return cls(mode, aligner, aligner.vocab_map(vocab_map) if "exact" in mode else None, int(pad))
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict:
         from kdstream.distill.align import Skip

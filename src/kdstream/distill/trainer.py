@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdstream.distill.align import VOCAB_MAPS
 from kdstream.distill.cross_tokenizer import CROSS_MODES, SKIPPED
 from kdstream.distill.loss_names import CE_SAMPLED, KD_LOSSES, TAILS
 from kdstream.errors import KdError
@@ -78,6 +79,10 @@ class DistillOptions:
     cross_tokenizer: str = option("auto", "A student whose tokenizer differs from the store's: alm (chunk "
                                           "likelihood matching) | exact (top-k on identical tokens) | alm+exact; "
                                           "auto = alm+exact when the tokenizers differ.")
+    exact_map: str = option("identical", "How --cross-tokenizer exact maps the teacher's top-k to student "
+                                         "tokens: identical (same bytes; the rest of the mass joins the tail) "
+                                         "| prefix (else the student's longest token that begins it: all "
+                                         "the top-k is used).")
     alm_temperature: float | None = option(None, "ALM's binarisation temperature tau (a chunk's likelihood P "
                                                  "read as Bernoulli(P^(1/tau))); the ALM term is scaled by tau. "
                                                  "Default: --temperature. tokenkit uses 100.")
@@ -115,6 +120,8 @@ class DistillOptions:
                 f"--teacher with --loss {self.loss}: online KD takes {' | '.join(KD_LOSSES)}")
         require(self.tail in TAILS, f"--tail {self.tail} is unknown: choose one of {', '.join(TAILS)}")
         require(self.temperature > 0, f"--temperature {self.temperature} must be > 0")
+        require(self.exact_map in VOCAB_MAPS, f"--exact-map {self.exact_map} is unknown: choose "
+                                              f"{' | '.join(VOCAB_MAPS)}")
         require(self.alm_temperature is None or self.alm_temperature > 0,
                 f"--alm-temperature {self.alm_temperature} must be > 0")
         require(0.0 <= self.alpha_ce <= 1.0, f"--alpha-ce {self.alpha_ce} must be in [0, 1]")
