@@ -192,3 +192,20 @@ def test_findings_verdicts_follow_the_numbers():
     # nothing memorized: not testable rather than a verdict
     v = {r["finding"]: r["verdict"] for r in findings(aggregate([_figs(0, 0, 0)]))}
     assert all(x.startswith("not testable") for x in v.values()), v
+
+
+def test_two_seeds_are_reported_as_mean_and_sd(tmp_path):
+    """write_study_report over two seeds' figures: every count becomes mean ± sd of the two, and
+    study.md says so (what `reproduce --seeds 2` writes after its second seed)."""
+    from kdstream.study.config import StudyConfig
+    from kdstream.study.summary import STUDY_JSON, STUDY_MD, write_study_report
+    from kdstream.options import options_dict
+
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in options_dict(StudyConfig()).items()}
+    result = write_study_report(tmp_path, cfg, [_figs(30, 20, 8), _figs(34, 18, 5)])
+    got = json.loads((tmp_path / STUDY_JSON).read_text())["aggregate"]["memorized"]
+    assert got == result["aggregate"]["memorized"]
+    for role, values in (("teacher", [30, 34]), ("baseline", [20, 18]), ("student", [8, 5])):
+        assert got[role]["values"] == values and got[role]["mean"] == pytest.approx(np.mean(values))
+        assert got[role]["sd"] == pytest.approx(np.std(values, ddof=1))
+    assert "2 seeds (mean ± sd)" in (tmp_path / STUDY_MD).read_text()
