@@ -30,88 +30,22 @@ issue 18 computed from these figures. Every training runs through the library ``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.miniature import config as _config
+from benchmarks.miniature import teacher_and_store as _teacher_and_store
+from benchmarks.miniature import train as _train
 from benchmarks.results import RESULTS, save
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: no progress bars in the log
 
 ARMS = ("ce_same", "kd_same", "ce_other", "alm", "exact", "exact_prefix", "alm+exact")
 CROSS = ("alm", "exact", "exact_prefix", "alm+exact")
-
-
-def _config(directory: Path, tokenizer, *, vocab: int, hidden: int, layers: int, seq_len: int) -> Path:
-    """A config-only GPT-NeoX (distill initialises it from its seed) with head dim 64 (vLLM's CPU backend)."""
-    from transformers import GPTNeoXConfig
-
-    GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
-                  intermediate_size=4 * hidden, max_position_embeddings=seq_len, rotary_pct=0.25,
-                  tie_word_embeddings=False, bos_token_id=tokenizer.eos_token_id,
-                  eos_token_id=tokenizer.eos_token_id).save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
-    return directory
-
-
-def _train(log: list, **opts) -> dict:
-    from kdstream.distill.trainer import DistillOptions, train
-
-    start, cpu = time.perf_counter(), time.process_time()
-    summary = train(DistillOptions(tensorboard=False, verify_store=False, overwrite=True, **opts))
-    # CPU seconds of every thread of this process (the loader's included): unlike wall time, barely
-    # moved by other jobs on the machine, which made wall-clock step times swing 10x between runs
-    summary["cpu_s"] = time.process_time() - cpu
-    log.append({"out": opts["out"], "wall_s": round(time.perf_counter() - start, 1),
-                "cpu_s": round(summary["cpu_s"], 1)})
-    return summary
-
-
-def _teacher_and_store(args, work: Path, log: list) -> tuple[Path, Path, dict]:
-    """(teacher dir, store, the teacher's train summary); reused when --work already holds them."""
-    import numpy as np
-
-    from kdstream.data.demo_corpus import demo_documents
-    from kdstream.data.tokenizer import train_bpe_tokenizer
-
-    teacher, store = work / "teacher", work / "store.zarr"
-    summary_file = teacher / "train_summary.json"
-    corpus = work / "corpus.jsonl"
-    if summary_file.exists() and (store / "zarr.json").exists():
-        log.append({"out": str(teacher), "reused": True})  # a --work of an earlier run with the same options
-        return teacher, store, json.loads(summary_file.read_text())
-    docs = demo_documents()
-    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    tok = train_bpe_tokenizer(docs, args.teacher_vocab, work / "teacher_tokenizer")
-    init = _config(work / "teacher_init", tok, vocab=args.teacher_vocab, hidden=args.teacher_hidden,
-                   layers=args.teacher_layers, seq_len=2 * args.seq_len)  # vLLM wants seq_len + 1
-    summary = _train(log, model=str(init), out=str(teacher), dataset=str(corpus), loss="ce", seq_len=args.seq_len,
-                     eval_examples=args.held_out, epochs=args.teacher_epochs, batch_size=16, lr=2e-3,
-                     warmup_ratio=0.05, seed=0)
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TQDM_DISABLE": "1"}
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "kdstream", "precompute-logits", "--model", str(teacher),
-                           "--dataset", str(corpus), "--out", str(store), "--top-k", str(args.top_k), "--seq-len",
-                           str(args.seq_len), "--dtype", "float32", "--logprob-encoding", "fp32", "--batch-size", "64",
-                           "--overwrite"], env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"precompute-logits failed: {proc.stderr[-2000:]}")
-    log.append({"out": str(store), "wall_s": round(time.perf_counter() - start, 1)})
-    from kdstream.storage import open_store
-
-    s = open_store(str(store))
-    if len(s) != summary["examples"] + summary["held_out"]:
-        raise SystemExit(f"the store has {len(s)} examples, the teacher's packing {summary['examples']} + "
-                         f"{summary['held_out']}: the held-out rows would differ")
-    ids = s.read(0, len(s), ("example_id",))["example_id"]
-    if not np.array_equal(ids, np.arange(len(s))):
-        raise SystemExit("store example ids are not row numbers: the exclude list below assumes they are")
-    return teacher, store, summary
 
 
 def _students(args, work: Path, teacher: Path) -> tuple[Path, Path]:
