@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+
 import pytest
 from helpers import losses, make_gpt_neox, one_line_error, run_cli, without_tokenizer
 
@@ -67,3 +69,40 @@ def test_the_store_s_own_tokenizer_serves_a_student_of_another(teacher_store, ot
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["cross_tokenizer"] == "alm+exact" and summary["steps"] == 2
     assert all(math.isfinite(x) for x in losses(out))
+
+
+def test_ce_with_another_tokenizer_trains_on_the_student_s_own_tokens(teacher_store, other_student, tmp_path):
+    """--loss ce across tokenizers (the cross-tokenizer study's baseline): the student's own tokens
+    of the store's texts, no teacher term; the summary names the mode."""
+    out = tmp_path / "out"
+    run_cli("distill", "--logits-store", teacher_store, "--model", other_student, "--loss", "ce", "--epochs", 1,
+            "--batch-size", 12, "--eval-examples", 4, "--out", out)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["cross_tokenizer"] == "ce" and summary["steps"] == 2  # 20 examples train
+    assert math.isfinite(summary["held_out_bits_per_byte"])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["kd"] is None and r["loss"] == pytest.approx(r["ce"]) for r in records)
+
+
+def test_ce_terms_across_tokenizers_are_the_student_s_own_ce():
+    """cross_terms in CE-only mode: loss = the CE term of any cross mode, kd = 0."""
+    import torch
+
+    from kdstream.distill.aligned_batch import aligned_example, collate_aligned
+    from kdstream.distill.cross_tokenizer import CE_ONLY, cross_terms
+
+    class A:  # an alignment of 5 student tokens, 5 chunks (one per token, the first unusable)
+        student_ids = np.array([3, 1, 4, 1, 5])
+        student_chunk = np.arange(5)
+        teacher_chunk = np.arange(5)
+        usable = np.array([False, True, True, True, True])
+        num_chunks = 5
+        student_spans = np.stack([np.arange(5), np.arange(1, 6)], 1)
+
+    batch = collate_aligned([aligned_example(A(), np.zeros(4))], pad_id=0)
+    logits = torch.randn(1, 5, 8)
+    got = cross_terms(logits, batch, mode=CE_ONLY, loss="forward_kl", temperature=2.0, tail="bucket", beta=0.5,
+                      alpha_ce=0.0)
+    ref = cross_terms(logits, batch, mode="alm", loss="forward_kl", temperature=2.0, tail="bucket", beta=0.5,
+                      alpha_ce=1.0)
+    assert got[0] == pytest.approx(float(ref[1])) and got[2] == 0.0

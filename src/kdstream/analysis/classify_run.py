@@ -18,6 +18,7 @@ from kdstream.analysis.files import (
     CLASSIFICATION_FILE,
     EXCLUDE_FILE,
     HELDOUT_FILE,
+    LLR_COLUMN,
     TABLE_FILE,
     eval_results,
     jsonable,
@@ -71,6 +72,12 @@ def classification_table(student_eval: str | Path, teacher_features: str | Path,
     teacher_ppl: the teacher's ``ppl``; baseline_ppl: the baseline's ``ppl``; teacher_baseline_kl:
     the baseline's ``teacher_kl`` (KL(teacher ‖ baseline) on the store's top-k); zlib_entropy: from
     the teacher's features; label: the student's exact_match.
+
+    A baseline of another tokenizer (its features scored across tokenizers, features_cross.py):
+    per-token perplexities and the top-k KL do not compare across tokenizers, so the columns are
+    byte-based instead: teacher_bpb, baseline_bpb (bits per byte), teacher_baseline_llr (the
+    baseline's ``teacher_llr_per_byte``: the per-byte KL stand-in) and zlib_entropy; examples the
+    baseline's tokenizer could not align are left out.
     """
     import pandas as pd
     import pyarrow.parquet as pq
@@ -82,8 +89,11 @@ def classification_table(student_eval: str | Path, teacher_features: str | Path,
     ev = pq.read_table(results, columns=["example_id", "exact_match"]).to_pandas()
     if ev["example_id"].duplicated().any():
         raise KdError(f"student evaluation {student_eval} repeats example ids: rerun extract-eval there")
-    teacher = read_features(teacher_features, "teacher", ["ppl", "zlib_entropy"])
-    baseline = read_features(baseline_features, "baseline", ["ppl", "teacher_kl"])
+    cross = _scored_across_tokenizers(baseline_features)
+    teacher = read_features(teacher_features, "teacher", ["ppl", "bits_per_byte", "zlib_entropy"] if cross
+                            else ["ppl", "zlib_entropy"])
+    baseline = read_features(baseline_features, "baseline", ["bits_per_byte", LLR_COLUMN] if cross
+                             else ["ppl", "teacher_kl"])
     ids = ev["example_id"].to_numpy()
     for role, frame, d in (("teacher", teacher, teacher_features), ("baseline", baseline, baseline_features)):
         absent = ~np.isin(ids, frame.index.to_numpy())
@@ -91,6 +101,18 @@ def classification_table(student_eval: str | Path, teacher_features: str | Path,
             raise KdError(f"{int(absent.sum())} of the {len(ids)} examples of the student evaluation (e.g. id "
                           f"{int(ids[absent][0])}) have no {role} features in {d}: compute features on the same "
                           "store and --max-examples as extract-eval")
+    if cross:
+        table = pd.DataFrame({
+            "example_id": ids,
+            "teacher_bpb": teacher.loc[ids, "bits_per_byte"].to_numpy(np.float64),
+            "baseline_bpb": baseline.loc[ids, "bits_per_byte"].to_numpy(np.float64),
+            "teacher_baseline_llr": baseline.loc[ids, LLR_COLUMN].to_numpy(np.float64),
+            "zlib_entropy": teacher.loc[ids, "zlib_entropy"].to_numpy(np.float64),
+        })
+        # an example the baseline's tokenizer could not align has no byte features; its student
+        # (the same alignment) never trained on it either: left out, not guessed
+        scored = table.drop(columns="example_id").notna().all(axis=1).to_numpy()
+        return table[scored].reset_index(drop=True), ev["exact_match"].to_numpy().astype(bool)[scored]
     table = pd.DataFrame({
         "example_id": ids,
         "teacher_ppl": teacher.loc[ids, "ppl"].to_numpy(np.float64),
@@ -99,6 +121,16 @@ def classification_table(student_eval: str | Path, teacher_features: str | Path,
         "zlib_entropy": teacher.loc[ids, "zlib_entropy"].to_numpy(np.float64),
     })
     return table, ev["exact_match"].to_numpy().astype(bool)
+
+
+def _scored_across_tokenizers(baseline_features: str | Path) -> bool:
+    """True when the baseline's features were scored across tokenizers (features_cross.py): its
+    per-token figures do not compare with the teacher's, so the classifier reads byte features."""
+    import pyarrow.parquet as pq
+
+    from kdstream.analysis.files import features_path
+
+    return LLR_COLUMN in pq.read_schema(features_path(baseline_features, "baseline")).names
 
 
 def run_classify(opts: ClassifyRunOptions) -> dict:
@@ -119,8 +151,10 @@ def run_classify(opts: ClassifyRunOptions) -> dict:
 
     out = Path(opts.out)
     check_output(out, "classify", replace=True)
+    from dataclasses import replace
+
     table, labels = classification_table(opts.student_eval, opts.teacher_features, opts.baseline_features)
-    copts = opts.classify_options()
+    copts = replace(opts.classify_options(), features=tuple(c for c in table.columns if c != "example_id"))
     summary, heldout = evaluate_repeats(table, labels, copts)
     result = {
         "student_eval": str(opts.student_eval),

@@ -31,7 +31,8 @@ _STORE_KEYS = ("input_ids", "example_id", "topk_ids", "topk_logprobs", "target_l
 class FeaturesOptions:
     """Score every example of a teacher store with one model (fp32, transformers)."""
 
-    model: str = option(help="HF model directory sharing the store's tokenizer (teacher or baseline).")
+    model: str = option(help="HF model directory (teacher or baseline); one of another tokenizer than the store's is "
+                             "scored on the text's bytes (features_cross.py).")
     logits_store: str = option(help="Teacher store (path or URL): the examples and the teacher's top-k.")
     out: str = option(help="Directory for features.parquet, options.yaml and summary.json.")
     # suffix_ppl covers tokens [prefix_len, prefix_len + suffix_len)
@@ -57,7 +58,9 @@ class FeaturesOptions:
 
 
 def _load_scoring_model(opts: FeaturesOptions, store):
-    """(model in eval mode, fp32, on ``opts.device``; tokenizer) after every check that needs no weights."""
+    """(model in eval mode, fp32, on ``opts.device``; tokenizer; the store's tokenizer when the
+    model's differs (scored across tokenizers: features_cross.py), else None) after every check
+    that needs no weights."""
     from kdstream.data import load_tokenizer, tokenizer_fingerprint
     from kdstream.model_files import check_model_dir, model_config
 
@@ -66,22 +69,29 @@ def _load_scoring_model(opts: FeaturesOptions, store):
         raise KdError(f"model {model_dir} has no tokenizer files: save the teacher's tokenizer with it "
                       "(features decode the text and must check it matches the store's)")
     tokenizer = load_tokenizer(model_dir)
+    examples_tok = None
     if tokenizer_fingerprint(tokenizer)["sha256"] != store.attrs.get("tokenizer", {}).get("sha256"):
-        raise KdError(f"the tokenizer of {model_dir} differs from the store's ({opts.logits_store}): "
-                      "score a model that shares the teacher's tokenizer")
+        from kdstream.storage.tokenizer_files import carries_tokenizer
+
+        if not carries_tokenizer(store):
+            raise KdError(f"the tokenizer of {model_dir} differs from the store's ({opts.logits_store}), which "
+                          "carries no tokenizer to align with: score a model that shares the teacher's tokenizer")
+        from kdstream.distill.cross_tokenizer import teacher_tokenizer
+
+        examples_tok = teacher_tokenizer(store, None)
     config = model_config(model_dir)
     vocab = config.get("vocab_size")
-    if vocab is not None and int(vocab) < store.vocab_size:
+    if examples_tok is None and vocab is not None and int(vocab) < store.vocab_size:
         raise KdError(f"model {model_dir} has {vocab} output classes, fewer than the store's vocabulary "
                       f"({store.vocab_size}): score a model built for the teacher's vocabulary")
     max_pos = config.get("max_position_embeddings")
-    if max_pos and int(max_pos) < store.seq_len:
+    if max_pos and int(max_pos) < store.seq_len:  # across tokenizers: ≈ as many tokens (checked per example)
         raise KdError(f"examples of {store.seq_len} tokens exceed the context of {model_dir} ({max_pos}): "
                       "use a store with shorter --seq-len")
     from kdstream.engines.hf import load_causal_lm
 
     model = load_causal_lm(model_dir, "float32", opts.device)
-    return model, tokenizer
+    return model, tokenizer, examples_tok
 
 
 def _byte_table(tokenizer) -> np.ndarray | None:
@@ -124,7 +134,9 @@ def run_features(opts: FeaturesOptions) -> dict:
     if opts.prefix_len + opts.suffix_len > store.seq_len:
         raise KdError(f"--prefix-len {opts.prefix_len} + --suffix-len {opts.suffix_len} exceeds the example length "
                       f"{store.seq_len} of {opts.logits_store}: shorten them")
-    model, tokenizer = _load_scoring_model(opts, store)
+    model, tokenizer, examples_tok = _load_scoring_model(opts, store)
+    if examples_tok is not None:
+        return _run_cross_features(opts, store, model, tokenizer, examples_tok, out)
     n = len(store) if opts.max_examples is None else min(len(store), opts.max_examples)
     if n == 0:
         raise KdError(f"store {opts.logits_store} holds no examples: precompute a store with examples")
@@ -166,6 +178,61 @@ def run_features(opts: FeaturesOptions) -> dict:
         "store_identity": getattr(store, "identity", None),  # the manifest hash: which store, not which path
         "mean": {c: float(np.mean(table[c])) for c in FEATURE_COLUMNS if c != "example_id"},
         "median": {c: float(np.median(table[c])) for c in FEATURE_COLUMNS if c != "example_id"},
+        "seconds": round(seconds, 3),
+        "sequences_per_s": round(n / seconds, 1) if seconds > 0 else None,
+    }
+    write_json(partial / SUMMARY_FILE, summary)
+    publish(partial, out, "features")
+    return jsonable(summary)
+
+
+def _run_cross_features(opts: FeaturesOptions, store, model, tokenizer, examples_tok, out: Path) -> dict:
+    """``run_features`` for a model of another tokenizer (features_cross.py): the same columns
+    (suffix_ppl and teacher_kl NaN; ppl and min_k on the model's own tokens) plus
+    ``teacher_llr_per_byte``; summary.json says ``mode: cross_tokenizer``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kdstream.analysis.features import perplexity, text_features, zlib_ratio
+    from kdstream.analysis.features_cross import CROSS_MODE, LLR_COLUMN, cross_model_features
+    from kdstream.distill.align import Aligner
+    from kdstream.progress import progress
+
+    n = len(store) if opts.max_examples is None else min(len(store), opts.max_examples)
+    if n == 0:
+        raise KdError(f"store {opts.logits_store} holds no examples: precompute a store with examples")
+    aligner = Aligner(examples_tok, tokenizer)
+    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    columns: dict[str, list[np.ndarray]] = {c: [] for c in (*FEATURE_COLUMNS, LLR_COLUMN)}
+    start_time = time.perf_counter()
+    with progress(n, "features", unit="seq") as bar:
+        for start in range(0, n, store.chunk_rows):
+            rows = store.read(start, min(start + store.chunk_rows, n), ("input_ids", "example_id", "target_logprob"))
+            f = cross_model_features(model, aligner, rows["input_ids"], rows["target_logprob"], pad, opts.batch_size)
+            zlib_bytes = text_features(examples_tok, rows["input_ids"])["zlib_entropy"]  # the same text
+            columns["example_id"].append(rows["example_id"])
+            for name in ("ppl", "bits_per_byte", "min_k", LLR_COLUMN):
+                columns[name].append(f[name])
+            for name in ("suffix_ppl", "teacher_kl"):
+                columns[name].append(np.full(len(f["ppl"]), np.nan))
+            columns["teacher_ppl_from_store"].append(perplexity(rows["target_logprob"]))
+            columns["zlib_entropy"].append(zlib_bytes)
+            columns["zlib_ratio"].append(zlib_ratio(f["ppl"], zlib_bytes))
+            bar.update(len(rows["example_id"]))
+    seconds = time.perf_counter() - start_time
+    table = {c: np.concatenate(v) for c, v in columns.items()}
+    partial = fresh_partial(out, "features")
+    pq.write_table(pa.table(table), partial / FEATURES_FILE)
+    save_options(opts, partial)
+    scored = [c for c in table if c != "example_id"]
+    summary = {
+        "model": str(opts.model), "logits_store": str(opts.logits_store), "examples": int(n),
+        "seq_len": store.seq_len, "k": store.k, "prefix_len": opts.prefix_len, "suffix_len": opts.suffix_len,
+        "tokenizer_sha256": store.attrs["tokenizer"]["sha256"], "mode": CROSS_MODE,
+        "unaligned": int(np.isnan(table["bits_per_byte"]).sum()),
+        "store_identity": getattr(store, "identity", None),
+        "mean": {c: float(np.nanmean(table[c])) if np.isfinite(table[c]).any() else None for c in scored},
+        "median": {c: float(np.nanmedian(table[c])) if np.isfinite(table[c]).any() else None for c in scored},
         "seconds": round(seconds, 3),
         "sequences_per_s": round(n / seconds, 1) if seconds > 0 else None,
     }

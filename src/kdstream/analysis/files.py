@@ -39,6 +39,8 @@ PLOTS = {"venn": "venn.png", "zlib": "zlib_entropy.png", "roc": "roc.png", "pref
 FEATURE_COLUMNS = (
     "example_id", "ppl", "bits_per_byte", "suffix_ppl", "min_k", "teacher_kl", "teacher_ppl_from_store", "zlib_entropy", "zlib_ratio",
 )
+# features.parquet of a model scored across tokenizers (features_cross.py) adds this column
+LLR_COLUMN = "teacher_llr_per_byte"
 
 
 def jsonable(value: Any) -> Any:

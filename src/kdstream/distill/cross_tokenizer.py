@@ -19,11 +19,17 @@ from kdstream.errors import KdError
 
 CROSS_MODES = ("alm", "exact", "alm+exact")
 AUTO = "auto"  # alm+exact when the tokenizers differ; same-tokenizer runs stay token-level
+# --loss ce with a student of another tokenizer (chosen by auto, not a --cross-tokenizer value):
+# the student's own tokens of each store example's text, no teacher targets (the CE baseline of a
+# cross-tokenizer study trains on exactly the examples, and the text, its KD student sees)
+CE_ONLY = "ce"
 ALIGNED, SKIPPED, PAD_ID = "aligned", "skipped", "pad_id"  # the keys of a cross-tokenizer batch
 
 
 def store_keys(mode: str) -> tuple[str, ...]:
     """The store arrays the targets of ``mode`` are built from."""
+    if mode == CE_ONLY:
+        return ("input_ids",)
     base = ("input_ids", "target_logprob")
     return base + ("topk_ids", "topk_logprobs") if "exact" in mode else base
 
@@ -60,7 +66,9 @@ class CrossTargets:
             if isinstance(a, Skip):
                 skipped[a.reason] += 1
                 continue
-            examples.append(aligned_example(a, rows["target_logprob"][i],
+            # CE_ONLY reads no teacher targets: the chunk log-likelihoods are zeros, never used
+            examples.append(aligned_example(a, rows["target_logprob"][i] if "target_logprob" in rows
+                                            else np.zeros(len(rows["input_ids"][i]) - 1),
                                             rows["topk_ids"][i] if exact else None,
                                             rows["topk_logprobs"][i] if exact else None, self.vocab_map))
         return {ALIGNED: examples, SKIPPED: dict(skipped), PAD_ID: self.pad_id}
@@ -69,6 +77,8 @@ class CrossTargets:
 def cross_terms(logits, batch, *, mode: str, loss: str, temperature: float, tail: str, beta: float,
                 alpha_ce: float, alm_temperature: float | None = None):
     """logits (B, L, V) of the student on batch.input_ids → tensor [loss, ce, kd] (AlignedBatch).
+
+    ``mode`` CE_ONLY: loss = ce, kd = 0 (``--loss ce``: no teacher term, whatever ``alpha_ce``).
 
     kd: ``alm`` (chunk likelihoods, binary KL at tau = ``alm_temperature``, default
     ``temperature``, times tau), ``exact`` (``loss`` over the teacher's top-k mapped to identical
@@ -86,6 +96,8 @@ def cross_terms(logits, batch, *, mode: str, loss: str, temperature: float, tail
     lp = student_token_logprobs(logits, batch.input_ids)  # (B, L-1)
     real = batch.attention_mask[:, 1:]  # (B, L-1) a real next token
     ce = -(lp * real).sum() / real.sum().clamp(min=1)
+    if mode == CE_ONLY:
+        return torch.stack([ce, ce.detach(), torch.zeros_like(ce)])
     parts = []
     if "alm" in mode:
         tau = temperature if alm_temperature is None else alm_temperature

@@ -101,11 +101,14 @@ def verify_before_training(urls: str) -> None:
 def cross_mode(opts, store, tokenizer) -> str | None:
     """The cross-tokenizer loss this run uses (cross_tokenizer.CROSS_MODES), or None for the
     token-level losses: ``--cross-tokenizer auto`` picks alm+exact when the student's tokenizer
-    differs from the store's (KD losses only); an explicit mode applies even to the same one."""
-    from kdstream.distill.cross_tokenizer import AUTO
+    differs from the store's (KD losses; CE_ONLY for --loss ce: CE on the student's own tokens
+    of the store's texts); an explicit mode applies even to the same one."""
+    from kdstream.distill.cross_tokenizer import AUTO, CE_ONLY
 
     if opts.cross_tokenizer == AUTO:
-        return None if opts.loss not in KD_LOSSES or _same_tokenizer(store, tokenizer) else "alm+exact"
+        if _same_tokenizer(store, tokenizer) or opts.loss not in (*KD_LOSSES, "ce"):
+            return None
+        return CE_ONLY if opts.loss == "ce" else "alm+exact"
     return opts.cross_tokenizer
 
 

@@ -40,6 +40,10 @@ class StudyConfig:
     seq_len: int = 128
     tokenizer: str | None = None  # None: the teacher's (a HF dir) or, for tiny models, BPE trained on the corpus
     tokenizer_vocab: int = 4096  # size of that trained BPE vocabulary
+    # the baseline's and students' tokenizer (study/student_tokenizer.py), tiny students only:
+    # None = the teacher's; a tokenizer directory; or sentencepiece-N / bpe-N trained on the corpus
+    student_tokenizer: str | None = None
+    cross_tokenizer: str | None = None  # the student's distill --cross-tokenizer across tokenizers (None: auto)
     # models and training (paper: 3 teacher epochs, 4 baseline / student epochs, T = 2)
     teacher_model: str = "tiny-teacher"
     student_model: str = "tiny-student"
@@ -92,6 +96,8 @@ class StudyConfig:
         require(self.eval_method in ("generate", "fast", "both"), f"eval_method {self.eval_method!r}: generate | fast | both")
         require(self.eval_backend in ("vllm", "hf"), f"eval_backend {self.eval_backend!r}: vllm | hf")
         require(0 < self.target_recall <= 1, f"target_recall {self.target_recall} must be in (0, 1]")
+        require(self.cross_tokenizer in (None, "auto", "alm", "exact", "alm+exact"),
+                f"cross_tokenizer {self.cross_tokenizer!r}: auto | alm | exact | alm+exact")
 
     @property
     def seed_list(self) -> list[int]:

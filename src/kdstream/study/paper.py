@@ -22,6 +22,8 @@ PAPER = {
 }
 COEF_LABELS = {"zlib_entropy": "zlib", "teacher_baseline_kl": "KL", "baseline_ppl": "baseline ppl",
                "teacher_ppl": "teacher ppl"}
+# a baseline of another tokenizer: the byte-based features (analysis/classify_run.py)
+COEF_LABELS.update({"teacher_bpb": "teacher bpb", "baseline_bpb": "baseline bpb", "teacher_baseline_llr": "LLR/byte"})
 INHERIT_MAX = 0.10  # "few": at most 10% of teacher-only memorized examples reach the student
 BOTH_MIN = 0.80  # "mostly": at least 80% of the student's set is memorized by both others
 AUC_MIN = 0.90
@@ -89,7 +91,9 @@ def findings(agg: dict) -> list[dict]:
         negative = all(v["mean"] < 0 for v in coefs.values())
         zlib_top = max(coefs, key=lambda k: abs(coefs[k]["mean"])) == "zlib_entropy"
         rows += [
-            {"finding": "classifier AUC (teacher ppl, baseline ppl, teacher–baseline KL, zlib)", "paper": PAPER["auc"],
+            {"finding": "classifier AUC (teacher bpb, baseline bpb, teacher–baseline LLR per byte, zlib)"
+             if "teacher_bpb" in coefs else "classifier AUC (teacher ppl, baseline ppl, teacher–baseline KL, zlib)",
+             "paper": PAPER["auc"],
              "ours": _ms(cls["auc"], "{:.4f}") + (f" (one seed: ± {cls['auc_sd_within']:.4f} over repeats)"
                                                   if cls["auc"]["n"] == 1 else ""),
              "criterion": f"≥ {AUC_MIN}", "verdict": _verdict(cls["auc"]["mean"] >= AUC_MIN)},

@@ -49,6 +49,11 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     student_lr = ["--lr", str(cfg.lr)]
     store = d / "teacher.zarr"
     kd = ["--loss", cfg.loss, "--temperature", str(cfg.temperature), "--epochs", str(cfg.student_epochs)]
+    # a student of another tokenizer (student_tokenizer.py): distill picks the cross-tokenizer
+    # losses itself (CE on the student's own tokens, KD by --cross-tokenizer); judged on bytes
+    cross = _student_tokenizer_differs(init)
+    if cross and cfg.cross_tokenizer:
+        kd += ["--cross-tokenizer", cfg.cross_tokenizer]
 
     def done(path: Path) -> bool:
         return path.exists()
@@ -74,12 +79,33 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
                    "--method", "fast", "--backend", "hf"]
 
     def evaluate_model(role: str, features: bool = False) -> None:
+        if cross and role != "teacher":
+            return evaluate_across(role, features)
         st.run(f"extract-eval {role}", done(d / "eval" / role / SUMMARY_FILE),
                ["extract-eval", "--model", str(d / role), "--logits-store", str(store), "--out",
                 str(d / "eval" / role), *evaluate, *(["--features"] if features else [])])
         if canaries:
             st.run(f"canaries {role}", done(d / "eval-canaries" / role / SUMMARY_FILE),
                    ["extract-eval", "--model", str(d / role), "--out", str(d / "eval-canaries" / role), *canary_eval])
+
+    def evaluate_across(role: str, features: bool) -> None:
+        """A model of another tokenizer: greedy decoding judged on the suffix's bytes (the windows
+        cut in the teacher's tokens); its features scored across tokenizers, where --features would go."""
+        generate = [*evaluate[:evaluate.index("--method")], "--method", "generate",
+                    *evaluate[evaluate.index("--method") + 2:]]
+        st.run(f"extract-eval {role}", done(d / "eval" / role / SUMMARY_FILE),
+               ["extract-eval", "--model", str(d / role), "--logits-store", str(store), "--out",
+                str(d / "eval" / role), *generate])
+        if features:
+            st.run(f"features {role}", done(d / "eval" / role / "features" / SUMMARY_FILE),
+                   ["features", "--model", str(d / role), "--logits-store", str(store), "--out",
+                    str(d / "eval" / role / "features"), "--prefix-len", str(cfg.prefix_len),
+                    "--suffix-len", str(cfg.suffix_len)])
+        if canaries:  # canaries.jsonl packed with the teacher's tokenizer: window i is canary i
+            across = [*canary_eval[:canary_eval.index("--method")], "--method", "generate", "--backend", "hf",
+                      "--teacher-tokenizer", init["teacher"]]
+            st.run(f"canaries {role}", done(d / "eval-canaries" / role / SUMMARY_FILE),
+                   ["extract-eval", "--model", str(d / role), "--out", str(d / "eval-canaries" / role), *across])
 
     # the classifier's inputs: features of the teacher and the baseline (extract-eval --features)
     for role in ROLES:
@@ -106,11 +132,25 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
         report += ["--classify", str(d / "classify")]
     st.run("report", False, report + ["--out", str(d / "report")])  # cheap; rebuilt from what exists
     figures = seed_figures(d, cfg, fit)
+    if cross:  # only then: a same-tokenizer study's figures stay as they were
+        from kdstream.study.student_tokenizer import across_facts
+
+        figures["student_tokenizer"] = across_facts(d, init)
     figures["stage_seconds"] = st.seconds
     tmp = d / (FIGURES_FILE + ".partial")
     tmp.write_text(json.dumps(figures, indent=2))
     tmp.replace(d / FIGURES_FILE)
     return figures
+
+
+def _student_tokenizer_differs(init: dict[str, str]) -> bool:
+    from kdstream.errors import KdError
+    from kdstream.study.student_tokenizer import tokenizers_differ
+
+    try:
+        return tokenizers_differ(init["teacher"], init["student"])
+    except (KdError, OSError, ValueError):  # a directory without tokenizer files: distill uses the teacher's
+        return False
 
 
 def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:

@@ -2,6 +2,7 @@
 
     OUT/config.yaml           the resolved StudyConfig (rerun with --config OUT/config.yaml)
     OUT/tokenizer/ OUT/init/  shared by every seed (tiny models: a BPE trained on the corpus)
+    OUT/student_tokenizer/    the students' own, trained on the corpus (student_tokenizer: sentencepiece-N)
     OUT/seed-S/               one run of the protocol (protocol.py)
     OUT/study.md study.json canaries.png
 """
@@ -37,6 +38,7 @@ def _models(cfg: StudyConfig, out: Path, texts) -> dict[str, str]:
     """{"teacher": dir, "student": dir}: HF directories as given, tiny archs created under OUT/init."""
     from kdstream.data.tokenizer import load_tokenizer, train_bpe_tokenizer
     from kdstream.model_files import check_model_dir
+    from kdstream.study.student_tokenizer import check_spec, student_tokenizer
 
     tiny = {role: name in TINY_ARCHS for role, name in (("teacher", cfg.teacher_model), ("student", cfg.student_model))}
     models = {}
@@ -55,9 +57,13 @@ def _models(cfg: StudyConfig, out: Path, texts) -> dict[str, str]:
             partial = Path(tempfile.mkdtemp(prefix="tokenizer.partial-", dir=out))
             tokenizer = train_bpe_tokenizer(texts(), cfg.tokenizer_vocab, partial)
             partial.rename(out / "tokenizer")
+    check_spec(cfg.student_tokenizer, cfg.student_model, tiny["student"])
     for role, name in (("teacher", cfg.teacher_model), ("student", cfg.student_model)):
         if tiny[role]:
-            _init_tiny(out / "init" / role, TINY_ARCHS[name], cfg.seq_len, len(tokenizer), tokenizer)
+            tok = tokenizer
+            if role == "student" and cfg.student_tokenizer:  # the baseline's and students' own
+                tok = student_tokenizer(cfg.student_tokenizer, out, texts)
+            _init_tiny(out / "init" / role, TINY_ARCHS[name], cfg.seq_len, len(tok), tok)
             models[role] = str(out / "init" / role)
         else:
             models[role] = str(check_model_dir(name, role))
