@@ -11,9 +11,8 @@ examples, in every arm:
 
     ce_same        --loss ce, the teacher's tokenizer
     kd_same        --loss forward_kl, the teacher's tokenizer (the reference)
-    ce_other       a SentencePiece-style tokenizer of --other-vocab ("▁", byte fallback), CE only on
-                   its own tokens of the same examples (--cross-tokenizer alm --alpha-ce 1: the KD
-                   term is weighed 0)
+    ce_other       a SentencePiece-style tokenizer of --other-vocab ("▁", byte fallback), --loss ce:
+                   CE on its own tokens of the same examples' text
     alm, exact, alm+exact   that student with --cross-tokenizer MODE
     exact_prefix   --cross-tokenizer exact --exact-map prefix (every teacher token mapped to the
                    student token that begins it)
@@ -71,8 +70,8 @@ def _arm_options(arm: str, args, same: Path, other: Path, teacher: Path) -> dict
     if arm == "kd_same":
         return {"model": str(same), **kd}
     cross = {"model": str(other), "teacher_tokenizer": str(teacher)}
-    if arm == "ce_other":
-        return {**cross, "loss": "forward_kl", "cross_tokenizer": "alm", "alpha_ce": 1.0}
+    if arm == "ce_other":  # auto picks CE on the student's own tokens of the store's texts
+        return {**cross, "loss": "ce"}
     if arm == "exact_prefix":
         return {**cross, **kd, "cross_tokenizer": "exact", "exact_map": "prefix"}
     return {**cross, **kd, "cross_tokenizer": arm}
