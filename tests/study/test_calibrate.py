@@ -82,7 +82,8 @@ def test_calibration_sweep_and_reproduce_at_a_point_agree(tmp_path):
     figures = json.loads((study / "seed-0" / "figures.json").read_text())
     assert figures["memorized"] == point["memorized"] and figures["examples"] == point["examples"]
     for role in ROLES:
-        assert memorized_ids(study / "seed-0" / "eval" / role) == memorized_ids(out / "points" / point["point"] / "seed-0" / "eval" / role)
+        swept = out / "points" / point["point"] / "seed-0" / "eval" / role
+        assert memorized_ids(study / "seed-0" / "eval" / role) == memorized_ids(swept)
 
 
 @pytest.mark.parametrize("grid, message", [
@@ -103,11 +104,14 @@ def test_an_impossible_grid_is_one_line_naming_the_fix(tmp_path, grid, message):
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
-def test_grid_without_calibrate_is_refused(tmp_path):
+def test_grid_without_calibrate_or_a_flag_the_grid_sweeps_is_refused(tmp_path):
     path = tmp_path / "grid.yaml"
     path.write_text("{examples: [16]}")
     proc = run_cli("reproduce", "--grid", path, "--out", tmp_path / "out", check=False)
     assert proc.returncode == 2 and "--grid is only used with --calibrate" in proc.stderr
+    proc = run_cli("reproduce", "--calibrate", "--examples", 32, "--out", tmp_path / "out", check=False)
+    assert proc.returncode == 2 and "--examples is swept by the embedded grid: drop the flag" in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_default_grid_is_valid_and_names_its_points():

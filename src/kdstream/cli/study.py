@@ -26,8 +26,9 @@ _study_flags = options_from(StudyConfig, only=STUDY_FLAGS, as_override=True)
               help="Sweep a grid of examples / epochs / model sizes up to the memorization counts (no classifier, "
                    "filter or canary evals) and tabulate the rates beside the paper's (OUT/calibration.md).")
 @click.option("--grid", "grid_path", type=click.Path(dir_okay=False), default=None,
-              help="With --calibrate: YAML grid {field: [values]} (the cartesian product; it overrides the config "
-                   "and flags). Default: the embedded grid (kdstream.study.calibrate.DEFAULT_GRID).")
+              help="With --calibrate: YAML grid {field: [values]} (the cartesian product; it overrides --config; "
+                   "a flag for a swept knob is refused). Default: the embedded grid "
+                   "(kdstream.study.calibrate.DEFAULT_GRID).")
 @_study_flags
 def reproduce(out, config_path, calibrate, grid_path, **overrides):
     """The paper's protocol end to end: teacher CE → baseline CE → teacher store → student KD →
@@ -38,7 +39,13 @@ def reproduce(out, config_path, calibrate, grid_path, **overrides):
     if calibrate:
         from kdstream.study.calibrate import load_grid, run_calibration
 
-        run_calibration(cfg, load_grid(grid_path), out, where=f"grid {grid_path}" if grid_path else "grid")
+        grid = load_grid(grid_path)
+        swept = sorted(k for k, v in overrides.items() if v is not None and k in grid)
+        if swept:  # the grid would silently win over the flag
+            flags = ", ".join("--" + k.replace("_", "-") for k in swept)
+            raise KdError(f"{flags} is swept by the {'grid ' + grid_path if grid_path else 'embedded grid'}: "
+                          "drop the flag, or set the values in a --grid file")
+        run_calibration(cfg, grid, out, where=f"grid {grid_path}" if grid_path else "grid")
         return
     if grid_path is not None:
         raise KdError("--grid is only used with --calibrate: add --calibrate, or drop --grid")

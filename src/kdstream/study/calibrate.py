@@ -213,5 +213,6 @@ def calibration_markdown(result: dict) -> str:
     if not result.get("complete", True):
         lines += ["", "The sweep is still running (or stopped): the points above are those finished."]
     lines += ["", "Grid: `" + json.dumps(result["grid"]) + "`; every other setting from the base config "
-              "(calibration.json `base`). Minutes: the stages' recorded seconds (a resumed stage keeps its first run's)."]
+              "(calibration.json `base`). Minutes: the stages' recorded seconds (a resumed stage keeps "
+              "its first run's)."]
     return "\n".join(lines) + "\n"
