@@ -1,4 +1,4 @@
-"""Load documents from local files, saved HF datasets, a hub name, or the embedded demo corpus."""
+"""Load documents from local files, saved HF datasets, a hub name, or an embedded corpus."""
 from __future__ import annotations
 
 import hashlib
@@ -8,6 +8,9 @@ from pathlib import Path
 from kdstream.errors import KdError
 
 DEMO = "demo"  # `--dataset demo` selects the embedded standard-library corpus
+LICENSES = "licenses"  # the installed packages' license and notice texts (natural duplication)
+DEMO_LICENSES = "demo+licenses"  # both, in one fixed shuffled order
+EMBEDDED = (DEMO, LICENSES, DEMO_LICENSES)
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
 _TEXT_BLOCK = 1 << 20  # bytes decoded at a time by the UTF-8 check
 
@@ -74,17 +77,27 @@ def _column(ds, text_field: str, source: str) -> list[str]:
     return [t for t in ds[text_field] if isinstance(t, str) and t.strip()]
 
 
+def _embedded(name: str) -> list[str]:
+    from kdstream.data.demo_corpus import demo_documents
+    from kdstream.data.license_corpus import license_documents, mixed_documents
+
+    if name == DEMO:
+        return demo_documents()
+    if name == LICENSES:
+        return license_documents()
+    return mixed_documents(demo_documents(), license_documents())
+
+
 def load_corpus(dataset: str, text_field: str = "text", split: str = "train") -> Corpus:
     """Documents from ``dataset``: a .jsonl/.json/.parquet/.txt file, a directory written by
-    ``Dataset.save_to_disk``, ``demo`` (embedded), or a hub name (needs network).
+    ``Dataset.save_to_disk``, an embedded corpus (``demo``: standard-library docstrings;
+    ``licenses``: the installed packages' license texts; ``demo+licenses``), or a hub name (needs
+    network).
 
     .txt files are split into documents at blank lines (paragraphs).
     """
-    if dataset == DEMO:
-        from kdstream.data.demo_corpus import demo_documents
-
-        texts = demo_documents()
-        return _corpus(texts, DEMO, "text")
+    if dataset in EMBEDDED:
+        return _corpus(_embedded(dataset), dataset, "text")
 
     import datasets
 
@@ -121,7 +134,7 @@ def load_corpus(dataset: str, text_field: str = "text", split: str = "train") ->
     if not looks_like_hub:
         raise KdError(
             f"dataset {dataset} not found: pass a .jsonl/.json/.parquet/.txt file, a saved dataset "
-            "directory, `demo`, or a hub name like org/name"
+            "directory, `demo`, `licenses`, `demo+licenses`, or a hub name like org/name"
         )
     try:
         ds = datasets.load_dataset(dataset, split=split)

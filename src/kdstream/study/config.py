@@ -17,6 +17,9 @@ from kdstream.options import load_yaml_options, option, require
 TINY_ARCHS = {
     "tiny-teacher": dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024),
     "tiny-student": dict(num_hidden_layers=3, hidden_size=192, num_attention_heads=3, intermediate_size=768),
+    # for calibration (kdstream reproduce --calibrate): ~8x tiny-student's non-embedding weights
+    # (10.6M vs 1.3M), the paper's teacher/student ratio (12B / 1.4B)
+    "small-teacher": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=6, intermediate_size=1536),
     # for the reduced study in the tests
     "micro-teacher": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=256),
     "micro-student": dict(num_hidden_layers=1, hidden_size=128, num_attention_heads=2, intermediate_size=256),

@@ -24,9 +24,14 @@ FIGURES_FILE = "figures.json"
 MIN_CLASS = 5  # examples of each class (student memorized or not) the classifier needs
 
 
-def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], corpus_texts) -> dict:
+def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], corpus_texts,
+             calibration: bool = False) -> dict:
     """Run (or resume) every stage for ``seed``; ``init`` = {"teacher": dir, "student": dir} of the
-    models to start from; ``corpus_texts()`` gives the corpus documents (for planting canaries)."""
+    models to start from; ``corpus_texts()`` gives the corpus documents (for planting canaries).
+
+    ``calibration``: stop after compare (the memorization counts) and skip the canaries' evals,
+    returning ``calibration_figures``. The canaries are still planted, so the models train on
+    exactly the corpus a full run trains on and give the same counts (same seed)."""
     from kdstream.analysis.files import CLASSIFICATION_FILE, COMPARISON_JSON, EXCLUDE_FILE, SUMMARY_FILE
     from kdstream.data import load_tokenizer
     from kdstream.distill.trainer import DONE_FILE
@@ -84,7 +89,7 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
         st.run(f"extract-eval {role}", done(d / "eval" / role / SUMMARY_FILE),
                ["extract-eval", "--model", str(d / role), "--logits-store", str(store), "--out",
                 str(d / "eval" / role), *evaluate, *(["--features"] if features else [])])
-        if canaries:
+        if canaries and not calibration:
             st.run(f"canaries {role}", done(d / "eval-canaries" / role / SUMMARY_FILE),
                    ["extract-eval", "--model", str(d / role), "--out", str(d / "eval-canaries" / role), *canary_eval])
 
@@ -116,6 +121,8 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     st.run("compare", done(d / "compare" / COMPARISON_JSON), ["compare", *evals, "--out", str(d / "compare"), *features], quiet=True)
 
     cmp = json.loads((d / "compare" / COMPARISON_JSON).read_text())
+    if calibration:
+        return calibration_figures(cmp, st.seconds)
     positives = cmp["memorized"]["student"]
     # repeated stratified 70/30 splits and 5-fold CV need a few of each class; fewer: not testable
     fit = min(positives, cmp["examples"] - positives) >= MIN_CLASS
@@ -151,6 +158,12 @@ def _student_tokenizer_differs(init: dict[str, str]) -> bool:
         return tokenizers_differ(init["teacher"], init["student"])
     except (KdError, OSError, ValueError):  # a directory without tokenizer files: distill uses the teacher's
         return False
+
+
+def calibration_figures(cmp: dict, seconds: dict[str, float]) -> dict:
+    """What a calibration point reports: examples, memorized counts and rates, stage seconds."""
+    return {"examples": cmp["examples"], "memorized": cmp["memorized"], "rate": cmp["rate"],
+            "stage_seconds": dict(seconds)}
 
 
 def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:

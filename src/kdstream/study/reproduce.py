@@ -70,12 +70,11 @@ def _models(cfg: StudyConfig, out: Path, texts) -> dict[str, str]:
     return models
 
 
-def run_reproduce(cfg: StudyConfig, out: str) -> dict:
+def prepare_study_dir(cfg: StudyConfig, root: Path) -> tuple[dict, dict[str, str], object]:
+    """Create (or check, to resume) a study directory: its config.yaml, tokenizer and initial
+    models -> (the resolved config, {"teacher": dir, "student": dir}, a cached ``texts()``)."""
     from kdstream.data import load_corpus
-    from kdstream.study.protocol import run_seed
-    from kdstream.study.summary import STUDY_MD, write_study_report
 
-    root = Path(out)
     if root.exists() and not root.is_dir():
         raise KdError(f"--out {root} is a file: pass a directory")
     saved = root / "config.yaml"
@@ -105,7 +104,15 @@ def run_reproduce(cfg: StudyConfig, out: str) -> dict:
             cache["t"] = load_corpus(cfg.dataset, cfg.text_field, cfg.split).texts
         return cache["t"]
 
-    models = _models(cfg, root, texts)
+    return resolved, _models(cfg, root, texts), texts
+
+
+def run_reproduce(cfg: StudyConfig, out: str) -> dict:
+    from kdstream.study.protocol import run_seed
+    from kdstream.study.summary import STUDY_MD, write_study_report
+
+    root = Path(out)
+    resolved, models, texts = prepare_study_dir(cfg, root)
     figures = [run_seed(cfg, root / f"seed-{s}", s, models, texts) for s in cfg.seed_list]
     result = write_study_report(root, resolved, figures)
     print((root / STUDY_MD).read_text())

@@ -1,0 +1,74 @@
+"""An embedded corpus with natural duplication: the license and notice texts that installed
+Python packages ship in their ``*.dist-info`` directories.
+
+Every environment with kdstream installed has them (no download), and many are copies of the same
+MIT / BSD / Apache texts, whole or with another copyright line: the kind of repeated, low-entropy
+text the paper finds models memorize. Exact duplicates are KEPT, unlike the demo corpus: they are
+the point. The documents depend on what is installed, so the corpus is deterministic for a given
+environment (files visited in sorted path order) and the corpus fingerprint records exactly what
+was used.
+"""
+from __future__ import annotations
+
+import random
+import sysconfig
+from pathlib import Path
+
+# file names (upper-cased prefixes) that hold license or notice text inside a dist-info directory;
+# everything under dist-info/licenses/ (PEP 639) counts too
+LICENSE_PREFIXES = ("LICENSE", "LICENCE", "COPYING", "NOTICE")
+MIN_CHARS = 200  # shorter files are pointers ("see LICENSE.txt") or SPDX one-liners, not text
+MAX_BYTES = 1 << 20  # larger files are bundles of generated notices, not a license
+MIX_SEED = 0  # the fixed shuffle of demo+licenses
+
+
+def site_dirs() -> list[Path]:
+    """The running interpreter's site-packages (purelib and platlib, once each)."""
+    paths = sysconfig.get_paths()
+    return sorted({Path(paths["purelib"]), Path(paths["platlib"])})
+
+
+def license_files(site: Path) -> list[Path]:
+    """License and notice files of every installed distribution under ``site``, in sorted order."""
+    out = []
+    for info in sorted(site.glob("*.dist-info")):
+        for path in sorted(info.rglob("*")):
+            rel = path.relative_to(info).parts
+            if path.is_file() and (path.name.upper().startswith(LICENSE_PREFIXES) or rel[0] == "licenses"):
+                out.append(path)
+    return out
+
+
+def _text(path: Path) -> str | None:
+    """The file as text, or None when it is not license text: too large, not valid UTF-8 (binary
+    or another encoding: never decoded with replacements), NUL bytes, or too short."""
+    if path.stat().st_size > MAX_BYTES:
+        return None
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    text = text.replace("\r\n", "\n").strip()  # CRLF copies of a text are the same text
+    if "\x00" in text or len(text) < MIN_CHARS:
+        return None
+    return text
+
+
+def license_documents(sites: list[Path] | None = None) -> list[str]:
+    """One document per license/notice file of ``sites`` (default: this environment's
+    site-packages), in sorted path order, exact duplicates kept."""
+    out = []
+    for site in sites if sites is not None else site_dirs():
+        for path in license_files(site):
+            text = _text(path)
+            if text is not None:
+                out.append(text)
+    return out
+
+
+def mixed_documents(demo: list[str], licenses: list[str]) -> list[str]:
+    """Both corpora in one fixed shuffled order: a study trains on a prefix of the packed stream,
+    so a plain concatenation would give the first examples only from the first corpus."""
+    docs = [*demo, *licenses]
+    random.Random(MIX_SEED).shuffle(docs)
+    return docs
