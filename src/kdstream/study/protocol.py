@@ -106,7 +106,7 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
                    ["features", "--model", str(d / role), "--logits-store", str(store), "--out",
                     str(d / "eval" / role / "features"), "--prefix-len", str(cfg.prefix_len),
                     "--suffix-len", str(cfg.suffix_len)])
-        if canaries:  # canaries.jsonl packed with the teacher's tokenizer: window i is canary i
+        if canaries and not calibration:  # canaries.jsonl packed with the teacher's tokenizer: window i is canary i
             across = [*canary_eval[:canary_eval.index("--method")], "--method", "generate", "--backend", "hf",
                       "--teacher-tokenizer", init["teacher"]]
             st.run(f"canaries {role}", done(d / "eval-canaries" / role / SUMMARY_FILE),
