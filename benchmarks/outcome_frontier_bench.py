@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--student-hidden", type=int, default=64)
     parser.add_argument("--student-layers", type=int, default=2)
     parser.add_argument("--train-examples", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--prefix-len", type=int, default=32)
