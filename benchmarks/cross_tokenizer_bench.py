@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--work", help="Keep the teacher, store and runs here (reused by a rerun).")
     parser.add_argument("--name", default="cross_tokenizer_bench", help="results/NAME.json (and .png)")
+    parser.add_argument("--loader-workers", type=int, default=0, help="distill --loader-workers of every arm")
     args = parser.parse_args()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,7 +206,7 @@ def main() -> None:
                 out = work / "runs" / f"{arm}-seed{seed}"
                 s = _train(log, out=str(out), logits_store=str(store), exclude=str(exclude),
                            eval_examples=args.held_out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                           seed=seed, **_arm_options(arm, args, same, other, teacher))
+                           seed=seed, loader_workers=args.loader_workers, **_arm_options(arm, args, same, other, teacher))
                 runs[arm][seed] = {"held_out_bits_per_byte": s["held_out_bits_per_byte"],
                                    "held_out_nats_per_token": s["held_out_nats_per_token"],
                                    "held_out_tokens": s["held_out_tokens"], "held_out_bytes": s["held_out_bytes"],
@@ -219,7 +220,7 @@ def main() -> None:
             "seeds": args.seeds, "seq_len": args.seq_len, "top_k": args.top_k, "held_out_examples": args.held_out,
             "train_examples": args.train_examples, "epochs": args.epochs, "batch_size": args.batch_size,
             "steps_per_arm": sorted(steps), "lr": args.lr, "temperature": args.temperature, "alpha_ce": args.alpha_ce,
-            "alm_temperature": args.alm_temperature,
+            "alm_temperature": args.alm_temperature, "loader_workers": args.loader_workers,
             "teacher": {"vocab": args.teacher_vocab, "hidden": args.teacher_hidden, "layers": args.teacher_layers,
                         "train_examples": t_summary["examples"], "epochs": args.teacher_epochs,
                         "held_out_bits_per_byte": round(t_summary["held_out_bits_per_byte"], 4)},

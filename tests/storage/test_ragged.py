@@ -196,7 +196,8 @@ def test_a_union_refuses_stores_of_another_row_rule(tmp_path, rows):
 
     write(tmp_path / "fixed.zarr", rows)
     write(tmp_path / "b4.zarr", rows, selection=sel.describe("budget", K, budget=4))
-    write(tmp_path / "b4bis.zarr", rows, selection=sel.describe("budget", K, budget=4))
+    # other rows: two writes of the same rows in the same second are one store (same identity)
+    write(tmp_path / "b4bis.zarr", synthetic(seed=1), selection=sel.describe("budget", K, budget=4))
     write(tmp_path / "b6.zarr", rows, selection=sel.describe("budget", K, budget=6))
     assert len(open_stores([str(tmp_path / "b4.zarr"), str(tmp_path / "b4bis.zarr")])) == 2 * S
     for a, b, named in (("fixed", "b4", "selection"), ("b4", "b6", "selection.budget")):
@@ -294,3 +295,18 @@ def test_packed_ragged_rows_cost_no_more_per_entry_than_fixed_rows(tmp_path):
     per_padded = entry_bytes(tmp_path / "padded.zarr") / n.sum()
     assert per_packed <= 1.0 * per_fixed, (per_packed, per_fixed)
     assert per_padded > 1.1 * per_packed, (per_padded, per_packed)
+
+
+@pytest.mark.parametrize("encoding", ["qdelta", "fp32"])
+def test_a_few_rows_of_a_packed_chunk_read_as_the_whole_chunk_sliced(tmp_path, rows, encoding):
+    """A loader's batch is a few rows of a chunk: the reader unpacks only those rows
+    (packing.unpack_rows: row-major offsets for ids and fp32, slot ranks for qdelta codes); every
+    range, inside one chunk or across chunks, equals the same rows of a whole-store read."""
+    store = write(tmp_path / "budget.zarr", rows, sel.describe("budget", K, budget=3.0), encoding)
+    lengths = store.read(0, S, ("topk_len",))["topk_len"]
+    assert len(np.unique(lengths)) > 2  # ragged indeed
+    whole = store[:]
+    for start, stop in [(0, 1), (1, 3), (3, 4), (2, 7), (5, 6), (1, 11), (8, 12), (11, 12), (0, S)]:
+        got = store.read(start, stop, tuple(whole))
+        for key, value in whole.items():
+            np.testing.assert_array_equal(got[key], value[start:stop], err_msg=f"{key} [{start}, {stop})")

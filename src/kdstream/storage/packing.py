@@ -61,25 +61,75 @@ def unpack(packed: np.ndarray, lengths: np.ndarray, by_slot: bool, fill=0) -> np
     return out
 
 
-def unpack_ids(packed: np.ndarray, lengths: np.ndarray, tables: np.ndarray, chunk_rows: int) -> np.ndarray:
+def unpack_ids(packed: np.ndarray, lengths: np.ndarray, tables: np.ndarray, chunk_rows: int,
+               lo: int = 0, hi: int | None = None) -> np.ndarray:
     """Whole chunks of packed ``topk_index`` (B, L-1, k) + lengths (B, L-1) + the chunks' id tables
-    (C', V) → (B, L-1, k) int64 ids, 0 at the unused slots. Looks up only the entries in use and
-    scatters the ids (cheaper than unpacking the indices, looking up every slot, then masking)."""
-    out = np.zeros(packed.shape, dtype=np.int64)
+    (C', V) → rows [lo, hi) of them as (hi - lo, L-1, k) int64 ids, 0 at the unused slots. Looks
+    up only the entries in use and scatters the ids (cheaper than unpacking the indices, looking
+    up every slot, then masking); rows outside [lo, hi) cost nothing but a sum of their lengths."""
+    hi = len(packed) if hi is None else hi
     k = packed.shape[-1]
-    for c, a in enumerate(range(0, len(packed), chunk_rows)):
-        keep = keep_mask(lengths[a : a + chunk_rows], k)  # (R, L-1, k)
-        kept = packed[a : a + chunk_rows].reshape(-1)[: int(np.count_nonzero(keep))].astype(np.intp)
-        out[a : a + chunk_rows][keep] = np.take(np.asarray(tables[c]).astype(np.int64), kept)
+    out = np.zeros((hi - lo, *packed.shape[1:]), dtype=np.int64)
+    for c, (a, s, e) in enumerate(_segments(len(packed), chunk_rows, lo, hi)):
+        lens = np.asarray(lengths[a : a + chunk_rows], dtype=np.int64)
+        if s == e:
+            continue
+        keep = keep_mask(lens[s:e], k)  # (e - s, L-1, k)
+        off = int(lens[:s].sum())  # row-major: the entries of the chunk's rows before s come first
+        kept = packed[a : a + chunk_rows].reshape(-1)[off : off + int(np.count_nonzero(keep))].astype(np.intp)
+        out[a + s - lo : a + e - lo][keep] = np.take(np.asarray(tables[c]).astype(np.int64), kept)
     return out
 
 
-def unpack_chunks(packed: np.ndarray, lengths: np.ndarray, chunk_rows: int, by_slot: bool, fill=0) -> np.ndarray:
-    """Whole chunks (B, L-1, k) read from the start of a chunk (B = a multiple of ``chunk_rows``,
-    or shorter at the store's end) → their padded rows, chunk by chunk."""
-    if len(packed) <= chunk_rows:
+def _segments(total: int, chunk_rows: int, lo: int, hi: int):
+    """For each chunk of ``total`` rows read from a chunk start: (its first row, then the start and
+    end of [lo, hi) within it, both clipped to the chunk; s == e where the chunk holds none)."""
+    for a in range(0, total, chunk_rows):
+        n = min(chunk_rows, total - a)
+        yield a, min(max(lo - a, 0), n), min(max(hi - a, 0), n)
+
+
+def unpack_rows(packed: np.ndarray, lengths: np.ndarray, s: int, e: int, by_slot: bool, fill=0) -> np.ndarray:
+    """Rows [s, e) of one chunk: ``pack``'s (n, L-1, k) chunk + its (n, L-1) lengths → (e - s, L-1, k)
+    padded, ``fill`` at the unused slots, without unpacking the chunk's other rows (a loader's
+    batch of a few rows from a chunk of a thousand)."""
+    n, rows, k = packed.shape
+    if (s, e) == (0, n):
         return unpack(packed, lengths, by_slot, fill)
-    out = np.empty(packed.shape, dtype=packed.dtype)
-    for a in range(0, len(packed), chunk_rows):
-        out[a : a + chunk_rows] = unpack(packed[a : a + chunk_rows], lengths[a : a + chunk_rows], by_slot, fill)
+    lens = np.asarray(lengths, dtype=np.int64)
+    sub = lens[s:e]  # (b, L-1)
+    flat = packed.reshape(-1)
+    if not by_slot:
+        keep = keep_mask(sub, k)
+        out = np.full((e - s, rows, k), fill, dtype=packed.dtype)
+        off = int(lens[:s].sum())
+        out[keep] = flat[off : off + int(np.count_nonzero(keep))]
+        return out
+    # slot-major: slot j holds, in row-major order, the entries of every (row, position) with
+    # length > j; so entry j of (r, p) sits at (entries of slots < j) + (earlier rows' slot-j
+    # entries) + (its rank among the rows read)
+    def beyond(x: np.ndarray) -> np.ndarray:  # (k,) how many of x's lengths exceed j, for each j
+        return x.size - np.cumsum(np.bincount(x.reshape(-1), minlength=k + 1))[:k]
+
+    per_slot = beyond(lens)
+    first = np.concatenate([[0], np.cumsum(per_slot)[:-1]]) + beyond(lens[:s])  # (k,)
+    keep_t = (np.arange(k)[:, None] < sub.reshape(1, -1))  # (k, b*(L-1))
+    where = first[:, None] + np.cumsum(keep_t, axis=1) - 1  # (k, b*(L-1)) flat index of each kept entry
+    out_t = np.full(keep_t.shape, fill, dtype=packed.dtype)
+    out_t[keep_t] = flat[where[keep_t]]
+    return np.ascontiguousarray(out_t.reshape(k, e - s, rows).transpose(1, 2, 0))
+
+
+def unpack_chunks(packed: np.ndarray, lengths: np.ndarray, chunk_rows: int, by_slot: bool, fill=0,
+                  lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """Whole chunks (B, L-1, k) read from the start of a chunk (B = a multiple of ``chunk_rows``,
+    or shorter at the store's end) → rows [lo, hi) of them padded, chunk by chunk."""
+    hi = len(packed) if hi is None else hi
+    if (lo, hi) == (0, len(packed)) and len(packed) <= chunk_rows:
+        return unpack(packed, lengths, by_slot, fill)
+    out = np.empty((hi - lo, *packed.shape[1:]), dtype=packed.dtype)
+    for a, s, e in _segments(len(packed), chunk_rows, lo, hi):
+        if s < e:
+            out[a + s - lo : a + e - lo] = unpack_rows(packed[a : a + chunk_rows], lengths[a : a + chunk_rows], s, e,
+                                                       by_slot, fill)
     return out

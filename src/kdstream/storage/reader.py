@@ -141,19 +141,23 @@ class LogitStore:
         if self.sampled and set(_SAMPLED_VIEW) & set(keys):
             return self._read_sampled(start, stop, keys)
         names = tuple(dict.fromkeys(n for key in keys for n in self._sources(key)))
-        if self.packed and set(packing.PACKED) & set(names):
-            R = self.chunk_rows
-            a, b = start // R * R, min(-(-stop // R) * R, len(self))  # whole chunks: packed rows unpack per chunk
-            if (a, b) != (start, stop) and stop > start:
-                got = self.read(a, b, keys)
-                return {key: v[start - a : stop - a] for key, v in got.items()}
-        raw = self._fetch(names, start, stop)
+        packed = self.packed and bool(set(packing.PACKED) & set(names)) and stop > start
+        if packed:  # packed rows need their chunks' lengths from the chunk start: fetch whole chunks,
+            R = self.chunk_rows  # unpack only rows [start, stop) of them (packing.unpack_rows)
+            a, b = start // R * R, min(-(-stop // R) * R, len(self))
+            raw = self._fetch(names, a, b)
+        else:
+            raw = self._fetch(names, start, stop)
         out: dict[str, np.ndarray] = {}
-        if self.packed:
+        if packed:
+            lo, hi = start - a, stop - a
             if "topk_ids" in keys:  # straight to ids: only the entries in use are looked up
                 out["topk_ids"] = packing.unpack_ids(raw.pop("topk_index"), raw[LENGTH_ARRAY], raw["id_table"],
-                                                     self.chunk_rows)
-            self._unpack(raw)
+                                                     self.chunk_rows, lo, hi)
+            self._unpack(raw, lo, hi)
+            for name in raw:  # the other per-row arrays: the rows asked for (packed ones already are)
+                if name not in packing.PACKED and name not in PER_CHUNK:
+                    raw[name] = raw[name][lo:hi]
         # (B, L-1, k) True at a ragged row's padding slots; None for a fixed store
         pad = pad_mask(raw[LENGTH_ARRAY], self.k) if LENGTH_ARRAY in raw and set(_MASKED[:3]) & set(keys) else None
         if LENGTH_ARRAY in keys and not self.ragged:
@@ -173,15 +177,15 @@ class LogitStore:
                 out[key] = raw[key]
         return {key: out[key].astype(_DECODED[key], copy=False) for key in keys}
 
-    def _unpack(self, raw: dict[str, np.ndarray]) -> None:
-        """Whole chunks of a version 6 store's packed arrays → rows padded to k (the version 5
-        layout: index 0 and delta code 0 at the padding, fp32 logprob -inf), in place."""
+    def _unpack(self, raw: dict[str, np.ndarray], lo: int, hi: int) -> None:
+        """Whole chunks of a version 6 store's packed arrays → their rows [lo, hi) padded to k (the
+        version 5 layout: index 0 and delta code 0 at the padding, fp32 logprob -inf), in place."""
         logprobs = self.encoding["topk_logprobs"]
         for name in packing.PACKED:
             if name in raw:
                 fill = -np.inf if raw[name].dtype.kind == "f" else 0
                 raw[name] = packing.unpack_chunks(raw[name], raw[LENGTH_ARRAY], self.chunk_rows,
-                                                  packing.slot_major(name, logprobs), fill)
+                                                  packing.slot_major(name, logprobs), fill, lo, hi)
 
     def _decode_qdelta(self, raw: dict[str, np.ndarray], keys: tuple[str, ...], out: dict[str, np.ndarray],
                        pad: np.ndarray | None = None) -> None:
