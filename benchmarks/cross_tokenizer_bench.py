@@ -36,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.miniature import add_teacher_args
 from benchmarks.miniature import config as _config
 from benchmarks.miniature import teacher_and_store as _teacher_and_store
 from benchmarks.miniature import train as _train
@@ -166,16 +167,10 @@ def _plot(figures: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--held-out", type=int, default=64)
-    parser.add_argument("--teacher-vocab", type=int, default=1024)
+    add_teacher_args(parser)
     parser.add_argument("--other-vocab", type=int, default=768)
-    parser.add_argument("--teacher-hidden", type=int, default=128)
-    parser.add_argument("--teacher-layers", type=int, default=2)
-    parser.add_argument("--teacher-epochs", type=int, default=1)
     parser.add_argument("--student-hidden", type=int, default=64)
     parser.add_argument("--student-layers", type=int, default=2)
-    parser.add_argument("--top-k", type=int, default=32)
     parser.add_argument("--train-examples", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)

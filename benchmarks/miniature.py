@@ -15,6 +15,17 @@ import time
 from pathlib import Path
 
 
+def add_teacher_args(parser) -> None:
+    """The options ``teacher_and_store`` reads (a benchmark's parser; defaults = the miniature)."""
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--held-out", type=int, default=64)
+    parser.add_argument("--teacher-vocab", type=int, default=1024)
+    parser.add_argument("--teacher-hidden", type=int, default=128)
+    parser.add_argument("--teacher-layers", type=int, default=2)
+    parser.add_argument("--teacher-epochs", type=int, default=1)
+    parser.add_argument("--top-k", type=int, default=32, help="the teacher's store: top-k entries (fp32 log-probs)")
+
+
 def config(directory: Path, tokenizer, *, vocab: int, hidden: int, layers: int, seq_len: int) -> Path:
     """A config-only GPT-NeoX (distill initialises it from its seed) with head dim 64 (vLLM's CPU backend)."""
     from transformers import GPTNeoXConfig

@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.miniature import config, teacher_and_store, train
+from benchmarks.miniature import add_teacher_args, config, teacher_and_store, train
 from benchmarks.results import RESULTS, save
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: no progress bars in the log
@@ -138,14 +138,7 @@ def _plot(figures: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    # the teacher and its (top-32, fp32) base store: benchmarks/miniature.py, as the cross-tokenizer bench
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--held-out", type=int, default=64)
-    parser.add_argument("--teacher-vocab", type=int, default=1024)
-    parser.add_argument("--teacher-hidden", type=int, default=128)
-    parser.add_argument("--teacher-layers", type=int, default=2)
-    parser.add_argument("--teacher-epochs", type=int, default=1)
-    parser.add_argument("--top-k", type=int, default=32, help="the base store's k (used for the CE arm's rows)")
+    add_teacher_args(parser)  # the teacher and its (top-32, fp32) base store, as the cross-tokenizer bench
     parser.add_argument("--student-hidden", type=int, default=64)
     parser.add_argument("--student-layers", type=int, default=2)
     parser.add_argument("--train-examples", type=int, default=256)
