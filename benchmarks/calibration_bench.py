@@ -1,0 +1,49 @@
+"""Issue 19's calibration sweep, saved as a benchmark result: `kdstream reproduce --calibrate` over
+a grid (the embedded one, or --grid FILE), then every point's memorization counts and rates, stage
+seconds and verdicts (in the 0.1%–10% band; teacher > baseline > student) with the command, commit
+and machine (benchmarks/results/NAME.json).
+
+The sweep runs as the CLI runs it (one subprocess); --work keeps its directory, and a rerun over a
+finished --work only re-reads it (every stage is skipped as done).
+
+    OMP_NUM_THREADS=2 python -m benchmarks.calibration_bench [--grid FILE] [--work DIR] [--name NAME]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.results import save
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", help="YAML grid (default: the embedded one, kdstream/study/calibrate.py)")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--work", help="The sweep's --out (kept; a finished one is only re-read)")
+    parser.add_argument("--name", default="calibration_bench", help="results/NAME.json")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.work or Path(tmp) / "calibrate")
+        cmd = [sys.executable, "-m", "kdstream", "reproduce", "--calibrate", "--out", str(out),
+               "--seeds", str(args.seeds), *(["--grid", args.grid] if args.grid else [])]
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"kdstream reproduce --calibrate failed: {proc.stderr[-2000:]}")
+        figures = json.loads((out / "calibration.json").read_text())
+        figures["table"] = (out / "calibration.md").read_text()
+        figures["sweep_command"] = " ".join(cmd[1:])
+        figures["wall_s"] = round(time.perf_counter() - start, 1)  # ~0 when --work held a finished sweep
+        save(args.name, figures)
+
+
+if __name__ == "__main__":
+    main()
