@@ -121,9 +121,6 @@ def run_features(opts: FeaturesOptions) -> dict:
     zlib_entropy (bytes of the zlib-compressed decoded text) and zlib_ratio (log ppl / zlib).
     The store is read whole chunks at a time (``store.chunk_rows`` rows), never row by row.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from kdstream.analysis.features import model_features, perplexity, text_features, zlib_ratio
     from kdstream.progress import progress
     from kdstream.storage import open_store
@@ -134,12 +131,12 @@ def run_features(opts: FeaturesOptions) -> dict:
     if opts.prefix_len + opts.suffix_len > store.seq_len:
         raise KdError(f"--prefix-len {opts.prefix_len} + --suffix-len {opts.suffix_len} exceeds the example length "
                       f"{store.seq_len} of {opts.logits_store}: shorten them")
-    model, tokenizer, examples_tok = _load_scoring_model(opts, store)
-    if examples_tok is not None:
-        return _run_cross_features(opts, store, model, tokenizer, examples_tok, out)
     n = len(store) if opts.max_examples is None else min(len(store), opts.max_examples)
     if n == 0:
         raise KdError(f"store {opts.logits_store} holds no examples: precompute a store with examples")
+    model, tokenizer, examples_tok = _load_scoring_model(opts, store)
+    if examples_tok is not None:
+        return _run_cross_features(opts, store, model, tokenizer, examples_tok, out, n)
 
     byte_table = _byte_table(tokenizer)
     columns: dict[str, list[np.ndarray]] = {c: [] for c in FEATURE_COLUMNS}
@@ -163,9 +160,6 @@ def run_features(opts: FeaturesOptions) -> dict:
     seconds = time.perf_counter() - start_time
     table = {c: np.concatenate(v) for c, v in columns.items()}
 
-    partial = fresh_partial(out, "features")
-    pq.write_table(pa.table(table), partial / FEATURES_FILE)
-    save_options(opts, partial)
     summary = {
         "model": str(opts.model),
         "logits_store": str(opts.logits_store),
@@ -181,26 +175,19 @@ def run_features(opts: FeaturesOptions) -> dict:
         "seconds": round(seconds, 3),
         "sequences_per_s": round(n / seconds, 1) if seconds > 0 else None,
     }
-    write_json(partial / SUMMARY_FILE, summary)
-    publish(partial, out, "features")
+    _publish_features(out, opts, table, summary)
     return jsonable(summary)
 
 
-def _run_cross_features(opts: FeaturesOptions, store, model, tokenizer, examples_tok, out: Path) -> dict:
+def _run_cross_features(opts: FeaturesOptions, store, model, tokenizer, examples_tok, out: Path, n: int) -> dict:
     """``run_features`` for a model of another tokenizer (features_cross.py): the same columns
     (suffix_ppl and teacher_kl NaN; ppl and min_k on the model's own tokens) plus
     ``teacher_llr_per_byte``; summary.json says ``mode: cross_tokenizer``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from kdstream.analysis.features import perplexity, text_features, zlib_ratio
     from kdstream.analysis.features_cross import CROSS_MODE, LLR_COLUMN, cross_model_features
     from kdstream.distill.align import Aligner
     from kdstream.progress import progress
 
-    n = len(store) if opts.max_examples is None else min(len(store), opts.max_examples)
-    if n == 0:
-        raise KdError(f"store {opts.logits_store} holds no examples: precompute a store with examples")
     aligner = Aligner(examples_tok, tokenizer)
     pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
     columns: dict[str, list[np.ndarray]] = {c: [] for c in (*FEATURE_COLUMNS, LLR_COLUMN)}
@@ -221,9 +208,6 @@ def _run_cross_features(opts: FeaturesOptions, store, model, tokenizer, examples
             bar.update(len(rows["example_id"]))
     seconds = time.perf_counter() - start_time
     table = {c: np.concatenate(v) for c, v in columns.items()}
-    partial = fresh_partial(out, "features")
-    pq.write_table(pa.table(table), partial / FEATURES_FILE)
-    save_options(opts, partial)
     scored = [c for c in table if c != "example_id"]
     summary = {
         "model": str(opts.model), "logits_store": str(opts.logits_store), "examples": int(n),
@@ -236,9 +220,20 @@ def _run_cross_features(opts: FeaturesOptions, store, model, tokenizer, examples
         "seconds": round(seconds, 3),
         "sequences_per_s": round(n / seconds, 1) if seconds > 0 else None,
     }
+    _publish_features(out, opts, table, summary)
+    return jsonable(summary)
+
+
+def _publish_features(out: Path, opts: FeaturesOptions, table: dict[str, np.ndarray], summary: dict) -> None:
+    """features.parquet, options.yaml, then summary.json (last) in a fresh partial, published as ``out``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    partial = fresh_partial(out, "features")
+    pq.write_table(pa.table(table), partial / FEATURES_FILE)
+    save_options(opts, partial)
     write_json(partial / SUMMARY_FILE, summary)
     publish(partial, out, "features")
-    return jsonable(summary)
 
 
 def features_after_extract(opts: ExtractOptions) -> Callable[[Path], dict]:
