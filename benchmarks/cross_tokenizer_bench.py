@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.miniature import add_teacher_args
+from benchmarks.miniature import add_student_args, add_teacher_args, mean_sd, student_exclude
 from benchmarks.miniature import config as _config
 from benchmarks.miniature import teacher_and_store as _teacher_and_store
 from benchmarks.miniature import train as _train
@@ -106,10 +106,6 @@ def _exact_coverage(store: Path, teacher: Path, other: Path, rows: int) -> dict:
     return out
 
 
-def _mean_sd(xs: list[float]) -> dict:
-    return {"mean": round(statistics.fmean(xs), 4), "sd": round(statistics.stdev(xs), 4) if len(xs) > 1 else 0.0,
-            "per_seed": [round(x, 4) for x in xs]}
-
 
 def _targets(runs: dict, seeds: list[int]) -> dict:
     """Issue 18's targets from the per-seed figures, for each cross-tokenizer mode."""
@@ -169,12 +165,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     add_teacher_args(parser)
     parser.add_argument("--other-vocab", type=int, default=768)
-    parser.add_argument("--student-hidden", type=int, default=64)
-    parser.add_argument("--student-layers", type=int, default=2)
-    parser.add_argument("--train-examples", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    add_student_args(parser, epochs=2)
     parser.add_argument("--temperature", type=float, default=1.0)
     # 0.5: with 0 (KD only) every cross-tokenizer arm came out worse than CE in a one-seed trial
     parser.add_argument("--alpha-ce", type=float, default=0.5)
@@ -192,9 +183,7 @@ def main() -> None:
         log: list = []
         teacher, store, t_summary = _teacher_and_store(args, work, log)
         same, other = _students(args, work, teacher)
-        total = t_summary["examples"] + t_summary["held_out"]
-        exclude = work / "exclude.txt"  # students train on the first --train-examples; the held-out rows stay last
-        exclude.write_text("".join(f"{i}\n" for i in range(args.train_examples, total - args.held_out)))
+        exclude, _ = student_exclude(args, work, t_summary)
         runs: dict = {arm: {} for arm in args.arms}
         for seed in args.seeds:
             for arm in args.arms:
@@ -221,10 +210,10 @@ def main() -> None:
                         "held_out_bits_per_byte": round(t_summary["held_out_bits_per_byte"], 4)},
             "students": {"hidden": args.student_hidden, "layers": args.student_layers, "same_vocab": args.teacher_vocab,
                          "other_tokenizer": f"SentencePiece-style BPE, vocab {args.other_vocab}, byte fallback"},
-            "held_out_bits_per_byte": {arm: _mean_sd([runs[arm][s]["held_out_bits_per_byte"] for s in args.seeds])
+            "held_out_bits_per_byte": {arm: mean_sd([runs[arm][s]["held_out_bits_per_byte"] for s in args.seeds])
                                        for arm in runs},
-            "step_time_s": {arm: _mean_sd([runs[arm][s]["step_s"] for s in args.seeds]) for arm in runs},
-            "step_cpu_s": {arm: _mean_sd([runs[arm][s]["step_cpu_s"] for s in args.seeds]) for arm in runs},
+            "step_time_s": {arm: mean_sd([runs[arm][s]["step_s"] for s in args.seeds]) for arm in runs},
+            "step_cpu_s": {arm: mean_sd([runs[arm][s]["step_cpu_s"] for s in args.seeds]) for arm in runs},
             "runs": {arm: {str(s): r for s, r in v.items()} for arm, v in runs.items()},
             "exact_coverage": _exact_coverage(store, teacher, other, args.train_examples),
             "wall_s": log,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -24,6 +25,31 @@ def add_teacher_args(parser) -> None:
     parser.add_argument("--teacher-layers", type=int, default=2)
     parser.add_argument("--teacher-epochs", type=int, default=1)
     parser.add_argument("--top-k", type=int, default=32, help="the teacher's store: top-k entries (fp32 log-probs)")
+
+
+def add_student_args(parser, epochs: int) -> None:
+    """The students' shared options (hidden 64 x 2 layers on the first 256 examples, batch 16, lr 1e-3)."""
+    parser.add_argument("--student-hidden", type=int, default=64)
+    parser.add_argument("--student-layers", type=int, default=2)
+    parser.add_argument("--train-examples", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+
+
+def student_exclude(args, work: Path, teacher_summary: dict) -> tuple[Path, int]:
+    """(work/exclude.txt, the store's row count): the students train on the first --train-examples
+    rows; the rest but the --held-out last ones (the teacher's held-out rows too) are excluded."""
+    total = teacher_summary["examples"] + teacher_summary["held_out"]
+    exclude = work / "exclude.txt"
+    exclude.write_text("".join(f"{i}\n" for i in range(args.train_examples, total - args.held_out)))
+    return exclude, total
+
+
+def mean_sd(xs: list[float], digits: int = 4) -> dict:
+    """Per-seed values → {"mean", "sd" (0 for one seed), "per_seed"}, rounded."""
+    return {"mean": round(statistics.fmean(xs), digits), "sd": round(statistics.stdev(xs), digits) if len(xs) > 1 else 0.0,
+            "per_seed": [round(x, digits) for x in xs]}
 
 
 def config(directory: Path, tokenizer, *, vocab: int, hidden: int, layers: int, seq_len: int) -> Path:

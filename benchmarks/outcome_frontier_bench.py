@@ -30,14 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.miniature import add_teacher_args, config, teacher_and_store, train
+from benchmarks.miniature import add_student_args, add_teacher_args, config, mean_sd, student_exclude, teacher_and_store, train
 from benchmarks.results import RESULTS, save
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: no progress bars in the log
@@ -106,10 +105,6 @@ def _memorization(run: Path, store: Path, args) -> dict:
     return {"memorized": s["memorized"], "rate": s["rate"]}
 
 
-def _mean_sd(xs: list[float], digits: int = 4) -> dict:
-    return {"mean": round(statistics.fmean(xs), digits), "sd": round(statistics.stdev(xs), digits) if len(xs) > 1 else 0.0,
-            "per_seed": [round(x, digits) for x in xs]}
-
 
 def _plot(figures: dict, path: Path) -> None:
     import matplotlib
@@ -139,12 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     add_teacher_args(parser)  # the teacher and its (top-32, fp32) base store, as the cross-tokenizer bench
-    parser.add_argument("--student-hidden", type=int, default=64)
-    parser.add_argument("--student-layers", type=int, default=2)
-    parser.add_argument("--train-examples", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    add_student_args(parser, epochs=16)
     parser.add_argument("--prefix-len", type=int, default=32)
     parser.add_argument("--suffix-len", type=int, default=16)
     parser.add_argument("--top-ks", type=int, nargs="*", default=[1, 4, 16, 64])
@@ -165,9 +155,7 @@ def main() -> None:
 
         student = config(work / "student_same", load_tokenizer(teacher), vocab=args.teacher_vocab,
                          hidden=args.student_hidden, layers=args.student_layers, seq_len=2 * args.seq_len)
-        total = t_summary["examples"] + t_summary["held_out"]
-        exclude = work / "exclude.txt"  # students train on the first --train-examples; the held-out rows stay last
-        exclude.write_text("".join(f"{i}\n" for i in range(args.train_examples, total - args.held_out)))
+        exclude, total = student_exclude(args, work, t_summary)
         held = open_store(str(base)).read(total - args.held_out, total, ("input_ids",))["input_ids"]  # (H, L)
         stores = {arm: _store(arm, flags, teacher, corpus, work, args.seq_len) for arm, flags in store_arms(args).items()}
         arms = ["ce", "online", *stores]
@@ -195,7 +183,7 @@ def main() -> None:
         results = {}
         for arm in arms:
             per = [runs[arm][s] for s in args.seeds]
-            results[arm] = {key: _mean_sd([r[key] for r in per]) for key in
+            results[arm] = {key: mean_sd([r[key] for r in per]) for key in
                             ("held_out_kl", "held_out_nats_per_token", "held_out_bits_per_byte", "rate", "train_s")}
             results[arm]["store"] = stores.get(arm)
             results[arm]["steps"] = sorted({r["steps"] for r in per})
