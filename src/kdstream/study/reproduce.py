@@ -41,6 +41,7 @@ def _models(cfg: StudyConfig, out: Path, texts) -> dict[str, str]:
     from kdstream.study.student_tokenizer import check_spec, student_tokenizer
 
     tiny = {role: name in TINY_ARCHS for role, name in (("teacher", cfg.teacher_model), ("student", cfg.student_model))}
+    check_spec(cfg.student_tokenizer, cfg.student_model, tiny["student"])  # before any tokenizer is trained
     models = {}
     tokenizer = None
     if any(tiny.values()):
@@ -57,7 +58,6 @@ def _models(cfg: StudyConfig, out: Path, texts) -> dict[str, str]:
             partial = Path(tempfile.mkdtemp(prefix="tokenizer.partial-", dir=out))
             tokenizer = train_bpe_tokenizer(texts(), cfg.tokenizer_vocab, partial)
             partial.rename(out / "tokenizer")
-    check_spec(cfg.student_tokenizer, cfg.student_model, tiny["student"])
     for role, name in (("teacher", cfg.teacher_model), ("student", cfg.student_model)):
         if tiny[role]:
             tok = tokenizer
