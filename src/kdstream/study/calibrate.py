@@ -35,7 +35,6 @@ from pathlib import Path
 import yaml
 
 from kdstream.errors import KdError
-from kdstream.options import options_dict
 from kdstream.study.config import TINY_ARCHS, StudyConfig
 
 CALIBRATE_YAML = "calibrate.yaml"
@@ -137,17 +136,12 @@ def grid_points(base: StudyConfig, grid: dict[str, list], where: str = "grid") -
 def run_calibration(base: StudyConfig, grid: dict[str, list], out: str, where: str = "grid") -> dict:
     """Run (or resume) every point of ``grid`` for every seed of ``base``; write and print the table."""
     from kdstream.study.protocol import run_seed
-    from kdstream.study.reproduce import prepare_study_dir
+    from kdstream.study.reproduce import claim_out_dir, prepare_study_dir, resolved_config
 
     points = grid_points(base, grid, where)
     root = Path(out)
-    if root.exists() and not root.is_dir():
-        raise KdError(f"--out {root} is a file: pass a directory")
-    if root.is_dir() and any(root.iterdir()) and not (root / CALIBRATE_YAML).is_file():
-        raise KdError(f"--out {root} already exists and is not a kdstream reproduce --calibrate output: "
-                      "choose another --out")
-    root.mkdir(parents=True, exist_ok=True)
-    base_resolved = {k: list(v) if isinstance(v, tuple) else v for k, v in options_dict(base).items()}
+    claim_out_dir(root, CALIBRATE_YAML, "kdstream reproduce --calibrate")
+    base_resolved = resolved_config(base)
     (root / CALIBRATE_YAML).write_text(yaml.safe_dump({"grid": grid, "base": base_resolved}, sort_keys=False))
 
     rows = []

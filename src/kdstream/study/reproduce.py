@@ -70,20 +70,30 @@ def _models(cfg: StudyConfig, out: Path, texts) -> dict[str, str]:
     return models
 
 
+def claim_out_dir(root: Path, marker: str, command: str) -> None:
+    """Create --out ``root``, refusing a file or a non-empty directory without ``marker`` (the file
+    ``command`` writes there first): kdstream never writes into what it did not create."""
+    if root.exists() and not root.is_dir():
+        raise KdError(f"--out {root} is a file: pass a directory")
+    if root.is_dir() and any(root.iterdir()) and not (root / marker).is_file():
+        raise KdError(f"--out {root} already exists and is not a {command} output: choose another --out "
+                      "(kdstream never writes into what it did not create)")
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def resolved_config(cfg: StudyConfig) -> dict:
+    """The config as it is saved (YAML-ready: tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options_dict(cfg).items()}
+
+
 def prepare_study_dir(cfg: StudyConfig, root: Path) -> tuple[dict, dict[str, str], object]:
     """Create (or check, to resume) a study directory: its config.yaml, tokenizer and initial
     models -> (the resolved config, {"teacher": dir, "student": dir}, a cached ``texts()``)."""
     from kdstream.data import load_corpus
 
-    if root.exists() and not root.is_dir():
-        raise KdError(f"--out {root} is a file: pass a directory")
     saved = root / "config.yaml"
-    if root.is_dir() and any(root.iterdir()) and not saved.is_file():  # config.yaml is written first
-        raise KdError(f"--out {root} already exists and is not a kdstream reproduce output: choose another --out "
-                      "(kdstream never writes into what it did not create)")
-    root.mkdir(parents=True, exist_ok=True)
-    resolved = options_dict(cfg)
-    resolved = {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+    claim_out_dir(root, saved.name, "kdstream reproduce")  # config.yaml is written first
+    resolved = resolved_config(cfg)
     if saved.exists():
         try:
             before = yaml.safe_load(saved.read_text()) or {}
