@@ -44,3 +44,29 @@ def test_the_installed_corpus_is_deterministic_has_duplicates_and_a_stable_finge
     assert sorted(mixed.texts) == sorted(demo_documents() + a.texts)
     assert mixed.texts != demo_documents() + a.texts  # shuffled: a prefix sees both corpora
     assert mixed.fingerprint == load_corpus("demo+licenses").fingerprint != a.fingerprint
+
+
+def test_a_license_share_keeps_whole_texts_up_to_that_share_of_the_characters():
+    demo, licenses = demo_documents(), license_documents()
+    whole = load_corpus("demo+licenses")
+    chars = lambda docs: sum(len(d) for d in docs)  # noqa: E731
+    kept_by_share = {}
+    for share in (0.1, 0.3):
+        corpus = load_corpus(f"demo+licenses:{share}")
+        assert corpus.fingerprint == load_corpus(f"demo+licenses:{share}").fingerprint != whole.fingerprint
+        kept = Counter(corpus.texts) - Counter(demo)
+        assert Counter(corpus.texts) - kept == Counter(demo)  # every demo document, once
+        assert not kept - Counter(licenses)  # whole license texts only, never more copies than installed
+        assert 0 < chars(kept.elements()) <= share * chars(corpus.texts) + 1
+        kept_by_share[share] = kept
+    assert chars(kept_by_share[0.1].elements()) < chars(kept_by_share[0.3].elements())
+
+
+def test_a_bad_license_share_is_refused_in_one_line():
+    import pytest
+
+    from kdstream.errors import KdError
+
+    for name in ("demo+licenses:0", "demo+licenses:1.5", "demo+licenses:x"):
+        with pytest.raises(KdError, match="license share"):
+            load_corpus(name)

@@ -10,6 +10,7 @@ from kdstream.errors import KdError
 DEMO = "demo"  # `--dataset demo` selects the embedded standard-library corpus
 LICENSES = "licenses"  # the installed packages' license and notice texts (natural duplication)
 DEMO_LICENSES = "demo+licenses"  # both, in one fixed shuffled order
+# `demo+licenses:S`: the license documents cut to a share S (0 < S < 1) of the mix's characters
 EMBEDDED = (DEMO, LICENSES, DEMO_LICENSES)
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
 _TEXT_BLOCK = 1 << 20  # bytes decoded at a time by the UTF-8 check
@@ -77,26 +78,46 @@ def _column(ds, text_field: str, source: str) -> list[str]:
     return [t for t in ds[text_field] if isinstance(t, str) and t.strip()]
 
 
+def license_share_of(dataset: str) -> float | None:
+    """S of a `demo+licenses:S` name; None for any other name. KdError for a bad S."""
+    head, sep, tail = dataset.partition(":")
+    if head != DEMO_LICENSES or not sep:
+        return None
+    try:
+        share = float(tail)
+    except ValueError:
+        share = -1.0
+    if not 0.0 < share < 1.0:
+        raise KdError(f"dataset {dataset}: the license share after ':' must be a number between 0 and 1 "
+                      "(exclusive), e.g. demo+licenses:0.3")
+    return share
+
+
 def _embedded(name: str) -> list[str]:
     from kdstream.data.demo_corpus import demo_documents
-    from kdstream.data.license_corpus import license_documents, mixed_documents
+    from kdstream.data.license_corpus import license_documents, license_share, mixed_documents
 
     if name == DEMO:
         return demo_documents()
     if name == LICENSES:
         return license_documents()
-    return mixed_documents(demo_documents(), license_documents())
+    demo, licenses = demo_documents(), license_documents()
+    share = license_share_of(name)
+    if share is not None:
+        licenses = license_share(demo, licenses, share)
+    return mixed_documents(demo, licenses)
 
 
 def load_corpus(dataset: str, text_field: str = "text", split: str = "train") -> Corpus:
     """Documents from ``dataset``: a .jsonl/.json/.parquet/.txt file, a directory written by
     ``Dataset.save_to_disk``, an embedded corpus (``demo``: standard-library docstrings;
-    ``licenses``: the installed packages' license texts; ``demo+licenses``), or a hub name (needs
+    ``licenses``: the installed packages' license texts; ``demo+licenses``; ``demo+licenses:S``,
+    the license texts cut to a share S of the characters), or a hub name (needs
     network).
 
     .txt files are split into documents at blank lines (paragraphs).
     """
-    if dataset in EMBEDDED:
+    if dataset in EMBEDDED or license_share_of(dataset) is not None:
         return _corpus(_embedded(dataset), dataset, "text")
 
     import datasets
@@ -134,7 +155,7 @@ def load_corpus(dataset: str, text_field: str = "text", split: str = "train") ->
     if not looks_like_hub:
         raise KdError(
             f"dataset {dataset} not found: pass a .jsonl/.json/.parquet/.txt file, a saved dataset "
-            "directory, `demo`, `licenses`, `demo+licenses`, or a hub name like org/name"
+            "directory, `demo`, `licenses`, `demo+licenses[:SHARE]`, or a hub name like org/name"
         )
     try:
         ds = datasets.load_dataset(dataset, split=split)

@@ -66,6 +66,24 @@ def license_documents(sites: list[Path] | None = None) -> list[str]:
     return out
 
 
+def license_share(demo: list[str], licenses: list[str], share: float) -> list[str]:
+    """The license documents that make up at most ``share`` of the mix's characters, drawn in a
+    fixed shuffled order, whole (a document that would overshoot is skipped, the next tried).
+
+    The full set is ~84% of demo+licenses's text, and its most copied texts (the Apache license
+    ~50 times) are memorized by every model; a share keeps natural duplication (whole texts with
+    their natural copy counts) while making it rare, as in the paper's web text."""
+    order = list(licenses)
+    random.Random(MIX_SEED).shuffle(order)
+    budget = share / (1.0 - share) * sum(len(d) for d in demo) if share < 1.0 else float("inf")
+    out, used = [], 0
+    for doc in order:
+        if used + len(doc) <= budget:
+            out.append(doc)
+            used += len(doc)
+    return out
+
+
 def mixed_documents(demo: list[str], licenses: list[str]) -> list[str]:
     """Both corpora in one fixed shuffled order: a study trains on a prefix of the packed stream,
     so a plain concatenation would give the first examples only from the first corpus."""
