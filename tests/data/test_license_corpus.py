@@ -5,7 +5,7 @@ from collections import Counter
 
 from kdstream.data.corpus import load_corpus
 from kdstream.data.demo_corpus import demo_documents
-from kdstream.data.license_corpus import license_documents
+from kdstream.data.license_corpus import license_documents, license_files, requirement_closure
 
 MIT = "Permission is hereby granted, free of charge, to any person obtaining a copy " * 4
 
@@ -31,6 +31,18 @@ def test_license_files_are_read_in_sorted_order_duplicates_kept_junk_skipped(tmp
     # alpha, beta, zeta; beta's CRLF copy of the MIT text is the same text: an exact duplicate, kept
     assert docs == [("Apache License 2.0 " * 20).strip(), MIT.strip(), MIT.strip()]
     assert license_documents([site]) == docs
+
+
+def test_only_kdstreams_dependency_closure_counts(tmp_path):
+    names = requirement_closure()
+    # required (directly or through another requirement) vs only an extra (test) or unrelated
+    assert {"kdstream", "zarr", "torch", "numpy"} <= names and "pytest" not in names and "moto" not in names
+    site = tmp_path / "site-packages"
+    _dist(site, "zarr-3.1.0", {"LICENSE.txt": MIT.encode()})
+    _dist(site, "Some_Tool-1.0", {"LICENSE": MIT.encode()})
+    assert [p.parent.name for p in license_files(site, {"zarr", "some-tool"})] == ["Some_Tool-1.0.dist-info",
+                                                                                   "zarr-3.1.0.dist-info"]
+    assert [p.parent.name for p in license_files(site, names)] == ["zarr-3.1.0.dist-info"]
 
 
 def test_the_installed_corpus_is_deterministic_has_duplicates_and_a_stable_fingerprint():

@@ -4,12 +4,15 @@ Python packages ship in their ``*.dist-info`` directories.
 Every environment with kdstream installed has them (no download), and many are copies of the same
 MIT / BSD / Apache texts, whole or with another copyright line: the kind of repeated, low-entropy
 text the paper finds models memorize. Exact duplicates are KEPT, unlike the demo corpus: they are
-the point. The documents depend on what is installed, so the corpus is deterministic for a given
+the point. Only kdstream's own dependencies count (the closure of its required distributions,
+without extras): a package installed beside them for other work does not change the corpus. The
+texts still depend on the installed versions, so the corpus is deterministic for a given
 environment (files visited in sorted path order) and the corpus fingerprint records exactly what
 was used.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import random
 import sysconfig
 from pathlib import Path
@@ -28,10 +31,44 @@ def site_dirs() -> list[Path]:
     return sorted({Path(paths["purelib"]), Path(paths["platlib"])})
 
 
-def license_files(site: Path) -> list[Path]:
-    """License and notice files of every installed distribution under ``site``, in sorted order."""
+def requirement_closure(root: str = "kdstream") -> set[str]:
+    """Canonical names of ``root`` and every distribution it requires, transitively, without
+    extras (markers evaluated for this interpreter); requirements not installed are skipped."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = [root]
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        try:
+            requires = importlib.metadata.distribution(name).requires or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        seen.add(name)
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return seen
+
+
+def _dist_name(info: Path) -> str:
+    """The canonical distribution name of a ``NAME-VERSION.dist-info`` directory."""
+    from packaging.utils import canonicalize_name
+
+    return canonicalize_name(info.name[: -len(".dist-info")].rsplit("-", 1)[0])
+
+
+def license_files(site: Path, names: set[str] | None = None) -> list[Path]:
+    """License and notice files of the installed distributions under ``site`` (only those in
+    ``names``, canonical, when given), in sorted order."""
     out = []
     for info in sorted(site.glob("*.dist-info")):
+        if names is not None and _dist_name(info) not in names:
+            continue
         for path in sorted(info.rglob("*")):
             rel = path.relative_to(info).parts
             if path.is_file() and (path.name.upper().startswith(LICENSE_PREFIXES) or rel[0] == "licenses"):
@@ -55,11 +92,13 @@ def _text(path: Path) -> str | None:
 
 
 def license_documents(sites: list[Path] | None = None) -> list[str]:
-    """One document per license/notice file of ``sites`` (default: this environment's
-    site-packages), in sorted path order, exact duplicates kept."""
+    """One document per license/notice file, in sorted path order, exact duplicates kept: of every
+    distribution under ``sites``, or by default of kdstream's dependency closure in this
+    environment's site-packages."""
+    names = None if sites is not None else requirement_closure()
     out = []
     for site in sites if sites is not None else site_dirs():
-        for path in license_files(site):
+        for path in license_files(site, names):
             text = _text(path)
             if text is not None:
                 out.append(text)
