@@ -310,3 +310,24 @@ def test_a_few_rows_of_a_packed_chunk_read_as_the_whole_chunk_sliced(tmp_path, r
         got = store.read(start, stop, tuple(whole))
         for key, value in whole.items():
             np.testing.assert_array_equal(got[key], value[start:stop], err_msg=f"{key} [{start}, {stop})")
+
+
+def test_unpacking_to_absolute_codes_equals_unpacking_then_summing():
+    """The reader sums a packed qdelta chunk's delta codes while it is still slot-major
+    (packing.unpack(cumulative=True)): the same codes as unpacking and then summing per row,
+    for a whole chunk and for a few of its rows."""
+    from kdstream.storage import packing
+    from kdstream.storage.encoding import cumulative_codes
+
+    rng = np.random.default_rng(0)
+    n, positions, k = 6, 5, 8
+    lengths = rng.integers(1, k + 1, size=(n, positions))
+    deltas = rng.integers(0, 50, size=(n, positions, k)).astype(np.uint16)
+    deltas[packing.keep_mask(lengths, k) == 0] = 0  # a ragged row's padding: delta 0
+    packed = packing.pack(deltas, lengths, by_slot=True)
+    want = cumulative_codes(packing.unpack(packed, lengths, by_slot=True))
+    assert np.array_equal(packing.unpack(packed, lengths, by_slot=True, cumulative=True), want)
+    for s, e in ((0, n), (1, 3), (5, 6)):
+        got = packing.unpack_rows(packed, lengths, s, e, by_slot=True, cumulative=True)
+        assert np.array_equal(got, want[s:e])
+    assert np.array_equal(packing.unpack(packed, lengths, by_slot=True), deltas)  # the plain path as before

@@ -87,6 +87,12 @@ class LogitStore:
             self._check_layout(plans, manifest)
         self._plans = {name: p if p is None else replace(p, strict=strict, expected=(manifest or {}).get(name))
                        for name, p in plans.items()}
+        # a fixed qdelta store's codes stored slot-major: summed in chunk_io, before the transpose back
+        codes = self._plans.get("topk_logprobs")
+        self._codes_summed = (self.qdelta and "topk_shift" in self._arrays and not self.packed and codes is not None
+                              and codes.order is not None and codes.order[0] == len(codes.row_shape))
+        if self._codes_summed:
+            self._plans["topk_logprobs"] = replace(codes, running_sum=True)
 
     def _check_layout(self, plans: dict[str, chunk_io.Plan | None], manifest: dict[str, np.ndarray]) -> None:
         """Each array's metadata must be what the store was finalized with (``manifest.layout``)."""
@@ -149,12 +155,13 @@ class LogitStore:
         else:
             raw = self._fetch(names, start, stop)
         out: dict[str, np.ndarray] = {}
+        summed = self._codes_summed  # raw topk_logprobs holds absolute codes, not deltas
         if packed:
             lo, hi = start - a, stop - a
             if "topk_ids" in keys:  # straight to ids: only the entries in use are looked up
                 out["topk_ids"] = packing.unpack_ids(raw.pop("topk_index"), raw[LENGTH_ARRAY], raw["id_table"],
                                                      self.chunk_rows, lo, hi)
-            self._unpack(raw, lo, hi)
+            summed = self._unpack(raw, lo, hi)
             for name in raw:  # the other per-row arrays: the rows asked for (packed ones already are)
                 if name not in packing.PACKED and name not in PER_CHUNK:
                     raw[name] = raw[name][lo:hi]
@@ -169,7 +176,7 @@ class LogitStore:
             if pad is not None:
                 np.copyto(out["topk_ids"], 0, where=pad)
         if self.qdelta and {"topk_logprobs", "tail_mass", "target_logprob"} & set(keys):
-            self._decode_qdelta(raw, keys, out, pad)
+            self._decode_qdelta(raw, keys, out, pad, summed)
         if "tail_mass" in keys and "tail_mass" not in out:
             out["tail_mass"] = raw["tail_mass"] if "tail_mass" in raw else enc.tail_mass(raw["topk_logprobs"])
         for key in keys:
@@ -177,24 +184,32 @@ class LogitStore:
                 out[key] = raw[key]
         return {key: out[key].astype(_DECODED[key], copy=False) for key in keys}
 
-    def _unpack(self, raw: dict[str, np.ndarray], lo: int, hi: int) -> None:
+    def _unpack(self, raw: dict[str, np.ndarray], lo: int, hi: int) -> bool:
         """Whole chunks of a version 6 store's packed arrays → their rows [lo, hi) padded to k (the
-        version 5 layout: index 0 and delta code 0 at the padding, fp32 logprob -inf), in place."""
+        version 5 layout: index 0 and delta code 0 at the padding, fp32 logprob -inf), in place.
+        qdelta codes come back as absolute codes (summed while slot-major, packing.unpack): True
+        when they did, for ``_decode_qdelta``."""
         logprobs = self.encoding["topk_logprobs"]
+        summed = False
         for name in packing.PACKED:
             if name in raw:
                 fill = -np.inf if raw[name].dtype.kind == "f" else 0
+                by_slot = packing.slot_major(name, logprobs)
+                cumulative = by_slot and "topk_shift" in self._arrays
                 raw[name] = packing.unpack_chunks(raw[name], raw[LENGTH_ARRAY], self.chunk_rows,
-                                                  packing.slot_major(name, logprobs), fill, lo, hi)
+                                                  by_slot, fill, lo, hi, cumulative)
+                summed = summed or cumulative
+        return summed
 
     def _decode_qdelta(self, raw: dict[str, np.ndarray], keys: tuple[str, ...], out: dict[str, np.ndarray],
-                       pad: np.ndarray | None = None) -> None:
+                       pad: np.ndarray | None = None, summed: bool = False) -> None:
         e = self.encoding
         if "topk_shift" not in self._arrays:  # version 2: a float32 tail, renormalised on read
             if "topk_logprobs" in keys:
                 out["topk_logprobs"] = enc.decode_topk(raw["topk_logprobs"], raw["tail_mass"], e["scale"])
             return
-        cum = enc.cumulative_codes(raw["topk_logprobs"])  # (B, L-1, k) uint16 absolute codes
+        # (B, L-1, k) uint16 absolute codes
+        cum = raw["topk_logprobs"] if summed else enc.cumulative_codes(raw["topk_logprobs"])
         if "target_logprob" in keys:
             out["target_logprob"] = enc.decode_target(raw["target_code"], cum, raw["target_rank"], e["target_scale"],
                                                       raw.get(LENGTH_ARRAY))
