@@ -87,14 +87,15 @@ def _draw(tokenizer, cfg, seed):
 
 
 def test_the_demo_corpus_is_planted_as_before_documents_could_be_split(tmp_path):
-    """The embedded demo with the default study settings and its own 4096-token BPE: the same
-    corpus as the boundary-only planting, so a demo's study.md does not change for a seed."""
+    """The embedded docstrings with the study settings of the demo before issue 19 (256 windows of
+    128 tokens) and their own 4096-token BPE: the same corpus as the boundary-only planting, so a
+    study at those settings does not change for a seed."""
     from kdstream.data.demo_corpus import demo_documents
     from kdstream.data.tokenizer import train_bpe_tokenizer
     from kdstream.study.canaries import plant
     from kdstream.study.config import StudyConfig
 
-    cfg = StudyConfig()
+    cfg = StudyConfig(dataset="demo", examples=256, seq_len=128)
     docs = demo_documents()
     tokenizer = train_bpe_tokenizer(docs, cfg.tokenizer_vocab, tmp_path)
     for seed in (0, 1):

@@ -31,16 +31,20 @@ class StudyConfig:
     """The paper's protocol: teacher CE → baseline CE → teacher store → student KD → extract-eval
     (+ features) → compare → classify → filter → re-distill → extract-eval → report."""
 
-    # data: the first `examples` windows of `seq_len` tokens of the corpus (canaries planted in it)
-    dataset: str = "demo"
+    # data: the first `examples` windows of `seq_len` tokens of the corpus (canaries planted in it).
+    # Issue 19's calibration (kdstream reproduce --calibrate, benchmarks/results/calibration_*.json):
+    # the standard-library docstrings with the installed dependencies' license texts as 40% of the
+    # characters (natural duplication: ~20% of the windows have 8+ copies), all ~2,850 windows of
+    # 64 tokens, the paper's 3 / 4 epochs. There, with the tiny teacher and 4 baseline / student
+    # epochs, memorization is rare (a few % at most, docs/study.md); 6 or 8 epochs make the CE
+    # baseline recite ~15%; small-teacher (8x the student) memorizes ~11% in 3 epochs. The
+    # earlier defaults (256 windows of 128 tokens of the docstrings, 30 / 28 epochs) saturated:
+    # 98% / 52% / 26%.
+    dataset: str = "demo+licenses:0.4"
     text_field: str = "text"
     split: str = "train"
-    # Calibrated on this 2-core machine (kdstream reproduce --examples N --teacher-epochs T
-    # --student-epochs S): memorization rises steeply with epochs. 96 examples, 28/25 epochs:
-    # teacher 100%, baseline 96%, student 72% (saturated); 256 examples, 20/24: 4% / 10% / 2%;
-    # 256 examples, 30/28 (these defaults): 98% / 55% / 29%, stages ~11 min on an idle machine.
-    examples: int = option(256, "Training examples (windows of seq_len tokens).")
-    seq_len: int = 128
+    examples: int = option(4000, "Training examples (windows of seq_len tokens); fewer when the corpus runs out.")
+    seq_len: int = 64
     tokenizer: str | None = None  # None: the teacher's (a HF dir) or, for tiny models, BPE trained on the corpus
     tokenizer_vocab: int = 4096  # size of that trained BPE vocabulary
     # the baseline's and students' tokenizer (study/student_tokenizer.py), tiny students only:
@@ -50,8 +54,8 @@ class StudyConfig:
     # models and training (paper: 3 teacher epochs, 4 baseline / student epochs, T = 2)
     teacher_model: str = "tiny-teacher"
     student_model: str = "tiny-student"
-    teacher_epochs: int = option(30, "Epochs of the teacher (CE).")
-    student_epochs: int = option(28, "Epochs of baseline, student and filtered student.")
+    teacher_epochs: int = option(3, "Epochs of the teacher (CE).")
+    student_epochs: int = option(4, "Epochs of baseline, student and filtered student.")
     lr: float = 3e-3  # the baseline, the student and the filtered student
     # the teacher's own (None: lr). Measured on the miniature (256 examples, 30 epochs): at 3e-3 the
     # 4 x 256 teacher memorized 35 of 256, fewer than the 3 x 192 student-sized CE model's 178; at
