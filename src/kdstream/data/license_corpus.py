@@ -114,7 +114,7 @@ def license_share(demo: list[str], licenses: list[str], share: float) -> list[st
     their natural copy counts) while making it rare, as in the paper's web text."""
     order = list(licenses)
     random.Random(MIX_SEED).shuffle(order)
-    budget = share / (1.0 - share) * sum(len(d) for d in demo) if share < 1.0 else float("inf")
+    budget = share / (1.0 - share) * sum(len(d) for d in demo)  # 0 < share < 1 (corpus.license_share_of)
     out, used = [], 0
     for doc in order:
         if used + len(doc) <= budget:

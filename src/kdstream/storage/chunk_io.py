@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kdstream.storage.packing import running_sum_by_slot
+
 
 class CorruptChunk(ValueError):
     """A chunk whose checksum fails or that does not decompress to its size (message says which)."""
@@ -143,8 +145,6 @@ def _decode_into(p: Plan, raw, dest: np.ndarray, c: int | None = None) -> None:
         raise CorruptChunk(str(exc)) from None
     if p.order is not None:
         if p.running_sum:
-            from kdstream.storage.packing import running_sum_by_slot
-
             running_sum_by_slot(as_stored)
         np.copyto(dest.view(p.dtype).reshape(shape), as_stored.transpose(np.argsort(p.order)))
 
