@@ -30,6 +30,7 @@ canaries_per_count: 1
 canary_prefix_len: 8
 canary_suffix_len: 8
 teacher_lr: 0.003
+lr: 0.003
 precompute_args: [--dtype, float32, --backend, hf]
 """
 GRID = "examples: [16, 24]\nteacher_epochs: [20]\n"
@@ -109,8 +110,8 @@ def test_grid_without_calibrate_or_a_flag_the_grid_sweeps_is_refused(tmp_path):
     path.write_text("{examples: [16]}")
     proc = run_cli("reproduce", "--grid", path, "--out", tmp_path / "out", check=False)
     assert proc.returncode == 2 and "--grid is only used with --calibrate" in proc.stderr
-    proc = run_cli("reproduce", "--calibrate", "--student-epochs", 5, "--out", tmp_path / "out", check=False)
-    assert proc.returncode == 2 and "--student-epochs is swept by the embedded grid: drop the flag" in proc.stderr
+    proc = run_cli("reproduce", "--calibrate", "--teacher-epochs", 5, "--out", tmp_path / "out", check=False)
+    assert proc.returncode == 2 and "--teacher-epochs is swept by the embedded grid: drop the flag" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -121,9 +122,8 @@ def test_the_default_grid_is_valid_and_names_its_points():
     points = grid_points(StudyConfig(), load_grid(None))
     assert len(points) == 4 and load_grid(None) == DEFAULT_GRID
     name, values, cfg = points[-1]
-    assert name == "student_epochs-6__teacher_model-small-teacher"
-    assert (cfg.student_epochs, cfg.teacher_model, cfg.dataset, cfg.seq_len) == (6, "small-teacher",
-                                                                                 "demo+licenses:0.4", 64)
+    assert name == "teacher_epochs-4__lr-0.003"
+    assert (cfg.teacher_epochs, cfg.lr, cfg.dataset, cfg.seq_len) == (4, 0.003, "demo+licenses:0.4", 64)
 
 
 def test_two_values_that_would_share_a_directory_are_refused(tmp_path):

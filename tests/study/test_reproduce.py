@@ -31,6 +31,7 @@ canary_prefix_len: 8
 canary_suffix_len: 8
 classify_repeats: 5
 teacher_lr: 0.003
+lr: 0.003
 """
 EPOCHS = 30  # measured: 20 -> the student memorizes 0 of 32; 30 -> 17 of 32; 40 -> 31 of 32
 

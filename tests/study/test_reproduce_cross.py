@@ -31,6 +31,7 @@ eval_backend: hf
 canary_counts: []
 classify_repeats: 5
 teacher_lr: 0.003
+lr: 0.003
 """
 
 

@@ -32,13 +32,15 @@ class StudyConfig:
     (+ features) → compare → classify → filter → re-distill → extract-eval → report."""
 
     # data: the first `examples` windows of `seq_len` tokens of the corpus (canaries planted in it).
-    # Issue 19's calibration (kdstream reproduce --calibrate, benchmarks/results/calibration_*.json):
-    # the standard-library docstrings with the installed dependencies' license texts as 40% of the
-    # characters (natural duplication: ~20% of the windows have 8+ copies), all ~2,850 windows of
-    # 64 tokens, the paper's 3 / 4 epochs. There, with the tiny teacher and 4 baseline / student
-    # epochs, memorization is rare (a few % at most, docs/study.md); 6 or 8 epochs make the CE
-    # baseline recite ~15%; small-teacher (8x the student) memorizes ~11% in 3 epochs. The
-    # earlier defaults (256 windows of 128 tokens of the docstrings, 30 / 28 epochs) saturated:
+    # Issue 19's calibration (kdstream reproduce --calibrate, benchmarks/results/calibration_*.json,
+    # docs/study.md): the standard-library docstrings with the installed dependencies' license texts
+    # as 40% of the characters (natural duplication: ~20% of the windows have 8+ copies), all ~2,850
+    # windows of 64 tokens. There the regime is set by the passes over the data and the step size,
+    # not by the model size: in 3 epochs at lr 1e-3 the tiny teacher memorizes 72 windows and the
+    # 8x small-teacher 75, while the CE baseline at 4 epochs memorizes 102; so the teacher gets the
+    # baseline's 4 epochs (paper: 3) to memorize more than it (216), and every model lr 1e-3 (at
+    # 3e-3 the CE baseline memorized 0-76 windows depending on the dependency versions; at 1e-3, 102).
+    # The earlier defaults (256 windows of 128 tokens of the docstrings, 30 / 28 epochs) saturated:
     # 98% / 52% / 26%.
     dataset: str = "demo+licenses:0.4"
     text_field: str = "text"
@@ -54,12 +56,13 @@ class StudyConfig:
     # models and training (paper: 3 teacher epochs, 4 baseline / student epochs, T = 2)
     teacher_model: str = "tiny-teacher"
     student_model: str = "tiny-student"
-    teacher_epochs: int = option(3, "Epochs of the teacher (CE).")
+    teacher_epochs: int = option(4, "Epochs of the teacher (CE).")
     student_epochs: int = option(4, "Epochs of baseline, student and filtered student.")
-    lr: float = 3e-3  # the baseline, the student and the filtered student
+    lr: float = 1e-3  # the baseline, the student and the filtered student
     # the teacher's own (None: lr). Measured on the miniature (256 examples, 30 epochs): at 3e-3 the
     # 4 x 256 teacher memorized 35 of 256, fewer than the 3 x 192 student-sized CE model's 178; at
-    # 1e-3, 252: the wider model needs the smaller step, as usual when fine-tuning larger models.
+    # 1e-3, 252: the wider model needs the smaller step, as usual when fine-tuning larger models. On
+    # the calibrated defaults (3 epochs) 5e-4 / 1e-3 / 2e-3 gave 3 / 72 / 10 windows.
     teacher_lr: float | None = 1e-3
     batch_size: int = 8
     temperature: float = 2.0
