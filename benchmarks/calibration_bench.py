@@ -6,7 +6,10 @@ and machine (benchmarks/results/NAME.json).
 The sweep runs as the CLI runs it (one subprocess); --work keeps its directory, and a rerun over a
 finished --work only re-reads it (every stage is skipped as done).
 
-    OMP_NUM_THREADS=2 python -m benchmarks.calibration_bench [--grid FILE] [--work DIR] [--name NAME]
+    OMP_NUM_THREADS=2 python -m benchmarks.calibration_bench [--grid FILE] [--config FILE] [--work DIR] [--name NAME]
+
+--config is the sweep's base config (as for `kdstream reproduce --config`): e.g. to re-read a sweep
+run under earlier embedded defaults, pass those defaults.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from benchmarks.results import save
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", help="YAML grid (default: the embedded one, kdstream/study/calibrate.py)")
+    parser.add_argument("--config", help="Study YAML: the base config of every point (default: the embedded one)")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--work", help="The sweep's --out (kept; a finished one is only re-read)")
     parser.add_argument("--name", default="calibration_bench", help="results/NAME.json")
@@ -33,7 +37,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.work or Path(tmp) / "calibrate")
         cmd = [sys.executable, "-m", "kdstream", "reproduce", "--calibrate", "--out", str(out),
-               "--seeds", str(args.seeds), *(["--grid", args.grid] if args.grid else [])]
+               "--seeds", str(args.seeds), *(["--grid", args.grid] if args.grid else []),
+               *(["--config", args.config] if args.config else [])]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
