@@ -16,7 +16,9 @@ back with ``open_store``:
   bytes/token of the arrays the layout changes, and bytes per entry;
 - ``read``: the fixed and one ragged store read whole, chunk by chunk into torch tensors,
   alternately pass by pass (store_bench.read_rates, local only), so that both see the same load:
-  the ragged/fixed ratio is the figure on a busy machine.
+  the ragged/fixed ratio is the figure on a busy machine. Measured twice, each in a fresh
+  process: with freed memory kept for reuse, as kdstream's loaders read (storage/memory.py), and
+  with glibc's default malloc thresholds.
 
     python -m benchmarks.ragged_bench [--examples 64] [--seq-len 256] [--top-k 64]
     python -m benchmarks.ragged_bench --store EXISTING_FP32_STORE
@@ -154,11 +156,16 @@ def main() -> None:
             shutil.rmtree(padded)
 
         ragged = f"budget_{args.budget[-1]:g}" if args.budget else label
-        rates = read_rates({"fixed": stores["fixed"], ragged: stores[ragged]}, passes=args.passes, where=("local",))
-        ratio = {kind: round(rates[f"{ragged}_local_{kind}"]["tokens_per_s_median"]
-                             / rates[f"fixed_local_{kind}"]["tokens_per_s_median"], 3)
-                 for kind in ("all_keys", "trainer_keys")}
-        out["read"] = {"ragged_store": ragged, **rates, "ragged_over_fixed_median": ratio}
+        out["read"] = {"ragged_store": ragged}
+        for memory, keep in (("kept_freed_memory", True), ("default_malloc", False)):
+            rates = read_rates({"fixed": stores["fixed"], ragged: stores[ragged]}, passes=args.passes,
+                               where=("local",), keep_freed=keep)
+            rates["ragged_over_fixed_median"] = {
+                kind: round(rates[f"{ragged}_local_{kind}"]["tokens_per_s_median"]
+                            / rates[f"fixed_local_{kind}"]["tokens_per_s_median"], 3)
+                for kind in ("all_keys", "trainer_keys")}
+            out["read"][memory] = rates
+            print(memory, {k: v for k, v in rates.items() if k.endswith("keys")}, flush=True)
     save("ragged_bench", out)
 
 

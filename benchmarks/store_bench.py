@@ -135,12 +135,24 @@ def http_server(root: Path):
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def read_rates(stores: dict[str, Path], passes: int = 7, where: tuple[str, ...] = ("local", "http")) -> dict:
+def read_rates(stores: dict[str, Path], passes: int = 7, where: tuple[str, ...] = ("local", "http"),
+               keep_freed: bool = True) -> dict:
     """Tokens/s reading each store whole, chunk by chunk, local and over HTTP (each store's parent
-    directory served), all keys and the trainer's keys. The stores are read alternately, pass by
-    pass, so that all see the same machine load: median and best of ``passes`` passes each,
-    after one warm-up pass."""
-    out: dict = {"load_before": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "passes": passes}
+    directory served), all keys and the trainer's keys, in a fresh process: with freed memory
+    kept for reuse as kdstream's loaders run (``keep_freed``: storage/memory.py) or with glibc's
+    default thresholds. The stores are read alternately, pass by pass, so that all see the same
+    machine load: median and best of ``passes`` passes each, after one warm-up pass."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # malloc settings last a process
+        return pool.apply(_read_rates, (stores, passes, where, keep_freed))
+
+
+def _read_rates(stores: dict[str, Path], passes: int, where: tuple[str, ...], keep_freed: bool) -> dict:
+    from kdstream.storage.memory import keep_freed_memory
+
+    out: dict = {"load_before": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "passes": passes,
+                 "kept_freed_memory": keep_freed and keep_freed_memory()}
     servers = {}
     try:
         for path in stores.values() if "http" in where else ():

@@ -83,3 +83,62 @@ def _buffer(body: bytes):
     from zarr.core.buffer import default_buffer_prototype
 
     return default_buffer_prototype().buffer.from_bytes(body + struct.pack("<I", google_crc32c.value(body)))
+
+
+def test_a_reads_output_survives_the_next_read(tmp_path):
+    """The stored arrays a read decodes (top-k indices, qdelta codes) go through this thread's
+    scratch memory, reused by the next read: no output may share it."""
+    import test_ragged
+
+    from kdstream.storage import selection as sel
+
+    rows = test_ragged.synthetic()
+    n, R = test_ragged.S, test_ragged.R
+    top_p = sel.describe("top_p", test_ragged.K, p=0.9)
+    for store in (test_ragged.write(tmp_path / "fixed.zarr", rows),
+                  test_ragged.write(tmp_path / "ragged.zarr", rows, top_p),
+                  test_ragged.write(tmp_path / "fp32.zarr", rows, encoding="fp32"),  # returned as stored
+                  test_ragged.write(tmp_path / "fp32-ragged.zarr", rows, top_p, encoding="fp32")):
+        first = store.read(0, R)
+        kept = {k: v.copy() for k, v in first.items()}
+        store.read(R, 2 * R)  # same shapes: the same scratch buffers, refilled
+        store.read(1, n)
+        for key, value in first.items():
+            assert np.array_equal(value, kept[key]), (store.url, key)
+
+
+def test_local_files_read_in_the_calling_thread_equal_zarrs_async_path(tmp_path):
+    """chunk_io.fetch_local (local stores) returns what the event-loop path returns, and the
+    same absent chunk; an object store goes the event-loop way (None)."""
+    from zarr.core.sync import sync
+
+    write(tmp_path / "s.zarr", synthetic(10))
+    (tmp_path / "s.zarr" / "target_rank" / "c" / "1" / "0").unlink()
+    store = open_store(str(tmp_path / "s.zarr"))
+    plans = {n: p for n, p in store._plans.items() if p is not None}
+    for start, stop in [(0, 10), (3, 9), (4, 4)]:
+        local = chunk_io.fetch_local(plans, start, stop, frozenset(PER_CHUNK), 4)
+        remote = sync(chunk_io.fetch(plans, start, stop, frozenset(PER_CHUNK), 4))
+        assert [(n, c) for n, c, _ in local] == [(n, c) for n, c, _ in remote]
+        for (n, c, a), (_, _, b) in zip(local, remote):
+            assert (a is None) == (b is None), (n, c)
+            if a is not None:
+                assert bytes(a.as_numpy_array()) == bytes(b.as_numpy_array()), (n, c)
+    assert any(raw is None for _, _, raw in chunk_io.fetch_local(plans, 0, 10, frozenset(PER_CHUNK), 4))
+
+
+def test_kdstreams_readers_keep_freed_memory_unless_told_not_to():
+    """storage/memory.py sets glibc's thresholds once per process; KDSTREAM_KEEP_FREED_MEMORY=0
+    leaves them alone (each case in a fresh process: the setting lasts the process)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from kdstream.storage.memory import keep_freed_memory as k; print(k(), k())"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "KDSTREAM_KEEP_FREED_MEMORY": "0"}).stdout.split()
+    import platform
+
+    assert on == (["True", "True"] if platform.libc_ver()[0] == "glibc" else ["False", "False"])
+    assert off == ["False", "False"]

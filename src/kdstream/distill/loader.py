@@ -218,5 +218,7 @@ class OpenStore:
 
     def __call__(self) -> ExampleSource:
         from kdstream.storage import open_stores
+        from kdstream.storage.memory import keep_freed_memory
 
+        keep_freed_memory()  # the reading process: see storage/memory.py
         return open_stores(self.url, identity=self.identity, part_identities=self.part_identities)

@@ -21,6 +21,7 @@ chunk, ``ChangedChunk`` otherwise.
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,6 +122,28 @@ def _check_manifest(p: Plan, crc: int, c: int) -> None:
         raise ChangedChunk(f"its crc32c {crc:08x} is not the manifest's {int(p.expected[c]):08x}")
 
 
+# Page faults were most of a chunk read on a local store: a fresh buffer of a few MB is often new
+# memory from the kernel, zeroed page by page, that glibc hands back when it is freed (storage/
+# memory.py). Buffers a read uses only on its way (a transposed chunk, the stored form of an array
+# decoded into another) are kept per thread and reused by its next read (docs/benchmarks.md,
+# "Reading ragged stores").
+_SCRATCH = threading.local()
+SCRATCH_LIMIT = 64 << 20  # bytes: larger buffers (a whole store read at once) are not kept
+
+
+def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised array of ``shape`` whose memory this thread reuses at its next call with
+    the same ``name``: for an intermediate its caller has finished with before that call."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if n > SCRATCH_LIMIT:
+        return np.empty(shape, dtype)
+    buf = _SCRATCH.__dict__.get(name)
+    if buf is None or buf.nbytes < n:
+        buf = _SCRATCH.__dict__[name] = np.empty(n, np.uint8)
+    return buf[:n].view(dtype).reshape(shape)
+
+
 def _decode_into(p: Plan, raw, dest: np.ndarray, c: int | None = None) -> None:
     """Check the crc32c of one chunk object (c) and blosc-decompress it into ``dest`` (its bytes); a
     transposed chunk goes through a buffer in its stored order and is transposed back into dest.
@@ -138,7 +161,7 @@ def _decode_into(p: Plan, raw, dest: np.ndarray, c: int | None = None) -> None:
     if nbytes != dest.nbytes:  # decompress() would fill only part of a larger dest, silently
         raise CorruptChunk(f"blosc decompression error: the chunk holds {nbytes} bytes, expected {dest.nbytes}")
     shape = (p.rows, *p.row_shape)
-    as_stored = dest if p.order is None else np.empty(tuple(shape[i] for i in p.order), p.dtype)
+    as_stored = dest if p.order is None else scratch("transposed", tuple(shape[i] for i in p.order), p.dtype)
     try:
         blosc.decompress(body, as_stored)
     except RuntimeError as exc:  # numcodecs: "error during blosc decompression: …"
@@ -167,6 +190,33 @@ async def fetch(plans: dict[str, Plan], start: int, stop: int, per_chunk: frozen
     return await fetch_objects(plans, jobs)
 
 
+def fetch_local(plans: dict[str, Plan], start: int, stop: int, per_chunk: frozenset[str],
+                chunk_rows: int) -> list | None:
+    """``fetch``'s result read in the calling thread, file by file, when every planned array is
+    on a local disk (zarr's LocalStore); None otherwise. A local file read costs tens of
+    microseconds; sending each to zarr's event loop thread and from there to a worker thread
+    cost ~2 ms per chunk read of 7 arrays, a quarter of a fixed top-64 read (docs/benchmarks.md)."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.storage import LocalStore
+
+    stores = {id(p.array.store_path.store): p.array.store_path.store for p in plans.values()}
+    if not plans or not all(type(st) is LocalStore for st in stores.values()):
+        return None
+    proto = default_buffer_prototype()
+    out = []
+    for n, (a, b) in _spans(plans, start, stop, per_chunk, chunk_rows).items():
+        p = plans[n]
+        for c in range(a, b):
+            try:
+                raw = proto.buffer.from_bytes((p.array.store_path.store.root / _key(p, c)).read_bytes())
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # as LocalStore.get: absent
+                raw = None
+            except OSError as exc:
+                raw = exc
+            out.append((n, c, raw))
+    return out
+
+
 async def fetch_objects(plans: dict[str, Plan], jobs: list[tuple[str, int]]) -> list:
     """The objects of chunks ``jobs`` [(array name, chunk)], fetched concurrently:
     [(name, chunk, object | None | exception)]."""
@@ -188,13 +238,16 @@ async def fetch_objects(plans: dict[str, Plan], jobs: list[tuple[str, int]]) -> 
 
 
 def assemble(plans: dict[str, Plan], fetched: list, start: int, stop: int, per_chunk: frozenset[str],
-             chunk_rows: int) -> dict[str, np.ndarray | BaseException]:
+             chunk_rows: int, transient: frozenset[str] = frozenset()) -> dict[str, np.ndarray | BaseException]:
     """Rows [start, stop) of each planned array from ``fetch``'s objects (for ``per_chunk`` arrays:
     the rows of the chunks holding examples start…stop-1), each chunk checked and decompressed
-    into its slot of one buffer; a failure is returned in place of that array (the caller names it)."""
+    into its slot of one buffer; a failure is returned in place of that array (the caller names it).
+    ``transient`` arrays are decompressed into this thread's scratch memory (``scratch``): the
+    caller must be done with them before its next assemble."""
     spans = _spans(plans, start, stop, per_chunk, chunk_rows)
-    buffers = {n: np.empty(((b - a) * plans[n].rows, *plans[n].row_shape), dtype=plans[n].dtype)
-               for n, (a, b) in spans.items()}  # whole chunks, sliced below
+    buffers = {n: (scratch(f"assemble:{n}", shape, plans[n].dtype) if n in transient else np.empty(shape, plans[n].dtype))
+               for n, (a, b) in spans.items()
+               for shape in [((b - a) * plans[n].rows, *plans[n].row_shape)]}  # whole chunks, sliced below
     out: dict[str, np.ndarray | BaseException] = {}
     for n, c, raw in fetched:
         if n in out:

@@ -46,11 +46,11 @@ def lookup(index: np.ndarray, tables: np.ndarray, chunk_of_row: np.ndarray | Non
     """Indices (B, L-1, k) + tables (C', V) of the chunks they come from → ids (B, L-1, k) int64.
 
     ``chunk_of_row`` (B,): which of the C' tables each row uses (None: all rows use table 0, the
-    usual whole-chunk read). The gather writes int64 directly from an int64 table: no separate
-    upcast pass. Indices are cast to intp first: numpy's take is slower on uint16 indices."""
+    usual whole-chunk read). The gather indexes an int64 table with the stored uint16 indices as
+    they are: casting them to intp first allocates a second (B, L-1, k) int64 array, and the page
+    faults of fresh memory, not the gather, dominate a chunk read (docs/benchmarks.md, read rates)."""
     tables = np.asarray(tables).astype(np.int64)  # (C', V): small (V ids per chunk read)
-    flat = np.asarray(index).astype(np.intp)  # (B, L-1, k)
+    index = np.asarray(index)
     if chunk_of_row is None or len(tables) == 1:
-        return np.take(tables[0], flat)  # (B, L-1, k) int64
-    flat += (np.asarray(chunk_of_row, dtype=np.intp) * tables.shape[1])[:, None, None]  # into tables.ravel()
-    return np.take(tables.ravel(), flat)
+        return tables[0][index]  # (B, L-1, k) int64
+    return tables[np.asarray(chunk_of_row, dtype=np.intp)[:, None, None], index]

@@ -151,9 +151,9 @@ class LogitStore:
         if packed:  # packed rows need their chunks' lengths from the chunk start: fetch whole chunks,
             R = self.chunk_rows  # unpack only rows [start, stop) of them (packing.unpack_rows)
             a, b = start // R * R, min(-(-stop // R) * R, len(self))
-            raw = self._fetch(names, a, b)
+            raw = self._fetch(names, a, b, self._transient(keys))
         else:
-            raw = self._fetch(names, start, stop)
+            raw = self._fetch(names, start, stop, self._transient(keys))
         out: dict[str, np.ndarray] = {}
         summed = self._codes_summed  # raw topk_logprobs holds absolute codes, not deltas
         if packed:
@@ -183,6 +183,14 @@ class LogitStore:
             if key not in out:
                 out[key] = raw[key]
         return {key: out[key].astype(_DECODED[key], copy=False) for key in keys}
+
+    def _transient(self, keys: tuple[str, ...]) -> frozenset[str]:
+        """The stored arrays ``read`` decodes into others before it returns (never returned as
+        stored): top-k indices (→ ids) and qdelta codes (→ logprobs), read into scratch memory."""
+        out = {"topk_index"} if "topk_index" in self._arrays and "topk_index" not in keys else set()
+        if self.qdelta:  # "topk_logprobs" in keys names the decoded logprobs: the stored codes never leave
+            out.add("topk_logprobs")
+        return frozenset(out)
 
     def _unpack(self, raw: dict[str, np.ndarray], lo: int, hi: int) -> bool:
         """Whole chunks of a version 6 store's packed arrays → their rows [lo, hi) padded to k (the
@@ -231,11 +239,13 @@ class LogitStore:
         raw.update(topk_ids=ids, topk_logprobs=logprobs, tail_mass=tail)
         return {name: raw[name].astype(_DECODED[name], copy=False) for name in keys}
 
-    def _fetch(self, names: tuple[str, ...], start: int, stop: int) -> dict[str, np.ndarray]:
+    def _fetch(self, names: tuple[str, ...], start: int, stop: int,
+               transient: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
         """Rows [start, stop) of stored arrays (for PER_CHUNK ones: the rows of the chunks holding
         them), as stored, all read concurrently: whole chunk objects fetched together and
         decompressed straight into their output (chunk_io), or through zarr for arrays of other
-        layouts. A failed checksum is a one-line KdError naming the array."""
+        layouts. A failed checksum is a one-line KdError naming the array. ``transient``: arrays
+        the caller decodes before its next read (chunk_io.assemble)."""
         import asyncio
 
         from zarr.core.sync import sync
@@ -255,8 +265,12 @@ class LogitStore:
             return await asyncio.gather(chunk_io.fetch(direct, start, stop, frozenset(PER_CHUNK), R), via_zarr,
                                         self._absent(others, range(chunks.start, chunks.stop)))
 
-        fetched, got_zarr, absent = sync(get_all())
-        got = chunk_io.assemble(direct, fetched, start, stop, frozenset(PER_CHUNK), R)
+        fetched = None if others else chunk_io.fetch_local(direct, start, stop, frozenset(PER_CHUNK), R)
+        if fetched is None:
+            fetched, got_zarr, absent = sync(get_all())
+        else:
+            got_zarr, absent = [], {}
+        got = chunk_io.assemble(direct, fetched, start, stop, frozenset(PER_CHUNK), R, transient)
         got.update(zip(others, got_zarr))
         got.update(absent)
         out = {}

@@ -82,7 +82,9 @@ class StoreDataset(torch.utils.data.Dataset):
 
     def _open(self, identity: str | None):
         from kdstream.storage import open_stores
+        from kdstream.storage.memory import keep_freed_memory
 
+        keep_freed_memory()  # the reading process (a DataLoader worker, or the trainer's): storage/memory.py
         return open_stores(self.urls if len(self.urls) > 1 else self.urls[0], identity=identity)
 
     @property
