@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.miniature import run_reproduce
 from benchmarks.results import save
 
 
@@ -36,13 +34,9 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.work or Path(tmp) / "calibrate")
-        cmd = [sys.executable, "-m", "kdstream", "reproduce", "--calibrate", "--out", str(out),
-               "--seeds", str(args.seeds), *(["--grid", args.grid] if args.grid else []),
-               *(["--config", args.config] if args.config else [])]
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(f"kdstream reproduce --calibrate failed: {proc.stderr[-2000:]}")
+        cmd = run_reproduce("--calibrate", "--out", str(out), "--seeds", str(args.seeds),
+                            *(["--grid", args.grid] if args.grid else []),
+                            *(["--config", args.config] if args.config else []))
         figures = json.loads((out / "calibration.json").read_text())
         figures["table"] = (out / "calibration.md").read_text()
         figures["sweep_command"] = " ".join(cmd[1:])

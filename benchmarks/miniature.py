@@ -120,3 +120,14 @@ def teacher_and_store(args, work: Path, log: list) -> tuple[Path, Path, dict]:
     if not np.array_equal(ids, np.arange(len(s))):
         raise SystemExit("store example ids are not row numbers: the exclude list below assumes they are")
     return teacher, store, summary
+
+
+def run_reproduce(*args: str) -> list[str]:
+    """``kdstream reproduce ARGS`` as the CLI runs it (one subprocess, vLLM's CPU KV cache at 1 GiB
+    unless set): its command line; SystemExit with the end of its stderr when it fails."""
+    cmd = [sys.executable, "-m", "kdstream", "reproduce", *args]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"kdstream reproduce failed: {proc.stderr[-2000:]}")
+    return cmd

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.miniature import run_reproduce
 from benchmarks.results import save
 
 
@@ -34,12 +32,8 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.work or Path(tmp) / "study")
-        cmd = [sys.executable, "-m", "kdstream", "reproduce", "--out", str(out), "--seeds", str(args.seeds),
-               *(["--config", args.config] if args.config else [])]
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(f"kdstream reproduce failed: {proc.stderr[-2000:]}")
+        cmd = run_reproduce("--out", str(out), "--seeds", str(args.seeds),
+                            *(["--config", args.config] if args.config else []))
         study = json.loads((out / "study.json").read_text())
         seeds = {}
         for seed_dir in sorted(out.glob("seed-*")):
