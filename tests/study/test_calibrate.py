@@ -110,8 +110,10 @@ def test_grid_without_calibrate_or_a_flag_the_grid_sweeps_is_refused(tmp_path):
     path.write_text("{examples: [16]}")
     proc = run_cli("reproduce", "--grid", path, "--out", tmp_path / "out", check=False)
     assert proc.returncode == 2 and "--grid is only used with --calibrate" in proc.stderr
-    proc = run_cli("reproduce", "--calibrate", "--teacher-epochs", 5, "--out", tmp_path / "out", check=False)
-    assert proc.returncode == 2 and "--teacher-epochs is swept by the embedded grid: drop the flag" in proc.stderr
+    path.write_text("{teacher_epochs: [3, 4]}")
+    proc = run_cli("reproduce", "--calibrate", "--grid", path, "--teacher-epochs", 5, "--out", tmp_path / "out",
+                   check=False)
+    assert proc.returncode == 2 and f"--teacher-epochs is swept by the grid {path}: drop the flag" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -120,10 +122,10 @@ def test_the_default_grid_is_valid_and_names_its_points():
     from kdstream.study.config import StudyConfig
 
     points = grid_points(StudyConfig(), load_grid(None))
-    assert len(points) == 4 and load_grid(None) == DEFAULT_GRID
-    name, values, cfg = points[-1]
-    assert name == "teacher_epochs-4__lr-0.003"
-    assert (cfg.teacher_epochs, cfg.lr, cfg.dataset, cfg.seq_len) == (4, 0.003, "demo+licenses:0.4", 64)
+    assert len(points) == 3 and load_grid(None) == DEFAULT_GRID
+    name, values, cfg = points[1]
+    assert name == "teacher_lr-0.0007"  # the embedded defaults' own point
+    assert cfg == StudyConfig()
 
 
 def test_two_values_that_would_share_a_directory_are_refused(tmp_path):

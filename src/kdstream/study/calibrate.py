@@ -44,13 +44,12 @@ ROLES = ("teacher", "baseline", "student")
 PAPER_RATES = {"teacher": 0.0033, "baseline": 0.0017, "student": 0.0007}
 TARGET_BAND = (0.001, 0.10)
 # The embedded grid: around the embedded defaults (docstrings + licenses at 40%, ~2,850 windows of
-# 64 tokens, 4 baseline / student epochs), the two knobs the calibration found to decide the regime:
-# the teacher's epochs (3, the paper's: it memorizes less than the baseline; 4: more) and the step
-# size of the baseline and students (1e-3; 3e-3: the CE baseline memorizes far less, 0-76 windows
-# depending on the installed dependency versions). 4 points, ~10 min each on 2 cores.
+# 64 tokens, 4 epochs for every model, lr 1e-3 for baseline and students), the teacher's step size,
+# the knob that placed the regime (docs/study.md): at 5e-4 the teacher memorizes less than the
+# baseline, at 1e-3 so much more that its student memorizes as much as the baseline, 7e-4 (the
+# default) sits between. 3 points, ~13 min each on 2 cores.
 DEFAULT_GRID: dict[str, list] = {
-    "teacher_epochs": [3, 4],
-    "lr": [0.001, 0.003],
+    "teacher_lr": [0.0005, 0.0007, 0.001],
 }
 # Not knobs of a point: seeds are the sweep's own (every point runs for every seed); tuples (extra
 # stage flags, canary counts) would make a list of lists.
