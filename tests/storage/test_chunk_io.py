@@ -109,7 +109,7 @@ def test_a_reads_output_survives_the_next_read(tmp_path):
 
 def test_local_files_read_in_the_calling_thread_equal_zarrs_async_path(tmp_path):
     """chunk_io.fetch_local (local stores) returns what the event-loop path returns, and the
-    same absent chunk; an object store goes the event-loop way (None)."""
+    same absent chunk."""
     from zarr.core.sync import sync
 
     write(tmp_path / "s.zarr", synthetic(10))

@@ -186,8 +186,13 @@ async def fetch(plans: dict[str, Plan], start: int, stop: int, per_chunk: frozen
     [(name, chunk, object | None | exception)]. Decompression is left to ``assemble`` so that it
     runs in the caller's thread, where blosc uses its own threads (numcodecs only threads blosc
     in the main thread)."""
-    jobs = [(n, c) for n, (a, b) in _spans(plans, start, stop, per_chunk, chunk_rows).items() for c in range(a, b)]
-    return await fetch_objects(plans, jobs)
+    return await fetch_objects(plans, _jobs(plans, start, stop, per_chunk, chunk_rows))
+
+
+def _jobs(plans: dict[str, Plan], start: int, stop: int, per_chunk: frozenset[str], chunk_rows: int
+          ) -> list[tuple[str, int]]:
+    """[(array name, chunk)]: every chunk object rows [start, stop) need, array by array."""
+    return [(n, c) for n, (a, b) in _spans(plans, start, stop, per_chunk, chunk_rows).items() for c in range(a, b)]
 
 
 def fetch_local(plans: dict[str, Plan], start: int, stop: int, per_chunk: frozenset[str],
@@ -199,21 +204,19 @@ def fetch_local(plans: dict[str, Plan], start: int, stop: int, per_chunk: frozen
     from zarr.core.buffer import default_buffer_prototype
     from zarr.storage import LocalStore
 
-    stores = {id(p.array.store_path.store): p.array.store_path.store for p in plans.values()}
-    if not plans or not all(type(st) is LocalStore for st in stores.values()):
+    if not plans or any(type(p.array.store_path.store) is not LocalStore for p in plans.values()):
         return None
     proto = default_buffer_prototype()
     out = []
-    for n, (a, b) in _spans(plans, start, stop, per_chunk, chunk_rows).items():
+    for n, c in _jobs(plans, start, stop, per_chunk, chunk_rows):
         p = plans[n]
-        for c in range(a, b):
-            try:
-                raw = proto.buffer.from_bytes((p.array.store_path.store.root / _key(p, c)).read_bytes())
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # as LocalStore.get: absent
-                raw = None
-            except OSError as exc:
-                raw = exc
-            out.append((n, c, raw))
+        try:
+            raw = proto.buffer.from_bytes((p.array.store_path.store.root / _key(p, c)).read_bytes())
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # as LocalStore.get: absent
+            raw = None
+        except OSError as exc:
+            raw = exc
+        out.append((n, c, raw))
     return out
 
 
