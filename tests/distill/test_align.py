@@ -175,3 +175,41 @@ def test_prefix_map_gives_every_teacher_token_the_student_token_that_begins_it(s
         assert not any(b[:n] in student_bytes for n in range(len(got) + 1, len(b)))  # the longest one
     with pytest.raises(ValueError, match="unknown vocabulary map"):
         exact_vocab_map(small, spm, "nearest")
+
+
+def test_align_batch_equals_align_example_by_example(small, large, spm):
+    """One batched tokenizer call gives each example exactly its own alignment, skips in place."""
+    from dataclasses import fields
+
+    rows = [ids_of(small, t) for t in (SAMPLE, "the fox", "Hello world! hello again", "中文 café")]
+    rows[2] = rows[2][1:]  # examples of different lengths, one cut at a token
+    for student in (large, spm, lowercasing_tokenizer(TEXTS, 300)):
+        aligner = Aligner(small, student)
+        one = [aligner.align(r) for r in rows]
+        batch = aligner.align_batch(rows)
+        assert len(batch) == len(rows)
+        for x, y in zip(one, batch):
+            assert type(x) is type(y)
+            if isinstance(x, Skip):
+                assert x == y
+                continue
+            for f in fields(Alignment):
+                a, b = getattr(x, f.name), getattr(y, f.name)
+                assert a == b if isinstance(a, str) else np.array_equal(a, b), f.name
+    assert any(isinstance(a, Skip) for a in Aligner(small, lowercasing_tokenizer(TEXTS, 300)).align_batch(rows))
+
+
+def test_encode_texts_gives_the_tokenizer_calls_ids(small, spm):
+    """The fast path (the Rust tokenizer's ids) is the tokenizer's own call, and a tokenizer set
+    to truncate is called as a tokenizer (its own call turns truncation off)."""
+    from kdstream.distill.align import encode_texts
+
+    texts = [SAMPLE, "the fox", "", "Hello world!" * 40]
+    for tok in (small, spm):
+        want = tok(texts, add_special_tokens=False)["input_ids"]
+        assert encode_texts(tok, texts) == want
+        tok.backend_tokenizer.enable_truncation(max_length=4)
+        try:
+            assert encode_texts(tok, texts) == want
+        finally:
+            tok.backend_tokenizer.no_truncation()

@@ -124,11 +124,14 @@ def test_a_repeated_student_id_counts_once_with_the_summed_probability():
     it once with their summed probability, so exact_map_loss is kd_loss over distinct ids."""
     from kdstream.distill.aligned_batch import AlignedExample, merge_repeated_ids
 
-    ids = np.array([[2, 5, 2, -1], [7, 7, 7, 1]])
-    lp = np.log(np.array([[0.3, 0.1, 0.2, 0.1], [0.1, 0.2, 0.3, 0.05]], np.float32))
+    ids = np.array([[2, 5, 2, -1], [3, 4, -1, -1], [7, 7, 7, 1]])  # a row with nothing repeated between
+    lp = np.log(np.array([[0.3, 0.1, 0.2, 0.1], [0.4, 0.3, 0.1, 0.1], [0.1, 0.2, 0.3, 0.05]], np.float32))
     merged_ids, merged_lp = merge_repeated_ids(ids, np.where(ids >= 0, lp, -np.inf).astype(np.float32))
-    np.testing.assert_array_equal(merged_ids, [[2, 5, -1, -1], [7, -1, -1, 1]])
-    np.testing.assert_allclose(np.exp(merged_lp), [[0.5, 0.1, 0, 0], [0.6, 0, 0, 0.05]], rtol=1e-6)
+    np.testing.assert_array_equal(merged_ids, [[2, 5, -1, -1], [3, 4, -1, -1], [7, -1, -1, 1]])
+    np.testing.assert_allclose(np.exp(merged_lp), [[0.5, 0.1, 0, 0], [0.4, 0.3, 0, 0], [0.6, 0, 0, 0.05]], rtol=1e-6)
+    same_ids, same_lp = merge_repeated_ids(ids[1:2], lp[1:2])  # no repeats: returned as they are
+    np.testing.assert_array_equal(same_ids, ids[1:2])
+    np.testing.assert_array_equal(same_lp, lp[1:2])
     logits = torch.randn(1, 3, 10, generator=torch.Generator().manual_seed(1))
     e = AlignedExample(np.array([1, 2, 3]), np.array([0, 1, 2]), np.zeros(3), np.array([False, True, True]),
                        np.array([1]), merged_ids[:1], merged_lp[:1])

@@ -35,7 +35,7 @@ def cross_model_features(model, aligner, input_ids: np.ndarray, target_logprob: 
 
     s = len(input_ids)
     out = {k: np.full(s, np.nan) for k in ("ppl", "bits_per_byte", "min_k", LLR_COLUMN)}
-    aligned = [aligner.align(row) for row in input_ids]
+    aligned = aligner.align_batch(input_ids)
     ok = [i for i, a in enumerate(aligned) if not isinstance(a, Skip) and len(a.student_ids) >= 2]
     device = next(model.parameters()).device
     was_training = model.training

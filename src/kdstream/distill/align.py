@@ -25,7 +25,7 @@ import numpy as np
 
 from kdstream.data.token_bytes import ByteVocab, byte_vocab
 
-__all__ = ["Aligner", "Alignment", "ByteVocab", "SKIP_REASONS", "Skip", "VOCAB_MAPS", "byte_vocab", "exact_vocab_map"]
+__all__ = ["Aligner", "Alignment", "ByteVocab", "SKIP_REASONS", "Skip", "VOCAB_MAPS", "byte_vocab", "encode_texts", "exact_vocab_map"]
 
 # How ``exact`` maps a teacher token to a student token (Aligner.vocab_map):
 #   identical  the student token with the same bytes; none → its mass joins the tail
@@ -174,6 +174,22 @@ class Aligner:
 
     def align(self, teacher_ids) -> Alignment | Skip:
         """Align one example's teacher tokens (L_t,) with the student's tokens of the same text."""
+        return self.align_batch([teacher_ids])[0]
+
+    def align_batch(self, rows) -> list[Alignment | Skip]:
+        """``align`` for each row of teacher tokens, with one student tokenizer call for all of them.
+
+        The tokenizer is most of an alignment's time; one batched call over every text piece of
+        the batch (``encode_texts``) costs less than a call per example.
+        """
+        prepared = [self._prepare(row) for row in rows]
+        texts = [t for p in prepared if isinstance(p, _Prepared) for t in p.texts]
+        encoded = iter(encode_texts(self.student, texts))
+        return [self._finish(p, [next(encoded) for _ in p.texts]) if isinstance(p, _Prepared) else p
+                for p in prepared]
+
+    def _prepare(self, teacher_ids) -> "_Prepared | Skip":
+        """The example's text, its teacher spans and the pieces of it the student tokenizes."""
         ids = np.asarray(teacher_ids, np.int64).reshape(-1)
         t = self.t
         lens = t.lengths[ids]  # (L_t,)
@@ -194,8 +210,6 @@ class Aligner:
 
         # the student's tokens, piece by piece between the teacher's special tokens
         sp = np.flatnonzero(t.special[ids] & inside)
-        s_ids: list[np.ndarray] = []
-        s_lens: list[np.ndarray] = []
         pieces: list[tuple[int, int]] = []  # text byte ranges to tokenize
         layout: list[tuple[str, int]] = []  # ("text", piece index) or ("special", teacher position)
         at = 0
@@ -216,14 +230,20 @@ class Aligner:
             pieces.append((at, hi - lo))
         data = raw[lo:hi]
         texts = [data[a:b].decode("utf-8") for a, b in pieces]
-        encoded = self.student(texts, add_special_tokens=False)["input_ids"] if texts else []
-        for kind, k in layout:
+        return _Prepared(ids, text, data, t_spans, inside, cut, pieces, layout, texts)
+
+    def _finish(self, p: "_Prepared", encoded: list[list[int]]) -> Alignment | Skip:
+        """The alignment of a prepared example from the student's ids of each of its pieces."""
+        ids, t_spans, inside = p.ids, p.t_spans, p.inside
+        s_ids: list[np.ndarray] = []
+        s_lens: list[np.ndarray] = []
+        for kind, k in p.layout:
             if kind == "special":
                 s_ids.append(np.array([self.specials[int(ids[k])]], np.int64))
                 s_lens.append(np.array([t_spans[k, 1] - t_spans[k, 0]], np.int64))
                 continue
-            a, b = pieces[k]
-            got = self._student_piece(data[a:b], encoded[k])
+            a, b = p.pieces[k]
+            got = self._student_piece(p.data[a:b], encoded[k])
             if got is None:
                 return Skip("no_round_trip", f"the student's tokens of bytes [{a}, {b}) do not give them back")
             s_ids.append(np.asarray(encoded[k], np.int64))
@@ -233,7 +253,7 @@ class Aligner:
         s_spans = np.stack([s_ends - np.concatenate(s_lens), s_ends], -1)  # (L_s, 2)
 
         # shared boundaries and chunks: a byte offset is shared when a token of each side ends there
-        n = hi - lo
+        n = len(p.data)
         t_end = np.zeros(n + 1, bool)
         t_end[0] = True
         t_end[t_spans[inside, 1]] = True
@@ -250,5 +270,37 @@ class Aligner:
         s_chunk = chunk_at[s_spans[:, 0]]
         t_ranges, s_ranges = _ranges(monotone, num), _ranges(s_chunk, num)
         usable = (t_ranges[:, 0] >= 1) & (s_ranges[:, 0] >= 1)
-        usable[t_chunk[cut]] = False
-        return Alignment(text, student_ids, t_spans, s_spans, t_chunk, s_chunk, t_ranges, s_ranges, bounds, usable)
+        usable[t_chunk[p.cut]] = False
+        return Alignment(p.text, student_ids, t_spans, s_spans, t_chunk, s_chunk, t_ranges, s_ranges, bounds, usable)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """An example between ``Aligner._prepare`` and ``_finish``: L_t teacher tokens, the text's
+    bytes ``data``, and the byte ranges ``pieces`` (decoded: ``texts``) the student tokenizes."""
+
+    ids: np.ndarray  # (L_t,) teacher ids
+    text: str
+    data: bytes
+    t_spans: np.ndarray  # (L_t, 2) byte spans in the text
+    inside: np.ndarray  # (L_t,) bool: the token has bytes in the text
+    cut: np.ndarray  # (L_t,) bool: the token lost bytes to trimming
+    pieces: list[tuple[int, int]]
+    layout: list[tuple[str, int]]  # ("text", piece index) or ("special", teacher position)
+    texts: list[str]
+
+
+def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """The tokenizer's ids of each text, no special tokens added: ``tokenizer(texts,
+    add_special_tokens=False)["input_ids"]``, through the Rust tokenizer's ``encode_batch_fast``
+    (ids only, no offsets: the spans come from the tokens' byte lengths) where there is one and
+    it is set up as the call leaves it (no truncation, no padding, special tokens not split)."""
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    plain = (backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None
+             and backend.padding is None
+             and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False)))
+    if plain:
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]

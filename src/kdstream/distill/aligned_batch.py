@@ -92,9 +92,25 @@ def merge_repeated_ids(ids: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarra
     left -1 / -inf. kd_loss reads its ids as distinct: a repeated id would count the student's
     probability twice in the tail (1 - Σ q)."""
     p, k = ids.shape
-    ok = ids >= 0
-    if p == 0 or not ok.any():
+    if p == 0:
         return ids, logprobs
+    # rows that list an id twice (the prefix map's merges; the identical map, nearly never): a sort
+    # of the (P, k) ids finds them; the rest pass through untouched
+    s = np.sort(ids, -1)
+    again = ((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any(-1)  # (P,)
+    if not again.any():
+        return ids, logprobs
+    if not again.all():
+        ids, logprobs = ids.copy(), logprobs.copy()
+        ids[again], logprobs[again] = _merge_rows(ids[again], logprobs[again])
+        return ids, logprobs
+    return _merge_rows(ids, logprobs)
+
+
+def _merge_rows(ids: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """merge_repeated_ids over (P, k) rows that may all repeat ids."""
+    p, k = ids.shape
+    ok = ids >= 0
     width = int(ids.max()) + 1
     key = (np.arange(p)[:, None] * width + ids)[ok]  # row-major order: first place first
     uniq, first, inv = np.unique(key, return_index=True, return_inverse=True)

@@ -61,8 +61,7 @@ class CrossTargets:
 
         examples, skipped = [], Counter()
         exact = self.vocab_map is not None
-        for i in range(len(rows["input_ids"])):
-            a = self.aligner.align(rows["input_ids"][i])
+        for i, a in enumerate(self.aligner.align_batch(rows["input_ids"])):
             if isinstance(a, Skip):
                 skipped[a.reason] += 1
                 continue
