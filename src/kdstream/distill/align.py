@@ -25,7 +25,8 @@ import numpy as np
 
 from kdstream.data.token_bytes import ByteVocab, byte_vocab
 
-__all__ = ["Aligner", "Alignment", "ByteVocab", "SKIP_REASONS", "Skip", "VOCAB_MAPS", "byte_vocab", "encode_texts", "exact_vocab_map"]
+__all__ = ["Aligner", "Alignment", "ByteVocab", "SKIP_REASONS", "Skip", "VOCAB_MAPS", "byte_vocab", "encode_texts",
+           "exact_vocab_map"]
 
 # How ``exact`` maps a teacher token to a student token (Aligner.vocab_map):
 #   identical  the student token with the same bytes; none → its mass joins the tail
@@ -298,9 +299,9 @@ def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
     if not texts:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
+    split = bool(getattr(tokenizer, "split_special_tokens", False))
     plain = (backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None
-             and backend.padding is None
-             and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False)))
+             and backend.padding is None and getattr(backend, "encode_special_tokens", False) == split)
     if plain:
         return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
