@@ -108,14 +108,12 @@ def merge_repeated_ids(ids: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarra
 
 
 def _merge_rows(ids: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """merge_repeated_ids over (P, k) rows that may all repeat ids."""
+    """merge_repeated_ids over (P, k) rows that each repeat an id."""
     p, k = ids.shape
     ok = ids >= 0
     width = int(ids.max()) + 1
     key = (np.arange(p)[:, None] * width + ids)[ok]  # row-major order: first place first
     uniq, first, inv = np.unique(key, return_index=True, return_inverse=True)
-    if len(uniq) == len(key):
-        return ids, logprobs  # nothing repeated (the identical map, nearly always)
     summed = np.full(len(uniq), -np.inf)
     np.logaddexp.at(summed, inv, logprobs[ok].astype(np.float64))
     at = np.flatnonzero(ok.reshape(-1))[first]  # flat places of each id's first occurrence
