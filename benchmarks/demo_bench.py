@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,9 @@ def main() -> None:
             "total_min": round((install_s + demo_s) / 60, 2), "target_min": 20,
             "met": install_s + demo_s <= 20 * 60, "stage_seconds": stages,
             "stages_total_s": round(sum(stages.values()), 1), "verdict": verdict.split(" (")[0] if verdict else None,
+            # set on this machine (and its CI): Python caches no bytecode on import, so what
+            # `make install` byte-compiles is all a process gets
+            "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
         }
     finally:
         if tmp:
