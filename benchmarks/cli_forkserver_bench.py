@@ -9,18 +9,26 @@ distill from its store, on the tests' tiny GPT-NeoX and BPE tokenizer.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.results import ROOT, save
 
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' helpers: run_cli, make_gpt_neox, precompute_args
 
-import helpers  # noqa: E402
+
+def _load_helpers():
+    """The tests' helpers module (run_cli, make_gpt_neox, precompute_args), loaded from its file."""
+    spec = importlib.util.spec_from_file_location("helpers", ROOT / "tests" / "helpers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+helpers = _load_helpers()
 
 
 def _inputs(work: Path) -> tuple[Path, Path, Path]:
