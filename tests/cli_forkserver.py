@@ -99,7 +99,7 @@ def _wait(pid: int, timeout: float) -> dict:
 def main() -> None:
     import importlib
 
-    sys.path[0] = os.getcwd()  # not tests/: its folders (data, distill, ...) would shadow nothing, but `-m` has cwd
+    sys.path[0] = os.getcwd()  # as under `python -m`: the working directory first, not tests/
     for name in PRELOAD:
         importlib.import_module(name)
     import threading
