@@ -22,7 +22,7 @@ from kdstream.data.demo_corpus import demo_documents
 from kdstream.data.examples import pack_examples
 from kdstream.data.tokenizer import train_bpe_tokenizer, train_sentencepiece_style_tokenizer
 from kdstream.distill.align import Aligner, Skip, encode_texts
-from kdstream.distill.aligned_batch import aligned_example
+from kdstream.distill.aligned_batch import aligned_example, map_repeats
 
 
 def _best(fn, repeats: int) -> float:
@@ -58,7 +58,9 @@ def _one(aligner: Aligner, student, examples: np.ndarray, batch: int, repeats: i
     call_s = _best(lambda: [student(t, add_special_tokens=False) for t in texts], repeats)
     encode_s = _best(lambda: [encode_texts(student, texts[b : b + batch]) for b in range(0, len(texts), batch)],
                      repeats)
-    target_s = _best(lambda: [aligned_example(a, target, topk_ids, topk_lp, vmap) for a in aligned], repeats)
+    merge = map_repeats(vmap)  # as CrossTargets calls it: no merge where the map cannot repeat an id
+    target_s = _best(lambda: [aligned_example(a, target, topk_ids, topk_lp, vmap, merge=merge) for a in aligned],
+                     repeats)
     return {
         "align_per_example_teacher_tokens_per_s": round(tokens / per_example_s),
         "align_batch_teacher_tokens_per_s": round(tokens / batch_s),
@@ -71,6 +73,7 @@ def _one(aligner: Aligner, student, examples: np.ndarray, batch: int, repeats: i
         "usable_chunk_share": round(float(np.mean(np.concatenate([a.usable for a in aligned]))), 4),
         "student_tokens_per_teacher_token": round(sum(len(a.student_ids) for a in aligned) / tokens, 3),
         "teacher_ids_mapped_exactly": round(float(np.mean(vmap >= 0)), 4),
+        "targets_merge_repeated_ids": merge,
     }
 
 

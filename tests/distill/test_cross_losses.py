@@ -208,3 +208,28 @@ def test_at_a_large_temperature_the_scaled_alm_pulls_by_the_relative_gap():
         (grad,) = torch.autograd.grad((tau * binary_divergence(lt / tau, ls / tau)).sum(), ls)
         expected = (ls.detach() - lt) / ls.detach().abs()
         torch.testing.assert_close(grad, expected, rtol=0.05, atol=1e-4)
+
+
+def test_the_merge_is_skipped_only_where_the_map_cannot_repeat_an_id(tokenizer, other, docs):
+    """map_repeats: the prefix map sends several teacher tokens to one student token, the identical
+    map of these tokenizers does not; where it does not, aligned_example without the merge gives the
+    same targets, and CrossTargets skips it."""
+    from kdstream.distill.aligned_batch import map_repeats
+    from kdstream.distill.cross_tokenizer import CrossTargets
+
+    aligner = Aligner(tokenizer, other)
+    identical = aligner.vocab_map("identical")
+    # a student of the smaller vocabulary: teacher tokens it lacks fall back to shared prefixes
+    assert not map_repeats(identical) and map_repeats(Aligner(other, tokenizer).vocab_map("prefix"))
+    assert map_repeats(np.array([3, -1, 3])) and not map_repeats(np.array([3, -1, -1, 4]))
+    ids = _ids(tokenizer, docs[2][:400])
+    a = aligner.align(ids)
+    logp, topk_ids, topk_lp = _fake_teacher(len(ids), len(tokenizer.get_vocab()), 8, seed=3)
+    target = logp.gather(-1, torch.from_numpy(ids[1:, None])).squeeze(-1).numpy()
+    merged = aligned_example(a, target, topk_ids, topk_lp, identical)
+    unmerged = aligned_example(a, target, topk_ids, topk_lp, identical, merge=False)
+    assert len(merged.exact_rows) > 0
+    for name in ("exact_rows", "exact_ids", "exact_logprobs", "teacher_chunk_logprob"):
+        np.testing.assert_array_equal(getattr(merged, name), getattr(unmerged, name))
+    assert not CrossTargets.build(tokenizer, other, "exact").merge
+    assert CrossTargets.build(other, tokenizer, "exact", vocab_map="prefix").merge

@@ -58,12 +58,15 @@ def teacher_chunk_logprobs(alignment: Alignment, target_logprob: np.ndarray) -> 
 
 
 def aligned_example(alignment: Alignment, target_logprob: np.ndarray, topk_ids: np.ndarray | None = None,
-                    topk_logprobs: np.ndarray | None = None, vocab_map: np.ndarray | None = None) -> AlignedExample:
+                    topk_logprobs: np.ndarray | None = None, vocab_map: np.ndarray | None = None,
+                    merge: bool = True) -> AlignedExample:
     """The targets of one store row (``store[i]``'s target_logprob, topk_ids, topk_logprobs).
 
     The exact rows: at every usable chunk, the teacher's row ta - 1 (predicting the chunk's first
     teacher token) against the student's row sa - 1 (predicting its first student token); both
     predict text that starts at the same byte. Rows with no mapped id are left out.
+    ``merge=False`` skips ``merge_repeated_ids`` (a sort of the (P, k) ids, the largest cost here
+    on long examples): right only for a map where ``map_repeats`` is False.
     """
     lp = teacher_chunk_logprobs(alignment, target_logprob)
     if topk_ids is None:
@@ -78,12 +81,21 @@ def aligned_example(alignment: Alignment, target_logprob: np.ndarray, topk_ids: 
         logprobs = np.asarray(topk_logprobs, np.float32)[t_rows]
         mapped = ids >= 0
         logprobs = np.where(mapped, logprobs, -np.inf).astype(np.float32)
-        ids, logprobs = merge_repeated_ids(ids, logprobs)  # a many-to-one map ("prefix") repeats ids
+        if merge:  # a many-to-one map ("prefix") repeats ids
+            ids, logprobs = merge_repeated_ids(ids, logprobs)
         keep = ((ids >= 0) & np.isfinite(logprobs)).any(-1)
         rows, ids, logprobs = alignment.student_bounds[c[keep], 0] - 1, ids[keep], logprobs[keep]
     spans = alignment.student_spans
     return AlignedExample(alignment.student_ids, alignment.student_chunk, lp, alignment.usable.copy(),
                           rows.astype(np.int64), ids.astype(np.int64), logprobs, spans[:, 1] - spans[:, 0])
+
+
+def map_repeats(vocab_map: np.ndarray) -> bool:
+    """Whether two teacher ids map to one student id (the prefix map's merges; the identical map
+    only when two teacher tokens have the same bytes). Only then can a row of the teacher's top-k,
+    whose ids are distinct, list a student id twice."""
+    mapped = vocab_map[vocab_map >= 0]
+    return len(np.unique(mapped)) < len(mapped)
 
 
 def merge_repeated_ids(ids: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

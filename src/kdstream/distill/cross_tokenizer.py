@@ -45,6 +45,7 @@ class CrossTargets:
     aligner: object  # align.Aligner
     vocab_map: np.ndarray | None  # (V_t,) the student id of each teacher id, -1 if none (exact modes)
     pad_id: int  # the student's pad (or eos) id: fills the batch past each example's end
+    merge: bool = True  # vocab_map sends two teacher ids to one student id (aligned_batch.map_repeats)
 
     @classmethod
     def build(cls, teacher_tokenizer, student_tokenizer, mode: str, vocab_map: str = "identical") -> "CrossTargets":
@@ -53,7 +54,10 @@ class CrossTargets:
 
         aligner = Aligner(teacher_tokenizer, student_tokenizer)
         pad = next((t for t in (student_tokenizer.pad_token_id, student_tokenizer.eos_token_id) if t is not None), 0)
-        return cls(mode, aligner, aligner.vocab_map(vocab_map) if "exact" in mode else None, int(pad))
+        from kdstream.distill.aligned_batch import map_repeats
+
+        vmap = aligner.vocab_map(vocab_map) if "exact" in mode else None
+        return cls(mode, aligner, vmap, int(pad), merge=vmap is not None and map_repeats(vmap))
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict:
         from kdstream.distill.align import Skip
@@ -69,7 +73,8 @@ class CrossTargets:
             examples.append(aligned_example(a, rows["target_logprob"][i] if "target_logprob" in rows
                                             else np.zeros(len(rows["input_ids"][i]) - 1),
                                             rows["topk_ids"][i] if exact else None,
-                                            rows["topk_logprobs"][i] if exact else None, self.vocab_map))
+                                            rows["topk_logprobs"][i] if exact else None, self.vocab_map,
+                                            merge=self.merge))
         return {ALIGNED: examples, SKIPPED: dict(skipped), PAD_ID: self.pad_id}
 
 
