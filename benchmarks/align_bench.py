@@ -61,10 +61,13 @@ def _one(aligner: Aligner, student, examples: np.ndarray, batch: int, repeats: i
     merge = map_repeats(vmap)  # as CrossTargets calls it: no merge where the map cannot repeat an id
     target_s = _best(lambda: [aligned_example(a, target, topk_ids, topk_lp, vmap, merge=merge) for a in aligned],
                      repeats)
+    merged_s = _best(lambda: [aligned_example(a, target, topk_ids, topk_lp, vmap) for a in aligned], repeats)
     return {
         "align_per_example_teacher_tokens_per_s": round(tokens / per_example_s),
         "align_batch_teacher_tokens_per_s": round(tokens / batch_s),
         "align_batch_plus_targets_teacher_tokens_per_s": round(tokens / (batch_s + target_s)),
+        # the same with merge_repeated_ids always run (before map_repeats), for comparison in one run
+        "align_batch_plus_targets_always_merged_teacher_tokens_per_s": round(tokens / (batch_s + merged_s)),
         "student_tokenizer_call_per_example_teacher_tokens_per_s": round(tokens / call_s),
         "student_tokenizer_encode_texts_batch_teacher_tokens_per_s": round(tokens / encode_s),
         "align_batch_equals_align": same,
