@@ -19,7 +19,6 @@ from pathlib import Path
 from benchmarks.results import ROOT, save
 
 
-
 def _load_helpers():
     """The tests' helpers module (run_cli, make_gpt_neox, precompute_args), loaded from its file."""
     spec = importlib.util.spec_from_file_location("helpers", ROOT / "tests" / "helpers.py")

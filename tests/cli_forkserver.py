@@ -66,10 +66,12 @@ def _run_and_exit(fn, *args, **kwargs) -> None:
     try:
         fn(*args, **kwargs)
         code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
-        if not isinstance(exc.code, (int, type(None))):
+    except SystemExit as exc:  # sys.exit(None | int) is the code; anything else is printed, code 1
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
             print(exc.code, file=sys.stderr)
+            code = 1
     except BaseException:  # noqa: BLE001 - what the interpreter does with an uncaught exception
         traceback.print_exc()
         code = 1
