@@ -1,7 +1,7 @@
-"""What the tests' fork server (tests/cli_forkserver.py) saves per CLI run: the same commands run
+"""What the fork server (kdstream/forkserver.py) saves per CLI run: the same commands run
 through ``helpers.run_cli`` as forks of the server and as fresh interpreters
-(``KDSTREAM_TEST_FORKSERVER=0``), each timed. The commands are the suite's kinds: `--help`, an
-error caught before any work, a small precompute (HF backend: no vLLM engine) and a one-epoch
+(``KDSTREAM_FORKSERVER=0``), each timed. The commands are the suite's kinds: `--help`, an
+error caught before any work, a small precompute (HF backend, and vLLM's engine) and a one-epoch
 distill from its store, on the tests' tiny GPT-NeoX and BPE tokenizer.
 
     python -m benchmarks.cli_forkserver_bench [--repeats 2]
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks.results import ROOT, save
+from kdstream import forkserver
 
 
 def _load_helpers():
@@ -52,6 +53,8 @@ def _run(teacher: Path, student: Path, corpus: Path, out: Path) -> dict[str, flo
         "error_before_work": (["distill", "--logits-store", out / "missing.zarr", "--model", student,
                                "--out", out / "never"], 2),
         "precompute_hf": (helpers.precompute_args(teacher, corpus, store, "--backend", "hf"), 0),
+        # vLLM: preloaded by the server where torch is a CPU build (forkserver._preload_vllm)
+        "precompute_vllm": (helpers.precompute_args(teacher, corpus, out / "store_vllm.zarr", "--backend", "vllm"), 0),
         "distill_one_epoch": (["distill", "--logits-store", store, "--model", student, "--epochs", 1,
                                "--batch-size", 8, "--out", out / "student"], 0),
     }
@@ -74,12 +77,12 @@ def main() -> None:
         work = Path(tmp)
         teacher, student, corpus = _inputs(work)
         start = time.perf_counter()
-        helpers._forkserver({**os.environ, "TQDM_DISABLE": "1"})  # its one-time start, timed on its own
+        forkserver.shared({**os.environ, "TQDM_DISABLE": "1"})  # its one-time start, timed on its own
         server_start_s = round(time.perf_counter() - start, 2)
         runs: dict[str, list[dict[str, float]]] = {"fork_server": [], "fresh_interpreter": []}
         for attempt in range(args.repeats):  # the two modes alternate: the machine's drift hits both
             for mode, flag in (("fork_server", "1"), ("fresh_interpreter", "0")):
-                os.environ["KDSTREAM_TEST_FORKSERVER"] = flag
+                os.environ["KDSTREAM_FORKSERVER"] = flag
                 runs[mode].append(_run(teacher, student, corpus, work / f"{mode}-{attempt}"))
     best = {mode: {name: min(r[name] for r in rs) for name in rs[0]} for mode, rs in runs.items()}
     figures = {

@@ -14,6 +14,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from kdstream import forkserver
+
 VOCAB = 512
 SEQ_LEN = 64
 TOP_K = 8
@@ -22,15 +24,15 @@ NUM_EXAMPLES = 24
 def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python -m kdstream ARGS` the way a user runs the command; returns the finished process.
 
-    The process is a fork of the session's fork server (tests/cli_forkserver.py: the imports done
-    once); ``KDSTREAM_TEST_FORKSERVER=0`` runs a fresh interpreter each time instead.
+    The process is a fork of the session's fork server (kdstream/forkserver.py: the imports done
+    once); ``KDSTREAM_FORKSERVER=0`` runs a fresh interpreter each time instead.
     """
     argv = [sys.executable, "-m", "kdstream", *map(str, args)]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     # one run at a time through the server; a run from another thread meanwhile gets an interpreter
-    if os.environ.get("KDSTREAM_TEST_FORKSERVER", "1") != "0" and _SERVER_LOCK.acquire(blocking=False):
+    if forkserver.enabled() and _SERVER_LOCK.acquire(blocking=False):
         try:
-            proc = _forkserver(env).run(argv, env, timeout)
+            proc = _forked(argv, env, timeout)
         finally:
             _SERVER_LOCK.release()
     else:
@@ -40,49 +42,21 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.
     return proc
 
 
-class _ForkServer:
-    """The client end of tests/cli_forkserver.py: one request at a time, over its stdin/stdout."""
-
-    def __init__(self, env: dict) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("cli_forkserver.py"))],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        ready = self.proc.stdout.readline()
-        if json.loads(ready or "{}").get("ready") is not True:
-            raise RuntimeError(f"the CLI fork server did not start (exit {self.proc.wait()})")
-        self.files = tempfile.mkdtemp(prefix="kdstream-cli-")
-
-    def run(self, argv: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-        out, err = os.path.join(self.files, "stdout"), os.path.join(self.files, "stderr")
-        request = {"args": argv[3:], "env": env, "cwd": os.getcwd(), "stdout": out, "stderr": err,
-                   "timeout": timeout}
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        reply = json.loads(self.proc.stdout.readline() or "{}")
-        if reply.get("timeout"):
-            raise subprocess.TimeoutExpired(argv, timeout)
-        if "returncode" not in reply:
-            raise RuntimeError(f"the CLI fork server stopped (exit {self.proc.wait()})")
-        with open(out, encoding="utf-8", errors="replace") as f_out, open(err, encoding="utf-8", errors="replace") as f_err:
-            return subprocess.CompletedProcess(argv, reply["returncode"], f_out.read(), f_err.read())
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-        shutil.rmtree(self.files, ignore_errors=True)
+_SERVER_LOCK = threading.Lock()  # held by the run using the session's fork server
+_FILES: list[str] = []  # the directory of the forks' stdout and stderr files
 
 
-_SERVER: list = []  # the session's _ForkServer once started
-_SERVER_LOCK = threading.Lock()  # held by the run using it
-
-
-def _forkserver(env: dict) -> _ForkServer:
-    """The session's fork server, started on first use (or again if it stopped)."""
-    if _SERVER and _SERVER[0].proc.poll() is not None:
-        _SERVER.clear()
-    if not _SERVER:
-        _SERVER.append(_ForkServer(env))
-        atexit.register(_SERVER[0].close)
-    return _SERVER[0]
+def _forked(argv: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """``argv`` run as a fork of the session's server (its own process group, killed at the timeout),
+    its output read back from files."""
+    if not _FILES:
+        _FILES.append(tempfile.mkdtemp(prefix="kdstream-cli-"))
+        atexit.register(shutil.rmtree, _FILES[0], ignore_errors=True)
+    out, err = os.path.join(_FILES[0], "stdout"), os.path.join(_FILES[0], "stderr")
+    code = forkserver.shared(env).run(argv[3:], env=env, cwd=os.getcwd(), stdout=out, stderr=err, timeout=timeout,
+                                      own_group=True)
+    with open(out, encoding="utf-8", errors="replace") as f_out, open(err, encoding="utf-8", errors="replace") as f_err:
+        return subprocess.CompletedProcess(argv, code, f_out.read(), f_err.read())
 
 
 def levenshtein(a, b) -> int:

@@ -38,7 +38,9 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def make_llm(model: str, max_model_len: int, engine: EngineOptions, max_logprobs: int = 0):
+def import_vllm():
+    """``import vllm`` with kdstream's defaults for its settings set first (the logging level is
+    read at import); KdError when it is not installed."""
     # In-process engine core: on CPU this saves ~20 s of start-up (no extra interpreter imports).
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -46,9 +48,15 @@ def make_llm(model: str, max_model_len: int, engine: EngineOptions, max_logprobs
     # ("Chat template warmup failed"), plus CPU tuning hints; set VLLM_LOGGING_LEVEL to see them.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:
-        from vllm import LLM
+        import vllm
+        import vllm.config
     except ImportError:
         raise KdError("vLLM is not installed: `pip install 'kdstream[cpu]'` (or '[gpu]'), or use make install") from None
+    return vllm
+
+
+def make_llm(model: str, max_model_len: int, engine: EngineOptions, max_logprobs: int = 0):
+    LLM = import_vllm().LLM
     eager = engine.enforce_eager if engine.enforce_eager is not None else not cuda_available()
     kwargs = dict(
         model=str(model),
@@ -85,11 +93,9 @@ def resolve_dtype(model: str, engine: EngineOptions) -> str:
     ``auto`` on a float32 checkpoint gives the 16-bit type vLLM picks, not ``auto``. Used to
     record the dtype in the store before the engine starts; the loaded engine's dtype is
     checked against it (``loaded_dtype``)."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    try:
-        from vllm.config import ModelConfig
-    except ImportError:
-        raise KdError("vLLM is not installed: `pip install 'kdstream[cpu]'` (or '[gpu]'), or use make install") from None
+    import_vllm()
+    from vllm.config import ModelConfig
+
     try:
         config = ModelConfig(model=str(model), dtype=engine.dtype, skip_tokenizer_init=True)
     except Exception as exc:

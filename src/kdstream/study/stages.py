@@ -3,6 +3,7 @@ output exists (so an interrupted study resumes where it stopped)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -31,17 +32,13 @@ class Stages:
             print(f"[{self.label}] {name}: already done, skipping", file=sys.stderr)
             self.seconds[name] = self.previous.get(name, 0.0)
             return
-        if self.train_launcher and args[0] == "distill":
-            command = [*self.train_launcher, "-m", "kdstream", *args]
-        else:
-            command = [sys.executable, "-m", "kdstream", *args]
-        shown = "kdstream " + " ".join(args) if command[0] == sys.executable else " ".join(command)
+        launched = bool(self.train_launcher) and args[0] == "distill"
+        shown = " ".join([*self.train_launcher, "-m", "kdstream", *args]) if launched else "kdstream " + " ".join(args)
         print(f"[{self.label}] {name}: {shown}", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        result = subprocess.run(command,
-                                stdout=subprocess.DEVNULL if quiet else None)
-        if result.returncode != 0:
-            raise KdError(f"stage {name} of {self.label} failed (exit {result.returncode}); "
+        code = _run_command(args, quiet, self.train_launcher if launched else ())
+        if code != 0:
+            raise KdError(f"stage {name} of {self.label} failed (exit {code}); "
                           "fix the error above and rerun the same command to resume")
         self._record(name, round(time.perf_counter() - start, 1))
 
@@ -54,6 +51,26 @@ class Stages:
         start = time.perf_counter()
         fn()
         self._record(name, round(time.perf_counter() - start, 1))
+
+
+def _run_command(args: list[str], quiet: bool, launcher: tuple[str, ...]) -> int:
+    """`python -m kdstream ARGS` (under ``launcher`` if any) -> its exit code. Without a launcher
+    the command is a fork of this process's fork server (forkserver.py: torch, transformers and
+    the rest imported once, not once per stage: ~10 s a stage on two cores); a launcher's ranks
+    and ``KDSTREAM_FORKSERVER=0`` get fresh interpreters."""
+    from kdstream import forkserver
+
+    stdout = subprocess.DEVNULL if quiet else None
+    if launcher or not forkserver.enabled():
+        return subprocess.run([*(launcher or (sys.executable,)), "-m", "kdstream", *args], stdout=stdout).returncode
+    try:
+        server = forkserver.shared()
+    except forkserver.ForkServerError as exc:  # e.g. a broken import: the command itself will say what
+        print(f"[study] {exc}; running the stage as a fresh interpreter", file=sys.stderr)
+        return subprocess.run([sys.executable, "-m", "kdstream", *args], stdout=stdout).returncode
+    sys.stdout.flush()  # the fork writes to the same files: what this process printed comes first
+    sys.stderr.flush()
+    return server.run(args, env=dict(os.environ), cwd=os.getcwd(), stdout=os.devnull if quiet else None)
 
 
 def store_complete(path: Path) -> bool:
