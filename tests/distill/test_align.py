@@ -6,7 +6,7 @@ import pytest
 from tokenizers_for_alignment import lowercasing_tokenizer, sentencepiece_tokenizer
 
 from kdstream.data.tokenizer import train_bpe_tokenizer
-from kdstream.distill.align import Aligner, Alignment, Skip, byte_vocab, exact_vocab_map
+from kdstream.distill.align import SKIP_REASONS, Aligner, Alignment, Skip, byte_vocab, exact_vocab_map
 
 TEXTS = ["the quick brown fox jumps over the lazy dog, then the fox sleeps."] * 10 + [
     "中文中文 中文中文 café naïve crème brûlée"] * 10 + ["Hello world! hello again, world."] * 10
@@ -213,3 +213,160 @@ def test_encode_texts_gives_the_tokenizer_calls_ids(small, spm):
             assert encode_texts(tok, texts) == want
         finally:
             tok.backend_tokenizer.no_truncation()
+
+
+# ---- the batched path against a straightforward per-example reference ----------------------------------------
+
+def reference_align(aligner: Aligner, teacher_ids) -> Alignment | Skip:
+    """One example aligned token by token in plain numpy (the per-example code the batched path replaced)."""
+    from kdstream.distill.align import _utf8_window, encode_texts
+
+    ids = np.asarray(teacher_ids, np.int64).reshape(-1)
+    t, s = aligner.t, aligner.s
+    lens = t.lengths[ids]
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    raw = b"".join(t.tokens[i] for i in ids.tolist())
+    lo, hi = _utf8_window(raw)
+    try:
+        text = raw[lo:hi].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Skip("invalid_utf8", str(exc))
+    if hi <= lo:
+        return Skip("empty", "no whole character in the example")
+    t_spans = np.stack([np.clip(starts, lo, hi), np.clip(ends, lo, hi)], -1) - lo
+    inside = ((ends > lo) & (starts < hi)) | ((lens == 0) & (starts >= lo) & (starts < hi))
+    cut = inside & ((starts < lo) | (ends > hi))
+    data = raw[lo:hi]
+    s_ids, s_lens, at = [], [], 0
+
+    def piece(a: int, b: int) -> str | None:
+        got_ids = encode_texts(aligner.student, [data[a:b].decode()])[0]
+        got = b"".join(s.tokens[i] for i in got_ids)
+        plens = [int(s.lengths[i]) for i in got_ids]
+        if got == data[a:b]:
+            pass
+        elif got_ids and got == b" " + data[a:b]:
+            plens[0] -= 1
+        else:
+            return f"the student's tokens of bytes [{a}, {b}) do not give them back"
+        s_ids.extend(got_ids)
+        s_lens.extend(plens)
+        return None
+
+    for j in np.flatnonzero(t.special[ids] & inside).tolist():
+        a, b = int(t_spans[j, 0]), int(t_spans[j, 1])
+        failed = piece(at, a) if a > at else None
+        student = aligner.specials.get(int(ids[j]), -1)
+        if student >= 0:
+            s_ids.append(student)
+            s_lens.append(b - a)
+        else:
+            failed = failed or piece(a, b)
+        if failed:
+            return Skip("no_round_trip", failed)
+        at = b
+    failed = piece(at, len(data)) if len(data) > at else None
+    if failed:
+        return Skip("no_round_trip", failed)
+    s_ends = np.cumsum(s_lens, dtype=np.int64)
+    s_spans = np.stack([s_ends - np.asarray(s_lens, np.int64), s_ends], -1)
+    t_end = {0, *t_spans[inside, 1].tolist()}
+    bounds = np.array(sorted(t_end & {0, *s_ends.tolist()}), np.int64)
+    num = len(bounds) - 1
+    chunk_of = (lambda x: min(int(np.searchsorted(bounds, x, "right")) - 1, num - 1))
+    t_chunk = np.array([chunk_of(a) if ok else -1 for (a, _), ok in zip(t_spans.tolist(), inside)], np.int64)
+    s_chunk = np.array([chunk_of(a) for a, _ in s_spans.tolist()], np.int64)
+    first, last = int(np.argmax(inside)), len(ids) - int(np.argmax(inside[::-1]))
+    t_ranges = np.array([[first + int(np.sum(t_chunk[first:last] < c)), first + int(np.sum(t_chunk[first:last] <= c))]
+                         for c in range(num)], np.int64).reshape(-1, 2)
+    s_ranges = np.array([[int(np.sum(s_chunk < c)), int(np.sum(s_chunk <= c))] for c in range(num)],
+                        np.int64).reshape(-1, 2)
+    usable = (t_ranges[:, 0] >= 1) & (s_ranges[:, 0] >= 1)
+    usable[t_chunk[cut]] = False
+    return Alignment(text, np.asarray(s_ids, np.int64), t_spans, s_spans, t_chunk, s_chunk, t_ranges, s_ranges,
+                     bounds, usable)
+
+
+def reference_targets(a: Alignment, target_logprob, topk_ids, topk_logprobs, vocab_map, merge: bool):
+    """One example's targets, computed chunk by chunk: (chunk log-probs, exact rows, ids, log-probs)."""
+    from kdstream.distill.aligned_batch import merge_repeated_ids
+
+    lp = np.zeros(a.num_chunks)
+    for j in range(1, len(a.teacher_chunk)):
+        if a.teacher_chunk[j] >= 0:
+            lp[a.teacher_chunk[j]] += np.float64(target_logprob[j - 1])
+    lp = np.where(a.usable, lp, 0.0)
+    c = np.flatnonzero(a.usable)
+    ids = vocab_map[np.asarray(topk_ids)[a.teacher_bounds[c, 0] - 1]]
+    logprobs = np.where(ids >= 0, np.asarray(topk_logprobs, np.float32)[a.teacher_bounds[c, 0] - 1],
+                        -np.inf).astype(np.float32)
+    if merge:
+        ids, logprobs = merge_repeated_ids(ids, logprobs)
+    keep = ((ids >= 0) & np.isfinite(logprobs)).any(-1)
+    return lp, a.student_bounds[c[keep], 0] - 1, ids[keep], logprobs[keep]
+
+
+def varied_rows(teacher) -> list[np.ndarray]:
+    """Rows with special tokens (between texts, at an edge, twice), multi-byte characters cut at either
+    edge, a row of a cut character only (no whole character), one with bytes missing inside a character
+    (invalid UTF-8), capitals (the lowercasing student does not give them back), one token, none, and
+    rows starting or ending inside "ï" (small's "na\\xc3", large's "\\xafve": a token holding part of it and
+    more, kept, its chunk unusable)."""
+    ids = ids_of(teacher, SAMPLE)
+    eos = teacher.eos_token_id
+    cjk = ids_of(teacher, "日本 the fox naïve 日本")
+    fox, hello = ids_of(teacher, "the fox"), ids_of(teacher, "Hello")
+    return [ids, ids[1:-1], ids[3:], np.concatenate([[eos], fox, [eos, eos]]), cjk[1:-1], cjk[2:-2], cjk[:1],
+            cjk[1:2], np.concatenate([cjk[:1], cjk[2:]]), ids_of(teacher, "hello world"),
+            ids_of(teacher, "Hello World"), np.concatenate([hello, [eos], fox]), np.concatenate([fox, [eos], hello]),
+            ids[:1], np.zeros(0, np.int64), ids_of(teacher, "中文 café 😀")[1:],
+            *(ids_of(teacher, "naïve 日本")[j:] for j in range(1, 5)), ids_of(teacher, "café naïve")[:5]]
+
+
+def test_align_rows_equals_a_per_example_reference(small, large, spm):
+    """align_rows (the loader's path) gives every row exactly the per-example reference's Alignment or
+    Skip, and its targets (aligned_examples) exactly the per-example targets."""
+    from dataclasses import fields
+
+    from kdstream.distill.aligned_batch import aligned_example, aligned_examples, map_repeats
+
+    rng = np.random.default_rng(0)
+    reasons, cut = set(), 0
+    lower = lowercasing_tokenizer(TEXTS, 300)
+    for teacher, student in ((small, large), (small, spm), (small, lower), (small, small), (large, small)):
+        aligner = Aligner(teacher, student)
+        rows = varied_rows(teacher)
+        want = [reference_align(aligner, r) for r in rows]
+        got = aligner.align_rows(rows)
+        reasons |= {w.reason for w in want if isinstance(w, Skip)}
+        for w, g, r in zip(want, got.alignments(), rows):
+            assert type(w) is type(g)
+            if isinstance(w, Skip):
+                assert w == g
+                continue
+            for f in fields(Alignment):
+                x, y = getattr(w, f.name), getattr(g, f.name)
+                assert x == y if isinstance(x, str) else (x.dtype == y.dtype and np.array_equal(x, y)), f.name
+            cut += int(np.any((w.teacher_chunk >= 0) & (np.diff(w.teacher_spans, axis=1)[:, 0]
+                                                         < aligner.t.lengths[np.asarray(r)])))
+        for rule in ("identical", "prefix"):
+            vmap = aligner.vocab_map(rule)
+            target = [rng.normal(-3, 1, max(len(r) - 1, 0)).astype(np.float32) for r in rows]
+            topk = [np.argsort(rng.random((max(len(r) - 1, 0), len(vmap))), -1)[:, :4] for r in rows]  # distinct ids
+            topk_lp = [rng.normal(-5, 2, (max(len(r) - 1, 0), 4)).astype(np.float32) for r in rows]
+            topk_lp[0][:3] = [[np.nan, np.inf, -np.inf, 1.0], [np.nan] * 4, [-np.inf] * 4]  # rows kept or not
+            merge = map_repeats(vmap)
+            examples = aligned_examples(got, target, topk, topk_lp, vmap, merge)
+            assert len(examples) == len(got.rows)
+            for e, b in zip(examples, got.rows.tolist()):
+                lp, exact_rows, ids, logprobs = reference_targets(want[b], target[b], topk[b], topk_lp[b], vmap, merge)
+                np.testing.assert_array_equal(e.teacher_chunk_logprob, lp)
+                np.testing.assert_array_equal(e.exact_rows, exact_rows)
+                np.testing.assert_array_equal(e.exact_ids, ids)
+                np.testing.assert_array_equal(e.exact_logprobs, logprobs)
+                np.testing.assert_array_equal(e.student_bytes, np.diff(want[b].student_spans, axis=1)[:, 0])
+                one = aligned_example(want[b], target[b], topk[b], topk_lp[b], vmap, merge)  # a batch of one
+                for f in fields(e):
+                    np.testing.assert_array_equal(getattr(one, f.name), getattr(e, f.name), f.name, strict=True)
+    assert reasons == set(SKIP_REASONS) and cut  # every skip, and a kept token that lost bytes

@@ -88,18 +88,15 @@ def test_ce_terms_across_tokenizers_are_the_student_s_own_ce():
     """cross_terms in CE-only mode: loss = the CE term of any cross mode, kd = 0."""
     import torch
 
+    from kdstream.distill.align import Alignment
     from kdstream.distill.aligned_batch import aligned_example, collate_aligned
     from kdstream.distill.cross_tokenizer import CE_ONLY, cross_terms
 
-    class A:  # an alignment of 5 student tokens, 5 chunks (one per token, the first unusable)
-        student_ids = np.array([3, 1, 4, 1, 5])
-        student_chunk = np.arange(5)
-        teacher_chunk = np.arange(5)
-        usable = np.array([False, True, True, True, True])
-        num_chunks = 5
-        student_spans = np.stack([np.arange(5), np.arange(1, 6)], 1)
-
-    batch = collate_aligned([aligned_example(A(), np.zeros(4))], pad_id=0)
+    # an alignment of 5 one-byte tokens on each side, 5 chunks (one per token, the first unusable)
+    spans = np.stack([np.arange(5), np.arange(1, 6)], 1)
+    a = Alignment("abcde", np.array([3, 1, 4, 1, 5]), spans, spans, np.arange(5), np.arange(5), spans, spans,
+                  np.arange(6), np.array([False, True, True, True, True]))
+    batch = collate_aligned([aligned_example(a, np.zeros(4))], pad_id=0)
     logits = torch.randn(1, 5, 8)
     got = cross_terms(logits, batch, mode=CE_ONLY, loss="forward_kl", temperature=2.0, tail="bucket", beta=0.5,
                       alpha_ce=0.0)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kdstream.distill.align import Alignment
+from kdstream.distill.align import AlignedRows, Alignment
 
 if TYPE_CHECKING:  # torch is imported where a batch is built: a worker that only aligns needs none
     import torch
@@ -50,44 +50,100 @@ def teacher_chunk_logprobs(alignment: Alignment, target_logprob: np.ndarray) -> 
 
     target_logprob (L_t - 1,): the store's log-prob of input_ids[t + 1] at row t; token 0 has none.
     """
-    lp = np.asarray(target_logprob, np.float64)
-    chunk = alignment.teacher_chunk[1:]  # (L_t - 1,) chunk of the token row t predicts
-    keep = chunk >= 0
-    out = np.bincount(chunk[keep], weights=lp[keep], minlength=alignment.num_chunks)
-    return np.where(alignment.usable, out, 0.0)
+    return chunk_logprobs(AlignedRows.of(alignment), [target_logprob])
+
+
+def chunk_logprobs(aligned: AlignedRows, target_logprob) -> np.ndarray:
+    """(N,) float64: ``teacher_chunk_logprobs`` of every chunk of a batch's aligned rows.
+
+    target_logprob: per input row (B rows, (B, L_t - 1) or a list), None for zeros (no teacher
+    targets). One bincount over the batch adds each chunk's terms in the per-row order.
+    """
+    n = int(aligned.chunk_off[-1])
+    if target_logprob is None or not len(aligned.rows):
+        return np.zeros(n)
+    lp, lp_at = _flat_rows(target_logprob, np.float64)
+    t_row = np.repeat(np.arange(len(aligned.rows)), np.diff(aligned.teacher_off))  # (T,)
+    j = np.arange(len(t_row)) - aligned.teacher_off[t_row]  # (T,) position in its row
+    keep = (j >= 1) & (aligned.teacher_chunk >= 0)  # token 0 of a row has no log-prob
+    chunk = aligned.teacher_chunk + aligned.chunk_off[t_row]  # (T,) batch chunk
+    out = np.bincount(chunk[keep], weights=lp[(lp_at[aligned.rows[t_row]] + j - 1)[keep]], minlength=n)
+    return np.where(aligned.usable, out, 0.0)
+
+
+def _flat_rows(arrays, dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row store arrays ((B, L, ...), else a list of B) as one array of their rows one after the
+    other (a view of the loader's contiguous batch), and (B+1,) where each row starts in it."""
+    if isinstance(arrays, np.ndarray):
+        return np.asarray(arrays.reshape(-1, *arrays.shape[2:]), dtype), np.arange(len(arrays) + 1) * arrays.shape[1]
+    rows = [np.asarray(a, dtype) for a in arrays]
+    return np.concatenate(rows), np.cumsum([0, *map(len, rows)])
 
 
 def aligned_example(alignment: Alignment, target_logprob: np.ndarray, topk_ids: np.ndarray | None = None,
                     topk_logprobs: np.ndarray | None = None, vocab_map: np.ndarray | None = None,
                     merge: bool = True) -> AlignedExample:
-    """The targets of one store row (``store[i]``'s target_logprob, topk_ids, topk_logprobs).
+    """The targets of one store row (``store[i]``'s target_logprob, topk_ids, topk_logprobs):
+    ``aligned_examples`` of a batch of one."""
+    one = (lambda x: None if x is None else [x])
+    return aligned_examples(AlignedRows.of(alignment), [target_logprob], one(topk_ids), one(topk_logprobs),
+                            vocab_map, merge)[0]
+
+
+def aligned_examples(aligned: AlignedRows, target_logprob=None, topk_ids=None, topk_logprobs=None,
+                     vocab_map: np.ndarray | None = None, merge: bool = True) -> list[AlignedExample]:
+    """The targets of a batch's aligned rows (``Aligner.align_rows``), one AlignedExample per aligned
+    row in order; the store arrays are per input row ((B, ...) or lists): target_logprob (None:
+    zeros, for a run without teacher targets), topk_ids and topk_logprobs (None: ALM only).
 
     The exact rows: at every usable chunk, the teacher's row ta - 1 (predicting the chunk's first
     teacher token) against the student's row sa - 1 (predicting its first student token); both
     predict text that starts at the same byte. Rows with no mapped id are left out.
     ``merge=False`` skips ``merge_repeated_ids`` (a sort of the (P, k) ids, the largest cost here
-    on long examples): right only for a map where ``map_repeats`` is False.
+    on long examples): right only for a map where ``map_repeats`` is False. All of it runs over
+    the batch's chunks at once (row by row, numpy's per-call overhead dominates short rows).
     """
-    lp = teacher_chunk_logprobs(alignment, target_logprob)
+    k = len(aligned.rows)
+    if not k:
+        return []
+    lp = chunk_logprobs(aligned, target_logprob)  # (N,)
     if topk_ids is None:
         rows = np.zeros(0, np.int64)
         ids, logprobs = np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32)
+        at = np.zeros(k + 1, np.int64)
     else:
         if vocab_map is None or topk_logprobs is None:
             raise ValueError("the exact targets need topk_ids, topk_logprobs and vocab_map together")
-        c = np.flatnonzero(alignment.usable)  # (P0,)
-        t_rows = alignment.teacher_bounds[c, 0] - 1
-        ids = vocab_map[np.asarray(topk_ids)[t_rows]]  # (P0, k) student ids, -1 unmapped
-        logprobs = np.asarray(topk_logprobs, np.float32)[t_rows]
-        mapped = ids >= 0
-        logprobs = np.where(mapped, logprobs, -np.inf).astype(np.float32)
-        if merge:  # a many-to-one map ("prefix") repeats ids
-            ids, logprobs = merge_repeated_ids(ids, logprobs)
-        keep = ((ids >= 0) & np.isfinite(logprobs)).any(-1)
-        rows, ids, logprobs = alignment.student_bounds[c[keep], 0] - 1, ids[keep], logprobs[keep]
-    spans = alignment.student_spans
-    return AlignedExample(alignment.student_ids, alignment.student_chunk, lp, alignment.usable.copy(),
-                          rows.astype(np.int64), ids.astype(np.int64), logprobs, spans[:, 1] - spans[:, 0])
+        rows, ids, logprobs, at = _exact(aligned, topk_ids, topk_logprobs, vocab_map, merge)
+    nbytes = aligned.student_spans[:, 1] - aligned.student_spans[:, 0]
+    usable = aligned.usable.copy()  # the examples' own, not the alignments'
+    s, c, a = aligned.student_off.tolist(), aligned.chunk_off.tolist(), at.tolist()
+    return [AlignedExample(aligned.student_ids[s[r]:s[r + 1]], aligned.student_chunk[s[r]:s[r + 1]],
+                           lp[c[r]:c[r + 1]], usable[c[r]:c[r + 1]], rows[a[r]:a[r + 1]], ids[a[r]:a[r + 1]],
+                           logprobs[a[r]:a[r + 1]], nbytes[s[r]:s[r + 1]]) for r in range(k)]
+
+
+def _exact(aligned: AlignedRows, topk_ids, topk_logprobs, vocab_map: np.ndarray,
+           merge: bool) -> tuple[np.ndarray, ...]:
+    """The exact rows of a batch: rows (P,) student positions, ids (P, k), logprobs (P, k), and
+    at (K+1,): aligned row r's are [at[r], at[r+1])."""
+    c = np.flatnonzero(aligned.usable)  # (P0,) batch chunks
+    c_row = np.searchsorted(aligned.chunk_off, c, "right") - 1  # (P0,) their aligned row
+    topk_ids, row_at = _flat_rows(topk_ids)
+    t_rows = row_at[aligned.rows[c_row]] + aligned.teacher_bounds[c, 0] - 1  # (P0,) the store rows
+    # np.take: a gather of whole rows, cheaper than fancy indexing on the (P0, k) arrays
+    ids = np.take(vocab_map, np.take(topk_ids, t_rows, axis=0))  # (P0, k) student ids, -1 unmapped
+    logprobs = np.take(_flat_rows(topk_logprobs, np.float32)[0], t_rows, axis=0)  # (P0, k) a copy
+    unmapped = ids < 0
+    if unmapped.any():
+        logprobs[unmapped] = -np.inf
+    if merge:  # a many-to-one map ("prefix") repeats ids
+        ids, logprobs = merge_repeated_ids(ids, logprobs)
+    if not (logprobs.size and np.isfinite(logprobs).all()):  # else every row keeps a mapped id
+        keep = np.isfinite(logprobs).any(-1)  # a row with a mapped id (-inf wherever the id is -1)
+        c, c_row, ids, logprobs = c[keep], c_row[keep], ids[keep], logprobs[keep]
+    at = np.concatenate([[0], np.cumsum(np.bincount(c_row, minlength=len(aligned.rows)))])
+    return aligned.student_bounds[c, 0] - 1, ids.astype(np.int64, copy=False), logprobs, at
 
 
 def map_repeats(vocab_map: np.ndarray) -> bool:

@@ -61,20 +61,14 @@ class CrossTargets:
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict:
         from kdstream.distill.align import Skip
-        from kdstream.distill.aligned_batch import aligned_example
+        from kdstream.distill.aligned_batch import aligned_examples
 
-        examples, skipped = [], Counter()
+        aligned = self.aligner.align_rows(rows["input_ids"])
+        skipped = Counter(r.reason for r in aligned.results if isinstance(r, Skip))
         exact = self.vocab_map is not None
-        for i, a in enumerate(self.aligner.align_batch(rows["input_ids"])):
-            if isinstance(a, Skip):
-                skipped[a.reason] += 1
-                continue
-            # CE_ONLY reads no teacher targets: the chunk log-likelihoods are zeros, never used
-            examples.append(aligned_example(a, rows["target_logprob"][i] if "target_logprob" in rows
-                                            else np.zeros(len(rows["input_ids"][i]) - 1),
-                                            rows["topk_ids"][i] if exact else None,
-                                            rows["topk_logprobs"][i] if exact else None, self.vocab_map,
-                                            merge=self.merge))
+        # CE_ONLY reads no teacher targets: the chunk log-likelihoods are zeros, never used
+        examples = aligned_examples(aligned, rows.get("target_logprob"), rows["topk_ids"] if exact else None,
+                                    rows["topk_logprobs"] if exact else None, self.vocab_map, merge=self.merge)
         return {ALIGNED: examples, SKIPPED: dict(skipped), PAD_ID: self.pad_id}
 
 

@@ -106,9 +106,9 @@ class ByteJudge:
         from kdstream.distill.align import Skip
 
         prompts, texts, skips = [], [], []
-        for prefix, suffix in zip(prefixes, suffixes):
+        # one batch: a single tokenizer call and numpy over every prefix (align.Aligner.align_rows)
+        for prefix, suffix, a in zip(prefixes, suffixes, self.aligner.align_batch(prefixes)):
             raw, want = self.teacher_text(prefix), self.teacher_text(suffix)
-            a = self.aligner.align(prefix)
             reason = None
             if isinstance(a, Skip):
                 reason = a.reason
