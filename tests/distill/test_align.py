@@ -179,8 +179,6 @@ def test_prefix_map_gives_every_teacher_token_the_student_token_that_begins_it(s
 
 def test_align_batch_equals_align_example_by_example(small, large, spm):
     """One batched tokenizer call gives each example exactly its own alignment, skips in place."""
-    from dataclasses import fields
-
     rows = [ids_of(small, t) for t in (SAMPLE, "the fox", "Hello world! hello again", "中文 café")]
     rows[2] = rows[2][1:]  # examples of different lengths, one cut at a token
     for student in (large, spm, lowercasing_tokenizer(TEXTS, 300)):
@@ -189,13 +187,7 @@ def test_align_batch_equals_align_example_by_example(small, large, spm):
         batch = aligner.align_batch(rows)
         assert len(batch) == len(rows)
         for x, y in zip(one, batch):
-            assert type(x) is type(y)
-            if isinstance(x, Skip):
-                assert x == y
-                continue
-            for f in fields(Alignment):
-                a, b = getattr(x, f.name), getattr(y, f.name)
-                assert a == b if isinstance(a, str) else np.array_equal(a, b), f.name
+            assert_same_alignment(x, y)
     assert any(isinstance(a, Skip) for a in Aligner(small, lowercasing_tokenizer(TEXTS, 300)).align_batch(rows))
 
 
@@ -213,6 +205,19 @@ def test_encode_texts_gives_the_tokenizer_calls_ids(small, spm):
             assert encode_texts(tok, texts) == want
         finally:
             tok.backend_tokenizer.no_truncation()
+
+
+def assert_same_alignment(x, y) -> None:
+    """Two align results are the same Skip, or Alignments equal field by field (dtypes too)."""
+    from dataclasses import fields
+
+    assert type(x) is type(y)
+    if isinstance(x, Skip):
+        assert x == y
+        return
+    for f in fields(Alignment):
+        a, b = getattr(x, f.name), getattr(y, f.name)
+        assert a == b if isinstance(a, str) else (a.dtype == b.dtype and np.array_equal(a, b)), f.name
 
 
 # ---- the batched path against a straightforward per-example reference ----------------------------------------
@@ -341,13 +346,9 @@ def test_align_rows_equals_a_per_example_reference(small, large, spm):
         got = aligner.align_rows(rows)
         reasons |= {w.reason for w in want if isinstance(w, Skip)}
         for w, g, r in zip(want, got.alignments(), rows):
-            assert type(w) is type(g)
+            assert_same_alignment(w, g)
             if isinstance(w, Skip):
-                assert w == g
                 continue
-            for f in fields(Alignment):
-                x, y = getattr(w, f.name), getattr(g, f.name)
-                assert x == y if isinstance(x, str) else (x.dtype == y.dtype and np.array_equal(x, y)), f.name
             cut += int(np.any((w.teacher_chunk >= 0) & (np.diff(w.teacher_spans, axis=1)[:, 0]
                                                          < aligner.t.lengths[np.asarray(r)])))
         for rule in ("identical", "prefix"):
