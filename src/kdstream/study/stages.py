@@ -70,7 +70,10 @@ def _run_command(args: list[str], quiet: bool, launcher: tuple[str, ...]) -> int
         return subprocess.run([sys.executable, "-m", "kdstream", *args], stdout=stdout).returncode
     sys.stdout.flush()  # the fork writes to the same files: what this process printed comes first
     sys.stderr.flush()
-    return server.run(args, env=dict(os.environ), cwd=os.getcwd(), stdout=os.devnull if quiet else None)
+    try:
+        return server.run(args, env=dict(os.environ), cwd=os.getcwd(), stdout=os.devnull if quiet else None)
+    except forkserver.ForkServerError as exc:  # killed under the stage (e.g. out of memory)
+        raise KdError(f"{exc} while running `kdstream {args[0]}`; rerun the same command to resume") from None
 
 
 def store_complete(path: Path) -> bool:
