@@ -61,13 +61,14 @@ def _run_command(args: list[str], quiet: bool, launcher: tuple[str, ...]) -> int
     from kdstream import forkserver
 
     stdout = subprocess.DEVNULL if quiet else None
-    if launcher or not forkserver.enabled():
+    server = None
+    if not launcher and forkserver.enabled():
+        try:
+            server = forkserver.shared()
+        except forkserver.ForkServerError as exc:  # e.g. a broken import: the command itself will say what
+            print(f"[study] {exc}; running the stage as a fresh interpreter", file=sys.stderr)
+    if server is None:
         return subprocess.run([*(launcher or (sys.executable,)), "-m", "kdstream", *args], stdout=stdout).returncode
-    try:
-        server = forkserver.shared()
-    except forkserver.ForkServerError as exc:  # e.g. a broken import: the command itself will say what
-        print(f"[study] {exc}; running the stage as a fresh interpreter", file=sys.stderr)
-        return subprocess.run([sys.executable, "-m", "kdstream", *args], stdout=stdout).returncode
     sys.stdout.flush()  # the fork writes to the same files: what this process printed comes first
     sys.stderr.flush()
     try:
