@@ -2,11 +2,15 @@
 teacher tokens aligned per second on the demo corpus packed into examples of each --seq-lens
 teacher tokens, for a byte-level BPE student of another vocabulary size and a SentencePiece-style
 one. Beside it: the student tokenizer alone on the same text (the floor: alignment tokenizes each
-example), called as ``tokenizer(text)`` per example and batched (``align.encode_texts``), and the
+example), called as ``tokenizer(text)`` per example and batched (``align.encode_texts`` on each
+batch's pieces of text between special tokens, as ``align_rows`` calls it), and the
 cost of the targets with a top-k. ``align`` runs example by example; ``align_batch`` takes --batch
 rows at a time (the loader's batch) with one tokenizer call; "plus targets" is the loader's path
 (``CrossTargets``): ``align_rows`` and ``aligned_examples`` over each batch, checked equal to the
-per-example ``align`` and ``aligned_example``.
+per-example ``align`` and ``aligned_example``. The student's ids come from a per-process word
+cache where it is exact (data/word_cache.py: the byte-level BPE student; the SentencePiece-style
+one goes to its tokenizer): "cold cache" is the first pass over the corpus from an empty cache,
+the others the best of --repeats passes, the cache warm.
 
     python -m benchmarks.align_bench [--seq-lens 64 2048] [--batch 16] [--repeats 3]
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import tempfile
 import time
 from dataclasses import fields
@@ -69,6 +74,13 @@ def _one(aligner: Aligner, student, examples: np.ndarray, batch: int, repeats: i
     # the store's arrays of a batch, as the loader hands them over: (B, L - 1) and (B, L - 1, k)
     store = [np.ascontiguousarray(np.broadcast_to(x, (batch, *x.shape))) for x in (target, topk_ids, topk_lp)]
     batches = [examples[b : b + batch] for b in range(0, len(examples), batch)]
+    # the loader's path once over the corpus from an empty word cache, as a DataLoader worker
+    # starts (its pickled copy of the Aligner): the first epoch's rate over text never seen
+    fresh = pickle.loads(pickle.dumps(aligner))
+    start = time.perf_counter()
+    for rows in batches:
+        _targets(fresh.align_rows(rows), store, vmap, merge)
+    cold_s = time.perf_counter() - start
     results = [aligner.align(row) for row in examples]
     batched = [a for rows in batches for a in aligner.align_batch(rows)]
     same = all(_same(x, y, Alignment) for x, y in zip(results, batched))
@@ -82,8 +94,10 @@ def _one(aligner: Aligner, student, examples: np.ndarray, batch: int, repeats: i
     batch_s = _best(lambda: [aligner.align_batch(rows) for rows in batches], repeats)
     rows_s = _best(lambda: [aligner.align_rows(rows) for rows in batches], repeats)
     call_s = _best(lambda: [student(t, add_special_tokens=False) for t in texts], repeats)
-    encode_s = _best(lambda: [encode_texts(student, texts[b : b + batch]) for b in range(0, len(texts), batch)],
-                     repeats)
+    # what align_rows hands the student's side: each batch's text pieces (between special tokens)
+    pieces = [aligner._prepare(rows).piece_texts for rows in batches]
+    encode_s = _best(lambda: [encode_texts(student, texts) for texts in pieces], repeats)
+    cached_s = _best(lambda: [aligner.encoder.encode(texts) for texts in pieces], repeats)
     rows_of = [aligner.align_rows(rows) for rows in batches]
     target_s = _best(lambda: [_targets(r, store, vmap, merge) for r in rows_of], repeats)
     merged_s = _best(lambda: [_targets(r, store, vmap, True) for r in rows_of], repeats)
@@ -94,8 +108,12 @@ def _one(aligner: Aligner, student, examples: np.ndarray, batch: int, repeats: i
         "align_batch_plus_targets_teacher_tokens_per_s": round(tokens / (rows_s + target_s)),
         # the same with merge_repeated_ids always run (before map_repeats), for comparison in one run
         "align_batch_plus_targets_always_merged_teacher_tokens_per_s": round(tokens / (rows_s + merged_s)),
+        # the same, first pass over the corpus from an empty word cache (data/word_cache.py)
+        "align_batch_plus_targets_cold_cache_teacher_tokens_per_s": round(tokens / cold_s),
         "student_tokenizer_call_per_example_teacher_tokens_per_s": round(tokens / call_s),
         "student_tokenizer_encode_texts_batch_teacher_tokens_per_s": round(tokens / encode_s),
+        "student_word_cache_encode_batch_teacher_tokens_per_s": round(tokens / cached_s),
+        "word_cache": aligner.encoder.why_not or f"used: {len(aligner.encoder.words)} words cached",
         "align_batch_equals_align": same,
         "batch_targets_equal_per_example_targets": same_targets,
         "skipped_examples": len(results) - len(aligned),

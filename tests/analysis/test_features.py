@@ -186,17 +186,20 @@ class _ByteTokenizer:
 
 def test_text_features_zlib_of_decoded_text():
     rows = np.array([[ord(c) for c in "abababababab"], [ord(c) for c in "q9Zx!m2Kp7Lw"]])
-    got = text_features(_ByteTokenizer(), rows)["zlib_entropy"]
+    out = text_features(_ByteTokenizer(), rows)
+    got = out["zlib_entropy"]
     assert got.dtype == np.int64
     assert got.tolist() == [zlib_entropy("abababababab"), zlib_entropy("q9Zx!m2Kp7Lw")]
     assert got[0] < got[1]
+    assert out["text_bytes"].tolist() == [12, 12]
 
 
 def test_text_features_with_a_real_tokenizer(tokenizer):
     text = "def add(a, b):\n    return a + b\n"
     row = tokenizer(text)["input_ids"]
-    got = text_features(tokenizer, np.array([row]))["zlib_entropy"]
-    assert got[0] == zlib_entropy(tokenizer.decode(row))
+    got = text_features(tokenizer, np.array([row]))
+    assert got["zlib_entropy"][0] == zlib_entropy(tokenizer.decode(row))
+    assert got["text_bytes"][0] == len(text.encode()) == len(tokenizer.decode(row).encode())
 
 
 # ---- all three on one fixed example, by hand ------------------------------------------------------

@@ -65,12 +65,15 @@ def test_report_over_a_tiny_study(study, scored, tmp_path):
     assert f"threshold {c['filter']['threshold']:.4g} flags {c['filter']['flagged']} examples" in md
 
     # zlib entropy medians: the features' values over each model's memorized set
-    zlib = pq.read_table(scored[0] / "features.parquet").to_pandas().set_index("example_id")["zlib_entropy"]
+    # and the texts' lengths in bytes beside them
+    frame = pq.read_table(scored[0] / "features.parquet").to_pandas().set_index("example_id")
     for role, mem in zip(("teacher", "baseline", "student"), (t, b, s)):
-        want = float(np.median(zlib.loc[sorted(mem)]))
+        want = float(np.median(frame["zlib_entropy"].loc[sorted(mem)]))
+        length = float(np.median(frame["text_bytes"].loc[sorted(mem)]))
         assert rep["zlib_entropy"][role]["memorized"]["median"] == want
+        assert rep["zlib_entropy"][role]["memorized"]["median_text_bytes"] == length > 0
         assert rep["zlib_entropy"][role]["memorized"]["examples"] == len(mem)
-        assert f"| {role} | {len(mem)} | {want:.4g} |" in md
+        assert f"| {role} | {len(mem)} | {want:.4g} |" in md and f" | {length:.4g} | " in md
 
     # prefix lengths: the teacher's by_prefix_len, the student's main eval + its --prefix-eval
     points = {(p["role"], p["prefix_len"]): (p["memorized"], p["rate"]) for p in rep["prefix_len"]["points"]}

@@ -201,11 +201,14 @@ def model_features(model, input_ids, *, prefix_len: int, suffix_len: int | None 
 
 
 def text_features(tokenizer, input_ids) -> dict[str, np.ndarray]:
-    """(S, L) token ids -> {"zlib_entropy": (S,) int64} of each example's decoded text.
+    """(S, L) token ids -> {"zlib_entropy": (S,) int64, "text_bytes": (S,) int64} of each example's
+    decoded text: its zlib entropy and its UTF-8 length, what the zlib entropy of a window of L
+    tokens grows with (a tokenizer that packs more bytes into a token gives its text a higher one).
 
     Decoded with special tokens kept (``skip_special_tokens=False``), so the text is exactly what
     the tokens spell, document separators included.
     """
     rows = np.asarray(input_ids).tolist()
     texts = tokenizer.batch_decode(rows, skip_special_tokens=False)
-    return {"zlib_entropy": np.array([zlib_entropy(t) for t in texts], dtype=np.int64)}
+    return {"zlib_entropy": np.array([zlib_entropy(t) for t in texts], dtype=np.int64),
+            "text_bytes": np.array([len(t.encode("utf-8")) for t in texts], dtype=np.int64)}

@@ -118,8 +118,8 @@ def run_features(opts: FeaturesOptions) -> dict:
     (Min-K% Prob, k = 0.2), teacher_kl (mean over positions of KL(teacher ‖ model) on the store's
     top-k + tail; ≈ 0 for the teacher itself, the paper's teacher–baseline KL for the baseline),
     teacher_ppl_from_store (exp(−mean target_logprob): the teacher's perplexity, no model),
-    zlib_entropy (bytes of the zlib-compressed decoded text) and zlib_ratio (log ppl / zlib).
-    The store is read whole chunks at a time (``store.chunk_rows`` rows), never row by row.
+    zlib_entropy (bytes of the zlib-compressed decoded text), zlib_ratio (log ppl / zlib) and
+    text_bytes (the decoded text's UTF-8 length, which the zlib entropy grows with). The store is read whole chunks at a time (``store.chunk_rows`` rows), never row by row.
     """
     from kdstream.analysis.features import model_features, perplexity, text_features, zlib_ratio
     from kdstream.progress import progress
@@ -148,7 +148,8 @@ def run_features(opts: FeaturesOptions) -> dict:
                                topk_ids=rows["topk_ids"], topk_logprobs=rows["topk_logprobs"],
                                token_bytes=None if byte_table is None else byte_table[rows["input_ids"][:, 1:]],
                                batch_size=opts.batch_size)
-            zlib_bytes = text_features(tokenizer, rows["input_ids"])["zlib_entropy"]
+            text = text_features(tokenizer, rows["input_ids"])
+            zlib_bytes = text["zlib_entropy"]
             columns["example_id"].append(rows["example_id"])
             for name in ("ppl", "suffix_ppl", "min_k", "teacher_kl"):
                 columns[name].append(f[name])
@@ -156,6 +157,7 @@ def run_features(opts: FeaturesOptions) -> dict:
             columns["teacher_ppl_from_store"].append(perplexity(rows["target_logprob"]))
             columns["zlib_entropy"].append(zlib_bytes)
             columns["zlib_ratio"].append(zlib_ratio(f["ppl"], zlib_bytes))
+            columns["text_bytes"].append(text["text_bytes"])
             bar.update(len(rows["example_id"]))
     seconds = time.perf_counter() - start_time
     table = {c: np.concatenate(v) for c, v in columns.items()}
@@ -196,7 +198,8 @@ def _run_cross_features(opts: FeaturesOptions, store, model, tokenizer, examples
         for start in range(0, n, store.chunk_rows):
             rows = store.read(start, min(start + store.chunk_rows, n), ("input_ids", "example_id", "target_logprob"))
             f = cross_model_features(model, aligner, rows["input_ids"], rows["target_logprob"], pad, opts.batch_size)
-            zlib_bytes = text_features(examples_tok, rows["input_ids"])["zlib_entropy"]  # the same text
+            text = text_features(examples_tok, rows["input_ids"])  # the same text
+            zlib_bytes = text["zlib_entropy"]
             columns["example_id"].append(rows["example_id"])
             for name in ("ppl", "bits_per_byte", "min_k", LLR_COLUMN):
                 columns[name].append(f[name])
@@ -205,6 +208,7 @@ def _run_cross_features(opts: FeaturesOptions, store, model, tokenizer, examples
             columns["teacher_ppl_from_store"].append(perplexity(rows["target_logprob"]))
             columns["zlib_entropy"].append(zlib_bytes)
             columns["zlib_ratio"].append(zlib_ratio(f["ppl"], zlib_bytes))
+            columns["text_bytes"].append(text["text_bytes"])
             bar.update(len(rows["example_id"]))
     seconds = time.perf_counter() - start_time
     table = {c: np.concatenate(v) for c, v in columns.items()}

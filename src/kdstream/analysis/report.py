@@ -162,8 +162,12 @@ def _zlib_section(cmp: dict) -> tuple[dict | None, str | None]:
         if "zlib_entropy" in summary["teacher"]["memorized"]["mean"]:
             out = {"features": role}
             for split, groups in summary.items():
+                # text_bytes: the text's length, which the zlib entropy of a fixed-token window grows
+                # with (features directories before it have none)
                 out[split] = {g: {"examples": groups[g]["examples"], "mean": groups[g]["mean"]["zlib_entropy"],
-                                  "median": groups[g]["median"]["zlib_entropy"]} for g in ("memorized", "not_memorized")}
+                                  "median": groups[g]["median"]["zlib_entropy"],
+                                  "median_text_bytes": groups[g]["median"].get("text_bytes")}
+                              for g in ("memorized", "not_memorized")}
             return out, None
     return None, ("not available: pass --teacher-features DIR or --baseline-features DIR "
                   "(`kdstream features` over the same examples)")
@@ -217,13 +221,16 @@ def format_report(report: dict) -> str:
     if z is None:
         lines.append(report["notes"]["zlib_entropy"])
     else:
-        lines += [f"zlib entropy (bytes of the zlib-compressed text) from the {z['features']} features.", "",
-                  "| split by | memorized: n | median | mean | not memorized: n | median | mean |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"zlib entropy (bytes of the zlib-compressed text) from the {z['features']} features; "
+                  "text bytes: the text's UTF-8 length (median), which the zlib entropy of a window of a "
+                  "fixed number of tokens grows with.", "",
+                  "| split by | memorized: n | median | mean | text bytes | not memorized: n | median | mean "
+                  "| text bytes |", "|---|---|---|---|---|---|---|---|---|"]
         for role in ROLES:
             m, o = z[role]["memorized"], z[role]["not_memorized"]
             lines.append(f"| {role} | {m['examples']} | {_fmt(m['median'])} | {_fmt(m['mean'])} | "
-                         f"{o['examples']} | {_fmt(o['median'])} | {_fmt(o['mean'])} |")
+                         f"{_fmt(m.get('median_text_bytes'))} | {o['examples']} | {_fmt(o['median'])} | "
+                         f"{_fmt(o['mean'])} | {_fmt(o.get('median_text_bytes'))} |")
         lines += ["", f"![zlib entropy histograms]({report['plots']['zlib']})"]
     for role, summary in cmp["features"].items():
         lines += ["", "### " + f"{role} features", "", format_feature_summary(summary, role)]

@@ -27,6 +27,7 @@ from itertools import chain
 import numpy as np
 
 from kdstream.data.token_bytes import ByteVocab, byte_vocab
+from kdstream.data.word_cache import WordCache
 
 __all__ = ["AlignedRows", "Aligner", "Alignment", "ByteVocab", "SKIP_REASONS", "Skip", "VOCAB_MAPS", "byte_vocab",
            "encode_texts", "exact_vocab_map"]
@@ -134,6 +135,7 @@ class Aligner:
         self.t = byte_vocab(teacher_tokenizer)
         self.s = byte_vocab(student_tokenizer)
         self.specials = _special_map(teacher_tokenizer, student_tokenizer, self.t, self.s)
+        self.encoder = WordCache(student_tokenizer)  # the student's ids, a word at a time where exact
 
     def vocab_map(self, rule: str = "identical") -> np.ndarray:
         """See ``exact_vocab_map``; ``rule`` one of VOCAB_MAPS."""
@@ -164,12 +166,12 @@ class Aligner:
         return self.align_rows(rows).alignments()
 
     def align_rows(self, rows) -> "AlignedRows":
-        """Every row of teacher tokens aligned at once: one student tokenizer call for all the text
-        pieces of the batch (``encode_texts``) and numpy over the rows' tokens concatenated, so a
-        row costs a few Python operations (on short rows numpy's per-call overhead, not the data,
-        is what a row-by-row loop pays)."""
+        """Every row of teacher tokens aligned at once: the student's ids of all the batch's text
+        pieces in one call (``WordCache.encode``, else ``encode_texts``) and numpy over the rows'
+        tokens concatenated, so a row costs a few Python operations (on short rows numpy's
+        per-call overhead, not the data, is what a row-by-row loop pays)."""
         p = self._prepare(rows)
-        return self._finish(p, encode_texts(self.student, p.piece_texts))
+        return self._finish(p, self.encoder.encode(p.piece_texts))
 
     def _prepare(self, rows) -> "_Prepared":
         """Each row's text (its whole characters), the teacher spans in it and the pieces of it the

@@ -1,0 +1,78 @@
+"""Why the miniature's classifier gives zlib entropy a positive coefficient (the paper's is
+negative): per seed of a finished study (--work, as `study_bench` or `kdstream reproduce` leaves
+it), the zlib entropy, the text's length in bytes and zlib bytes per text byte of the windows each
+model memorized vs the rest, and the classifier refitted with the text's length beside the paper's
+four features (same protocol, same seed), to see what zlib entropy says once length is held fixed.
+
+The windows are the study's (a fixed number of teacher tokens, decoded from the teacher's store
+with its tokenizer, as `kdstream features` decodes them); the labels, the seed's eval results.
+
+    python -m benchmarks.zlib_length_bench --work W [--repeats 100] [--name zlib_length_bench]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.results import save
+from kdstream.analysis.classify import DEFAULT_FEATURES, ClassifyOptions, run_classifier
+from kdstream.analysis.compare import memorized_ids
+from kdstream.analysis.features import text_features
+from kdstream.data import load_tokenizer
+from kdstream.storage import open_store
+
+ROLES = ("teacher", "baseline", "student")
+
+
+def _medians(frame, ids: set[int]) -> dict:
+    """Medians over the windows in ``ids`` vs the rest: zlib bytes, text bytes, zlib per text byte."""
+    inside = frame.index.isin(sorted(ids))
+    out = {}
+    for name, rows in (("memorized", frame[inside]), ("not_memorized", frame[~inside])):
+        out[name] = {"windows": int(len(rows)), "zlib_entropy": float(rows["zlib_entropy"].median()),
+                     "text_bytes": float(rows["text_bytes"].median()),
+                     "zlib_per_byte": round(float((rows["zlib_entropy"] / rows["text_bytes"]).median()), 4)}
+    return out
+
+
+def _seed(d: Path, repeats: int, seed: int) -> dict:
+    import pandas as pd
+
+    store = open_store(str(d / "teacher.zarr"))
+    rows = store.read(0, len(store), ("input_ids", "example_id"))
+    text = text_features(load_tokenizer(str(d / "teacher")), rows["input_ids"])
+    frame = pd.DataFrame({"zlib_entropy": text["zlib_entropy"], "text_bytes": text["text_bytes"]},
+                         index=rows["example_id"])
+    table = pd.read_parquet(d / "classify" / "table.parquet")  # the classifier's own input and label
+    assert np.array_equal(table["zlib_entropy"].to_numpy(), frame.loc[table["example_id"], "zlib_entropy"].to_numpy())
+    table["text_bytes"] = frame.loc[table["example_id"], "text_bytes"].to_numpy(np.float64)
+    labels = table["memorized"].to_numpy(bool)
+    fits = {}
+    for name, features in (("paper_four", DEFAULT_FEATURES), ("with_text_bytes", (*DEFAULT_FEATURES, "text_bytes"))):
+        res = run_classifier(table, labels, ClassifyOptions(features=features, repeats=repeats, seed=seed))
+        fits[name] = {"auc": res["auc"], "coefficients": {k: round(v["mean"], 3) for k, v in res["coefficients"].items()}}
+    sets = {role: memorized_ids(d / "eval" / role)[0] for role in ROLES}
+    return {"windows": int(len(frame)), "by_memorized_set": {r: _medians(frame, s) for r, s in sets.items()},
+            "classifier": fits}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", required=True, help="a finished study's --out (holds seed-S/ directories)")
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--name", default="zlib_length_bench")
+    args = parser.parse_args()
+    seeds = sorted(Path(args.work).glob("seed-*"), key=lambda p: int(p.name.split("-")[1]))
+    figures: dict = {"work": args.work, "seeds": {}}
+    for d in seeds:
+        figures["seeds"][d.name] = _seed(d, args.repeats, int(d.name.split("-")[1]))
+    coef = [figures["seeds"][s]["classifier"]["with_text_bytes"]["coefficients"]["zlib_entropy"] for s in figures["seeds"]]
+    figures["zlib_coefficient_with_text_bytes"] = {"mean": round(float(np.mean(coef)), 3), "values": coef}
+    save(args.name, json.loads(json.dumps(figures)))
+
+
+if __name__ == "__main__":
+    main()
