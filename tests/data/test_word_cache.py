@@ -10,7 +10,7 @@ import pytest
 
 from kdstream.data import word_cache
 from kdstream.data.word_cache import WordCache, word_splitter
-from kdstream.distill.align import encode_texts
+from kdstream.data.word_cache import encode_texts
 
 # Llama-3's split regex: a Split pre-tokenizer before ByteLevel(use_regex=False)
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"

@@ -24,7 +24,7 @@ import json
 
 import regex
 
-__all__ = ["GPT2_PATTERN", "WordCache", "word_splitter"]
+__all__ = ["GPT2_PATTERN", "WordCache", "encode_texts", "word_splitter"]
 
 # ByteLevel(use_regex=True)'s split (tokenizers' pre_tokenizers/byte_level.rs), as GPT-2's encoder.py
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -99,9 +99,7 @@ class WordCache:
         self._ready = True
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """Each text's ids, no special tokens added (``align.encode_texts``)."""
-        from kdstream.distill.align import encode_texts
-
+        """Each text's ids, no special tokens added (``encode_texts``)."""
         if not self._ready:
             self._setup()
         if self.split is None:
@@ -154,3 +152,19 @@ class WordCache:
             self.words.clear()
         self.words[word] = ids
         return ids
+
+
+def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """The tokenizer's ids of each text, no special tokens added: ``tokenizer(texts,
+    add_special_tokens=False)["input_ids"]``, through the Rust tokenizer's ``encode_batch_fast``
+    (ids only, no offsets: the spans come from the tokens' byte lengths) where there is one and
+    it is set up as the call leaves it (no truncation, no padding, special tokens not split)."""
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    split = bool(getattr(tokenizer, "split_special_tokens", False))
+    plain = (backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None
+             and backend.padding is None and getattr(backend, "encode_special_tokens", False) == split)
+    if plain:
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]

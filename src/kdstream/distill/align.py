@@ -27,7 +27,7 @@ from itertools import chain
 import numpy as np
 
 from kdstream.data.token_bytes import ByteVocab, byte_vocab
-from kdstream.data.word_cache import WordCache
+from kdstream.data.word_cache import WordCache, encode_texts
 
 __all__ = ["AlignedRows", "Aligner", "Alignment", "ByteVocab", "SKIP_REASONS", "Skip", "VOCAB_MAPS", "byte_vocab",
            "encode_texts", "exact_vocab_map"]
@@ -455,19 +455,3 @@ class _Prepared:
         self.items.append((k, len(self.pieces), -1, -1))
         self.pieces.append((k, a, b))
         self.piece_texts.append(self.data[a:b].decode("utf-8"))
-
-
-def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
-    """The tokenizer's ids of each text, no special tokens added: ``tokenizer(texts,
-    add_special_tokens=False)["input_ids"]``, through the Rust tokenizer's ``encode_batch_fast``
-    (ids only, no offsets: the spans come from the tokens' byte lengths) where there is one and
-    it is set up as the call leaves it (no truncation, no padding, special tokens not split)."""
-    if not texts:
-        return []
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    split = bool(getattr(tokenizer, "split_special_tokens", False))
-    plain = (backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None
-             and backend.padding is None and getattr(backend, "encode_special_tokens", False) == split)
-    if plain:
-        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
