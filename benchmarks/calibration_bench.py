@@ -27,14 +27,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", help="YAML grid (default: the embedded one, kdstream/study/calibrate.py)")
     parser.add_argument("--config", help="Study YAML: the base config of every point (default: the embedded one)")
-    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--seeds", type=int, help="Seeds per point (default: the config's, else 1)")
     parser.add_argument("--work", help="The sweep's --out (kept; a finished one is only re-read)")
     parser.add_argument("--name", default="calibration_bench", help="results/NAME.json")
     args = parser.parse_args()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.work or Path(tmp) / "calibrate")
-        cmd = run_reproduce("--calibrate", "--out", str(out), "--seeds", str(args.seeds),
+        cmd = run_reproduce("--calibrate", "--out", str(out), *(["--seeds", str(args.seeds)] if args.seeds else []),
                             *(["--grid", args.grid] if args.grid else []),
                             *(["--config", args.config] if args.config else []))
         figures = json.loads((out / "calibration.json").read_text())
