@@ -34,7 +34,7 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.work or Path(tmp) / "calibrate")
-        cmd = run_reproduce("--calibrate", "--out", str(out), *(["--seeds", str(args.seeds)] if args.seeds else []),
+        cmd = run_reproduce("--calibrate", "--out", str(out), *(["--seeds", str(args.seeds)] if args.seeds is not None else []),
                             *(["--grid", args.grid] if args.grid else []),
                             *(["--config", args.config] if args.config else []))
         figures = json.loads((out / "calibration.json").read_text())
