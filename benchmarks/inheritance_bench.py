@@ -17,7 +17,7 @@ against ≤ 10%; the paper: 0.9%), per seed of a finished study (--work, as `stu
    ``teacher6x384`` (the 8x ``small-teacher`` retrained, its store and student; the default baseline).
    Each variant's outputs go under W/inheritance/seed-S/NAME (resumed when finished).
 
-    python -m benchmarks.inheritance_bench --work W [--seeds 2] [--variants T4,top64,...] [--name inheritance_bench]
+    python -m benchmarks.inheritance_bench --work W [W2 ...] [--seeds 2] [--variants T4,top64,...] [--name inheritance_bench]
 """
 from __future__ import annotations
 
@@ -185,28 +185,31 @@ def _complete(store: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", required=True, help="a finished study's --out (holds config.yaml, init/, seed-S/)")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: every seed-S in --work)")
+    parser.add_argument("--work", required=True, nargs="+",
+                        help="finished studies' --out (each holds config.yaml, init/, seed-S/)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: every seed-S in the --work)")
     parser.add_argument("--variants", default="", help=f"comma-separated, of {', '.join(VARIANTS)} (trains; default none)")
     parser.add_argument("--name", default="inheritance_bench")
     args = parser.parse_args()
-    work = Path(args.work)
-    cfg = load_study_config(str(work / "config.yaml"), {})
-    dirs = sorted(work.glob("seed-*"), key=lambda p: int(p.name.split("-")[1]))
+    dirs = [(Path(w), d) for w in args.work for d in Path(w).glob("seed-*")]
     if args.seeds:
-        dirs = [work / f"seed-{s}" for s in args.seeds.split(",")]
+        dirs = [(w, d) for w, d in dirs if d.name.split("-")[1] in args.seeds.split(",")]
+    dirs.sort(key=lambda wd: int(wd[1].name.split("-")[1]))
     names = [n for n in args.variants.split(",") if n]
-    figures: dict = {"work": str(work), "context_tokens": CONTEXT, "ahead_tokens": AHEAD, "seeds": {}}
-    for d in dirs:
-        seed = int(d.name.split("-")[1])
-        row = {"forks": forks(d, cfg.prefix_len)}
+    figures: dict = {"work": args.work, "context_tokens": CONTEXT, "ahead_tokens": AHEAD, "seeds": {}}
+    for work, d in dirs:
+        seed, cfg = int(d.name.split("-")[1]), load_study_config(str(work / "config.yaml"), {})
+        cmp = json.loads((d / "compare" / "comparison.json").read_text())
+        row = {"study": {"memorized": cmp["memorized"], "teacher_only": cmp["teacher_only"],
+                         "inherited": cmp["teacher_only_inherited_by_student"]},
+               "forks": forks(d, cfg.prefix_len)}
         if names:
-            cmp = json.loads((d / "compare" / "comparison.json").read_text())
-            row["study"] = {"memorized": cmp["memorized"], "teacher_only": cmp["teacher_only"],
-                            "inherited": cmp["teacher_only_inherited_by_student"]}
             row["variants"] = {n: variant(work, d, seed, n) for n in names}
         figures["seeds"][d.name] = row
         print(json.dumps({d.name: row}))
+    groups = [r["forks"]["groups"] for r in figures["seeds"].values()]
+    figures["total"] = {g: {k: sum(x[g][k] for x in groups) for k in ("windows", "baseline_at_a_fork", "distinct_forks")}
+                        for g in ("inherited", "not_inherited")}
     save(args.name, figures)
 
 
