@@ -32,7 +32,10 @@ import numpy as np
 
 from benchmarks.results import save
 from kdstream.analysis.compare import compare_sets, memorized_ids
-from kdstream.study.config import TINY_ARCHS, load_study_config
+from kdstream.distill.trainer import DONE_FILE
+from kdstream.extract.results import RESULTS_FILE, SUMMARY_FILE
+from kdstream.study.config import TINY_ARCHS, StudyConfig, load_study_config
+from kdstream.study.stages import store_complete
 
 CONTEXT = 4  # tokens of the window before the baseline's departure
 AHEAD = 8  # tokens the baseline generated from the departure (fewer at the suffix's end, at least 2)
@@ -69,7 +72,7 @@ def forks(d: Path, prefix_len: int) -> dict:
     index = _index(windows)
     sets = {r: memorized_ids(d / "eval" / r)[0] for r in ("teacher", "baseline", "student")}
     only = sets["teacher"] - sets["baseline"]
-    base = pd.read_parquet(d / "eval" / "baseline" / "results.parquet").set_index("example_id")
+    base = pd.read_parquet(d / "eval" / "baseline" / RESULTS_FILE).set_index("example_id")
     ppl = pd.read_parquet(d / "eval" / "baseline" / "features" / "features.parquet").set_index("example_id")["ppl"]
     groups = {"inherited": only & sets["student"], "not_inherited": only - sets["student"],
               "all_three": sets["teacher"] & sets["baseline"] & sets["student"]}
@@ -110,9 +113,8 @@ def _init(src: Path, out: Path, arch: dict) -> str:
     return str(out)
 
 
-def variant(work: Path, d: Path, seed: int, name: str) -> dict:
+def variant(work: Path, cfg: StudyConfig, d: Path, seed: int, name: str) -> dict:
     """Retrain what ``name`` changes (docstring, 2) and compare with the seed's own evals."""
-    cfg = load_study_config(str(work / "config.yaml"), {})
     v = work / "inheritance" / d.name / name
     v.mkdir(parents=True, exist_ok=True)
     log, t0 = v / "log.txt", time.time()
@@ -123,9 +125,18 @@ def variant(work: Path, d: Path, seed: int, name: str) -> dict:
     evaluate = ["--prefix-len", str(cfg.prefix_len), "--suffix-len", str(cfg.suffix_len), "--method",
                 "generate", "--backend", cfg.eval_backend, *cfg.eval_args]
 
+    def trained(role: str) -> bool:
+        return (v / role / DONE_FILE).exists()
+
+    def precompute(model: Path, out: Path, top_k: int) -> None:
+        if not store_complete(out):
+            _run(["precompute-logits", "--model", str(model), "--dataset", str(d / "corpus.jsonl"), "--text-field",
+                  "text", "--out", str(out), "--top-k", str(top_k), "--seed", str(seed), "--seq-len", str(cfg.seq_len),
+                  "--max-examples", str(cfg.examples), *cfg.precompute_args], log)
+
     def eval_model(role: str, with_store: Path) -> Path:
         out = v / "eval" / role
-        if not (out / "summary.json").exists():
+        if not (out / SUMMARY_FILE).exists():
             _run(["extract-eval", "--model", str(v / role), "--logits-store", str(with_store), "--out", str(out), *evaluate], log)
         return out
 
@@ -135,31 +146,23 @@ def variant(work: Path, d: Path, seed: int, name: str) -> dict:
         lr = 7e-4
     elif name == "top64":
         store = v / "teacher64.zarr"
-        if not _complete(store):
-            _run(["precompute-logits", "--model", str(d / "teacher"), "--dataset", str(d / "corpus.jsonl"), "--text-field",
-                  "text", "--out", str(store), "--top-k", "64", "--seed", str(seed), "--seq-len", str(cfg.seq_len),
-                  "--max-examples", str(cfg.examples), *cfg.precompute_args], log)
+        precompute(d / "teacher", store, 64)
     elif name == "student2x192":
         init = _init(work / "init" / "student", v / "init", {"num_hidden_layers": 2})
-        if not _trained(v / "baseline"):
+        if not trained("baseline"):
             _run(["distill", "--model", init, "--logits-store", str(store), "--loss", "ce", "--out", str(v / "baseline"),
                   "--lr", str(lr), *train], log)
         baseline_eval = eval_model("baseline", store)
-    elif name == "teacher6x384":
+    elif name == "teacher6x384":  # main() refuses any other name
         tinit = _init(work / "init" / "teacher", v / "init", TINY_ARCHS["small-teacher"])
-        if not _trained(v / "teacher"):
+        if not trained("teacher"):
             _run(["distill", "--model", tinit, "--dataset", str(d / "corpus.jsonl"), "--text-field", "text", "--loss", "ce",
                   "--out", str(v / "teacher"), "--seq-len", str(cfg.seq_len), "--max-examples", str(cfg.examples),
                   "--lr", str(cfg.teacher_lr or cfg.lr), "--epochs", str(cfg.teacher_epochs), *common], log)
         store = v / "teacher.zarr"
-        if not _complete(store):
-            _run(["precompute-logits", "--model", str(v / "teacher"), "--dataset", str(d / "corpus.jsonl"), "--text-field",
-                  "text", "--out", str(store), "--top-k", str(cfg.top_k), "--seed", str(seed), "--seq-len", str(cfg.seq_len),
-                  "--max-examples", str(cfg.examples), *cfg.precompute_args], log)
+        precompute(v / "teacher", store, cfg.top_k)
         teacher_eval = eval_model("teacher", store)
-    else:
-        raise SystemExit(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")
-    if not _trained(v / "student"):
+    if not trained("student"):
         _run(["distill", "--model", init, "--logits-store", str(store), "--loss", cfg.loss, "--temperature",
               str(temperature), "--out", str(v / "student"), "--lr", str(lr), *train], log)
     student_eval = eval_model("student", store)
@@ -169,18 +172,6 @@ def variant(work: Path, d: Path, seed: int, name: str) -> dict:
             "inherited": cmp["teacher_only_inherited_by_student"],
             "inherited_share": round(cmp["teacher_only_inherited_by_student"] / max(cmp["teacher_only"], 1), 4),
             "student_over_baseline": round(cmp["student_over_baseline"], 3), "seconds": round(time.time() - t0, 1)}
-
-
-def _trained(out: Path) -> bool:
-    from kdstream.distill.trainer import DONE_FILE
-
-    return (out / DONE_FILE).exists()
-
-
-def _complete(store: Path) -> bool:
-    from kdstream.study.stages import store_complete
-
-    return store_complete(store)
 
 
 def main() -> None:
@@ -194,8 +185,13 @@ def main() -> None:
     dirs = [(Path(w), d) for w in args.work for d in Path(w).glob("seed-*")]
     if args.seeds:
         dirs = [(w, d) for w, d in dirs if d.name.split("-")[1] in args.seeds.split(",")]
+    if not dirs:  # no figures: save nothing rather than an empty result that looks complete
+        parser.error(f"no seed-S directories in {' '.join(args.work)}: pass finished studies' --out")
     dirs.sort(key=lambda wd: int(wd[1].name.split("-")[1]))
     names = [n for n in args.variants.split(",") if n]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:  # before any seed's work, not after it
+        parser.error(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
     figures: dict = {"work": args.work, "context_tokens": CONTEXT, "ahead_tokens": AHEAD, "seeds": {}}
     for work, d in dirs:
         seed, cfg = int(d.name.split("-")[1]), load_study_config(str(work / "config.yaml"), {})
@@ -204,7 +200,7 @@ def main() -> None:
                          "inherited": cmp["teacher_only_inherited_by_student"]},
                "forks": forks(d, cfg.prefix_len)}
         if names:
-            row["variants"] = {n: variant(work, d, seed, n) for n in names}
+            row["variants"] = {n: variant(work, cfg, d, seed, n) for n in names}
         figures["seeds"][d.name] = row
         print(json.dumps({d.name: row}))
     groups = [r["forks"]["groups"] for r in figures["seeds"].values()]

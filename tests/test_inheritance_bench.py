@@ -12,6 +12,6 @@ def test_sibling_needs_another_window_with_the_same_context_and_continuation():
     assert _sibling(1, shared, (7, 8), windows, index)  # window 1's baseline took windows 0/2's branch
     assert not _sibling(1, shared, (7, 5), windows, index)  # a continuation no window has
     assert _sibling(0, shared, (7, 8, 9), windows, index)  # window 2 is its duplicate
-    assert not _sibling(0, shared, (5, 6, 4, 0), windows, {**index})  # runs past window 1's end
+    assert not _sibling(0, shared, (5, 6, 4, 0), windows, index)  # runs past window 1's end
     del windows[2]
     assert not _sibling(0, shared, (7, 8), windows, _index(windows))  # only itself: not a fork
