@@ -32,67 +32,40 @@ import numpy as np
 
 from benchmarks.results import save
 from kdstream.analysis.compare import compare_sets, memorized_ids
+from kdstream.analysis.forks import AHEAD, CONTEXT, at_a_fork, baseline_departures, store_chunks
 from kdstream.distill.trainer import DONE_FILE
 from kdstream.extract.results import RESULTS_FILE, SUMMARY_FILE
 from kdstream.study.config import TINY_ARCHS, StudyConfig, load_study_config
 from kdstream.study.stages import store_complete
 
-CONTEXT = 4  # tokens of the window before the baseline's departure
-AHEAD = 8  # tokens the baseline generated from the departure (fewer at the suffix's end, at least 2)
 VARIANTS = ("T4", "top64", "lr7e-4", "student2x192", "teacher6x384")
 
 
-def _windows(store_dir: Path) -> dict[int, tuple[int, ...]]:
-    from kdstream.storage import open_store
-
-    store = open_store(str(store_dir))
-    rows = store.read(0, len(store), ("input_ids", "example_id"))
-    return {int(e): tuple(int(t) for t in ids) for e, ids in zip(rows["example_id"], rows["input_ids"])}
-
-
-def _index(windows: dict[int, tuple[int, ...]]) -> dict[tuple[int, ...], list[tuple[int, int]]]:
-    """Every CONTEXT-gram of every window → [(example id, position after it)]."""
-    index: dict[tuple[int, ...], list[tuple[int, int]]] = {}
-    for e, ids in windows.items():
-        for p in range(len(ids) - CONTEXT + 1):
-            index.setdefault(ids[p:p + CONTEXT], []).append((e, p + CONTEXT))
-    return index
-
-
-def _sibling(i: int, context: tuple[int, ...], ahead: tuple[int, ...], windows, index) -> bool:
-    """Does another window hold ``context`` followed by ``ahead``?"""
-    return any(e != i and windows[e][p:p + len(ahead)] == ahead for e, p in index.get(context, ()))
-
-
-def forks(d: Path, prefix_len: int) -> dict:
-    """Fork analysis of one seed directory's teacher-only windows (docstring, 1)."""
+def forks(d: Path) -> dict:
+    """Fork analysis of one seed directory's teacher-only windows (docstring, 1; the test itself:
+    kdstream/analysis/forks.py, as `kdstream compare` records it)."""
     import pandas as pd
 
-    windows = _windows(d / "teacher.zarr")
-    index = _index(windows)
     sets = {r: memorized_ids(d / "eval" / r)[0] for r in ("teacher", "baseline", "student")}
     only = sets["teacher"] - sets["baseline"]
+    got = baseline_departures(d / "eval" / "baseline", only)
+    if isinstance(got, str):
+        raise SystemExit(f"{d}: {got}")
+    departures, store = got
+    forked = at_a_fork(departures, store_chunks(store, "forks"))
     base = pd.read_parquet(d / "eval" / "baseline" / RESULTS_FILE).set_index("example_id")
     ppl = pd.read_parquet(d / "eval" / "baseline" / "features" / "features.parquet").set_index("example_id")["ppl"]
     groups = {"inherited": only & sets["student"], "not_inherited": only - sets["student"],
               "all_three": sets["teacher"] & sets["baseline"] & sets["student"]}
     out: dict = {}
     for name, ids in groups.items():
-        ids = sorted(ids)
+        members, ids = ids, sorted(ids)
         row = {"windows": len(ids), "baseline_ppl_median": round(float(ppl.loc[ids].median()), 3) if ids else None}
         if name != "all_three":
-            at_fork, departures, points = 0, [], set()
-            for i in ids:
-                k = int(base.at[i, "generate_prefix_match_len"])  # suffix tokens the baseline got right
-                gen = tuple(int(t) for t in base.at[i, "generated_ids"])
-                at = prefix_len + k  # the departure, as a position in the window
-                context, ahead = windows[i][at - CONTEXT:at], gen[k:k + AHEAD]
-                departures.append(k)
-                if len(ahead) >= 2 and _sibling(i, context, ahead, windows, index):
-                    at_fork += 1
-                    points.add((context, ahead))
-            row.update({"baseline_at_a_fork": at_fork, "distinct_forks": len(points),
-                        "departure_suffix_token_median": float(np.median(departures)) if departures else None})
+            hit = [x for x in departures if x.example_id in members and x in forked]
+            departed = [int(base.at[i, "generate_prefix_match_len"]) for i in ids]  # suffix tokens it got right
+            row.update({"baseline_at_a_fork": len(hit), "distinct_forks": len({(x.context, x.ahead) for x in hit}),
+                        "departure_suffix_token_median": float(np.median(departed)) if departed else None})
         out[name] = row
     return {"teacher_only": len(only), "inherited": len(groups["inherited"]), "groups": out}
 
@@ -198,7 +171,7 @@ def main() -> None:
         cmp = json.loads((d / "compare" / "comparison.json").read_text())
         row = {"study": {"memorized": cmp["memorized"], "teacher_only": cmp["teacher_only"],
                          "inherited": cmp["teacher_only_inherited_by_student"]},
-               "forks": forks(d, cfg.prefix_len)}
+               "forks": forks(d)}
         if names:
             row["variants"] = {n: variant(work, cfg, d, seed, n) for n in names}
         figures["seeds"][d.name] = row

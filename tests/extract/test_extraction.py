@@ -187,3 +187,44 @@ def test_one_changed_token_is_an_approximate_not_an_exact_match():
     # against a plain reference implementation
     a, b = rng.integers(0, 4, size=(6, 9)), rng.integers(0, 4, size=(6, 9))
     assert edit_distance(a, b).tolist() == [levenshtein(x, y) for x, y in zip(a, b)]
+
+
+def test_compare_follows_the_baseline_s_departures_into_the_store(evaluation, teacher_store, tmp_path):
+    """compare's fork count (analysis/forks.py) on a real greedy evaluation: every window the
+    evaluated model did not recite, treated as teacher-only, checked against a brute-force search
+    of the store's windows."""
+    import pyarrow as pa
+
+    from kdstream.analysis.compare_run import compare_evals
+    from kdstream.analysis.forks import AHEAD, CONTEXT
+    from kdstream.storage import open_store
+
+    results = pq.read_table(evaluation / "results.parquet").to_pandas().set_index("example_id")
+    ids = results.index.tolist()
+    recited = set(results.index[results["exact_match"]].tolist())
+    def verdicts(d, memorized):  # an eval directory of given verdicts (compare reads these two files)
+        d.mkdir()
+        pq.write_table(pa.table({"example_id": ids, "exact_match": [i in memorized for i in ids]}), d / "results.parquet")
+        (d / "summary.json").write_text("{}")
+        return d
+
+    teacher = verdicts(tmp_path / "t", set(ids))  # teacher-only = what the model missed
+    student = verdicts(tmp_path / "s", set(ids) - recited)  # and inherited all of it
+    forks = compare_evals(teacher, evaluation, student)["forks"]
+
+    store = open_store(str(teacher_store))
+    windows = dict(zip(store.read(0, len(store), ("example_id",))["example_id"].tolist(),
+                       store.read(0, len(store), ("input_ids",))["input_ids"].tolist()))
+    tested = at_fork = 0
+    for e in sorted(set(ids) - recited):
+        k = int(results.at[e, "generate_prefix_match_len"])
+        at, ahead = 16 + k, [int(t) for t in results.at[e, "generated_ids"]][k:k + AHEAD]  # prefix 16 first
+        if len(ahead) < 2:
+            continue
+        tested += 1
+        context = windows[e][at - CONTEXT:at]
+        at_fork += any(o != e and w[p:p + CONTEXT] == context and w[p + CONTEXT:p + CONTEXT + len(ahead)] == ahead
+                       for o, w in windows.items() for p in range(len(w) - CONTEXT + 1))
+    assert 0 < tested <= len(set(ids) - recited)  # a miss at the suffix's last token leaves no branch
+    assert forks["teacher_only"]["tested"] == forks["inherited"]["tested"] == tested
+    assert forks["teacher_only"]["at_fork"] == forks["inherited"]["at_fork"] == at_fork, (tested, at_fork)

@@ -63,6 +63,11 @@ def test_reduced_study_end_to_end(tmp_path):
     assert len(study["findings"]) == 8
     assert all(r["verdict"].split(" (")[0] in ("reproduced", "not reproduced", "not testable") for r in study["findings"])
     assert set(figs["canaries"]) >= {"teacher", "baseline", "student"}
+    # judged by the fast path, the baseline generated no branch: compare says why it did not look for
+    # forks, and the report leaves them out (greedy verdicts: tests/extract/test_extraction.py)
+    forks = json.loads((seed / "compare" / "comparison.json").read_text())["forks"]
+    assert "not greedy decoding" in forks["skipped"] and figs["teacher_only_at_fork"] is None
+    assert "at a fork" not in (out / "study.md").read_text()
     assert (out / "canaries.png").stat().st_size > 1000 and (out / "study.md").exists()
     # the classifier, the filter and the re-distilled student ran (every model memorized something)
     assert figs["classifier"] is not None and figs["filter"] is not None, figs

@@ -210,3 +210,24 @@ def test_two_seeds_are_reported_as_mean_and_sd(tmp_path):
         assert got[role]["values"] == values and got[role]["mean"] == pytest.approx(np.mean(values))
         assert got[role]["sd"] == pytest.approx(np.std(values, ddof=1))
     assert "2 seeds (mean ± sd)" in (tmp_path / STUDY_MD).read_text()
+
+
+def test_inherited_row_says_how_many_were_lost_at_a_fork(tmp_path):
+    """The forks `compare` counted (analysis/forks.py) are summed over the seeds into the inherited
+    row, with the paragraph that explains them; a seed without the test leaves them out."""
+    from kdstream.study.config import StudyConfig
+    from kdstream.study.summary import STUDY_MD, aggregate, findings, write_study_report
+    from kdstream.options import options_dict
+
+    row = "teacher-only memorized examples the student inherited"
+    forked = [dict(_figs(30, 20, 8, 3), teacher_only_at_fork=2, teacher_only_inherited_at_fork=2),
+              dict(_figs(30, 20, 8, 1), teacher_only_at_fork=1, teacher_only_inherited_at_fork=0)]
+    ours = {r["finding"]: r["ours"] for r in findings(aggregate(forked))}[row]
+    assert ours == "4 of 8 (50.0%); 2 of them lost by the baseline at a fork between near-duplicates"
+    untested = [forked[0], dict(forked[1], teacher_only_inherited_at_fork=None)]
+    assert "fork" not in {r["finding"]: r["ours"] for r in findings(aggregate(untested))}[row]
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in options_dict(StudyConfig()).items()}
+    write_study_report(tmp_path, cfg, forked)
+    assert "A fork between near-duplicates:" in (tmp_path / STUDY_MD).read_text()
+    write_study_report(tmp_path, cfg, [_figs(30, 20, 8, 3)])  # figures from before the test existed
+    assert "fork" not in (tmp_path / STUDY_MD).read_text()

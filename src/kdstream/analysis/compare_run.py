@@ -105,10 +105,13 @@ def compare_evals(teacher_dir: str | Path, baseline_dir: str | Path, student_dir
     ``teacher_only`` is teacher ∖ baseline) plus ``venn`` (the seven disjoint regions,
     ``VENN_REGIONS``), ``union``, ``student_memorized_by_both_others`` (share of the student's set
     also memorized by teacher and baseline; NaN when the student memorized nothing), ``evals``
-    (the directories) and, for each ``features`` entry {role: features dir},
-    ``features[role]`` = ``feature_summary`` (memorized vs not, split by each model's set).
+    (the directories), ``forks`` (``forks.teacher_only_forks``: how many teacher-only examples the
+    baseline lost at a fork between near-duplicate windows, or why that was not tested) and, for
+    each ``features`` entry {role: features dir}, ``features[role]`` = ``feature_summary``
+    (memorized vs not, split by each model's set).
     """
     from kdstream.analysis.compare import compare_sets
+    from kdstream.analysis.forks import teacher_only_forks
 
     sets, ids = memorized_sets(teacher_dir, baseline_dir, student_dir)
     t, b, s = sets["teacher"], sets["baseline"], sets["student"]
@@ -117,6 +120,7 @@ def compare_evals(teacher_dir: str | Path, baseline_dir: str | Path, student_dir
     cmp["union"] = len(t | b | s)
     cmp["student_memorized_by_both_others"] = len(s & t & b) / len(s) if s else float("nan")
     cmp["evals"] = {role: str(d) for role, d in zip(ROLES, (teacher_dir, baseline_dir, student_dir))}
+    cmp["forks"] = teacher_only_forks(baseline_dir, t - b, (t - b) & s)
     given = {role: d for role, d in (features or {}).items() if d is not None}
     cmp["features"] = {role: feature_summary(sets, ids, d, role) for role, d in given.items()}
     cmp["features_dirs"] = {role: str(d) for role, d in given.items()}
@@ -158,9 +162,22 @@ def format_comparison(cmp: dict) -> str:
         "share of the student's memorized examples also memorized by teacher and baseline: "
         + ("n/a" if share is None or math.isnan(share) else f"{100 * share:.1f}%"),
     ]
+    if cmp.get("forks"):
+        lines += ["", format_forks(cmp["forks"])]
     for role, summary in cmp.get("features", {}).items():
         lines += ["", format_feature_summary(summary, role)]
     return "\n".join(lines)
+
+
+def format_forks(forks: dict) -> str:
+    """One sentence: the teacher-only examples the baseline lost at a fork (``forks.py``)."""
+    if "skipped" in forks:
+        return f"forks between near-duplicate windows: not tested ({forks['skipped']})"
+    only, inh = forks["teacher_only"], forks["inherited"]
+    return (f"teacher-only examples the baseline lost at a fork between near-duplicate windows (its greedy "
+            f"decoding left the suffix and went on as another training window does): {only['at_fork']} of "
+            f"{only['tested']} tested, behind {only['distinct_forks']} distinct forks; of those the student "
+            f"inherited, {inh['at_fork']} of {inh['tested']}")
 
 
 def write_comparison(cmp: dict, out_dir: str | Path) -> dict[str, str]:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kdstream.analysis.compare_run import ROLES, VENN_REGIONS, compare_evals, format_feature_summary, memorized_sets
+from kdstream.analysis.compare_run import (ROLES, VENN_REGIONS, compare_evals, format_feature_summary, format_forks,
+                                            memorized_sets)
 from kdstream.analysis.files import (
     CLASSIFICATION_FILE,
     HELDOUT_FILE,
@@ -214,6 +215,7 @@ def format_report(report: dict) -> str:
               "memorized and the baseline did not; "
               + ("the student memorized nothing." if share is None or (isinstance(share, float) and math.isnan(share))
                  else f"{100 * share:.1f}% of the student's memorized examples were memorized by both others."),
+              *(["", format_forks(cmp["forks"]) + "."] if cmp.get("forks") else []),
               "", f"![Venn diagram of the memorized sets]({report['plots']['venn']})"]
 
     lines += ["", "## zlib entropy: memorized vs not", ""]

@@ -72,8 +72,11 @@ def findings(agg: dict) -> list[dict]:
                  "verdict": _verdict(None if _nan(ratio) else ratio["mean"] < 1, "the baseline memorized nothing")})
     inh, only = agg["teacher_only_inherited"], agg["teacher_only"]
     share = inh["sum"] / only["sum"] if only["sum"] else float("nan")
+    forked = (f"; {agg['teacher_only_inherited_at_fork']['sum']:.0f} of them lost by the baseline at a fork "
+              "between near-duplicates" if forks_counted(agg) and inh["sum"] else "")
     rows.append({"finding": "teacher-only memorized examples the student inherited", "paper": PAPER["inherited"],
-                 "ours": f"{inh['sum']:.0f} of {only['sum']:.0f}" + ("" if _nan_v(share) else f" ({100 * share:.1f}%)"),
+                 "ours": f"{inh['sum']:.0f} of {only['sum']:.0f}" + ("" if _nan_v(share) else f" ({100 * share:.1f}%)")
+                 + forked,
                  "criterion": f"≤ {100 * INHERIT_MAX:.0f}%",
                  "verdict": _verdict(None if _nan_v(share) else share <= INHERIT_MAX,
                                      "the teacher memorized nothing the baseline did not")})
@@ -116,6 +119,12 @@ def findings(agg: dict) -> list[dict]:
         rows.append({"finding": "student memorization after filtering, then re-distilling", "paper": PAPER["filtered"],
                      "ours": "n/a", "criterion": f"after ≤ {FILTER_MAX:.0%} of before", "verdict": _verdict(None, why)})
     return rows
+
+
+def forks_counted(agg: dict) -> bool:
+    """Did `compare` count forks between near-duplicates (analysis/forks.py) in every seed?"""
+    forked = agg.get("teacher_only_inherited_at_fork")
+    return bool(forked) and forked["n"] == agg["seeds"]
 
 
 def _nan(stat: dict) -> bool:

@@ -166,6 +166,11 @@ def calibration_figures(cmp: dict, seconds: dict[str, float]) -> dict:
             "stage_seconds": dict(seconds)}
 
 
+def _at_fork(cmp: dict, group: str) -> int | None:
+    forks = cmp.get("forks") or {}
+    return forks[group]["at_fork"] if group in forks else None
+
+
 def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
     """The numbers the study report tabulates, read from one seed directory's outputs."""
     from kdstream.analysis.compare import memorized_ids
@@ -181,6 +186,10 @@ def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
         "student_over_baseline": cmp["student_over_baseline"],
         "teacher_only": cmp["teacher_only"],
         "teacher_only_inherited": cmp["teacher_only_inherited_by_student"],
+        # lost by the baseline at a fork between near-duplicate windows (analysis/forks.py);
+        # None where not tested (or a comparison written before the test existed)
+        "teacher_only_at_fork": _at_fork(cmp, "teacher_only"),
+        "teacher_only_inherited_at_fork": _at_fork(cmp, "inherited"),
         "student_also_by_both": len(s & t & b),
         "classifier": None,
         "filter": None,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdstream.study.paper import findings
+from kdstream.study.paper import findings, forks_counted
 
 STUDY_JSON, STUDY_MD, CANARY_PNG = "study.json", "study.md", "canaries.png"
 CANARY_ROLES = ("teacher", "baseline", "student", "student_filtered")
@@ -34,8 +34,9 @@ def aggregate(figs: list[dict]) -> dict:
         "memorized": {r: stat(f["memorized"][r] for f in figs) for r in roles},
         "rate": {r: stat(f["rate"][r] for f in figs) for r in roles},
     }
-    for key in ("student_over_baseline", "teacher_only", "teacher_only_inherited", "student_also_by_both"):
-        agg[key] = stat(f[key] for f in figs)
+    for key in ("student_over_baseline", "teacher_only", "teacher_only_inherited", "student_also_by_both",
+                "teacher_only_at_fork", "teacher_only_inherited_at_fork"):
+        agg[key] = stat(f.get(key) for f in figs)
     fitted = [f["classifier"] for f in figs if f.get("classifier")]
     agg["classifier"] = {
         "auc": stat(c["auc"]["mean"] for c in fitted),
@@ -104,6 +105,13 @@ def format_study(cfg: dict, agg: dict, rows: list[dict]) -> str:
     if untested:
         lines.append(f"Not testable in this run: {'; '.join(untested)}.")
     lines.append("The criteria test each finding's direction, not its size (see kdstream/study/paper.py).")
+    if forks_counted(agg) and agg["teacher_only_inherited"]["sum"]:  # the inherited row names them
+        lines.append("A fork between near-duplicates: where the CE baseline's greedy decoding left the suffix, the text "
+                     "before that point and the baseline's continuation occur together in another training window "
+                     "(two texts that share a phrase, then part). The baseline fits such a window but took the other "
+                     "branch; the teacher resolved it from the earlier context and the student learned that from it "
+                     "(kdstream/analysis/forks.py). The paper's teacher-only examples are the ones its baseline lacks "
+                     "the capacity for.")
     if agg.get("canaries"):
         counts, crow = canary_rows(agg)
         per = next(iter(agg["canaries"].values()))
