@@ -32,7 +32,7 @@ import numpy as np
 
 from benchmarks.results import save
 from kdstream.analysis.compare import compare_sets, memorized_ids
-from kdstream.analysis.forks import AHEAD, CONTEXT, at_a_fork, baseline_departures, store_chunks
+from kdstream.analysis.forks import AHEAD, CONTEXT, at_a_fork, baseline_departures, count_forks, store_chunks
 from kdstream.distill.trainer import DONE_FILE
 from kdstream.extract.results import RESULTS_FILE, SUMMARY_FILE
 from kdstream.study.config import TINY_ARCHS, StudyConfig, load_study_config
@@ -62,9 +62,9 @@ def forks(d: Path) -> dict:
         members, ids = ids, sorted(ids)
         row = {"windows": len(ids), "baseline_ppl_median": round(float(ppl.loc[ids].median()), 3) if ids else None}
         if name != "all_three":
-            hit = [x for x in departures if x.example_id in members and x in forked]
+            counted = count_forks([x for x in departures if x.example_id in members], forked)
             departed = [int(base.at[i, "generate_prefix_match_len"]) for i in ids]  # suffix tokens it got right
-            row.update({"baseline_at_a_fork": len(hit), "distinct_forks": len({(x.context, x.ahead) for x in hit}),
+            row.update({"baseline_at_a_fork": counted["at_fork"], "distinct_forks": counted["distinct_forks"],
                         "departure_suffix_token_median": float(np.median(departed)) if departed else None})
         out[name] = row
     return {"teacher_only": len(only), "inherited": len(groups["inherited"]), "groups": out}

@@ -91,15 +91,17 @@ def at_a_fork(departures: list[Departure], chunks) -> set[Departure]:
     return found
 
 
-def fork_counts(departures: list[Departure], forked: set[Departure], inherited: set[int]) -> dict:
-    """The numbers ``compare`` records: teacher-only windows tested, at a fork, and the distinct
-    forks (context + branch) behind them; the same for the ones the student inherited."""
-    def count(ds: list[Departure]) -> dict:
-        hit = [d for d in ds if d in forked]
-        return {"tested": len(ds), "at_fork": len(hit), "distinct_forks": len({(d.context, d.ahead) for d in hit})}
+def count_forks(departures: list[Departure], forked: set[Departure]) -> dict:
+    """{"tested", "at_fork", "distinct_forks" (context + branch)} of a group of departures."""
+    hit = [d for d in departures if d in forked]
+    return {"tested": len(departures), "at_fork": len(hit), "distinct_forks": len({(d.context, d.ahead) for d in hit})}
 
-    return {"teacher_only": count(departures),
-            "inherited": count([d for d in departures if d.example_id in inherited]),
+
+def fork_counts(departures: list[Departure], forked: set[Departure], inherited: set[int]) -> dict:
+    """The numbers ``compare`` records: ``count_forks`` of the teacher-only windows and of the ones
+    the student inherited."""
+    return {"teacher_only": count_forks(departures, forked),
+            "inherited": count_forks([d for d in departures if d.example_id in inherited], forked),
             "context": CONTEXT, "ahead": AHEAD}
 
 
@@ -142,10 +144,10 @@ def baseline_departures(baseline_eval, ids: set[int]) -> tuple[list[Departure], 
                           columns=["example_id", "generate_prefix_match_len", "generated_ids"]).to_pandas()
     table = table[table["example_id"].isin(list(ids))].set_index("example_id").sort_index()
     windows: dict[int, np.ndarray] = {}
+    wanted = table.index.to_numpy()
     for example_ids, input_ids in store_chunks(store, "forks: departures") if len(table) else ():
-        for e, row in zip(example_ids.tolist(), input_ids):
-            if e in table.index:
-                windows[int(e)] = np.asarray(row)
+        for r in np.nonzero(np.isin(example_ids, wanted))[0]:  # the rows of these windows only
+            windows[int(example_ids[r])] = np.asarray(input_ids[r])
     start = int(summary.get("offset") or 0) + int(summary["prefix_len"])  # the suffix's first position
     departures = []
     for e, r in table.iterrows():
