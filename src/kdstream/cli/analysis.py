@@ -37,8 +37,10 @@ def features(**kw):
 @click.option("--student-features", default=None, help="`kdstream features` directory of the student (optional).")
 def compare(teacher_eval, baseline_eval, student_eval, out, teacher_features, baseline_features, student_features):
     """Memorized counts, overlaps and Venn regions of teacher, CE baseline and student
-    (three extract-eval directories) and, with features directories, their medians over memorized
-    vs not memorized examples; prints the markdown table, then the JSON."""
+    (three extract-eval directories), how many teacher-only examples the baseline lost at a fork
+    between near-duplicate windows of its store (greedy verdicts only; otherwise why not) and, with
+    features directories, their medians over memorized vs not memorized examples; prints the
+    markdown table, then the JSON."""
     from kdstream.analysis.compare_run import compare_evals, format_comparison, write_comparison
     from kdstream.analysis.files import jsonable
 
