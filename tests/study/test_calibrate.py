@@ -123,9 +123,9 @@ def test_the_default_grid_is_valid_and_names_its_points():
 
     points = grid_points(StudyConfig(), load_grid(None))
     assert len(points) == 3 and load_grid(None) == DEFAULT_GRID
-    name, values, cfg = points[1]
-    assert name == "teacher_lr-0.0007"  # the embedded defaults' own point
-    assert cfg == StudyConfig()
+    name, values, cfg = points[0]
+    assert name == "dataset-demo_licenses_0.3"  # the embedded defaults' own point
+    assert cfg == StudyConfig() and values == {"dataset": "demo+licenses:0.3"}
 
 
 def test_two_values_that_would_share_a_directory_are_refused(tmp_path):

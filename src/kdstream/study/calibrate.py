@@ -43,13 +43,14 @@ ROLES = ("teacher", "baseline", "student")
 # The paper's rates (0.33% / 0.17% / 0.07% of 1M examples) and issue 19's target band for each.
 PAPER_RATES = {"teacher": 0.0033, "baseline": 0.0017, "student": 0.0007}
 TARGET_BAND = (0.001, 0.10)
-# The embedded grid: around the embedded defaults (docstrings + licenses at 40%, ~2,850 windows of
-# 64 tokens, 4 epochs for every model, lr 1e-3 for baseline and students), the teacher's step size,
-# the knob that placed the regime (docs/study.md): at 5e-4 the teacher memorizes less than the
-# baseline, at 1e-3 so much more that its student memorizes as much as the baseline, 7e-4 (the
-# default) sits between. 3 points, ~13 min each on 2 cores.
+# The embedded grid: around the embedded defaults (docstrings + licenses at 30%, ~2,500 windows of
+# 64 tokens, 4 epochs for every model, lr 7e-4 for the teacher and 1e-3 for the others), the share
+# of license text, the knob that placed the regime last (docs/study.md): at 40% the teacher's extra
+# recall is largely forks between near-duplicate licenses, which the student inherits (12.7% of the
+# teacher-only windows over seeds 0-2), at 30% it inherits 1 of 70 (5 of 90 over seeds 0-4); at
+# 35% seed 0's models memorize 16 / 11 / 4 windows. 3 points, ~9 min each on 2 cores.
 DEFAULT_GRID: dict[str, list] = {
-    "teacher_lr": [0.0005, 0.0007, 0.001],
+    "dataset": ["demo+licenses:0.3", "demo+licenses:0.35", "demo+licenses:0.4"],
 }
 # Not knobs of a point: seeds are the sweep's own (every point runs for every seed); tuples (extra
 # stage flags, canary counts) would make a list of lists.

@@ -34,15 +34,18 @@ class StudyConfig:
     # data: the first `examples` windows of `seq_len` tokens of the corpus (canaries planted in it).
     # Issue 19's calibration (kdstream reproduce --calibrate, benchmarks/results/calibration_*.json,
     # docs/study.md): the standard-library docstrings with the installed dependencies' license texts
-    # as 40% of the characters (natural duplication: ~20% of the windows have 8+ copies), all ~2,850
-    # windows of 64 tokens. There the regime is set by the passes over the data and the step size,
-    # not by the model size: in 3 epochs at lr 1e-3 the tiny teacher memorizes 72 windows and the
-    # 8x small-teacher 75, while the CE baseline at 4 epochs memorizes 102; so the teacher gets the
-    # baseline's 4 epochs (paper: 3) to memorize more than it (216), and every model lr 1e-3 (at
-    # 3e-3 the CE baseline memorized 0-76 windows depending on the dependency versions; at 1e-3, 102).
-    # The earlier defaults (256 windows of 128 tokens of the docstrings, 30 / 28 epochs) saturated:
-    # 98% / 52% / 26%.
-    dataset: str = "demo+licenses:0.4"
+    # as 30% of the characters (natural duplication: whole texts with their natural copy counts), all
+    # ~2,500 windows of 64 tokens. There the regime is set by the passes over the data and the step
+    # size, not by the model size: in 3 epochs at lr 1e-3 the tiny teacher memorizes about as much
+    # as the 8x small-teacher, and less than the CE baseline at 4; so the teacher gets the baseline's
+    # 4 epochs (paper: 3) at its own lr (teacher_lr) to memorize more than it. The share of license
+    # text sets how much of the teacher's extra recall is forks between near-duplicate licenses
+    # (texts that share a phrase, then part), which the student inherits: at 40% the student
+    # inherited 12.7% of the teacher-only windows over seeds 0-2 (12 of 21 at such forks), at 30%
+    # 1 of 70 (5 of 90 over seeds 0-4, none of the 5 at a fork; the paper: 0.9%). The earlier
+    # defaults (256 windows of 128 tokens of the docstrings, 30 / 28 epochs) saturated: 98% / 52% /
+    # 26%.
+    dataset: str = "demo+licenses:0.3"
     text_field: str = "text"
     split: str = "train"
     examples: int = option(4000, "Training examples (windows of seq_len tokens); fewer when the corpus runs out.")
@@ -59,7 +62,7 @@ class StudyConfig:
     teacher_epochs: int = option(4, "Epochs of the teacher (CE).")
     student_epochs: int = option(4, "Epochs of baseline, student and filtered student.")
     lr: float = 1e-3  # the baseline, the student and the filtered student
-    # the teacher's own (None: lr). On the calibrated corpus, 4 epochs, seed 0 (docs/study.md): at
+    # the teacher's own (None: lr). Calibrated at 40% license text, 4 epochs, seed 0 (docs/study.md): at
     # 5e-4 the teacher memorized 66 windows, fewer than the baseline's 102; at 1e-3, 216, and its
     # student as many as the baseline (100); at 7e-4, 149, with a student at 65: teacher > baseline
     # > student, as in the paper. (At 3 epochs, 1e-3 / 2e-3 gave 72 / 10.)
