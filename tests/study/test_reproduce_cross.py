@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -11,8 +12,11 @@ from helpers import run_cli
 # Cheap: 16 examples (stage start-up dominates: training itself takes seconds, so the epochs are
 # many), no canaries (their cross-tokenizer extraction is that of tests/extract, --dataset with
 # --teacher-tokenizer). Measured: teacher 16 of 16, baseline and student 8 of 16 memorized, so the
-# classifier (byte features), the filter and the re-distilled student all run, in ~3 min.
+# classifier (byte features), the filter and the re-distilled student all run, in ~3 min. The
+# corpus is pinned: on the first 16 windows of the embedded default (demo+licenses:0.3) the
+# classifier flags every example and there is no filtered student to train.
 REDUCED_CROSS = """\
+dataset: demo+licenses:0.4
 examples: 16
 seq_len: 64
 tokenizer_vocab: 1024
@@ -93,6 +97,16 @@ def test_reduced_study_across_tokenizers(tmp_path):
     rerun = run_cli("reproduce", "--config", config, "--out", out)
     assert "kdstream distill" not in rerun.stderr and "kdstream features" not in rerun.stderr
     assert json.loads((out / "study.json").read_text())["aggregate"] == study["aggregate"]
+    # a classifier that flags every example (what the first 16 windows of the default corpus give):
+    # no filtered student to train, the filter's finding not testable, the study still finishes
+    (seed / "classify" / "exclude.txt").write_text("".join(f"{i}\n" for i in range(16)))
+    for path in (seed / "student_filtered", seed / "eval" / "student_filtered"):
+        shutil.rmtree(path)
+    rerun = run_cli("reproduce", "--config", config, "--out", out)
+    assert "kdstream distill" not in rerun.stderr and not (seed / "student_filtered").exists()
+    figs = json.loads((out / "study.json").read_text())["seeds"][0]
+    assert figs["filter"] is None and figs["classifier"]["coefficients"]
+    assert "not testable (the classifier flags every example: nothing left to re-distill on)" in rerun.stdout
 
 
 def test_student_tokenizer_refusals(tmp_path):

@@ -116,6 +116,8 @@ def findings(agg: dict) -> list[dict]:
                      "criterion": f"after ≤ {FILTER_MAX:.0%} of before",
                      "verdict": _verdict(after["mean"] <= FILTER_MAX * before["mean"])})
     else:
+        if cls:  # a classifier, but on every seed it flagged every example (study/protocol.py)
+            why = "the classifier flags every example: nothing left to re-distill on"
         rows.append({"finding": "student memorization after filtering, then re-distilling", "paper": PAPER["filtered"],
                      "ours": "n/a", "criterion": f"after ≤ {FILTER_MAX:.0%} of before", "verdict": _verdict(None, why)})
     return rows

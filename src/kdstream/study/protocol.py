@@ -132,10 +132,13 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
                ["classify", "--student-eval", str(d / "eval" / "student"), *features, "--out", str(d / "classify"),
                 "--seed", str(seed), "--repeats", str(cfg.classify_repeats), "--filter",
                 "--target-recall", str(cfg.target_recall)])
-        st.run("student (KD, filtered)", done(d / "student_filtered" / DONE_FILE),
-               ["distill", "--model", init["student"], "--logits-store", str(store), *kd, "--exclude",
-                str(d / "classify" / EXCLUDE_FILE), "--out", str(d / "student_filtered"), *student_lr, *train])
-        evaluate_model("student_filtered")
+        # a classifier that flags every example leaves nothing to re-distill on: the filter's
+        # finding is then not testable (study/paper.py), not a failed stage
+        if len(excluded_ids(d)) < cmp["examples"]:
+            st.run("student (KD, filtered)", done(d / "student_filtered" / DONE_FILE),
+                   ["distill", "--model", init["student"], "--logits-store", str(store), *kd, "--exclude",
+                    str(d / "classify" / EXCLUDE_FILE), "--out", str(d / "student_filtered"), *student_lr, *train])
+            evaluate_model("student_filtered")
         report += ["--classify", str(d / "classify")]
     st.run("report", False, report + ["--out", str(d / "report")])  # cheap; rebuilt from what exists
     figures = seed_figures(d, cfg, fit)
@@ -171,10 +174,17 @@ def _at_fork(cmp: dict, group: str) -> int | None:
     return forks[group]["at_fork"] if group in forks else None
 
 
+def excluded_ids(d: Path) -> set[int]:
+    """The example ids the seed's classifier flagged (``classify --filter``'s exclude file)."""
+    from kdstream.analysis.files import EXCLUDE_FILE
+
+    return {int(x) for x in (d / "classify" / EXCLUDE_FILE).read_text().split()}
+
+
 def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
     """The numbers the study report tabulates, read from one seed directory's outputs."""
     from kdstream.analysis.compare import memorized_ids
-    from kdstream.analysis.files import CLASSIFICATION_FILE, COMPARISON_JSON, EXCLUDE_FILE, RESULTS_FILE
+    from kdstream.analysis.files import CLASSIFICATION_FILE, COMPARISON_JSON, RESULTS_FILE
     from kdstream.study.canaries import CANARY_FILE, canary_rates
 
     cmp = json.loads((d / "compare" / COMPARISON_JSON).read_text())
@@ -199,7 +209,8 @@ def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
         cls = json.loads((d / "classify" / CLASSIFICATION_FILE).read_text())
         out["classifier"] = {"auc": cls["auc"], "coefficients": {k: v["mean"] for k, v in cls["coefficients"].items()},
                              "positives": cls.get("positives"), "precision": cls["precision"], "recall": cls["recall"]}
-        excluded = {int(x) for x in (d / "classify" / EXCLUDE_FILE).read_text().split()}
+        excluded = excluded_ids(d)
+    if classified and len(excluded) < cmp["examples"]:
         after, _ = memorized_ids(d / "eval" / "student_filtered")
         out["filter"] = {
             "excluded": len(excluded),
