@@ -41,6 +41,7 @@ lr: 0.003
 
 @pytest.mark.slow
 def test_reduced_study_across_tokenizers(tmp_path):
+    from kdstream.analysis.classify import write_exclude_list
     from kdstream.analysis.compare import memorized_ids
     from kdstream.data import load_tokenizer, tokenizer_fingerprint
 
@@ -99,7 +100,7 @@ def test_reduced_study_across_tokenizers(tmp_path):
     assert json.loads((out / "study.json").read_text())["aggregate"] == study["aggregate"]
     # a classifier that flags every example (what the first 16 windows of the default corpus give):
     # no filtered student to train, the filter's finding not testable, the study still finishes
-    (seed / "classify" / "exclude.txt").write_text("".join(f"{i}\n" for i in range(16)))
+    write_exclude_list(range(16), seed / "classify" / "exclude.txt")
     for path in (seed / "student_filtered", seed / "eval" / "student_filtered"):
         shutil.rmtree(path)
     rerun = run_cli("reproduce", "--config", config, "--out", out)

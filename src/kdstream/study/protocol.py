@@ -174,11 +174,13 @@ def _at_fork(cmp: dict, group: str) -> int | None:
     return forks[group]["at_fork"] if group in forks else None
 
 
-def excluded_ids(d: Path) -> set[int]:
-    """The example ids the seed's classifier flagged (``classify --filter``'s exclude file)."""
+def excluded_ids(d: Path) -> frozenset[int]:
+    """The example ids the seed's classifier flagged (``classify --filter``'s exclude file), read
+    as ``distill --exclude`` reads them."""
     from kdstream.analysis.files import EXCLUDE_FILE
+    from kdstream.distill.sources import read_exclude
 
-    return {int(x) for x in (d / "classify" / EXCLUDE_FILE).read_text().split()}
+    return read_exclude(str(d / "classify" / EXCLUDE_FILE))
 
 
 def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
@@ -210,16 +212,16 @@ def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
         out["classifier"] = {"auc": cls["auc"], "coefficients": {k: v["mean"] for k, v in cls["coefficients"].items()},
                              "positives": cls.get("positives"), "precision": cls["precision"], "recall": cls["recall"]}
         excluded = excluded_ids(d)
-    if classified and len(excluded) < cmp["examples"]:
-        after, _ = memorized_ids(d / "eval" / "student_filtered")
-        out["filter"] = {
-            "excluded": len(excluded),
-            "expected_recall": cls["filter"]["expected_recall"],
-            "student_memorized_before": len(s),
-            "student_memorized_after": len(after),
-            "after_among_kept": len(after - excluded),
-            "before_among_kept": len(s - excluded),
-        }
+        if len(excluded) < cmp["examples"]:  # else no filtered student was trained (run_seed)
+            after, _ = memorized_ids(d / "eval" / "student_filtered")
+            out["filter"] = {
+                "excluded": len(excluded),
+                "expected_recall": cls["filter"]["expected_recall"],
+                "student_memorized_before": len(s),
+                "student_memorized_after": len(after),
+                "after_among_kept": len(after - excluded),
+                "before_among_kept": len(s - excluded),
+            }
     if cfg.canary_counts:
         roles = [r for r in (*ROLES, "student_filtered") if (d / "eval-canaries" / r / RESULTS_FILE).exists()]
         out["canaries"] = {r: {str(c): v for c, v in canary_rates(d / CANARY_FILE, d / "eval-canaries" / r /
