@@ -66,8 +66,12 @@ def main() -> None:
     parser.add_argument("--name", default="zlib_length_bench")
     args = parser.parse_args()
     seeds = sorted(Path(args.work).glob("seed-*"), key=lambda p: int(p.name.split("-")[1]))
-    figures: dict = {"work": args.work, "seeds": {}}
+    figures: dict = {"work": args.work, "seeds": {}, "skipped": {}}
     for d in seeds:
+        if not (d / "classify" / "table.parquet").is_file():
+            # the study left this seed's classifier not testable (too few student windows)
+            figures["skipped"][d.name] = "no classify/table.parquet (the classifier was not testable)"
+            continue
         figures["seeds"][d.name] = _seed(d, args.repeats, int(d.name.split("-")[1]))
     coef = [figures["seeds"][s]["classifier"]["with_text_bytes"]["coefficients"]["zlib_entropy"] for s in figures["seeds"]]
     figures["zlib_coefficient_with_text_bytes"] = {"mean": round(float(np.mean(coef)), 3), "values": coef}
