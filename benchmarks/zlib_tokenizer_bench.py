@@ -9,12 +9,14 @@ full of license copies (the study's: trained on its own corpus) gives license wi
 and more compressed bytes, than one that never saw them. No model is trained here.
 
     python -m benchmarks.zlib_tokenizer_bench [--dataset demo+licenses:0.3] [--vocab 4096] [--seq-len 64]
+        [--save-tokenizers DIR]   # DIR/NAME/: each tokenizer, for a study's `tokenizer:` field
 """
 from __future__ import annotations
 
 import argparse
 import tempfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="demo+licenses:0.3")
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--save-tokenizers", help="save each tokenizer to DIR/NAME/ (DIR must not exist)")
     parser.add_argument("--name", default="zlib_tokenizer_bench")
     args = parser.parse_args()
     texts = load_corpus(args.dataset).texts
@@ -57,8 +60,11 @@ def main() -> None:
                   "docstrings_only": ([t for t, lic in zip(texts, is_license) if not lic], args.vocab)}
     figures: dict = {"dataset": args.dataset, "documents": len(texts), "license_documents": int(sum(is_license)),
                      "seq_len": args.seq_len, "tokenizers": {}}
+    if args.save_tokenizers:
+        Path(args.save_tokenizers).mkdir(parents=True)  # refuses an existing DIR: nothing is overwritten
     for name, (train_texts, vocab) in trained_on.items():
-        with tempfile.TemporaryDirectory() as d:
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(args.save_tokenizers) / name if args.save_tokenizers else tmp
             tokenizer = train_bpe_tokenizer(train_texts, vocab, d)
         figures["tokenizers"][name] = {"vocab": vocab, **_groups(texts, is_license, tokenizer, args.seq_len)}
     save(args.name, figures)
