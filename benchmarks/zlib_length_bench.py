@@ -30,10 +30,14 @@ ROLES = ("teacher", "baseline", "student")
 
 
 def _medians(frame, ids: set[int]) -> dict:
-    """Medians over the windows in ``ids`` vs the rest: zlib bytes, text bytes, zlib per text byte."""
+    """Medians over the windows in ``ids`` vs the rest: zlib bytes, text bytes, zlib per text byte
+    (only the count for an empty group: a model that memorized nothing has no medians)."""
     inside = frame.index.isin(sorted(ids))
     out = {}
     for name, rows in (("memorized", frame[inside]), ("not_memorized", frame[~inside])):
+        if rows.empty:
+            out[name] = {"windows": 0}
+            continue
         out[name] = {"windows": int(len(rows)), "zlib_entropy": float(rows["zlib_entropy"].median()),
                      "text_bytes": float(rows["text_bytes"].median()),
                      "zlib_per_byte": round(float((rows["zlib_entropy"] / rows["text_bytes"]).median()), 4)}
