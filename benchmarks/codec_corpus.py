@@ -1,8 +1,8 @@
 """The embedded default corpus with duplicated, low-entropy text added, for issue 19's question of
 whether such text makes zlib entropy a negative predictor of memorization: `demo+licenses:0.3`
 plus the standard library's charmap codec tables (`encodings/cp1252.py` and the like: tables of
-`'\\x07'  #  0x07 -> BELL` lines whose ASCII half is the same in every file), whole files drawn in
-a fixed shuffled order up to a share of the characters, mixed in as `demo+licenses` mixes.
+`'\\x07'  #  0x07 -> BELL` lines, many the same from one code page to the next), whole files drawn
+in a fixed shuffled order up to a share of the characters, mixed in as `demo+licenses` mixes.
 
 Written as JSONL (field `text`) for a study's `dataset:`, with the corpus fingerprint `kdstream`
 will record; deterministic for a given Python and environment.

@@ -29,19 +29,20 @@ from kdstream.storage import open_store
 ROLES = ("teacher", "baseline", "student")
 
 
+def window_medians(rows) -> dict:
+    """Medians over a frame of windows (columns zlib_entropy, text_bytes): zlib bytes, text bytes,
+    zlib per text byte (only the count for no windows: a model that memorized nothing has none)."""
+    if rows.empty:
+        return {"windows": 0}
+    return {"windows": int(len(rows)), "zlib_entropy": float(rows["zlib_entropy"].median()),
+            "text_bytes": float(rows["text_bytes"].median()),
+            "zlib_per_byte": round(float((rows["zlib_entropy"] / rows["text_bytes"]).median()), 4)}
+
+
 def _medians(frame, ids: set[int]) -> dict:
-    """Medians over the windows in ``ids`` vs the rest: zlib bytes, text bytes, zlib per text byte
-    (only the count for an empty group: a model that memorized nothing has no medians)."""
+    """``window_medians`` of the windows in ``ids`` vs the rest."""
     inside = frame.index.isin(sorted(ids))
-    out = {}
-    for name, rows in (("memorized", frame[inside]), ("not_memorized", frame[~inside])):
-        if rows.empty:
-            out[name] = {"windows": 0}
-            continue
-        out[name] = {"windows": int(len(rows)), "zlib_entropy": float(rows["zlib_entropy"].median()),
-                     "text_bytes": float(rows["text_bytes"].median()),
-                     "zlib_per_byte": round(float((rows["zlib_entropy"] / rows["text_bytes"]).median()), 4)}
-    return out
+    return {"memorized": window_medians(frame[inside]), "not_memorized": window_medians(frame[~inside])}
 
 
 def _most_compressible(frame, sets: dict[str, set[int]]) -> dict:

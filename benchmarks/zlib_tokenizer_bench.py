@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.results import save
+from benchmarks.zlib_length_bench import window_medians
+from kdstream.analysis.features import text_features
 from kdstream.data import load_corpus
 from kdstream.data.examples import pack_examples
 from kdstream.data.tokenizer import train_bpe_tokenizer
@@ -28,16 +29,13 @@ from kdstream.data.tokenizer import train_bpe_tokenizer
 
 def _groups(texts: list[str], is_license: list[bool], tokenizer, seq_len: int) -> dict:
     """Medians per group of windows (by the document each window starts in)."""
+    import pandas as pd
+
     packed = pack_examples(texts, tokenizer, seq_len)
-    spelled = tokenizer.batch_decode(packed.input_ids.tolist(), skip_special_tokens=False)
-    zbytes = np.array([len(zlib.compress(t.encode("utf-8"))) for t in spelled], dtype=np.float64)
-    nbytes = np.array([len(t.encode("utf-8")) for t in spelled], dtype=np.float64)
+    frame = pd.DataFrame(text_features(tokenizer, packed.input_ids))  # zlib_entropy, text_bytes per window
     license_rows = np.asarray(is_license)[packed.doc_index]  # (S,) bool
-    out = {"windows": len(packed)}
-    for name, rows in (("license", license_rows), ("docstring", ~license_rows)):
-        out[name] = {"windows": int(rows.sum()), "zlib_entropy": float(np.median(zbytes[rows])),
-                     "text_bytes": float(np.median(nbytes[rows])),
-                     "zlib_per_byte": round(float(np.median(zbytes[rows] / nbytes[rows])), 4)}
+    out = {"windows": len(packed), "license": window_medians(frame[license_rows]),
+           "docstring": window_medians(frame[~license_rows])}
     out["license_minus_docstring_zlib"] = out["license"]["zlib_entropy"] - out["docstring"]["zlib_entropy"]
     return out
 
@@ -63,9 +61,11 @@ def main() -> None:
     if args.save_tokenizers:
         Path(args.save_tokenizers).mkdir(parents=True)  # refuses an existing DIR: nothing is overwritten
     for name, (train_texts, vocab) in trained_on.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            d = Path(args.save_tokenizers) / name if args.save_tokenizers else tmp
-            tokenizer = train_bpe_tokenizer(train_texts, vocab, d)
+        if args.save_tokenizers:
+            tokenizer = train_bpe_tokenizer(train_texts, vocab, Path(args.save_tokenizers) / name)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                tokenizer = train_bpe_tokenizer(train_texts, vocab, tmp)
         figures["tokenizers"][name] = {"vocab": vocab, **_groups(texts, is_license, tokenizer, args.seq_len)}
     save(args.name, figures)
 
