@@ -59,7 +59,9 @@ def main() -> None:
     figures: dict = {"dataset": args.dataset, "documents": len(texts), "license_documents": int(sum(is_license)),
                      "seq_len": args.seq_len, "tokenizers": {}}
     if args.save_tokenizers:
-        Path(args.save_tokenizers).mkdir(parents=True)  # refuses an existing DIR: nothing is overwritten
+        if Path(args.save_tokenizers).exists():  # nothing is overwritten
+            parser.error(f"--save-tokenizers {args.save_tokenizers} exists: pass a new directory")
+        Path(args.save_tokenizers).mkdir(parents=True)
     for name, (train_texts, vocab) in trained_on.items():
         if args.save_tokenizers:
             tokenizer = train_bpe_tokenizer(train_texts, vocab, Path(args.save_tokenizers) / name)
