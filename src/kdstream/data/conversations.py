@@ -1,0 +1,175 @@
+"""Conversations from the common chat dataset formats, as lists of ``{"role", "content"}`` messages.
+
+Recognized per row, by its keys (one format per dataset: a mix is refused):
+    messages       [{"role", "content", ...}]              (OpenAI / TRL; tool calls kept as given)
+    conversations  [{"from": human|gpt|system|tool, "value"}] (ShareGPT)
+    alpaca         instruction [+ input] + output
+    prompt_completion  prompt + completion (strings, or lists of messages as in TRL)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdstream.errors import KdError
+
+ROLES = ("system", "user", "assistant", "tool")
+_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                   "assistant": "assistant", "tool": "tool", "function": "tool", "observation": "tool"}
+FORMATS = ("messages", "conversations", "alpaca", "prompt_completion")
+
+
+def row_format(row: dict) -> str | None:
+    """The chat format a row is in, by its keys; None for a row that is not a conversation."""
+    if not isinstance(row, dict):
+        return None
+    if "messages" in row:
+        return "messages"
+    if "conversations" in row:
+        return "conversations"
+    if "instruction" in row and "output" in row:
+        return "alpaca"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    return None
+
+
+@dataclass
+class Conversations:
+    """The conversations of a dataset, in order, and what was left out (row numbers are 0-based)."""
+
+    items: list[list[dict]]
+    format: str
+    rows: list[int] = field(default_factory=list)  # source row of each conversation
+    skipped_no_assistant: int = 0
+    skipped_empty: int = 0
+
+
+def _text(value, row: int, what: str) -> str:
+    if not isinstance(value, str):
+        raise KdError(f"dataset row {row}: {what} is {type(value).__name__}, not text: fix the row or drop it")
+    return value
+
+
+def _messages(value, row: int) -> list[dict]:
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        raise KdError(f"dataset row {row}: messages must be a list of {{role, content}} objects: fix the row")
+    out = []
+    for m in value:
+        role = m.get("role")
+        if role not in ROLES:
+            raise KdError(f"dataset row {row}: unknown role {str(role)[:40]!r} (known: {', '.join(ROLES)}): "
+                          "rename it or drop the message")
+        content = m.get("content")
+        if content is None and role == "assistant" and m.get("tool_calls"):
+            content = ""  # a tool call's turn: the template renders the call
+        out.append({**m, "content": _text(content, row, f"the content of a {role} message")})
+    return out
+
+
+def to_messages(row: dict, fmt: str, index: int) -> list[dict]:
+    """One row of format ``fmt`` → its messages. KdError (one line, naming the row) when malformed."""
+    if fmt == "messages":
+        return _messages(row["messages"], index)
+    if fmt == "conversations":
+        turns = row["conversations"]
+        if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+            raise KdError(f"dataset row {index}: conversations must be a list of {{from, value}} objects: fix the row")
+        out = []
+        for t in turns:
+            role = _SHAREGPT_ROLES.get(t.get("from"))
+            if role is None:
+                raise KdError(f"dataset row {index}: unknown speaker {str(t.get('from'))[:40]!r} (known: "
+                              f"{', '.join(_SHAREGPT_ROLES)}): rename it or drop the turn")
+            out.append({"role": role, "content": _text(t.get("value"), index, f"a {t.get('from')} turn's value")})
+        return out
+    if fmt == "alpaca":
+        prompt = _text(row["instruction"], index, "instruction")
+        extra = row.get("input")
+        if extra:
+            prompt += "\n\n" + _text(extra, index, "input")
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(row["output"], index, "output")}]
+    prompt, completion = row["prompt"], row["completion"]
+    head = _messages(prompt, index) if isinstance(prompt, list) else [{"role": "user", "content": _text(prompt, index, "prompt")}]
+    tail = (_messages(completion, index) if isinstance(completion, list)
+            else [{"role": "assistant", "content": _text(completion, index, "completion")}])
+    return head + tail
+
+
+def conversations_of(rows: list[dict], source: str) -> Conversations:
+    """Every row's messages; rows without an assistant turn or with empty content are skipped and
+    counted (the caller warns), a row of another format or a malformed row is a one-line KdError."""
+    if not rows:
+        raise KdError(f"dataset {source} has no rows: add conversations to it")
+    fmt = row_format(rows[0])
+    if fmt is None:
+        raise KdError(f"dataset {source}: row 0 is not a conversation (keys: {', '.join(map(str, rows[0]))[:120]}): "
+                      "use messages, conversations (ShareGPT), instruction+output or prompt+completion, or --format text")
+    out = Conversations([], fmt)
+    for i, row in enumerate(rows):
+        other = row_format(row)
+        if other != fmt:
+            raise KdError(f"dataset {source} mixes formats: row 0 is {fmt}, row {i} is {other or 'not a conversation'}: "
+                          "convert it to one format")
+        messages = to_messages(row, fmt, i)
+        if not any(m["role"] == "assistant" for m in messages):
+            out.skipped_no_assistant += 1
+            continue
+        if any(not m["content"].strip() and not m.get("tool_calls") for m in messages):
+            out.skipped_empty += 1
+            continue
+        out.items.append(messages)
+        out.rows.append(i)
+    if not out.items:
+        raise KdError(f"dataset {source} has no conversation with an assistant turn and non-empty content: "
+                      "check the file")
+    return out
+
+
+def read_rows(dataset: str, split: str = "train") -> list[dict] | None:
+    """The rows of a .jsonl / .json / .parquet file or a saved dataset directory as dicts; None
+    for what is not one (an embedded corpus, a .txt file, a hub name: text datasets)."""
+    path = Path(dataset)
+    if path.is_file() and path.suffix.lower() == ".jsonl":
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        raise KdError(f"dataset {path}: line {n + 1} is not JSON: fix or remove it") from None
+        return rows
+    if path.is_file() and path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None  # the text loader names the problem
+        return data if isinstance(data, list) else None
+    if (path.is_file() and path.suffix.lower() == ".parquet") or path.is_dir():
+        import datasets
+
+        try:
+            ds = (datasets.load_dataset("parquet", data_files=str(path), split="train") if path.is_file()
+                  else datasets.load_from_disk(str(path)))
+        except Exception:
+            return None
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                return None
+            ds = ds[split]
+        return ds.to_list()
+    return None
+
+
+def fingerprint_conversations(items: list[list[dict]]) -> str:
+    """sha256 over the conversations' canonical JSON, in order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for messages in items:
+        data = json.dumps(messages, sort_keys=True, ensure_ascii=False).encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
