@@ -37,3 +37,21 @@ def train_chat_tokenizer(texts: list[str], vocab: int, out_dir: Path, template: 
     fast.chat_template = template
     fast.save_pretrained(str(out_dir))
     return fast
+
+
+CHAT_SEQ_LEN = 96  # the tiny models' context is 128; vLLM scores L tokens as a request of L + 1
+
+
+def conversations(docs: list[str], n: int = 40) -> list[dict]:
+    """``n`` conversations built from the corpus' sentences: one to three user/assistant turns, a
+    system prompt in every third, a row without an assistant turn at 7 (skipped and counted)."""
+    sentences = [s.strip() for d in docs for s in d.split(".") if 20 < len(s.strip()) < 90]
+    rows = []
+    for i in range(n):
+        turns = 1 + i % 3
+        messages = [{"role": "system", "content": "Answer in one sentence."}] if i % 3 == 0 else []
+        for t in range(turns):
+            a, b = sentences[(2 * (i * 3 + t)) % len(sentences)], sentences[(2 * (i * 3 + t) + 1) % len(sentences)]
+            messages += [{"role": "user", "content": a + "?"}, {"role": "assistant", "content": b + "."}]
+        rows.append({"messages": messages if i != 7 else messages[:1]})
+    return rows

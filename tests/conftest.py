@@ -79,6 +79,40 @@ def second_store(tmp_path_factory, teacher_dir, docs) -> Path:
     return d / "second.zarr"
 
 
+@pytest.fixture(scope="session")
+def chat_teacher_dir(tmp_path_factory, docs) -> Path:
+    """A tiny teacher whose tokenizer has ChatML's special tokens and template (as SmolLM2-Instruct)."""
+    from chat_templates import CHATML, CHATML_SPECIALS, train_chat_tokenizer
+
+    d = tmp_path_factory.mktemp("chat_teacher")
+    tok = train_chat_tokenizer(docs, VOCAB, d, CHATML, CHATML_SPECIALS)
+    return make_gpt_neox(d, tok, seed=3)
+
+
+@pytest.fixture(scope="session")
+def chat_file(tmp_path_factory, docs) -> Path:
+    from chat_templates import conversations
+
+    path = tmp_path_factory.mktemp("chat") / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in conversations(docs)))
+    return path
+
+
+def chat_precompute_args(teacher: Path, dataset: Path, out: Path, *extra) -> list:
+    from chat_templates import CHAT_SEQ_LEN
+
+    return ["precompute-logits", "--model", teacher, "--dataset", dataset, "--out", out, "--top-k", 8,
+            "--seq-len", CHAT_SEQ_LEN, "--dtype", "float32", "--batch-size", 8, "--chunk-rows", 8, *extra]
+
+
+@pytest.fixture(scope="session")
+def chat_store(tmp_path_factory, chat_teacher_dir, chat_file) -> Path:
+    """A conversation store (assistant targets) written by the real CLI with vLLM."""
+    out = tmp_path_factory.mktemp("chat_store") / "chat.zarr"
+    run_cli(*chat_precompute_args(chat_teacher_dir, chat_file, out, "--logprob-encoding", "fp32"))
+    return out
+
+
 @pytest.fixture
 def http_root(tmp_path, request):
     """Serve tmp_path/www read-only over HTTP on a free loopback port; yields (directory, base URL).

@@ -57,3 +57,10 @@ def test_two_processes_see_every_example_once_per_epoch(teacher_store, tmp_path)
     seen = [i for ids in per_rank for i in ids]
     store = open_store(teacher_store)
     assert sorted(seen) == sorted(store.read(0, len(store), ("example_id",))["example_id"].tolist())
+
+
+@pytest.mark.slow
+def test_the_plain_torch_example_trains_on_a_conversation_store(chat_store, chat_teacher_dir, tmp_path):
+    _run(sys.executable, ROOT / "examples" / "plain_torch.py", "--logits-store", chat_store, "--model",
+         chat_teacher_dir, "--out", tmp_path / "out", "--max-steps", 2, "--batch-size", 4)
+    assert weight_gap(tmp_path / "out", chat_teacher_dir) > 0

@@ -23,7 +23,9 @@ def store():
 @store.command("info")
 @click.argument("url", metavar="STORE")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object: store, identity, identity_note, checked, tokenizer_files, attributes.")
+              help="Print one JSON object: store, identity, identity_note, checked, tokenizer_files, size (complete "
+                   "stores: examples, tokens, target_positions, bytes, bytes_per_token, bytes_per_target_position), "
+                   "attributes.")
 def info(url, as_json):
     """Print the store's identity and attributes: teacher, tokenizer, shapes, corpus, versions, options.
 
@@ -44,6 +46,11 @@ def info(url, as_json):
     files = i["tokenizer_files"]
     click.echo(f"tokenizer files: {', '.join(files)} (kdstream store tokenizer STORE OUT)" if files else
                "tokenizer files: none (a store written before stores carried their tokenizer)")
+    if "size" in i:
+        z = i["size"]
+        click.echo(f"size: {z['examples']} examples, {z['tokens']} tokens, {z['target_positions']} target positions, "
+                   f"{z['bytes']} bytes ({z['bytes_per_token']} per token, {z['bytes_per_target_position']} per "
+                   "target position)")
     click.echo(yaml.safe_dump(i["attributes"], sort_keys=False, default_flow_style=False, width=100).rstrip())
 
 

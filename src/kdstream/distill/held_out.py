@@ -61,11 +61,12 @@ def held_out_loss(run: Run, data: TrainData) -> dict:
             out = core(**{k: torch.from_numpy(batch[k]).to(run.device) for k in data.keys}).double().cpu()
             counted += n
             sums += out * n
-            if n:  # ce: the mean over the n × (L-1) positions
-                positions = n * (batch["input_ids"].shape[1] - 1)
+            if n:  # ce: the mean over the n × (L-1) positions, or a conversation store's target rows
+                at = batch["topk_len"] > 0 if "topk_len" in batch else np.ones(batch["input_ids"][:, 1:].shape, bool)
+                positions = int(at.sum())
                 nats, tokens = nats + float(out[1]) * positions, tokens + positions
                 if data.byte_lengths is not None:
-                    num_bytes += int(data.byte_lengths[batch["input_ids"][:, 1:]].sum())
+                    num_bytes += int(data.byte_lengths[batch["input_ids"][:, 1:][at]].sum())
     core.train()
     *totals, total, nats, tokens, num_bytes = distributed.all_sum(
         [*sums.tolist(), float(counted), nats, tokens, num_bytes], d)

@@ -77,9 +77,11 @@ class Objective(nn.Module):
         return hidden.reshape(-1, hidden.shape[-1]), self.teacher.get_output_embeddings()
 
     def forward(self, input_ids: Tensor | None = None, topk_ids: Tensor | None = None,
-                topk_logprobs: Tensor | None = None, aligned=None) -> Tensor:
+                topk_logprobs: Tensor | None = None, aligned=None, topk_len: Tensor | None = None) -> Tensor:
         """input_ids (B, L), topk_* (B, L-1, k) → [loss, ce, kd]; row t predicts token t+1.
         ``aligned``: a cross-tokenizer AlignedBatch instead (the student's own tokens, padded).
+        ``topk_len`` (B, L-1): a conversation store's rows, 0 where a row is no target position:
+        the means run over the target rows only (KD and CE alike: a CE baseline learns the same tokens).
 
         Only ``loss`` is meant to be differentiated; ce and kd are for logging (on the fused path
         they carry no gradient at all).
@@ -91,17 +93,29 @@ class Objective(nn.Module):
             return cross_terms(logits, aligned, mode=self.cross, loss=self.loss, temperature=self.temperature,
                                tail=self.tail, beta=self.beta, alpha_ce=self.alpha_ce,
                                alm_temperature=self.alm_temperature)
+        if topk_len is not None:  # padded conversations: cut the batch after its last target row
+            last = int(topk_len.any(0).nonzero().max()) + 1 if bool(topk_len.any()) else 1
+            input_ids, topk_len = input_ids[:, : last + 1], topk_len[:, :last]
+            if topk_ids is not None:
+                topk_ids, topk_logprobs = topk_ids[:, :last], topk_logprobs[:, :last]
         targets = input_ids[:, 1:].reshape(-1)  # (N,), N = B*(L-1)
         n = targets.shape[0]
+        rows = None if topk_len is None else (topk_len.reshape(-1) > 0).nonzero()[:, 0]  # (n_t,) target rows
         if topk_ids is not None:
             topk_ids = topk_ids.reshape(n, -1)  # (N, k)
             topk_logprobs = topk_logprobs.reshape(n, -1)  # (N, k)
         t_hidden, t_head = self._teacher_hidden(input_ids) if self.teacher is not None else (None, None)
+        if rows is not None:  # only the target rows from here on
+            targets, n = targets[rows], len(rows)
+            topk_ids, topk_logprobs = (None, None) if topk_ids is None else (topk_ids[rows], topk_logprobs[rows])
+            t_hidden = None if t_hidden is None else t_hidden[rows]
         if self.chunk is None:
             logits = self.net(input_ids=input_ids).logits[:, :-1]  # (B, L-1, V)
+            logits = logits.reshape(-1, logits.shape[-1]) if rows is None else logits.reshape(-1, logits.shape[-1])[rows]
             t_logits = None if t_hidden is None else _head(t_hidden, t_head)  # (N, V), no grad
-            return self._losses(logits.reshape(n, -1), targets, topk_ids, topk_logprobs, t_logits)
+            return self._losses(logits, targets, topk_ids, topk_logprobs, t_logits)
         hidden = self.net.base_model(input_ids=input_ids).last_hidden_state[:, :-1]  # (B, L-1, H)
+        hidden = hidden.reshape(-1, hidden.shape[-1]) if rows is None else hidden.reshape(-1, hidden.shape[-1])[rows]
         head = self.net.get_output_embeddings()  # weight (V, H): tied to the input embedding in some models
 
         def chunk_losses(logits: Tensor, rows: slice) -> Tensor:  # logits (c, V) fp32 → [loss, ce, kd]

@@ -273,6 +273,11 @@ def _setup_data(opts: DistillOptions, d, loaded: tuple, exclude, cross=None, byt
         from kdstream.distill.cross_tokenizer import store_keys
 
         keys = store_keys(cross.mode)
+    if getattr(source, "conversations", False):  # the loss only at the target rows (topk_len > 0)
+        if cross is not None:
+            raise KdError("a student of another tokenizer cannot yet train on a conversation store: use a student "
+                          "with the teacher's tokenizer")
+        keys = (*keys, "topk_len")
     return TrainData(source=source, open_source=open_source, seq_len=seq_len, kept=kept, held_out=held_out,
                      keys=keys, num_train=num_train, transform=cross, byte_lengths=byte_lengths,
                      total_steps=batches_per_epoch(num_train, opts.batch_size) * opts.epochs)

@@ -11,6 +11,7 @@ from kdstream.engines.vllm import EngineOptions
 from kdstream.errors import KdError
 from kdstream.options import corpus_option, option, options_dict, require
 from kdstream.precompute.backends import BACKENDS, Teacher, context_needed, engine_attrs, make_teacher
+from kdstream.text.chat import ChatOptions
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class PrecomputeOptions:
     device: str = option("auto", "Where --backend hf runs the teacher: auto (CUDA when available) | cpu | cuda; "
                                  "vLLM places the model itself.")
     engine: EngineOptions = field(default_factory=EngineOptions)
+    chat: ChatOptions = field(default_factory=ChatOptions)
 
     def __post_init__(self) -> None:
         require(self.top_k >= 1, f"--top-k {self.top_k} must be at least 1")
@@ -98,7 +100,7 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     ``teacher``: one already loaded by ``make_teacher`` for the same model, backend, top-k and
     dtype, to write several stores without reloading it (default: loaded here, if work is left).
     """
-    from kdstream.data import load_corpus, load_tokenizer, pack_examples, tokenizer_fingerprint
+    from kdstream.data import load_tokenizer, tokenizer_fingerprint
     from kdstream.model_files import check_model_dir, model_config, model_fingerprint
     from kdstream.storage import StoreWriter, tokenizer_files
     from kdstream.storage.lock import WorkerLock
@@ -126,8 +128,7 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     if why_not:
         print(f"note: the store will not carry its tokenizer ({why_not}); its users pass the teacher's tokenizer "
               "directory (distill --teacher-tokenizer DIR)", file=sys.stderr)
-    corpus = load_corpus(opts.dataset, opts.text_field, opts.split)
-    examples = pack_examples(corpus.texts, tokenizer, opts.seq_len, opts.max_examples)
+    examples, corpus_attrs, conversations = _examples(opts, tokenizer)
 
     sampled = opts.targets == "sampled"
     # sampled: at most min(N, k) distinct ids per position can be drawn: the stored width
@@ -136,7 +137,8 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     # the same for every worker; a fixed store's options as before ragged stores (the selection
     # attribute records --top-p / --budget / --min-k where they are used)
     options = {k: v for k, v in options_dict(opts).items()
-               if k != "worker_index" and (selection is not None or k not in _SELECTION_OPTIONS)}
+               if k != "worker_index" and (selection is not None or k not in _SELECTION_OPTIONS)
+               and (conversations is not None or k != "chat")}  # a text store's attributes as before chat data
     writer = StoreWriter(
         opts.out,
         num_examples=len(examples),
@@ -149,12 +151,13 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
         samples=opts.samples if sampled else None,
         selection=selection,
         tokenizer_files=tok_files,
+        conversations=conversations,
         attrs={
             "targets": opts.targets,
             "source_top_k": opts.top_k,
             "teacher": model_fingerprint(model_dir),
             "tokenizer": fingerprint,
-            "corpus": {**corpus.describe(), "text_field": opts.text_field, "split": opts.split},
+            "corpus": corpus_attrs,
             "engine": engine_attrs(opts.backend, model_dir, opts),
             "options": options | {"engine": options_dict(opts.engine)},
         },
@@ -231,7 +234,52 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
     writer.finalize({"precompute_seconds": round(seconds, 3)})
     # per token: the store's arrays, not the tokenizer files it carries (the same few MB whatever its size)
     data_bytes = disk_bytes(opts.out) - tokenizer_files.disk_bytes(opts.out)
+    if getattr(examples, "counts", None):  # conversations: real tokens, and the positions that hold rows
+        tokens, positions = examples.counts["tokens"], examples.counts["target_positions"]
+        return summary | {"complete": True, "real_tokens": tokens, "target_positions": positions,
+                          "bytes_per_token": round(data_bytes / tokens, 1),
+                          "bytes_per_target_position": round(data_bytes / positions, 1)}
     return summary | {"complete": True, "bytes_per_token": round(data_bytes / (len(examples) * opts.seq_len), 1)}
+
+
+def _examples(opts: PrecomputeOptions, tokenizer):
+    """(examples, the store's corpus attribute, its conversations attribute or None for text)."""
+    from kdstream.data import load_corpus, pack_examples
+    from kdstream.data.conversations import conversations_of, fingerprint_conversations, read_rows, row_format
+
+    fmt = opts.chat.format
+    rows = None if fmt == "text" else read_rows(opts.dataset, opts.split)
+    if fmt == "chat" and rows is None:
+        raise KdError(f"--format chat: {opts.dataset} is not a .jsonl/.json/.parquet file or saved dataset of "
+                      "conversations: pass one, or --format text")
+    if rows is None or (fmt == "auto" and (not rows or row_format(rows[0]) is None)):
+        if opts.chat.train_on is not None:
+            raise KdError(f"--train-on is for chat datasets, and {opts.dataset} is read as plain text: drop it "
+                          "(every position of a text example is a target), or pass a chat dataset")
+        corpus = load_corpus(opts.dataset, opts.text_field, opts.split)
+        examples = pack_examples(corpus.texts, tokenizer, opts.seq_len, opts.max_examples)
+        return examples, {**corpus.describe(), "text_field": opts.text_field, "split": opts.split}, None
+    import hashlib
+
+    from kdstream.text.chat import chat_examples, template_of
+
+    if opts.targets == "sampled":
+        raise KdError("--targets sampled is for text datasets: a conversation store keeps top-k rows at its target "
+                      "positions; drop --targets sampled (or pass --format text)")
+    conv = conversations_of(rows, opts.dataset)
+    template = template_of(tokenizer, opts.chat.chat_template)
+    examples = chat_examples(conv, tokenizer, template, opts.seq_len, opts.chat, opts.max_examples)
+    c = examples.counts
+    skipped = c["skipped_no_assistant"] + c["skipped_empty"]
+    if skipped or c["truncated"] or c["dropped"]:
+        print(f"note: {c['conversations']} conversations kept; skipped {c['skipped_no_assistant']} without an "
+              f"assistant turn and {c['skipped_empty']} with empty content; {c['truncated']} truncated and "
+              f"{c['dropped']} dropped at --seq-len {opts.seq_len} (--on-long {opts.chat.on_long})", file=sys.stderr)
+    corpus = {"source": opts.dataset, "fingerprint": fingerprint_conversations(conv.items), "documents": len(rows),
+              "format": conv.format, "split": opts.split}
+    conversations = {"train_on": opts.chat.train_on or "assistant", "on_long": opts.chat.on_long,
+                     "template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(), **c}
+    return examples, corpus, conversations
 
 
 _SELECTION_OPTIONS = ("top_p", "budget", "min_k")
@@ -272,6 +320,8 @@ def _score_rows(teacher, examples, rows: slice, batch_size: int, bar) -> dict[st
     out = {key: np.concatenate([s[key] for s in scored]) for key in scored[0]}  # (G·R, L-1, …)
     out.update(input_ids=examples.input_ids[rows], example_id=examples.example_id[rows],
                doc_index=examples.doc_index[rows])
+    if hasattr(examples, "target_mask"):  # conversations: real lengths, and the rows the loss is on
+        out.update(length=examples.length[rows], target_mask=examples.target_mask[rows])
     return out
 
 

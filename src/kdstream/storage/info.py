@@ -40,7 +40,29 @@ def store_info(url: str) -> dict[str, Any]:
     except KdError as exc:
         ident, note = None, str(exc)
     ordered = {key: attrs[key] for key in INFO_FIRST if key in attrs}
+    size = _size(url, attrs)
     ordered.update({key: value for key, value in attrs.items() if key not in ordered})
     return {"store": str(url), "identity": ident, "identity_note": note, "checked": checked,
             "tokenizer_files": [f.get("name") for f in recorded(attrs)],  # [] in stores written before them
-            "attributes": ordered}
+            **({"size": size} if size else {}), "attributes": ordered}
+
+
+def _size(url: str, attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """Examples, tokens, target positions (rows the loss uses) and the data bytes per token and
+    per target position (the tokenizer files a store carries left out); None before it is complete."""
+    from kdstream.storage import tokenizer_files
+    from kdstream.storage.reader import disk_bytes
+
+    try:
+        n, seq_len = int(attrs["num_examples"]), int(attrs["seq_len"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not attrs.get("complete"):
+        return None
+    chat = attrs.get("conversations") if isinstance(attrs.get("conversations"), dict) else None
+    tokens = int(chat["tokens"]) if chat else n * seq_len
+    positions = int(chat["target_positions"]) if chat else n * (seq_len - 1)
+    data = disk_bytes(url) - tokenizer_files.disk_bytes(url)
+    return {"examples": n, "tokens": tokens, "target_positions": positions, "bytes": data,
+            "bytes_per_token": round(data / max(tokens, 1), 1),
+            "bytes_per_target_position": round(data / max(positions, 1), 1)}

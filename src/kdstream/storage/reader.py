@@ -14,9 +14,11 @@ from kdstream.storage.chunks import DONE_ARRAY, chunk_slice
 from kdstream.storage.schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    EXAMPLE_LENGTH,
     LENGTH_ARRAY,
     PER_CHUNK,
     arrays_of,
+    is_conversations,
     is_packed,
     is_ragged,
 )
@@ -41,7 +43,11 @@ _DECODED = {
     "sample_counts": np.int64,
     "sample_tail_count": np.int64,
     LENGTH_ARRAY: np.int64,
+    EXAMPLE_LENGTH: np.int64,
+    "positions": np.int64,
 }
+# A conversation store's ``store[i]``: the example trimmed to its tokens and its target positions.
+_AT_POSITIONS = ("topk_ids", "topk_logprobs", "tail_mass", "target_logprob", "target_rank")
 # Read from a ragged store's topk_len, besides what the key's own arrays give: the padding to mask.
 _MASKED = ("topk_ids", "topk_logprobs", "tail_mass", "target_logprob")
 
@@ -79,6 +85,7 @@ class LogitStore:
         self.sampled = self.encoding["topk_logprobs"] == "sampled"
         self.qdelta = self.encoding["topk_logprobs"] == "qdelta"
         self.ragged = is_ragged(self.attrs)
+        self.conversations = is_conversations(self.attrs)  # version 7: one example per conversation
         self.packed = is_packed(self.attrs)  # version 6: chunks of kept entries back to back
         self._arrays = {name: group[name] for name in arrays_of(self.attrs)}
         self.strict = strict
@@ -108,6 +115,12 @@ class LogitStore:
     @property
     def seq_len(self) -> int:
         return int(self.attrs["seq_len"])
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """What ``store[a:b]`` gives: KEYS, and for a conversation store each example's ``length``
+        and each row's ``topk_len`` (0 where the row is no target position)."""
+        return KEYS + ((EXAMPLE_LENGTH, LENGTH_ARRAY) if self.conversations else ())
 
     @property
     def k(self) -> int:
@@ -323,13 +336,26 @@ class LogitStore:
             start, stop, step = index.indices(len(self))
             if step != 1:
                 raise IndexError("store slices must have step 1 (read contiguous rows, then subsample)")
-            return self.read(start, stop)
+            return self.read(start, stop, self.keys)
         i = int(index)
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"example {index} out of range for a store of {len(self)}")
-        return {k: v[0] for k, v in self.read(i, i + 1).items()}
+        row = {k: v[0] for k, v in self.read(i, i + 1, self.keys).items()}
+        return self._trimmed(row) if self.conversations else row
+
+    @staticmethod
+    def _trimmed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A conversation example as its ``length`` tokens and ``positions`` (n,), the rows t whose
+        next token input_ids[t+1] the loss is on, with the teacher arrays at those rows only."""
+        n = int(row.pop(EXAMPLE_LENGTH))
+        positions = np.flatnonzero(row.pop(LENGTH_ARRAY)[: n - 1] > 0)
+        out = {k: v for k, v in row.items() if k not in _AT_POSITIONS}
+        out["input_ids"] = row["input_ids"][:n]
+        out["positions"] = positions.astype(np.int64)
+        out.update({k: row[k][positions] for k in _AT_POSITIONS})
+        return out
 
 
 def open_store(url: str, require_complete: bool = True, identity: str | None = None) -> LogitStore:

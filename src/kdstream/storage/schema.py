@@ -36,6 +36,11 @@ Version 5 = version 4 plus ``topk_len``, written only by ragged stores (``precom
 a ragged one. Version 5 rows are padded to k; version 6 (what ragged stores are written as now)
 has the same arrays, with each chunk of topk_index / topk_logprobs holding the chunk's kept entries
 back to back, then zeros (packing.py).
+Version 7 = version 6's layout for conversation stores (attribute ``conversations``): one example
+per conversation, input_ids padded with zeros after ``length`` (S,) int32 tokens, and teacher rows
+only at the target positions (those whose next token the loss is on, text/chat.py): ``topk_len``
+is 0 elsewhere, so the packed chunks hold no entry for them and their per-row codes are 0. A
+fixed top-k conversation store has ``topk_len`` k at every target. Text stores keep versions 4 and 6.
 """
 from __future__ import annotations
 
@@ -44,10 +49,12 @@ from typing import Any
 import numpy as np
 
 FORMAT_NAME = "kdstream-logits"
-FORMAT_VERSION = 6  # the newest this kdstream reads
+FORMAT_VERSION = 7  # the newest this kdstream reads
 FIXED_VERSION = 4  # 4: version 3 + integrity record (manifest of chunk checksums, attribute checksum)
 PADDED_RAGGED_VERSION = 5  # 5: version 4 + topk_len, rows padded to k (ragged stores only)
 RAGGED_VERSION = 6  # 6: version 5 with each chunk's kept entries packed back to back (packing.py)
+CONVERSATION_VERSION = 7  # 7: version 6 + ``length``, rows only at the target positions (conversations)
+EXAMPLE_LENGTH = "length"  # a conversation store's real tokens per example
 LENGTH_ARRAY = "topk_len"
 RAGGED_KINDS = ("top_p", "budget")  # the ``selection`` kinds whose rows have their own length
 TARGET_CHUNK_BYTES = 1 << 20  # a chunk is the unit of reading: >= 1 MiB raw keeps reads efficient
@@ -64,9 +71,12 @@ SAMPLED_ARRAYS = PER_EXAMPLE + ("sample_ids", "sample_counts", "sample_tail_coun
 
 
 def stored_arrays(format_version: int = FIXED_VERSION, targets: str | None = "topk",
-                  logprobs: str = "qdelta", ragged: bool = False) -> tuple[str, ...]:
+                  logprobs: str = "qdelta", ragged: bool = False, conversations: bool = False) -> tuple[str, ...]:
     """Names of the arrays a store of this version, kind of targets and logprob encoding holds
-    (``ragged``: rows of their own length, ``topk_len``; version >= 5 top-k stores only)."""
+    (``ragged``: rows of their own length, ``topk_len``; version >= 5 top-k stores only;
+    ``conversations``: version 7, one example per conversation with its ``length``)."""
+    if conversations and format_version >= CONVERSATION_VERSION:
+        return stored_arrays(RAGGED_VERSION, targets, logprobs, True) + (EXAMPLE_LENGTH,)
     if format_version < 2:
         return V1_ARRAYS
     if targets == "sampled" or logprobs == "sampled":
@@ -80,7 +90,12 @@ def stored_arrays(format_version: int = FIXED_VERSION, targets: str | None = "to
 def is_ragged(attrs: dict[str, Any]) -> bool:
     """Whether the store whose group attributes are ``attrs`` has rows of their own length."""
     selection = attrs.get("selection")
-    return isinstance(selection, dict) and selection.get("kind") in RAGGED_KINDS
+    return (isinstance(selection, dict) and selection.get("kind") in RAGGED_KINDS) or is_conversations(attrs)
+
+
+def is_conversations(attrs: dict[str, Any]) -> bool:
+    """Whether the store holds one example per conversation, rows at its target positions (version 7)."""
+    return isinstance(attrs.get("conversations"), dict) and int(attrs.get("format_version", 1)) >= CONVERSATION_VERSION
 
 
 def is_packed(attrs: dict[str, Any]) -> bool:
@@ -92,7 +107,8 @@ def is_packed(attrs: dict[str, Any]) -> bool:
 def arrays_of(attrs: dict[str, Any]) -> tuple[str, ...]:
     """``stored_arrays`` of the store whose group attributes are ``attrs``."""
     logprobs = (attrs.get("encoding") or {}).get("topk_logprobs", "fp32")
-    return stored_arrays(int(attrs.get("format_version", 1)), attrs.get("targets"), logprobs, is_ragged(attrs))
+    return stored_arrays(int(attrs.get("format_version", 1)), attrs.get("targets"), logprobs, is_ragged(attrs),
+                         is_conversations(attrs))
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -112,7 +128,7 @@ def length_dtype(k: int) -> np.dtype:
 
 def array_specs(
     seq_len: int, k: int, vocab_size: int, encoding: str = "qdelta", format_version: int = FIXED_VERSION,
-    ragged: bool = False,
+    ragged: bool = False, conversations: bool = False,
 ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shape of one row (without the leading axis: S examples, or C chunks for PER_CHUNK arrays)
     and on-disk dtype of every array of a store."""
@@ -136,8 +152,10 @@ def array_specs(
         "sample_counts": ((seq_len - 1, k), np.dtype(np.uint8)),
         "sample_tail_count": ((seq_len - 1,), np.dtype(np.uint8)),
         LENGTH_ARRAY: ((seq_len - 1,), length_dtype(k)),
+        EXAMPLE_LENGTH: ((), np.dtype(np.int32)),
     }
-    names = stored_arrays(format_version, "sampled" if encoding == "sampled" else "topk", encoding, ragged)
+    names = stored_arrays(format_version, "sampled" if encoding == "sampled" else "topk", encoding, ragged,
+                          conversations)
     return {name: specs[name] for name in names}
 
 

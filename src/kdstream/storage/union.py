@@ -101,6 +101,10 @@ class StoreUnion:
         self.attrs: dict[str, Any] = {k: v for k, v in first.attrs.items() if k not in ("manifest", "integrity")}
         self.attrs.update(num_examples=int(self.starts[-1]), parts=[p.url for p in self.parts])
         self.encoding, self.sampled = first.encoding, first.sampled
+        if len({p.conversations for p in self.parts}) > 1:
+            raise KdError(f"stores {self.url} mix conversation stores and text stores: a union joins stores of one "
+                          "kind; train on each kind separately")
+        self.conversations = first.conversations
 
     @property
     def part_identities(self) -> tuple[str | None, ...]:
@@ -147,6 +151,8 @@ class StoreUnion:
 
     # int and step-1 slice indexing exactly as a LogitStore's: it needs only len() and read()
     __getitem__ = LogitStore.__getitem__
+    keys = LogitStore.keys
+    _trimmed = LogitStore._trimmed
 
 
 def check_compatible(a: LogitStore, b: LogitStore) -> None:

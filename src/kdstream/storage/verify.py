@@ -31,6 +31,7 @@ from kdstream.storage.schema import (
     PER_CHUNK,
     array_specs,
     arrays_of,
+    is_conversations,
     is_packed,
     is_ragged,
 )
@@ -84,7 +85,7 @@ def _metadata_problems(attrs: dict[str, Any], arrays: dict[str, Any]) -> list[st
         version = int(attrs.get("format_version", 1))
         logprobs = (attrs.get("encoding") or {}).get("topk_logprobs", "fp32")
         specs = array_specs(int(attrs["seq_len"]), int(attrs["k"]), int(attrs["vocab_size"]), logprobs, version,
-                            is_ragged(attrs))
+                            is_ragged(attrs), is_conversations(attrs))
         n, chunk_rows = int(attrs["num_examples"]), int(attrs["chunk_rows"])
     except (KeyError, TypeError, ValueError) as exc:
         return [f"group attributes lack or garble {exc}: cannot check array shapes"]
@@ -280,9 +281,10 @@ def verify_store(url: str) -> VerifyReport:
                     if bad:
                         problems.append(bad)
             if complete and name == LENGTH_ARRAY:
-                k = int(attrs.get("k", 0))
-                if data.size and (int(data.min()) < 1 or int(data.max()) > k):
-                    problems.append(f"{name} {where}: row lengths {int(data.min())}..{int(data.max())} outside 1..{k}")
+                k, least = int(attrs.get("k", 0)), 0 if is_conversations(attrs) else 1  # 0: not a target position
+                if data.size and (int(data.min()) < least or int(data.max()) > k):
+                    problems.append(f"{name} {where}: row lengths {int(data.min())}..{int(data.max())} outside "
+                                    f"{least}..{k}")
             if name == "example_id":
                 example_ids.append(data)
     # the teacher's tokenizer files (tokenizer_files.py), against the sha256 the attributes record

@@ -22,6 +22,8 @@ from kdstream.storage import selection as sel
 from kdstream.storage import tokenizer_files as tok_files
 from kdstream.storage.chunks import DONE_ARRAY, chunk_slice, done_chunks, num_chunks
 from kdstream.storage.schema import (
+    CONVERSATION_VERSION,
+    EXAMPLE_LENGTH,
     FIXED_VERSION,
     FORMAT_NAME,
     LENGTH_ARRAY,
@@ -46,6 +48,9 @@ SAMPLED_INPUTS = ("input_ids", "example_id", "doc_index", "sample_ids", "sample_
                   "target_logprob", "target_rank")
 
 _OPTIONAL_INPUTS = ("tail_mass", LENGTH_ARRAY)
+# A conversation store (``conversations``) also takes each example's real length and the (n, L-1)
+# bool mask of its target positions (text/chat.py): rows elsewhere keep no entry.
+CONVERSATION_INPUTS = (EXAMPLE_LENGTH, "target_mask")
 
 # Attributes that may differ between the run that created a store and one that resumes or joins
 # it: when and how long, and where things live (a worker on another machine may see the teacher,
@@ -188,6 +193,7 @@ class StoreWriter:
         samples: int | None = None,
         selection: dict[str, Any] | None = None,
         tokenizer_files: dict[str, bytes] | None = None,
+        conversations: dict[str, Any] | None = None,
     ) -> None:
         self.url = str(url)
         # the teacher's tokenizer files (tokenizer_files.py), recorded in the tokenizer attribute
@@ -203,21 +209,27 @@ class StoreWriter:
         self.selection = selection
         if selection is not None and (encoding == "sampled" or selection.get("max_k") != k):
             raise ValueError(f"a selection needs top-k targets and max_k = k ({k}), got {selection} with {encoding}")
-        ragged = selection is not None
-        version = RAGGED_VERSION if ragged else FIXED_VERSION
-        self.arrays = stored_arrays(version, "sampled" if encoding == "sampled" else "topk", encoding, ragged)
-        self.inputs = SAMPLED_INPUTS if encoding == "sampled" else TOPK_INPUTS
+        self.conversations = conversations
+        if conversations is not None and encoding == "sampled":
+            raise ValueError("a conversation store needs top-k targets (sampled rows are not packed by position)")
+        ragged = self.ragged = selection is not None or conversations is not None
+        version = CONVERSATION_VERSION if conversations is not None else RAGGED_VERSION if ragged else FIXED_VERSION
+        chat = conversations is not None
+        self.arrays = stored_arrays(version, "sampled" if encoding == "sampled" else "topk", encoding, ragged, chat)
+        self.inputs = (SAMPLED_INPUTS if encoding == "sampled" else TOPK_INPUTS) + (CONVERSATION_INPUTS if chat else ())
         self.vocab_size = vocab_size
         self.k = k
         # A budget store's chunks hold ~budget entries per row, packed: size them by that, not by the
         # cap (bigger chunks: id tables spread over more entries, the budget shared more widely).
-        sized_k = min(k, int(np.ceil(selection["budget"]))) if ragged and selection["kind"] == "budget" else k
+        sized_k = (min(k, int(np.ceil(selection["budget"]))) if selection is not None and selection["kind"] == "budget"
+                   else k)
         self.chunk_rows = chunk_rows or default_chunk_rows(seq_len, sized_k, vocab_size, num_examples, encoding)
         self.num_chunks = num_chunks(num_examples, self.chunk_rows)
-        self.specs = array_specs(seq_len, k, vocab_size, encoding, version, ragged)
+        self.specs = array_specs(seq_len, k, vocab_size, encoding, version, ragged, chat)
         self.attrs = {
             **attrs,
-            **({"selection": selection} if ragged else {}),
+            **({"selection": selection} if selection is not None else {}),
+            **({"conversations": conversations} if chat else {}),
             "format": FORMAT_NAME,
             "format_version": version,
             "num_examples": num_examples,
@@ -336,19 +348,25 @@ class StoreWriter:
         rows = dict(rows)
         if self.encoding == "sampled":
             return rows  # drawn by the caller (encoding.draw_samples)
-        pad = lengths = None
-        if self.selection is not None:  # ragged: keep each row's prefix, the rest is padding
+        pad = lengths = kept = None
+        targets = rows.pop("target_mask", None)  # conversations: (n, L-1) the rows that keep entries
+        if self.ragged:  # keep each row's prefix, the rest is padding
             given = rows.pop(LENGTH_ARRAY, None)
-            lengths = (sel.lengths(rows["topk_logprobs"], self.selection) if given is None
-                       else np.asarray(given, dtype=np.int64))  # (n, L-1)
+            shape = np.shape(rows["topk_logprobs"])[:-1]
+            lengths = (np.asarray(given, dtype=np.int64) if given is not None
+                       else sel.lengths(rows["topk_logprobs"], self.selection) if self.selection is not None
+                       else np.full(shape, self.k, dtype=np.int64))  # (n, L-1)
             if lengths.size and (lengths.min() < 1 or lengths.max() > self.k):
                 raise ValueError(f"{LENGTH_ARRAY} must lie in 1..{self.k}, got {lengths.min()}..{lengths.max()}")
             pad = sel.pad_mask(lengths, self.k)  # (n, L-1, k)
+            # what is stored: nothing of a row outside the targets (its codes are computed, then dropped)
+            kept = lengths if targets is None else np.where(np.asarray(targets, dtype=bool), lengths, 0)
             # -inf: no mass (the tail is what the kept entries leave); fp32 stores keep the -inf
             rows["topk_logprobs"] = np.where(pad, -np.inf, np.asarray(rows["topk_logprobs"], dtype=np.float32))
             rows.pop("tail_mass", None)
             rows[LENGTH_ARRAY] = lengths
-        index, table = id_table.build(rows.pop("topk_ids"), self.vocab_size, self.specs["topk_index"][1], pad)
+        index, table = id_table.build(rows.pop("topk_ids"), self.vocab_size, self.specs["topk_index"][1],
+                                      None if kept is None else sel.pad_mask(kept, self.k))
         rows["topk_index"], rows["id_table"] = index, table[None]  # (n, L-1, k), (1, V)
         if "tail_mass" not in rows:
             rows["tail_mass"] = enc.tail_mass(rows["topk_logprobs"])  # (n, L-1)
@@ -361,9 +379,15 @@ class StoreWriter:
             rows["topk_logprobs"], rows["topk_shift"] = deltas, shift  # (n, L-1, k) uint16, (n, L-1) int16
             rows["target_code"] = enc.encode_target(rows.pop("target_logprob"), cum, rows["target_rank"],
                                                     e["target_scale"], lengths)
-        if lengths is not None:  # the chunk's kept entries back to back, then zeros (packing.py)
+        if targets is not None:  # a row that is no target stores nothing but zeros
+            rows[LENGTH_ARRAY] = kept
+            off = ~np.asarray(targets, dtype=bool)
+            for name in ("topk_shift", "target_code", "target_rank", "tail_mass", "target_logprob"):
+                if name in rows:
+                    rows[name] = np.where(off, 0, rows[name]).astype(np.asarray(rows[name]).dtype)
+        if kept is not None:  # the chunk's kept entries back to back, then zeros (packing.py)
             for name in packing.PACKED:
-                rows[name] = packing.pack(np.asarray(rows[name]), lengths, packing.slot_major(name, self.encoding))
+                rows[name] = packing.pack(np.asarray(rows[name]), kept, packing.slot_major(name, self.encoding))
         return rows
 
     def write_chunk(self, c: int, rows: dict[str, np.ndarray]) -> None:

@@ -31,14 +31,14 @@ class ChatOptions:
                                  "messages, conversations, instruction+output or prompt+completion).")
     chat_template: str | None = option(None, "A Jinja chat template file rendering the conversations "
                                              "(default: the teacher tokenizer's own).")
-    train_on: str = option("assistant", "Chat data: assistant (teacher rows only where the next token is an "
-                                        "assistant turn's content or closing token) | all (every position).")
+    train_on: str | None = option(None, "Chat data: assistant (default: teacher rows only where the next token "
+                                        "is an assistant turn's content or closing token) | all (every position).")
     on_long: str = option("truncate", "Chat data: a conversation longer than --seq-len is truncate(d, counted) "
                                       "| drop(ped, counted).")
 
     def __post_init__(self) -> None:
         require(self.format in ("auto", "chat", "text"), f"--format {self.format!r} is not one of auto, chat, text")
-        require(self.train_on in ("assistant", "all"), f"--train-on {self.train_on!r} is not one of assistant, all")
+        require(self.train_on in (None, "assistant", "all"), f"--train-on {self.train_on!r} is not one of assistant, all")
         require(self.on_long in ("truncate", "drop"), f"--on-long {self.on_long!r} is not one of truncate, drop")
 
 
@@ -142,7 +142,7 @@ def chat_examples(conversations, tokenizer, template: str, seq_len: int, opts: C
         text, ranges = target_ranges(tokenizer, template, messages, row)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         tokens = np.asarray(enc["input_ids"], dtype=np.int64)
-        mask = token_mask(enc["offset_mapping"], ranges) if opts.train_on == "assistant" else np.ones(len(tokens), bool)
+        mask = token_mask(enc["offset_mapping"], ranges) if opts.train_on != "all" else np.ones(len(tokens), bool)
         if len(tokens) > seq_len:
             if opts.on_long == "drop":
                 dropped += 1

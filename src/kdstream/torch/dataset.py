@@ -54,15 +54,16 @@ class StoreDataset(torch.utils.data.Dataset):
                  exclude: Iterable[int] | str | Path | None = None, cache_blocks: int = 2) -> None:
         from kdstream.storage.reader import KEYS
 
-        unknown = [k for k in keys if k not in KEYS]
+        unknown = [k for k in keys if k not in (*KEYS, "topk_len", "length")]
         if unknown:
             raise KdError(f"StoreDataset keys {unknown} are not store arrays: choose from {', '.join(KEYS)}")
         self.urls = _url_list(store)
         if not self.urls:
             raise KdError("StoreDataset needs a store: pass its path or URL")
-        self.keys = tuple(keys)
         self.cache_blocks = cache_blocks
         handle = self._open(None)
+        # a conversation store: each row's topk_len too (0: no target), which KDLoss reads as the mask
+        self.keys = tuple(dict.fromkeys((*keys, "topk_len"))) if getattr(handle, "conversations", False) else tuple(keys)
         self.identity: str | None = handle.identity
         self.attrs = dict(handle.attrs)
         self.seq_len, self.k, self.vocab_size = handle.seq_len, handle.k, handle.vocab_size

@@ -36,9 +36,18 @@ class KDLoss(nn.Module):
         self.chunk = chunk  # from_hidden: positions per chunk (None: fused_head.auto_chunk(V))
         self.last: Tensor | None = None
 
-    def _targets(self, batch: Mapping[str, Tensor], positions: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """(targets (N,), topk_ids (N, k) | None, topk_logprobs (N, k) | None), shapes checked
-        against the student's ``positions`` = (B, L-1)."""
+    def _targets(self, batch: Mapping[str, Tensor], positions: int):
+        """(targets (N,), topk_ids (N, k) | None, topk_logprobs (N, k) | None, rows), shapes checked
+        against the student's ``positions`` = (B, L-1). ``rows``: a conversation store's target
+        rows (``topk_len`` > 0) as indices into the N, the three others already restricted to them;
+        None for a text store (every row)."""
+        targets, ids, logprobs = self._all_targets(batch, positions)
+        if "topk_len" not in batch:
+            return targets, ids, logprobs, None
+        rows = (batch["topk_len"].reshape(-1) > 0).nonzero()[:, 0]  # (n_t,)
+        return targets[rows], None if ids is None else ids[rows], None if logprobs is None else logprobs[rows], rows
+
+    def _all_targets(self, batch: Mapping[str, Tensor], positions: int):
         if "input_ids" not in batch:
             raise ValueError(f"KDLoss: the batch has no input_ids (keys: {', '.join(batch)}): pass what "
                              "StoreDataset + collate return")
@@ -69,9 +78,10 @@ class KDLoss(nn.Module):
         """student_logits (B, L, V) as a causal LM returns them (the last position, which predicts
         nothing in the store, is dropped) or (B, L-1, V); batch from ``collate`` → scalar loss."""
         logits = _predicting(student_logits, batch)  # (B, L-1, V)
-        targets, ids, logprobs = self._targets(batch, tuple(logits.shape[:2]))
+        targets, ids, logprobs, rows = self._targets(batch, tuple(logits.shape[:2]))
         self._check_vocab(logits.shape[-1], ids)
-        out = self._terms(logits.reshape(targets.shape[0], -1), targets, ids, logprobs)  # [loss, ce, kd]
+        logits = logits.reshape(-1, logits.shape[-1])
+        out = self._terms(logits if rows is None else logits[rows], targets, ids, logprobs)  # [loss, ce, kd]
         self.last = out.detach()
         return out[0]
 
@@ -81,19 +91,19 @@ class KDLoss(nn.Module):
         and the loss run chunk by chunk (distill.fused_head), gradients reach hidden and lm_head
         through autograd. Peak memory: one chunk's logits instead of N positions'."""
         hidden = _predicting(hidden, batch)  # (B, L-1, H)
-        targets, ids, logprobs = self._targets(batch, tuple(hidden.shape[:2]))
+        targets, ids, logprobs, rows = self._targets(batch, tuple(hidden.shape[:2]))
+        hidden = hidden.reshape(-1, hidden.shape[-1]) if rows is None else hidden.reshape(-1, hidden.shape[-1])[rows]
         weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
         self._check_vocab(weight.shape[0], ids)
         if hidden.shape[-1] != weight.shape[1]:
             raise ValueError(f"KDLoss.from_hidden: hidden size {hidden.shape[-1]} != lm_head input size {weight.shape[1]}")
-        n = targets.shape[0]
 
         def chunk_terms(logits: Tensor, rows: slice) -> Tensor:  # logits (c, V) fp32 → [loss, ce, kd]
             return self._terms(logits, targets[rows], None if ids is None else ids[rows],
                                None if logprobs is None else logprobs[rows])
 
         chunk = self.chunk or auto_chunk(weight.shape[0])
-        out = fused_head_loss(hidden.reshape(n, -1), weight, bias, chunk_terms, chunk)
+        out = fused_head_loss(hidden, weight, bias, chunk_terms, chunk)
         self.last = out.detach()
         return out[0]
 

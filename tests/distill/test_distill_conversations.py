@@ -1,0 +1,61 @@
+"""distill on a conversation store: the loss and its gradients come from the assistant target rows
+only, for KD and the CE baseline alike, and the held-out bits per byte count those tokens only."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import last_json, one_line_error, run_cli
+from test_objective import V, neox
+
+from kdstream.distill.losses import ce_loss
+from kdstream.distill.objective import Objective
+from kdstream.storage import open_store
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+@pytest.mark.parametrize("loss", ["ce", "forward_kl"])
+def test_only_target_rows_make_the_loss_and_gradients(loss, chunk):
+    torch.manual_seed(2)
+    B, L, k = 3, 12, 5
+    ids = torch.randint(0, V, (B, L))
+    teacher = torch.log_softmax(torch.randn(B, L - 1, V) * 3, -1)
+    top_lp, top_ids = teacher.topk(k, -1)
+    topk_len = (torch.rand(B, L - 1) < 0.4).long() * k
+    topk_len[0, 0] = k
+    obj = Objective(neox(), loss=loss, temperature=1.0, tail="renormalize", beta=0.5, alpha_ce=0.0, chunk=chunk)
+    out = obj(input_ids=ids, topk_ids=top_ids, topk_logprobs=top_lp, topk_len=topk_len)
+    out[0].backward()
+    grads = {n: p.grad.clone() for n, p in obj.named_parameters()}
+    # the same loss by hand: the student's logits at the target rows only
+    ref = Objective(neox(), loss=loss, temperature=1.0, tail="renormalize", beta=0.5, alpha_ce=0.0, chunk=None)
+    logits = ref.net(input_ids=ids).logits[:, :-1].reshape(-1, V)
+    at = (topk_len.reshape(-1) > 0).nonzero()[:, 0]
+    expected = ref._losses(logits[at], ids[:, 1:].reshape(-1)[at], top_ids.reshape(-1, k)[at],
+                           top_lp.reshape(-1, k)[at])
+    expected[0].backward()
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(out[1], ce_loss(logits[at], ids[:, 1:].reshape(-1)[at]), atol=1e-5)
+    for n, p in ref.named_parameters():
+        assert torch.allclose(grads[n], p.grad, atol=1e-5), n
+
+
+def test_kd_and_ce_train_on_a_conversation_store(chat_store, chat_teacher_dir, tmp_path):
+    store = open_store(chat_store)
+    common = ["distill", "--logits-store", chat_store, "--model", chat_teacher_dir, "--epochs", 1,
+              "--batch-size", 8, "--eval-examples", 6, "--lr", "1e-3"]
+    kd = last_json(run_cli(*common, "--out", tmp_path / "kd").stdout)
+    ce = last_json(run_cli(*common, "--loss", "ce", "--out", tmp_path / "ce").stdout)
+    # held out: the last 6 examples' target positions (assistant tokens), not their prompts
+    held = range(len(store) - 6, len(store))
+    targets = sum(len(store[i]["positions"]) for i in held)
+    for run in (kd, ce):
+        assert np.isfinite(run["final_loss"])
+        assert run["held_out_tokens"] == targets < sum(len(store[i]["input_ids"]) - 1 for i in held)
+    assert kd["held_out_bits_per_byte"] > 0 and ce["held_out_bits_per_byte"] > 0
+
+
+def test_a_student_of_another_tokenizer_is_refused_on_a_conversation_store(chat_store, student_init_dir, tmp_path):
+    proc = run_cli("distill", "--logits-store", chat_store, "--model", student_init_dir, "--out", tmp_path / "o",
+                   check=False)
+    assert proc.returncode == 2 and "conversation store" in one_line_error(proc)
