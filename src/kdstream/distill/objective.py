@@ -77,11 +77,13 @@ class Objective(nn.Module):
         return hidden.reshape(-1, hidden.shape[-1]), self.teacher.get_output_embeddings()
 
     def forward(self, input_ids: Tensor | None = None, topk_ids: Tensor | None = None,
-                topk_logprobs: Tensor | None = None, aligned=None, topk_len: Tensor | None = None) -> Tensor:
+                topk_logprobs: Tensor | None = None, aligned=None, topk_len: Tensor | None = None,
+                position_ids: Tensor | None = None) -> Tensor:
         """input_ids (B, L), topk_* (B, L-1, k) → [loss, ce, kd]; row t predicts token t+1.
         ``aligned``: a cross-tokenizer AlignedBatch instead (the student's own tokens, padded).
         ``topk_len`` (B, L-1): a conversation store's rows, 0 where a row is no target position:
         the means run over the target rows only (KD and CE alike: a CE baseline learns the same tokens).
+        ``position_ids`` (B, L): packed conversations (conversation_batch.py), restarting at each.
 
         Only ``loss`` is meant to be differentiated; ce and kd are for logging (on the fused path
         they carry no gradient at all).
@@ -96,6 +98,7 @@ class Objective(nn.Module):
         if topk_len is not None:  # padded conversations: cut the batch after its last target row
             last = int(topk_len.any(0).nonzero().max()) + 1 if bool(topk_len.any()) else 1
             input_ids, topk_len = input_ids[:, : last + 1], topk_len[:, :last]
+            position_ids = None if position_ids is None else position_ids[:, : last + 1]
             if topk_ids is not None:
                 topk_ids, topk_logprobs = topk_ids[:, :last], topk_logprobs[:, :last]
         targets = input_ids[:, 1:].reshape(-1)  # (N,), N = B*(L-1)
@@ -110,11 +113,11 @@ class Objective(nn.Module):
             topk_ids, topk_logprobs = (None, None) if topk_ids is None else (topk_ids[rows], topk_logprobs[rows])
             t_hidden = None if t_hidden is None else t_hidden[rows]
         if self.chunk is None:
-            logits = self.net(input_ids=input_ids).logits[:, :-1]  # (B, L-1, V)
+            logits = self.net(input_ids=input_ids, **_packed(position_ids)).logits[:, :-1]  # (B, L-1, V)
             logits = logits.reshape(-1, logits.shape[-1]) if rows is None else logits.reshape(-1, logits.shape[-1])[rows]
             t_logits = None if t_hidden is None else _head(t_hidden, t_head)  # (N, V), no grad
             return self._losses(logits, targets, topk_ids, topk_logprobs, t_logits)
-        hidden = self.net.base_model(input_ids=input_ids).last_hidden_state[:, :-1]  # (B, L-1, H)
+        hidden = self.net.base_model(input_ids=input_ids, **_packed(position_ids)).last_hidden_state[:, :-1]  # (B, L-1, H)
         hidden = hidden.reshape(-1, hidden.shape[-1]) if rows is None else hidden.reshape(-1, hidden.shape[-1])[rows]
         head = self.net.get_output_embeddings()  # weight (V, H): tied to the input embedding in some models
 
@@ -125,6 +128,12 @@ class Objective(nn.Module):
                                 None if topk_logprobs is None else topk_logprobs[rows], t_logits)
 
         return fused_head_loss(hidden.reshape(n, -1), head.weight, head.bias, chunk_losses, self.chunk)
+
+
+def _packed(position_ids: Tensor | None) -> dict:
+    """Model kwargs for packed sequences: the restarting positions, and no cache (transformers
+    builds the block-diagonal mask from position_ids only without one and without attention_mask)."""
+    return {} if position_ids is None else {"position_ids": position_ids, "use_cache": False}
 
 
 def _head(hidden: Tensor, head: nn.Module) -> Tensor:

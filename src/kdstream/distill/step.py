@@ -56,6 +56,10 @@ def optimizer_step(run: Run, keys: tuple[str, ...], batch: dict, weight: float) 
             micro = {"aligned": _aligned_micro(run, aligned, idx, batch[PAD_ID])}
         else:
             micro = {k: batch[k][torch.from_numpy(idx)].to(run.device, non_blocking=True) for k in keys}
+            if "topk_len" in micro and run.opts.batching == "packed":  # conversations laid end to end
+                from kdstream.distill.conversation_batch import pack
+
+                micro = pack(micro)
         with _sync(run, j == len(parts) - 1):
             with torch.autocast(run.device.type, torch.bfloat16, enabled=run.bf16):
                 out = run.model(**micro)  # [loss, ce, kd], means over this micro-batch's positions

@@ -71,6 +71,9 @@ class DistillOptions:
     max_examples: int | None = option(None, "Train on only the first N examples (a store's first N rows; "
                                                   "--eval-examples are taken from them).")
     shuffle_block: int = option(64, "Rows per contiguous read: the unit of shuffling.")
+    # measured: benchmarks/results/conversation_bench.json (speed)
+    batching: str = option("packed", "A conversation store's batches: packed (several conversations per sequence, "
+                                     "positions restarting, no attention across them) | padded (one per row).")
     # None (typed as 0): plain full-logits path; the memory bound is fused_head.auto_chunk's
     loss_chunk: int | str | None = option("auto", "Positions per chunk of the fused output layer + loss (bounds "
                                                   "the logits' memory); auto = a chunk's fp32 logits within 64 MiB; "
@@ -130,6 +133,7 @@ class DistillOptions:
         require(self.lr > 0, f"--lr {self.lr} must be > 0")
         require(0.0 <= self.warmup_ratio < 1.0, f"--warmup-ratio {self.warmup_ratio} must be in [0, 1)")
         require(self.shuffle_block >= 1, "--shuffle-block must be at least 1")
+        require(self.batching in ("packed", "padded"), f"--batching {self.batching!r} is not one of packed, padded")
         require(self.loss_chunk in (None, "auto") or (isinstance(self.loss_chunk, int) and self.loss_chunk >= 1),
                 f"--loss-chunk {self.loss_chunk!r}: pass auto, a number of positions >= 1, or 0 for the plain path")
         require(self.checkpoint_every is None or self.checkpoint_every >= 1, "--checkpoint-every must be at least 1")

@@ -1,0 +1,34 @@
+"""A conversation store's precompute, killed and resumed, equals an uninterrupted run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import chat_precompute_args
+from helpers import last_json, run_cli
+from test_resume import LAUNCHER
+
+from kdstream.storage import open_store
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_killed_chat_precompute_resumes_to_the_uninterrupted_store(tmp_path, chat_store, chat_teacher_dir, chat_file):
+    out = tmp_path / "resumed.zarr"
+    args = chat_precompute_args(chat_teacher_dir, chat_file, out, "--logprob-encoding", "fp32")
+    env = {**os.environ, "KILL_AT": "2", "MID": "1"}  # inside the third chunk's write
+    proc = subprocess.run([sys.executable, "-c", LAUNCHER, *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    summary = last_json(run_cli(*args).stdout)
+    assert summary["complete"] and summary["chunks_resumed"] == 2
+    a, b = open_store(chat_store), open_store(out)
+    for i in range(len(a)):
+        x, y = a[i], b[i]
+        for key in x:
+            assert np.array_equal(x[key], y[key]), (i, key)
+
