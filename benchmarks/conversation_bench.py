@@ -164,8 +164,8 @@ def main() -> None:
 
 
 def speed(work: Path, init: Path, teacher: Path, rows: list[dict], args) -> dict:
-    """Real tokens per second of one distill epoch on the conversations (padded batches cut after
-    their last target) and on fixed windows of the same rendered conversations."""
+    """Real tokens per second of one distill epoch on the conversations (packed, and padded batches
+    cut after their last target) and on fixed windows of the same rendered conversations."""
     from transformers import AutoTokenizer
 
     from kdstream.storage import open_store
@@ -182,16 +182,17 @@ def speed(work: Path, init: Path, teacher: Path, rows: list[dict], args) -> dict
     real = int(sum(conv.read(0, len(conv), ("length",))["length"]))
     win = open_store(windows)
     out = {}
-    for name, store, tokens in (("conversations_padded", work / "assistant.zarr", real),
-                                ("windows", windows, len(win) * win.seq_len)):
+    for name, store, tokens, extra in (("conversations_packed", work / "assistant.zarr", real, ("--batching", "packed")),
+                                       ("conversations_padded", work / "assistant.zarr", real, ("--batching", "padded")),
+                                       ("windows", windows, len(win) * win.seq_len, ())):
         start = time.perf_counter()
         s = cli("distill", "--logits-store", store, "--model", init, "--epochs", 1, "--batch-size", args.batch_size,
-                "--out", work / f"speed_{name}", "--overwrite")
+                "--out", work / f"speed_{name}", "--overwrite", *extra)
         out[name] = {"real_tokens": tokens, "train_seconds": s["seconds"],
                      "real_tokens_per_s": round(tokens / s["seconds"], 1),
                      "wall_seconds": round(time.perf_counter() - start, 1)}
-    out["conversations_over_windows"] = round(out["conversations_padded"]["real_tokens_per_s"]
-                                              / out["windows"]["real_tokens_per_s"], 3)
+    for name in ("conversations_packed", "conversations_padded"):
+        out[f"{name}_over_windows"] = round(out[name]["real_tokens_per_s"] / out["windows"]["real_tokens_per_s"], 3)
     return out
 
 
