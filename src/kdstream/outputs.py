@@ -23,6 +23,7 @@ from pathlib import Path
 from kdstream.errors import KdError
 
 OWNER_FILE = ".kdstream-output.json"
+_UNLINK = "remove the link, or choose another --out"
 
 
 def partial_path(out: Path) -> Path:
@@ -80,6 +81,13 @@ def _refuse_foreign(out: Path, command: str, then: str) -> None:
                       "away, or choose another --out (kdstream never replaces what it did not create)")
 
 
+def refuse_link(path: Path, what: str, fix: str = "pass the folder it points to, or another path") -> None:
+    """KdError when ``path`` itself is a symbolic link: kdstream writes, renames and replaces real
+    folders only (through a link it would replace the link, or write where the link points)."""
+    if Path(path).is_symlink():
+        raise KdError(f"{what} {path} is a symbolic link (to {os.readlink(path)}): {fix}")
+
+
 def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
@@ -92,6 +100,8 @@ def check_output(out: Path, command: str, *, replace: bool) -> None:
     did not make, is never replaced.
     """
     out = Path(out)
+    refuse_link(out, "--out")
+    refuse_link(partial_path(out), "--out's work folder", _UNLINK)
     if out.is_file() or (out.exists() and not out.is_dir()):
         raise KdError(f"--out {out} is a file: pass a directory path (it is created)")
     if out.is_dir() and not _is_empty_dir(out):
@@ -129,6 +139,7 @@ def fresh_partial(out: Path, command: str) -> Path:
     """An empty ``OUT.partial`` owned by ``command`` (a leftover of this command's crashed run is
     removed; anything else there is refused, see ``check_output``)."""
     partial = partial_path(out)
+    refuse_link(partial, "--out's work folder", _UNLINK)
     if partial.exists():
         if owner(partial) != command and not _is_empty_dir(partial):
             raise KdError(f"{partial} exists and is not a leftover of kdstream {command}: move it away or choose "
@@ -154,6 +165,8 @@ def publish(partial: Path, out: Path, command: str) -> None:
     deleted last, so a crash never leaves neither. The owner file lists the files published."""
     out = Path(out)
     _mark(partial, command, _listing(partial))
+    if out.is_symlink():
+        raise KdError(f"--out {out} became a symbolic link during the run: the result stays in {partial}")
     if out.exists():
         if not out.is_dir():
             raise KdError(f"--out {out} became a file during the run: the result stays in {partial}")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
+from kdstream.outputs import refuse_link
 from kdstream.storage import encoding as enc
 from kdstream.storage import id_table, packing
 from kdstream.storage import selection as sel
@@ -132,10 +133,12 @@ def check_store_target(url: str, overwrite: bool) -> None:
     """
     from fsspec.core import url_to_fs
 
-    from kdstream.storage.lock import live_holders
+    from kdstream.storage.lock import _is_local, live_holders
 
     fs, root = url_to_fs(str(url))
     root = root.rstrip("/") or root
+    if _is_local(fs):
+        refuse_link(root, "--out")
     if fs.isfile(root):
         raise KdError(f"--out {url} is a file: pass a store path (a directory is created there)")
     for attempt in range(20):  # a zarr.json another worker is writing this instant (object store mid-PUT)
