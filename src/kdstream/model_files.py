@@ -4,26 +4,83 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from kdstream.errors import KdError
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+_PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _BLOCK = 8 << 20  # bytes per read while hashing a weight file
+_MAX_HEADER = 100 << 20  # a safetensors header larger than this is not an honest model's
+# The tensors whose first dimension is the vocabulary (input embedding, output layer) in HF models.
+_VOCAB_TENSOR = re.compile(r"(^|\.)(embed_in|embed_tokens|wte|word_embeddings|embed_out|lm_head)\.weight$")
 
 
 def check_model_dir(path: str | Path, role: str, need_weights: bool = True) -> Path:
-    """A local HF model directory with config.json (and weights unless ``need_weights`` is False)."""
+    """A local HF model directory with config.json, of a model type transformers knows, and
+    safetensors weights that fit its ``vocab_size`` (weights needed unless ``need_weights`` is
+    False; pickled weights are never loaded, so a folder holding only those is refused)."""
     p = Path(path)
     if not p.exists():
         raise KdError(f"{role} model {p} not found: pass a HF model directory (config.json + weights)")
     if p.is_file() or not (p / "config.json").is_file():
         raise KdError(f"{role} model {p} has no config.json: pass a directory written by save_pretrained")
-    model_config(p)  # a damaged config.json fails here, not later as a misleading tokenizer or engine error
-    if need_weights and not any(f.suffix in _WEIGHT_SUFFIXES for f in p.iterdir()):
-        raise KdError(f"{role} model {p} has no weight files (*.safetensors/*.bin): train or download it first")
+    config = model_config(p)  # a damaged config.json fails here, not later as a misleading tokenizer or engine error
+    _check_model_type(p, role, config)
+    weights = sorted(f for f in p.iterdir() if f.suffix == ".safetensors")
+    pickled = sorted(f.name for f in p.iterdir() if f.suffix in _PICKLED_SUFFIXES)
+    if not weights and pickled:
+        raise KdError(f"{role} model {p} has only pickled weights ({', '.join(pickled[:3])}): kdstream loads "
+                      "safetensors weights only (a pickle can run code when loaded); convert them where you trust "
+                      "the file: AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW_DIR)")
+    if need_weights and not weights:
+        raise KdError(f"{role} model {p} has no weight files (*.safetensors): train or download it first")
+    for f in weights:
+        _check_vocab_rows(f, role, config["vocab_size"])
     return p
+
+
+def _check_model_type(p: Path, role: str, config: dict) -> None:
+    """KdError for a model type transformers does not know but the folder's own code would define
+    (``auto_map``): kdstream never runs code from a model folder (trust_remote_code stays off)."""
+    from transformers import __version__
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    if config.get("auto_map") and model_type not in CONFIG_MAPPING_NAMES:
+        raise KdError(f"{role} model {p} has model_type {model_type!r}, which transformers {__version__} does not "
+                      "know and config.json's auto_map defines in the folder's own code: kdstream runs no code "
+                      "from model folders; use a model whose type transformers supports (or a newer transformers)")
+
+
+def _check_vocab_rows(f: Path, role: str, vocab_size: int) -> None:
+    """KdError when an embedding or output layer in safetensors file ``f`` has other than
+    ``vocab_size`` rows (config.json edited, or weights of another model). Reads the header only."""
+    try:
+        with f.open("rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size)) if 0 < size <= _MAX_HEADER else None
+    except (OSError, ValueError):
+        header = None
+    if not isinstance(header, dict):
+        raise KdError(f"{role} model weights {f} are not a readable safetensors file: restore or re-download them")
+    for name, info in header.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if _VOCAB_TENSOR.search(name) and isinstance(shape, list) and shape and shape[0] != vocab_size:
+            raise KdError(f"{role} model {f.parent}: config.json has vocab_size {vocab_size} but {name} in {f.name} "
+                          f"has {shape[0]} rows: set vocab_size to {shape[0]}, or restore the config of these weights")
+
+
+def check_tokenizer_fits(path: str | Path, role: str, tokenizer, vocab_size: int | None = None) -> None:
+    """KdError when ``tokenizer`` has more tokens than model ``path``'s vocabulary (``vocab_size``,
+    default its config.json's): its ids past the vocabulary would index beyond the embedding."""
+    vocab_size = model_config(path)["vocab_size"] if vocab_size is None else vocab_size
+    if len(tokenizer) > vocab_size:
+        raise KdError(f"{role} model {path} has a vocabulary of {vocab_size} but its tokenizer has {len(tokenizer)} "
+                      f"tokens (ids >= {vocab_size} would index past its embedding): use the tokenizer the model was "
+                      "trained with, or resize the model's embeddings")
 
 
 def model_config(path: str | Path) -> dict:

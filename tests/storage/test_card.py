@@ -12,7 +12,7 @@ from helpers import run_cli
 
 from kdstream.errors import KdError
 from kdstream.storage import StoreWriter, open_store
-from kdstream.storage.card import MARKER, card_text, precompute_command, size_category, store_card
+from kdstream.storage.card import MARKER, card_text, is_own_card, precompute_command, size_category, store_card
 from kdstream.storage.info import store_info
 from kdstream.storage.stats import store_stats
 from kdstream.storage.verify import verify_store
@@ -67,7 +67,7 @@ def test_card_metadata_and_numbers_are_store_info_and_stats(store):
         printed = next(line for line in stats_text.splitlines() if line.startswith(label + ":"))
         assert f"| {label} | {printed.split(':', 1)[1].strip()} |" in body, label
     assert f"`{info['identity']}`" in body
-    assert body.lstrip().startswith(MARKER)
+    assert body.lstrip().startswith(MARKER[:-3] + "sha256:") and is_own_card(card.read_text())
     # how it was made, and the three lines that read it
     assert "precompute-logits --model" in body and "--top-k 8 --seq-len 64" in body and "--overwrite" not in body
     assert ('from kdstream.torch import StoreDataset\nds = StoreDataset("hf://datasets/ORG/NAME")   # or a local '

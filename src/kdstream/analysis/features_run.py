@@ -62,13 +62,14 @@ def _load_scoring_model(opts: FeaturesOptions, store):
     model's differs (scored across tokenizers: features_cross.py), else None) after every check
     that needs no weights."""
     from kdstream.data import load_tokenizer, tokenizer_fingerprint
-    from kdstream.model_files import check_model_dir, model_config
+    from kdstream.model_files import check_model_dir, check_tokenizer_fits, model_config
 
     model_dir = check_model_dir(opts.model, "scored")
     if not any((model_dir / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
         raise KdError(f"model {model_dir} has no tokenizer files: save the teacher's tokenizer with it "
                       "(features decode the text and must check it matches the store's)")
     tokenizer = load_tokenizer(model_dir)
+    check_tokenizer_fits(model_dir, "scored", tokenizer)
     examples_tok = None
     if tokenizer_fingerprint(tokenizer)["sha256"] != store.attrs.get("tokenizer", {}).get("sha256"):
         from kdstream.storage.tokenizer_files import carries_tokenizer

@@ -41,11 +41,12 @@ def torch_dtype(dtype: str = "auto"):
     return value
 
 
-def load_causal_lm(path, dtype: str = "auto", device: str = "auto", *, cls=None, safetensors_only: bool = False):
+def load_causal_lm(path, dtype: str = "auto", device: str = "auto", *, cls=None, safetensors_only: bool = True):
     """The causal LM saved in directory ``path``, in eval mode, on ``device``, weights in ``dtype``.
 
     ``cls``: the model class to load with (default ``AutoModelForCausalLM``; a checkpoint reload
-    passes the class of the model it restores into). ``safetensors_only``: refuse pickled weights.
+    passes the class of the model it restores into). ``safetensors_only``: refuse pickled weights
+    (a pickle can run code when loaded): the default everywhere.
     """
     if cls is None:
         from transformers import AutoModelForCausalLM as cls

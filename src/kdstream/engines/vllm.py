@@ -66,6 +66,7 @@ def make_llm(model: str, max_model_len: int, engine: EngineOptions, max_logprobs
         skip_tokenizer_init=True,  # token ids in, token ids out: no detokenization cost
         enforce_eager=eager,
         tensor_parallel_size=engine.tensor_parallel_size,
+        load_format="safetensors",  # never a pickle (a pickle can run code when loaded)
     )
     if engine.max_num_batched_tokens is not None:
         kwargs["max_num_batched_tokens"] = engine.max_num_batched_tokens

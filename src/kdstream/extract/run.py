@@ -325,13 +325,15 @@ def run_extract_eval(opts: ExtractOptions, after: Callable[[Path], dict] | None 
     from kdstream.extract.backends import make_backend
     from kdstream.extract.cross_tokenizer import CROSS, SAME
     from kdstream.extract.results import prefix_table, sweep_table, write_eval
-    from kdstream.model_files import check_model_dir
+    from kdstream.model_files import check_model_dir, check_tokenizer_fits
     from kdstream.progress import progress
 
     out = Path(opts.out)
     check_output(out, "extract-eval", replace=opts.overwrite)
     model_dir = check_model_dir(opts.model, "evaluated") if opts.method != "store" else None
     tokenizer = _tokenizer(model_dir) if model_dir else None
+    if tokenizer is not None:
+        check_tokenizer_fits(model_dir, "evaluated", tokenizer)
     input_ids, example_id, (start, stop, total), store_identity, examples_tok = _load_examples(opts, tokenizer)
     judge = _byte_judge(opts, tokenizer, examples_tok) if model_dir else None
     methods, n, o = opts.methods, opts.suffix_len, opts.offset

@@ -101,7 +101,7 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     dtype, to write several stores without reloading it (default: loaded here, if work is left).
     """
     from kdstream.data import load_tokenizer, tokenizer_fingerprint
-    from kdstream.model_files import check_model_dir, model_config, model_fingerprint
+    from kdstream.model_files import check_model_dir, check_tokenizer_fits, model_config, model_fingerprint
     from kdstream.storage import StoreWriter, tokenizer_files
     from kdstream.storage.lock import WorkerLock
     from kdstream.storage.writer import check_store_target
@@ -122,6 +122,7 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
         raise KdError(f"--seq-len {opts.seq_len} needs a context of {needed} on --backend {opts.backend} but the "
                       f"teacher has {max_pos}: use --seq-len <= {max_pos - (needed - opts.seq_len)}")
     tokenizer = load_tokenizer(opts.tokenizer or model_dir)
+    check_tokenizer_fits(model_dir, "teacher", tokenizer, vocab_size)
     fingerprint = tokenizer_fingerprint(tokenizer)
     # the store carries the tokenizer's files, when they load alone to this very tokenizer
     tok_files, why_not = tokenizer_files.collect(opts.tokenizer or model_dir, fingerprint["sha256"])

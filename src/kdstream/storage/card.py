@@ -3,14 +3,18 @@
 ``card_text`` is pure: it renders what ``store_info`` and ``store_stats`` return (the same
 functions `kdstream store info` / `store stats` print), so the card's numbers are theirs, never
 recomputed. ``store_card`` calls them; ``card_path`` / ``write_card`` decide where it goes and
-write it atomically, never over a README.md kdstream did not write (``MARKER``).
+write it atomically, never over a README.md kdstream did not write: the card's marker line
+carries a sha256 of the card, so a README that merely holds the marker, or a card edited since,
+is someone else's.
 
 The README sits at the store's root, which is the dataset repo's root when the store folder is
 uploaded as one; readers ignore it (stats.py counts only the group's zarr.json and its arrays).
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shlex
 import tempfile
 from pathlib import Path
@@ -20,9 +24,11 @@ from kdstream.errors import KdError
 from kdstream.storage.info import store_info
 from kdstream.storage.stats import format_size, store_stats
 
-# In every card kdstream writes (an HTML comment: invisible on the Hub). A README.md without it is
+# In every card kdstream writes (an HTML comment: invisible on the Hub), sealed with the sha256 of
+# the card (the marker line as MARKER): a README.md that is not such a card, byte for byte, is
 # someone else's and is never replaced without --overwrite.
 MARKER = "<!-- kdstream store card -->"
+_SEALED = re.compile(r"^<!-- kdstream store card sha256:([0-9a-f]{64}) -->$", re.MULTILINE)
 DEFAULT_LICENSE = "other"  # the Hub's value for "see the card"; "unknown" is not a Hub license id
 TAGS = ("knowledge-distillation", "logits", "kdstream", "zarr")
 # Hub size_categories, by example count: n<1K, 1K<n<10K, …, 100B<n<1T, n>1T
@@ -210,12 +216,12 @@ def card_text(info: dict[str, Any], stats: dict[str, Any], *, license: str = DEF
     lic = ("The license is `other`: these are a model's outputs, so the **teacher's license** (and the "
            "corpus's terms) apply; read them before use." if license == DEFAULT_LICENSE else
            f"Declared license: `{license}`. The teacher's license and the corpus's terms may also apply.")
-    return "\n".join([
+    return _seal("\n".join([
         "---",
         yaml.safe_dump(meta, sort_keys=False, default_flow_style=False, width=100, allow_unicode=True).rstrip(),
         "---",
         MARKER,
-        "<!-- written by `kdstream store card`; rerun it to update (edits below are replaced). -->",
+        "<!-- written by `kdstream store card`; rerun it to update (a card edited since is left alone). -->",
         "",
         f"# {name}",
         "",
@@ -242,7 +248,22 @@ def card_text(info: dict[str, Any], stats: dict[str, Any], *, license: str = DEF
         "",
         lic,
         "",
-    ])
+    ]))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _seal(text: str) -> str:
+    """``text`` (holding the MARKER line once) with that line carrying the sha256 of ``text``."""
+    return text.replace(f"\n{MARKER}\n", f"\n<!-- kdstream store card sha256:{_digest(text)} -->\n", 1)
+
+
+def is_own_card(text: str) -> bool:
+    """Whether ``text`` is a card exactly as ``store card`` wrote it (its seal matches)."""
+    found = _SEALED.search(text)
+    return found is not None and _digest(text[:found.start()] + MARKER + text[found.end():]) == found.group(1)
 
 
 def store_card(url: str, *, license: str = DEFAULT_LICENSE, name: str | None = None, repo: str | None = None) -> str:
@@ -284,18 +305,22 @@ def card_path(url: str, out: str | None) -> Path:
 
 
 def check_target(path: Path, overwrite: bool) -> None:
-    """KdError when ``path`` holds a file kdstream did not write (no MARKER) and not ``overwrite``."""
+    """KdError when ``path`` holds a file that is not a card kdstream wrote, unchanged, and not ``overwrite``."""
     if path.is_dir():
         raise KdError(f"{path} is a directory: pass a file path for the card")
     if overwrite or not path.exists():
         return
     try:
-        ours = MARKER in path.read_text(encoding="utf-8", errors="replace")
+        text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise KdError(f"cannot read the existing {path} ({exc.strerror}): check its permissions") from None
-    if not ours:
-        raise KdError(f"{path} exists and was not written by kdstream (no {MARKER} line): pass --overwrite to "
-                      "replace it, or --out another path")
+    if is_own_card(text):
+        return
+    if MARKER[:-4] in text:
+        raise KdError(f"{path} is not the card kdstream wrote there (edited since, or a copy of its marker line): "
+                      "pass --overwrite to replace it, or --out another path")
+    raise KdError(f"{path} exists and was not written by kdstream (no {MARKER} line): pass --overwrite to "
+                  "replace it, or --out another path")
 
 
 def write_card(path: Path, text: str, overwrite: bool = False) -> Path:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
+from kdstream.outputs import refuse_link
 
 GROUP = "tokenizer"
 # What AutoTokenizer reads from a directory, as plain text or protobuf (sentencepiece models).
@@ -252,6 +253,7 @@ def _load_checked(store, d: Path):
 
 
 def _check_target(out: Path) -> None:
+    refuse_link(out, "the tokenizer folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise KdError(f"{out} exists and is not an empty folder: choose a new folder for the tokenizer "
                       "(kdstream never replaces what it did not create)")

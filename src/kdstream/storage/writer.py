@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
+from kdstream.outputs import refuse_link
 from kdstream.storage import encoding as enc
 from kdstream.storage import id_table, packing
 from kdstream.storage import selection as sel
 from kdstream.storage import tokenizer_files as tok_files
 from kdstream.storage.chunks import DONE_ARRAY, chunk_slice, done_chunks, num_chunks
+from kdstream.storage.integrity import MANIFEST_ARRAY
 from kdstream.storage.schema import (
     CONVERSATION_VERSION,
     EXAMPLE_LENGTH,
@@ -29,6 +31,11 @@ from kdstream.storage.schema import (
     LENGTH_ARRAY,
     PER_CHUNK,
     RAGGED_VERSION,
+    SAMPLED_ARRAYS,
+    V1_ARRAYS,
+    V2_ARRAYS,
+    V3_FP32,
+    V3_QDELTA,
     array_specs,
     default_chunk_rows,
     stored_arrays,
@@ -131,10 +138,12 @@ def check_store_target(url: str, overwrite: bool) -> None:
     """
     from fsspec.core import url_to_fs
 
-    from kdstream.storage.lock import live_holders
+    from kdstream.storage.lock import _is_local, live_holders
 
     fs, root = url_to_fs(str(url))
     root = root.rstrip("/") or root
+    if _is_local(fs):
+        refuse_link(root, "--out")
     if fs.isfile(root):
         raise KdError(f"--out {url} is a file: pass a store path (a directory is created there)")
     for attempt in range(20):  # a zarr.json another worker is writing this instant (object store mid-PUT)
@@ -160,6 +169,36 @@ def check_store_target(url: str, overwrite: bool) -> None:
         if live:
             raise KdError(f"--overwrite would delete {url} while another precompute-logits writes it "
                           f"({live[0].describe()}): wait for it to finish, or stop it first")
+        foreign = _foreign_entries(fs, root)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise KdError(f"--overwrite would delete {url}, which holds more than a kdstream store ({shown}): "
+                          "move those away, or choose another --out (kdstream never replaces what it did not create)")
+
+
+# What a store's folder may hold at its top level: its group's zarr.json, its arrays (any format
+# version's) and groups, and a card `kdstream store card` wrote.
+_STORE_NODES = frozenset({*V1_ARRAYS, *V2_ARRAYS, *V3_FP32, *V3_QDELTA, *SAMPLED_ARRAYS, LENGTH_ARRAY, DONE_ARRAY,
+                          MANIFEST_ARRAY, tok_files.GROUP})
+
+
+def _foreign_entries(fs, root: str) -> list[str]:
+    """The names at the top of the store folder ``root`` that are not a part of a kdstream store."""
+    from kdstream.storage.card import is_own_card
+
+    foreign = []
+    for entry in fs.ls(root, detail=True):
+        name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+        if name == "zarr.json" or (name in _STORE_NODES and entry.get("type") == "directory"):
+            continue
+        if name == "README.md" and entry.get("type") == "file":
+            try:
+                if is_own_card(fs.cat_file(entry["name"]).decode("utf-8", errors="replace")):
+                    continue
+            except OSError:
+                pass
+        foreign.append(name)
+    return sorted(foreign)
 
 
 class StoreWriter:

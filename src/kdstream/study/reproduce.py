@@ -16,6 +16,7 @@ import yaml
 
 from kdstream.errors import KdError
 from kdstream.options import options_dict
+from kdstream.outputs import refuse_link
 from kdstream.study.config import TINY_ARCHS, StudyConfig
 
 
@@ -73,6 +74,7 @@ def _models(cfg: StudyConfig, out: Path, texts) -> dict[str, str]:
 def claim_out_dir(root: Path, marker: str, command: str) -> None:
     """Create --out ``root``, refusing a file or a non-empty directory without ``marker`` (the file
     ``command`` writes there first): kdstream never writes into what it did not create."""
+    refuse_link(root, "--out")
     if root.exists() and not root.is_dir():
         raise KdError(f"--out {root} is a file: pass a directory")
     if root.is_dir() and any(root.iterdir()) and not (root / marker).is_file():
