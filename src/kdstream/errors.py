@@ -6,3 +6,15 @@ class KdError(Exception):
 
     The CLI prints ``error: <message>`` and exits with status 2, without a traceback.
     """
+
+
+def shown(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a message echoes a user's value, never megabytes
+    of it. A value read from JSON or YAML is shown as written there (true, null, "8")."""
+    import json
+
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

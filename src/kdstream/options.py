@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kdstream.errors import KdError
+from kdstream.errors import KdError, shown
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
@@ -56,18 +57,68 @@ def save_options(options: Any, directory: str | os.PathLike) -> Path:
     return path
 
 
+class _AliasFound(Exception):
+    pass
+
+
+class _UserYaml(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 floats (``5e-5`` is a number, not text) that refuses aliases: a few
+    hundred bytes of nested aliases expand to gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasFound(event.anchor, event.start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+_UserYaml.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?)$"),
+    list("-+0123456789."))
+
+
+def read_user_yaml(text: str, where: str) -> Any:
+    """A YAML document a user handed over (``where`` names it in errors): aliases refused, syntax
+    errors one line."""
+    try:
+        return yaml.load(text, Loader=_UserYaml)
+    except _AliasFound as alias:
+        anchor, line = alias.args
+        raise KdError(f"{where} uses the YAML alias *{anchor[:40]} (line {line}): write the value out; "
+                      "aliases are refused (a few nested ones expand to gigabytes)") from None
+    except yaml.YAMLError as exc:
+        raise KdError(f"{where} is not valid YAML ({exc.__class__.__name__}): fix its syntax") from None
+
+
 def load_yaml_options(path: str | os.PathLike) -> dict[str, Any]:
     """Read a ``--config`` file: a flat mapping of option names (dashes or underscores)."""
     p = Path(path)
     if not p.is_file():
         raise KdError(f"config file {p} not found: pass an existing YAML file to --config")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise KdError(f"config file {p} is not valid YAML ({exc.__class__.__name__}): fix its syntax") from None
+    data = read_user_yaml(p.read_text(), f"config file {p}") or {}
     if not isinstance(data, dict):
         raise KdError(f"config file {p} must be a mapping of option: value, not a {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+# What a config value of each type must be in YAML: no coercion (true is not 1, 8.7 is not 8).
+_TYPE_CHECKS = {
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string (quote it)"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+    "None": (lambda v: v is None, "null"),
+}
+
+
+def check_value(key: str, value: Any, kind: str, where: str) -> None:
+    """KdError unless ``value`` read from YAML has the type ``kind`` ("int", "float | None", ...)."""
+    allowed = [t.strip() for t in kind.split("|")]
+    if not any(_TYPE_CHECKS[t][0](value) for t in allowed):
+        expected = " or ".join(_TYPE_CHECKS[t][1] for t in allowed)
+        raise KdError(f"{where}: {key} is {shown(value)}, not {expected}: fix its value")
 
 
 def require(condition: bool, message: str) -> None:

@@ -86,3 +86,21 @@ def test_damaged_student_config_is_one_line(tmp_path, student_init_dir, corpus_f
                               "--out", tmp_path / "out", check=False))
     assert f"{model / 'config.json'} is not valid JSON" in line, line
     assert digest(model) == before and not (tmp_path / "out").exists()
+
+
+def test_records_whose_text_is_not_a_string_are_counted_and_named(tmp_path, docs, corpus_file, teacher_dir):
+    """A number and a null among 120 good documents: skipped with a warning that counts them and
+    names the first, and the store is the one the good documents alone make."""
+    from kdstream.data.corpus import load_corpus
+    from kdstream.storage import open_store
+
+    records = [{"text": d} for d in docs]
+    records[57:57] = [{"text": 5}]
+    records[90:90] = [{"text": None}]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    proc = run_cli(*precompute_args(teacher_dir, path, tmp_path / "s.zarr", "--backend", "hf"))
+    assert (f"warning: dataset {path}: 2 of {len(records)} records have a 'text' that is not a string "
+            "(the first: record 57, 5); they are skipped") in proc.stderr, proc.stderr
+    corpus = open_store(str(tmp_path / "s.zarr")).attrs["corpus"]
+    assert (corpus["documents"], corpus["fingerprint"]) == (len(docs), load_corpus(str(corpus_file)).fingerprint)

@@ -90,7 +90,7 @@ def test_calibration_sweep_and_reproduce_at_a_point_agree(tmp_path):
 @pytest.mark.parametrize("grid, message", [
     ("{examplez: [16]}", "unknown key 'examplez'"),
     ("{examples: []}", "examples has no values"),
-    ("{examples: [sixteen]}", "examples value 'sixteen' is not int"),
+    ("{examples: [sixteen]}", 'examples is "sixteen", not an integer'),
     ("{teacher_model: [huge-teacher]}", "teacher_model 'huge-teacher' is neither one of"),
     ("{examples: [2]}", "the point examples-2 is impossible (examples 2 must be at least 4)"),
     ("{seeds: [1, 2]}", "seeds cannot be swept"),

@@ -156,7 +156,7 @@ def test_paper_config_loads_and_bad_keys_are_refused(tmp_path):
     with pytest.raises(KdError, match="unknown keys epochs"):
         load_study_config(str(bad), {})
     bad.write_text("canary_counts: [1, two]\n")
-    with pytest.raises(KdError, match="must be integers"):
+    with pytest.raises(KdError, match="canary_counts item is \"two\", not an integer"):
         load_study_config(str(bad), {})
     bad.write_text("prefix_len: 100\nsuffix_len: 100\nseq_len: 128\n")
     with pytest.raises(KdError, match="must fit in seq_len"):

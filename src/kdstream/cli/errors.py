@@ -14,7 +14,7 @@ def run_command(command: click.Command) -> None:
     try:
         command.main(standalone_mode=False)
     except KdError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {short_line(str(exc))}", err=True)
         sys.exit(2)
     except click.ClickException as exc:
         exc.show()
@@ -31,6 +31,16 @@ def run_command(command: click.Command) -> None:
             raise
         click.echo(f"error: {known}", err=True)
         sys.exit(2)
+
+
+MAX_LINE = 1000  # characters of an error line: its start names the problem, its end the fix
+
+
+def short_line(message: str) -> str:
+    """``message`` with its middle cut when it is longer than MAX_LINE (an echoed value, a long list)."""
+    if len(message) <= MAX_LINE:
+        return message
+    return message[: MAX_LINE * 2 // 3] + " … " + message[-(MAX_LINE // 3):]
 
 
 # How libraries that do their own I/O report a failed write: Rust (tokenizers) "... (os error 28)",

@@ -25,6 +25,11 @@ import click
 _CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
 
+class ParsedText(click.types.StringParamType):
+    """The text a field's ``parse`` reads (``auto``, ``512``, ``32,48``): in a --config YAML it may
+    also be written as a number or a list."""
+
+
 @dataclasses.dataclass(frozen=True)
 class OptionField:
     """One flag of a command: a field of the options dataclass or of one nested in it."""
@@ -100,7 +105,7 @@ def click_option(opt: OptionField, *, as_override: bool = False) -> click.Option
         decls = [f"{opt.flag}/--no-{opt.flag[2:]}"]
         kwargs.update(default=None if as_override else default, show_default=default is not None and not as_override)
     elif "parse" in meta:
-        kwargs.update(type=click.STRING, default=default, show_default=default is not None)
+        kwargs.update(type=ParsedText(), default=default, show_default=default is not None)
     elif typing.get_origin(kind) is tuple and typing.get_args(kind)[1:] == (Ellipsis,):
         kwargs.update(type=_CLICK_TYPES[typing.get_args(kind)[0]], multiple=True, default=default or ())
     elif kind in _CLICK_TYPES:

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdstream.errors import KdError
+from kdstream.errors import KdError, shown
 
 DEMO = "demo"  # `--dataset demo` selects the embedded standard-library corpus
 LICENSES = "licenses"  # the installed packages' license and notice texts (natural duplication)
@@ -75,7 +76,14 @@ def _column(ds, text_field: str, source: str) -> list[str]:
             f"dataset {source} has no field {text_field!r} (fields: {', '.join(ds.column_names)}): "
             "pass the right one with --text-field"
         )
-    return [t for t in ds[text_field] if isinstance(t, str) and t.strip()]
+    values = ds[text_field]
+    not_text = [i for i, t in enumerate(values) if not isinstance(t, str)]
+    if not_text:  # a number, null, list or missing field: skipped, counted and named, never silently
+        first = not_text[0]
+        print(f"warning: dataset {source}: {len(not_text)} of {len(values)} records have a {text_field!r} that is "
+              f"not a string (the first: record {first}, {shown(values[first], 40)}); they are skipped",
+              file=sys.stderr)
+    return [t for t in values if isinstance(t, str) and t.strip()]
 
 
 def license_share_of(dataset: str) -> float | None:

@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from kdstream.errors import KdError
+from kdstream.options import check_value, read_user_yaml
 from kdstream.study.config import TINY_ARCHS, StudyConfig
 
 CALIBRATE_YAML = "calibrate.yaml"
@@ -64,10 +65,11 @@ def load_grid(path: str | None) -> dict[str, list]:
     if path is None:
         return {k: list(v) for k, v in DEFAULT_GRID.items()}
     try:
-        grid = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
         raise KdError(f"grid {path} could not be read ({exc.__class__.__name__}): pass a YAML file "
                       "like {examples: [2000, 4000], teacher_epochs: [3]}") from None
+    grid = read_user_yaml(text, f"grid {path}")
     if not isinstance(grid, dict) or not grid:
         raise KdError(f"grid {path} is not a YAML mapping of knobs to lists: write e.g. "
                       "{examples: [2000, 4000], teacher_epochs: [3]}")
@@ -75,14 +77,7 @@ def load_grid(path: str | None) -> dict[str, list]:
 
 
 def _check_value(key: str, value, where: str) -> None:
-    kind = str(_FIELDS[key].type)
-    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-          "str": isinstance(value, str),
-          "bool": isinstance(value, bool)}
-    allowed = [t.strip() for t in kind.split("|")]
-    if not any(ok.get(t, False) or (t == "None" and value is None) for t in allowed):
-        raise KdError(f"{where}: {key} value {value!r} is not {kind}: fix the value in the grid")
+    check_value(key, value, str(_FIELDS[key].type), where)
     if key in ("teacher_model", "student_model") and value not in TINY_ARCHS and not Path(value).is_dir():
         raise KdError(f"{where}: {key} {value!r} is neither one of {', '.join(TINY_ARCHS)} nor a model "
                       "directory: fix the grid's model names")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from kdstream.errors import KdError
-from kdstream.options import load_yaml_options, option, require
+from kdstream.options import check_value, load_yaml_options, option, require
 
 # Sized for a 2-core CPU: big enough to memorize, small enough to train in minutes. head_dim 64
 # (vLLM's CPU attention rejects 16). The teacher is the larger model, as in the paper.
@@ -121,7 +121,8 @@ class StudyConfig:
         return self.canary_prefix_len + self.canary_suffix_len
 
 
-_TUPLES = {f.name for f in fields(StudyConfig) if str(f.type).startswith("tuple")}
+_FIELD_TYPES = {f.name: f.type for f in fields(StudyConfig)}
+_TUPLES = {name for name, kind in _FIELD_TYPES.items() if str(kind).startswith("tuple")}
 
 
 def load_study_config(path: str | None, overrides: dict) -> StudyConfig:
@@ -132,6 +133,15 @@ def load_study_config(path: str | None, overrides: dict) -> StudyConfig:
     if unknown:
         raise KdError(f"config {path} has unknown keys {', '.join(unknown)}: the keys are the fields of "
                       "kdstream.study.config.StudyConfig (see configs/study.yaml)")
+    for key, value in values.items():
+        kind = str(_FIELD_TYPES[key])
+        if key in _TUPLES:  # a list, or the flags' comma text
+            check_value(key, value, "list | str", f"config {path}")
+            item_kind = kind.removeprefix("tuple[").split(",")[0]
+            for item in value if isinstance(value, list) else ():
+                check_value(f"{key} item", item, item_kind, f"config {path}")
+        else:
+            check_value(key, value, kind, f"config {path}")
     values.update({k: v for k, v in overrides.items() if v is not None})
     for name in _TUPLES & set(values):
         v = values[name]
