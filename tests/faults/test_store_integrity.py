@@ -67,8 +67,9 @@ def test_a_missing_chunk_stops_every_reader(store, tmp_path, digest, error_line)
     assert digest(store) == before and not (out / "summary.json").exists()
 
 
-def test_a_chunk_swapped_in_from_another_store_is_refused(store, teacher_store, tmp_path, digest, error_line):
-    """Issue 14 case 5 (the cheap form): a chunk object intact in itself, but not the store's."""
+def swap_in_chunk(store: Path, teacher_store: Path, tmp_path: Path) -> None:
+    """Replace the store's topk_logprobs chunk with one of another store (the same rows, logprobs
+    0.25 lower): an object intact in itself, but not the store's."""
     rows = open_store(str(teacher_store))[0:24]
     a = attrs_of(teacher_store)
     other = StoreWriter(str(tmp_path / "other.zarr"), num_examples=24, seq_len=a["seq_len"], k=a["k"],
@@ -78,6 +79,11 @@ def test_a_chunk_swapped_in_from_another_store_is_refused(store, teacher_store, 
     other.finalize()
     key = Path("topk_logprobs/c/0/0/0")
     shutil.copy(tmp_path / "other.zarr" / key, store / key)
+
+
+def test_a_chunk_swapped_in_from_another_store_is_refused(store, teacher_store, tmp_path, digest, error_line):
+    """Issue 14 case 5 (the cheap form): a chunk object intact in itself, but not the store's."""
+    swap_in_chunk(store, teacher_store, tmp_path)
     before = digest(store)
     refused(run_cli("store", "stats", store, check=False), error_line,
             "topk_logprobs chunk 0", "differs from its manifest")
@@ -115,6 +121,38 @@ def test_hand_edited_attributes_are_refused(store, tmp_path, digest, error_line)
     info = run_cli("store", "info", store)  # still shows what the store claims, and why it has no identity
     assert "identity: none: store" in info.stdout and "attributes do not match" in info.stdout
     assert digest(store) == before
+
+
+def test_a_store_edited_to_an_older_format_version_is_still_checked(store, teacher_store, tmp_path, digest,
+                                                                    error_line):
+    """Issue 36 case 1: `format_version` 4 → 3 turned every integrity check off (verify said intact,
+    stats and extract-eval read a swapped chunk). The record it carries is checked whatever version
+    it claims, and a claim older than that record is refused; so is a record stripped down to a part."""
+    swap_in_chunk(store, teacher_store, tmp_path)
+    set_attrs(store, {**attrs_of(store), "format_version": 3})
+    before = digest(store)
+    verify = run_cli("store", "verify", store, check=False)
+    assert verify.returncode == 1, verify.stdout
+    for part in ("claims format version 3 but carries an integrity attribute", "attributes do not match their checksum",
+                 "corrupt: topk_logprobs chunk 0 (rows 0:24): differs from the store's manifest"):
+        assert part in verify.stdout, verify.stdout
+    claims = "claims format version 3 but carries"
+    refused(run_cli("store", "stats", store, check=False), error_line, claims, "format_version was edited")
+    out = tmp_path / "eval"
+    refused(run_cli("extract-eval", "--logits-store", store, *EXTRACT, "--out", out, check=False), error_line, claims)
+    info = run_cli("store", "info", store)
+    assert "identity: none: store" in info.stdout and claims in info.stdout, info.stdout
+    assert digest(store) == before and not (out / "summary.json").exists()
+    # the record taken apart: each part left behind still gives the downgrade away
+    attrs = attrs_of(store)
+    attrs.pop("integrity")
+    set_attrs(store, attrs)
+    refused(run_cli("store", "stats", store, check=False), error_line, claims, "manifest.arrays")
+    for key in ("arrays", "layout"):
+        attrs["manifest"].pop(key)
+    set_attrs(store, attrs)
+    refused(run_cli("store", "stats", store, check=False), error_line, claims, "manifest_crc32c array")
+    assert "manifest_crc32c array" in run_cli("store", "verify", store, check=False).stdout
 
 
 def test_a_partial_store_edited_to_complete_is_refused(store, tmp_path, digest, error_line):

@@ -348,17 +348,17 @@ def open_store(url: str, require_complete: bool = True, identity: str | None = N
     attrs = dict(group.attrs)
     if attrs.get("format") != FORMAT_NAME:
         raise KdError(f"{url} is a Zarr group but not a kdstream logit store: point --logits-store at one")
-    if int(attrs.get("format_version", -1)) > FORMAT_VERSION:
+    version = integrity.claimed_version(group, url, attrs)  # not older than the fields it carries
+    if version > FORMAT_VERSION:
         raise KdError(
-            f"store {url} has format version {attrs['format_version']}, newer than this kdstream "
-            f"reads ({FORMAT_VERSION}): upgrade kdstream"
+            f"store {url} has format version {version}, newer than this kdstream reads ({FORMAT_VERSION}): "
+            "upgrade kdstream"
         )
     if require_complete and not attrs.get("complete"):
         raise KdError(
             f"store {url} is incomplete (its precompute did not finish): rerun precompute-logits with the same options"
         )
     manifest, ident = None, None
-    version = int(attrs.get("format_version", 1))
     if version >= integrity.INTEGRITY_VERSION and attrs.get("complete"):
         manifest, ident = integrity.load_manifest(group, url, attrs)
     missing = [n for n in arrays_of(attrs) if n not in group]

@@ -178,8 +178,15 @@ def _written_chunks(group, arrays: dict[str, Any], attrs: dict[str, Any],
 
 def _integrity(group, url: str, attrs: dict[str, Any], problems: list[str]) -> dict[str, np.ndarray]:
     """A complete version >= 4 store's manifest {array: (C,) crc32c}, after checking the attributes'
-    and the manifest's checksums ({} and a problem when either fails)."""
-    if int(attrs.get("format_version", 1)) < integrity.INTEGRITY_VERSION or attrs.get("complete") is not True:
+    and the manifest's checksums ({} and a problem when either fails). A store that claims an older
+    version than the record it carries is a problem, and is checked all the same."""
+    try:
+        integrity.claimed_version(group, url, attrs)
+    except KdError as exc:
+        problems.append(str(exc))
+    version = integrity.format_version(url, attrs)
+    if attrs.get("complete") is not True or (version < integrity.INTEGRITY_VERSION and
+                                             integrity.carried_record(group, attrs) is None):
         return {}
     try:
         integrity.check_attrs(url, attrs)
@@ -212,9 +219,10 @@ def verify_store(url: str) -> VerifyReport:
     """Read every chunk of every array of the store at ``url`` (path or fsspec URL)."""
     group = open_group(url)
     attrs = dict(group.attrs)
+    version = integrity.format_version(str(url), attrs)  # KdError when not an integer: nothing else can be read
     problems: list[str] = []
     manifest = _integrity(group, str(url), attrs, problems)
-    if int(attrs.get("format_version", -1)) > FORMAT_VERSION:
+    if version > FORMAT_VERSION:
         problems.append(f"format version {attrs['format_version']} is newer than this kdstream ({FORMAT_VERSION})")
     complete = attrs.get("complete") is True
     if not complete:
