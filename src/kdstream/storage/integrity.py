@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
+from kdstream.storage import shapes
 from kdstream.storage.schema import PADDED_RAGGED_VERSION, is_ragged
 
 MANIFEST_ARRAY = "manifest_crc32c"
@@ -86,11 +87,19 @@ def read_manifest(group, url: str, attrs: dict[str, Any], record: dict[str, Any]
     manifest = attrs.get("manifest") or {}
     names = list(manifest.get("arrays") or [])
     try:
-        crcs = np.asarray(group[MANIFEST_ARRAY][...], dtype=np.uint32)  # (A, C)
+        chunks = shapes.chunk_count(attrs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise KdError(f"store {url}: its attributes lack or garble {exc} (zarr.json: edited or damaged): re-copy or "
+                      "regenerate the store") from None
+    if manifest.get("chunks") != chunks:
+        raise KdError(f"store {url}: its manifest attribute counts {str(manifest.get('chunks'))[:20]} chunks, the "
+                      f"store has {chunks} (edited or damaged): re-copy or regenerate the store")
+    try:
+        arr = shapes.check_array(url, group, MANIFEST_ARRAY, (len(names), chunks), max(1, len(names)))
+        crcs = np.asarray(arr[...], dtype=np.uint32)  # (A, C): its shape checked first, then read
     except (KeyError, ValueError, RuntimeError, FileNotFoundError):
         crcs = None
-    if crcs is None or crcs.shape != (len(names), int(manifest.get("chunks", -1))) or \
-            manifest_sha256(names, crcs) != record.get("manifest_sha256"):
+    if crcs is None or crcs.shape != (len(names), chunks) or manifest_sha256(names, crcs) != record.get("manifest_sha256"):
         raise KdError(f"store {url}: its chunk manifest ({MANIFEST_ARRAY}) is missing or does not match its "
                       "checksum (edited or damaged): re-copy or regenerate the store")
     return {name: crcs[a] for a, name in enumerate(names)}

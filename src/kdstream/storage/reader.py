@@ -9,7 +9,7 @@ import numpy as np
 from kdstream.errors import KdError
 from kdstream.storage import chunk_io, integrity
 from kdstream.storage import encoding as enc
-from kdstream.storage import id_table, packing
+from kdstream.storage import id_table, packing, shapes
 from kdstream.storage.chunks import DONE_ARRAY, chunk_slice
 from kdstream.storage.schema import (
     FORMAT_NAME,
@@ -81,6 +81,7 @@ class LogitStore:
         self.ragged = is_ragged(self.attrs)
         self.packed = is_packed(self.attrs)  # version 6: chunks of kept entries back to back
         self._arrays = {name: group[name] for name in arrays_of(self.attrs)}
+        shapes.check_data(url, self.attrs, self._arrays)  # before any read: the attributes bound its cost
         self.strict = strict
         plans = {name: chunk_io.plan(arr) for name, arr in self._arrays.items()}  # None: read via zarr
         if manifest is not None:
