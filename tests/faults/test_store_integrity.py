@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from helpers import make_gpt_neox, precompute_args, run_cli
+from test_distill_faults import distill_args
 
 from kdstream.errors import KdError
 from kdstream.storage import StoreWriter, open_store
@@ -165,6 +167,41 @@ def test_a_partial_store_edited_to_complete_is_refused(store, tmp_path, digest, 
     refused(run_cli("extract-eval", "--logits-store", store, *EXTRACT, "--out", out, check=False), error_line,
             "attributes do not match their checksum")
     assert digest(store) == before and not (out / "summary.json").exists()
+
+
+def forge(store: Path, array: str, index: tuple, value: int) -> None:
+    """Set one element of ``array`` and finalize the store again: a forgery whose crc32c, manifest
+    and attribute checksums are all recomputed, so that only the values can give it away."""
+    g = zarr.open_group(str(store), mode="r+")
+    arr = g[array].with_config({"write_empty_chunks": True})
+    data = arr[...]
+    data[index] = value
+    arr[...] = data
+    make_partial(store)
+    run_cli("store", "finalize", store)
+
+
+@pytest.mark.parametrize("array", ["input_ids", "id_table", "topk_index"])
+def test_a_forged_token_id_past_the_vocabulary_is_refused(store, student_init_dir, tmp_path, array, digest,
+                                                          error_line):
+    """Issue 36 case 6: a store forged consistently (checksums recomputed) with a token id past the
+    vocabulary passed `verify` and `stats` and crashed `distill` with a traceback."""
+    vocab = attrs_of(store)["vocab_size"]
+    forge(store, array, (0, 3) if array != "topk_index" else (0, 3, 0), vocab + 5)
+    before = digest(store)
+    verify = run_cli("store", "verify", store, check=False)
+    assert verify.returncode == 1, verify.stdout
+    assert f"problem: {array} chunk 0 (rows 0:24): " in verify.stdout and f"{vocab + 5} outside 0..{vocab - 1}" \
+        in verify.stdout, verify.stdout
+    said = "index past its chunk's id table" if array == "topk_index" else f"holds token id {vocab + 5}, outside"
+    with pytest.raises(KdError, match=f"store {store}: {array} .*{said}"):
+        open_store(str(store))[0:24]
+    out = tmp_path / "run"
+    refused(run_cli(*distill_args(store, student_init_dir, out), check=False), error_line, "is damaged", array)
+    # without the verify pass, the reader itself refuses the rows
+    refused(run_cli(*distill_args(store, student_init_dir, out, "--no-verify-store"), check=False), error_line,
+            array, said)
+    assert digest(store) == before and not out.exists()
 
 
 @pytest.mark.slow

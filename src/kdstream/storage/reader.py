@@ -155,13 +155,17 @@ class LogitStore:
             raw = self._fetch(names, a, b, self._transient(keys))
         else:
             raw = self._fetch(names, start, stop, self._transient(keys))
+        self._check_ids(raw, start, stop)
         out: dict[str, np.ndarray] = {}
         summed = self._codes_summed  # raw topk_logprobs holds absolute codes, not deltas
         if packed:
             lo, hi = start - a, stop - a
             if "topk_ids" in keys:  # straight to ids: only the entries in use are looked up
-                out["topk_ids"] = packing.unpack_ids(raw.pop("topk_index"), raw[LENGTH_ARRAY], raw["id_table"],
-                                                     self.chunk_rows, lo, hi)
+                try:
+                    out["topk_ids"] = packing.unpack_ids(raw.pop("topk_index"), raw[LENGTH_ARRAY], raw["id_table"],
+                                                         self.chunk_rows, lo, hi)
+                except IndexError:  # numpy's bounds check of the gather
+                    raise self._ids_out_of_table(start, stop) from None
             summed = self._unpack(raw, lo, hi)
             for name in raw:  # the other per-row arrays: the rows asked for (packed ones already are)
                 if name not in packing.PACKED and name not in PER_CHUNK:
@@ -173,7 +177,10 @@ class LogitStore:
         if "topk_ids" in keys and "topk_index" in raw and "topk_ids" not in out:
             R = self.chunk_rows
             rows = np.arange(start, stop) // R - start // R  # (B,) which of the tables read each row uses
-            out["topk_ids"] = id_table.lookup(raw["topk_index"], raw["id_table"], rows)  # (B, L-1, k) int64
+            try:
+                out["topk_ids"] = id_table.lookup(raw["topk_index"], raw["id_table"], rows)  # (B, L-1, k) int64
+            except IndexError:  # numpy's bounds check of the gather
+                raise self._ids_out_of_table(start, stop) from None
             if pad is not None:
                 np.copyto(out["topk_ids"], 0, where=pad)
         if self.qdelta and {"topk_logprobs", "tail_mass", "target_logprob"} & set(keys):
@@ -184,6 +191,22 @@ class LogitStore:
             if key not in out:
                 out[key] = raw[key]
         return {key: out[key].astype(_DECODED[key], copy=False) for key in keys}
+
+    def _check_ids(self, raw: dict[str, np.ndarray], start: int, stop: int) -> None:
+        """Token ids (and top-k indices into the V-entry id tables) must lie in [0, vocab_size): a
+        store forged with its checksums recomputed passes every crc32c, and an id past the
+        vocabulary would index past a model's embedding. One min / max pass over the id arrays (the
+        top-k indices are bounded by the table lookup itself, ``_ids_out_of_table``)."""
+        for name in id_table.ID_ARRAYS:
+            bad = id_table.outside(raw[name], self.vocab_size) if name in raw else None
+            if bad is not None:
+                raise KdError(f"store {self.url}: {name} (rows {start}:{stop}) holds token id {bad}, outside 0.."
+                              f"{self.vocab_size - 1} (its vocab_size {self.vocab_size}): the store is damaged or "
+                              "forged; regenerate it")
+
+    def _ids_out_of_table(self, start: int, stop: int) -> KdError:
+        return KdError(f"store {self.url}: topk_index (rows {start}:{stop}) holds an index past its chunk's id table "
+                       f"of {self.vocab_size} ids: the store is damaged or forged; regenerate it")
 
     def _transient(self, keys: tuple[str, ...]) -> frozenset[str]:
         """The stored arrays ``read`` decodes into others before it returns (never returned as

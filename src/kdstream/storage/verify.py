@@ -1,4 +1,5 @@
-"""Check a logit store end to end: metadata, every chunk's crc32c checksum, example ids, and for
+"""Check a logit store end to end: metadata, every chunk's crc32c checksum, example ids, token ids
+(within the vocabulary: a forgery with its checksums recomputed passes every crc32c), and for
 format version 4 the integrity record: attributes and manifest against their checksums, every
 chunk against its manifest entry, every array's metadata against the layout it was finalized with;
 and the tokenizer files a store carries against the sha256 its attributes record.
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
-from kdstream.storage import chunk_io, integrity, packing, shapes, tokenizer_files
+from kdstream.storage import chunk_io, id_table, integrity, packing, shapes, tokenizer_files
 from kdstream.storage import encoding as enc
 from kdstream.storage.chunks import DONE_ARRAY, describe, stored_chunks
 from kdstream.storage.schema import (
@@ -271,6 +272,12 @@ def verify_store(url: str) -> VerifyReport:
                 k = int(attrs.get("k", 0))
                 if data.size and (int(data.min()) < 1 or int(data.max()) > k):
                     problems.append(f"{name} {where}: row lengths {int(data.min())}..{int(data.max())} outside 1..{k}")
+            if name in id_table.ID_ARRAYS or name == "topk_index":  # a forged id passes every checksum
+                bad = id_table.outside(data, int(attrs["vocab_size"]))
+                if bad is not None:
+                    what = "an index into its id table" if name == "topk_index" else "token id"
+                    problems.append(f"{name} {where}: {what} {bad} outside 0..{int(attrs['vocab_size']) - 1} (the "
+                                    "store's vocab_size): damaged or forged")
             if name == "example_id":
                 example_ids.append(data)
     # the teacher's tokenizer files (tokenizer_files.py), against the sha256 the attributes record
