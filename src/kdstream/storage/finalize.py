@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
-from kdstream.storage import chunk_io, integrity, tokenizer_files
+from kdstream.storage import chunk_io, integrity, shapes, tokenizer_files
 from kdstream.storage.chunks import DONE_ARRAY, chunks_per_group, describe, owner, stored_chunks
 from kdstream.storage.schema import arrays_of
 
@@ -53,14 +53,16 @@ def finalize_store(url: str, extra_attrs: dict[str, Any] | None = None) -> dict[
     if DONE_ARRAY not in group:
         raise KdError(f"store {url} has no {DONE_ARRAY} markers (written by an older kdstream): "
                       "rerun precompute-logits with --overwrite")
-    done = np.asarray(group[DONE_ARRAY][:]) == 1  # (C,)
+    names = arrays_of(attrs)
+    # shapes first: a zarr.json re-declared larger than the store would have every read below pay for it
+    shapes.check_data(url, attrs, {name: group[name] for name in names if name in group})
+    done = np.asarray(shapes.check_array(url, group, DONE_ARRAY, (shapes.chunk_count(attrs),), 1)[:]) == 1  # (C,)
     missing = np.flatnonzero(~done).tolist()
     if missing:
         raise KdError(f"store {url}: {len(missing)} of {len(done)} chunks were never written: "
                       f"chunk {describe(missing, rows, n)}{_owners(missing, attrs)}; rerun precompute-logits "
                       "with the same options for them, then finalize again")
 
-    names = arrays_of(attrs)
     lost: list[str] = []
     listed = True
     for name in names:

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# The stored arrays holding token ids (the others hold indices, codes, counts or values)
+ID_ARRAYS = ("input_ids", "id_table", "topk_ids", "sample_ids")
+
 
 def build(ids: np.ndarray, vocab_size: int, dtype: np.dtype,
           pad: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -54,3 +57,20 @@ def lookup(index: np.ndarray, tables: np.ndarray, chunk_of_row: np.ndarray | Non
     if chunk_of_row is None or len(tables) == 1:
         return tables[0][index]  # (B, L-1, k) int64
     return tables[np.asarray(chunk_of_row, dtype=np.intp)[:, None, None], index]
+
+
+def outside(values: np.ndarray, vocab_size: int) -> int | None:
+    """A value of ``values`` (ids, or indices into a table of ``vocab_size`` entries) outside
+    [0, vocab_size), or None when all lie in it. One pass (min / max), skipped where the dtype
+    cannot hold such a value (uint16 ids of a 65,536-token vocabulary)."""
+    values = np.asarray(values)
+    if not values.size:
+        return None
+    info = np.iinfo(values.dtype)
+    if info.min >= 0 and info.max < vocab_size:
+        return None
+    hi = int(values.max())
+    if hi >= vocab_size:
+        return hi
+    lo = int(values.min()) if info.min < 0 else 0
+    return lo if lo < 0 else None

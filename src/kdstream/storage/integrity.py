@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
+from kdstream.storage import shapes
+from kdstream.storage.schema import CONVERSATION_VERSION, PADDED_RAGGED_VERSION, is_ragged
 
 MANIFEST_ARRAY = "manifest_crc32c"
 INTEGRITY = "integrity"
@@ -85,19 +87,72 @@ def read_manifest(group, url: str, attrs: dict[str, Any], record: dict[str, Any]
     manifest = attrs.get("manifest") or {}
     names = list(manifest.get("arrays") or [])
     try:
-        crcs = np.asarray(group[MANIFEST_ARRAY][...], dtype=np.uint32)  # (A, C)
+        chunks = shapes.chunk_count(attrs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise KdError(f"store {url}: its attributes lack or garble {exc} (zarr.json: edited or damaged): re-copy or "
+                      "regenerate the store") from None
+    if manifest.get("chunks") != chunks:
+        raise KdError(f"store {url}: its manifest attribute counts {str(manifest.get('chunks'))[:20]} chunks, the "
+                      f"store has {chunks} (edited or damaged): re-copy or regenerate the store")
+    try:
+        arr = shapes.check_array(url, group, MANIFEST_ARRAY, (len(names), chunks), max(1, len(names)))
+        crcs = np.asarray(arr[...], dtype=np.uint32)  # (A, C): its shape checked first, then read
     except (KeyError, ValueError, RuntimeError, FileNotFoundError):
         crcs = None
-    if crcs is None or crcs.shape != (len(names), int(manifest.get("chunks", -1))) or \
-            manifest_sha256(names, crcs) != record.get("manifest_sha256"):
+    if crcs is None or crcs.shape != (len(names), chunks) or manifest_sha256(names, crcs) != record.get("manifest_sha256"):
         raise KdError(f"store {url}: its chunk manifest ({MANIFEST_ARRAY}) is missing or does not match its "
                       "checksum (edited or damaged): re-copy or regenerate the store")
     return {name: crcs[a] for a, name in enumerate(names)}
 
 
+def carried_record(group, attrs: dict[str, Any]) -> str | None:
+    """Which part of an integrity record the store carries, whatever format_version it claims
+    (the field, for messages); None for a store without any."""
+    manifest = attrs.get("manifest")
+    if INTEGRITY in attrs:
+        return f"an {INTEGRITY} attribute"
+    if isinstance(manifest, dict) and ("arrays" in manifest or "layout" in manifest):
+        return "a manifest.arrays / manifest.layout attribute"
+    if MANIFEST_ARRAY in group:
+        return f"a {MANIFEST_ARRAY} array"
+    return None
+
+
+def format_version(url: str, attrs: dict[str, Any]) -> int:
+    """The format_version attribute (1 when absent: the first stores had none); KdError unless an integer."""
+    version = attrs.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise KdError(f"store {url}: format_version {str(version)[:40]!r} is not an integer (edited or damaged): "
+                      "re-copy or regenerate the store")
+    return version
+
+
+def claimed_version(group, url: str, attrs: dict[str, Any]) -> int:
+    """The store's format_version, after checking that it is no older than the fields the store
+    carries: editing it down (4 → 3) must not turn the integrity checks off. KdError otherwise."""
+    version = format_version(url, attrs)
+    carried = carried_record(group, attrs) if version < INTEGRITY_VERSION else None
+    needs = (INTEGRITY_VERSION, carried) if carried else None
+    if needs is None and version < PADDED_RAGGED_VERSION and is_ragged(attrs):
+        needs = (PADDED_RAGGED_VERSION, "a selection attribute of rows of their own length")
+    if needs is None and version < CONVERSATION_VERSION and isinstance(attrs.get("conversations"), dict):
+        needs = (CONVERSATION_VERSION, "a conversations attribute (one example per conversation)")
+    if needs is not None:
+        raise KdError(f"store {url} claims format version {version} but carries {needs[1]}, which only version "
+                      f"{needs[0]} and later have: its format_version was edited or damaged; re-copy or regenerate "
+                      "the store")
+    return version
+
+
+def has_record(group, url: str, attrs: dict[str, Any]) -> bool:
+    """Whether the store must match an integrity record: complete, of format version >= 4 (checked
+    against what it carries, ``claimed_version``)."""
+    return claimed_version(group, url, attrs) >= INTEGRITY_VERSION and attrs.get("complete") is True
+
+
 def identity_of(group, url: str, attrs: dict[str, Any]) -> str | None:
     """The store's identity after checking its integrity record; None for a store without one
     (incomplete, or format version < 4); KdError when the record does not check out."""
-    if int(attrs.get("format_version", 1)) < INTEGRITY_VERSION or attrs.get("complete") is not True:
+    if not has_record(group, url, attrs):
         return None
     return load_manifest(group, url, attrs)[1]

@@ -9,7 +9,7 @@ import numpy as np
 from kdstream.errors import KdError
 from kdstream.storage import chunk_io, integrity
 from kdstream.storage import encoding as enc
-from kdstream.storage import id_table, packing
+from kdstream.storage import id_table, packing, shapes
 from kdstream.storage.chunks import DONE_ARRAY, chunk_slice
 from kdstream.storage.schema import (
     FORMAT_NAME,
@@ -88,6 +88,7 @@ class LogitStore:
         self.conversations = is_conversations(self.attrs)  # version 7: one example per conversation
         self.packed = is_packed(self.attrs)  # version 6: chunks of kept entries back to back
         self._arrays = {name: group[name] for name in arrays_of(self.attrs)}
+        shapes.check_data(url, self.attrs, self._arrays)  # before any read: the attributes bound its cost
         self.strict = strict
         plans = {name: chunk_io.plan(arr) for name, arr in self._arrays.items()}  # None: read via zarr
         if manifest is not None:
@@ -167,13 +168,17 @@ class LogitStore:
             raw = self._fetch(names, a, b, self._transient(keys))
         else:
             raw = self._fetch(names, start, stop, self._transient(keys))
+        self._check_ids(raw, start, stop)
         out: dict[str, np.ndarray] = {}
         summed = self._codes_summed  # raw topk_logprobs holds absolute codes, not deltas
         if packed:
             lo, hi = start - a, stop - a
             if "topk_ids" in keys:  # straight to ids: only the entries in use are looked up
-                out["topk_ids"] = packing.unpack_ids(raw.pop("topk_index"), raw[LENGTH_ARRAY], raw["id_table"],
-                                                     self.chunk_rows, lo, hi)
+                try:
+                    out["topk_ids"] = packing.unpack_ids(raw.pop("topk_index"), raw[LENGTH_ARRAY], raw["id_table"],
+                                                         self.chunk_rows, lo, hi)
+                except IndexError:  # numpy's bounds check of the gather
+                    raise self._ids_out_of_table(start, stop) from None
             summed = self._unpack(raw, lo, hi)
             for name in raw:  # the other per-row arrays: the rows asked for (packed ones already are)
                 if name not in packing.PACKED and name not in PER_CHUNK:
@@ -185,7 +190,10 @@ class LogitStore:
         if "topk_ids" in keys and "topk_index" in raw and "topk_ids" not in out:
             R = self.chunk_rows
             rows = np.arange(start, stop) // R - start // R  # (B,) which of the tables read each row uses
-            out["topk_ids"] = id_table.lookup(raw["topk_index"], raw["id_table"], rows)  # (B, L-1, k) int64
+            try:
+                out["topk_ids"] = id_table.lookup(raw["topk_index"], raw["id_table"], rows)  # (B, L-1, k) int64
+            except IndexError:  # numpy's bounds check of the gather
+                raise self._ids_out_of_table(start, stop) from None
             if pad is not None:
                 np.copyto(out["topk_ids"], 0, where=pad)
         if self.qdelta and {"topk_logprobs", "tail_mass", "target_logprob"} & set(keys):
@@ -196,6 +204,22 @@ class LogitStore:
             if key not in out:
                 out[key] = raw[key]
         return {key: out[key].astype(_DECODED[key], copy=False) for key in keys}
+
+    def _check_ids(self, raw: dict[str, np.ndarray], start: int, stop: int) -> None:
+        """Token ids (and top-k indices into the V-entry id tables) must lie in [0, vocab_size): a
+        store forged with its checksums recomputed passes every crc32c, and an id past the
+        vocabulary would index past a model's embedding. One min / max pass over the id arrays (the
+        top-k indices are bounded by the table lookup itself, ``_ids_out_of_table``)."""
+        for name in id_table.ID_ARRAYS:
+            bad = id_table.outside(raw[name], self.vocab_size) if name in raw else None
+            if bad is not None:
+                raise KdError(f"store {self.url}: {name} (rows {start}:{stop}) holds token id {bad}, outside 0.."
+                              f"{self.vocab_size - 1} (its vocab_size {self.vocab_size}): the store is damaged or "
+                              "forged; regenerate it")
+
+    def _ids_out_of_table(self, start: int, stop: int) -> KdError:
+        return KdError(f"store {self.url}: topk_index (rows {start}:{stop}) holds an index past its chunk's id table "
+                       f"of {self.vocab_size} ids: the store is damaged or forged; regenerate it")
 
     def _transient(self, keys: tuple[str, ...]) -> frozenset[str]:
         """The stored arrays ``read`` decodes into others before it returns (never returned as
@@ -374,17 +398,17 @@ def open_store(url: str, require_complete: bool = True, identity: str | None = N
     attrs = dict(group.attrs)
     if attrs.get("format") != FORMAT_NAME:
         raise KdError(f"{url} is a Zarr group but not a kdstream logit store: point --logits-store at one")
-    if int(attrs.get("format_version", -1)) > FORMAT_VERSION:
+    version = integrity.claimed_version(group, url, attrs)  # not older than the fields it carries
+    if version > FORMAT_VERSION:
         raise KdError(
-            f"store {url} has format version {attrs['format_version']}, newer than this kdstream "
-            f"reads ({FORMAT_VERSION}): upgrade kdstream"
+            f"store {url} has format version {version}, newer than this kdstream reads ({FORMAT_VERSION}): "
+            "upgrade kdstream"
         )
     if require_complete and not attrs.get("complete"):
         raise KdError(
             f"store {url} is incomplete (its precompute did not finish): rerun precompute-logits with the same options"
         )
     manifest, ident = None, None
-    version = int(attrs.get("format_version", 1))
     if version >= integrity.INTEGRITY_VERSION and attrs.get("complete"):
         manifest, ident = integrity.load_manifest(group, url, attrs)
     missing = [n for n in arrays_of(attrs) if n not in group]

@@ -90,7 +90,7 @@ def write_files(group, files: dict[str, bytes]) -> None:
     for name, data in files.items():
         _check_name(name)
         try:
-            if _read_array(sub, name) == data:
+            if _read_array(sub, name, len(data)) == data:
                 continue
         except (KeyError, FileNotFoundError, ValueError, RuntimeError):  # absent, half-written or damaged
             pass  # written (again) below
@@ -201,8 +201,16 @@ def _check_name(name: str) -> None:
         raise ValueError(f"{name!r} is not a tokenizer file kdstream stores ({', '.join(sorted(ALLOWED))})")
 
 
-def _read_array(sub, name: str) -> bytes:
-    return np.asarray(sub[name][...], dtype=np.uint8).tobytes()
+def _read_array(sub, name: str, size: object) -> bytes:
+    """The file's bytes; ValueError, before reading, unless its array is at most ``size`` bytes in
+    one chunk (a shape re-declared larger would be read whole before the sizes are compared)."""
+    arr = sub[name]
+    n = arr.shape[0] if arr.ndim == 1 else -1
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= n <= size or \
+            tuple(arr.chunks) != (max(1, n),) or np.dtype(arr.dtype) != np.uint8:
+        raise ValueError(f"its array has shape {tuple(arr.shape)}, chunks {tuple(arr.chunks)} and dtype {arr.dtype}, "
+                         f"not the {str(size)[:20]} bytes in one uint8 chunk the store records")
+    return np.asarray(arr[...], dtype=np.uint8).tobytes()
 
 
 def _verified(group, entry: dict[str, Any]) -> bytes:
@@ -212,7 +220,7 @@ def _verified(group, entry: dict[str, Any]) -> bytes:
         raise _Bad(f"tokenizer file {name!r} is not one kdstream stores or reads")
     where = f"tokenizer file {name} ({GROUP}/{name}/)"
     try:
-        data = _read_array(group[GROUP], name)
+        data = _read_array(group[GROUP], name, entry.get("size"))
     except KeyError:
         raise _Bad(f"{where} is missing") from None
     except (FileNotFoundError, ValueError, RuntimeError) as exc:  # crc32c mismatch, undecodable, bad metadata

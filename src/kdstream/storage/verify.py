@@ -1,4 +1,5 @@
-"""Check a logit store end to end: metadata, every chunk's crc32c checksum, example ids, and for
+"""Check a logit store end to end: metadata, every chunk's crc32c checksum, example ids, token ids
+(within the vocabulary: a forgery with its checksums recomputed passes every crc32c), and for
 format version 4 the integrity record: attributes and manifest against their checksums, every
 chunk against its manifest entry, every array's metadata against the layout it was finalized with;
 and the tokenizer files a store carries against the sha256 its attributes record.
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
-from kdstream.storage import chunk_io, integrity, packing, tokenizer_files
+from kdstream.storage import chunk_io, id_table, integrity, packing, shapes, tokenizer_files
 from kdstream.storage import encoding as enc
 from kdstream.storage.chunks import DONE_ARRAY, describe, stored_chunks
 from kdstream.storage.schema import (
@@ -29,7 +30,6 @@ from kdstream.storage.schema import (
     FORMAT_VERSION,
     LENGTH_ARRAY,
     PER_CHUNK,
-    array_specs,
     arrays_of,
     is_conversations,
     is_packed,
@@ -76,30 +76,6 @@ def _chunk_error(exc: ValueError | RuntimeError) -> str:
     if isinstance(exc, ValueError) and "checksum" in msg.lower():
         return "crc32c checksum mismatch"
     return f"undecodable ({msg.splitlines()[0] if msg else type(exc).__name__})"
-
-
-def _metadata_problems(attrs: dict[str, Any], arrays: dict[str, Any]) -> list[str]:
-    """Shape, dtype and chunking of each array against the group attributes."""
-    problems = []
-    try:
-        version = int(attrs.get("format_version", 1))
-        logprobs = (attrs.get("encoding") or {}).get("topk_logprobs", "fp32")
-        specs = array_specs(int(attrs["seq_len"]), int(attrs["k"]), int(attrs["vocab_size"]), logprobs, version,
-                            is_ragged(attrs), is_conversations(attrs))
-        n, chunk_rows = int(attrs["num_examples"]), int(attrs["chunk_rows"])
-    except (KeyError, TypeError, ValueError) as exc:
-        return [f"group attributes lack or garble {exc}: cannot check array shapes"]
-    for name, arr in arrays.items():
-        shape, dtype = specs[name]
-        # per-chunk arrays (id_table): one row per chunk of the others, each row its own chunk
-        lead, rows = (-(-n // chunk_rows), 1) if name in PER_CHUNK else (n, chunk_rows)
-        if tuple(arr.shape) != (lead, *shape):
-            problems.append(f"{name} has shape {tuple(arr.shape)}, expected {(lead, *shape)}")
-        if np.dtype(arr.dtype) != dtype:
-            problems.append(f"{name} has dtype {arr.dtype}, expected {dtype}")
-        if arr.chunks[0] != rows:
-            problems.append(f"{name} has {arr.chunks[0]} rows per chunk, expected {rows} (chunk_rows {chunk_rows})")
-    return problems
 
 
 def _id_problems(example_id: np.ndarray) -> list[str]:
@@ -156,11 +132,14 @@ def _written_chunks(group, arrays: dict[str, Any], attrs: dict[str, Any],
     (None where the store cannot be listed)."""
     files = {name: stored_chunks(arr) for name, arr in arrays.items()}
     try:
-        n, rows = int(attrs["num_examples"]), int(attrs["chunk_rows"])
+        n, rows, total = int(attrs["num_examples"]), int(attrs["chunk_rows"]), shapes.chunk_count(attrs)
     except (KeyError, TypeError, ValueError):
         return set(), files
-    total = -(-n // rows)
     if DONE_ARRAY in group:
+        found = shapes.problems(DONE_ARRAY, group[DONE_ARRAY], (total,), 1)
+        if found:  # not read: its size is not the store's
+            problems.append(f"{found[0]}: re-copy {DONE_ARRAY}/ (edited or damaged)")
+            return set(), files
         try:
             marks = np.asarray(group[DONE_ARRAY][:])  # (C,) 1 = written
         except (ValueError, RuntimeError) as exc:
@@ -179,8 +158,15 @@ def _written_chunks(group, arrays: dict[str, Any], attrs: dict[str, Any],
 
 def _integrity(group, url: str, attrs: dict[str, Any], problems: list[str]) -> dict[str, np.ndarray]:
     """A complete version >= 4 store's manifest {array: (C,) crc32c}, after checking the attributes'
-    and the manifest's checksums ({} and a problem when either fails)."""
-    if int(attrs.get("format_version", 1)) < integrity.INTEGRITY_VERSION or attrs.get("complete") is not True:
+    and the manifest's checksums ({} and a problem when either fails). A store that claims an older
+    version than the record it carries is a problem, and is checked all the same."""
+    try:
+        integrity.claimed_version(group, url, attrs)
+    except KdError as exc:
+        problems.append(str(exc))
+    version = integrity.format_version(url, attrs)
+    if attrs.get("complete") is not True or (version < integrity.INTEGRITY_VERSION and
+                                             integrity.carried_record(group, attrs) is None):
         return {}
     try:
         integrity.check_attrs(url, attrs)
@@ -189,8 +175,8 @@ def _integrity(group, url: str, attrs: dict[str, Any], problems: list[str]) -> d
     record = attrs.get(integrity.INTEGRITY)
     try:
         return integrity.read_manifest(group, url, attrs, record if isinstance(record, dict) else {})
-    except KdError:
-        problems.append(f"the chunk manifest ({integrity.MANIFEST_ARRAY}) is missing or does not match its checksum")
+    except KdError as exc:  # the message without its "store URL: " and its advice
+        problems.append(str(exc).removeprefix(f"store {url}: ").rsplit(": re-copy", 1)[0].rsplit("; ", 1)[0])
         return {}
 
 
@@ -213,9 +199,10 @@ def verify_store(url: str) -> VerifyReport:
     """Read every chunk of every array of the store at ``url`` (path or fsspec URL)."""
     group = open_group(url)
     attrs = dict(group.attrs)
+    version = integrity.format_version(str(url), attrs)  # KdError when not an integer: nothing else can be read
     problems: list[str] = []
     manifest = _integrity(group, str(url), attrs, problems)
-    if int(attrs.get("format_version", -1)) > FORMAT_VERSION:
+    if version > FORMAT_VERSION:
         problems.append(f"format version {attrs['format_version']} is newer than this kdstream ({FORMAT_VERSION})")
     complete = attrs.get("complete") is True
     if not complete:
@@ -228,7 +215,9 @@ def verify_store(url: str) -> VerifyReport:
             problems.append(f"array {name} is missing")
         except ValueError as exc:  # its zarr.json is not valid JSON / UTF-8
             problems.append(f"array {name} has unreadable metadata ({type(exc).__name__}): re-copy {name}/zarr.json")
-    problems += _metadata_problems(attrs, arrays)
+    found, misshapen = shapes.data_problems(attrs, arrays)  # before any read: they are not read at all
+    problems += found
+    arrays = {name: arr for name, arr in arrays.items() if name not in misshapen}
     unwritten, files = _written_chunks(group, arrays, attrs, problems)
     markers = DONE_ARRAY in group  # written with write_empty_chunks: every written chunk has a file
     plans = _plans(arrays, manifest, attrs, markers, problems)
@@ -285,6 +274,12 @@ def verify_store(url: str) -> VerifyReport:
                 if data.size and (int(data.min()) < least or int(data.max()) > k):
                     problems.append(f"{name} {where}: row lengths {int(data.min())}..{int(data.max())} outside "
                                     f"{least}..{k}")
+            if name in id_table.ID_ARRAYS or name == "topk_index":  # a forged id passes every checksum
+                bad = id_table.outside(data, int(attrs["vocab_size"]))
+                if bad is not None:
+                    what = "an index into its id table" if name == "topk_index" else "token id"
+                    problems.append(f"{name} {where}: {what} {bad} outside 0..{int(attrs['vocab_size']) - 1} (the "
+                                    "store's vocab_size): damaged or forged")
             if name == "example_id":
                 example_ids.append(data)
     # the teacher's tokenizer files (tokenizer_files.py), against the sha256 the attributes record
