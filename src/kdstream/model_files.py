@@ -156,12 +156,17 @@ def _file_sha256(f: Path, st: os.stat_result, cache: dict) -> str:
     hit = cache.get(key)
     if isinstance(hit, dict) and all(hit.get(k) == v for k, v in stamp.items()) and _is_sha256(hit.get("sha256")):
         return hit["sha256"]
+    cache[key] = {**stamp, "sha256": file_sha256(f)}
+    return cache[key]["sha256"]
+
+
+def file_sha256(f: Path) -> str:
+    """sha256 of a whole file, read block by block."""
     h = hashlib.sha256()
-    with f.open("rb") as fh:
+    with open(f, "rb") as fh:
         while block := fh.read(_BLOCK):
             h.update(block)
-    cache[key] = {**stamp, "sha256": h.hexdigest()}
-    return cache[key]["sha256"]
+    return h.hexdigest()
 
 
 def _is_sha256(value) -> bool:

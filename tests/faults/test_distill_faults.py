@@ -111,6 +111,81 @@ def test_a_damaged_checkpoint_state_is_refused(tmp_path, interrupted, teacher_st
     assert digest(tmp_path) == before and not out.exists()
 
 
+def _flip_middle_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the tensor data: the file still loads, with other numbers
+    path.write_bytes(bytes(data))
+
+
+CHECKPOINT_DAMAGE = {
+    # (what is done to checkpoint step-2, the message's distinctive part)
+    "a byte of model.safetensors": (lambda c: _flip_middle_byte(c / "model.safetensors"),
+                                    "model.safetensors is damaged: its sha256 differs from the one in digests.json"),
+    "a byte of state.safetensors": (lambda c: _flip_middle_byte(c / "state.safetensors"),
+                                    "state.safetensors is damaged: its sha256 differs from the one in digests.json"),
+    "a file added": (lambda c: (c / "pytorch_model.bin").write_bytes(b"x"),
+                     "holds \"pytorch_model.bin\", which kdstream did not write"),
+    "a file removed": (lambda c: (c / "config.json").unlink(), "is missing config.json"),
+    "no digests (an older checkpoint)": (lambda c: (c / "digests.json").unlink(),
+                                         "has no readable digests.json (written by an older kdstream, or damaged)"),
+}
+
+
+@pytest.mark.parametrize("damage", list(CHECKPOINT_DAMAGE))
+def test_a_damaged_checkpoint_file_is_refused(damage, tmp_path, interrupted, teacher_store, student_init_dir, digest,
+                                              error_line):
+    out, partial = copy_interrupted(interrupted, tmp_path)
+    do, message = CHECKPOINT_DAMAGE[damage]
+    do(partial / "checkpoints" / "step-00000002")
+    before = digest(tmp_path)
+    line = error_line(run_cli(*distill_args(teacher_store, student_init_dir, out, "--resume"), check=False))
+    assert message in line and line.endswith("drop --resume and pass --overwrite to start over"), line
+    assert digest(tmp_path) == before and not out.exists()
+
+
+def _forge_state(checkpoint, edit) -> None:
+    """Edit state.json and record the new digests, as a careful forger would: what is left to
+    refuse the edit is its meaning."""
+    import hashlib
+    import json
+
+    state = json.loads((checkpoint / "state.json").read_text())
+    edit(state)
+    (checkpoint / "state.json").write_text(json.dumps(state))
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in checkpoint.iterdir()
+               if p.name != "digests.json"}
+    (checkpoint / "digests.json").write_text(json.dumps({"sha256": digests}))
+
+
+STATE_EDITS = {
+    # 1 epoch of 6 steps, the checkpoint at step 2: (edit, the message's distinctive part)
+    "step -5": (lambda s: s["position"].update(step=-5), "its position (step -5, epoch 0, batch 2) is not a point "
+                                                         "of this run (1 epochs of 6 steps)"),
+    "epoch 1e9": (lambda s: s["position"].update(epoch=1e9), "its position (step 2, epoch 1000000000.0, batch 2)"),
+    "batch 1e12": (lambda s: s["position"].update(batch_in_epoch=10**12), "(step 2, epoch 0, batch 1000000000000)"),
+    "step 4 in step-2": (lambda s: s["position"].update(step=4, batch_in_epoch=4), "(step 4, epoch 0, batch 4)"),
+    "base_lrs x10": (lambda s: s["scheduler"].update(base_lrs=[0.01]),
+                     "its scheduler base_lrs is [0.01], this run's options make it [0.001]"),
+    "group lr": (lambda s: s["optimizer"]["param_groups"][0].update(lr=0.5), "its optimizer lr is 0.5,"),
+    "weight decay": (lambda s: s["optimizer"]["param_groups"][0].update(weight_decay=0.3),
+                     "its optimizer weight_decay is 0.3, this run's options make it 0.0"),
+}
+
+
+@pytest.mark.parametrize("edit", list(STATE_EDITS))
+def test_a_hand_edited_checkpoint_state_is_refused(edit, tmp_path, interrupted, teacher_store, student_init_dir,
+                                                   digest, error_line):
+    """Positions outside the run's plan and a schedule other than the options' are refused, not
+    obeyed: the lr in force is the one options.yaml records."""
+    out, partial = copy_interrupted(interrupted, tmp_path)
+    change, message = STATE_EDITS[edit]
+    _forge_state(partial / "checkpoints" / "step-00000002", change)
+    before = digest(tmp_path)
+    line = error_line(run_cli(*distill_args(teacher_store, student_init_dir, out, "--resume"), check=False))
+    assert message in line and line.endswith("drop --resume and pass --overwrite to start over"), line
+    assert digest(tmp_path) == before and not out.exists()
+
+
 @pytest.mark.parametrize("change,flag", [
     (["--lr", "2e-3"], "--lr 0.001"),
     (["--batch-size", 8], "--batch-size 4"),

@@ -6,7 +6,12 @@ mid-write leaves the previous checkpoint intact; only the latest is kept. It hol
 - the model via ``save_pretrained`` (safetensors), so any intermediate checkpoint is usable alone;
 - ``state.safetensors``: every tensor of the optimizer state and the torch RNG state;
 - ``state.json``: everything else (position, scheduler, numpy and python RNG states, the
-  optimizer's parameter groups, the resolved options and the store's identity).
+  optimizer's parameter groups, the resolved options and the store's identity);
+- ``digests.json``, written last: the sha256 of every other file.
+
+On resume every file is checked against its digest (a flipped byte, a file added or removed is
+refused), the position against the run's plan, and the schedule and optimizer settings against
+the options, so a checkpoint edited by hand is refused rather than obeyed.
 
 Nothing is pickled, so loading a checkpoint someone else wrote runs no code of theirs. A
 ``state.pt`` (the pickle earlier versions wrote) is refused, never opened.
@@ -19,6 +24,7 @@ optimizer state keyed by parameter name either way), so a run can resume under t
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 from dataclasses import dataclass
@@ -28,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from kdstream.errors import KdError
+from kdstream.errors import KdError, shown
 
 if TYPE_CHECKING:
     from kdstream.distill.run_state import Run
@@ -36,7 +42,9 @@ if TYPE_CHECKING:
 CHECKPOINTS = "checkpoints"
 STATE_JSON = "state.json"
 STATE_TENSORS = "state.safetensors"
-FORMAT = 2  # state.json's "format"; 1 was the pickled state.pt
+DIGESTS = "digests.json"  # {"sha256": {file name: digest}} of every other file of the checkpoint
+FORMAT = 3  # state.json's "format"; 1 was the pickled state.pt, 2 had no digests
+_FIX = "drop --resume and pass --overwrite to start over"
 _SEP = "/"  # joins optimizer-state key parts; parameter names hold dots, never slashes
 
 
@@ -126,6 +134,7 @@ def save_checkpoint(run: Run, model_state: dict, optim_state: dict) -> Path:
              "scheduler": run.scheduler.state_dict(), "rng": _rng_json(),
              "options": record.options, "store_identity": record.store_identity}
     (tmp / STATE_JSON).write_text(json.dumps(state))
+    _write_digests(tmp)
     tmp.rename(final)
     for old in root.glob("step-*"):
         if old != final:
@@ -138,36 +147,116 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _write_digests(directory: Path) -> None:
+    from kdstream.model_files import file_sha256
+
+    digests = {p.name: file_sha256(p) for p in sorted(directory.iterdir())}
+    (directory / DIGESTS).write_text(json.dumps({"sha256": digests}))
+
+
+def check_digests(path: Path) -> None:
+    """KdError naming the first file of checkpoint ``path`` that is missing, not listed in
+    ``digests.json`` or differs from its digest there."""
+    from kdstream.model_files import file_sha256
+
+    try:
+        recorded = json.loads((path / DIGESTS).read_text())["sha256"]
+        ok = isinstance(recorded, dict) and all(isinstance(d, str) and Path(n).name == n not in ("", ".", "..", DIGESTS)
+                                                for n, d in recorded.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise KdError(f"checkpoint {path} has no readable {DIGESTS} (written by an older kdstream, or damaged): {_FIX}")
+    for extra in sorted({p.name for p in path.iterdir()} - set(recorded) - {DIGESTS}):
+        raise KdError(f"checkpoint {path} holds {shown(extra, 80)}, which kdstream did not write: remove it, or {_FIX}")
+    for name, digest in sorted(recorded.items()):
+        if not (path / name).is_file():
+            raise KdError(f"checkpoint {path} is missing {name}: {_FIX}")
+        if file_sha256(path / name) != digest:
+            raise KdError(f"checkpoint {path}/{name} is damaged: its sha256 differs from the one in {DIGESTS}: {_FIX}")
+
+
 def read_state(path: Path) -> dict:
-    """``state.json`` of checkpoint ``path``, checked for form; refuses (never opens) a pickle."""
+    """``state.json`` of checkpoint ``path``, every file checked against its digest and the state
+    for form; refuses (never opens) a pickle."""
     if not (path / STATE_JSON).is_file():
         what = "a pickled state.pt, which kdstream no longer loads" if (path / "state.pt").exists() else "no state.json"
-        raise KdError(f"checkpoint {path} was written by an older kdstream or not by kdstream ({what}): "
-                      "drop --resume and pass --overwrite to start over")
+        raise KdError(f"checkpoint {path} was written by an older kdstream or not by kdstream ({what}): {_FIX}")
+    check_digests(path)
     try:
         state = json.loads((path / STATE_JSON).read_text())
         ok = state["format"] == FORMAT and isinstance(state["options"], dict) and Position(**state["position"])
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:
-        raise KdError(f"checkpoint {path}/{STATE_JSON} is damaged or not kdstream's (format {FORMAT}): "
-                      "drop --resume and pass --overwrite to start over")
+        raise KdError(f"checkpoint {path}/{STATE_JSON} is damaged or not kdstream's (format {FORMAT}): {_FIX}")
     return state
+
+
+def check_position(path: Path, state: dict, steps_per_epoch: int, epochs: int) -> None:
+    """The checkpoint's position must be a step this run's plan reaches: ``epochs`` epochs of
+    ``steps_per_epoch`` optimizer steps, a checkpoint strictly before the end, named for its step."""
+    pos = state["position"]
+    step, epoch, batch = pos["step"], pos["epoch"], pos["batch_in_epoch"]
+    ints = all(type(v) is int for v in (step, epoch, batch))
+    if not (ints and 0 <= epoch < epochs and 0 <= batch <= steps_per_epoch and step == epoch * steps_per_epoch + batch
+            and 0 < step < epochs * steps_per_epoch and path.name == f"step-{step:08d}"):
+        raise KdError(f"checkpoint {path}: its position (step {shown(step, 24)}, epoch {shown(epoch, 24)}, batch "
+                      f"{shown(batch, 24)}) is not a point of this run ({epochs} epochs of {steps_per_epoch} steps): "
+                      f"{_FIX}")
+
+
+def check_schedule(path: Path, state: dict, optimizer, scheduler) -> None:
+    """The checkpoint's schedule and optimizer settings must be those this run's options give at
+    its step (``optimizer`` and ``scheduler`` fresh, at step 0): a hand-edited ``base_lrs`` or
+    weight decay would otherwise be obeyed while options.yaml records the options."""
+    step = state["position"]["step"]
+    fresh = json.loads(json.dumps(scheduler.state_dict()))  # the JSON types the checkpoint holds
+    lrs = [base * f(step) for base, f in zip(fresh["base_lrs"], scheduler.lr_lambdas)]
+    want = {**fresh, "last_epoch": fresh["last_epoch"] + step, "_step_count": fresh["_step_count"] + step,
+            "_last_lr": lrs}
+    have = state["scheduler"] if isinstance(state["scheduler"], dict) else {}
+    for key in sorted(want):
+        _same_or_refuse(path, f"scheduler {key}", have.get(key), want[key])
+    groups = json.loads(json.dumps(optimizer.state_dict()["param_groups"]))
+    saved = state["optimizer"]["param_groups"] if isinstance(state["optimizer"], dict) else None
+    if not isinstance(saved, list) or len(saved) != len(groups) or not all(isinstance(g, dict) for g in saved):
+        raise KdError(f"checkpoint {path}/{STATE_JSON}: its optimizer groups are not this run's: {_FIX}")
+    for group, fresh_group, lr in zip(saved, groups, lrs):
+        for key in sorted(set(fresh_group) - {"params"}):  # a key this torch has and the saving one had not: ignored
+            if key in group or key in ("lr", "initial_lr", "weight_decay", "betas", "eps"):
+                _same_or_refuse(path, f"optimizer {key}", group.get(key), lr if key == "lr" else fresh_group[key])
+
+
+def _same_or_refuse(path: Path, what: str, have, want) -> None:
+    if not _same(have, want):
+        raise KdError(f"checkpoint {path}: its {what} is {shown(have, 40)}, this run's options make it "
+                      f"{shown(want, 40)} (the checkpoint was edited or is not this run's): {_FIX}")
+
+
+def _same(a, b) -> bool:
+    """Equal as JSON values, floats to 1e-9 relative (a value recomputed, not copied)."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return type(a) is type(b) and a == b
 
 
 def run_record(state: dict) -> RunRecord:
     return RunRecord(options=state["options"], store_identity=state.get("store_identity"))
 
 
-def load_checkpoint(path: Path, net, optimizer, scheduler) -> Position:
-    """Restore everything in place (every rank); returns where training stopped."""
+def load_checkpoint(path: Path, state: dict, net, optimizer, scheduler) -> Position:
+    """Restore ``read_state(path)``'s checkpoint in place (every rank) into a fresh optimizer and
+    scheduler, after checking its schedule against theirs; returns where training stopped."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     from kdstream.engines.hf import load_causal_lm
 
-    state = read_state(path)
+    check_schedule(path, state, optimizer, scheduler)
     try:
         tensors = load_file(str(path / STATE_TENSORS))
         # from_pretrained maps the saved names back to this transformers version's module names;
@@ -181,6 +270,5 @@ def load_checkpoint(path: Path, net, optimizer, scheduler) -> Position:
         _set_rng(state["rng"], tensors["rng/torch"])
     except (OSError, SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KdError(f"checkpoint {path} is damaged or incomplete ({first[:200]}): "
-                      "drop --resume and pass --overwrite to start over") from None
+        raise KdError(f"checkpoint {path} is damaged or incomplete ({first[:200]}): {_FIX}") from None
     return Position(**state["position"])

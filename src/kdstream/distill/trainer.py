@@ -196,11 +196,12 @@ def train(opts: DistillOptions) -> dict:
 
 def _setup(opts: DistillOptions):
     """(Run, TrainData, tokenizer): place the run, find its resume point, load the student and
-    the data, check them against each other and the checkpoint, then build the optimizer."""
+    the data, check them against each other and the checkpoint, build the optimizer, then restore
+    the checkpoint into it."""
     import torch
 
     from kdstream.distill import distributed
-    from kdstream.distill.checkpoint import Position
+    from kdstream.distill.checkpoint import Position, run_record
     from kdstream.distill.resume_check import check_resume, run_record_of
     from kdstream.distill.run_state import Run
     from kdstream.distill.sources import (
@@ -215,7 +216,7 @@ def _setup(opts: DistillOptions):
     device = distributed.pick_device(opts.device)
     d = distributed.init_from_env(device.type)
     require(not opts.fsdp or d.active, "--fsdp shards across ranks: launch with torchrun --nproc_per_node N (N > 1)")
-    partial, resume_from, earlier = _resume_point(opts)
+    partial, resume_from, state = _resume_point(opts)
     exclude = read_exclude(opts.exclude)
     net, tokenizer = load_model_and_tokenizer(opts.model, opts.tokenizer, opts.seed)
     teacher = load_online_teacher(opts.teacher, tokenizer, net, device) if opts.teacher else None
@@ -224,8 +225,8 @@ def _setup(opts: DistillOptions):
     bf16 = opts.precision == "bf16" or (
         opts.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     record = run_record_of(opts, bf16, source.identity if opts.logits_store else None)
-    if earlier is not None:
-        check_resume(earlier, record)
+    if state is not None:
+        check_resume(run_record(state), record)
     _check_context(net, seq_len)
     if opts.logits_store is not None and opts.verify_store and d.main:
         verify_before_training(opts.logits_store)
@@ -235,13 +236,15 @@ def _setup(opts: DistillOptions):
     optimizer, scheduler = _setup_optimizer(opts, net, data.total_steps)
     run = Run(opts=opts, net=net, model=model, optimizer=optimizer, scheduler=scheduler, device=device, d=d,
               bf16=bf16, partial=partial, record=record, resumed_from=resume_from, pos=Position())
+    if state is not None:
+        run.pos = _restore(run, data, state)
     return run, data, tokenizer
 
 
 def _resume_point(opts: DistillOptions):
-    """(OUT.partial, the checkpoint to resume or None, its RunRecord or None) after checking that
-    --out may be written and that an interrupted run there is neither ignored nor lost."""
-    from kdstream.distill.checkpoint import latest_checkpoint, read_state, run_record
+    """(OUT.partial, the checkpoint to resume or None, its checked state or None) after checking
+    that --out may be written and that an interrupted run there is neither ignored nor lost."""
+    from kdstream.distill.checkpoint import latest_checkpoint, read_state
 
     out = Path(opts.out)
     partial = partial_path(out)
@@ -250,8 +253,17 @@ def _resume_point(opts: DistillOptions):
         raise KdError(f"{partial} holds the checkpoints of an interrupted run: pass --resume to continue it, "
                       "or --overwrite to discard them and start over")
     resume_from = latest_checkpoint(partial) if opts.resume else None
-    earlier = None if resume_from is None else run_record(read_state(resume_from))  # refuses a pickle early
-    return partial, resume_from, earlier
+    state = None if resume_from is None else read_state(resume_from)  # refuses a pickle or a damaged file early
+    return partial, resume_from, state
+
+
+def _restore(run, data, state: dict):
+    """Load the checkpoint being resumed into the fresh model, optimizer and scheduler, once its
+    position is one of this run's plan and its schedule the options'; returns its position."""
+    from kdstream.distill.checkpoint import check_position, load_checkpoint
+
+    check_position(run.resumed_from, state, data.total_steps // run.opts.epochs, run.opts.epochs)
+    return load_checkpoint(run.resumed_from, state, run.net, run.optimizer, run.scheduler)
 
 
 def _check_context(net, seq_len: int) -> None:
@@ -339,14 +351,12 @@ def _setup_optimizer(opts: DistillOptions, net, total_steps: int):
 
 
 def _start(run):
-    """Restore the checkpoint being resumed (or create a fresh OUT.partial), save the options
-    there; returns the metrics log (rank 0; None elsewhere), the model in train mode."""
+    """Continue the resumed run's OUT.partial (its metrics cut back to the checkpoint) or create a
+    fresh one, save the options there; returns the metrics log (rank 0; None elsewhere), the model in train mode."""
     from kdstream.distill import distributed
-    from kdstream.distill.checkpoint import load_checkpoint
     from kdstream.distill.metrics_log import METRICS_FILE, MetricsLog, truncate_metrics
 
-    if run.resumed_from is not None:
-        run.pos = load_checkpoint(run.resumed_from, run.net, run.optimizer, run.scheduler)
+    if run.resumed_from is not None:  # restored by _setup
         if run.d.main:
             truncate_metrics(run.partial / METRICS_FILE, run.pos.step)
             print(f"resuming from {run.resumed_from} (step {run.pos.step}, epoch {run.pos.epoch})", file=sys.stderr)
