@@ -68,7 +68,7 @@ def test_info_verify_and_the_all_positions_store(chat_store, chat_teacher_dir, c
 
 @pytest.mark.parametrize("extra, message", [
     (("--chat-template", "missing.jinja"), "--chat-template missing.jinja not found"),
-    (("--format", "text"), "has no field 'text' (fields: messages)"),
+    (("--format", "text"), "holds conversations (fields: messages)"),
     (("--targets", "sampled"), "--targets sampled is for text datasets"),
 ])
 def test_bad_chat_options_are_one_line_errors(chat_teacher_dir, chat_file, tmp_path, extra, message):
@@ -86,3 +86,9 @@ def test_train_on_with_plain_text_is_refused(teacher_dir, corpus_file, tmp_path)
 def test_a_teacher_without_a_chat_template_names_the_flag(teacher_dir, chat_file, tmp_path):
     proc = run_cli(*chat_precompute_args(teacher_dir, chat_file, tmp_path / "s.zarr", "--backend", "hf"), check=False)
     assert proc.returncode == 2 and "pass one with --chat-template FILE" in one_line_error(proc)
+
+
+def test_extract_eval_refuses_a_conversation_store(chat_store, chat_teacher_dir, tmp_path):
+    proc = run_cli("extract-eval", "--model", chat_teacher_dir, "--logits-store", chat_store, "--out", tmp_path / "e",
+                   "--prefix-len", 8, "--suffix-len", 8, check=False)
+    assert proc.returncode == 2 and "holds conversations: extract-eval reads text stores only" in one_line_error(proc)

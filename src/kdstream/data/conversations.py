@@ -133,13 +133,16 @@ def read_rows(dataset: str, split: str = "train") -> list[dict] | None:
     path = Path(dataset)
     if path.is_file() and path.suffix.lower() == ".jsonl":
         rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        raise KdError(f"dataset {path}: line {n + 1} is not JSON: fix or remove it") from None
+        try:
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError:
+                            raise KdError(f"dataset {path}: line {n + 1} is not JSON: fix or remove it") from None
+        except UnicodeDecodeError:
+            return None  # the text loader names the first bad byte
         return rows
     if path.is_file() and path.suffix.lower() == ".json":
         try:

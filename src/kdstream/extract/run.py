@@ -158,6 +158,9 @@ def _load_examples(opts: ExtractOptions, tokenizer):
         from kdstream.storage import open_store
 
         store = open_store(opts.logits_store)
+        if getattr(store, "conversations", False):  # its padded windows would be read as text: refuse
+            raise KdError(f"store {opts.logits_store} holds conversations: extract-eval reads text stores only "
+                          "(prefix -> suffix windows); evaluate a text store of the same teacher")
         examples_tok = None
         if opts.teacher_tokenizer is not None:
             examples_tok = teacher_tokenizer(store, opts.teacher_tokenizer)  # checked against the store
