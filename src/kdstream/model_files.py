@@ -132,20 +132,24 @@ def model_fingerprint(path: str | Path) -> dict:
     so a rerun or a resume on the same files hashes nothing again."""
     p = Path(path)
     config_hash = hashlib.sha256((p / "config.json").read_bytes()).hexdigest()
-    cache = _load_cache()
+    cache = load_cache()
     h = hashlib.sha256()
     for f in sorted(x for x in p.iterdir() if x.suffix in _WEIGHT_SUFFIXES):
         st = f.stat()
         h.update(f.name.encode() + st.st_size.to_bytes(8, "little"))
         h.update(bytes.fromhex(_file_sha256(f, st, cache)))
-    _save_cache(cache)
+    save_cache(cache)
     return {"path": str(p.resolve()), "name": p.name, "config_sha256": config_hash, "weights_fingerprint": h.hexdigest()}
 
 
-def fingerprint_cache_path() -> Path:
-    """$XDG_CACHE_HOME/kdstream/fingerprints.json (default ~/.cache/…): JSON, never pickle."""
+def cache_path(name: str) -> Path:
+    """$XDG_CACHE_HOME/kdstream/NAME (default ~/.cache/…): the user's caches, JSON, never pickle."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kdstream" / "fingerprints.json"
+    return Path(base) / "kdstream" / name
+
+
+def fingerprint_cache_path() -> Path:
+    return cache_path("fingerprints.json")
 
 
 def _file_sha256(f: Path, st: os.stat_result, cache: dict) -> str:
@@ -173,22 +177,23 @@ def _is_sha256(value) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
-def _load_cache() -> dict:
-    """The cache's entries; {} when it is missing or damaged (it is rewritten whole on save)."""
+def load_cache(target: Path | None = None) -> dict:
+    """The entries of the cache at ``target`` (default: the fingerprints'); {} when it is missing or
+    damaged (it is rewritten whole on save)."""
     try:
-        data = json.loads(fingerprint_cache_path().read_text())
+        data = json.loads((target or fingerprint_cache_path()).read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _save_cache(cache: dict) -> None:
-    """Write the cache atomically (a concurrent worker never reads half of it); a cache that
-    cannot be written only costs a rehash next time."""
-    target = fingerprint_cache_path()
+def save_cache(cache: dict, target: Path | None = None) -> None:
+    """Write the cache at ``target`` (default: the fingerprints') atomically (a concurrent worker
+    never reads half of it); a cache that cannot be written only costs a rehash next time."""
+    target = target or fingerprint_cache_path()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".fingerprints-", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
             json.dump(cache, fh)
         os.replace(tmp, target)

@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdstream.data.conversations import row_format
 from kdstream.errors import KdError, shown
 
 DEMO = "demo"  # `--dataset demo` selects the embedded standard-library corpus

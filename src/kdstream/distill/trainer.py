@@ -203,6 +203,7 @@ def _setup(opts: DistillOptions):
     from kdstream.distill import distributed
     from kdstream.distill.checkpoint import Position, run_record
     from kdstream.distill.resume_check import check_resume, run_record_of
+    from kdstream.storage.content import store_key
     from kdstream.distill.run_state import Run
     from kdstream.distill.sources import (
         cross_targets,
@@ -224,7 +225,8 @@ def _setup(opts: DistillOptions):
     cross = cross_targets(opts, source, tokenizer) if opts.logits_store else None
     bf16 = opts.precision == "bf16" or (
         opts.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    record = run_record_of(opts, bf16, source.identity if opts.logits_store else None)
+    # the store's identity, or its content's digest when it has none (storage/content.py): not its path
+    record = run_record_of(opts, bf16, store_key(source) if opts.logits_store else None)
     if state is not None:
         check_resume(run_record(state), record)
     _check_context(net, seq_len)

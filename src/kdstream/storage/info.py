@@ -27,7 +27,8 @@ def store_info(url: str) -> dict[str, Any]:
 
     identity: the finalized store's sha256 name (integrity.py), checked against its integrity
     record; None when it has none (incomplete, or format version < 4; ``checked`` False) or when the
-    record does not check out (``checked`` True), ``identity_note`` then saying why: not an error,
+    record does not check out (``checked`` True), ``identity_note`` then saying why ("unverified"
+    for a complete store without a record): not an error,
     so that the attributes can still be read. KdError when ``url`` holds no kdstream store.
     """
     group = open_group(url)
@@ -36,7 +37,10 @@ def store_info(url: str) -> dict[str, Any]:
     try:
         ident = identity_of(group, str(url), attrs)
         if ident is None:
-            note, checked = "incomplete, or format version < 4", False
+            checked = False
+            note = "incomplete" if attrs.get("complete") is not True else (
+                f"unverified: format version {attrs.get('format_version', 1)} carries no integrity record, so its "
+                "chunks and attributes cannot be checked against one; a resume compares the digest of its content")
     except KdError as exc:
         ident, note = None, str(exc)
     ordered = {key: attrs[key] for key in INFO_FIRST if key in attrs}

@@ -99,7 +99,8 @@ def read_manifest(group, url: str, attrs: dict[str, Any], record: dict[str, Any]
         crcs = np.asarray(arr[...], dtype=np.uint32)  # (A, C): its shape checked first, then read
     except (KeyError, ValueError, RuntimeError, FileNotFoundError):
         crcs = None
-    if crcs is None or crcs.shape != (len(names), chunks) or manifest_sha256(names, crcs) != record.get("manifest_sha256"):
+    if crcs is None or crcs.shape != (len(names), chunks) or \
+            manifest_sha256(names, crcs) != record.get("manifest_sha256"):
         raise KdError(f"store {url}: its chunk manifest ({MANIFEST_ARRAY}) is missing or does not match its "
                       "checksum (edited or damaged): re-copy or regenerate the store")
     return {name: crcs[a] for a, name in enumerate(names)}

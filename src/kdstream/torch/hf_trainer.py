@@ -7,7 +7,8 @@ the KD loss as the trainer's ``compute_loss``, with the three classic mistakes m
    and a batch without the teacher's columns is refused at the first step.
 2. Logits misaligned with steps after a restart: the dataset is map-style and the Trainer's
    sampler replays its order on ``resume_from_checkpoint``; every checkpoint records the store's
-   identity (``kdstream_store.json``) and a resume against another store is refused.
+   identity, or its content's digest for a store without one (``kdstream_store.json``), and a
+   resume against another store is refused.
 3. No fingerprint check between data and logits: the tokenizer (``processing_class``) and the
    model are checked against the store before the first step (``check_compatible``).
 
@@ -92,7 +93,7 @@ class KDTrainerMixin:
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
             if folder.is_dir():
-                record = {"store": dataset.url, "identity": dataset.identity, "rows": len(dataset)}
+                record = {"store": dataset.url, "identity": self._store_key(), "rows": len(dataset)}
                 (folder / STORE_RECORD).write_text(json.dumps(record, indent=1) + "\n")
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -133,10 +134,19 @@ class KDTrainerMixin:
             return  # the Trainer reports a missing checkpoint itself; no record: written by another trainer
         was = json.loads(path.read_text())
         ds = self.kd_store
-        if was.get("identity") != ds.identity or was.get("rows") != len(ds):
+        if was.get("identity") != self._store_key() or was.get("rows") != len(ds):
             raise KdError(f"checkpoint {folder} trained on store {was.get('store')} (identity "
-                          f"{str(was.get('identity'))[:12]}, {was.get('rows')} rows), not {ds.url} (identity "
-                          f"{str(ds.identity)[:12]}, {len(ds)} rows): resume with the store it started with")
+                          f"{str(was.get('identity'))[:28]}, {was.get('rows')} rows), not {ds.url} (identity "
+                          f"{self._store_key()[:28]}, {len(ds)} rows): resume with the store it started with")
+
+    def _store_key(self) -> str:
+        """The store's identity, or the digest of its content when it has none (storage/content.py),
+        computed once: what a checkpoint records and a resume compares, never the path."""
+        if getattr(self, "_kd_store_key", None) is None:
+            from kdstream.storage.content import store_key
+
+            self._kd_store_key = store_key(self.kd_store.store)
+        return self._kd_store_key
 
 
 def hf_view(store: StoreDataset):
