@@ -6,3 +6,15 @@ class KdError(Exception):
 
     The CLI prints ``error: <message>`` and exits with status 2, without a traceback.
     """
+
+
+def run_main(main) -> None:
+    """Run a script's ``main()`` and end as the kdstream CLI does: a KdError is one ``error: …``
+    line on stderr and exit status 2, without a traceback (anything else keeps its traceback)."""
+    import sys
+
+    try:
+        main()
+    except KdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
