@@ -11,6 +11,7 @@ import argparse
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
+from kdstream.errors import run_main
 from kdstream.torch import KDLoss, KDTrainer, StoreDataset
 
 
@@ -51,4 +52,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # a KdError (wrong store, mismatched resume): one line, exit 2

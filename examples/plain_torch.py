@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from kdstream.errors import run_main
 from kdstream.torch import KDLoss, StoreDataset, check_compatible, collate
 
 
@@ -86,4 +87,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # a KdError (a store that does not fit the student): one line, exit 2

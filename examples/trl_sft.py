@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
+from kdstream.errors import run_main
 from kdstream.torch import KDLoss, StoreDataset, kd_trainer
 
 
@@ -51,4 +52,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # a KdError (a store that does not fit the student): one line, exit 2

@@ -18,3 +18,15 @@ def shown(value, limit: int = 60) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def run_main(main) -> None:
+    """Run a script's ``main()`` and end as the kdstream CLI does: a KdError is one ``error: …``
+    line on stderr and exit status 2, without a traceback (anything else keeps its traceback)."""
+    import sys
+
+    try:
+        main()
+    except KdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

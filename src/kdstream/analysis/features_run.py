@@ -44,12 +44,15 @@ class FeaturesOptions:
     device: str = option("auto", "Where the model runs: auto (CUDA when available) | cpu | cuda.")
 
     def __post_init__(self) -> None:
+        from kdstream.storage.union import several_stores
+
         require(self.device in DEVICES, f"--device {self.device!r} is unknown: use {' | '.join(DEVICES)}")
         require(bool(self.model) and bool(self.logits_store) and bool(self.out),
                 "pass --model DIR, --logits-store STORE and --out DIR")
-        require("," not in str(self.logits_store),
+        require(not several_stores(self.logits_store),
                 f"--logits-store {self.logits_store}: features reads one store (only distill reads several, "
-                "comma-separated, as one): score each store in its own run")
+                "comma-separated, as one): score each store in its own run (a comma that is part of a path is "
+                "written \\,)")
         require(isinstance(self.prefix_len, int) and self.prefix_len >= 1, f"--prefix-len {self.prefix_len} must be at least 1")
         require(isinstance(self.suffix_len, int) and self.suffix_len >= 1, f"--suffix-len {self.suffix_len} must be at least 1")
         require(isinstance(self.batch_size, int) and self.batch_size >= 1, f"--batch-size {self.batch_size} must be at least 1")
@@ -124,11 +127,11 @@ def run_features(opts: FeaturesOptions) -> dict:
     """
     from kdstream.analysis.features import model_features, perplexity, text_features, zlib_ratio
     from kdstream.progress import progress
-    from kdstream.storage import open_store
+    from kdstream.storage import open_stores
 
     out = Path(opts.out)
     check_output(out, "features", replace=opts.overwrite)
-    store = open_store(opts.logits_store)
+    store = open_stores(opts.logits_store)
     if opts.prefix_len + opts.suffix_len > store.seq_len:
         raise KdError(f"--prefix-len {opts.prefix_len} + --suffix-len {opts.suffix_len} exceeds the example length "
                       f"{store.seq_len} of {opts.logits_store}: shorten them")

@@ -126,7 +126,7 @@ def baseline_departures(baseline_eval, ids: set[int]) -> tuple[list[Departure], 
 
     from kdstream.analysis.files import eval_results, eval_summary
     from kdstream.errors import KdError
-    from kdstream.storage import open_store
+    from kdstream.storage import open_stores
 
     summary = eval_summary(baseline_eval, "baseline")
     method = summary.get("verdict_method")
@@ -137,7 +137,7 @@ def baseline_departures(baseline_eval, ids: set[int]) -> tuple[list[Departure], 
     if not summary.get("logits_store"):
         return "the baseline was evaluated on a dataset, not a store: no training windows to search"
     try:
-        store = open_store(summary["logits_store"], identity=summary.get("store_identity"))
+        store = open_stores(summary["logits_store"], identity=summary.get("store_identity"))
     except KdError as exc:
         return str(exc)
     table = pq.read_table(eval_results(baseline_eval, "baseline"),

@@ -214,7 +214,9 @@ class OpenStore:
     @classmethod
     def of(cls, store) -> OpenStore:
         """Reopens ``store`` (a LogitStore or a StoreUnion) as it is now."""
-        return cls(store.url, store.identity, getattr(store, "part_identities", None))
+        from kdstream.storage.union import store_spec
+
+        return cls(store_spec(store), store.identity, getattr(store, "part_identities", None))
 
     def __call__(self) -> ExampleSource:
         from kdstream.storage import open_stores

@@ -44,7 +44,8 @@ class DistillOptions:
     model: str = option(help="Student: HF dir (weights → fine-tune; config only → random init) or config .json.")
     out: str = option(help="Checkpoint directory to write.")
     logits_store: str | None = option(None, "Teacher store (path or URL) to train from: one store, or several "
-                                               "from one teacher and tokenizer, comma-separated (read as one).")
+                                               "from one teacher and tokenizer, comma-separated (read as one; a "
+                                               "comma that is part of a path: \\,).")
     # tokenized with the model's tokenizer
     dataset: str | None = option(None, "Plain text to train on: with --loss ce (e.g. the teacher), or with "
                                        "--teacher (online KD).")
@@ -142,7 +143,10 @@ class DistillOptions:
         require(self.precision in PRECISIONS, f"--precision {self.precision} is unknown: choose one of {', '.join(PRECISIONS)}")
         require(self.device in ("auto", "cpu", "cuda"), f"--device {self.device} is unknown: choose auto, cpu or cuda")
         require(self.eval_examples >= 0, "--eval-examples must be >= 0")
-        require(self.eval_every is None or (self.eval_every >= 1 and self.eval_examples > 0),
+        require(self.eval_every is None or self.eval_every >= 1,
+                f"--eval-every {self.eval_every} must be at least 1 (steps between evaluations); leave it out to "
+                "evaluate at the end only")
+        require(self.eval_every is None or self.eval_examples > 0,
                 "--eval-every needs --eval-examples N (the held-out examples to evaluate)")
         require(self.loader_workers >= 0 and self.prefetch >= 0, "--loader-workers and --prefetch must be >= 0")
 

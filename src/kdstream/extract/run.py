@@ -92,12 +92,15 @@ class ExtractOptions:
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
+        from kdstream.storage.union import several_stores
+
         object.__setattr__(self, "prefix_len", parse_prefix_lens(self.prefix_len))
         require((self.logits_store is None) != (self.dataset is None),
                 "pass exactly one of --logits-store STORE or --dataset DATA")
-        require(self.logits_store is None or "," not in str(self.logits_store),
+        require(self.logits_store is None or not several_stores(self.logits_store),
                 f"--logits-store {self.logits_store}: extract-eval reads one store (only distill reads several, "
-                "comma-separated, as one): evaluate each store in its own run")
+                "comma-separated, as one): evaluate each store in its own run (a comma that is part of a path is "
+                "written \\,)")
         require(self.suffix_len >= 1, "--suffix-len must be at least 1")
         require(self.offset >= 0, "--offset must be >= 0")
         require(self.batch_size >= 1, "--batch-size must be at least 1")
@@ -107,6 +110,7 @@ class ExtractOptions:
         require(self.match != "bytes" or self.method == "generate",
                 f"--match bytes judges greedy decoding: use --method generate, not {self.method}")
         require(self.device in DEVICES, f"--device {self.device!r} is unknown: use {' | '.join(DEVICES)}")
+        require(self.num_workers >= 1, f"--num-workers {self.num_workers} must be at least 1 (1: a single run)")
         require(self.num_workers >= 1 and 0 <= self.worker_index < self.num_workers,
                 f"--worker-index {self.worker_index} is outside 0..{self.num_workers - 1}: "
                 "pass 0 <= --worker-index < --num-workers")
@@ -155,9 +159,9 @@ def _load_examples(opts: ExtractOptions, tokenizer):
 
     if opts.logits_store is not None:
         from kdstream.extract.cross_tokenizer import teacher_tokenizer
-        from kdstream.storage import open_store
+        from kdstream.storage import open_stores
 
-        store = open_store(opts.logits_store)
+        store = open_stores(opts.logits_store)
         if getattr(store, "conversations", False):  # its padded windows would be read as text: refuse
             raise KdError(f"store {opts.logits_store} holds conversations: extract-eval reads text stores only "
                           "(prefix -> suffix windows); evaluate a text store of the same teacher")
@@ -303,9 +307,9 @@ def _store_metrics(opts: ExtractOptions, start: int, stop: int, bar) -> dict[int
     """{prefix_len: store_metrics} read block by block (the top-k arrays of a big store do not
     fit in memory at once)."""
     from kdstream.extract.fast_path import store_metrics
-    from kdstream.storage import open_store
+    from kdstream.storage import open_stores
 
-    store = open_store(opts.logits_store)
+    store = open_stores(opts.logits_store)
     keys = ("input_ids", "topk_ids", "topk_logprobs", "target_rank")
     block = max(store.chunk_rows, opts.batch_size)
     parts: dict[int, list[dict]] = {p: [] for p in opts.prefix_len}

@@ -86,6 +86,7 @@ class PrecomputeOptions:
         require(self.targets in ("topk", "sampled"), f"--targets {self.targets!r} is not one of topk, sampled")
         require(1 <= self.samples <= 255, f"--samples {self.samples} must be in 1..255 (counts are stored as uint8)")
         require(self.chunk_rows is None or self.chunk_rows >= 1, f"--chunk-rows {self.chunk_rows} must be at least 1")
+        require(self.num_workers >= 1, f"--num-workers {self.num_workers} must be at least 1 (1: a single run)")
         require(self.num_workers >= 1 and 0 <= self.worker_index < self.num_workers,
                 f"--worker-index {self.worker_index} is outside 0..{self.num_workers - 1}: "
                 f"use 0 <= --worker-index < --num-workers")

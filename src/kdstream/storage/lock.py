@@ -13,7 +13,9 @@ the rest.
 
 A killed run leaves its mark behind; it is taken over when its pid is dead on this host, or
 when its heartbeat (rewritten every HEARTBEAT_S by a thread) is older than STALE_AFTER_S, for a
-holder on another host (hosts' clocks must agree to well within that). Two runs starting in the
+holder on another host (hosts' clocks must agree to well within that). A heartbeat more than
+STALE_AFTER_S in the future is no live run's either (a clock that far off, or an edited mark):
+it is taken over too, with a warning naming the mark's file. Two runs starting in the
 same instant both write a mark; each reads it back after SETTLE_S and only the one whose token
 is there goes on (object stores offer no atomic create-if-absent through fsspec).
 """
@@ -23,10 +25,11 @@ import json
 import math
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from kdstream.errors import KdError
 from kdstream.storage.chunks import DONE_ARRAY
@@ -48,11 +51,17 @@ class Holder:
     num_workers: int
     started: float  # unix seconds
     heartbeat: float  # unix seconds of the last rewrite
+    mark: str = field(default="", compare=False)  # the file it was read from (not stored in it)
 
     def describe(self) -> str:
-        age = max(0.0, time.time() - self.heartbeat)
-        return (f"pid {self.pid} on {self.host}, worker index {self.worker_index} of {self.num_workers}, "
-                f"last heartbeat {age:.0f} s ago")
+        age = time.time() - self.heartbeat
+        beat = f"last heartbeat {age:.0f} s ago" if age >= 0 else f"heartbeat {-age:.0f} s in the future"
+        return (f"pid {self.pid} on {self.host}, worker index {self.worker_index} of {self.num_workers}, {beat}; "
+                f"its mark: {self.mark}")
+
+    def from_the_future(self, now: float) -> bool:
+        """Whether the heartbeat lies further ahead than any live run's could (see the module docstring)."""
+        return self.heartbeat - now >= STALE_AFTER_S
 
     def alive(self, now: float) -> bool:
         """Whether the run may still be writing (see the module docstring)."""
@@ -63,7 +72,7 @@ class Holder:
                 return False
             except PermissionError:
                 pass  # exists, another user's
-        return now - self.heartbeat < STALE_AFTER_S
+        return now - self.heartbeat < STALE_AFTER_S and not self.from_the_future(now)
 
     def overlaps(self, worker_index: int, num_workers: int) -> bool:
         """Whether some group of chunks is owned by both shares: group g belongs to worker i of N
@@ -89,7 +98,7 @@ def _read(fs, path: str) -> Holder | None:
     marks are written whole, atomically on local disk)."""
     try:
         data = json.loads(fs.cat_file(path))
-        return Holder(**{k: data[k] for k in Holder.__dataclass_fields__})
+        return Holder(**{k: data[k] for k in Holder.__dataclass_fields__ if k != "mark"}, mark=str(path))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -121,22 +130,31 @@ class WorkerLock:
         self.fs, root = _fs(self.url)
         self.path = f"{root}/{OWNERS}/{worker_index}-of-{num_workers}.json"
         now = time.time()
-        self.me = Holder(os.getpid(), socket.gethostname(), uuid.uuid4().hex, worker_index, num_workers, now, now)
+        self.me = Holder(os.getpid(), socket.gethostname(), uuid.uuid4().hex, worker_index, num_workers, now, now,
+                         mark=self.path)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost: Holder | None = None  # set by the heartbeat when another run took the mark over
+        self._warned: set[str] = set()  # marks from the future already warned about
 
     def _refuse_if_held(self) -> None:
         now = time.time()
         for other in holders(self.url):
-            if other.token != self.me.token and other.alive(now) and other.overlaps(self.me.worker_index,
-                                                                                   self.me.num_workers):
+            if other.token == self.me.token or not other.overlaps(self.me.worker_index, self.me.num_workers):
+                continue
+            if other.from_the_future(now):
+                if other.mark not in self._warned:
+                    self._warned.add(other.mark)
+                    print(f"warning: taking over {other.mark}: its heartbeat is {other.heartbeat - now:.0f} s in the "
+                          "future (a clock that far off, or an edited mark), which no live run's is", file=sys.stderr)
+                continue
+            if other.alive(now):
                 raise KdError(f"another precompute-logits is writing {self.url} ({other.describe()}): wait for it "
                               f"to finish, or stop it; a killed run's claim expires {STALE_AFTER_S:.0f} s after "
                               "its last heartbeat")
 
     def _write(self) -> None:
-        data = json.dumps(asdict(self.me)).encode()
+        data = json.dumps({k: v for k, v in asdict(self.me).items() if k != "mark"}).encode()
         if _is_local(self.fs):  # whole or not at all: a reader never sees half a mark
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             tmp = f"{self.path}.{self.me.token}.tmp"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,10 +48,31 @@ MUST_MATCH = (
 )
 
 
+# Commas separate the stores of ``--logits-store``; a comma that is part of a path is written ``\,``.
+_SEPARATOR = re.compile(r"(?<!\\),")
+_HOW = "commas separate stores; write a comma that is part of a path as \\,"
+
+
 def split_urls(urls: str | Sequence[str]) -> list[str]:
-    """The store URLs of ``--logits-store``: a comma-separated string or a list, blanks dropped."""
-    items = str(urls).split(",") if isinstance(urls, str) else [str(u) for u in urls]
+    """The store URLs of ``--logits-store``: a comma-separated string (``\\,`` a comma inside a
+    path) or a list, blanks dropped."""
+    items = [u.replace("\\,", ",") for u in _SEPARATOR.split(urls)] if isinstance(urls, str) else [str(u) for u in urls]
     return [u.strip() for u in items if u.strip()]
+
+
+def several_stores(urls: str) -> bool:
+    """Whether the ``--logits-store`` string ``urls`` names more than one store."""
+    return len(split_urls(str(urls))) > 1
+
+
+def join_urls(urls: Sequence[str]) -> str:
+    """The ``--logits-store`` string that ``split_urls`` reads back as ``urls``."""
+    return ",".join(str(u).replace(",", "\\,") for u in urls)
+
+
+def store_spec(store) -> str:
+    """The ``--logits-store`` string that opens ``store`` (a LogitStore or a StoreUnion) again."""
+    return join_urls([p.url for p in getattr(store, "parts", [store])])
 
 
 def open_stores(urls: str | Sequence[str], identity: str | None = None,
@@ -70,14 +92,25 @@ def open_stores(urls: str | Sequence[str], identity: str | None = None,
     _refuse_repeated_urls(parts)
     wanted = list(part_identities) if part_identities is not None else [None] * len(parts)
     if len(wanted) != len(parts):
-        raise KdError(f"stores {','.join(parts)}: {len(wanted)} part identities for {len(parts)} stores "
+        raise KdError(f"stores {join_urls(parts)}: {len(wanted)} part identities for {len(parts)} stores "
                       "(the union was opened with other parts): reopen it with the same --logits-store")
-    union = StoreUnion([open_store(u, identity=i) for u, i in zip(parts, wanted)])
+    union = StoreUnion([_open_part(u, i, urls) for u, i in zip(parts, wanted)])
     if identity is not None and union.identity != identity:
         raise KdError(f"stores {union.url} are not the stores this run started with (identity {union.identity}, "
                       f"expected {identity}): one was rewritten or replaced; rerun against the stores as they are "
                       "now, or restore the old ones")
     return union
+
+
+def _open_part(url: str, identity: str | None, urls) -> LogitStore:
+    """``open_store(url)``; a missing store says how ``urls`` was split (a comma in a path?)."""
+    try:
+        return open_store(url, identity=identity)
+    except KdError as exc:
+        if not str(exc).startswith("no logit store at") or not isinstance(urls, str):
+            raise
+        raise KdError(f"no logit store at {url}, one of the {len(split_urls(urls))} stores --logits-store {urls} "
+                      f"names ({_HOW}): check the paths") from None
 
 
 class StoreUnion:
@@ -93,7 +126,7 @@ class StoreUnion:
         sizes = np.array([len(p) for p in self.parts], np.int64)
         self.starts = np.concatenate([[0], np.cumsum(sizes)])  # (P + 1,) first union row of each part, then len
         self.id_offsets = _id_offsets(self.parts)  # (P,) added to part j's example ids
-        self.url = ",".join(p.url for p in self.parts)
+        self.url = join_urls([p.url for p in self.parts])
         ids = [p.identity for p in self.parts]
         self.identity = None if None in ids else hashlib.sha256("\n".join(ids).encode()).hexdigest()
         first = self.parts[0]

@@ -32,9 +32,9 @@ _PAD = {"topk_logprobs": float("-inf"), "tail_mass": 0.0}
 
 
 def _url_list(store: str | Path | Sequence[str | Path]) -> list[str]:
-    if isinstance(store, (str, Path)):
-        return [u for u in str(store).split(",") if u]
-    return [str(u) for u in store]
+    from kdstream.storage.union import split_urls
+
+    return split_urls(str(store)) if isinstance(store, (str, Path)) else [str(u) for u in store]
 
 
 class StoreDataset(torch.utils.data.Dataset):
@@ -86,11 +86,13 @@ class StoreDataset(torch.utils.data.Dataset):
         from kdstream.storage.memory import keep_freed_memory
 
         keep_freed_memory()  # the reading process (a DataLoader worker, or the trainer's): storage/memory.py
-        return open_stores(self.urls if len(self.urls) > 1 else self.urls[0], identity=identity)
+        return open_stores(self.urls, identity=identity)
 
     @property
     def url(self) -> str:
-        return ",".join(self.urls)
+        from kdstream.storage.union import join_urls
+
+        return join_urls(self.urls)
 
     @property
     def store(self):
