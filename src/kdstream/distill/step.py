@@ -49,8 +49,15 @@ def optimizer_step(run: Run, keys: tuple[str, ...], batch: dict, weight: float) 
     parts = np.array_split(np.arange(rows), run.opts.grad_accum)
     run.optimizer.zero_grad(set_to_none=True)
     logged = torch.zeros(3, dtype=torch.float64)
+    # conversations: a micro-batch's mean weighs by its target positions among the global batch's
+    targets = (batch["topk_len"] > 0).sum(1).numpy() if "topk_len" in batch and aligned is None else None
+    global_targets = distributed.all_sum([float(targets.sum())], run.d)[0] if targets is not None else 0.0
     for j, idx in enumerate(parts):
         share = len(idx) / rows if rows else 0.0
+        scale = weight * share
+        if targets is not None:
+            share = float(targets[idx].sum()) / max(float(targets.sum()), 1.0)
+            scale = run.d.world * float(targets[idx].sum()) / max(global_targets, 1.0)
         idx = idx if len(idx) else np.arange(1)  # keep collectives in step; weight 0 below
         if aligned is not None:
             micro = {"aligned": _aligned_micro(run, aligned, idx, batch[PAD_ID])}
@@ -63,7 +70,7 @@ def optimizer_step(run: Run, keys: tuple[str, ...], batch: dict, weight: float) 
         with _sync(run, j == len(parts) - 1):
             with torch.autocast(run.device.type, torch.bfloat16, enabled=run.bf16):
                 out = run.model(**micro)  # [loss, ce, kd], means over this micro-batch's positions
-            (out[0] * (weight * share)).backward()
+            (out[0] * scale).backward()
         logged += out.detach().double().cpu() * share
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.opts.max_grad_norm)
     run.optimizer.step()
