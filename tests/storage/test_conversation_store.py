@@ -44,3 +44,12 @@ def test_a_text_store_keeps_its_earlier_layout(teacher_store):
     assert sorted(zarr.open_group(str(teacher_store), mode="r").array_keys()) == sorted(
         set(stored_arrays(4)) | {"chunk_done", "manifest_crc32c"})
     assert "positions" not in open_store(teacher_store)[0]
+
+
+def test_stats_count_the_target_positions_only(chat_store):
+    from kdstream.storage.stats import store_stats
+
+    store = open_store(chat_store)
+    stats = store_stats(str(chat_store))
+    assert stats["positions_read"] == sum(len(store[i]["positions"]) for i in range(len(store)))
+    assert stats["entries_mean"] == store.k  # a fixed top-k store: k entries at every target

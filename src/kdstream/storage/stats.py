@@ -85,16 +85,19 @@ def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
     in_topk = positions = 0
     entries_hist = np.zeros(k + 1, dtype=np.int64)  # rows by entries stored, 0..k
     step = store.chunk_rows
+    conversations = getattr(store, "conversations", False)
     keys = ("topk_logprobs", "target_logprob", "target_rank", "topk_len")
     for start in range(0, rows, step):  # whole chunks (the last one cut at `rows`)
         batch = store.read(start, min(start + step, rows), keys=keys)
-        entries_hist += np.bincount(batch["topk_len"].ravel(), minlength=k + 1)[: k + 1]
-        mass = np.exp(batch["topk_logprobs"].astype(np.float64)).sum(-1)  # (B, L-1)
+        # a conversation store's positions are its target rows (topk_len > 0); the others hold nothing
+        at = batch["topk_len"] > 0 if conversations else np.ones(batch["topk_len"].shape, bool)  # (B, L-1)
+        entries_hist += np.bincount(batch["topk_len"][at], minlength=k + 1)[: k + 1]
+        mass = np.exp(batch["topk_logprobs"].astype(np.float64)).sum(-1)[at]  # (n,)
         bins = np.clip((mass * _MASS_BINS).astype(np.int64), 0, _MASS_BINS)
         mass_hist += np.bincount(bins.ravel(), minlength=_MASS_BINS + 1)
         mass_sum += float(mass.sum())
-        nll_sum -= float(batch["target_logprob"].astype(np.float64).sum())  # (B, L-1)
-        in_topk += int((batch["target_rank"] <= batch["topk_len"]).sum())
+        nll_sum -= float(batch["target_logprob"].astype(np.float64)[at].sum())
+        in_topk += int((batch["target_rank"] <= batch["topk_len"])[at].sum())
         positions += mass.size
 
     # chunk_done (5 B per chunk) and the manifest (4 B per chunk and array) are counted too
