@@ -37,6 +37,8 @@ from benchmarks.results import ROOT, save
 from benchmarks.smollm2 import CACHE, smollm2_dir
 
 CORPUS_WHEEL = "chatterbot-corpus==1.3.3"
+# student arms: distill's flags beyond the common ones (kd: distill's defaults)
+ARMS = {"kd": [], "ce": ["--loss", "ce"], "kd_t1": ["--temperature", "1"], "kd_alpha05": ["--alpha-ce", "0.5"]}
 
 
 def chatterbot_conversations(n: int, seed: int = 0) -> list[dict]:
@@ -108,6 +110,27 @@ def fidelity(store_path: Path, teacher: Path, count: int) -> dict:
             "max_abs_logprob_gap": gap, "encoding_bound": float(store.encoding.get("max_abs_error", 0.0))}
 
 
+def teacher_bits_per_byte(store_path: Path, teacher: Path, held_out: int) -> float:
+    """The teacher's own bits per byte on the held-out assistant tokens (the store's exact target
+    logprobs at the last ``held_out`` examples' positions): what a student could reach by KD alone."""
+    import math
+
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from kdstream.data.token_bytes import byte_vocab
+    from kdstream.storage import open_store
+
+    store = open_store(store_path)
+    lengths = byte_vocab(AutoTokenizer.from_pretrained(str(teacher))).lengths
+    nats = nbytes = 0.0
+    for i in range(len(store) - held_out, len(store)):
+        item = store[i]
+        nats -= float(np.sum(item["target_logprob"], dtype=np.float64))
+        nbytes += float(lengths[item["input_ids"][item["positions"] + 1]].sum())
+    return round(nats / math.log(2) / nbytes, 4)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--conversations", type=int, default=600)
@@ -118,6 +141,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--fidelity-conversations", type=int, default=40)
+    ap.add_argument("--arms", default="kd,ce", help=f"Student arms, comma-separated, of {', '.join(ARMS)}.")
     ap.add_argument("--work", default=None, help="Working directory (default: a temporary one).")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="conversation-bench-"))
@@ -148,16 +172,23 @@ def main() -> None:
     init = student_init(teacher, work / "student_init")
     train = ["distill", "--logits-store", work / "assistant.zarr", "--model", init, "--epochs", args.epochs,
              "--lr", args.lr, "--batch-size", args.batch_size, "--eval-examples", args.held_out]
-    runs = {"kd": [], "ce": []}
+    runs = {arm: [] for arm in args.arms.split(",")}
     for seed in range(args.seeds):
         for arm in runs:
-            out = work / f"{arm}{seed}"
-            s = cli(*train, "--seed", seed, "--out", out, "--overwrite", *(["--loss", "ce"] if arm == "ce" else []))
+            out = work / (f"{arm}{seed}" if arm in ("kd", "ce") else f"{arm}_{seed}")
+            if (out / "train_summary.json").exists():  # a finished run of an earlier invocation
+                s = json.loads((out / "train_summary.json").read_text())
+            else:
+                s = cli(*train, "--seed", seed, "--out", out, "--overwrite", *ARMS[arm])
             runs[arm].append({"seed": seed, "held_out_bits_per_byte": s["held_out_bits_per_byte"],
                               "held_out_tokens": s["held_out_tokens"], "seconds": s["seconds"]})
     kd_wins = [k["held_out_bits_per_byte"] < c["held_out_bits_per_byte"] for k, c in zip(runs["kd"], runs["ce"])]
     figures["students"] = {"flags": {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                                     "loss": "forward_kl (distill's default)", "student": "Llama 2x128, from scratch"},
+                                     "loss": "forward_kl at distill's defaults (T 2, bucket tail, alpha-ce 0)",
+                                     "arms": {arm: " ".join(ARMS[arm]) for arm in runs},
+                                     "student": "Llama 2x128, from scratch"},
+                           "teacher_held_out_bits_per_byte": teacher_bits_per_byte(work / "assistant.zarr", teacher,
+                                                                                   args.held_out),
                            "runs": runs, "kd_better_every_seed": all(kd_wins), "kd_better_seeds": sum(kd_wins)}
     figures["speed"] = speed(work, init, teacher, rows, args)
     save("conversation_bench", figures)
