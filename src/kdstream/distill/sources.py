@@ -122,7 +122,7 @@ def cross_targets(opts, store, tokenizer):
     if mode is None:
         return None
     teacher = tokenizer if _same_tokenizer(store, tokenizer) else teacher_tokenizer(store, opts.teacher_tokenizer)
-    return CrossTargets.build(teacher, tokenizer, mode, opts.exact_map)
+    return CrossTargets.build(teacher, tokenizer, mode, opts.exact_map, opts.exact_rows)
 
 
 def _same_tokenizer(store, tokenizer) -> bool:

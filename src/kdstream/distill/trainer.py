@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdstream.distill.align import VOCAB_MAPS
+from kdstream.distill.align import EXACT_ROWS, VOCAB_MAPS
 from kdstream.distill.cross_tokenizer import CROSS_MODES, SKIPPED
 from kdstream.distill.loss_names import CE_SAMPLED, KD_LOSSES, TAILS
 from kdstream.errors import KdError
@@ -83,6 +83,9 @@ class DistillOptions:
                                          "tokens: identical (same bytes; the rest of the mass joins the tail) "
                                          "| prefix (else the student's longest token that begins it: all "
                                          "the top-k is used).")
+    exact_rows: str = option("aligned", "Which student positions --cross-tokenizer exact trains on the teacher's "
+                                        "top-k: aligned (both next tokens start at one byte) | same_token (both "
+                                        "next tokens are the same bytes; CE at the other positions).")
     alm_temperature: float | None = option(None, "ALM's binarisation temperature tau (a chunk's likelihood P "
                                                  "read as Bernoulli(P^(1/tau))); the ALM term is scaled by tau. "
                                                  "Default: --temperature. tokenkit uses 100.")
@@ -122,6 +125,8 @@ class DistillOptions:
         require(self.temperature > 0, f"--temperature {self.temperature} must be > 0")
         require(self.exact_map in VOCAB_MAPS, f"--exact-map {self.exact_map} is unknown: choose "
                                               f"{' | '.join(VOCAB_MAPS)}")
+        require(self.exact_rows in EXACT_ROWS, f"--exact-rows {self.exact_rows} is unknown: choose "
+                                               f"{' | '.join(EXACT_ROWS)}")
         require(self.alm_temperature is None or self.alm_temperature > 0,
                 f"--alm-temperature {self.alm_temperature} must be > 0")
         require(0.0 <= self.alpha_ce <= 1.0, f"--alpha-ce {self.alpha_ce} must be in [0, 1]")
@@ -315,7 +320,7 @@ def _setup_model(opts: DistillOptions, net, device, d, teacher=None, cross: str 
     chunk = None if cross else fused_chunk(opts.loss_chunk, net)
     return distributed.wrap(Objective(net, loss=opts.loss, temperature=opts.temperature, tail=opts.tail,
                                       beta=opts.beta, alpha_ce=opts.alpha_ce, chunk=chunk, teacher=teacher,
-                                      cross=cross, alm_temperature=opts.alm_temperature),
+                                      cross=cross, alm_temperature=opts.alm_temperature, exact_rows=opts.exact_rows),
                             d, device, opts.fsdp)
 
 
