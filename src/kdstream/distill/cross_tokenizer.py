@@ -23,7 +23,27 @@ AUTO = "auto"  # alm+exact when the tokenizers differ; same-tokenizer runs stay 
 # the student's own tokens of each store example's text, no teacher targets (the CE baseline of a
 # cross-tokenizer study trains on exactly the examples, and the text, its KD student sees)
 CE_ONLY = "ce"
+# What a run whose student's tokenizer differs from the store's uses where no flag says otherwise,
+# chosen on four tokenizer pairs (benchmarks/cross_tokenizer_pairs.py, docs/distill.md's defaults
+# table); a same-tokenizer run keeps alpha_ce 0. alm_temperature None: --temperature.
+CROSS_DEFAULTS = {"mode": "alm+exact", "alpha_ce": 0.3, "alm_temperature": 100.0, "exact_map": "prefix",
+                  "exact_rows": "aligned"}
 ALIGNED, SKIPPED, PAD_ID = "aligned", "skipped", "pad_id"  # the keys of a cross-tokenizer batch
+
+
+def with_cross_defaults(opts, mode: str | None):
+    """``opts`` (DistillOptions) with its unset options (None) filled: from CROSS_DEFAULTS when the
+    run trains on cross-tokenizer targets (``mode`` a CROSS_MODES mode), else the token-level ones
+    (no CE mixed in)."""
+    from dataclasses import replace
+
+    cross = mode in CROSS_MODES
+    fill = {}
+    if opts.alpha_ce is None:
+        fill["alpha_ce"] = CROSS_DEFAULTS["alpha_ce"] if cross else 0.0
+    if opts.alm_temperature is None and cross and CROSS_DEFAULTS["alm_temperature"] is not None:
+        fill["alm_temperature"] = CROSS_DEFAULTS["alm_temperature"]
+    return replace(opts, **fill) if fill else opts
 
 
 def store_keys(mode: str) -> tuple[str, ...]:
