@@ -103,3 +103,42 @@ def test_ce_terms_across_tokenizers_are_the_student_s_own_ce():
     ref = cross_terms(logits, batch, mode="alm", loss="forward_kl", temperature=2.0, tail="bucket", beta=0.5,
                       alpha_ce=1.0)
     assert got[0] == pytest.approx(float(ref[1])) and got[2] == 0.0
+
+
+def _two_to_one_alignment():
+    """Teacher "ab" "c" "de", student "a" "b" "c" "d" "e": chunks [0,2) (unusable: token 0), [2,3)
+    one token a side, [3,5) one teacher token against two student ones."""
+    from kdstream.distill.align import Alignment
+
+    t_spans = np.array([[0, 2], [2, 3], [3, 5]])
+    s_spans = np.stack([np.arange(5), np.arange(1, 6)], 1)
+    return Alignment("abcde", np.array([3, 1, 4, 1, 5]), t_spans, s_spans, np.arange(3), np.array([0, 0, 1, 2, 2]),
+                     np.array([[0, 1], [1, 2], [2, 3]]), np.array([[0, 2], [2, 3], [3, 5]]), np.array([0, 2, 3, 5]),
+                     np.array([False, True, True]))
+
+
+def test_same_token_exact_rows_are_the_one_token_chunks_and_the_rest_takes_ce():
+    """--exact-rows same_token: an exact row only where both next tokens are the same bytes; the
+    exact term averages the divergence there and the CE at every other real position."""
+    import torch
+
+    from kdstream.distill.aligned_batch import aligned_example, collate_aligned
+    from kdstream.distill.cross_losses import exact_map_loss, student_token_logprobs
+    from kdstream.distill.cross_tokenizer import cross_terms
+
+    a = _two_to_one_alignment()
+    topk_ids = np.array([[1, 2], [3, 4], [5, 6]])
+    topk_lp = np.log(np.array([[0.5, 0.2], [0.6, 0.3], [0.4, 0.4]], np.float32))
+    args = (a, np.zeros(2), topk_ids, topk_lp, np.arange(8))
+    aligned, same = aligned_example(*args), aligned_example(*args, same_token=True)
+    assert aligned.exact_rows.tolist() == [1, 2] and same.exact_rows.tolist() == [1]
+    assert same.exact_ids.tolist() == [[1, 2]]  # the teacher's row 0 predicts its token 1, "c"
+    batch = collate_aligned([same], pad_id=0)
+    logits = torch.randn(1, 5, 8)
+    kw = dict(loss="forward_kl", temperature=2.0, tail="bucket", beta=0.5, alpha_ce=0.0)
+    got = cross_terms(logits, batch, mode="exact", exact_rows="same_token", **kw)
+    lp = student_token_logprobs(logits, batch.input_ids)[0]  # (4,)
+    kd = exact_map_loss(logits, batch, kind="forward_kl", temperature=2.0)
+    assert float(got[0]) == pytest.approx(float(kd - lp[0] - lp[2] - lp[3]) / 4, rel=1e-6)
+    plain = cross_terms(logits, batch, mode="exact", **kw)  # the default: the mean over exact rows alone
+    assert float(plain[0]) == pytest.approx(float(kd), rel=1e-6)

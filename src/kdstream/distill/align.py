@@ -29,14 +29,19 @@ import numpy as np
 from kdstream.data.token_bytes import ByteVocab, byte_vocab
 from kdstream.data.word_cache import WordCache, encode_texts
 
-__all__ = ["AlignedRows", "Aligner", "Alignment", "ByteVocab", "SKIP_REASONS", "Skip", "VOCAB_MAPS", "byte_vocab",
-           "encode_texts", "exact_vocab_map"]
+__all__ = ["AlignedRows", "Aligner", "Alignment", "ByteVocab", "EXACT_ROWS", "SKIP_REASONS", "Skip", "VOCAB_MAPS",
+           "byte_vocab", "encode_texts", "exact_vocab_map"]
 
 # How ``exact`` maps a teacher token to a student token (Aligner.vocab_map):
 #   identical  the student token with the same bytes; none → its mass joins the tail
 #   prefix     that, else the student token that is the longest byte prefix of it (the token the
 #              student starts that text with, nearly always): all of the teacher's top-k is used
 VOCAB_MAPS = ("identical", "prefix")
+# Which student positions get an exact row (aligned_batch._exact):
+#   aligned     every usable chunk start: both next tokens start at the same byte
+#   same_token  only where both next tokens are the same bytes (a chunk of one token on each side);
+#               the student's other positions take CE in the exact term (cross_tokenizer.cross_terms)
+EXACT_ROWS = ("aligned", "same_token")
 
 _SPECIAL_ROLES = ("eos_token_id", "bos_token_id", "pad_token_id", "unk_token_id")
 

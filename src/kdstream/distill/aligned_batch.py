@@ -82,16 +82,17 @@ def _flat_rows(arrays, dtype=None) -> tuple[np.ndarray, np.ndarray]:
 
 def aligned_example(alignment: Alignment, target_logprob: np.ndarray, topk_ids: np.ndarray | None = None,
                     topk_logprobs: np.ndarray | None = None, vocab_map: np.ndarray | None = None,
-                    merge: bool = True) -> AlignedExample:
+                    merge: bool = True, same_token: bool = False) -> AlignedExample:
     """The targets of one store row (``store[i]``'s target_logprob, topk_ids, topk_logprobs):
     ``aligned_examples`` of a batch of one."""
     one = (lambda x: None if x is None else [x])
     return aligned_examples(AlignedRows.of(alignment), [target_logprob], one(topk_ids), one(topk_logprobs),
-                            vocab_map, merge)[0]
+                            vocab_map, merge, same_token)[0]
 
 
 def aligned_examples(aligned: AlignedRows, target_logprob=None, topk_ids=None, topk_logprobs=None,
-                     vocab_map: np.ndarray | None = None, merge: bool = True) -> list[AlignedExample]:
+                     vocab_map: np.ndarray | None = None, merge: bool = True,
+                     same_token: bool = False) -> list[AlignedExample]:
     """The targets of a batch's aligned rows (``Aligner.align_rows``), one AlignedExample per aligned
     row in order; the store arrays are per input row ((B, ...) or lists): target_logprob (None:
     zeros, for a run without teacher targets), topk_ids and topk_logprobs (None: ALM only).
@@ -99,6 +100,8 @@ def aligned_examples(aligned: AlignedRows, target_logprob=None, topk_ids=None, t
     The exact rows: at every usable chunk, the teacher's row ta - 1 (predicting the chunk's first
     teacher token) against the student's row sa - 1 (predicting its first student token); both
     predict text that starts at the same byte. Rows with no mapped id are left out.
+    ``same_token``: only chunks of one teacher and one student token (both next tokens are the
+    same bytes: align.EXACT_ROWS).
     ``merge=False`` skips ``merge_repeated_ids`` (a sort of the (P, k) ids, the largest cost here
     on long examples): right only for a map where ``map_repeats`` is False. All of it runs over
     the batch's chunks at once (row by row, numpy's per-call overhead dominates short rows).
@@ -114,7 +117,7 @@ def aligned_examples(aligned: AlignedRows, target_logprob=None, topk_ids=None, t
     else:
         if vocab_map is None or topk_logprobs is None:
             raise ValueError("the exact targets need topk_ids, topk_logprobs and vocab_map together")
-        rows, ids, logprobs, at = _exact(aligned, topk_ids, topk_logprobs, vocab_map, merge)
+        rows, ids, logprobs, at = _exact(aligned, topk_ids, topk_logprobs, vocab_map, merge, same_token)
     nbytes = aligned.student_spans[:, 1] - aligned.student_spans[:, 0]
     usable = aligned.usable.copy()  # the examples' own, not the alignments'
     s, c, a = aligned.student_off.tolist(), aligned.chunk_off.tolist(), at.tolist()
@@ -124,10 +127,14 @@ def aligned_examples(aligned: AlignedRows, target_logprob=None, topk_ids=None, t
 
 
 def _exact(aligned: AlignedRows, topk_ids, topk_logprobs, vocab_map: np.ndarray,
-           merge: bool) -> tuple[np.ndarray, ...]:
+           merge: bool, same_token: bool = False) -> tuple[np.ndarray, ...]:
     """The exact rows of a batch: rows (P,) student positions, ids (P, k), logprobs (P, k), and
     at (K+1,): aligned row r's are [at[r], at[r+1])."""
-    c = np.flatnonzero(aligned.usable)  # (P0,) batch chunks
+    use = aligned.usable
+    if same_token:  # a chunk of one token on each side: the two next tokens spell the same bytes
+        one = lambda b: b[:, 1] - b[:, 0] == 1  # noqa: E731
+        use = use & one(aligned.teacher_bounds) & one(aligned.student_bounds)
+    c = np.flatnonzero(use)  # (P0,) batch chunks
     c_row = np.searchsorted(aligned.chunk_off, c, "right") - 1  # (P0,) their aligned row
     topk_ids, row_at = _flat_rows(topk_ids)
     t_rows = row_at[aligned.rows[c_row]] + aligned.teacher_bounds[c, 0] - 1  # (P0,) the store rows

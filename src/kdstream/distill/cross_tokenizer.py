@@ -23,7 +23,27 @@ AUTO = "auto"  # alm+exact when the tokenizers differ; same-tokenizer runs stay 
 # the student's own tokens of each store example's text, no teacher targets (the CE baseline of a
 # cross-tokenizer study trains on exactly the examples, and the text, its KD student sees)
 CE_ONLY = "ce"
+# What a run whose student's tokenizer differs from the store's uses where no flag says otherwise,
+# chosen on four tokenizer pairs (benchmarks/cross_tokenizer_pairs.py, docs/distill.md's defaults
+# table); a same-tokenizer run keeps alpha_ce 0. alm_temperature None: --temperature.
+CROSS_DEFAULTS = {"mode": "alm+exact", "alpha_ce": 0.3, "alm_temperature": 100.0, "exact_map": "prefix",
+                  "exact_rows": "aligned"}
 ALIGNED, SKIPPED, PAD_ID = "aligned", "skipped", "pad_id"  # the keys of a cross-tokenizer batch
+
+
+def with_cross_defaults(opts, mode: str | None):
+    """``opts`` (DistillOptions) with its unset options (None) filled: from CROSS_DEFAULTS when the
+    run trains on cross-tokenizer targets (``mode`` a CROSS_MODES mode), else the token-level ones
+    (no CE mixed in)."""
+    from dataclasses import replace
+
+    cross = mode in CROSS_MODES
+    fill = {}
+    if opts.alpha_ce is None:
+        fill["alpha_ce"] = CROSS_DEFAULTS["alpha_ce"] if cross else 0.0
+    if opts.alm_temperature is None and cross and CROSS_DEFAULTS["alm_temperature"] is not None:
+        fill["alm_temperature"] = CROSS_DEFAULTS["alm_temperature"]
+    return replace(opts, **fill) if fill else opts
 
 
 def store_keys(mode: str) -> tuple[str, ...]:
@@ -46,10 +66,12 @@ class CrossTargets:
     vocab_map: np.ndarray | None  # (V_t,) the student id of each teacher id, -1 if none (exact modes)
     pad_id: int  # the student's pad (or eos) id: fills the batch past each example's end
     merge: bool = True  # vocab_map sends two teacher ids to one student id (aligned_batch.map_repeats)
+    exact_rows: str = "aligned"  # align.EXACT_ROWS: which positions get an exact row
 
     @classmethod
-    def build(cls, teacher_tokenizer, student_tokenizer, mode: str, vocab_map: str = "identical") -> "CrossTargets":
-        """``vocab_map``: the rule of the exact map (align.VOCAB_MAPS)."""
+    def build(cls, teacher_tokenizer, student_tokenizer, mode: str, vocab_map: str = "identical",
+              exact_rows: str = "aligned") -> "CrossTargets":
+        """``vocab_map``: the rule of the exact map (align.VOCAB_MAPS); ``exact_rows``: align.EXACT_ROWS."""
         from kdstream.distill.align import Aligner
 
         aligner = Aligner(teacher_tokenizer, student_tokenizer)
@@ -57,7 +79,7 @@ class CrossTargets:
         from kdstream.distill.aligned_batch import map_repeats
 
         vmap = aligner.vocab_map(vocab_map) if "exact" in mode else None
-        return cls(mode, aligner, vmap, int(pad), merge=vmap is not None and map_repeats(vmap))
+        return cls(mode, aligner, vmap, int(pad), merge=vmap is not None and map_repeats(vmap), exact_rows=exact_rows)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict:
         from kdstream.distill.align import Skip
@@ -68,12 +90,13 @@ class CrossTargets:
         exact = self.vocab_map is not None
         # CE_ONLY reads no teacher targets: the chunk log-likelihoods are zeros, never used
         examples = aligned_examples(aligned, rows.get("target_logprob"), rows["topk_ids"] if exact else None,
-                                    rows["topk_logprobs"] if exact else None, self.vocab_map, merge=self.merge)
+                                    rows["topk_logprobs"] if exact else None, self.vocab_map, merge=self.merge,
+                                    same_token=self.exact_rows == "same_token")
         return {ALIGNED: examples, SKIPPED: dict(skipped), PAD_ID: self.pad_id}
 
 
 def cross_terms(logits, batch, *, mode: str, loss: str, temperature: float, tail: str, beta: float,
-                alpha_ce: float, alm_temperature: float | None = None):
+                alpha_ce: float, alm_temperature: float | None = None, exact_rows: str = "aligned"):
     """logits (B, L, V) of the student on batch.input_ids → tensor [loss, ce, kd] (AlignedBatch).
 
     ``mode`` CE_ONLY: loss = ce, kd = 0 (``--loss ce``: no teacher term, whatever ``alpha_ce``).
@@ -81,7 +104,9 @@ def cross_terms(logits, batch, *, mode: str, loss: str, temperature: float, tail
     kd: ``alm`` (chunk likelihoods, binary KL at tau = ``alm_temperature``, default
     ``temperature``, times tau), ``exact`` (``loss`` over the teacher's top-k mapped to identical
     student tokens) or their mean; ce: the student's own next-token CE over its real (unpadded)
-    tokens, mixed in by ``alpha_ce``.
+    tokens, mixed in by ``alpha_ce``. ``exact_rows`` "same_token": the exact term is the mean over
+    the student's real positions of the divergence at its exact rows (same-token positions) and
+    the CE at the others.
 
     Why times tau: for tau >> |l| a chunk's Bernoulli parameter is 1 - |l|/tau, and the binary
     divergence's gradient w.r.t. the student's chunk log-likelihood is about (l_S - l_T)/(tau |l|):
@@ -101,7 +126,12 @@ def cross_terms(logits, batch, *, mode: str, loss: str, temperature: float, tail
         tau = temperature if alm_temperature is None else alm_temperature
         parts.append(tau * alm_loss(logits, batch, temperature=tau))
     if "exact" in mode:
-        parts.append(exact_map_loss(logits, batch, kind=loss, temperature=temperature, tail=tail, beta=beta))
+        exact = exact_map_loss(logits, batch, kind=loss, temperature=temperature, tail=tail, beta=beta)
+        if exact_rows == "same_token":  # the other positions learn from their own next token
+            rest = real.clone()
+            rest[batch.exact_batch, batch.exact_row] = False
+            exact = (exact * batch.exact_row.shape[0] - (lp * rest).sum()) / real.sum().clamp(min=1)
+        parts.append(exact)
     kd = torch.stack(parts).mean()
     if alpha_ce == 0.0:
         ce = ce.detach()

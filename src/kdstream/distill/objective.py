@@ -52,11 +52,13 @@ class Objective(nn.Module):
 
     def __init__(self, net: nn.Module, *, loss: str, temperature: float, tail: str, beta: float,
                  alpha_ce: float, chunk: int | None, teacher: nn.Module | None = None,
-                 cross: str | None = None, alm_temperature: float | None = None) -> None:
+                 cross: str | None = None, alm_temperature: float | None = None,
+                 exact_rows: str = "aligned") -> None:
         super().__init__()
         self.net = net
         self.cross = cross  # a cross_tokenizer.CROSS_MODES mode: forward takes ``aligned`` batches
         self.alm_temperature = alm_temperature  # None: the KD temperature
+        self.exact_rows = exact_rows  # align.EXACT_ROWS
         self.loss, self.temperature, self.tail, self.beta = loss, temperature, tail, beta
         self.alpha_ce, self.chunk = alpha_ce, chunk
         self._teacher = (teacher,)  # a tuple: nn.Module would register a submodule
@@ -94,7 +96,7 @@ class Objective(nn.Module):
             logits = self.net(input_ids=aligned.input_ids, attention_mask=aligned.attention_mask).logits  # (B, L, V)
             return cross_terms(logits, aligned, mode=self.cross, loss=self.loss, temperature=self.temperature,
                                tail=self.tail, beta=self.beta, alpha_ce=self.alpha_ce,
-                               alm_temperature=self.alm_temperature)
+                               alm_temperature=self.alm_temperature, exact_rows=self.exact_rows)
         if topk_len is not None:  # padded conversations: cut the batch after its last target row
             last = int(topk_len.any(0).nonzero().max()) + 1 if bool(topk_len.any()) else 1
             input_ids, topk_len = input_ids[:, : last + 1], topk_len[:, :last]

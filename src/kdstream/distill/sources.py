@@ -103,12 +103,12 @@ def cross_mode(opts, store, tokenizer) -> str | None:
     token-level losses: ``--cross-tokenizer auto`` picks alm+exact when the student's tokenizer
     differs from the store's (KD losses; CE_ONLY for --loss ce: CE on the student's own tokens
     of the store's texts); an explicit mode applies even to the same one."""
-    from kdstream.distill.cross_tokenizer import AUTO, CE_ONLY
+    from kdstream.distill.cross_tokenizer import AUTO, CE_ONLY, CROSS_DEFAULTS
 
     if opts.cross_tokenizer == AUTO:
         if _same_tokenizer(store, tokenizer) or opts.loss not in (*KD_LOSSES, "ce"):
             return None
-        return CE_ONLY if opts.loss == "ce" else "alm+exact"
+        return CE_ONLY if opts.loss == "ce" else CROSS_DEFAULTS["mode"]
     return opts.cross_tokenizer
 
 
@@ -122,7 +122,7 @@ def cross_targets(opts, store, tokenizer):
     if mode is None:
         return None
     teacher = tokenizer if _same_tokenizer(store, tokenizer) else teacher_tokenizer(store, opts.teacher_tokenizer)
-    return CrossTargets.build(teacher, tokenizer, mode, opts.exact_map)
+    return CrossTargets.build(teacher, tokenizer, mode, opts.exact_map, opts.exact_rows)
 
 
 def _same_tokenizer(store, tokenizer) -> bool:

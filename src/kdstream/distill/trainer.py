@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdstream.distill.align import VOCAB_MAPS
-from kdstream.distill.cross_tokenizer import CROSS_MODES, SKIPPED
+from kdstream.distill.align import EXACT_ROWS, VOCAB_MAPS
+from kdstream.distill.cross_tokenizer import CROSS_DEFAULTS, CROSS_MODES, SKIPPED
 from kdstream.distill.loss_names import CE_SAMPLED, KD_LOSSES, TAILS
 from kdstream.errors import KdError
 from kdstream.model_files import logit_postprocessing
@@ -55,7 +55,9 @@ class DistillOptions:
     loss: str = option("forward_kl", "ce | forward_kl | reverse_kl | jsd | ce_sampled (a sampled store: CE "
                                      "against its draws, no temperature)")
     temperature: float = option(2.0, "Softmax temperature of teacher and student in KD losses.")
-    alpha_ce: float = option(0.0, "Weight of CE mixed into KD.")
+    alpha_ce: float | None = option(None, "Weight of CE mixed into KD. Default: 0; "
+                                          f"{CROSS_DEFAULTS['alpha_ce']} for a student whose tokenizer differs "
+                                          "from the store's (cross-tokenizer runs only).")
     tail: str = option("bucket", "bucket (leftover mass as one class) | renormalize (top-k only)")
     beta: float = option(0.5, "JSD mixing weight.")
     epochs: int = option(4, "Passes over the training examples.")
@@ -82,14 +84,20 @@ class DistillOptions:
     exclude: str | None = option(None, "File of example ids (one per line) to skip.")
     cross_tokenizer: str = option("auto", "A student whose tokenizer differs from the store's: alm (chunk "
                                           "likelihood matching) | exact (top-k on identical tokens) | alm+exact; "
-                                          "auto = alm+exact when the tokenizers differ.")
-    exact_map: str = option("identical", "How --cross-tokenizer exact maps the teacher's top-k to student "
-                                         "tokens: identical (same bytes; the rest of the mass joins the tail) "
-                                         "| prefix (else the student's longest token that begins it: all "
-                                         "the top-k is used).")
+                                          f"auto = {CROSS_DEFAULTS['mode']} when the tokenizers differ.")
+    exact_map: str = option(CROSS_DEFAULTS["exact_map"], "How --cross-tokenizer exact maps the teacher's top-k "
+                                                         "to student tokens: identical (same bytes; the rest of "
+                                                         "the mass joins the tail) | prefix (else the student's "
+                                                         "longest token that begins it: all the top-k is used).")
+    exact_rows: str = option(CROSS_DEFAULTS["exact_rows"], "Which student positions --cross-tokenizer exact "
+                                                           "trains on the teacher's top-k: aligned (both next "
+                                                           "tokens start at one byte) | same_token (both next "
+                                                           "tokens are the same bytes; CE at the other positions).")
     alm_temperature: float | None = option(None, "ALM's binarisation temperature tau (a chunk's likelihood P "
                                                  "read as Bernoulli(P^(1/tau))); the ALM term is scaled by tau. "
-                                                 "Default: --temperature. tokenkit uses 100.")
+                                                 + ("Default: --temperature" if CROSS_DEFAULTS["alm_temperature"] is None
+                                                    else f"Default: {CROSS_DEFAULTS['alm_temperature']:g}")
+                                                 + " (tokenkit uses 100).")
     teacher_tokenizer: str | None = option(None, "The store's tokenizer (a directory), for a student of another "
                                                  "tokenizer; default: the one the store carries (stores written "
                                                  "before stores carried it need this flag).")
@@ -126,9 +134,11 @@ class DistillOptions:
         require(self.temperature > 0, f"--temperature {self.temperature} must be > 0")
         require(self.exact_map in VOCAB_MAPS, f"--exact-map {self.exact_map} is unknown: choose "
                                               f"{' | '.join(VOCAB_MAPS)}")
+        require(self.exact_rows in EXACT_ROWS, f"--exact-rows {self.exact_rows} is unknown: choose "
+                                               f"{' | '.join(EXACT_ROWS)}")
         require(self.alm_temperature is None or self.alm_temperature > 0,
                 f"--alm-temperature {self.alm_temperature} must be > 0")
-        require(0.0 <= self.alpha_ce <= 1.0, f"--alpha-ce {self.alpha_ce} must be in [0, 1]")
+        require(self.alpha_ce is None or 0.0 <= self.alpha_ce <= 1.0, f"--alpha-ce {self.alpha_ce} must be in [0, 1]")
         require(0.0 <= self.beta <= 1.0, f"--beta {self.beta} must be in [0, 1]")
         require(self.epochs >= 1 and self.batch_size >= 1, "--epochs and --batch-size must be at least 1")
         require(self.lr > 0, f"--lr {self.lr} must be > 0")
@@ -207,6 +217,7 @@ def _setup(opts: DistillOptions):
     from kdstream.distill import distributed
     from kdstream.distill.checkpoint import Position, run_record
     from kdstream.distill.resume_check import check_resume, run_record_of
+    from kdstream.distill.cross_tokenizer import with_cross_defaults
     from kdstream.storage.content import store_key
     from kdstream.distill.run_state import Run
     from kdstream.distill.sources import (
@@ -227,6 +238,7 @@ def _setup(opts: DistillOptions):
     teacher = load_online_teacher(opts.teacher, tokenizer, net, device) if opts.teacher else None
     source, open_source, seq_len = load_source(opts, tokenizer, net)
     cross = cross_targets(opts, source, tokenizer) if opts.logits_store else None
+    opts = with_cross_defaults(opts, cross.mode if cross else None)
     bf16 = opts.precision == "bf16" or (
         opts.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     # the store's identity, or its content's digest when it has none (storage/content.py): not its path
@@ -342,7 +354,7 @@ def _setup_model(opts: DistillOptions, net, device, d, teacher=None, cross: str 
     chunk = None if cross else fused_chunk(opts.loss_chunk, net)
     return distributed.wrap(Objective(net, loss=opts.loss, temperature=opts.temperature, tail=opts.tail,
                                       beta=opts.beta, alpha_ce=opts.alpha_ce, chunk=chunk, teacher=teacher,
-                                      cross=cross, alm_temperature=opts.alm_temperature),
+                                      cross=cross, alm_temperature=opts.alm_temperature, exact_rows=opts.exact_rows),
                             d, device, opts.fsdp)
 
 
