@@ -8,8 +8,9 @@ shuffled with a fixed seed. Not the project's own corpus.
 
   1. stores: --train-on assistant and --train-on all over the same conversations (vLLM, top-64,
      qdelta); bytes of each, and the bound (target positions ÷ all positions) × all-positions bytes;
-  2. fidelity: the assistant store's rows against the teacher's transformers forward pass on the
-     rendered conversation (fp32): top-k overlap, the largest |logprob| gap, the encoding bound;
+  2. fidelity: an fp32 store's rows (and the qdelta store's) against the teacher's transformers
+     forward pass on the rendered conversation (fp32): top-k overlap, the largest |logprob| gap,
+     the encoding bound;
   3. students: a small Llama with SmolLM2's tokenizer, from scratch, trained with KD and with CE
      on the assistant store (the same tokens), --seeds seeds; held-out assistant bits per byte;
   4. speed: distill's real (unpadded) tokens per second on the conversations against fixed windows
@@ -167,7 +168,14 @@ def main() -> None:
                          "assistant_over_bound": round(a["bytes"] / bound, 3),
                          "target_share": round(a["target_positions"] / b["target_positions"], 3),
                          "within_bound_plus_5pct": a["bytes"] <= 1.05 * bound}}
-    figures["fidelity"] = fidelity(work / "assistant.zarr", teacher, args.fidelity_conversations)
+    # fidelity: an fp32 store of the first conversations (exact values: the gap is the engines'),
+    # and the qdelta store (its encoding's bound on top)
+    exact = work / "fidelity_fp32.zarr"
+    if not (exact / "zarr.json").exists() or not json.loads((exact / "zarr.json").read_text())["attributes"].get("complete"):
+        cli("precompute-logits", *common, "--out", exact, "--max-examples", args.fidelity_conversations,
+            "--logprob-encoding", "fp32", env=env)
+    figures["fidelity"] = {"fp32": fidelity(exact, teacher, args.fidelity_conversations),
+                           "qdelta": fidelity(work / "assistant.zarr", teacher, args.fidelity_conversations)}
 
     init = student_init(teacher, work / "student_init")
     train = ["distill", "--logits-store", work / "assistant.zarr", "--model", init, "--epochs", args.epochs,

@@ -125,7 +125,10 @@ def stats(url, sample_rows, reference_model, kl_examples, device, as_json):
     bpt = s["bytes_per_token"]
     lines = [
         f"store:            {s['store']}",
-        f"examples:         {s['examples']} x {s['seq_len']} tokens = {s['tokens']:,} tokens (k = {s['k']})",
+        (f"examples:         {s['examples']} x {s['seq_len']} tokens = {s['tokens']:,} tokens (k = {s['k']})"
+         if s["tokens"] == s["examples"] * s["seq_len"] else
+         f"examples:         {s['examples']} conversations, {s['tokens']:,} tokens (at most {s['seq_len']} each; "
+         f"k = {s['k']})"),
         f"bytes on disk:    {format_size(s['bytes_on_disk'])}",
         f"bytes per token:  {bpt:.2f}" if bpt is not None else "bytes per token:  unknown",
         *(f"  {name + ':':16}{format_size(b)}" for name, b in s["array_bytes"].items()),

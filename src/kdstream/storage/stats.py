@@ -79,6 +79,9 @@ def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
     n, k = len(store), store.k
     rows = n if sample_rows is None else max(0, min(int(sample_rows), n))
     tokens = n * store.seq_len  # of the whole store: bytes_per_token is about what is on disk
+    chat = store.attrs.get("conversations")
+    if isinstance(chat, dict) and "tokens" in chat:  # conversations: their real tokens, not the padding
+        tokens = int(chat["tokens"])
 
     mass_hist = np.zeros(_MASS_BINS + 1, dtype=np.int64)
     mass_sum = nll_sum = 0.0
