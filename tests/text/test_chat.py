@@ -83,3 +83,11 @@ def test_a_template_that_fails_names_the_row(family):
     conv = conversations_of([{"messages": TURNS}], "test")
     with pytest.raises(KdError, match="row 0: the chat template failed"):
         chat_examples(conv, tok, "{{ raise_exception('no') }}", 128, ChatOptions())
+
+
+def test_a_template_without_special_tokens_targets_the_content(family):
+    _, tok, _ = family
+    plain = ("{% for m in messages %}{% if m['role'] == 'user' %}### Question:\n{{ m['content'] }}\n\n"
+             "{% else %}### Answer:\n{{ m['content'] }}\n\n{% endif %}{% endfor %}")
+    text, _ = target_text(tok, plain, TURNS)
+    assert text == "Four, of course.Six."  # each answer up to its text's end, not the blank line after it

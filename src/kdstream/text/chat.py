@@ -68,12 +68,10 @@ def _render(tokenizer, template: str, messages: list[dict], row: int) -> str:
 
 def _closing_end(text: str, start: int, stop: int, specials: list[str]) -> int:
     """End of the last special token in text[start:stop]; stop (without trailing whitespace) if none."""
-    best = -1
-    for s in specials:
-        at = text.rfind(s, start, stop)
-        if at >= 0:
-            best = max(best, at + len(s))
-    return best if best > 0 else len(text[:stop].rstrip()) if text[start:stop].strip() else stop
+    ends = [at + len(s) for s in specials if (at := text.rfind(s, start, stop)) >= 0]
+    if ends:
+        return max(ends)
+    return max(start, len(text[:stop].rstrip()))  # a template without special tokens: up to the text's end
 
 
 def target_ranges(tokenizer, template: str, messages: list[dict], row: int = 0) -> tuple[str, list[tuple[int, int]]]:
