@@ -55,3 +55,8 @@ def conversations(docs: list[str], n: int = 40) -> list[dict]:
             messages += [{"role": "user", "content": a + "?"}, {"role": "assistant", "content": b + "."}]
         rows.append({"messages": messages if i != 7 else messages[:1]})
     return rows
+
+
+def chat_precompute_args(teacher: Path, dataset: Path, out: Path, *extra) -> list:
+    return ["precompute-logits", "--model", teacher, "--dataset", dataset, "--out", out, "--top-k", 8,
+            "--seq-len", CHAT_SEQ_LEN, "--dtype", "float32", "--batch-size", 8, "--chunk-rows", 8, *extra]

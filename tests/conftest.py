@@ -98,17 +98,12 @@ def chat_file(tmp_path_factory, docs) -> Path:
     return path
 
 
-def chat_precompute_args(teacher: Path, dataset: Path, out: Path, *extra) -> list:
-    from chat_templates import CHAT_SEQ_LEN
-
-    return ["precompute-logits", "--model", teacher, "--dataset", dataset, "--out", out, "--top-k", 8,
-            "--seq-len", CHAT_SEQ_LEN, "--dtype", "float32", "--batch-size", 8, "--chunk-rows", 8, *extra]
-
-
 @pytest.fixture(scope="session")
 def chat_store(tmp_path_factory, chat_teacher_dir, chat_file) -> Path:
     """A conversation store (assistant targets) written by the real CLI with vLLM."""
     out = tmp_path_factory.mktemp("chat_store") / "chat.zarr"
+    from chat_templates import chat_precompute_args
+
     run_cli(*chat_precompute_args(chat_teacher_dir, chat_file, out, "--logprob-encoding", "fp32"))
     return out
 

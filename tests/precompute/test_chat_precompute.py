@@ -7,8 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from chat_templates import CHAT_SEQ_LEN
-from conftest import chat_precompute_args
+from chat_templates import CHAT_SEQ_LEN, chat_precompute_args
 from helpers import last_json, one_line_error, run_cli
 
 from kdstream.storage import open_store
@@ -88,7 +87,8 @@ def test_a_teacher_without_a_chat_template_names_the_flag(teacher_dir, chat_file
     assert proc.returncode == 2 and "pass one with --chat-template FILE" in one_line_error(proc)
 
 
-def test_extract_eval_refuses_a_conversation_store(chat_store, chat_teacher_dir, tmp_path):
-    proc = run_cli("extract-eval", "--model", chat_teacher_dir, "--logits-store", chat_store, "--out", tmp_path / "e",
+@pytest.mark.parametrize("command", ["extract-eval", "features"])
+def test_window_commands_refuse_a_conversation_store(chat_store, chat_teacher_dir, tmp_path, command):
+    proc = run_cli(command, "--model", chat_teacher_dir, "--logits-store", chat_store, "--out", tmp_path / "e",
                    "--prefix-len", 8, "--suffix-len", 8, check=False)
-    assert proc.returncode == 2 and "holds conversations: extract-eval reads text stores only" in one_line_error(proc)
+    assert proc.returncode == 2 and f"holds conversations: {command} reads text stores only" in one_line_error(proc)

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import chat_precompute_args
+from chat_templates import chat_precompute_args
 from helpers import last_json, run_cli
 from test_resume import LAUNCHER
 

@@ -29,6 +29,9 @@ def reference_kl(url: str, model_dir: str, examples: int = 8, batch_size: int = 
     from kdstream.storage import open_store
 
     store = open_store(url)
+    if getattr(store, "conversations", False):
+        raise KdError(f"store {url} holds conversations: the reference KL reads text stores only; use a text store "
+                      "of the same teacher")
     if store.sampled:
         raise KdError(f"store {url} holds sampled targets: undrawn tokens have estimate 0, so KL(teacher || store) "
                       "is infinite; use --reference-model on a top-k store")
