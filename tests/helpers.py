@@ -160,3 +160,18 @@ def without_tokenizer(store: Path, out: Path) -> Path:
     attrs[INTEGRITY]["attrs_sha256"] = attrs_sha256(attrs)
     (out / "zarr.json").write_text(json.dumps(meta, indent=2))
     return out
+
+
+def as_version_3(path):
+    """Make a store written now into a format version 3 store: no integrity record (attribute,
+    manifest array, manifest.arrays/layout), as the writer before version 4 left it."""
+    import shutil
+
+    meta = json.loads((path / "zarr.json").read_text())
+    attrs = meta["attributes"]
+    attrs["format_version"] = 3
+    attrs.pop("integrity")
+    for key in ("arrays", "layout"):
+        attrs["manifest"].pop(key)
+    (path / "zarr.json").write_text(json.dumps(meta))
+    shutil.rmtree(path / "manifest_crc32c")

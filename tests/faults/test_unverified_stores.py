@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import zarr
-from helpers import make_gpt_neox, run_cli
+from helpers import as_version_3, make_gpt_neox, run_cli
 
 from kdstream.errors import KdError
 from test_distill_faults import distill_args, launch
@@ -19,14 +19,7 @@ def v3_store(teacher_store, tmp_path, monkeypatch) -> Path:
     """A copy of the session store as a version 3 writer left it (no integrity record)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the digest cache: ours
     path = Path(shutil.copytree(teacher_store, tmp_path / "a" / "teacher.zarr"))
-    meta = json.loads((path / "zarr.json").read_text())
-    attrs = meta["attributes"]
-    attrs["format_version"] = 3
-    attrs.pop("integrity")
-    for key in ("arrays", "layout"):
-        attrs["manifest"].pop(key)
-    (path / "zarr.json").write_text(json.dumps(meta))
-    shutil.rmtree(path / "manifest_crc32c")
+    as_version_3(path)
     return path
 
 

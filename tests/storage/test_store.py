@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import zarr
 
+from helpers import as_version_3  # noqa: F401  (re-exported: test_verify, test_chunk_io, test_union)
+
 from kdstream.errors import KdError
 from kdstream.storage import StoreWriter, open_store
 
@@ -36,21 +38,6 @@ def write(path, rows, chunk_rows=4, finalize=True, **kw):
     if finalize:
         w.finalize()
     return w
-
-
-def as_version_3(path):
-    """Make a store written now into a format version 3 store: no integrity record (attribute,
-    manifest array, manifest.arrays/layout), as the writer before version 4 left it."""
-    import shutil
-
-    meta = json.loads((path / "zarr.json").read_text())
-    attrs = meta["attributes"]
-    attrs["format_version"] = 3
-    attrs.pop("integrity")
-    for key in ("arrays", "layout"):
-        attrs["manifest"].pop(key)
-    (path / "zarr.json").write_text(json.dumps(meta))
-    shutil.rmtree(path / "manifest_crc32c")
 
 
 def test_roundtrip_random_access_and_slices(tmp_path):
