@@ -48,8 +48,10 @@ def test_store_rows_are_the_assistant_targets_and_match_the_teachers_forward_pas
 def test_info_verify_and_the_all_positions_store(chat_store, chat_teacher_dir, chat_file, tmp_path):
     assert run_cli("store", "verify", chat_store).returncode == 0
     everything = tmp_path / "all.zarr"
-    summary = last_json(run_cli(*chat_precompute_args(chat_teacher_dir, chat_file, everything, "--train-on", "all",
-                                                      "--backend", "hf", "--logprob-encoding", "fp32")).stdout)
+    args = chat_precompute_args(chat_teacher_dir, chat_file, everything, "--train-on", "all", "--backend", "hf",
+                                "--logprob-encoding", "fp32")
+    run_cli(*args)
+    summary = last_json(run_cli(*args, "--overwrite").stdout)  # a conversation store is the command's own
     a, b = open_store(chat_store), open_store(everything)
     assert summary["target_positions"] == sum(len(b[i]["positions"]) for i in range(len(b)))
     for i in range(len(a)):

@@ -178,8 +178,8 @@ def check_store_target(url: str, overwrite: bool) -> None:
 
 # What a store's folder may hold at its top level: its group's zarr.json, its arrays (any format
 # version's) and groups, and a card `kdstream store card` wrote.
-_STORE_NODES = frozenset({*V1_ARRAYS, *V2_ARRAYS, *V3_FP32, *V3_QDELTA, *SAMPLED_ARRAYS, LENGTH_ARRAY, DONE_ARRAY,
-                          MANIFEST_ARRAY, tok_files.GROUP})
+_STORE_NODES = frozenset({*V1_ARRAYS, *V2_ARRAYS, *V3_FP32, *V3_QDELTA, *SAMPLED_ARRAYS, LENGTH_ARRAY, EXAMPLE_LENGTH,
+                          DONE_ARRAY, MANIFEST_ARRAY, tok_files.GROUP})
 
 
 def _foreign_entries(fs, root: str) -> list[str]:
