@@ -105,31 +105,39 @@ class Objective(nn.Module):
                 topk_ids, topk_logprobs = topk_ids[:, :last], topk_logprobs[:, :last]
         targets = input_ids[:, 1:].reshape(-1)  # (N,), N = B*(L-1)
         n = targets.shape[0]
-        rows = None if topk_len is None else (topk_len.reshape(-1) > 0).nonzero()[:, 0]  # (n_t,) target rows
+        rows = target_rows(topk_len)  # only these rows from here on (None: every row)
         if topk_ids is not None:
-            topk_ids = topk_ids.reshape(n, -1)  # (N, k)
-            topk_logprobs = topk_logprobs.reshape(n, -1)  # (N, k)
+            topk_ids = at_rows(topk_ids.reshape(n, -1), rows)  # (N, k)
+            topk_logprobs = at_rows(topk_logprobs.reshape(n, -1), rows)  # (N, k)
         t_hidden, t_head = self._teacher_hidden(input_ids) if self.teacher is not None else (None, None)
-        if rows is not None:  # only the target rows from here on
-            targets, n = targets[rows], len(rows)
-            topk_ids, topk_logprobs = (None, None) if topk_ids is None else (topk_ids[rows], topk_logprobs[rows])
-            t_hidden = None if t_hidden is None else t_hidden[rows]
+        targets, t_hidden = at_rows(targets, rows), at_rows(t_hidden, rows)
         if self.chunk is None:
             logits = self.net(input_ids=input_ids, **_packed(position_ids)).logits[:, :-1]  # (B, L-1, V)
-            logits = logits.reshape(-1, logits.shape[-1]) if rows is None else logits.reshape(-1, logits.shape[-1])[rows]
             t_logits = None if t_hidden is None else _head(t_hidden, t_head)  # (N, V), no grad
-            return self._losses(logits, targets, topk_ids, topk_logprobs, t_logits)
+            return self._losses(at_rows(logits.reshape(-1, logits.shape[-1]), rows), targets, topk_ids, topk_logprobs,
+                                t_logits)
         hidden = self.net.base_model(input_ids=input_ids, **_packed(position_ids)).last_hidden_state[:, :-1]  # (B, L-1, H)
-        hidden = hidden.reshape(-1, hidden.shape[-1]) if rows is None else hidden.reshape(-1, hidden.shape[-1])[rows]
+        hidden = at_rows(hidden.reshape(-1, hidden.shape[-1]), rows)
         head = self.net.get_output_embeddings()  # weight (V, H): tied to the input embedding in some models
 
-        def chunk_losses(logits: Tensor, rows: slice) -> Tensor:  # logits (c, V) fp32 → [loss, ce, kd]
+        def chunk_losses(logits: Tensor, span: slice) -> Tensor:  # logits (c, V) fp32 → [loss, ce, kd]
             # the teacher's logits of these rows only: memory stays one chunk's, for both models
-            t_logits = None if t_hidden is None else _head(t_hidden[rows], t_head)  # (c, V)
-            return self._losses(logits, targets[rows], None if topk_ids is None else topk_ids[rows],
-                                None if topk_logprobs is None else topk_logprobs[rows], t_logits)
+            t_logits = None if t_hidden is None else _head(t_hidden[span], t_head)  # (c, V)
+            return self._losses(logits, targets[span], None if topk_ids is None else topk_ids[span],
+                                None if topk_logprobs is None else topk_logprobs[span], t_logits)
 
-        return fused_head_loss(hidden.reshape(n, -1), head.weight, head.bias, chunk_losses, self.chunk)
+        return fused_head_loss(hidden, head.weight, head.bias, chunk_losses, self.chunk)
+
+
+def target_rows(topk_len: Tensor | None) -> Tensor | None:
+    """A conversation batch's (B, L-1) ``topk_len`` → the indices, among its B*(L-1) rows, of the
+    target rows (topk_len > 0): the only rows a loss averages over. None (no topk_len): every row."""
+    return None if topk_len is None else (topk_len.reshape(-1) > 0).nonzero()[:, 0]
+
+
+def at_rows(x: Tensor | None, rows: Tensor | None) -> Tensor | None:
+    """``x`` (N, …) at ``rows`` (``target_rows``); unchanged for None rows."""
+    return x if x is None or rows is None else x[rows]
 
 
 def _packed(position_ids: Tensor | None) -> dict:

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from kdstream.distill.fused_head import auto_chunk, fused_head_loss
 from kdstream.distill.loss_names import CE_SAMPLED, KD_LOSSES, TAILS
-from kdstream.distill.objective import loss_terms
+from kdstream.distill.objective import at_rows, loss_terms, target_rows
 
 KINDS = (*KD_LOSSES, CE_SAMPLED, "ce")
 
@@ -42,10 +42,8 @@ class KDLoss(nn.Module):
         rows (``topk_len`` > 0) as indices into the N, the three others already restricted to them;
         None for a text store (every row)."""
         targets, ids, logprobs = self._all_targets(batch, positions)
-        if "topk_len" not in batch:
-            return targets, ids, logprobs, None
-        rows = (batch["topk_len"].reshape(-1) > 0).nonzero()[:, 0]  # (n_t,)
-        return targets[rows], None if ids is None else ids[rows], None if logprobs is None else logprobs[rows], rows
+        rows = target_rows(batch.get("topk_len"))
+        return at_rows(targets, rows), at_rows(ids, rows), at_rows(logprobs, rows), rows
 
     def _all_targets(self, batch: Mapping[str, Tensor], positions: int):
         if "input_ids" not in batch:
@@ -80,8 +78,7 @@ class KDLoss(nn.Module):
         logits = _predicting(student_logits, batch)  # (B, L-1, V)
         targets, ids, logprobs, rows = self._targets(batch, tuple(logits.shape[:2]))
         self._check_vocab(logits.shape[-1], ids)
-        logits = logits.reshape(-1, logits.shape[-1])
-        out = self._terms(logits if rows is None else logits[rows], targets, ids, logprobs)  # [loss, ce, kd]
+        out = self._terms(at_rows(logits.reshape(-1, logits.shape[-1]), rows), targets, ids, logprobs)  # [loss, ce, kd]
         self.last = out.detach()
         return out[0]
 
@@ -92,7 +89,7 @@ class KDLoss(nn.Module):
         through autograd. Peak memory: one chunk's logits instead of N positions'."""
         hidden = _predicting(hidden, batch)  # (B, L-1, H)
         targets, ids, logprobs, rows = self._targets(batch, tuple(hidden.shape[:2]))
-        hidden = hidden.reshape(-1, hidden.shape[-1]) if rows is None else hidden.reshape(-1, hidden.shape[-1])[rows]
+        hidden = at_rows(hidden.reshape(-1, hidden.shape[-1]), rows)
         weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
         self._check_vocab(weight.shape[0], ids)
         if hidden.shape[-1] != weight.shape[1]:
