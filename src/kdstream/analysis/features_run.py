@@ -132,7 +132,7 @@ def run_features(opts: FeaturesOptions) -> dict:
     out = Path(opts.out)
     check_output(out, "features", replace=opts.overwrite)
     store = open_stores(opts.logits_store)
-    if getattr(store, "conversations", False):  # its padded windows would be read as text: refuse
+    if store.conversations:  # its padded windows would be read as text: refuse
         raise KdError(f"store {opts.logits_store} holds conversations: features reads text stores only "
                       "(prefix -> suffix windows); compute features on a text store of the same teacher")
     if opts.prefix_len + opts.suffix_len > store.seq_len:

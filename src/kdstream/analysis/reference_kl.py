@@ -29,7 +29,7 @@ def reference_kl(url: str, model_dir: str, examples: int = 8, batch_size: int = 
     from kdstream.storage import open_store
 
     store = open_store(url)
-    if getattr(store, "conversations", False):
+    if store.conversations:
         raise KdError(f"store {url} holds conversations: the reference KL reads text stores only; use a text store "
                       "of the same teacher")
     if store.sampled:

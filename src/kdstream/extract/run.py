@@ -162,7 +162,7 @@ def _load_examples(opts: ExtractOptions, tokenizer):
         from kdstream.storage import open_stores
 
         store = open_stores(opts.logits_store)
-        if getattr(store, "conversations", False):  # its padded windows would be read as text: refuse
+        if store.conversations:  # its padded windows would be read as text: refuse
             raise KdError(f"store {opts.logits_store} holds conversations: extract-eval reads text stores only "
                           "(prefix -> suffix windows); evaluate a text store of the same teacher")
         examples_tok = None

@@ -9,6 +9,7 @@ from typing import Any
 
 from kdstream.errors import KdError
 from kdstream.storage.integrity import identity_of
+from kdstream.storage.schema import token_counts
 from kdstream.storage.tokenizer_files import recorded
 from kdstream.storage.verify import open_group
 
@@ -57,15 +58,12 @@ def _size(url: str, attrs: dict[str, Any]) -> dict[str, Any] | None:
     from kdstream.storage import tokenizer_files
     from kdstream.storage.reader import disk_bytes
 
-    try:
-        n, seq_len = int(attrs["num_examples"]), int(attrs["seq_len"])
-    except (KeyError, TypeError, ValueError):
-        return None
     if not attrs.get("complete"):
         return None
-    chat = attrs.get("conversations") if isinstance(attrs.get("conversations"), dict) else None
-    tokens = int(chat["tokens"]) if chat else n * seq_len
-    positions = int(chat["target_positions"]) if chat else n * (seq_len - 1)
+    try:
+        n, (tokens, positions) = int(attrs["num_examples"]), token_counts(attrs)
+    except (KeyError, TypeError, ValueError):
+        return None
     data = disk_bytes(url) - tokenizer_files.disk_bytes(url)
     return {"examples": n, "tokens": tokens, "target_positions": positions, "bytes": data,
             "bytes_per_token": round(data / max(tokens, 1), 1),

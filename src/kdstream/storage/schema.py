@@ -104,6 +104,16 @@ def is_packed(attrs: dict[str, Any]) -> bool:
     return is_ragged(attrs) and int(attrs.get("format_version", 1)) >= RAGGED_VERSION
 
 
+def token_counts(attrs: dict[str, Any]) -> tuple[int, int]:
+    """(tokens, target positions) of the store whose attributes are ``attrs``: a conversation
+    store's own counts (its padding excluded), else every token and position of its windows."""
+    chat = attrs.get("conversations")
+    if isinstance(chat, dict):
+        return int(chat["tokens"]), int(chat["target_positions"])
+    n, seq_len = int(attrs["num_examples"]), int(attrs["seq_len"])
+    return n * seq_len, n * (seq_len - 1)
+
+
 def arrays_of(attrs: dict[str, Any]) -> tuple[str, ...]:
     """``stored_arrays`` of the store whose group attributes are ``attrs``."""
     logprobs = (attrs.get("encoding") or {}).get("topk_logprobs", "fp32")

@@ -14,6 +14,7 @@ import numpy as np
 from kdstream.storage.chunks import DONE_ARRAY
 from kdstream.storage.integrity import MANIFEST_ARRAY
 from kdstream.storage.reader import disk_bytes, open_store
+from kdstream.storage.schema import token_counts
 
 _MASS_BINS = 1 << 16  # histogram resolution of the top-k mass in [0, 1]: p10 within 1.6e-5
 
@@ -78,22 +79,18 @@ def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
     store = open_store(url)
     n, k = len(store), store.k
     rows = n if sample_rows is None else max(0, min(int(sample_rows), n))
-    tokens = n * store.seq_len  # of the whole store: bytes_per_token is about what is on disk
-    chat = store.attrs.get("conversations")
-    if isinstance(chat, dict) and "tokens" in chat:  # conversations: their real tokens, not the padding
-        tokens = int(chat["tokens"])
+    tokens = token_counts(store.attrs)[0]  # of the whole store: bytes_per_token is about what is on disk
 
     mass_hist = np.zeros(_MASS_BINS + 1, dtype=np.int64)
     mass_sum = nll_sum = 0.0
     in_topk = positions = 0
     entries_hist = np.zeros(k + 1, dtype=np.int64)  # rows by entries stored, 0..k
     step = store.chunk_rows
-    conversations = getattr(store, "conversations", False)
     keys = ("topk_logprobs", "target_logprob", "target_rank", "topk_len")
     for start in range(0, rows, step):  # whole chunks (the last one cut at `rows`)
         batch = store.read(start, min(start + step, rows), keys=keys)
         # a conversation store's positions are its target rows (topk_len > 0); the others hold nothing
-        at = batch["topk_len"] > 0 if conversations else np.ones(batch["topk_len"].shape, bool)  # (B, L-1)
+        at = batch["topk_len"] > 0 if store.conversations else np.ones(batch["topk_len"].shape, bool)  # (B, L-1)
         entries_hist += np.bincount(batch["topk_len"][at], minlength=k + 1)[: k + 1]
         mass = np.exp(batch["topk_logprobs"].astype(np.float64)).sum(-1)[at]  # (n,)
         bins = np.clip((mass * _MASS_BINS).astype(np.int64), 0, _MASS_BINS)

@@ -403,7 +403,7 @@ class StoreWriter:
             # -inf: no mass (the tail is what the kept entries leave); fp32 stores keep the -inf
             rows["topk_logprobs"] = np.where(pad, -np.inf, np.asarray(rows["topk_logprobs"], dtype=np.float32))
             rows.pop("tail_mass", None)
-            rows[LENGTH_ARRAY] = lengths
+            rows[LENGTH_ARRAY] = kept
         index, table = id_table.build(rows.pop("topk_ids"), self.vocab_size, self.specs["topk_index"][1],
                                       None if kept is None else sel.pad_mask(kept, self.k))
         rows["topk_index"], rows["id_table"] = index, table[None]  # (n, L-1, k), (1, V)
@@ -419,7 +419,6 @@ class StoreWriter:
             rows["target_code"] = enc.encode_target(rows.pop("target_logprob"), cum, rows["target_rank"],
                                                     e["target_scale"], lengths)
         if targets is not None:  # a row that is no target stores nothing but zeros
-            rows[LENGTH_ARRAY] = kept
             off = ~np.asarray(targets, dtype=bool)
             for name in ("topk_shift", "target_code", "target_rank", "tail_mass", "target_logprob"):
                 if name in rows:

@@ -63,7 +63,7 @@ class StoreDataset(torch.utils.data.Dataset):
         self.cache_blocks = cache_blocks
         handle = self._open(None)
         # a conversation store: each row's topk_len too (0: no target), which KDLoss reads as the mask
-        self.keys = tuple(dict.fromkeys((*keys, "topk_len"))) if getattr(handle, "conversations", False) else tuple(keys)
+        self.keys = tuple(dict.fromkeys((*keys, "topk_len"))) if handle.conversations else tuple(keys)
         self.identity: str | None = handle.identity
         self.attrs = dict(handle.attrs)
         self.seq_len, self.k, self.vocab_size = handle.seq_len, handle.k, handle.vocab_size
