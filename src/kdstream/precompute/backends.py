@@ -84,11 +84,11 @@ def vllm_version() -> str:
                   "or use --backend hf")
 
 
-def pad_rows(arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-    """One example's teacher arrays of n < ``rows`` positions (a conversation shorter than the
-    batch) padded to ``rows`` with a valid placeholder distribution (ids 0..k-1, each 1/(k+1),
-    the true token of rank 1 at that value): positions past the conversation, never stored."""
-    n = len(arrays["target_logprob"])
+def pad_rows(arrays: dict[str, np.ndarray], rows: int, axis: int = 0) -> dict[str, np.ndarray]:
+    """Teacher arrays of n < ``rows`` positions along ``axis`` (0: one conversation's; 1: a batch's)
+    padded to ``rows`` with a valid placeholder distribution (ids 0..k-1, each 1/(k+1), the true
+    token of rank 1 at that value): positions past the conversations, never stored."""
+    n = arrays["target_logprob"].shape[axis]
     if n == rows:
         return arrays
     k = arrays["topk_ids"].shape[-1]
@@ -96,7 +96,7 @@ def pad_rows(arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
             "target_logprob": -np.log(k + 1.0), "target_rank": 1}
     out = {}
     for key, v in arrays.items():
-        pad = np.empty((rows - n, *v.shape[1:]), dtype=v.dtype)
+        pad = np.empty(v.shape[:axis] + (rows - n,) + v.shape[axis + 1 :], dtype=v.dtype)
         pad[...] = fill[key]
-        out[key] = np.concatenate([v, pad])
+        out[key] = np.concatenate([v, pad], axis=axis)
     return out

@@ -63,9 +63,7 @@ class HfTeacher:
         if lengths is not None and int(max(lengths)) < input_ids.shape[1]:
             from kdstream.precompute.backends import pad_rows
 
-            out = self.score(input_ids[:, : max(int(max(lengths)), 2)])
-            rows = [pad_rows({key: v[i] for key, v in out.items()}, input_ids.shape[1] - 1) for i in range(len(input_ids))]
-            return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
+            return pad_rows(self.score(input_ids[:, : max(int(max(lengths)), 2)]), input_ids.shape[1] - 1, axis=1)
         import torch
 
         b, length = input_ids.shape

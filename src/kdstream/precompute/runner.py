@@ -315,16 +315,16 @@ def _score_rows(teacher, examples, rows: slice, batch_size: int, bar) -> dict[st
     chunk a run resumed from and however many workers share the store, hence the same values.
     """
     scored = []
+    lengths = getattr(examples, "length", None)  # conversations: score each one's tokens only
     for b in range(rows.start, rows.stop, batch_size):
         input_ids = examples.input_ids[b : min(b + batch_size, rows.stop)]  # (B, L)
-        lengths = getattr(examples, "length", None)  # conversations: score each one's tokens only
         scored.append(teacher.score(input_ids) if lengths is None else
                       teacher.score(input_ids, lengths[b : min(b + batch_size, rows.stop)]))
         bar.update(input_ids.size)
     out = {key: np.concatenate([s[key] for s in scored]) for key in scored[0]}  # (G·R, L-1, …)
     out.update(input_ids=examples.input_ids[rows], example_id=examples.example_id[rows],
                doc_index=examples.doc_index[rows])
-    if hasattr(examples, "target_mask"):  # conversations: real lengths, and the rows the loss is on
+    if lengths is not None:  # conversations: real lengths, and the rows the loss is on
         out.update(length=examples.length[rows], target_mask=examples.target_mask[rows])
     return out
 
