@@ -150,29 +150,19 @@ def read_rows(dataset: str, split: str = "train") -> list[dict] | None:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None  # the text loader names the problem
         return data if isinstance(data, list) else None
-    if (path.is_file() and path.suffix.lower() == ".parquet") or path.is_dir():
-        import datasets
+    if path.is_file() and path.suffix.lower() == ".parquet":
+        from kdstream.data.corpus import load_file_dataset
 
-        try:
-            ds = (datasets.load_dataset("parquet", data_files=str(path), split="train") if path.is_file()
-                  else datasets.load_from_disk(str(path)))
-        except Exception:
-            return None
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                return None
-            ds = ds[split]
-        return ds.to_list()
+        return load_file_dataset(path, "parquet").to_list()
+    if path.is_dir():
+        from kdstream.data.corpus import load_saved_dataset
+
+        return load_saved_dataset(path, split).to_list()
     return None
 
 
 def fingerprint_conversations(items: list[list[dict]]) -> str:
-    """sha256 over the conversations' canonical JSON, in order."""
-    import hashlib
+    """sha256 over the conversations' canonical JSON, in order (corpus.fingerprint_texts of it)."""
+    from kdstream.data.corpus import fingerprint_texts
 
-    h = hashlib.sha256()
-    for messages in items:
-        data = json.dumps(messages, sort_keys=True, ensure_ascii=False).encode("utf-8")
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.hexdigest()
+    return fingerprint_texts([json.dumps(messages, sort_keys=True, ensure_ascii=False) for messages in items])

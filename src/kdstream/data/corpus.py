@@ -146,23 +146,10 @@ def load_corpus(dataset: str, text_field: str = "text", split: str = "train") ->
         field = "text" if builder == "text" else text_field
         if builder != "parquet":
             check_text_file(path, field)
-        kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
-        try:
-            ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
-        except Exception as exc:  # datasets raises many types for malformed files
-            raise KdError(f"could not read dataset file {path} ({exc.__class__.__name__}): check its format") from None
+        ds = load_file_dataset(path, builder)
         return _corpus(_column(ds, field, dataset), dataset, field)
     if path.is_dir():
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception:
-            raise KdError(
-                f"directory {path} is not a saved HF dataset: pass a file or a `save_to_disk` directory"
-            ) from None
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise KdError(f"dataset {path} has no split {split!r} (splits: {', '.join(ds)}): pass --split")
-            ds = ds[split]
+        ds = load_saved_dataset(path, split)
         return _corpus(_column(ds, text_field, dataset), dataset, text_field)
     looks_like_hub = "/" in dataset and not dataset.startswith((".", "/")) and dataset.count("/") == 1
     if not looks_like_hub:
@@ -178,3 +165,35 @@ def load_corpus(dataset: str, text_field: str = "text", split: str = "train") ->
             "or download it and pass the local path"
         ) from None
     return _corpus(_column(ds, text_field, dataset), dataset, text_field)
+
+
+def load_file_dataset(path: Path, builder: str):
+    """A .jsonl/.json/.parquet/.txt file read by the ``datasets`` builder of that name (.txt: one
+    document per paragraph); KdError naming the file when it cannot be read."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    except Exception as exc:  # datasets raises many types for malformed files
+        raise KdError(f"could not read dataset file {path} ({exc.__class__.__name__}): check its format") from None
+
+
+def load_saved_dataset(path: Path, split: str):
+    """The ``split`` of a ``save_to_disk`` directory (the dataset itself when it has no splits);
+    KdError when the directory is not one, or lacks the split."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception:
+        raise KdError(
+            f"directory {path} is not a saved HF dataset: pass a file or a `save_to_disk` directory"
+        ) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise KdError(f"dataset {path} has no split {split!r} (splits: {', '.join(ds)}): pass --split")
+        ds = ds[split]
+    return ds
