@@ -236,8 +236,10 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
     writer.finalize({"precompute_seconds": round(seconds, 3)})
     # per token: the store's arrays, not the tokenizer files it carries (the same few MB whatever its size)
     data_bytes = disk_bytes(opts.out) - tokenizer_files.disk_bytes(opts.out)
-    if getattr(examples, "counts", None):  # conversations: real tokens, and the positions that hold rows
-        tokens, positions = examples.counts["tokens"], examples.counts["target_positions"]
+    if writer.conversations is not None:  # conversations: real tokens, and the positions that hold rows
+        from kdstream.storage.schema import token_counts
+
+        tokens, positions = token_counts(writer.attrs)
         return summary | {"complete": True, "real_tokens": tokens, "target_positions": positions,
                           "bytes_per_token": round(data_bytes / tokens, 1),
                           "bytes_per_target_position": round(data_bytes / positions, 1)}
