@@ -38,9 +38,9 @@ def pack(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     topk_logprobs (B, L-1, k)) → the same conversations packed: (B', L') of each, plus
     position_ids (B', L'); L' is the longest packed row."""
     ids, lens = batch["input_ids"], batch["topk_len"]
-    B, L = ids.shape
-    has = lens > 0
-    last = torch.where(has.any(1), (has * torch.arange(1, L, device=ids.device)).argmax(1), torch.zeros_like(has[:, 0], dtype=torch.long))
+    L = ids.shape[1]
+    # each conversation's last target row (row indices weighted 1..L-1: argmax is the last; 0 when none)
+    last = ((lens > 0) * torch.arange(1, L, device=ids.device)).argmax(1)
     sizes = (last + 2).tolist()  # tokens each conversation needs: up to its last target's next token
     bins = _first_fit(sizes, L)
     width = max(sum(sizes[i] for i in b) for b in bins)
