@@ -74,7 +74,7 @@ class DistillOptions:
     max_examples: int | None = option(None, "Train on only the first N examples (a store's first N rows; "
                                                   "--eval-examples are taken from them).")
     shuffle_block: int = option(64, "Rows per contiguous read: the unit of shuffling.")
-    # measured equal on short chat (0.98-1.06x, conversation_bench.json); packed wastes no rows on long tails
+    # packed wastes no rows when lengths vary (the measurement: docs/conversations.md#measured)
     batching: str = option("packed", "A conversation store's batches: packed (several conversations per sequence, "
                                      "positions restarting, no attention across them) | padded (one per row).")
     # None (typed as 0): plain full-logits path; the memory bound is fused_head.auto_chunk's
