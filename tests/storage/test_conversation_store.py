@@ -53,3 +53,44 @@ def test_stats_count_the_target_positions_only(chat_store):
     stats = store_stats(str(chat_store))
     assert stats["positions_read"] == sum(len(store[i]["positions"]) for i in range(len(store)))
     assert stats["entries_mean"] == store.k  # a fixed top-k store: k entries at every target
+
+
+def _same_as_a_padded_read(store, start: int, stop: int) -> int:
+    """read_targets(start, stop) against read(start, stop) at the rows holding entries."""
+    keys = ("topk_ids", "topk_logprobs", "tail_mass", "target_logprob", "target_rank")
+    full = store.read(start, stop, keys + ("topk_len",))
+    got = store.read_targets(start, stop, keys)
+    ex, pos = np.nonzero(full["topk_len"])
+    assert np.array_equal(got["example"], ex + start) and np.array_equal(got["position"], pos)
+    assert np.array_equal(got["topk_len"], full["topk_len"][ex, pos])
+    for key in keys:
+        assert got[key].dtype == full[key].dtype
+        assert np.array_equal(got[key], full[key][ex, pos]), key
+    return len(ex)
+
+
+def test_read_targets_gives_the_target_rows_of_a_padded_read(chat_store, chat_teacher_dir, chat_file, teacher_store,
+                                                             tmp_path):
+    from chat_templates import chat_precompute_args
+    from helpers import run_cli
+
+    from kdstream.storage.union import open_stores
+
+    qdelta = tmp_path / "qdelta.zarr"  # the default encoding, read through summed slot-major codes
+    run_cli(*chat_precompute_args(chat_teacher_dir, chat_file, qdelta, "--backend", "hf", "--chunk-rows", 5))
+    fp32 = tmp_path / "fp32.zarr"  # chat_store's encoding, other chunks: a union's second part
+    run_cli(*chat_precompute_args(chat_teacher_dir, chat_file, fp32, "--backend", "hf", "--chunk-rows", 7,
+                                  "--logprob-encoding", "fp32"))
+    for path in (chat_store, qdelta, teacher_store):
+        store = open_store(path)
+        n, R = len(store), store.chunk_rows
+        spans = [(0, n), (1, min(n, R + 2)), (n - 1, n), (2, 2)]  # whole, across a chunk bound, the last, empty
+        assert _same_as_a_padded_read(store, 0, n) > 0
+        for a, b in spans:
+            _same_as_a_padded_read(store, a, b)
+    union = open_stores(f"{chat_store},{fp32}")
+    first = len(open_store(chat_store)) - 2
+    got = union.read_targets(first, len(union))
+    assert got["example"][0] == first and got["example"][-1] == len(union) - 1
+    assert np.array_equal(got["position"], np.concatenate([union[i]["positions"] for i in range(first, len(union))]))
+    assert np.array_equal(got["topk_ids"], np.concatenate([union[i]["topk_ids"] for i in range(first, len(union))]))

@@ -9,7 +9,7 @@ import numpy as np
 from kdstream.errors import KdError
 from kdstream.storage import chunk_io, integrity
 from kdstream.storage import encoding as enc
-from kdstream.storage import id_table, packing, shapes
+from kdstream.storage import id_table, packing, shapes, targets
 from kdstream.storage.chunks import DONE_ARRAY, chunk_slice
 from kdstream.storage.schema import (
     FORMAT_NAME,
@@ -47,7 +47,7 @@ _DECODED = {
     "positions": np.int64,
 }
 # A conversation store's ``store[i]``: the example trimmed to its tokens and its target positions.
-_AT_POSITIONS = ("topk_ids", "topk_logprobs", "tail_mass", "target_logprob", "target_rank")
+AT_POSITIONS = ("topk_ids", "topk_logprobs", "tail_mass", "target_logprob", "target_rank")
 # Read from a ragged store's topk_len, besides what the key's own arrays give: the padding to mask.
 _MASKED = ("topk_ids", "topk_logprobs", "tail_mass", "target_logprob")
 
@@ -204,6 +204,42 @@ class LogitStore:
             if key not in out:
                 out[key] = raw[key]
         return {key: out[key].astype(_DECODED[key], copy=False) for key in keys}
+
+    def read_targets(self, start: int, stop: int, keys: tuple[str, ...] = AT_POSITIONS) -> dict[str, np.ndarray]:
+        """The target rows of examples [start, stop) and nothing else, flat: ``example`` and
+        ``position`` (N,) name each (row t of example i predicts input_ids[t+1]), ``topk_len``
+        (N,) its entries in use, and each key at those rows, (N, k) or (N,), decoded as ``read``
+        decodes them. A target row is one holding entries: a conversation store's assistant
+        positions, every row of a window store. A packed store's other rows are never unpacked."""
+        if not self.packed or self.sampled or (self.qdelta and "topk_shift" not in self._arrays):
+            got = self.read(start, stop, tuple(dict.fromkeys(keys + (LENGTH_ARRAY,))))
+            ex, pos = np.nonzero(got[LENGTH_ARRAY])
+            out = {"example": ex + start, "position": pos, LENGTH_ARRAY: got[LENGTH_ARRAY][ex, pos]}
+            out.update({key: got[key][ex] if got[key].ndim == 1 else got[key][ex, pos] for key in keys})
+            return {name: v.astype(_DECODED.get(name, np.int64), copy=False) for name, v in out.items()}
+        names = tuple(dict.fromkeys(n for key in keys for n in self._sources(key))) + (LENGTH_ARRAY,)
+        R = self.chunk_rows
+        a, b = start // R * R, min(-(-stop // R) * R, len(self))
+        raw = self._fetch(tuple(dict.fromkeys(names)), a, b, self._transient(keys))
+        self._check_ids(raw, a, b)
+        try:
+            rows = targets.compact(raw, R, self.k, a, start, stop, self.encoding["topk_logprobs"], True)
+        except IndexError:  # numpy's bounds check of the id-table gather
+            raise self._ids_out_of_table(start, stop) from None
+        if not rows:
+            return {name: np.zeros((0, self.k) if name in ("topk_ids", "topk_logprobs") else (0,),
+                                   _DECODED.get(name, np.int64)) for name in ("example", "position", LENGTH_ARRAY, *keys)}
+        out = {name: rows[name] for name in ("example", "position", LENGTH_ARRAY)}
+        if "topk_ids" in keys:
+            out["topk_ids"] = rows.pop("topk_ids")
+        if self.qdelta:  # the codes came back summed (targets.compact): decode as a read of N rows
+            self._decode_qdelta(rows, keys, out, pad_mask(rows[LENGTH_ARRAY], self.k), summed=True)
+        if "tail_mass" in keys and "tail_mass" not in out:
+            out["tail_mass"] = rows["tail_mass"] if "tail_mass" in rows else enc.tail_mass(rows["topk_logprobs"])
+        for key in keys:
+            if key not in out:
+                out[key] = rows[key]
+        return {name: v.astype(_DECODED.get(name, np.int64), copy=False) for name, v in out.items()}
 
     def _check_ids(self, raw: dict[str, np.ndarray], start: int, stop: int) -> None:
         """Token ids (and top-k indices into the V-entry id tables) must lie in [0, vocab_size): a
@@ -375,10 +411,10 @@ class LogitStore:
         next token input_ids[t+1] the loss is on, with the teacher arrays at those rows only."""
         n = int(row.pop(EXAMPLE_LENGTH))
         positions = np.flatnonzero(row.pop(LENGTH_ARRAY)[: n - 1] > 0)
-        out = {k: v for k, v in row.items() if k not in _AT_POSITIONS}
+        out = {k: v for k, v in row.items() if k not in AT_POSITIONS}
         out["input_ids"] = row["input_ids"][:n]
         out["positions"] = positions.astype(np.int64)
-        out.update({k: row[k][positions] for k in _AT_POSITIONS})
+        out.update({k: row[k][positions] for k in AT_POSITIONS})
         return out
 
 

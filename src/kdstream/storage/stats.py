@@ -86,18 +86,17 @@ def store_stats(url: str, sample_rows: int | None = None) -> dict[str, Any]:
     in_topk = positions = 0
     entries_hist = np.zeros(k + 1, dtype=np.int64)  # rows by entries stored, 0..k
     step = store.chunk_rows
-    keys = ("topk_logprobs", "target_logprob", "target_rank", "topk_len")
+    keys = ("topk_logprobs", "target_logprob", "target_rank")
     for start in range(0, rows, step):  # whole chunks (the last one cut at `rows`)
-        batch = store.read(start, min(start + step, rows), keys=keys)
-        # a conversation store's positions are its target rows (topk_len > 0); the others hold nothing
-        at = batch["topk_len"] > 0 if store.conversations else np.ones(batch["topk_len"].shape, bool)  # (B, L-1)
-        entries_hist += np.bincount(batch["topk_len"][at], minlength=k + 1)[: k + 1]
-        mass = np.exp(batch["topk_logprobs"].astype(np.float64)).sum(-1)[at]  # (n,)
+        # the positions a loss reads: a conversation store's target rows, every row of a window store
+        batch = store.read_targets(start, min(start + step, rows), keys)
+        entries_hist += np.bincount(batch["topk_len"], minlength=k + 1)[: k + 1]
+        mass = np.exp(batch["topk_logprobs"].astype(np.float64)).sum(-1)  # (n,)
         bins = np.clip((mass * _MASS_BINS).astype(np.int64), 0, _MASS_BINS)
         mass_hist += np.bincount(bins.ravel(), minlength=_MASS_BINS + 1)
         mass_sum += float(mass.sum())
-        nll_sum -= float(batch["target_logprob"].astype(np.float64)[at].sum())
-        in_topk += int((batch["target_rank"] <= batch["topk_len"])[at].sum())
+        nll_sum -= float(batch["target_logprob"].astype(np.float64).sum())
+        in_topk += int((batch["target_rank"] <= batch["topk_len"]).sum())
         positions += mass.size
 
     # chunk_done (5 B per chunk) and the manifest (4 B per chunk and array) are counted too

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
-from kdstream.storage.reader import KEYS, LogitStore, open_store
+from kdstream.storage.reader import AT_POSITIONS, KEYS, LogitStore, open_store
 
 # What the parts must agree on: dotted paths into the group attributes. The teacher by its
 # fingerprint, weights first (the difference a refusal should name), then its directory's name
@@ -182,10 +182,24 @@ class StoreUnion:
             return pieces[0]
         return {key: np.concatenate([p[key] for p in pieces]) for key in keys}
 
+    def read_targets(self, start: int, stop: int, keys: tuple[str, ...] = AT_POSITIONS) -> dict[str, np.ndarray]:
+        """``LogitStore.read_targets`` over the union: examples numbered across the parts."""
+        start, stop = max(0, start), min(stop, len(self))
+        pieces = []
+        for j, part in enumerate(self.parts):
+            lo, hi = max(start, int(self.starts[j])), min(stop, int(self.starts[j + 1]))
+            if lo < hi or not pieces and j == len(self.parts) - 1:
+                got = part.read_targets(max(lo - int(self.starts[j]), 0), max(hi - int(self.starts[j]), 0), keys)
+                got["example"] = got["example"] + int(self.starts[j])
+                if "example_id" in got and self.id_offsets[j]:
+                    got["example_id"] = got["example_id"] + self.id_offsets[j]
+                pieces.append(got)
+        return pieces[0] if len(pieces) == 1 else {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
+
     # int and step-1 slice indexing exactly as a LogitStore's: it needs only len() and read()
     __getitem__ = LogitStore.__getitem__
     keys = LogitStore.keys
-    _trimmed = LogitStore._trimmed
+    _trimmed = staticmethod(LogitStore._trimmed)
 
 
 def check_compatible(a: LogitStore, b: LogitStore) -> None:
