@@ -41,7 +41,7 @@ CALIBRATE_YAML = "calibrate.yaml"
 CALIBRATION_JSON = "calibration.json"
 CALIBRATION_MD = "calibration.md"
 ROLES = ("teacher", "baseline", "student")
-# The paper's rates (0.33% / 0.17% / 0.07% of 1M examples) and issue 19's target band for each.
+# The paper's rates (0.33% / 0.17% / 0.07% of 1M examples) and the band a calibrated study aims for.
 PAPER_RATES = {"teacher": 0.0033, "baseline": 0.0017, "student": 0.0007}
 TARGET_BAND = (0.001, 0.10)
 # The embedded grid: around the embedded defaults (docstrings + licenses at 30%, ~2,500 windows of
@@ -180,7 +180,7 @@ def calibration_markdown(result: dict) -> str:
     lines = [
         "# Calibration: memorization rates over the grid",
         "",
-        f"Target (issue 19): every rate between {_pct(lo)} and {_pct(hi)}, teacher > baseline > student. "
+        f"Target: every rate between {_pct(lo)} and {_pct(hi)}, teacher > baseline > student. "
         "Rates are exact extractions of the suffix from the prefix over the training examples.",
         "",
         "| point | seed | examples | teacher | baseline | student | in band | teacher > baseline > student | minutes |",

@@ -32,7 +32,7 @@ class StudyConfig:
     (+ features) → compare → classify → filter → re-distill → extract-eval → report."""
 
     # data: the first `examples` windows of `seq_len` tokens of the corpus (canaries planted in it).
-    # Issue 19's calibration (kdstream reproduce --calibrate, benchmarks/results/calibration_*.json,
+    # The calibration (kdstream reproduce --calibrate, benchmarks/results/calibration_*.json,
     # docs/study.md): the standard-library docstrings with the installed dependencies' license texts
     # as 30% of the characters (natural duplication: whole texts with their natural copy counts), all
     # ~2,500 windows of 64 tokens. There the regime is set by the passes over the data and the step
@@ -86,7 +86,7 @@ class StudyConfig:
     target_recall: float = 0.95
     # extra flags per stage, for the GPU setting (e.g. --precision bf16, --dtype bfloat16)
     # --loss-chunk 0: with a 4k vocabulary the full logits are small, and the fused loss's
-    # recompute made a tiny KD epoch 1.3x slower on CPU (157 vs 122 tok/s, same run)
+    # recompute only slows a tiny KD epoch on CPU
     train_args: tuple[str, ...] = ("--loss-chunk", "0")
     train_launcher: tuple[str, ...] = ()  # e.g. [torchrun, --nproc_per_node, "8"]: distill runs under it
     # vLLM's dtype "auto" runs fp32 checkpoints in 16 bits: the tiny models are scored in fp32
