@@ -27,3 +27,12 @@ def test_benchmarks_edit_no_sys_path():
     # a package run with python -m: no module may reach around it through sys.path
     for path in (ROOT / "benchmarks").rglob("*.py"):
         assert "sys.path" not in path.read_text(), path
+
+
+def test_results_hold_the_runs_the_docs_quote():
+    # benchmarks/results/ keeps what README.md and docs/ link; sweeps and calibration live in
+    # benchmarks/research/results/, beside the lab notebook that quotes them
+    quoted = "".join(p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+    unquoted = [p.name for p in sorted((ROOT / "benchmarks" / "results").iterdir()) if p.name not in quoted]
+    assert not unquoted, f"not quoted by README.md or docs/: {unquoted}: quote them or move them to benchmarks/research/results/"
+    assert len((ROOT / "docs" / "benchmarks.md").read_text().splitlines()) <= 250  # a page read in five minutes

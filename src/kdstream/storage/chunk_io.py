@@ -126,7 +126,7 @@ def _check_manifest(p: Plan, crc: int, c: int) -> None:
 # memory from the kernel, zeroed page by page, that glibc hands back when it is freed (storage/
 # memory.py). Buffers a read uses only on its way (a transposed chunk, the stored form of an array
 # decoded into another) are kept per thread and reused by its next read (docs/benchmarks.md,
-# "Reading ragged stores").
+# read rates).
 _SCRATCH = threading.local()
 SCRATCH_LIMIT = 64 << 20  # bytes: larger buffers (a whole store read at once) are not kept
 

@@ -32,7 +32,7 @@ class StudyConfig:
     (+ features) → compare → classify → filter → re-distill → extract-eval → report."""
 
     # data: the first `examples` windows of `seq_len` tokens of the corpus (canaries planted in it).
-    # The calibration (kdstream reproduce --calibrate, benchmarks/results/calibration_*.json,
+    # The calibration (kdstream reproduce --calibrate, benchmarks/research/results/calibration_*.json,
     # docs/study.md): the standard-library docstrings with the installed dependencies' license texts
     # as 30% of the characters (natural duplication: whole texts with their natural copy counts), all
     # ~2,500 windows of 64 tokens. There the regime is set by the passes over the data and the step
