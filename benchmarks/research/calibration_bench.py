@@ -1,4 +1,4 @@
-"""Issue 19's calibration sweep, saved as a benchmark result: `kdstream reproduce --calibrate` over
+"""The calibration sweep, saved as a research result: `kdstream reproduce --calibrate` over
 a grid (the embedded one, or --grid FILE), then every point's memorization counts and rates, stage
 seconds and verdicts (in the 0.1%–10% band; teacher > baseline > student) with the command, commit
 and machine (benchmarks/research/results/NAME.json).

@@ -1,5 +1,5 @@
-"""How the share of the same-tokenizer KD gain that crosses tokenizers depends on --alpha-ce (issue
-18's benchmark, cross_tokenizer_bench.py, at several CE weights; every KD arm at the same weight).
+"""How the share of the same-tokenizer KD gain that crosses tokenizers depends on --alpha-ce
+(cross_tokenizer_bench.py at several CE weights; every KD arm at the same weight).
 
 At each --alpha-ce value: ce_same, kd_same, ce_other and the exact arms, --seeds each, on one
 teacher and store (--work). Per value: the same-tokenizer KD gain (CE → KD, bits/byte), each
