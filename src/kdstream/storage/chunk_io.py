@@ -55,7 +55,7 @@ class Plan:
     expected: np.ndarray | None = None  # (C,) uint32: each chunk's crc32c from the store's manifest
     # a reader's qdelta delta codes, stored slot-major (order[0] is the last axis): return their
     # running sums over the slots (absolute codes), taken before the transpose back, where the
-    # slots are whole contiguous arrays (packing.running_sum_by_slot; ~10x numpy's cumsum)
+    # slots are whole contiguous arrays (packing.running_sum_by_slot; faster than numpy's cumsum)
     running_sum: bool = False
 
     @property

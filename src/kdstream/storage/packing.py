@@ -2,7 +2,7 @@
 
 A ragged row keeps a prefix of its top-k list (``topk_len`` entries, selection.py). Format version
 5 stored the rows padded to k, zeros at the unused slots; the compressor then saw runs of padding
-of every length between real entries, and a ragged store cost 22-30% more bytes per entry than a
+of every length between real entries, and a ragged store cost more bytes per entry than a
 fixed one (docs/benchmarks.md, ragged stores). Version 6 keeps the arrays' shapes, (S, L-1, k) in
 chunks of R rows, but fills each chunk of ``topk_index`` and ``topk_logprobs`` with the chunk's
 kept entries first (CSR without offsets: ``topk_len`` gives them), then zeros to the chunk's end:

@@ -44,12 +44,9 @@ ROLES = ("teacher", "baseline", "student")
 # The paper's rates (0.33% / 0.17% / 0.07% of 1M examples) and the band a calibrated study aims for.
 PAPER_RATES = {"teacher": 0.0033, "baseline": 0.0017, "student": 0.0007}
 TARGET_BAND = (0.001, 0.10)
-# The embedded grid: around the embedded defaults (docstrings + licenses at 30%, ~2,500 windows of
-# 64 tokens, 4 epochs for every model, lr 7e-4 for the teacher and 1e-3 for the others), the share
-# of license text, the knob that placed the regime last (docs/study.md): at 40% the teacher's extra
-# recall is largely forks between near-duplicate licenses, which the student inherits (12.7% of the
-# teacher-only windows over seeds 0-2), at 30% it inherits 1 of 70 (5 of 90 over seeds 0-4); at
-# 35% seed 0's models memorize 16 / 11 / 4 windows. 3 points, ~9 min each on 2 cores.
+# The embedded grid: around the embedded defaults, the share of license text, the knob that placed
+# the regime last: more license text makes the teacher's extra recall forks between near-duplicate
+# licenses, which the student inherits (the sweep's figures: docs/study.md).
 DEFAULT_GRID: dict[str, list] = {
     "dataset": ["demo+licenses:0.3", "demo+licenses:0.35", "demo+licenses:0.4"],
 }
