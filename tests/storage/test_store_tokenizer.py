@@ -6,7 +6,6 @@ import shutil
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
 from helpers import run_cli, without_tokenizer
