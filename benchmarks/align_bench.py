@@ -95,7 +95,7 @@ def _one(aligner: Aligner, student, examples: np.ndarray, batch: int, repeats: i
     rows_s = _best(lambda: [aligner.align_rows(rows) for rows in batches], repeats)
     call_s = _best(lambda: [student(t, add_special_tokens=False) for t in texts], repeats)
     # what align_rows hands the student's side: each batch's text pieces (between special tokens)
-    pieces = [aligner._prepare(rows).piece_texts for rows in batches]
+    pieces = [aligner.piece_texts(rows) for rows in batches]
     encode_s = _best(lambda: [encode_texts(student, texts) for texts in pieces], repeats)
     cached_s = _best(lambda: [aligner.encoder.encode(texts) for texts in pieces], repeats)
     rows_of = [aligner.align_rows(rows) for rows in batches]

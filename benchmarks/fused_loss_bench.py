@@ -35,13 +35,11 @@ def rss_mb() -> float:
 
 def one_path(chunk: int | None, steps: int) -> dict:
     import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+    from benchmarks.fixtures import tiny_gpt_neox
     from kdstream.distill.objective import Objective
 
-    torch.manual_seed(0)
-    net = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=V, hidden_size=H, num_hidden_layers=1, num_attention_heads=4,
-                                           intermediate_size=4 * H, max_position_embeddings=512))
+    net = tiny_gpt_neox(V, hidden=H, layers=1, heads=4, positions=512)
     ids = torch.randint(0, V, (B, L))
     topk_ids = torch.randint(0, V, (B, L - 1, K))
     topk_lp = torch.log_softmax(torch.randn(B, L - 1, K), -1) - 0.1  # leaves ~10% tail mass

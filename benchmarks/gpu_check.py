@@ -69,7 +69,7 @@ def fused_loss(device: torch.device, hidden: int, chunk: int, steps: int) -> dic
 
 
 def trainer(device: torch.device, layers: int, hidden: int, examples: int, seq_len: int, tmp: Path) -> dict:
-    from transformers import GPTNeoXConfig
+    from benchmarks.fixtures import tiny_gpt_neox_config
 
     from kdstream.data import load_corpus, tokenizer_fingerprint
     from kdstream.data.tokenizer import train_bpe_tokenizer
@@ -79,9 +79,7 @@ def trainer(device: torch.device, layers: int, hidden: int, examples: int, seq_l
     store = str(tmp / "store.zarr")
     write_store(store, examples, seq_len, K, V, tokenizer=tokenizer_fingerprint(tok))
     student = tmp / "student"
-    GPTNeoXConfig(vocab_size=V, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
-                  intermediate_size=4 * hidden, max_position_embeddings=2048, tie_word_embeddings=False,
-                  ).save_pretrained(str(student))
+    tiny_gpt_neox_config(V, hidden=hidden, layers=layers).save_pretrained(str(student))
     tok.save_pretrained(str(student))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

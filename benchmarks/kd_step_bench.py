@@ -17,8 +17,9 @@ import statistics
 import time
 
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import GPTNeoXForCausalLM
 
+from benchmarks.fixtures import tiny_gpt_neox
 from benchmarks.results import save
 from kdstream.distill.objective import Objective
 
@@ -26,9 +27,7 @@ V, B, L, K = 4096, 8, 128, 16
 
 
 def gpt_neox(layers: int, hidden: int, heads: int) -> GPTNeoXForCausalLM:
-    return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=V, hidden_size=hidden, num_hidden_layers=layers,
-                                            num_attention_heads=heads, intermediate_size=4 * hidden,
-                                            max_position_embeddings=2 * L, tie_word_embeddings=False))
+    return tiny_gpt_neox(V, seed=None, hidden=hidden, layers=layers, heads=heads, positions=2 * L)
 
 
 def time_steps(step, steps: int) -> float:

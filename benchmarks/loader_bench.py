@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import GPTNeoXForCausalLM
 
+from benchmarks.fixtures import tiny_gpt_neox
 from benchmarks.results import save
 from kdstream.distill.loader import EpochPlan, OpenStore, epoch_order, stream_batches
 from kdstream.distill.objective import Objective
@@ -32,9 +33,7 @@ KEYS = ("input_ids", "topk_ids", "topk_logprobs")
 
 
 def gpt_neox(layers: int, hidden: int, heads: int, vocab: int, seq_len: int) -> GPTNeoXForCausalLM:
-    return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                                            num_attention_heads=heads, intermediate_size=4 * hidden,
-                                            max_position_embeddings=2 * seq_len, tie_word_embeddings=False))
+    return tiny_gpt_neox(vocab, seed=None, hidden=hidden, layers=layers, heads=heads, positions=2 * seq_len)
 
 
 def write_store(url: str, n: int, L: int, k: int, V: int, tokenizer: dict | None = None) -> None:

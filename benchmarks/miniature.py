@@ -54,12 +54,10 @@ def mean_sd(xs: list[float], digits: int = 4) -> dict:
 
 def config(directory: Path, tokenizer, *, vocab: int, hidden: int, layers: int, seq_len: int) -> Path:
     """A config-only GPT-NeoX (distill initialises it from its seed) with head dim 64 (vLLM's CPU backend)."""
-    from transformers import GPTNeoXConfig
+    from benchmarks.fixtures import tiny_gpt_neox_config
 
-    GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
-                  intermediate_size=4 * hidden, max_position_embeddings=seq_len, rotary_pct=0.25,
-                  tie_word_embeddings=False, bos_token_id=tokenizer.eos_token_id,
-                  eos_token_id=tokenizer.eos_token_id).save_pretrained(str(directory))
+    tiny_gpt_neox_config(vocab, hidden=hidden, layers=layers, positions=seq_len,
+                         eos=tokenizer.eos_token_id).save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     return directory
 

@@ -47,20 +47,13 @@ MODES = ("forward", "prompt_logprobs", "precompute_vllm", "precompute_hf")
 def tiny_model(directory: Path, seq_len: int) -> Path:
     """A random GPT-NeoX (hidden 128, 2 heads of 64, 2 layers) with a BPE tokenizer of 4096
     trained on the demo corpus: the engine's fixed costs dominate, as on a GPU with a small model."""
-    import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
+    from benchmarks.fixtures import tiny_gpt_neox
     from kdstream.data import load_corpus
     from kdstream.data.tokenizer import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(load_corpus("demo").texts, 4096, directory / "tokenizer")
-    config = GPTNeoXConfig(
-        vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=512, max_position_embeddings=max(2048, seq_len + 1), rotary_pct=0.25,
-        tie_word_embeddings=False, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    GPTNeoXForCausalLM(config).save_pretrained(str(directory / "model"))
+    tiny_gpt_neox(len(tokenizer), hidden=128, layers=2, heads=2, positions=max(2048, seq_len + 1),
+                  eos=tokenizer.eos_token_id).save_pretrained(str(directory / "model"))
     tokenizer.save_pretrained(str(directory / "model"))
     return directory / "model"
 

@@ -1,5 +1,5 @@
 """Ragged stores (``--top-p`` / ``--budget``) against fixed top-k on real teacher rows: bytes/token,
-entries per position, captured mass, the padding's cost, and read rates as a ratio to fixed.
+entries per position, captured mass, and read rates as a ratio to fixed.
 
 SmolLM2-135M-Instruct scores the demo corpus through the real ``precompute-logits`` CLI with exact
 fp32 logprobs at top-``--top-k`` (``--backend hf`` by default: no vLLM engine to start; or pass an
@@ -11,9 +11,6 @@ back with ``open_store``:
   captured mass (Σ exp of the decoded kept logprobs) and mean uncaptured mass;
 - bytes per stored entry of each store's entries (topk_index + topk_logprobs + id_table), so that
   ragged and fixed rows compare at equal entries;
-- ``layout``: each ragged store written again in format version 5's layout (rows padded to k,
-  qdelta codes through the transpose codec) instead of version 6's packed chunks (shipped):
-  bytes/token of the arrays the layout changes, and bytes per entry;
 - ``read``: the fixed and one ragged store read whole, chunk by chunk into torch tensors,
   alternately pass by pass (store_bench.read_rates, local only), so that both see the same load:
   the ragged/fixed ratio is the figure on a busy machine. Measured twice, each in a fresh
@@ -29,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,21 +61,6 @@ def write(rows: dict, attrs: dict, out: Path, selection: dict | None, chunk_rows
 
 
 ENTRY_ARRAYS = ("topk_index", "topk_logprobs", "id_table")  # what each stored entry costs
-
-
-def write_padded(rows: dict, attrs: dict, out: Path, selection: dict, chunk_rows: int) -> Path:
-    """The same ragged store in format version 5's layout: rows padded to k (no packing, the
-    transpose codec on qdelta codes). Only its bytes are measured (its attributes say version 6)."""
-    from kdstream.storage import packing
-    from kdstream.storage import writer as writer_module
-
-    pack, codecs = packing.pack, writer_module._codecs
-    packing.pack = lambda values, lengths, by_slot: values
-    writer_module._codecs = lambda name, encoding, packed=False: codecs(name, encoding)
-    try:
-        return write(rows, attrs, out, selection, chunk_rows)
-    finally:
-        packing.pack, writer_module._codecs = pack, codecs
 
 
 def measure(url: Path, tokens: int) -> dict:
@@ -137,23 +118,6 @@ def main() -> None:
         for label, url in stores.items():
             out["stores"][label] = measure(url, tokens)
             print(label, out["stores"][label]["bytes_per_token"], out["stores"][label]["entries_mean"], flush=True)
-
-        # the layout: version 6's packed chunks (shipped) vs version 5's rows padded to k, same rows
-        out["layout"] = {}
-        selections = {**{f"top_p_{p:g}": sel.describe("top_p", exact.k, p=p) for p in args.top_p},
-                      **{f"budget_{b:g}": sel.describe("budget", exact.k, budget=b) for b in args.budget}}
-        for label, selection in selections.items():
-            padded = write_padded(rows, attrs, tmp / f"padded-{label}.zarr", selection, R)
-            mine = out["stores"][label]
-            entries = mine["entries_mean"] * len(exact) * (exact.seq_len - 1)
-            old = {a: dir_bytes(padded / a) for a in ENTRY_ARRAYS}
-            out["layout"][label] = {
-                "packed_v6": {a: mine["array_bytes_per_token"][a] for a in ENTRY_ARRAYS},
-                "padded_v5": {a: round(b / tokens, 2) for a, b in old.items()},
-                "packed_v6_bytes_per_entry": mine["entry_bytes_per_entry"],
-                "padded_v5_bytes_per_entry": round(sum(old.values()) / entries, 3),
-                "fixed_bytes_per_entry": out["stores"]["fixed"]["entry_bytes_per_entry"]}
-            shutil.rmtree(padded)
 
         ragged = f"budget_{args.budget[-1]:g}" if args.budget else label
         out["read"] = {"ragged_store": ragged}

@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"  # the runs docs/benchmarks.md quotes
+RESEARCH_RESULTS = RESULTS.parent / "research" / "results"  # sweeps and calibration (research/NOTEBOOK.md)
 ROOT = Path(__file__).resolve().parent.parent
 
 

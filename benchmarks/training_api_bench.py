@@ -5,9 +5,9 @@ memory against the plain path.
 Step time: one store (a random GPT-NeoX teacher of hidden 256 via `precompute-logits --backend hf`,
 V = 4096, 256 examples x 128 tokens, top-16) and one student (the demo's shape: 3 layers, hidden
 192, saved weights); batch 8, forward KL at T = 2 on the fused path, fp32 on the CPU. distill runs
-its own loop in-process (trainer._setup + _epoch_batches + step.optimizer_step: what `distill`
-runs, minus the checkpoint files); the Trainer runs KDTrainer.train(). A step's time is the gap
-between consecutive step ends (data wait included), median over the steps after two warm-up ones.
+in-process through kdstream.distill.train, a step's time the difference of a run of 2·steps and
+one of steps, divided by steps; the Trainer runs KDTrainer.train(), a step's time the gap between
+consecutive step ends, median over the steps after two warm-up ones (data wait included in both).
 
 Read rate: examples/s of StoreDataset through DataLoader (2 worker processes, batch 8, a random
 sampler and ds.block_order), timed over two epochs after the first batch, against the examples/s
@@ -46,14 +46,12 @@ def rss_mb() -> float:
 def memory_path(path: str, steps: int = 2) -> dict:
     """Peak RSS rise of KDLoss on full logits ("plain") or from the hidden states ("from_hidden")."""
     import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+    from benchmarks.fixtures import tiny_gpt_neox
     from kdstream.torch import KDLoss
 
     vocab, b, length, k, h = 50304, 8, 257, 64, 256
-    torch.manual_seed(0)
-    net = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=vocab, hidden_size=h, num_hidden_layers=1, num_attention_heads=4,
-                                           intermediate_size=4 * h, max_position_embeddings=512))
+    net = tiny_gpt_neox(vocab, hidden=h, layers=1, heads=4, positions=512)
     batch = {"input_ids": torch.randint(0, vocab, (b, length)),
              "topk_ids": torch.randint(0, vocab, (b, length - 1, k)),
              "topk_logprobs": torch.log_softmax(torch.randn(b, length - 1, k), -1) - 0.1}
@@ -75,9 +73,7 @@ def memory_path(path: str, steps: int = 2) -> dict:
 
 def build(tmp: Path) -> tuple[Path, Path]:
     """(store, student dir) in ``tmp``: a tokenizer from the demo corpus, a random teacher, its store."""
-    import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
+    from benchmarks.fixtures import tiny_gpt_neox
     from kdstream.data.demo_corpus import demo_documents
     from kdstream.data.tokenizer import train_bpe_tokenizer
 
@@ -86,12 +82,8 @@ def build(tmp: Path) -> tuple[Path, Path]:
     (tmp / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
 
     def model(path: Path, layers: int, hidden: int, heads: int, seed: int) -> Path:
-        torch.manual_seed(seed)
-        GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=V, hidden_size=hidden, num_hidden_layers=layers,
-                                         num_attention_heads=heads, intermediate_size=4 * hidden,
-                                         max_position_embeddings=2 * SEQ, tie_word_embeddings=False,
-                                         eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
-                           ).save_pretrained(str(path))
+        tiny_gpt_neox(V, seed=seed, hidden=hidden, layers=layers, heads=heads, positions=2 * SEQ,
+                      eos=tok.eos_token_id).save_pretrained(str(path))
         tok.save_pretrained(str(path))
         return path
 
@@ -110,21 +102,17 @@ def median_gap(ends: list[float], warmup: int = 2) -> float:
 
 
 def distill_step_s(store: Path, student: Path, out: Path, steps: int) -> float:
-    """distill's own loop, in-process: seconds per step."""
-    from kdstream.distill import step
-    from kdstream.distill.trainer import DistillOptions, _epoch_batches, _setup
+    """distill through its public entry (kdstream.distill.train), in-process: seconds per step, as
+    (a run of 2·steps − a run of steps) / steps, so that setup and warm-up cancel."""
+    from kdstream.distill import DistillOptions, train
 
-    opts = DistillOptions(model=str(student), out=str(out), logits_store=str(store), batch_size=BATCH,
-                          loss="forward_kl", temperature=2.0, lr=1e-4, epochs=1, tensorboard=False, device="cpu")
-    run, data, _ = _setup(opts)
-    ends = []
-    for i, (batch, weight) in _epoch_batches(run, data, 0):
-        step.optimizer_step(run, data.keys, batch, weight)
-        run.scheduler.step()
-        ends.append(time.perf_counter())
-        if i + 1 == steps:
-            break
-    return median_gap(ends)
+    def seconds(n: int, name: str) -> float:
+        opts = DistillOptions(model=str(student), out=f"{out}-{name}", logits_store=str(store), batch_size=BATCH,
+                              loss="forward_kl", temperature=2.0, lr=1e-4, epochs=1, max_examples=n * BATCH,
+                              tensorboard=False, device="cpu")
+        return train(opts)["seconds"]
+
+    return (seconds(2 * steps, "long") - seconds(steps, "short")) / steps
 
 
 def trainer_step_s(store: Path, student: Path, out: Path, steps: int) -> float:

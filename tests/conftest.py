@@ -46,14 +46,11 @@ def teacher_dir(tmp_path_factory, tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def student_init_dir(tmp_path_factory, tokenizer) -> Path:
     """Config + tokenizer only: distill initializes the weights from the seed."""
-    from transformers import GPTNeoXConfig
+    from benchmarks.fixtures import tiny_gpt_neox_config
 
     d = tmp_path_factory.mktemp("student_init")
-    GPTNeoXConfig(
-        vocab_size=VOCAB, hidden_size=128, num_hidden_layers=1, num_attention_heads=2, intermediate_size=256,
-        max_position_embeddings=2 * SEQ_LEN, rotary_pct=0.25, tie_word_embeddings=False,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    ).save_pretrained(str(d))
+    tiny_gpt_neox_config(VOCAB, hidden=128, layers=1, heads=2, intermediate=256, positions=2 * SEQ_LEN,
+                         eos=tokenizer.eos_token_id).save_pretrained(str(d))
     tokenizer.save_pretrained(str(d))
     return d
 

@@ -77,15 +77,11 @@ def last_json(stdout: str) -> dict:
 def make_gpt_neox(directory: Path, tokenizer, *, layers=2, hidden=128, heads=2, seed=0, vocab=VOCAB) -> Path:
     """A random GPT-NeoX (Pythia architecture) with head_dim 64 (vLLM's CPU backend rejects 16)."""
     import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    config = GPTNeoXConfig(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=4 * hidden, max_position_embeddings=2 * SEQ_LEN, rotary_pct=0.25,
-        tie_word_embeddings=False, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(seed)
-    model = GPTNeoXForCausalLM(config)
+    from benchmarks.fixtures import tiny_gpt_neox
+
+    model = tiny_gpt_neox(vocab, seed=seed, hidden=hidden, layers=layers, heads=heads, positions=2 * SEQ_LEN,
+                          eos=tokenizer.eos_token_id)
     with torch.no_grad():  # a peakier output layer than the default init: more realistic top-k
         model.get_output_embeddings().weight.mul_(8.0)
     model.save_pretrained(str(directory))

@@ -27,3 +27,28 @@ def test_benchmarks_edit_no_sys_path():
     # a package run with python -m: no module may reach around it through sys.path
     for path in (ROOT / "benchmarks").rglob("*.py"):
         assert "sys.path" not in path.read_text(), path
+
+
+def test_results_hold_the_runs_the_docs_quote():
+    # benchmarks/results/ keeps what README.md and docs/ link; sweeps and calibration live in
+    # benchmarks/research/results/, beside the lab notebook that quotes them
+    quoted = "".join(p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+    unquoted = [p.name for p in sorted((ROOT / "benchmarks" / "results").iterdir()) if p.name not in quoted]
+    assert not unquoted, f"not quoted by README.md or docs/: {unquoted}: quote them or move them to benchmarks/research/results/"
+    assert len((ROOT / "docs" / "benchmarks.md").read_text().splitlines()) <= 250  # a page read in five minutes
+
+
+def test_benchmarks_use_public_seams_only():
+    # a benchmark measures what a user can call: no private kdstream names, no patched internals
+    # (its own argparse namespace, ``a`` / ``args``, may hold private flags)
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "benchmarks").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kdstream"):
+                found += [f"{path.name}: imports {a.name}" for a in node.names if a.name.startswith("_")]
+            elif (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                  and not (isinstance(node.value, ast.Name) and node.value.id in ("a", "args"))):
+                found.append(f"{path.name}:{node.lineno}: .{node.attr}")
+    assert not found, found

@@ -16,7 +16,7 @@ the shipped store against a format version 2 store of the same rows.
 ``--read`` imports nothing of kdstream but ``open_store``, so it also times an older kdstream's
 reader (PYTHONPATH=that checkout's src) on the same stores.
 
-Saves benchmarks/results/store_encoding_search.json.
+Saves benchmarks/research/results/store_encoding_search.json.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.results import save
+from benchmarks.results import RESEARCH_RESULTS, save
 from benchmarks.store_bench import dir_bytes, errors, fp32_rows, parser, read_rates, shipped
 
 SLOT_MAJOR = "slot-major"  # a candidate's arrays stored slot-major (write_arrays)
@@ -237,7 +237,7 @@ def main() -> None:
     ap.add_argument("--read", nargs="+", default=None, help="only time reading these stores (local and HTTP)")
     args = ap.parse_args()
     if args.read:
-        save("store_encoding_search-read", read_rates({p: Path(p) for p in args.read}))
+        save("store_encoding_search-read", read_rates({p: Path(p) for p in args.read}), RESEARCH_RESULTS)
         return
 
     from kdstream.storage import open_store
@@ -275,7 +275,7 @@ def main() -> None:
             "id_bounds": id_bounds(r, V, chunk_rows, tokens),
             "chosen": chosen, "read": rates,
             "candidates": sorted(results, key=lambda x: x["bytes_per_token"]),
-        })
+        }, RESEARCH_RESULTS)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
 """Run `python -m kdstream ARGS` as forks of one process that imported kdstream's heavy
 dependencies once (torch, transformers, zarr, scikit-learn, kdstream's modules).
 
-Why: a cold `python -m kdstream` spends ~10 s on two cores importing before it reads its first
-argument (benchmarks/results/cli_forkserver_bench.json: a one-epoch `distill` of a tiny model,
-9.4 s as a fresh interpreter, 0.8 s as a fork). `kdstream reproduce` runs ~16 stage commands per
-seed (study/stages.py) and the test suite ~180 (tests/helpers.run_cli): those imports were
-minutes of each. ``KDSTREAM_FORKSERVER=0`` runs a fresh interpreter per command instead.
+Why: a cold `python -m kdstream` spends seconds importing before it reads its first argument
+(docs/benchmarks.md, "Fork server"). `kdstream reproduce` runs ~16 stage commands per seed
+(study/stages.py) and the test suite ~180 (tests/helpers.run_cli): importing once saves most of
+their start-up. ``KDSTREAM_FORKSERVER=0`` runs a fresh interpreter per command instead.
 
 A fork is still a process of its own: its own exit code, stdout and stderr, environment and
 working directory, and a crash or ``os._exit`` ends only it. What a fork does not repeat is the
@@ -194,7 +193,7 @@ def _wait(pid: int, timeout: float | None, own_group: bool) -> dict:
 
 
 def _preload_vllm() -> None:
-    """vLLM as well (~8 s of import per engine command on two cores) where torch is a CPU build:
+    """vLLM as well (seconds of import per engine command) where torch is a CPU build:
     with CUDA, its import may initialise the driver, which a fork cannot inherit. Its import-time
     settings (the logging level) are then the server's environment's, with kdstream's defaults."""
     import torch

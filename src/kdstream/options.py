@@ -48,6 +48,38 @@ def options_dict(options: Any) -> dict[str, Any]:
     return out
 
 
+def _default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def command_argv(command: str, options: Any, extra: tuple[str, ...] = ()) -> list[str]:
+    """``[command, flags…]`` that the command's generated CLI builds ``options`` from: each field
+    without a default, and each whose value is not its default (nested option dataclasses such as
+    ``engine`` flattened, as the CLI flattens them), then ``extra`` as given (a flag given twice:
+    the last value wins). A ``parse`` field is written as its text (a tuple comma-joined)."""
+    out = [command]
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        if dataclasses.is_dataclass(value):
+            out += command_argv(command, value)[1:]
+            continue
+        default = _default(field)
+        if value == default and default is not dataclasses.MISSING:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):  # a plain flag, or the --no- side of a pair
+            out.append(flag if value else "--no-" + flag[2:])
+        elif "parse" in field.metadata:
+            out += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+        elif isinstance(value, tuple):  # a repeatable option
+            out += [a for item in value for a in (flag, str(item))]
+        elif value is not None:
+            out += [flag, str(value)]
+    return [*out, *extra]
+
+
 OPTIONS_FILE = "options.yaml"  # the resolved options, saved beside every output
 
 

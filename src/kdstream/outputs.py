@@ -153,12 +153,6 @@ def fresh_partial(out: Path, command: str) -> Path:
     return partial
 
 
-def own_partial(out: Path, command: str) -> Path | None:
-    """``OUT.partial`` when it exists and belongs to ``command`` (an interrupted run to resume)."""
-    partial = partial_path(out)
-    return partial if partial.is_dir() and owner(partial) == command else None
-
-
 def publish(partial: Path, out: Path, command: str) -> None:
     """Move the finished ``partial`` to ``out``; an earlier ``out`` is replaced only if this same
     command made it (an empty directory is replaced too). The old output is moved aside first and

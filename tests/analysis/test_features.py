@@ -26,12 +26,9 @@ from kdstream.distill.losses import dense_kd_loss
 @pytest.fixture(scope="module")
 def tiny_lm():
     """Random GPT-NeoX: vocab 64, hidden 64, 1 layer, 1 head (built from config, CPU, fp32)."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from benchmarks.fixtures import tiny_gpt_neox
 
-    torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=64, hidden_size=64, num_hidden_layers=1, num_attention_heads=1,
-                           intermediate_size=128, max_position_embeddings=32, tie_word_embeddings=False)
-    return GPTNeoXForCausalLM(config)
+    return tiny_gpt_neox(64, hidden=64, layers=1, heads=1, intermediate=128, positions=32)
 
 
 @pytest.fixture(scope="module")
@@ -159,12 +156,9 @@ def test_model_features_match_their_definitions(tiny_lm, ids):
 
 def test_model_features_teacher_kl(tiny_lm, ids):
     """teacher_kl = mean over positions of topk_kl, with a second tiny model's top-k as teacher."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from benchmarks.fixtures import tiny_gpt_neox
 
-    torch.manual_seed(1)
-    teacher = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=64, hidden_size=64, num_hidden_layers=1,
-                                               num_attention_heads=1, intermediate_size=128,
-                                               max_position_embeddings=32)).eval()
+    teacher = tiny_gpt_neox(64, seed=1, hidden=64, layers=1, heads=1, intermediate=128, positions=32).eval()
     with torch.no_grad():
         t_logp = teacher(input_ids=ids).logits[:, :-1].float().log_softmax(-1)  # (5, 11, 64)
         m_logits = tiny_lm.eval()(input_ids=ids).logits[:, :-1].float()

@@ -44,12 +44,10 @@ def test_cross_tokenizer_defaults_are_the_documented_ones():
 
 def _config_only(directory: Path, tokenizer, *, vocab: int, hidden: int, layers: int) -> Path:
     """A GPT-NeoX config and tokenizer, no weights: distill initialises it from its seed."""
-    from transformers import GPTNeoXConfig
+    from benchmarks.fixtures import tiny_gpt_neox_config
 
-    GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
-                  intermediate_size=4 * hidden, max_position_embeddings=4 * SEQ_LEN, rotary_pct=0.25,
-                  tie_word_embeddings=False, bos_token_id=tokenizer.eos_token_id,
-                  eos_token_id=tokenizer.eos_token_id).save_pretrained(str(directory))
+    tiny_gpt_neox_config(vocab, hidden=hidden, layers=layers, positions=4 * SEQ_LEN,
+                         eos=tokenizer.eos_token_id).save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     return directory
 

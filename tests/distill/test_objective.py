@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
+from benchmarks.fixtures import tiny_gpt_neox
 from kdstream.distill.fused_head import fused_head_loss
 from kdstream.distill.losses import CE_SAMPLED, KD_LOSSES, TAILS
 from kdstream.distill.objective import Objective
@@ -14,9 +15,7 @@ V, B, L, H = 97, 3, 12, 32  # N = 33 positions: chunks of 7 leave a remainder of
 
 
 def neox(bias: bool = False) -> nn.Module:
-    torch.manual_seed(0)
-    net = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=V, hidden_size=H, num_hidden_layers=1, num_attention_heads=2,
-                                           intermediate_size=64, max_position_embeddings=32, tie_word_embeddings=False))
+    net = tiny_gpt_neox(V, hidden=H, layers=1, heads=2, intermediate=64, positions=32)
     if bias:  # GPT-NeoX has no head bias; a biased head checks grad_bias
         net.lm_head = nn.Linear(H, V, bias=True)
         nn.init.normal_(net.lm_head.bias)
@@ -187,8 +186,6 @@ def test_gradient_is_scaled_by_the_incoming_one_and_only_element_0_counts():
 def test_loss_chunk_auto_and_logit_postprocessing():
     """auto: a chunk's fp32 logits within 64 MiB; a student that post-processes its logits (here
     Gemma-2-style soft-capping) gets the plain path under auto, and an explicit chunk is refused."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
     from kdstream.distill.fused_head import auto_chunk
     from kdstream.distill.trainer import fused_chunk, parse_loss_chunk
     from kdstream.errors import KdError
@@ -197,8 +194,7 @@ def test_loss_chunk_auto_and_logit_postprocessing():
     assert [parse_loss_chunk(v) for v in ("auto", "0", "512", None)] == ["auto", None, 512, "auto"]
     with pytest.raises(KdError, match="--loss-chunk"):
         parse_loss_chunk("big")
-    net = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=512, hidden_size=64, num_hidden_layers=1,
-                                           num_attention_heads=1, intermediate_size=128))
+    net = tiny_gpt_neox(512, seed=None, hidden=64, layers=1, heads=1, intermediate=128)
     assert fused_chunk("auto", net) == auto_chunk(512) == 32768 and fused_chunk(100, net) == 100 and fused_chunk(None, net) is None
     net.config.final_logit_softcapping = 30.0
     assert fused_chunk("auto", net) is None

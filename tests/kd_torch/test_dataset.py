@@ -78,7 +78,7 @@ def test_bad_arguments_are_one_line_errors(teacher_store, tmp_path):
 
 
 def test_check_compatible_refuses_another_tokenizer_and_a_small_head(teacher_store, tokenizer, docs, tmp_path):
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from benchmarks.fixtures import tiny_gpt_neox
 
     from kdstream.data.tokenizer import train_bpe_tokenizer
 
@@ -88,7 +88,6 @@ def test_check_compatible_refuses_another_tokenizer_and_a_small_head(teacher_sto
     other = train_bpe_tokenizer(docs[:30], 300, tmp_path / "other")
     with pytest.raises(KdError, match="tokenizer .* differs from the store's"):
         check_compatible(ds, other)
-    small = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=100, hidden_size=64, num_hidden_layers=1,
-                                             num_attention_heads=1, intermediate_size=64))
+    small = tiny_gpt_neox(100, seed=None, hidden=64, layers=1, heads=1, intermediate=64)
     with pytest.raises(KdError, match="output layer has 100 classes"):
         check_compatible(ds, tokenizer, small)

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+from benchmarks.fixtures import tiny_gpt_neox
 from kdstream.distill.objective import Objective
 from kdstream.torch import KDLoss
 
@@ -15,9 +15,7 @@ V, L, B, K = 96, 9, 3, 5
 
 
 def _net(seed=0):
-    torch.manual_seed(seed)
-    return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=V, hidden_size=64, num_hidden_layers=1, num_attention_heads=1,
-                                            intermediate_size=64, tie_word_embeddings=False))
+    return tiny_gpt_neox(V, seed=seed, hidden=64, layers=1, heads=1, intermediate=64)
 
 
 def _batch(seed=1):

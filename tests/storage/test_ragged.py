@@ -8,6 +8,7 @@ import pytest
 import torch
 import zarr
 
+from benchmarks.fixtures import topk_rows
 from kdstream.distill.losses import kd_loss
 from kdstream.storage import StoreWriter, open_store
 from kdstream.storage import selection as sel
@@ -21,17 +22,8 @@ R = 4  # chunk rows: 3 chunks
 
 def synthetic(seed=0):
     """Teachers from very sure to unsure (so row lengths vary), true tokens inside and outside the top-k."""
-    rng = np.random.default_rng(seed)
-    sharp = rng.choice([0.5, 2.0, 6.0], size=(S, L - 1, 1))
-    logits = sharp * rng.normal(size=(S, L - 1, V))
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))  # (S, L-1, V)
-    top = np.argsort(-logp, axis=-1)[..., :K]
-    ids = rng.integers(0, V, size=(S, L))
-    ids[:, 1:] = np.where(rng.random((S, L - 1)) < 0.5, top[..., 0], ids[:, 1:])
-    target = np.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
-    return {"input_ids": ids, "example_id": np.arange(S), "doc_index": np.zeros(S, dtype=np.int64),
-            "topk_ids": top, "topk_logprobs": np.take_along_axis(logp, top, -1).astype(np.float32),
-            "target_logprob": target.astype(np.float32), "target_rank": 1 + (logp > target[..., None]).sum(-1)}
+    sharp = np.random.default_rng(seed).choice([0.5, 2.0, 6.0], size=(S, L - 1, 1))
+    return topk_rows(S, L, K, V, seed=seed, sharpness=sharp, argmax_share=0.5)
 
 
 def write(path, rows, selection=None, encoding="qdelta"):

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 
+from benchmarks.fixtures import topk_rows
 from kdstream.storage import StoreWriter, open_store
 from kdstream.storage.stats import store_stats
 from kdstream.storage.verify import verify_store
@@ -21,18 +22,8 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def synthetic(n, L, k, seed=0):
-    """Valid-looking rows, cheap to make at any size: descending negative logprobs, mass < 1."""
-    rng = np.random.default_rng(seed)
-    logp = np.sort(np.log(rng.dirichlet(np.ones(4 * k), size=(n, L - 1))[..., :k]), -1)[..., ::-1]  # (n, L-1, k)
-    return {
-        "input_ids": rng.integers(0, 1000, size=(n, L)),
-        "example_id": np.arange(n),
-        "doc_index": np.arange(n) // 7,
-        "topk_ids": rng.integers(0, 1000, size=(n, L - 1, k)),
-        "topk_logprobs": np.ascontiguousarray(logp, dtype=np.float32),
-        "target_logprob": (logp[..., 0] - 0.5).astype(np.float32),  # (n, L-1)
-        "target_rank": rng.integers(1, 50, size=(n, L - 1)),
-    }
+    """Valid rows, cheap at any size: a real top-k (mass < 1) over a small vocabulary."""
+    return topk_rows(n, L, k, 64, seed=seed)
 
 
 def write(url, rows, chunk_rows):

@@ -6,41 +6,21 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from benchmarks.fixtures import topk_rows, write_rows
 from kdstream.cli.store import store as store_cli
 from kdstream.errors import KdError
-from kdstream.storage import StoreWriter
 from kdstream.storage.stats import store_stats
 
 L, K, V = 16, 4, 300
 
 
 def synthetic(n, seed=0):
-    """A peaked softmax (so the top-k mass varies widely) and true ranks of the targets."""
-    rng = np.random.default_rng(seed)
-    logits = (3.0 * rng.normal(size=(n, L - 1, V))).astype(np.float32)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))  # (n, L-1, V)
-    top = np.argsort(-logp, axis=-1)[..., :K]  # (n, L-1, K)
-    ids = rng.integers(0, V, size=(n, L))
-    teacher_right = rng.random((n, L - 1)) < 0.5  # half the targets are the teacher's argmax
-    ids[:, 1:] = np.where(teacher_right, top[..., 0], ids[:, 1:])
-    target = np.take_along_axis(logp, ids[:, 1:, None], -1)  # (n, L-1, 1)
-    return {
-        "input_ids": ids,
-        "example_id": np.arange(n),
-        "doc_index": np.zeros(n, dtype=np.int64),
-        "topk_ids": top,
-        "topk_logprobs": np.take_along_axis(logp, top, -1),
-        "target_logprob": target[..., 0],
-        "target_rank": 1 + (logp > target).sum(-1),  # (n, L-1), 1 = argmax
-    }
+    """A peaked softmax (so the top-k mass varies widely); half the targets the teacher's argmax."""
+    return topk_rows(n, L, K, V, seed=seed, sharpness=3.0, argmax_share=0.5)
 
 
 def write(path, rows, chunk_rows=4, finalize=True):
-    n = len(rows["input_ids"])
-    w = StoreWriter(str(path), num_examples=n, seq_len=L, k=K, vocab_size=V, attrs={}, chunk_rows=chunk_rows)
-    w.append(rows)
-    if finalize:
-        w.finalize()
+    write_rows(path, rows, vocab=V, chunk_rows=chunk_rows, finalize=finalize)
 
 
 def expected(rows, n_rows):

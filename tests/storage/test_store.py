@@ -6,6 +6,7 @@ import zarr
 
 from helpers import as_version_3  # noqa: F401  (re-exported: test_verify, test_chunk_io, test_union)
 
+from benchmarks.fixtures import topk_rows, write_rows
 from kdstream.errors import KdError
 from kdstream.storage import StoreWriter, open_store
 
@@ -13,31 +14,12 @@ L, K, V = 16, 4, 300
 
 
 def synthetic(n, seed=0):
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(size=(n, L - 1, V)).astype(np.float32)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    top = np.argsort(-logp, axis=-1)[..., :K]
-    ids = rng.integers(0, V, size=(n, L))
-    return {
-        "input_ids": ids,
-        "example_id": np.arange(n) + 100,
-        "doc_index": np.arange(n) // 3,
-        "topk_ids": top,
-        "topk_logprobs": np.take_along_axis(logp, top, -1),
-        "target_logprob": np.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0],
-        "target_rank": rng.integers(1, V, size=(n, L - 1)),
-    }
+    return topk_rows(n, L, K, V, seed=seed, first_id=100)
 
 
 def write(path, rows, chunk_rows=4, finalize=True, **kw):
-    n = len(rows["input_ids"])
-    w = StoreWriter(str(path), num_examples=n, seq_len=L, k=K, vocab_size=V, attrs={"tokenizer": {"sha256": "x"}},
-                    chunk_rows=chunk_rows, **kw)
-    for b in range(0, n, 3):  # batches that do not line up with chunks
-        w.append({k: v[b : b + 3] for k, v in rows.items()})
-    if finalize:
-        w.finalize()
-    return w
+    return write_rows(path, rows, vocab=V, chunk_rows=chunk_rows, attrs={"tokenizer": {"sha256": "x"}}, batch=3,
+                      finalize=finalize, **kw)
 
 
 def test_roundtrip_random_access_and_slices(tmp_path):

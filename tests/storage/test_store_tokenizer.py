@@ -6,10 +6,10 @@ import shutil
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
 from helpers import run_cli, without_tokenizer
+from benchmarks.fixtures import topk_rows
 
 from kdstream.data import load_tokenizer, tokenizer_fingerprint
 from kdstream.errors import KdError
@@ -125,11 +125,7 @@ def test_the_tokenizer_reads_over_http(teacher_store, http_root):
 
 
 def _rows(n, L=8, k=4, V=300):
-    rng = np.random.default_rng(0)
-    logp = np.tile(np.log([0.4, 0.2, 0.1, 0.05]).astype(np.float32), (n, L - 1, 1))
-    return {"input_ids": rng.integers(0, V, (n, L)), "example_id": np.arange(n), "doc_index": np.arange(n),
-            "topk_ids": np.tile(np.arange(k), (n, L - 1, 1)), "topk_logprobs": logp,
-            "target_logprob": logp[..., 0], "target_rank": np.ones((n, L - 1), int)}
+    return topk_rows(n, L, k, V)
 
 
 @pytest.mark.parametrize("where", ["local", "memory"])

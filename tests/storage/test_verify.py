@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from benchmarks.fixtures import topk_rows, write_rows
 from kdstream.cli.store import store as store_cli
 from kdstream.errors import KdError
-from kdstream.storage import StoreWriter, open_store
+from kdstream.storage import open_store
 from kdstream.storage.verify import verify_store
 from test_store import as_version_3
 
@@ -25,29 +26,11 @@ ATTRS = {
 
 def synthetic(n, seed=0):
     """Rows of a valid store: example_id 0..n-1, top-k logprobs of a real softmax (mass < 1)."""
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(size=(n, L - 1, V)).astype(np.float32)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))  # (n, L-1, V)
-    top = np.argsort(-logp, axis=-1)[..., :K]  # (n, L-1, K)
-    ids = rng.integers(0, V, size=(n, L))
-    return {
-        "input_ids": ids,
-        "example_id": np.arange(n),
-        "doc_index": np.arange(n) // 3,
-        "topk_ids": top,
-        "topk_logprobs": np.take_along_axis(logp, top, -1),
-        "target_logprob": np.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0],
-        "target_rank": rng.integers(1, V, size=(n, L - 1)),
-    }
+    return topk_rows(n, L, K, V, seed=seed)
 
 
 def write(path, rows, chunk_rows=4, finalize=True):
-    n = len(rows["input_ids"])
-    w = StoreWriter(str(path), num_examples=n, seq_len=L, k=K, vocab_size=V, attrs=ATTRS, chunk_rows=chunk_rows)
-    for b in range(0, n, 3):  # batches that do not line up with chunks
-        w.append({k: v[b : b + 3] for k, v in rows.items()})
-    if finalize:
-        w.finalize()
+    write_rows(path, rows, vocab=V, chunk_rows=chunk_rows, attrs=ATTRS, batch=3, finalize=finalize)
 
 
 def flip_byte(chunk: Path) -> None:

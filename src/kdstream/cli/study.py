@@ -59,7 +59,8 @@ def reproduce(out, config_path, calibrate, grid_path, **overrides):
 @_study_flags
 def demo(out, **overrides):
     """`kdstream reproduce` on the embedded default (what `make demo` runs): the study in miniature
-    on standard-library docstrings with tiny GPT-NeoX models and planted canaries."""
+    on standard-library docstrings with the installed dependencies' license texts (30% of the
+    characters), tiny GPT-NeoX models and planted canaries."""
     from kdstream.study.reproduce import run_reproduce
 
     run_reproduce(load_study_config(None, overrides), out)

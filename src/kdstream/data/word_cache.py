@@ -2,7 +2,7 @@
 ids as the tokenizer, at a fraction of its cost where text repeats its words.
 
 Why: cross-tokenizer alignment tokenizes every example's text with the student's tokenizer in a
-loader worker, and on 64-token rows that call was ~40% of the worker's time
+loader worker, and on 64-token rows that call is a large share of the worker's time
 (benchmarks/align_bench.py). A byte-level BPE tokenizer (GPT-2, GPT-NeoX, Llama-3, Qwen) splits
 text into words with a regex, then runs BPE on each word alone: a word's ids never depend on its
 neighbours. So the text's ids are its words' ids one after the other, and a dict from word to ids,

@@ -178,6 +178,11 @@ class Aligner:
         p = self._prepare(rows)
         return self._finish(p, self.encoder.encode(p.piece_texts))
 
+    def piece_texts(self, rows) -> list[str]:
+        """The text pieces (between special tokens) of ``rows`` that ``align_rows`` hands the
+        student's tokenizer in its one call: what a benchmark of that call encodes."""
+        return self._prepare(rows).piece_texts
+
     def _prepare(self, rows) -> "_Prepared":
         """Each row's text (its whole characters), the teacher spans in it and the pieces of it the
         student tokenizes. B rows in, K of them with a text, T teacher tokens in those K."""

@@ -43,7 +43,7 @@ CHECKPOINTS = "checkpoints"
 STATE_JSON = "state.json"
 STATE_TENSORS = "state.safetensors"
 DIGESTS = "digests.json"  # {"sha256": {file name: digest}} of every other file of the checkpoint
-FORMAT = 3  # state.json's "format"; 1 was the pickled state.pt, 2 had no digests
+FORMAT = 3  # state.json's "format": a checkpoint of any other is refused (docs/distill.md)
 _FIX = "drop --resume and pass --overwrite to start over"
 _SEP = "/"  # joins optimizer-state key parts; parameter names hold dots, never slashes
 

@@ -41,7 +41,7 @@ def cuda_available() -> bool:
 def import_vllm():
     """``import vllm`` with kdstream's defaults for its settings set first (the logging level is
     read at import); KdError when it is not installed."""
-    # In-process engine core: on CPU this saves ~20 s of start-up (no extra interpreter imports).
+    # In-process engine core: no second interpreter to start and import vLLM again.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     # ERROR: at WARNING, vLLM 0.32 prints a traceback on every start when the tokenizer is skipped

@@ -41,7 +41,7 @@ def engine_attrs(backend: str, model_dir, opts) -> dict:
     ``dtype`` is the dtype the teacher will run in, resolved by the backend's own rule (vLLM's
     ``auto`` on a float32 checkpoint is 16-bit); ``requested_dtype`` is ``--dtype`` as given.
     Both are compared on resume; once loaded, the teacher's actual dtype is checked against
-    ``dtype`` before a chunk is written (runner.check_teacher)."""
+    ``dtype`` before a chunk is written (runner.check_teacher_dtype)."""
     if backend == "vllm":
         from kdstream.engines.vllm import resolve_dtype as vllm_dtype
 

@@ -136,11 +136,11 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     # sampled: at most min(N, k) distinct ids per position can be drawn: the stored width
     width = min(opts.samples, opts.top_k) if sampled else opts.top_k
     selection = store_selection(opts)
-    # the same for every worker; a fixed store's options as before ragged stores (the selection
-    # attribute records --top-p / --budget / --min-k where they are used)
+    # the same for every worker; a fixed store's options leave the selection flags out (the
+    # selection attribute records --top-p / --budget / --min-k where they are used)
     options = {k: v for k, v in options_dict(opts).items()
                if k != "worker_index" and (selection is not None or k not in _SELECTION_OPTIONS)
-               and (conversations is not None or k != "chat")}  # a text store's attributes as before chat data
+               and (conversations is not None or k != "chat")}  # a text store records no chat options
     writer = StoreWriter(
         opts.out,
         num_examples=len(examples),

@@ -15,7 +15,7 @@ Every chunk object must exist whenever it is read (``Plan.strict``; stores writt
 markers are written with write_empty_chunks, so a missing object always means a lost or not yet
 written chunk): ``MissingChunk``. Only older stores without markers, whose writer skipped
 all-zero chunks, read a missing object as the fill value, as zarr does. With a manifest (format
-version 4) each object's crc32c trailer must also equal its manifest entry: 4 bytes compared per
+version 4 and later) each object's crc32c trailer must also equal its manifest entry: 4 bytes compared per
 chunk, ``ChangedChunk`` otherwise.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Plan:
     expected: np.ndarray | None = None  # (C,) uint32: each chunk's crc32c from the store's manifest
     # a reader's qdelta delta codes, stored slot-major (order[0] is the last axis): return their
     # running sums over the slots (absolute codes), taken before the transpose back, where the
-    # slots are whole contiguous arrays (packing.running_sum_by_slot; ~10x numpy's cumsum)
+    # slots are whole contiguous arrays (packing.running_sum_by_slot; faster than numpy's cumsum)
     running_sum: bool = False
 
     @property
@@ -122,11 +122,11 @@ def _check_manifest(p: Plan, crc: int, c: int) -> None:
         raise ChangedChunk(f"its crc32c {crc:08x} is not the manifest's {int(p.expected[c]):08x}")
 
 
-# Page faults were most of a chunk read on a local store: a fresh buffer of a few MB is often new
+# Page faults can be most of a chunk read on a local store: a fresh buffer of a few MB is often new
 # memory from the kernel, zeroed page by page, that glibc hands back when it is freed (storage/
 # memory.py). Buffers a read uses only on its way (a transposed chunk, the stored form of an array
 # decoded into another) are kept per thread and reused by its next read (docs/benchmarks.md,
-# "Reading ragged stores").
+# read rates).
 _SCRATCH = threading.local()
 SCRATCH_LIMIT = 64 << 20  # bytes: larger buffers (a whole store read at once) are not kept
 
@@ -200,7 +200,7 @@ def fetch_local(plans: dict[str, Plan], start: int, stop: int, per_chunk: frozen
     """``fetch``'s result read in the calling thread, file by file, when every planned array is
     on a local disk (zarr's LocalStore); None otherwise. A local file read costs tens of
     microseconds; sending each to zarr's event loop thread and from there to a worker thread
-    cost ~2 ms per chunk read of 7 arrays, a quarter of a fixed top-64 read (docs/benchmarks.md)."""
+    costs far more, a large share of a fixed top-64 read (docs/benchmarks.md, read rates)."""
     from zarr.core.buffer import default_buffer_prototype
     from zarr.storage import LocalStore
 

@@ -6,7 +6,7 @@ log grid of step ``scale`` nats, delta-coded along k:
     c_j  = round(-logprob_j / scale)             (non-decreasing in j, since logprobs descend)
     d_0  = c_0,  d_j = c_j - c_{j-1} >= 0        (small integers: cheap after bit shuffle + zstd)
 
-Format version 3 adds, per row, one int16 ``topk_shift`` code h, and the decoded row is
+Each row also holds one int16 ``topk_shift`` code h (format version 3 and later), and the decoded row is
 
     logprob_j = -c_j * scale + h * shift_scale        (c = cumsum(d), shift_scale = scale / 1024)
 

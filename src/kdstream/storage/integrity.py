@@ -1,4 +1,4 @@
-"""A complete store's integrity record (format version 4): what its readers check.
+"""A complete store's integrity record (format version 4 and later): what its readers check.
 
 - ``manifest_crc32c`` (MANIFEST_ARRAY): a uint32 array (A, C), row a = array ``manifest.arrays[a]``,
   column c = that array's chunk c, holding the crc32c trailer of every chunk object as finalize

@@ -4,9 +4,8 @@ back to the kernel after every read and faulting it in again, zeroed, page by pa
 A chunk read allocates a few MB of output (a fixed top-64 chunk of 32 × 256 tokens: 4 MB of
 int64 ids, 2 MB of float32 logprobs). With glibc's default, dynamic thresholds, memory freed at
 the top of the heap beyond twice the largest recent mmap'd block is trimmed, so a loop of reads
-whose outputs outlive the next read (any loader's) keeps trimming and faulting: ~200 page faults
-per 1,000 tokens, and the read rate swung between 0.6 and 1.9M tokens/s from one process to the
-next on the same store (docs/benchmarks.md, "Reading ragged stores"). Fixing the thresholds at 32 MB (mmap)
+whose outputs outlive the next read (any loader's) keeps trimming and faulting, and the read rate
+swings from one process to the next on the same store (docs/benchmarks.md, read rates). Fixing the thresholds at 32 MB (mmap)
 and 64 MB (trim) keeps at most 64 MB of freed memory at the top of the heap and makes the rate
 repeatable.
 

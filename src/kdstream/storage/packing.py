@@ -2,7 +2,7 @@
 
 A ragged row keeps a prefix of its top-k list (``topk_len`` entries, selection.py). Format version
 5 stored the rows padded to k, zeros at the unused slots; the compressor then saw runs of padding
-of every length between real entries, and a ragged store cost 22-30% more bytes per entry than a
+of every length between real entries, and a ragged store cost more bytes per entry than a
 fixed one (docs/benchmarks.md, ragged stores). Version 6 keeps the arrays' shapes, (S, L-1, k) in
 chunks of R rows, but fills each chunk of ``topk_index`` and ``topk_logprobs`` with the chunk's
 kept entries first (CSR without offsets: ``topk_len`` gives them), then zeros to the chunk's end:
@@ -29,7 +29,7 @@ def slot_major(name: str, logprobs: str) -> bool:
 
 def keep_mask(lengths: np.ndarray, k: int) -> np.ndarray:
     """(...,) lengths → (..., k) bool, True at the slots in use (j < length). Compared in the
-    lengths' own dtype (a store's uint8 ``topk_len``): a cast to int64 first made it 4x slower."""
+    lengths' own dtype (a store's uint8 ``topk_len``): a cast to int64 first costs more than the compare."""
     lengths = np.asarray(lengths)
     return np.arange(k, dtype=_small(lengths, k)) < lengths[..., None]
 
@@ -54,15 +54,15 @@ def pack(values: np.ndarray, lengths: np.ndarray, by_slot: bool) -> np.ndarray:
 
 def _scatter(out: np.ndarray, keep: np.ndarray, values: np.ndarray) -> None:
     """``out[keep] = values[:keep.sum()]``, through the flat indices of the kept slots: a boolean
-    mask assignment of k = 64 slots per row ran ~3x slower (15 vs 5 ms per 65k rows, one run)."""
+    mask assignment of k = 64 slots per row is slower."""
     where = np.flatnonzero(keep)
     out.reshape(-1)[where] = values[: len(where)]
 
 
 def running_sum_by_slot(by_slot: np.ndarray) -> None:
     """(k, ...) uint16 delta codes, slot-major → their running sums over the slots (absolute codes),
-    in place: k whole-array adds, ~10x faster than numpy's cumsum along a row-major last axis of
-    k = 64 (which runs one row at a time). Never wraps: the encoder's codes are non-decreasing and
+    in place: k whole-array adds, where numpy's cumsum along a row-major last axis of k = 64 runs
+    one row at a time. Never wraps: the encoder's codes are non-decreasing and
     at most 65535 (encoding.cumulative_codes)."""
     for j in range(1, len(by_slot)):
         np.add(by_slot[j], by_slot[j - 1], out=by_slot[j])

@@ -1,4 +1,4 @@
-"""What a kdstream logit store holds (format version 4), in one place.
+"""What a kdstream logit store holds (format versions 4, 6 and 7; 1 to 7 read), in one place.
 
 Per-example arrays, all with examples on axis 0 and the same number of rows per chunk (R):
     input_ids       (S, L)       uint16 | int32   the example's tokens
@@ -14,7 +14,7 @@ Per-example arrays, all with examples on axis 0 and the same number of rows per 
                                                   as a residual against the top-k codes (encoding.py)
     target_logprob  (S, L-1)     float32          fp32: that logprob, exact
     target_rank     (S, L-1)     uint16 | int32   its 1-based rank in the teacher's distribution
-    topk_len        (S, L-1)     uint8 | uint16   ragged stores only (versions 5, 6): entries of row t in use,
+    topk_len        (S, L-1)     uint8 | uint16   ragged stores only (versions 6 and 7): entries of row t in use,
                                                   1..k; slots >= topk_len are padding (docs/store-format.md)
 One array with one row per chunk (C = ceil(S / R) rows, chunks of one row):
     id_table        (C, V)       uint16 | int32   chunk c's distinct top-k ids, most frequent in the chunk
@@ -23,24 +23,18 @@ A sampled store (``targets: sampled``) holds sample_ids / sample_counts (S, L-1,
 sample_tail_count (S, L-1) instead of the top-k arrays, tail and target code (docs/store-format.md).
 Group attributes describe provenance; ``complete`` is set True last, after every chunk is written.
 A ``tokenizer/`` group holds the teacher's tokenizer files, listed with their sha256 in the
-``tokenizer`` attribute (tokenizer_files.py); no format version of its own: stores without it read
-as before, and older readers ignore it.
-Version 4 = version 3's arrays plus an integrity record written at finalize (integrity.py): the
-manifest_crc32c array (every chunk's crc32c) and the ``integrity`` attribute (checksums of the
-attributes and of the manifest), which readers check. Version 3 stores (the same arrays without
-it), and version 1 and 2 stores (ids as they are, float32 or qdelta-coded logprobs, float32 tail
-and target) are still read, without those checks.
-Version 5 = version 4 plus ``topk_len``, written only by ragged stores (``precompute-logits
---top-p`` / ``--budget``, attribute ``selection``): fixed top-k stores are still written as version
-4, so that the kdstream releases before ragged stores read them, and refuse (rather than misread)
-a ragged one. Version 5 rows are padded to k; version 6 (what ragged stores are written as now)
-has the same arrays, with each chunk of topk_index / topk_logprobs holding the chunk's kept entries
-back to back, then zeros (packing.py).
-Version 7 = version 6's layout for conversation stores (attribute ``conversations``): one example
+``tokenizer`` attribute (tokenizer_files.py); no format version of its own: stores without it
+still read, and readers that do not know it ignore it.
+A fixed top-k text store is written as version 4: the arrays above plus an integrity record written
+at finalize (integrity.py), which readers check. A ragged store (``precompute-logits --top-p`` /
+``--budget``, attribute ``selection``) is version 6: ``topk_len`` added, and each chunk of
+topk_index / topk_logprobs holding the chunk's kept entries back to back, then zeros (packing.py).
+A conversation store (attribute ``conversations``) is version 7: version 6's layout, one example
 per conversation, input_ids padded with zeros after ``length`` (S,) int32 tokens, and teacher rows
 only at the target positions (those whose next token the loss is on, text/chat.py): ``topk_len``
-is 0 elsewhere, so the packed chunks hold no entry for them and their per-row codes are 0. A
-fixed top-k conversation store has ``topk_len`` k at every target. Text stores keep versions 4 and 6.
+is 0 elsewhere, so the packed chunks hold no entry for them and their per-row codes are 0; a fixed
+top-k conversation store has ``topk_len`` k at every target. Older versions (1, 2, 3 and 5) are
+still read: docs/store-format.md, "Format versions".
 """
 from __future__ import annotations
 
@@ -50,10 +44,10 @@ import numpy as np
 
 FORMAT_NAME = "kdstream-logits"
 FORMAT_VERSION = 7  # the newest this kdstream reads
-FIXED_VERSION = 4  # 4: version 3 + integrity record (manifest of chunk checksums, attribute checksum)
-PADDED_RAGGED_VERSION = 5  # 5: version 4 + topk_len, rows padded to k (ragged stores only)
-RAGGED_VERSION = 6  # 6: version 5 with each chunk's kept entries packed back to back (packing.py)
-CONVERSATION_VERSION = 7  # 7: version 6 + ``length``, rows only at the target positions (conversations)
+FIXED_VERSION = 4  # fixed top-k text stores: kept at 4 so readers without ragged rows read them
+PADDED_RAGGED_VERSION = 5  # ragged rows padded to k: read, not written
+RAGGED_VERSION = 6  # ragged stores: each chunk's kept entries packed back to back (packing.py)
+CONVERSATION_VERSION = 7  # conversation stores: ``length``, rows only at the target positions
 EXAMPLE_LENGTH = "length"  # a conversation store's real tokens per example
 LENGTH_ARRAY = "topk_len"
 RAGGED_KINDS = ("top_p", "budget")  # the ``selection`` kinds whose rows have their own length

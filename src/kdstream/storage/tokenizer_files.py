@@ -64,7 +64,7 @@ def carries_tokenizer(store) -> bool:
 def collect(directory: str | Path, fingerprint: str) -> tuple[dict[str, bytes], str | None]:
     """({name: bytes} of the ALLOWED files of ``directory``, None) when they load, alone, to the
     tokenizer of ``fingerprint`` (tokenizer_fingerprint's sha256); ({}, why) when they do not: the
-    store is then written without them, as before."""
+    store is then written without them."""
     d = Path(directory)
     files = {name: (d / name).read_bytes() for name in sorted(ALLOWED) if (d / name).is_file()}
     if not files:

@@ -1,6 +1,6 @@
 """Check a logit store end to end: metadata, every chunk's crc32c checksum, example ids, token ids
 (within the vocabulary: a forgery with its checksums recomputed passes every crc32c), and for
-format version 4 the integrity record: attributes and manifest against their checksums, every
+format version 4 and later the integrity record: attributes and manifest against their checksums, every
 chunk against its manifest entry, every array's metadata against the layout it was finalized with;
 and the tokenizer files a store carries against the sha256 its attributes record.
 

@@ -244,7 +244,7 @@ class StoreWriter:
         self.encoding = encoding
         self.encoding_attrs = enc.encoding_attrs(encoding, samples)  # ValueError on an unknown name
         # ragged rows (selection.py): version 6 with topk_len, chunks packed (packing.py); a fixed
-        # store stays version 4, as before
+        # store is version 4, which every reader reads
         self.selection = selection
         if selection is not None and (encoding == "sampled" or selection.get("max_k") != k):
             raise ValueError(f"a selection needs top-k targets and max_k = k ({k}), got {selection} with {encoding}")

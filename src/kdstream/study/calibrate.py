@@ -41,15 +41,12 @@ CALIBRATE_YAML = "calibrate.yaml"
 CALIBRATION_JSON = "calibration.json"
 CALIBRATION_MD = "calibration.md"
 ROLES = ("teacher", "baseline", "student")
-# The paper's rates (0.33% / 0.17% / 0.07% of 1M examples) and issue 19's target band for each.
+# The paper's rates (0.33% / 0.17% / 0.07% of 1M examples) and the band a calibrated study aims for.
 PAPER_RATES = {"teacher": 0.0033, "baseline": 0.0017, "student": 0.0007}
 TARGET_BAND = (0.001, 0.10)
-# The embedded grid: around the embedded defaults (docstrings + licenses at 30%, ~2,500 windows of
-# 64 tokens, 4 epochs for every model, lr 7e-4 for the teacher and 1e-3 for the others), the share
-# of license text, the knob that placed the regime last (docs/study.md): at 40% the teacher's extra
-# recall is largely forks between near-duplicate licenses, which the student inherits (12.7% of the
-# teacher-only windows over seeds 0-2), at 30% it inherits 1 of 70 (5 of 90 over seeds 0-4); at
-# 35% seed 0's models memorize 16 / 11 / 4 windows. 3 points, ~9 min each on 2 cores.
+# The embedded grid: around the embedded defaults, the share of license text, the knob that placed
+# the regime last: more license text makes the teacher's extra recall forks between near-duplicate
+# licenses, which the student inherits (the sweep's figures: docs/study.md).
 DEFAULT_GRID: dict[str, list] = {
     "dataset": ["demo+licenses:0.3", "demo+licenses:0.35", "demo+licenses:0.4"],
 }
@@ -180,7 +177,7 @@ def calibration_markdown(result: dict) -> str:
     lines = [
         "# Calibration: memorization rates over the grid",
         "",
-        f"Target (issue 19): every rate between {_pct(lo)} and {_pct(hi)}, teacher > baseline > student. "
+        f"Target: every rate between {_pct(lo)} and {_pct(hi)}, teacher > baseline > student. "
         "Rates are exact extractions of the suffix from the prefix over the training examples.",
         "",
         "| point | seed | examples | teacher | baseline | student | in band | teacher > baseline > student | minutes |",

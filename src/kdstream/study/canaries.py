@@ -64,7 +64,7 @@ def plant(texts: list[str], canaries: list[dict], tokenizer, examples: int, seq_
     ``examples * seq_len`` tokens of the packed stream, each copy whole inside one window.
 
     Copies go at document boundaries first (a corpus of short documents, such as the demo's, is
-    planted exactly as before documents could be split). When that leaves copies over (long
+    then planted without splitting any). When that leaves copies over (long
     documents have too few boundaries), the same seeded places are used again, and a document that
     runs past a copy's place is split at the next window boundary, where the copy then starts.
     """

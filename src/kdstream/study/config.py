@@ -32,19 +32,14 @@ class StudyConfig:
     (+ features) → compare → classify → filter → re-distill → extract-eval → report."""
 
     # data: the first `examples` windows of `seq_len` tokens of the corpus (canaries planted in it).
-    # Issue 19's calibration (kdstream reproduce --calibrate, benchmarks/results/calibration_*.json,
-    # docs/study.md): the standard-library docstrings with the installed dependencies' license texts
-    # as 30% of the characters (natural duplication: whole texts with their natural copy counts), all
-    # ~2,500 windows of 64 tokens. There the regime is set by the passes over the data and the step
-    # size, not by the model size: in 3 epochs at lr 1e-3 the tiny teacher memorizes about as much
-    # as the 8x small-teacher, and less than the CE baseline at 4; so the teacher gets the baseline's
-    # 4 epochs (paper: 3) at its own lr (teacher_lr) to memorize more than it. The share of license
-    # text sets how much of the teacher's extra recall is forks between near-duplicate licenses
-    # (texts that share a phrase, then part), which the student inherits: at 40% the student
-    # inherited 12.7% of the teacher-only windows over seeds 0-2 (12 of 21 at such forks), at 30%
-    # 1 of 70 (5 of 90 over seeds 0-4, none of the 5 at a fork; the paper: 0.9%). The earlier
-    # defaults (256 windows of 128 tokens of the docstrings, 30 / 28 epochs) saturated: 98% / 52% /
-    # 26%.
+    # The calibrated default (kdstream reproduce --calibrate; the sweep and its figures: docs/study.md):
+    # the standard-library docstrings with the installed dependencies' license texts as 30% of the
+    # characters (natural duplication: whole texts with their natural copy counts), all windows of
+    # 64 tokens. There the regime is set by the passes over the data and the step size, not by the
+    # model size, so the teacher gets the baseline's 4 epochs (paper: 3) at its own lr (teacher_lr)
+    # to memorize more than it. More license text makes more of the teacher's extra recall forks
+    # between near-duplicate licenses (texts that share a phrase, then part), which the student
+    # inherits; at 30% it inherits about as little as in the paper.
     dataset: str = "demo+licenses:0.3"
     text_field: str = "text"
     split: str = "train"
@@ -62,10 +57,8 @@ class StudyConfig:
     teacher_epochs: int = option(4, "Epochs of the teacher (CE).")
     student_epochs: int = option(4, "Epochs of baseline, student and filtered student.")
     lr: float = 1e-3  # the baseline, the student and the filtered student
-    # the teacher's own (None: lr). Calibrated at 40% license text, 4 epochs, seed 0 (docs/study.md): at
-    # 5e-4 the teacher memorized 66 windows, fewer than the baseline's 102; at 1e-3, 216, and its
-    # student as many as the baseline (100); at 7e-4, 149, with a student at 65: teacher > baseline
-    # > student, as in the paper. (At 3 epochs, 1e-3 / 2e-3 gave 72 / 10.)
+    # the teacher's own (None: lr): the calibrated value that orders teacher > baseline > student,
+    # as in the paper (docs/study.md)
     teacher_lr: float | None = 7e-4
     batch_size: int = 8
     temperature: float = 2.0
@@ -86,7 +79,7 @@ class StudyConfig:
     target_recall: float = 0.95
     # extra flags per stage, for the GPU setting (e.g. --precision bf16, --dtype bfloat16)
     # --loss-chunk 0: with a 4k vocabulary the full logits are small, and the fused loss's
-    # recompute made a tiny KD epoch 1.3x slower on CPU (157 vs 122 tok/s, same run)
+    # recompute only slows a tiny KD epoch on CPU
     train_args: tuple[str, ...] = ("--loss-chunk", "0")
     train_launcher: tuple[str, ...] = ()  # e.g. [torchrun, --nproc_per_node, "8"]: distill runs under it
     # vLLM's dtype "auto" runs fp32 checkpoints in 16 bits: the tiny models are scored in fp32

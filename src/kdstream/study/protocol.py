@@ -32,9 +32,18 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     ``calibration``: stop after compare (the memorization counts) and skip the canaries' evals,
     returning ``calibration_figures``. The canaries are still planted, so the models train on
     exactly the corpus a full run trains on and give the same counts (same seed)."""
+    from dataclasses import replace
+
+    from kdstream.analysis.classify_run import ClassifyRunOptions
+    from kdstream.analysis.features_run import FeaturesOptions
     from kdstream.analysis.files import CLASSIFICATION_FILE, COMPARISON_JSON, EXCLUDE_FILE, SUMMARY_FILE
+    from kdstream.analysis.report import ReportOptions
     from kdstream.data import load_tokenizer
-    from kdstream.distill.trainer import DONE_FILE
+    from kdstream.distill.trainer import DONE_FILE, DistillOptions
+    from kdstream.engines.vllm import EngineOptions
+    from kdstream.extract.run import ExtractOptions
+    from kdstream.options import command_argv as argv
+    from kdstream.precompute.runner import PrecomputeOptions
     from kdstream.study.canaries import CANARY_CORPUS, CANARY_FILE, STUDY_CORPUS, build_study_corpus
 
     d = seed_dir
@@ -45,80 +54,82 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
         tok = load_tokenizer(init["teacher"])
         st.in_process("plant canaries", (d / CANARY_FILE).exists(),
                       lambda: build_study_corpus(d, corpus_texts(), tok, cfg, seed))
-    corpus = str(d / STUDY_CORPUS) if canaries else cfg.dataset
-    data = ["--text-field", "text"] if canaries else ["--text-field", cfg.text_field, "--split", cfg.split]
-    common = ["--seq-len", str(cfg.seq_len), "--max-examples", str(cfg.examples)]
-    # --resume: an interrupted training stage continues from its latest checkpoint (if any)
-    train = ["--batch-size", str(cfg.batch_size), "--seed", str(seed), "--resume", *cfg.train_args]
-    teacher_lr = ["--lr", str(cfg.teacher_lr if cfg.teacher_lr is not None else cfg.lr)]
-    student_lr = ["--lr", str(cfg.lr)]
+    corpus = (dict(dataset=str(d / STUDY_CORPUS), text_field="text") if canaries
+              else dict(dataset=cfg.dataset, text_field=cfg.text_field, split=cfg.split))
+    window = dict(seq_len=cfg.seq_len, max_examples=cfg.examples)
+    # resume: an interrupted training stage continues from its latest checkpoint (if any)
+    train = dict(batch_size=cfg.batch_size, seed=seed, resume=True)
     store = d / "teacher.zarr"
-    kd = ["--loss", cfg.loss, "--temperature", str(cfg.temperature), "--epochs", str(cfg.student_epochs)]
+    kd = dict(logits_store=str(store), loss=cfg.loss, temperature=cfg.temperature, epochs=cfg.student_epochs,
+              lr=cfg.lr)
     # a student of another tokenizer (student_tokenizer.py): distill picks the cross-tokenizer
     # losses itself (CE on the student's own tokens, KD by --cross-tokenizer); judged on bytes
     cross = _student_tokenizer_differs(init)
     if cross and cfg.cross_tokenizer:
-        kd += ["--cross-tokenizer", cfg.cross_tokenizer]
+        kd["cross_tokenizer"] = cfg.cross_tokenizer
 
     def done(path: Path) -> bool:
         return path.exists()
 
-    st.run("teacher (CE)", done(d / "teacher" / DONE_FILE),
-           ["distill", "--model", init["teacher"], "--dataset", corpus, *data, "--loss", "ce", "--out",
-            str(d / "teacher"), "--epochs", str(cfg.teacher_epochs), *common, *teacher_lr, *train])
-    st.run("precompute", store_complete(store),
-           ["precompute-logits", "--model", str(d / "teacher"), "--dataset", corpus, *data, "--out", str(store),
-            "--top-k", str(cfg.top_k), "--seed", str(seed), *common, *cfg.precompute_args])
-    st.run("baseline (CE)", done(d / "baseline" / DONE_FILE),
-           ["distill", "--model", init["student"], "--logits-store", str(store), "--loss", "ce", "--out",
-            str(d / "baseline"), "--epochs", str(cfg.student_epochs), *student_lr, *train])
-    st.run("student (KD)", done(d / "student" / DONE_FILE),
-           ["distill", "--model", init["student"], "--logits-store", str(store), *kd, "--out", str(d / "student"), *student_lr, *train])
+    def distill(name: str, role: str, opts: DistillOptions) -> None:
+        st.run(name, done(d / role / DONE_FILE), argv("distill", opts, cfg.train_args))
 
-    evaluate = ["--prefix-len", str(cfg.prefix_len), "--suffix-len", str(cfg.suffix_len), "--method",
-                cfg.eval_method, "--backend", cfg.eval_backend, *cfg.eval_args]
+    teacher_lr = cfg.teacher_lr if cfg.teacher_lr is not None else cfg.lr
+    distill("teacher (CE)", "teacher", DistillOptions(
+        model=init["teacher"], out=str(d / "teacher"), loss="ce", epochs=cfg.teacher_epochs, lr=teacher_lr,
+        **corpus, **window, **train))
+    st.run("precompute", store_complete(store), argv("precompute-logits", PrecomputeOptions(
+        model=str(d / "teacher"), out=str(store), top_k=cfg.top_k, engine=EngineOptions(seed=seed),
+        **corpus, **window), cfg.precompute_args))
+    distill("baseline (CE)", "baseline", DistillOptions(
+        model=init["student"], out=str(d / "baseline"), logits_store=str(store), loss="ce",
+        epochs=cfg.student_epochs, lr=cfg.lr, **train))
+    distill("student (KD)", "student", DistillOptions(model=init["student"], out=str(d / "student"), **kd, **train))
+
+    def evaluation(role: str, features: bool = False) -> ExtractOptions:
+        return ExtractOptions(model=str(d / role), logits_store=str(store), out=str(d / "eval" / role),
+                              prefix_len=cfg.prefix_len, suffix_len=cfg.suffix_len, method=cfg.eval_method,
+                              backend=cfg.eval_backend, features=features)
+
     # canaries: window i of canaries.jsonl packed at canary length + 1 (EOS) is canary i; the
     # teacher-forced fast path gives greedy decoding's exact-match verdict in one pass
-    canary_eval = ["--dataset", str(d / CANARY_CORPUS), "--seq-len", str(cfg.canary_tokens + 1),
-                   "--prefix-len", str(cfg.canary_prefix_len), "--suffix-len", str(cfg.canary_suffix_len),
-                   "--method", "fast", "--backend", "hf"]
+    def canary_evaluation(role: str) -> ExtractOptions:
+        return ExtractOptions(model=str(d / role), dataset=str(d / CANARY_CORPUS), out=str(d / "eval-canaries" / role),
+                              seq_len=cfg.canary_tokens + 1, prefix_len=cfg.canary_prefix_len,
+                              suffix_len=cfg.canary_suffix_len, method="fast", backend="hf")
 
     def evaluate_model(role: str, features: bool = False) -> None:
         if cross and role != "teacher":
             return evaluate_across(role, features)
         st.run(f"extract-eval {role}", done(d / "eval" / role / SUMMARY_FILE),
-               ["extract-eval", "--model", str(d / role), "--logits-store", str(store), "--out",
-                str(d / "eval" / role), *evaluate, *(["--features"] if features else [])])
+               argv("extract-eval", evaluation(role, features), cfg.eval_args))
         if canaries and not calibration:
             st.run(f"canaries {role}", done(d / "eval-canaries" / role / SUMMARY_FILE),
-                   ["extract-eval", "--model", str(d / role), "--out", str(d / "eval-canaries" / role), *canary_eval])
+                   argv("extract-eval", canary_evaluation(role)))
 
     def evaluate_across(role: str, features: bool) -> None:
         """A model of another tokenizer: greedy decoding judged on the suffix's bytes (the windows
         cut in the teacher's tokens); its features scored across tokenizers, where --features would go."""
-        generate = [*evaluate[:evaluate.index("--method")], "--method", "generate",
-                    *evaluate[evaluate.index("--method") + 2:]]
         st.run(f"extract-eval {role}", done(d / "eval" / role / SUMMARY_FILE),
-               ["extract-eval", "--model", str(d / role), "--logits-store", str(store), "--out",
-                str(d / "eval" / role), *generate])
+               argv("extract-eval", replace(evaluation(role), method="generate"), cfg.eval_args))
         if features:
             st.run(f"features {role}", done(d / "eval" / role / "features" / SUMMARY_FILE),
-                   ["features", "--model", str(d / role), "--logits-store", str(store), "--out",
-                    str(d / "eval" / role / "features"), "--prefix-len", str(cfg.prefix_len),
-                    "--suffix-len", str(cfg.suffix_len)])
+                   argv("features", FeaturesOptions(model=str(d / role), logits_store=str(store),
+                                                    out=str(d / "eval" / role / "features"),
+                                                    prefix_len=cfg.prefix_len, suffix_len=cfg.suffix_len)))
         if canaries and not calibration:  # canaries.jsonl packed with the teacher's tokenizer: window i is canary i
-            across = [*canary_eval[:canary_eval.index("--method")], "--method", "generate", "--backend", "hf",
-                      "--teacher-tokenizer", init["teacher"]]
-            st.run(f"canaries {role}", done(d / "eval-canaries" / role / SUMMARY_FILE),
-                   ["extract-eval", "--model", str(d / role), "--out", str(d / "eval-canaries" / role), *across])
+            across = replace(canary_evaluation(role), method="generate", teacher_tokenizer=init["teacher"])
+            st.run(f"canaries {role}", done(d / "eval-canaries" / role / SUMMARY_FILE), argv("extract-eval", across))
 
     # the classifier's inputs: features of the teacher and the baseline (extract-eval --features)
     for role in ROLES:
         evaluate_model(role, features=role != "student")
-    features = ["--teacher-features", str(d / "eval" / "teacher" / "features"),
-                "--baseline-features", str(d / "eval" / "baseline" / "features")]
+    features = dict(teacher_features=str(d / "eval" / "teacher" / "features"),
+                    baseline_features=str(d / "eval" / "baseline" / "features"))
     evals = [str(d / "eval" / role) for role in ROLES]
-    st.run("compare", done(d / "compare" / COMPARISON_JSON), ["compare", *evals, "--out", str(d / "compare"), *features], quiet=True)
+    st.run("compare", done(d / "compare" / COMPARISON_JSON),
+           ["compare", *evals, "--out", str(d / "compare"), "--teacher-features", features["teacher_features"],
+            "--baseline-features", features["baseline_features"]], quiet=True)
 
     cmp = json.loads((d / "compare" / COMPARISON_JSON).read_text())
     if calibration:
@@ -126,21 +137,20 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     positives = cmp["memorized"]["student"]
     # repeated stratified 70/30 splits and 5-fold CV need a few of each class; fewer: not testable
     fit = min(positives, cmp["examples"] - positives) >= MIN_CLASS
-    report = ["report", *(a for role in ROLES for a in (f"--{role}-eval", str(d / "eval" / role))), *features]
     if fit:
-        st.run("classify + filter", done(d / "classify" / CLASSIFICATION_FILE),
-               ["classify", "--student-eval", str(d / "eval" / "student"), *features, "--out", str(d / "classify"),
-                "--seed", str(seed), "--repeats", str(cfg.classify_repeats), "--filter",
-                "--target-recall", str(cfg.target_recall)])
+        st.run("classify + filter", done(d / "classify" / CLASSIFICATION_FILE), argv("classify", ClassifyRunOptions(
+            student_eval=str(d / "eval" / "student"), out=str(d / "classify"), seed=seed,
+            repeats=cfg.classify_repeats, filter=True, target_recall=cfg.target_recall, **features)))
         # a classifier that flags every example leaves nothing to re-distill on: the filter's
         # finding is then not testable (study/paper.py), not a failed stage
         if len(excluded_ids(d)) < cmp["examples"]:
-            st.run("student (KD, filtered)", done(d / "student_filtered" / DONE_FILE),
-                   ["distill", "--model", init["student"], "--logits-store", str(store), *kd, "--exclude",
-                    str(d / "classify" / EXCLUDE_FILE), "--out", str(d / "student_filtered"), *student_lr, *train])
+            distill("student (KD, filtered)", "student_filtered", DistillOptions(
+                model=init["student"], out=str(d / "student_filtered"), exclude=str(d / "classify" / EXCLUDE_FILE),
+                **kd, **train))
             evaluate_model("student_filtered")
-        report += ["--classify", str(d / "classify")]
-    st.run("report", False, report + ["--out", str(d / "report")])  # cheap; rebuilt from what exists
+    report = ReportOptions(**{f"{role}_eval": str(d / "eval" / role) for role in ROLES}, out=str(d / "report"),
+                           classify=str(d / "classify") if fit else None, **features)
+    st.run("report", False, argv("report", report))  # cheap; rebuilt from what exists
     figures = seed_figures(d, cfg, fit)
     if cross:  # only then: a same-tokenizer study's figures stay as they were
         from kdstream.study.student_tokenizer import across_facts

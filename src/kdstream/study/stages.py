@@ -56,7 +56,7 @@ class Stages:
 def _run_command(args: list[str], quiet: bool, launcher: tuple[str, ...]) -> int:
     """`python -m kdstream ARGS` (under ``launcher`` if any) -> its exit code. Without a launcher
     the command is a fork of this process's fork server (forkserver.py: torch, transformers and
-    the rest imported once, not once per stage: ~10 s a stage on two cores); a launcher's ranks
+    the rest imported once, not once per stage); a launcher's ranks
     and ``KDSTREAM_FORKSERVER=0`` get fresh interpreters."""
     from kdstream import forkserver
 

@@ -1,12 +1,12 @@
-"""How the share of the same-tokenizer KD gain that crosses tokenizers depends on --alpha-ce (issue
-18's benchmark, cross_tokenizer_bench.py, at several CE weights; every KD arm at the same weight).
+"""How the share of the same-tokenizer KD gain that crosses tokenizers depends on --alpha-ce
+(cross_tokenizer_bench.py at several CE weights; every KD arm at the same weight).
 
 At each --alpha-ce value: ce_same, kd_same, ce_other and the exact arms, --seeds each, on one
 teacher and store (--work). Per value: the same-tokenizer KD gain (CE → KD, bits/byte), each
 cross-tokenizer arm's gain over its CE (ce_other) and their ratio, the share; and across values,
 the best same-tokenizer gain against the best cross-tokenizer one (each at its own weight).
 
-    OMP_NUM_THREADS=1 python -m benchmarks.cross_tokenizer_alpha_sweep [--alphas 0.3 0.5 0.6 0.7 0.8] [--work DIR]
+    OMP_NUM_THREADS=1 python -m benchmarks.research.cross_tokenizer_alpha_sweep [--alphas 0.3 0.5 0.6 0.7 0.8] [--work DIR]
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 import tempfile
 
 from benchmarks.cross_tokenizer_bench import measure, parse_args
-from benchmarks.results import save
+from benchmarks.results import RESEARCH_RESULTS, save
 
 ARMS = ("ce_same", "kd_same", "ce_other", "exact", "exact_prefix")
 CROSS = ("exact", "exact_prefix")
@@ -56,7 +56,7 @@ def main() -> None:
         "matched_share_at_least_0_5": {a: [arm for arm in CROSS if (p[arm]["share"] or 0) >= 0.5
                                            and p[arm]["better_than_ce_other_every_seed"]] for a, p in points.items()},
     }
-    save("cross_tokenizer_alpha_sweep", figures)
+    save("cross_tokenizer_alpha_sweep", figures, RESEARCH_RESULTS)
 
 
 if __name__ == "__main__":

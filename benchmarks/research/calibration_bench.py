@@ -1,12 +1,12 @@
-"""Issue 19's calibration sweep, saved as a benchmark result: `kdstream reproduce --calibrate` over
+"""The calibration sweep, saved as a research result: `kdstream reproduce --calibrate` over
 a grid (the embedded one, or --grid FILE), then every point's memorization counts and rates, stage
 seconds and verdicts (in the 0.1%–10% band; teacher > baseline > student) with the command, commit
-and machine (benchmarks/results/NAME.json).
+and machine (benchmarks/research/results/NAME.json).
 
 The sweep runs as the CLI runs it (one subprocess); --work keeps its directory, and a rerun over a
 finished --work only re-reads it (every stage is skipped as done).
 
-    OMP_NUM_THREADS=2 python -m benchmarks.calibration_bench [--grid FILE] [--config FILE] [--work DIR] [--name NAME]
+    OMP_NUM_THREADS=2 python -m benchmarks.research.calibration_bench [--grid FILE] [--config FILE] [--work DIR] [--name NAME]
 
 --config is the sweep's base config (as for `kdstream reproduce --config`): e.g. to re-read a sweep
 run under earlier embedded defaults, pass those defaults.
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks.miniature import run_reproduce
-from benchmarks.results import save
+from benchmarks.results import RESEARCH_RESULTS, save
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--config", help="Study YAML: the base config of every point (default: the embedded one)")
     parser.add_argument("--seeds", type=int, help="Seeds per point (default: the config's, else 1)")
     parser.add_argument("--work", help="The sweep's --out (kept; a finished one is only re-read)")
-    parser.add_argument("--name", default="calibration_bench", help="results/NAME.json")
+    parser.add_argument("--name", default="calibration_bench", help="research/results/NAME.json")
     args = parser.parse_args()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,7 +41,7 @@ def main() -> None:
         figures["table"] = (out / "calibration.md").read_text()
         figures["sweep_command"] = " ".join(cmd[1:])
         figures["wall_s"] = round(time.perf_counter() - start, 1)  # ~0 when --work held a finished sweep
-        save(args.name, figures)
+        save(args.name, figures, RESEARCH_RESULTS)
 
 
 if __name__ == "__main__":
