@@ -149,3 +149,12 @@ def conversation_sweep(table):
 
     t = table.drop_columns([c for c in LIST_COLUMNS if c in table.column_names])
     return t.add_column(1, "prefix_len", pa.nulls(t.num_rows, pa.int64()))
+
+
+def merged_counts(parts: list[dict]) -> dict:
+    """The ``conversations`` counts of several shards' summaries, summed."""
+    skipped: dict[str, int] = {}
+    for c in parts:
+        for k, v in c["skipped"].items():
+            skipped[k] = skipped.get(k, 0) + v
+    return {"read": sum(c["read"] for c in parts), "judged": sum(c["judged"] for c in parts), "skipped": skipped}
