@@ -31,7 +31,6 @@ def check_conversation_options(opts, url: str) -> None:
     require(opts.match != "bytes" and opts.teacher_tokenizer is None,
             f"store {url} holds conversations: they are judged on the store's tokens, by a model with the store's "
             "tokenizer: drop --match bytes / --teacher-tokenizer")
-    require(not opts.features, f"store {url} holds conversations: --features scores text stores only: drop --features")
 
 
 def _check_tokenizer(model_dir: Path, store, url: str) -> None:
