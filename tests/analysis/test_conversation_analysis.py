@@ -88,3 +88,13 @@ def test_features_refusals(dirs, chat_store, chat_teacher_dir, teacher_dir, tmp_
     assert "another tokenizer" in one_line_error(proc)
     summary = json.loads((dirs / "features_teacher" / "summary.json").read_text())
     assert summary["prefix"] == "conversation" and summary["suffix_shorter"] == 0
+
+
+def test_reference_kl_over_a_conversation_stores_target_rows(chat_store, chat_teacher_dir):
+    """The fp32 conversation store against its own teacher: only its target rows count, each ≈ 0."""
+    from kdstream.analysis.reference_kl import reference_kl
+
+    store = open_store(chat_store)
+    kl = reference_kl(str(chat_store), str(chat_teacher_dir), examples=4, device="cpu")
+    assert kl["kl_positions"] == sum(len(store[i]["positions"]) for i in range(4))
+    assert -1e-6 <= kl["kl_bucket_mean"] < 1e-4 and 0 <= kl["kl_full_mean"] < 10

@@ -14,6 +14,7 @@ The prompts (system, user turns, headers) are context only, as in training.
 from __future__ import annotations
 
 import time
+
 import numpy as np
 
 from kdstream.analysis.features import (

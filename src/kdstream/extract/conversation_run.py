@@ -16,7 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from kdstream.errors import KdError
-from kdstream.extract.conversation_prompts import check_conversation_store, first_turns, score_each, store_windows
+from kdstream.extract.conversation_prompts import (
+    check_conversation_store,
+    first_turns,
+    score_each,
+    store_windows,
+)
 from kdstream.options import require, save_options
 from kdstream.outputs import fresh_partial, publish
 
