@@ -84,16 +84,15 @@ def first_turns(rows: dict[str, np.ndarray], n: int) -> FirstTurns:
     )
 
 
-def store_windows(rows: dict[str, np.ndarray], turns: FirstTurns, n: int) -> dict[str, np.ndarray]:
+def store_windows(rows: dict[str, np.ndarray], row: np.ndarray, prompt_len: np.ndarray, n: int) -> dict[str, np.ndarray]:
     """The store method's rows, shifted so every judged suffix is tokens 1..n: input_ids (c, n+1)
     and the teacher arrays (c, n, ...) at rows prompt_len-1 .. prompt_len+n-2 (each the row that
-    predicts a suffix token), for ``fast_path.store_metrics(windows, 1, n + 1)``."""
+    predicts a suffix token), for ``fast_path.store_metrics(windows, 1, n + 1)``. ``row``: each
+    judged conversation's index into ``rows``."""
     out = {}
-    for key, width, shift in (("input_ids", n + 1, 1), ("topk_ids", n, 1), ("topk_logprobs", n, 1),
-                              ("target_rank", n, 1)):
-        out[key] = np.stack([rows[key][r, p - shift : p - shift + width] for r, p in
-                             zip(turns.row.tolist(), turns.prompt_len.tolist())]) if len(turns) else \
-            np.zeros((0, width) + rows[key].shape[2:], rows[key].dtype)
+    for key, width in (("input_ids", n + 1), ("topk_ids", n), ("topk_logprobs", n), ("target_rank", n)):
+        out[key] = np.stack([rows[key][r, p - 1 : p - 1 + width] for r, p in zip(row.tolist(), prompt_len.tolist())]) \
+            if len(row) else np.zeros((0, width) + rows[key].shape[2:], rows[key].dtype)
     return out
 
 

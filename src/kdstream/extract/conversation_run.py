@@ -66,7 +66,7 @@ def run_conversation_eval(opts, store, after: Callable[[Path], dict] | None = No
     """``run_extract_eval`` for a conversation store (already opened): same files, same methods."""
     from kdstream.extract.backends import make_backend
     from kdstream.extract.cross_tokenizer import SAME
-    from kdstream.extract.fast_path import store_metrics, teacher_forced_metrics
+    from kdstream.extract.fast_path import teacher_forced_metrics
     from kdstream.extract.metrics import match_metrics
     from kdstream.extract.results import prefix_table, write_eval
     from kdstream.extract.run import run_meta, shard_range
@@ -83,10 +83,7 @@ def run_conversation_eval(opts, store, after: Callable[[Path], dict] | None = No
         _check_tokenizer(model_dir, store, url)
     total = len(store) if opts.max_examples is None else min(len(store), opts.max_examples)
     start, stop = shard_range(total, opts.num_workers, opts.worker_index)
-    keys = ("input_ids", "example_id", EXAMPLE_LENGTH, LENGTH_ARRAY)
-    keys += ("topk_ids", "topk_logprobs", "target_rank") if "store" in methods else ()
-    rows = store.read(start, stop, keys)
-    turns = first_turns(rows, n)
+    turns = first_turns(store.read(start, stop, ("input_ids", "example_id", EXAMPLE_LENGTH, LENGTH_ARRAY)), n)
     if len(turns) == 0:
         raise KdError(f"no conversation of store {url} (examples {start}..{stop - 1}) has a first assistant turn of "
                       f"--suffix-len {n} tokens or more: lower --suffix-len")
@@ -116,7 +113,7 @@ def run_conversation_eval(opts, store, after: Callable[[Path], dict] | None = No
             seconds["fast"] += time.perf_counter() - t
         if "store" in methods:
             t = time.perf_counter()
-            per_method["store"] = store_metrics(store_windows(rows, turns, n), 1, n + 1)
+            per_method["store"] = _store_verdicts(store, turns, start, stop, n, max(store.chunk_rows, opts.batch_size))
             bar.update(len(turns))
             seconds["store"] += time.perf_counter() - t
 
@@ -136,6 +133,20 @@ def run_conversation_eval(opts, store, after: Callable[[Path], dict] | None = No
     summary = write_eval(partial, table, sweep, meta, methods)
     publish(partial, Path(opts.out), "extract-eval")
     return summary
+
+
+def _store_verdicts(store, turns, start: int, stop: int, n: int, block: int) -> dict[str, np.ndarray]:
+    """fast_path.store_metrics of the judged suffixes, read ``block`` rows at a time (a big store's
+    top-k arrays do not fit in memory at once)."""
+    from kdstream.extract.fast_path import store_metrics
+
+    parts = []
+    for b in range(start, stop, block):
+        rows = store.read(b, min(stop, b + block), ("input_ids", "topk_ids", "topk_logprobs", "target_rank"))
+        mine = (turns.row >= b - start) & (turns.row < b - start + block)
+        windows = store_windows(rows, turns.row[mine] - (b - start), turns.prompt_len[mine], n)
+        parts.append(store_metrics(windows, 1, n + 1))
+    return {k: np.concatenate([m[k] for m in parts]) for k in parts[0]}
 
 
 def _arrow(values: np.ndarray):
