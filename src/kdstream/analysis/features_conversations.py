@@ -29,7 +29,6 @@ from kdstream.analysis.files import FEATURE_COLUMNS, jsonable
 from kdstream.errors import KdError
 
 _KEYS = ("input_ids", "example_id", "topk_ids", "topk_logprobs", "target_logprob", "length", "topk_len")
-PREFIX_DEFAULT = 50  # FeaturesOptions' default: the only --prefix-len a conversation store accepts
 
 
 def check_conversation_features(opts, store) -> None:
@@ -37,7 +36,7 @@ def check_conversation_features(opts, store) -> None:
     from kdstream.extract.conversation_prompts import check_conversation_store
 
     check_conversation_store(store, opts.logits_store)
-    if opts.prefix_len != PREFIX_DEFAULT:
+    if opts.prefix_len != type(opts).__dataclass_fields__["prefix_len"].default:  # a --prefix-len was named
         raise KdError(f"store {opts.logits_store} holds conversations: suffix_ppl scores each conversation's first "
                       "assistant answer after its own prompt, so --prefix-len does not apply: drop it")
 

@@ -25,12 +25,12 @@ from kdstream.extract.conversation_prompts import (
 from kdstream.options import require, save_options
 from kdstream.outputs import fresh_partial, publish
 
-PREFIX_DEFAULT = (50,)  # ExtractOptions' default: the only --prefix-len a conversation run accepts
-
 
 def check_conversation_options(opts, url: str) -> None:
-    """One-line errors for what a conversation evaluation does not do."""
-    require(tuple(opts.prefix_len) == PREFIX_DEFAULT and opts.offset == 0,
+    """One-line errors for what a conversation evaluation does not do (--prefix-len: only its
+    default, which a run that did not name the flag carries)."""
+    default = type(opts).__dataclass_fields__["prefix_len"].default
+    require(tuple(opts.prefix_len) == tuple(default) and opts.offset == 0,
             f"store {url} holds conversations: the prefix is each conversation up to its first assistant turn, so "
             "--prefix-len and --offset do not apply: drop them")
     require(opts.match != "bytes" and opts.teacher_tokenizer is None,
@@ -59,7 +59,7 @@ def _check_context(model_dir: Path, longest: int) -> None:
     max_pos = model_config(model_dir).get("max_position_embeddings")
     if max_pos and longest > max_pos:
         raise KdError(f"the longest prompt + --suffix-len is {longest} tokens, beyond the model's context ({max_pos}): "
-                      "lower --suffix-len or --max-examples, or evaluate a model with a longer context")
+                      "lower --suffix-len, or evaluate a model with a longer context")
 
 
 def run_conversation_eval(opts, store, after: Callable[[Path], dict] | None = None) -> dict:
