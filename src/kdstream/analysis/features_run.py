@@ -132,16 +132,23 @@ def run_features(opts: FeaturesOptions) -> dict:
     out = Path(opts.out)
     check_output(out, "features", replace=opts.overwrite)
     store = open_stores(opts.logits_store)
-    if store.conversations:  # its padded windows would be read as text: refuse
-        raise KdError(f"store {opts.logits_store} holds conversations: features reads text stores only "
-                      "(prefix -> suffix windows); compute features on a text store of the same teacher")
-    if opts.prefix_len + opts.suffix_len > store.seq_len:
+    if store.conversations:  # scored at its assistant targets: features_conversations.py
+        from kdstream.analysis.features_conversations import check_conversation_features
+
+        check_conversation_features(opts, store)
+    elif opts.prefix_len + opts.suffix_len > store.seq_len:
         raise KdError(f"--prefix-len {opts.prefix_len} + --suffix-len {opts.suffix_len} exceeds the example length "
                       f"{store.seq_len} of {opts.logits_store}: shorten them")
     n = len(store) if opts.max_examples is None else min(len(store), opts.max_examples)
     if n == 0:
         raise KdError(f"store {opts.logits_store} holds no examples: precompute a store with examples")
     model, tokenizer, examples_tok = _load_scoring_model(opts, store)
+    if store.conversations:
+        from kdstream.analysis.features_conversations import run_conversation_features
+
+        table, summary = run_conversation_features(opts, store, model, tokenizer, examples_tok, n)
+        _publish_features(out, opts, table, summary)
+        return summary
     if examples_tok is not None:
         return _run_cross_features(opts, store, model, tokenizer, examples_tok, out, n)
 

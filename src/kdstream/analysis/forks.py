@@ -136,6 +136,8 @@ def baseline_departures(baseline_eval, ids: set[int]) -> tuple[list[Departure], 
         return "the baseline has another tokenizer than the store's windows"
     if not summary.get("logits_store"):
         return "the baseline was evaluated on a dataset, not a store: no training windows to search"
+    if summary.get("prefix") == "conversation":
+        return "the evaluations are of conversations, not of windows cut from one text: no near-duplicate windows"
     try:
         store = open_stores(summary["logits_store"], identity=summary.get("store_identity"))
     except KdError as exc:

@@ -12,7 +12,8 @@ from kdstream.errors import KdError
 
 
 def reference_kl(url: str, model_dir: str, examples: int = 8, batch_size: int = 4, device: str = "auto") -> dict[str, Any]:
-    """Mean KL(full teacher ‖ stored approximation) over every position of the first ``examples``.
+    """Mean KL(full teacher ‖ stored approximation) over every position of the first ``examples``
+    (of a conversation store: every target position).
 
     The full teacher is a transformers fp32 forward of ``model_dir`` (the teacher, or any model of
     the same vocabulary) over the stored input_ids, on ``device`` (engines.hf: auto = CUDA when
@@ -29,9 +30,6 @@ def reference_kl(url: str, model_dir: str, examples: int = 8, batch_size: int = 
     from kdstream.storage import open_store
 
     store = open_store(url)
-    if store.conversations:
-        raise KdError(f"store {url} holds conversations: the reference KL reads text stores only; use a text store "
-                      "of the same teacher")
     if store.sampled:
         raise KdError(f"store {url} holds sampled targets: undrawn tokens have estimate 0, so KL(teacher || store) "
                       "is infinite; use --reference-model on a top-k store")
@@ -62,7 +60,10 @@ def reference_kl(url: str, model_dir: str, examples: int = 8, batch_size: int = 
         # full vocabulary: log q = log(tail / (V - n)) off the row's n listed entries, the stored value on them
         log_q = (tail.log() - (V - n_row).clamp(min=1).log())[..., None].expand_as(logp).clone()
         log_q.scatter_(-1, top, q_top)
-        full_sum += float((p * (logp - log_q)).sum())
+        # a conversation store has rows at its target positions only (topk_len > 0): count those
+        on = n_row > 0 if store.conversations else None  # (B, L-1)
+        full = p * (logp - log_q)  # (B, L-1, V)
+        full_sum += float(full.sum() if on is None else full.sum(-1)[on].sum())
         # k + 1 classes: [top-k..., rest]
         p_top = logp.gather(-1, top).masked_fill(pad, -math.inf)  # (B, L-1, k)
         q_top = q_top.masked_fill(pad, -math.inf)
@@ -70,7 +71,8 @@ def reference_kl(url: str, model_dir: str, examples: int = 8, batch_size: int = 
         lp_cls = torch.cat([p_top, p_rest[..., None]], -1)
         lq_cls = torch.cat([q_top, tail.log()[..., None]], -1)
         listed = torch.isfinite(lp_cls)  # padding: no class on either side
-        bucket_sum += float(torch.where(listed, lp_cls.exp() * (lp_cls - lq_cls), 0.0).sum())
-        positions += p_top.shape[0] * p_top.shape[1]
+        bucket = torch.where(listed, lp_cls.exp() * (lp_cls - lq_cls), 0.0)  # (B, L-1, k+1)
+        bucket_sum += float(bucket.sum() if on is None else bucket.sum(-1)[on].sum())
+        positions += p_top.shape[0] * p_top.shape[1] if on is None else int(on.sum())
     return {"reference_model": str(model_dir), "kl_examples": n, "kl_positions": positions,
             "kl_full_mean": full_sum / positions, "kl_bucket_mean": bucket_sum / positions}

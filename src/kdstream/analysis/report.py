@@ -307,7 +307,10 @@ def run_report(opts: ReportOptions) -> dict:
         notes["classifier_labels"] = (f"The classifier was fitted on the labels of {cls['student_eval']}, not on "
                                       f"--student-eval {opts.student_eval}: rerun classify on that eval to match.")
     lengths = {p["prefix_len"] for p in points}
-    if not points:
+    if not points and any(s.get("prefix") == "conversation" for s in summaries.values()):
+        notes["prefix_len"] = ("not applicable: conversations are judged from each one's own prompt (the conversation "
+                               "up to its first assistant answer), not from a fixed number of prefix tokens")
+    elif not points:
         notes["prefix_len"] = ("not available: the evaluations' summary.json files name no prefix_len; rerun "
                                "extract-eval (it records --prefix-len) or pass --prefix-eval ROLE=DIR")
     elif len(lengths) == 1:

@@ -79,6 +79,10 @@ def merge_shards(shard_dirs: list[str], out: str, overwrite: bool = False) -> di
     meta = {k: ref_summary[k] for k in ("model", "logits_store", "prefix_len", "prefix_lens", "suffix_len",
                                          "offset", "method", "backend", "engine")}
     meta.update({k: ref_summary[k] for k in ("mode", "match_on") if k in ref_summary})  # absent before them
+    if "conversations" in ref_summary:  # a conversation evaluation: its counts over every shard
+        from kdstream.extract.conversation_run import merged_counts
+
+        meta.update(prefix=ref_summary["prefix"], conversations=merged_counts([s["conversations"] for s, _ in shards]))
     meta.update(
         seconds=round(sum(seconds.values()), 3),  # summed over shards: worker-seconds, not wall time
         seconds_by_method={m: round(s, 3) for m, s in seconds.items()},

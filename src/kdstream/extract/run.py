@@ -162,9 +162,6 @@ def _load_examples(opts: ExtractOptions, tokenizer):
         from kdstream.storage import open_stores
 
         store = open_stores(opts.logits_store)
-        if store.conversations:  # its padded windows would be read as text: refuse
-            raise KdError(f"store {opts.logits_store} holds conversations: extract-eval reads text stores only "
-                          "(prefix -> suffix windows); evaluate a text store of the same teacher")
         examples_tok = None
         if opts.teacher_tokenizer is not None:
             examples_tok = teacher_tokenizer(store, opts.teacher_tokenizer)  # checked against the store
@@ -337,6 +334,14 @@ def run_extract_eval(opts: ExtractOptions, after: Callable[[Path], dict] | None 
 
     out = Path(opts.out)
     check_output(out, "extract-eval", replace=opts.overwrite)
+    if opts.logits_store is not None:
+        from kdstream.storage import open_stores
+
+        store = open_stores(opts.logits_store)
+        if store.conversations:  # prompts of their own lengths: extract/conversation_run.py
+            from kdstream.extract.conversation_run import run_conversation_eval
+
+            return run_conversation_eval(opts, store, after)
     model_dir = check_model_dir(opts.model, "evaluated") if opts.method != "store" else None
     tokenizer = _tokenizer(model_dir) if model_dir else None
     if tokenizer is not None:

@@ -88,11 +88,34 @@ def resolved_config(cfg: StudyConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in options_dict(cfg).items()}
 
 
+def refuse_conversations(dataset: str) -> None:
+    """KdError when --dataset is a chat .jsonl (its first row, by its keys): the protocol trains
+    and plants canaries on text windows; other formats are refused by the corpus loader."""
+    import json
+
+    from kdstream.data.conversations import row_format
+
+    path = Path(dataset)
+    if not (path.is_file() and path.suffix.lower() == ".jsonl"):
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = next((line for line in f if line.strip()), "")
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return  # the corpus loader names the bad line
+    if row_format(row) is not None:
+        raise KdError(f"dataset {path} holds conversations: kdstream reproduce runs the protocol on text windows "
+                      "(canaries planted in the text); run its steps on conversations by hand as docs/study.md "
+                      "\"Conversations\" lists them")
+
+
 def prepare_study_dir(cfg: StudyConfig, root: Path) -> tuple[dict, dict[str, str], object]:
     """Create (or check, to resume) a study directory: its config.yaml, tokenizer and initial
     models -> (the resolved config, {"teacher": dir, "student": dir}, a cached ``texts()``)."""
     from kdstream.data import load_corpus
 
+    refuse_conversations(cfg.dataset)
     saved = root / "config.yaml"
     claim_out_dir(root, saved.name, "kdstream reproduce")  # config.yaml is written first
     resolved = resolved_config(cfg)
