@@ -7,39 +7,12 @@ import json
 
 import numpy as np
 import pytest
-from helpers import last_json, one_line_error, run_cli
+from chat_templates import GEN_PROMPTS as PROMPTS
+from chat_templates import GEN_SAMPLES as SAMPLES
+from chat_templates import generate_args
+from helpers import one_line_error, run_cli
 
 from kdstream.storage import open_store
-
-PROMPTS = 6
-SAMPLES = 3
-
-
-def generate_args(teacher, dataset, out, *extra) -> list:
-    return ["precompute-logits", "--generate", "--model", teacher, "--dataset", dataset, "--out", out,
-            "--top-k", 8, "--samples", SAMPLES, "--max-new-tokens", 12, "--max-examples", PROMPTS,
-            "--dtype", "float32", "--batch-size", 8, "--chunk-rows", 4, "--seed", 5,
-            "--logprob-encoding", "fp32", *extra]
-
-
-@pytest.fixture(scope="module")
-def prompt_file(tmp_path_factory, docs):
-    """Short chat rows (one user turn, a system prompt in every other, an assistant turn to drop
-    in all but the last) whose prompts leave room for the responses in the tiny teacher's context."""
-    from chat_templates import conversations
-
-    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    rows = [r for r in conversations(docs, 30) if len(r["messages"]) <= 3][: PROMPTS + 2]
-    rows[-1]["messages"] = rows[-1]["messages"][:-1]  # already ends with the user's turn
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture(scope="module")
-def gen_store(tmp_path_factory, chat_teacher_dir, prompt_file):
-    out = tmp_path_factory.mktemp("gen") / "gen.zarr"
-    summary = last_json(run_cli(*generate_args(chat_teacher_dir, prompt_file, out)).stdout)
-    return out, summary
 
 
 def test_samples_share_a_prompt_id_and_the_store_records_the_sampling(gen_store, prompt_file):
@@ -95,6 +68,7 @@ def test_each_row_predicts_the_generated_token_after_it(gen_store, chat_teacher_
     assert np.mean(overlap) >= 0.99 and gap < 1e-3
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_store_and_another_seed_other_responses(gen_store, chat_teacher_dir,
                                                                              prompt_file, tmp_path):
     a = open_store(gen_store[0])
@@ -108,6 +82,7 @@ def test_the_same_seed_gives_the_same_store_and_another_seed_other_responses(gen
     assert any(not np.array_equal(a[i]["input_ids"], c[i]["input_ids"]) for i in range(len(a)))
 
 
+@pytest.mark.slow
 def test_greedy_prompt_field_and_one_sample(chat_teacher_dir, tmp_path):
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Tell me about module number {i}."}) + "\n" for i in range(3)))
