@@ -122,3 +122,22 @@ def test_a_dataset_without_prompts_is_a_one_line_error(chat_teacher_dir, tmp_pat
     proc = run_cli("precompute-logits", "--generate", "--model", chat_teacher_dir, "--dataset", text,
                    "--out", tmp_path / "t.zarr", check=False)
     assert "row 0 holds no prompt" in one_line_error(proc)
+
+
+@pytest.mark.slow
+def test_the_example_script_generates_and_trains_two_students(chat_teacher_dir, prompt_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "generate_then_distill.py"
+    args = ["--teacher", chat_teacher_dir, "--student", chat_teacher_dir, "--prompts", prompt_file, "--work", tmp_path,
+            "--samples", 2, "--max-new-tokens", 8, "--top-k", 8, "--dtype", "float32"]
+    proc = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "TQDM_DISABLE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert set(report) == {"kd", "seq_ce"}
+    for run in report.values():
+        assert run["responses"] == 2 * 8 and 0 <= run["token_agreement"] <= 1
