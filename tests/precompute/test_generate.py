@@ -40,6 +40,7 @@ def test_samples_share_a_prompt_id_and_the_store_records_the_sampling(gen_store,
         starts = {len(x["input_ids"]) - len(x["positions"]) for x in group}
         assert len(starts) == 1
         assert len({x["input_ids"].tobytes() for x in group}) > 1
+    assert summary["finish_reasons"] == {r: sum(reasons[int(x["finish_reason"])] == r for x in items) for r in reasons}
     counts = store.attrs["conversations"]
     assert counts["target_positions"] == summary["target_positions"] == sum(len(x["positions"]) for x in items)
     assert counts["tokens"] == sum(len(x["input_ids"]) for x in items)

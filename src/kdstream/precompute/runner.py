@@ -242,14 +242,17 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
             writer.write_chunk(c, part)
 
     start = time.perf_counter()
-    generated = 0  # --generate: response tokens written by this run
+    generated = 0  # --generate: response tokens written by this run, and its responses by finish reason
+    finished = np.zeros(len((generation or {}).get("finish_reasons", ())), dtype=np.int64)
     bar = progress(planned_tokens, "precompute", unit="tok", initial=planned_tokens - todo_tokens)
     # depth 1: the teacher scores group g+1 while group g is written; at most one more waits.
     with bar, BackgroundWriter(depth=1) as background:
         for chunks in todo:
             rows = (generate_rows(teacher, examples, rows_of(chunks), opts.batch_size, generation, bar) if generation
                     else _score_rows(teacher, examples, rows_of(chunks), opts.batch_size, bar))
-            generated += int(rows["target_mask"].sum()) if generation else 0
+            if generation:
+                generated += int(rows["target_mask"].sum())
+                finished += np.bincount(rows["finish_reason"], minlength=len(finished))
             lock.check()  # this run stalled and another took its share over: write nothing more
             background.submit(write_group, chunks, rows)
     seconds = time.perf_counter() - start
@@ -267,6 +270,7 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
         "chunks_resumed": sum(1 for g in plan for c in g if c in writer.resumed),
         "worker_index": opts.worker_index,
         "num_workers": opts.num_workers,
+        **({"finish_reasons": dict(zip(generation["finish_reasons"], finished.tolist()))} if generation else {}),
     }
     if opts.num_workers > 1:  # the other workers may still be writing: `store finalize` checks and marks
         return summary | {"complete": False, "bytes_per_token": None,
