@@ -142,3 +142,23 @@ def test_the_example_script_generates_and_trains_two_students(chat_teacher_dir, 
     assert set(report) == {"kd", "seq_ce"}
     for run in report.values():
         assert run["responses"] == 2 * 8 and 0 <= run["token_agreement"] <= 1
+
+
+@pytest.mark.slow
+def test_ragged_qdelta_options_write_the_same_responses(gen_store, chat_teacher_dir, prompt_file, tmp_path):
+    """--top-p and qdelta as for scoring stores: the same responses (same seed, same batches), each
+    row a prefix of the fp32 store's row, its values within the encoding's bound."""
+    out = tmp_path / "ragged.zarr"
+    args = [a for a in generate_args(chat_teacher_dir, prompt_file, out) if a not in ("--logprob-encoding", "fp32")]
+    run_cli(*args, "--top-p", "0.5")
+    a, b = open_store(gen_store[0]), open_store(out)
+    bound = b.encoding["max_abs_error"]
+    for i in range(len(a)):
+        x, y = a[i], b[i]
+        assert np.array_equal(x["input_ids"], y["input_ids"]) and np.array_equal(x["positions"], y["positions"])
+        n = (y["topk_logprobs"] > -np.inf).sum(-1)  # (n_i,) entries kept per row
+        assert n.min() >= 1 and n.max() <= 8
+        for j in range(len(n)):
+            assert np.array_equal(x["topk_ids"][j, : n[j]], y["topk_ids"][j, : n[j]])
+        assert np.abs(x["target_logprob"] - y["target_logprob"]).max() <= bound + 1e-6
+    assert run_cli("store", "verify", out).returncode == 0
