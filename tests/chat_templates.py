@@ -60,3 +60,21 @@ def conversations(docs: list[str], n: int = 40) -> list[dict]:
 def chat_precompute_args(teacher: Path, dataset: Path, out: Path, *extra) -> list:
     return ["precompute-logits", "--model", teacher, "--dataset", dataset, "--out", out, "--top-k", 8,
             "--seq-len", CHAT_SEQ_LEN, "--dtype", "float32", "--batch-size", 8, "--chunk-rows", 8, *extra]
+
+
+GEN_PROMPTS, GEN_SAMPLES = 6, 3  # the session's generated store: 18 examples, chunks of 4, batches of 8
+
+
+def short_prompts(docs: list[str]) -> list[dict]:
+    """Chat rows whose prompts leave room for responses in the tiny teacher's context: one user
+    turn (a system prompt in some), an assistant turn to drop in all but the last."""
+    rows = [r for r in conversations(docs, 30) if len(r["messages"]) <= 3][: GEN_PROMPTS + 2]
+    rows[-1]["messages"] = rows[-1]["messages"][:-1]  # already ends with the user's turn
+    return rows
+
+
+def generate_args(teacher: Path, dataset: Path, out: Path, *extra) -> list:
+    return ["precompute-logits", "--generate", "--model", teacher, "--dataset", dataset, "--out", out,
+            "--top-k", 8, "--samples", GEN_SAMPLES, "--max-new-tokens", 12, "--max-examples", GEN_PROMPTS,
+            "--dtype", "float32", "--batch-size", 8, "--chunk-rows", 4, "--seed", 5,
+            "--logprob-encoding", "fp32", *extra]

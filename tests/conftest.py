@@ -105,6 +105,25 @@ def chat_store(tmp_path_factory, chat_teacher_dir, chat_file) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def prompt_file(tmp_path_factory, docs) -> Path:
+    from chat_templates import short_prompts
+
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in short_prompts(docs)))
+    return path
+
+
+@pytest.fixture(scope="session")
+def gen_store(tmp_path_factory, chat_teacher_dir, prompt_file) -> tuple[Path, dict]:
+    """A store of teacher-written responses (precompute-logits --generate, vLLM) and its summary."""
+    from chat_templates import generate_args
+    from helpers import last_json
+
+    out = tmp_path_factory.mktemp("gen_store") / "gen.zarr"
+    return out, last_json(run_cli(*generate_args(chat_teacher_dir, prompt_file, out)).stdout)
+
+
 @pytest.fixture
 def http_root(tmp_path, request):
     """Serve tmp_path/www read-only over HTTP on a free loopback port; yields (directory, base URL).

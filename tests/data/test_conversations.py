@@ -53,3 +53,30 @@ def test_jsonl_rows_are_read_as_written(tmp_path):
     path.write_text("{not json\n")
     with pytest.raises(KdError, match="line 1 is not JSON"):
         read_rows(str(path))
+
+
+@pytest.mark.parametrize("row, want", [
+    ({"prompt": "Hi?"}, [{"role": "user", "content": "Hi?"}]),
+    ({"prompt": "Hi?", "completion": "Hello."}, [{"role": "user", "content": "Hi?"}]),
+    ({"instruction": "Add", "input": "2 and 2"}, [{"role": "user", "content": "Add\n\n2 and 2"}]),
+    ({"instruction": "Add", "output": "4"}, [{"role": "user", "content": "Add"}]),
+    ({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}, {"from": "human", "value": "c"}]},
+     [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+     [{"role": "user", "content": "a"}]),
+])
+def test_prompts_drop_the_last_assistant_turn_only(row, want):
+    from kdstream.data.conversations import prompts_of
+
+    assert prompts_of([row], "t").items == [want]
+
+
+def test_prompts_skip_empty_rows_and_refuse_a_mix_or_none():
+    from kdstream.data.conversations import prompts_of
+
+    got = prompts_of([{"prompt": "a"}, {"prompt": " "}], "t")
+    assert got.items == [[{"role": "user", "content": "a"}]] and got.skipped_empty == 1 and got.rows == [0]
+    with pytest.raises(KdError, match="mixes formats"):
+        prompts_of([{"prompt": "a"}, {"messages": []}], "t")
+    with pytest.raises(KdError, match="has no prompts"):
+        prompts_of([{"messages": [{"role": "assistant", "content": "only"}]}], "t")

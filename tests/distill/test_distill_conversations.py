@@ -101,3 +101,16 @@ def test_grad_accum_weighs_micro_batches_by_their_targets(chat_store, chat_stude
     # the step's loss is the batch's mean over target positions however it is split
     assert np.allclose(losses(tmp_path / "one"), losses(tmp_path / "three"), atol=1e-5)
     assert weight_gap(tmp_path / "one", tmp_path / "three") < 1e-4
+
+
+@pytest.mark.parametrize("loss", ["ce", "forward_kl"])
+def test_a_generated_store_trains_a_student(gen_store, chat_teacher_dir, tmp_path, loss):
+    """--loss ce on teacher-written responses is sequence-level KD (the sampled tokens as hard
+    targets), forward_kl soft KD on the teacher's own text: both on the response rows only."""
+    store = open_store(gen_store[0])
+    run = last_json(run_cli("distill", "--logits-store", gen_store[0], "--model", chat_teacher_dir, "--epochs", 1,
+                            "--batch-size", 6, "--eval-examples", 3, "--lr", "1e-3", "--loss", loss,
+                            "--out", tmp_path / loss).stdout)
+    held = range(len(store) - 3, len(store))
+    assert np.isfinite(run["final_loss"])
+    assert run["held_out_tokens"] == sum(len(store[i]["positions"]) for i in held)

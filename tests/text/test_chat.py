@@ -91,3 +91,15 @@ def test_a_template_without_special_tokens_targets_the_content(family):
              "{% else %}### Answer:\n{{ m['content'] }}\n\n{% endif %}{% endfor %}")
     text, _ = target_text(tok, plain, TURNS)
     assert text == "Four, of course.Six."  # each answer up to its text's end, not the blank line after it
+
+
+def test_a_prompt_renders_up_to_the_assistant_header_and_the_closing_token_is_found(family):
+    from kdstream.text.chat import closing_token, prompt_tokens
+
+    name, tok, template = family
+    prompt = tok.decode(prompt_tokens(tok, template, TURNS[:3]))
+    full = tok.apply_chat_template(TURNS, chat_template=template, tokenize=False)
+    header = "<|im_start|>assistant\n" if name == "chatml" else "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    assert prompt.endswith(header) and full.startswith(prompt)
+    closing = "<|im_end|>" if name == "chatml" else "<|eot_id|>"
+    assert closing_token(tok, template) == tok.convert_tokens_to_ids(closing)

@@ -166,3 +166,53 @@ def fingerprint_conversations(items: list[list[dict]]) -> str:
     from kdstream.data.corpus import fingerprint_texts
 
     return fingerprint_texts([json.dumps(messages, sort_keys=True, ensure_ascii=False) for messages in items])
+
+
+def prompt_format(row: dict) -> str | None:
+    """A prompt row's format: a chat format (its last assistant turn, if any, is written anew), or
+    ``prompt`` (a plain ``prompt`` field, text or messages); None for a row that holds no prompt."""
+    fmt = row_format(row)
+    if fmt is not None:
+        return fmt
+    if isinstance(row, dict) and "instruction" in row:
+        return "alpaca"
+    if isinstance(row, dict) and "prompt" in row:
+        return "prompt"
+    return None
+
+
+def prompts_of(rows: list[dict], source: str) -> Conversations:
+    """Every row's prompt as messages ending in a turn the assistant answers: a chat row without
+    its last assistant turn, or a ``prompt`` field as a user turn. Rows left empty are skipped and
+    counted (``skipped_empty``); a dataset with none is a one-line KdError."""
+    if not rows:
+        raise KdError(f"dataset {source} has no rows: add prompts to it")
+    fmt = prompt_format(rows[0])
+    if fmt is None:
+        raise KdError(f"dataset {source}: row 0 holds no prompt (keys: {', '.join(map(str, rows[0]))[:120]}): use "
+                      "a prompt field, messages, conversations (ShareGPT) or instruction (Alpaca)")
+    out = Conversations([], fmt)
+    for i, row in enumerate(rows):
+        other = prompt_format(row)
+        if other != fmt:
+            raise KdError(f"dataset {source} mixes formats: row 0 is {fmt}, row {i} is {other or 'not a prompt'}: "
+                          "convert it to one format")
+        if fmt == "prompt":
+            prompt = row["prompt"]
+            messages = (_messages(prompt, i) if isinstance(prompt, list)
+                        else [{"role": "user", "content": _text(prompt, i, "prompt")}])
+        elif fmt == "alpaca":
+            messages = to_messages({"output": "", **row}, fmt, i)
+        else:
+            messages = to_messages(row, fmt, i)
+        if messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]  # the teacher writes it anew
+        if not messages or any(not m["content"].strip() and not m.get("tool_calls") for m in messages):
+            out.skipped_empty += 1
+            continue
+        out.items.append(messages)
+        out.rows.append(i)
+    if not out.items:
+        raise KdError(f"dataset {source} has no prompts (every row is empty once its last assistant turn is "
+                      "dropped): check the file")
+    return out

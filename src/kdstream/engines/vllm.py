@@ -117,8 +117,21 @@ def prompt_logprobs_to_arrays(flat, input_ids: np.ndarray, k: int) -> dict[str, 
     (with its rank, which may exceed k), then the top-k by rank: k+1 entries. Usually a single
     reshape; positions laid out otherwise fall back to a per-position parse.
     """
-    n = len(input_ids) - 1
-    begin = flat.start_indices[1]
+    return _flat_to_arrays(flat, 1, np.asarray(input_ids)[1:], k, "prompt logprobs are not aligned with the prompt tokens")
+
+
+def sample_logprobs_to_arrays(flat, token_ids, k: int) -> dict[str, np.ndarray]:
+    """vLLM ``FlatLogprobs`` of one generated sequence (``SamplingParams(logprobs=k)``) → arrays
+    with row j the distribution generated token j was drawn from (the sampled token first, with
+    its rank, then the top-k by rank, as for prompt logprobs)."""
+    return _flat_to_arrays(flat, 0, np.asarray(token_ids), k, "sample logprobs are not aligned with the generated tokens")
+
+
+def _flat_to_arrays(flat, first: int, targets: np.ndarray, k: int, misaligned: str) -> dict[str, np.ndarray]:
+    """Positions ``first``.. of ``flat``, each the true (or sampled) token then the top-k: (n, k)
+    arrays and the target's logprob and rank (n,), checked against ``targets`` (n,)."""
+    n = len(targets)
+    begin = flat.start_indices[first] if n else 0
     ids = np.asarray(flat.token_ids[begin:], dtype=np.int64)
     lps = np.asarray(flat.logprobs[begin:], dtype=np.float32)
     ranks = np.asarray(flat.ranks[begin:], dtype=np.int64)
@@ -132,25 +145,25 @@ def prompt_logprobs_to_arrays(flat, input_ids: np.ndarray, k: int) -> dict[str, 
             "_target_id": ids[:, 0],
         }
     else:
-        out = _parse_positions(flat, n, k)
-    if not np.array_equal(out.pop("_target_id"), input_ids[1:]):
-        raise RuntimeError("vLLM prompt logprobs are not aligned with the prompt tokens")
+        out = _parse_positions(flat, n, k, first)
+    if not np.array_equal(out.pop("_target_id"), targets):
+        raise RuntimeError(f"vLLM {misaligned}")
     return out
 
 
-def _parse_positions(flat, n: int, k: int) -> dict[str, np.ndarray]:
+def _parse_positions(flat, n: int, k: int, first: int = 1) -> dict[str, np.ndarray]:
     topk_ids = np.zeros((n, k), np.int64)
     topk_lps = np.zeros((n, k), np.float32)
     target_id = np.zeros(n, np.int64)
     target_lp = np.zeros(n, np.float32)
     target_rank = np.zeros(n, np.int64)
     for t in range(n):
-        s, e = flat.start_indices[t + 1], flat.end_indices[t + 1]
+        s, e = flat.start_indices[t + first], flat.end_indices[t + first]
         ids, lps, ranks = flat.token_ids[s:e], flat.logprobs[s:e], flat.ranks[s:e]
         target_id[t], target_lp[t], target_rank[t] = ids[0], lps[0], ranks[0]
         ranked = sorted({r: (i, lp) for i, lp, r in zip(ids, lps, ranks) if r <= k}.items())
         if len(ranked) != k:
-            raise RuntimeError(f"vLLM returned {len(ranked)} ranked entries at position {t + 1}, expected {k}")
+            raise RuntimeError(f"vLLM returned {len(ranked)} ranked entries at position {t + first}, expected {k}")
         topk_ids[t] = [i for _, (i, _) in ranked]
         topk_lps[t] = [lp for _, (_, lp) in ranked]
     return {

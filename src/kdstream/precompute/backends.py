@@ -59,12 +59,13 @@ def engine_attrs(backend: str, model_dir, opts) -> dict:
             "requested_dtype": opts.engine.dtype, "logprobs_mode": "raw_logprobs"}
 
 
-def make_teacher(backend: str, model_dir, opts) -> Teacher:
-    """Load the teacher on ``backend`` (``opts``: PrecomputeOptions)."""
+def make_teacher(backend: str, model_dir, opts, context: int | None = None) -> Teacher:
+    """Load the teacher on ``backend`` (``opts``: PrecomputeOptions; ``context``: the engine's
+    context length, default what --seq-len needs)."""
     if backend == "vllm":
         from kdstream.precompute.vllm_backend import VllmTeacher
 
-        return VllmTeacher(str(model_dir), opts.top_k, context_needed(backend, opts.seq_len), opts.engine)
+        return VllmTeacher(str(model_dir), opts.top_k, context or context_needed(backend, opts.seq_len), opts.engine)
     from kdstream.precompute.hf_backend import HfTeacher
 
     return HfTeacher(str(model_dir), opts.top_k, opts.engine.dtype, device=opts.device)

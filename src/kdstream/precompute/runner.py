@@ -11,6 +11,7 @@ from kdstream.engines.vllm import EngineOptions
 from kdstream.errors import KdError
 from kdstream.options import corpus_option, option, options_dict, require
 from kdstream.precompute.backends import BACKENDS, Teacher, context_needed, engine_attrs, make_teacher
+from kdstream.precompute.generate import GenerateOptions
 from kdstream.text.chat import ChatOptions
 
 
@@ -47,14 +48,31 @@ class PrecomputeOptions:
                                              "0.0096 nats) | fp32: exact.")
     targets: str = option("topk", "topk | sampled: store --samples draws per position (unique ids + counts) "
                                   "from the top-k + tail.")
-    samples: int = option(64, "Draws per position with --targets sampled.")
+    # one flag, two counts: draws per position (--targets sampled) or responses per prompt (--generate)
+    samples: int | None = option(None, "Draws per position with --targets sampled (default 64); responses per "
+                                       "prompt with --generate (default 1).")
     backend: str = option("vllm", "vllm | hf (transformers: for models vLLM cannot load, or without vLLM installed)")
     device: str = option("auto", "Where --backend hf runs the teacher: auto (CUDA when available) | cpu | cuda; "
                                  "vLLM places the model itself.")
     engine: EngineOptions = field(default_factory=EngineOptions)
     chat: ChatOptions = field(default_factory=ChatOptions)
+    generation: GenerateOptions = field(default_factory=GenerateOptions)
 
     def __post_init__(self) -> None:
+        gen = self.generation.generate
+        if self.samples is None:  # resolved here: the options attribute records the count used
+            object.__setattr__(self, "samples", 1 if gen else 64)
+        if gen:
+            require(self.samples >= 1, f"--samples {self.samples} must be at least 1 (responses per prompt)")
+            require(self.backend == "vllm", "--generate runs on vLLM (its sampler returns each generated token's "
+                                            "top-k): drop --backend hf")
+            require(self.targets == "topk", "--generate stores top-k rows: drop --targets sampled")
+            require(self.chat.format != "text" and self.chat.train_on is None and self.chat.on_long == "truncate",
+                    "--format text, --train-on and --on-long are for scoring datasets: with --generate the rows "
+                    "are prompts and the targets are the teacher's response tokens; drop them")
+            require(self.generation.temperature > 0 or self.samples == 1,
+                    f"--temperature 0 is greedy: its --samples {self.samples} responses would all be the same; "
+                    "use --samples 1 or a temperature above 0")
         require(self.top_k >= 1, f"--top-k {self.top_k} must be at least 1")
         require(self.top_p is None or 0.0 < self.top_p <= 1.0, f"--top-p {self.top_p} is outside (0, 1]: "
                 "pass a probability mass such as 0.95")
@@ -84,7 +102,8 @@ class PrecomputeOptions:
                                            and self.engine.tensor_parallel_size == 1),
                 "--max-num-batched-tokens and --tensor-parallel-size are vLLM engine flags: drop them with --backend hf")
         require(self.targets in ("topk", "sampled"), f"--targets {self.targets!r} is not one of topk, sampled")
-        require(1 <= self.samples <= 255, f"--samples {self.samples} must be in 1..255 (counts are stored as uint8)")
+        require(gen or 1 <= self.samples <= 255, f"--samples {self.samples} must be in 1..255 (counts are stored "
+                                                  "as uint8)")
         require(self.chunk_rows is None or self.chunk_rows >= 1, f"--chunk-rows {self.chunk_rows} must be at least 1")
         require(self.num_workers >= 1, f"--num-workers {self.num_workers} must be at least 1 (1: a single run)")
         require(self.num_workers >= 1 and 0 <= self.worker_index < self.num_workers,
@@ -117,9 +136,10 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     if opts.top_k > vocab_size:
         raise KdError(f"--top-k {opts.top_k} exceeds the teacher's vocabulary ({vocab_size}): use --top-k <= {vocab_size}")
     max_pos = config.get("max_position_embeddings")
+    generate = opts.generation.generate
     # vLLM scores a prompt of L tokens as a request for L + 1 (one token must be generated); HF needs L.
     needed = context_needed(opts.backend, opts.seq_len)
-    if max_pos and needed > max_pos:
+    if max_pos and needed > max_pos and not generate:  # --generate: the prompts and --max-new-tokens say
         raise KdError(f"--seq-len {opts.seq_len} needs a context of {needed} on --backend {opts.backend} but the "
                       f"teacher has {max_pos}: use --seq-len <= {max_pos - (needed - opts.seq_len)}")
     tokenizer = load_tokenizer(opts.tokenizer or model_dir)
@@ -130,7 +150,13 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     if why_not:
         print(f"note: the store will not carry its tokenizer ({why_not}); its users pass the teacher's tokenizer "
               "directory (distill --teacher-tokenizer DIR)", file=sys.stderr)
-    examples, corpus_attrs, conversations = _examples(opts, tokenizer)
+    generation = None
+    if generate:
+        from kdstream.precompute.generate import prompt_examples
+
+        examples, corpus_attrs, conversations, generation = prompt_examples(opts, tokenizer, model_dir, max_pos)
+    else:
+        examples, corpus_attrs, conversations = _examples(opts, tokenizer)
 
     sampled = opts.targets == "sampled"
     # sampled: at most min(N, k) distinct ids per position can be drawn: the stored width
@@ -140,11 +166,12 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     # selection attribute records --top-p / --budget / --min-k where they are used)
     options = {k: v for k, v in options_dict(opts).items()
                if k != "worker_index" and (selection is not None or k not in _SELECTION_OPTIONS)
-               and (conversations is not None or k != "chat")}  # a text store records no chat options
+               and (conversations is not None or k != "chat")  # a text store records no chat options
+               and (generate or k != "generation")}
     writer = StoreWriter(
         opts.out,
         num_examples=len(examples),
-        seq_len=opts.seq_len,
+        seq_len=examples.seq_len if generate else opts.seq_len,
         k=width,
         vocab_size=vocab_size,
         chunk_rows=opts.chunk_rows,
@@ -154,6 +181,7 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
         selection=selection,
         tokenizer_files=tok_files,
         conversations=conversations,
+        generation=generation,
         attrs={
             "targets": opts.targets,
             "source_top_k": opts.top_k,
@@ -173,6 +201,7 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
 def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: Teacher | None, lock,
                  width: int) -> dict:
     """Score and write this worker's chunks not yet written; finalize when it is the only worker."""
+    from kdstream.precompute.generate import generate_rows
     from kdstream.progress import progress
     from kdstream.storage import encoding, tokenizer_files
     from kdstream.storage.background import BackgroundWriter
@@ -180,6 +209,7 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
     from kdstream.storage.reader import disk_bytes
 
     sampled = opts.targets == "sampled"
+    generation = writer.attrs.get("generation") if opts.generation.generate else None
     writer.resumed = done_chunks(writer.group)  # again, now that no other run writes this share
 
     def rows_of(chunks: range) -> slice:
@@ -189,9 +219,13 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
     plan = owned_groups(writer.num_chunks, chunks_per_group(opts.batch_size, writer.chunk_rows),
                         opts.num_workers, opts.worker_index)
     todo = [g for g in plan if not set(g) <= writer.resumed]
-    planned_tokens, todo_tokens = (sum(_len(rows_of(g)) for g in groups) * opts.seq_len for groups in (plan, todo))
+    # tokens scored, or with --generate the most that can be generated
+    per_example = opts.generation.max_new_tokens if generation else opts.seq_len
+    planned_tokens, todo_tokens = (sum(_len(rows_of(g)) for g in groups) * per_example for groups in (plan, todo))
     if teacher is None and todo:  # a fully resumed run loads no model
-        teacher = make_teacher(opts.backend, model_dir, opts)
+        # --generate: room for the longest prompt and response, and to score them again (L + 1)
+        context = examples.engine_context if generation else None
+        teacher = make_teacher(opts.backend, model_dir, opts, context)
     if teacher is not None:
         check_teacher_dtype(teacher, writer.attrs["engine"])
 
@@ -208,20 +242,27 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
             writer.write_chunk(c, part)
 
     start = time.perf_counter()
+    generated = 0  # --generate: response tokens written by this run, and its responses by finish reason
+    finished = np.zeros(len((generation or {}).get("finish_reasons", ())), dtype=np.int64)
     bar = progress(planned_tokens, "precompute", unit="tok", initial=planned_tokens - todo_tokens)
     # depth 1: the teacher scores group g+1 while group g is written; at most one more waits.
     with bar, BackgroundWriter(depth=1) as background:
         for chunks in todo:
-            rows = _score_rows(teacher, examples, rows_of(chunks), opts.batch_size, bar)
+            rows = (generate_rows(teacher, examples, rows_of(chunks), opts.batch_size, generation, bar) if generation
+                    else _score_rows(teacher, examples, rows_of(chunks), opts.batch_size, bar))
+            if generation:
+                generated += int(rows["target_mask"].sum())
+                finished += np.bincount(rows["finish_reason"], minlength=len(finished))
             lock.check()  # this run stalled and another took its share over: write nothing more
             background.submit(write_group, chunks, rows)
     seconds = time.perf_counter() - start
     summary = {
         "store": opts.out,
         "examples": len(examples),
-        "tokens": todo_tokens,  # scored by this run
+        "tokens": generated if generation else todo_tokens,  # scored (--generate: written) by this run
         "seconds": round(seconds, 3),
-        "tokens_per_s": round(todo_tokens / seconds, 1) if todo_tokens and seconds else None,
+        "tokens_per_s": round((generated if generation else todo_tokens) / seconds, 1) if todo_tokens and seconds
+        else None,
         # the background writer's time (encode + Zarr writes) and what of it the teacher waited for
         "write_seconds": round(background.busy_s, 3),
         "write_wait_seconds": round(background.wait_s, 3),
@@ -229,6 +270,7 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
         "chunks_resumed": sum(1 for g in plan for c in g if c in writer.resumed),
         "worker_index": opts.worker_index,
         "num_workers": opts.num_workers,
+        **({"finish_reasons": dict(zip(generation["finish_reasons"], finished.tolist()))} if generation else {}),
     }
     if opts.num_workers > 1:  # the other workers may still be writing: `store finalize` checks and marks
         return summary | {"complete": False, "bytes_per_token": None,
@@ -237,9 +279,12 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
     # per token: the store's arrays, not the tokenizer files it carries (the same few MB whatever its size)
     data_bytes = disk_bytes(opts.out) - tokenizer_files.disk_bytes(opts.out)
     if writer.conversations is not None:  # conversations: real tokens, and the positions that hold rows
+        import zarr
+
         from kdstream.storage.schema import token_counts
 
-        tokens, positions = token_counts(writer.attrs)
+        # a generated store's counts are written at finalize
+        tokens, positions = token_counts(dict(zarr.open_group(opts.out, mode="r").attrs))
         return summary | {"complete": True, "real_tokens": tokens, "target_positions": positions,
                           "bytes_per_token": round(data_bytes / tokens, 1),
                           "bytes_per_target_position": round(data_bytes / positions, 1)}

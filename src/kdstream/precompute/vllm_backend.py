@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdstream.engines.vllm import EngineOptions, loaded_dtype, make_llm, prompt_logprobs_to_arrays
+from kdstream.engines.vllm import (
+    EngineOptions,
+    loaded_dtype,
+    make_llm,
+    prompt_logprobs_to_arrays,
+    sample_logprobs_to_arrays,
+)
 
 
 class VllmTeacher:
@@ -35,3 +41,23 @@ class VllmTeacher:
         rows = [pad_rows(prompt_logprobs_to_arrays(o.prompt_logprobs, ids, self.k), input_ids.shape[1] - 1)
                 for o, ids in zip(outputs, rows_in)]
         return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
+
+    def generate(self, prompts: list[np.ndarray], seeds: list[int], generation: dict) -> list[tuple]:
+        """One response per prompt (``generation``: the store's attribute of that name), each with
+        its own sampler seed → ``[(tokens (n,), arrays of n rows, finish reason)]``, row j the
+        distribution token j was drawn from (raw logprobs, T = 1)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [SamplingParams(max_tokens=generation["max_new_tokens"], temperature=generation["temperature"],
+                                 top_p=generation["top_p"], seed=seed, logprobs=self.k, flat_logprobs=True,
+                                 detokenize=False, stop_token_ids=generation["stop_token_ids"])
+                  for seed in seeds]
+        requests = [TokensPrompt(prompt_token_ids=p.tolist()) for p in prompts]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        written = []
+        for o in outputs:
+            c = o.outputs[0]
+            tokens = np.asarray(c.token_ids, dtype=np.int64)
+            written.append((tokens, sample_logprobs_to_arrays(c.logprobs, tokens, self.k), c.finish_reason))
+        return written

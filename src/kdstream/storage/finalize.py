@@ -18,7 +18,7 @@ import numpy as np
 from kdstream.errors import KdError
 from kdstream.storage import chunk_io, integrity, shapes, tokenizer_files
 from kdstream.storage.chunks import DONE_ARRAY, chunks_per_group, describe, owner, stored_chunks
-from kdstream.storage.schema import arrays_of
+from kdstream.storage.schema import EXAMPLE_LENGTH, LENGTH_ARRAY, arrays_of, is_generated
 
 
 def _owners(chunks: list[int], attrs: dict[str, Any]) -> str:
@@ -107,11 +107,21 @@ def finalize_store(url: str, extra_attrs: dict[str, Any] | None = None) -> dict[
     # a version 3 store (same arrays) written by an older kdstream's workers becomes version 4 with its record
     version = max(int(attrs.get("format_version", 1)), integrity.INTEGRITY_VERSION)
     last = {**(extra_attrs or {}), "format_version": version, "manifest": manifest, "complete": True}
+    if is_generated(attrs):  # its tokens and target rows were known only once the teacher had written them
+        last["conversations"] = {**attrs["conversations"], **_generated_counts(group, rows)}
     final = json.loads(json.dumps({**attrs, **last}))  # as zarr.json gives them back (tuples → lists)
     record = {"attrs_sha256": integrity.attrs_sha256(final),
               "manifest_sha256": integrity.manifest_sha256(list(names), crcs)}
     group.attrs.update({**last, integrity.INTEGRITY: record})
     return {**manifest, "already_complete": False, "identity": integrity.identity(record)}
+
+
+def _generated_counts(group, rows: int) -> dict[str, int]:
+    """A generated store's real tokens and target positions (rows with entries), read chunk by chunk."""
+    lengths = np.asarray(group[EXAMPLE_LENGTH][:], dtype=np.int64)  # (S,)
+    tops = group[LENGTH_ARRAY]
+    positions = sum(int(np.count_nonzero(tops[a : a + rows])) for a in range(0, len(lengths), rows))
+    return {"tokens": int(lengths.sum()), "target_positions": positions}
 
 
 def _plans(url: str, group, names: tuple[str, ...]) -> dict[str, chunk_io.Plan]:

@@ -15,10 +15,12 @@ from kdstream.storage.schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
     EXAMPLE_LENGTH,
+    GENERATION_ARRAYS,
     LENGTH_ARRAY,
     PER_CHUNK,
     arrays_of,
     is_conversations,
+    is_generated,
     is_packed,
     is_ragged,
 )
@@ -45,6 +47,8 @@ _DECODED = {
     LENGTH_ARRAY: np.int64,
     EXAMPLE_LENGTH: np.int64,
     "positions": np.int64,
+    "prompt_id": np.int64,
+    "finish_reason": np.int64,
 }
 # A conversation store's ``store[i]``: the example trimmed to its tokens and its target positions.
 AT_POSITIONS = ("topk_ids", "topk_logprobs", "tail_mass", "target_logprob", "target_rank")
@@ -86,6 +90,7 @@ class LogitStore:
         self.qdelta = self.encoding["topk_logprobs"] == "qdelta"
         self.ragged = is_ragged(self.attrs)
         self.conversations = is_conversations(self.attrs)  # version 7: one example per conversation
+        self.generated = is_generated(self.attrs)  # teacher-written responses: prompt_id, finish_reason
         self.packed = is_packed(self.attrs)  # version 6: chunks of kept entries back to back
         self._arrays = {name: group[name] for name in arrays_of(self.attrs)}
         shapes.check_data(url, self.attrs, self._arrays)  # before any read: the attributes bound its cost
@@ -120,8 +125,10 @@ class LogitStore:
     @property
     def keys(self) -> tuple[str, ...]:
         """What ``store[a:b]`` gives: KEYS, and for a conversation store each example's ``length``
-        and each row's ``topk_len`` (0 where the row is no target position)."""
-        return KEYS + ((EXAMPLE_LENGTH, LENGTH_ARRAY) if self.conversations else ())
+        and each row's ``topk_len`` (0 where the row is no target position); for a generated store
+        also ``prompt_id`` and ``finish_reason`` (an index into ``attrs["generation"]["finish_reasons"]``)."""
+        return (KEYS + ((EXAMPLE_LENGTH, LENGTH_ARRAY) if self.conversations else ())
+                + (GENERATION_ARRAYS if self.generated else ()))
 
     @property
     def k(self) -> int:

@@ -33,7 +33,10 @@ A conversation store (attribute ``conversations``) is version 7: version 6's lay
 per conversation, input_ids padded with zeros after ``length`` (S,) int32 tokens, and teacher rows
 only at the target positions (those whose next token the loss is on, text/chat.py): ``topk_len``
 is 0 elsewhere, so the packed chunks hold no entry for them and their per-row codes are 0; a fixed
-top-k conversation store has ``topk_len`` k at every target. Older versions (1, 2, 3 and 5) are
+top-k conversation store has ``topk_len`` k at every target. A store of teacher-written responses
+(``precompute-logits --generate``, attribute ``generation``) is a version 7 conversation store with
+two more per-example arrays: ``prompt_id`` (S,) int64, shared by a prompt's samples, and
+``finish_reason`` (S,) uint8, an index into ``FINISH_REASONS``. Older versions (1, 2, 3 and 5) are
 still read: docs/store-format.md, "Format versions".
 """
 from __future__ import annotations
@@ -49,6 +52,8 @@ PADDED_RAGGED_VERSION = 5  # ragged rows padded to k: read, not written
 RAGGED_VERSION = 6  # ragged stores: each chunk's kept entries packed back to back (packing.py)
 CONVERSATION_VERSION = 7  # conversation stores: ``length``, rows only at the target positions
 EXAMPLE_LENGTH = "length"  # a conversation store's real tokens per example
+GENERATION_ARRAYS = ("prompt_id", "finish_reason")  # a generated store's, per example
+FINISH_REASONS = ("stop", "length")  # finish_reason codes: a stop token was sampled | max new tokens reached
 LENGTH_ARRAY = "topk_len"
 RAGGED_KINDS = ("top_p", "budget")  # the ``selection`` kinds whose rows have their own length
 TARGET_CHUNK_BYTES = 1 << 20  # a chunk is the unit of reading: >= 1 MiB raw keeps reads efficient
@@ -65,12 +70,15 @@ SAMPLED_ARRAYS = PER_EXAMPLE + ("sample_ids", "sample_counts", "sample_tail_coun
 
 
 def stored_arrays(format_version: int = FIXED_VERSION, targets: str | None = "topk",
-                  logprobs: str = "qdelta", ragged: bool = False, conversations: bool = False) -> tuple[str, ...]:
+                  logprobs: str = "qdelta", ragged: bool = False, conversations: bool = False,
+                  generated: bool = False) -> tuple[str, ...]:
     """Names of the arrays a store of this version, kind of targets and logprob encoding holds
     (``ragged``: rows of their own length, ``topk_len``; version >= 5 top-k stores only;
-    ``conversations``: version 7, one example per conversation with its ``length``)."""
+    ``conversations``: version 7, one example per conversation with its ``length``; ``generated``:
+    a conversation store of teacher-written responses, with GENERATION_ARRAYS)."""
     if conversations and format_version >= CONVERSATION_VERSION:
-        return stored_arrays(RAGGED_VERSION, targets, logprobs, True) + (EXAMPLE_LENGTH,)
+        return (stored_arrays(RAGGED_VERSION, targets, logprobs, True) + (EXAMPLE_LENGTH,)
+                + (GENERATION_ARRAYS if generated else ()))
     if format_version < 2:
         return V1_ARRAYS
     if targets == "sampled" or logprobs == "sampled":
@@ -92,6 +100,11 @@ def is_conversations(attrs: dict[str, Any]) -> bool:
     return isinstance(attrs.get("conversations"), dict) and int(attrs.get("format_version", 1)) >= CONVERSATION_VERSION
 
 
+def is_generated(attrs: dict[str, Any]) -> bool:
+    """Whether the store holds teacher-written responses (``precompute-logits --generate``)."""
+    return is_conversations(attrs) and isinstance(attrs.get("generation"), dict)
+
+
 def is_packed(attrs: dict[str, Any]) -> bool:
     """Whether a ragged store's chunks hold their kept entries back to back (version 6, packing.py)
     rather than rows padded to k (version 5)."""
@@ -102,7 +115,7 @@ def token_counts(attrs: dict[str, Any]) -> tuple[int, int]:
     """(tokens, target positions) of the store whose attributes are ``attrs``: a conversation
     store's own counts (its padding excluded), else every token and position of its windows."""
     chat = attrs.get("conversations")
-    if isinstance(chat, dict):
+    if isinstance(chat, dict) and chat.get("tokens") is not None:  # a generated store's: set at finalize
         return int(chat["tokens"]), int(chat["target_positions"])
     n, seq_len = int(attrs["num_examples"]), int(attrs["seq_len"])
     return n * seq_len, n * (seq_len - 1)
@@ -112,7 +125,7 @@ def arrays_of(attrs: dict[str, Any]) -> tuple[str, ...]:
     """``stored_arrays`` of the store whose group attributes are ``attrs``."""
     logprobs = (attrs.get("encoding") or {}).get("topk_logprobs", "fp32")
     return stored_arrays(int(attrs.get("format_version", 1)), attrs.get("targets"), logprobs, is_ragged(attrs),
-                         is_conversations(attrs))
+                         is_conversations(attrs), is_generated(attrs))
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -132,7 +145,7 @@ def length_dtype(k: int) -> np.dtype:
 
 def array_specs(
     seq_len: int, k: int, vocab_size: int, encoding: str = "qdelta", format_version: int = FIXED_VERSION,
-    ragged: bool = False, conversations: bool = False,
+    ragged: bool = False, conversations: bool = False, generated: bool = False,
 ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shape of one row (without the leading axis: S examples, or C chunks for PER_CHUNK arrays)
     and on-disk dtype of every array of a store."""
@@ -157,9 +170,11 @@ def array_specs(
         "sample_tail_count": ((seq_len - 1,), np.dtype(np.uint8)),
         LENGTH_ARRAY: ((seq_len - 1,), length_dtype(k)),
         EXAMPLE_LENGTH: ((), np.dtype(np.int32)),
+        "prompt_id": ((), np.dtype(np.int64)),
+        "finish_reason": ((), np.dtype(np.uint8)),
     }
     names = stored_arrays(format_version, "sampled" if encoding == "sampled" else "topk", encoding, ragged,
-                          conversations)
+                          conversations, generated)
     return {name: specs[name] for name in names}
 
 

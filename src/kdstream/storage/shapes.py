@@ -17,7 +17,7 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.storage.chunks import num_chunks
-from kdstream.storage.schema import PER_CHUNK, array_specs, is_conversations, is_ragged
+from kdstream.storage.schema import PER_CHUNK, array_specs, is_conversations, is_generated, is_ragged
 
 
 def _positive(attrs: dict[str, Any], key: str) -> int:
@@ -39,7 +39,7 @@ def expected(attrs: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], int, np.
     version = attrs.get("format_version", 1)
     logprobs = (attrs.get("encoding") or {}).get("topk_logprobs", "fp32")
     specs = array_specs(_positive(attrs, "seq_len"), _positive(attrs, "k"), _positive(attrs, "vocab_size"),
-                        logprobs, version, is_ragged(attrs), is_conversations(attrs))
+                        logprobs, version, is_ragged(attrs), is_conversations(attrs), is_generated(attrs))
     n, rows, chunks = _positive(attrs, "num_examples"), _positive(attrs, "chunk_rows"), chunk_count(attrs)
     return {name: (((chunks,) if name in PER_CHUNK else (n,)) + shape, 1 if name in PER_CHUNK else rows, dtype)
             for name, (shape, dtype) in specs.items()}

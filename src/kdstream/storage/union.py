@@ -138,6 +138,8 @@ class StoreUnion:
             raise KdError(f"stores {self.url} mix conversation stores and text stores: a union joins stores of one "
                           "kind; train on each kind separately")
         self.conversations = first.conversations
+        # prompt_id / finish_reason only when every part has them (each part's prompt ids are its own)
+        self.generated = all(p.generated for p in self.parts)
 
     @property
     def part_identities(self) -> tuple[str | None, ...]:

@@ -28,6 +28,7 @@ from kdstream.storage.schema import (
     EXAMPLE_LENGTH,
     FIXED_VERSION,
     FORMAT_NAME,
+    GENERATION_ARRAYS,
     LENGTH_ARRAY,
     PER_CHUNK,
     RAGGED_VERSION,
@@ -58,6 +59,8 @@ _OPTIONAL_INPUTS = ("tail_mass", LENGTH_ARRAY)
 # A conversation store (``conversations``) also takes each example's real length and the (n, L-1)
 # bool mask of its target positions (text/chat.py): rows elsewhere keep no entry.
 CONVERSATION_INPUTS = (EXAMPLE_LENGTH, "target_mask")
+# A store of teacher-written responses (``generation``) also takes each example's prompt id and
+# finish reason code (schema.FINISH_REASONS).
 
 # Attributes that may differ between the run that created a store and one that resumes or joins
 # it: when and how long, and where things live (a worker on another machine may see the teacher,
@@ -179,7 +182,7 @@ def check_store_target(url: str, overwrite: bool) -> None:
 # What a store's folder may hold at its top level: its group's zarr.json, its arrays (any format
 # version's) and groups, and a card `kdstream store card` wrote.
 _STORE_NODES = frozenset({*V1_ARRAYS, *V2_ARRAYS, *V3_FP32, *V3_QDELTA, *SAMPLED_ARRAYS, LENGTH_ARRAY, EXAMPLE_LENGTH,
-                          DONE_ARRAY, MANIFEST_ARRAY, tok_files.GROUP})
+                          *GENERATION_ARRAYS, DONE_ARRAY, MANIFEST_ARRAY, tok_files.GROUP})
 
 
 def _foreign_entries(fs, root: str) -> list[str]:
@@ -215,6 +218,9 @@ class StoreWriter:
 
     ``tokenizer_files`` ({name: bytes}, tokenizer_files.collect): the teacher's tokenizer, recorded
     in the ``tokenizer`` attribute (``files``) and written as the ``tokenizer/`` group on opening.
+
+    ``generation`` (with ``conversations``): the sampling of a store of teacher-written responses,
+    recorded as the ``generation`` attribute; its chunks also take GENERATION_ARRAYS.
     """
 
     def __init__(
@@ -233,6 +239,7 @@ class StoreWriter:
         selection: dict[str, Any] | None = None,
         tokenizer_files: dict[str, bytes] | None = None,
         conversations: dict[str, Any] | None = None,
+        generation: dict[str, Any] | None = None,
     ) -> None:
         self.url = str(url)
         # the teacher's tokenizer files (tokenizer_files.py), recorded in the tokenizer attribute
@@ -254,8 +261,13 @@ class StoreWriter:
         ragged = self.ragged = selection is not None or conversations is not None
         version = CONVERSATION_VERSION if conversations is not None else RAGGED_VERSION if ragged else FIXED_VERSION
         chat = conversations is not None
-        self.arrays = stored_arrays(version, "sampled" if encoding == "sampled" else "topk", encoding, ragged, chat)
-        self.inputs = (SAMPLED_INPUTS if encoding == "sampled" else TOPK_INPUTS) + (CONVERSATION_INPUTS if chat else ())
+        if generation is not None and not chat:
+            raise ValueError("a generated store is a conversation store: pass conversations with generation")
+        generated = generation is not None
+        self.arrays = stored_arrays(version, "sampled" if encoding == "sampled" else "topk", encoding, ragged, chat,
+                                    generated)
+        self.inputs = ((SAMPLED_INPUTS if encoding == "sampled" else TOPK_INPUTS) + (CONVERSATION_INPUTS if chat else ())
+                       + (GENERATION_ARRAYS if generated else ()))
         self.vocab_size = vocab_size
         self.k = k
         # A budget store's chunks hold ~budget entries per row, packed: size them by that, not by the
@@ -264,11 +276,12 @@ class StoreWriter:
                    else k)
         self.chunk_rows = chunk_rows or default_chunk_rows(seq_len, sized_k, vocab_size, num_examples, encoding)
         self.num_chunks = num_chunks(num_examples, self.chunk_rows)
-        self.specs = array_specs(seq_len, k, vocab_size, encoding, version, ragged, chat)
+        self.specs = array_specs(seq_len, k, vocab_size, encoding, version, ragged, chat, generated)
         self.attrs = {
             **attrs,
             **({"selection": selection} if selection is not None else {}),
             **({"conversations": conversations} if chat else {}),
+            **({"generation": generation} if generated else {}),
             "format": FORMAT_NAME,
             "format_version": version,
             "num_examples": num_examples,

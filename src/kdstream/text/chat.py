@@ -165,3 +165,28 @@ def chat_examples(conversations, tokenizer, template: str, seq_len: int, opts: C
               "tokens": int(sum(lengths))}
     return ChatExamples(np.stack(ids), np.asarray(lengths, dtype=np.int64), target_mask,
                         np.arange(len(ids), dtype=np.int64), np.asarray(rows, dtype=np.int64), counts)
+
+
+def prompt_tokens(tokenizer, template: str, messages: list[dict], row: int = 0) -> np.ndarray:
+    """(P,) int64: the conversation rendered up to the assistant's turn header (the template's
+    generation prompt), as the teacher sees it before writing the reply."""
+    try:
+        text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=True)
+    except Exception as exc:  # jinja's own errors
+        raise KdError(f"dataset row {row}: the chat template failed to render it ({exc.__class__.__name__}: "
+                      f"{str(exc)[:120]}): fix the row or pass another --chat-template") from None
+    return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+
+def closing_token(tokenizer, template: str) -> int | None:
+    """The special token that closes an assistant turn in ``template`` (``<|im_end|>``,
+    ``<|eot_id|>``): the first one rendered after a turn's content; None when there is none."""
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _SENTINEL}]
+    text = _render(tokenizer, template, probe, 0)
+    after = text.find(_SENTINEL) + len(_SENTINEL)
+    found = [(at, s) for s in tokenizer.get_added_vocab() if (at := text.find(s, after)) >= 0]
+    if not found:
+        return None
+    at, special = min(found, key=lambda f: (f[0], -len(f[1])))
+    return int(tokenizer.convert_tokens_to_ids(special))
