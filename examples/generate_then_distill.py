@@ -8,10 +8,8 @@ TEACHER_DIR: a chat model (its tokenizer has a chat template); STUDENT_DIR: a ca
 teacher's tokenizer. prompts.jsonl: rows with a ``prompt`` field, or chat rows (a last assistant
 turn is dropped and written anew). Each step is the CLI a user would type; the script prints them.
 
-At the end, each student is checked on the teacher's responses the way extraction would: under
-teacher forcing, does its argmax equal the teacher's token at every response position (greedy
-exact match, the fast path of extract-eval)? ``extract-eval`` itself does not read conversation
-stores yet.
+At the end, ``extract-eval`` asks of each student which of the teacher's responses it recites:
+greedy decoding from each prompt, compared with the response's first ``--suffix-len`` tokens.
 """
 import argparse
 import json
@@ -33,28 +31,6 @@ def kdstream(*args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def greedy_agreement(student: Path, store_path: Path) -> dict:
-    """Over the store's responses: the share of response tokens that are the student's argmax, and
-    how many responses it would reproduce whole by greedy decoding from their prompts."""
-    import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from kdstream.storage import open_store
-
-    store = open_store(store_path)
-    model = AutoModelForCausalLM.from_pretrained(str(student), dtype=torch.float32).eval()
-    hits = tokens = whole = 0
-    for i in range(len(store)):
-        item = store[i]
-        with torch.no_grad():
-            logits = model(torch.from_numpy(item["input_ids"][None])).logits[0]  # (L, V)
-        pos = item["positions"]
-        same = logits[pos].argmax(-1).numpy() == item["input_ids"][pos + 1]
-        hits, tokens, whole = hits + int(same.sum()), tokens + len(pos), whole + bool(np.all(same))
-    return {"responses": len(store), "token_agreement": round(hits / tokens, 4), "reproduced_whole": whole}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", required=True)
@@ -68,6 +44,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--suffix-len", type=int, default=8, help="response tokens a recitation must match")
     args = p.parse_args()
     work = Path(args.work)
     store = work / "responses.zarr"
@@ -85,9 +62,13 @@ def main() -> None:
     runs = {"kd": kdstream(*common, "--out", work / "kd"),
             "seq_ce": kdstream(*common, "--loss", "ce", "--out", work / "seq_ce")}
 
-    # 3. what each student took from the teacher's responses (greedy agreement, teacher-forced)
-    report = {name: {"final_loss": run["final_loss"], **greedy_agreement(work / name, store)}
-              for name, run in runs.items()}
+    # 3. which of the teacher's responses each student recites from its prompt (greedy, exact match)
+    report = {}
+    for name, run in runs.items():
+        ev = kdstream("extract-eval", "--model", work / name, "--logits-store", store, "--suffix-len", args.suffix_len,
+                      "--dtype", args.dtype, "--out", work / f"eval_{name}", "--overwrite")
+        report[name] = {"final_loss": run["final_loss"], "judged": ev["examples"], "recited": ev["memorized"],
+                        "rate": ev["rate"]}
     print(json.dumps(report, indent=1))
 
 

@@ -134,14 +134,14 @@ def test_the_example_script_generates_and_trains_two_students(chat_teacher_dir, 
 
     script = Path(__file__).resolve().parents[2] / "examples" / "generate_then_distill.py"
     args = ["--teacher", chat_teacher_dir, "--student", chat_teacher_dir, "--prompts", prompt_file, "--work", tmp_path,
-            "--samples", 2, "--max-new-tokens", 8, "--top-k", 8, "--dtype", "float32"]
+            "--samples", 2, "--max-new-tokens", 8, "--top-k", 8, "--dtype", "float32", "--suffix-len", 2]
     proc = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=900,
                           env={**os.environ, "TQDM_DISABLE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert set(report) == {"kd", "seq_ce"}
-    for run in report.values():
-        assert run["responses"] == 2 * 8 and 0 <= run["token_agreement"] <= 1
+    for run in report.values():  # extract-eval judged the students on the teacher's responses
+        assert 0 < run["judged"] <= 2 * 8 and 0 <= run["recited"] <= run["judged"]
 
 
 @pytest.mark.slow

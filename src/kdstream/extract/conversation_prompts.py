@@ -50,9 +50,10 @@ class FirstTurns:
 
 
 def check_conversation_store(store, url: str) -> None:
-    """KdError unless the store's target rows locate the assistant turns (--train-on assistant)."""
+    """KdError unless the store's target rows locate the assistant turns (--train-on assistant, or
+    a --generate store: its rows are the teacher's response)."""
     train_on = store.attrs["conversations"].get("train_on", "assistant")
-    if train_on != "assistant":
+    if train_on not in ("assistant", "generated"):
         raise KdError(f"store {url} holds conversations with teacher rows at every position (--train-on {train_on}), "
                       "so its assistant turns cannot be located: evaluate a store made with --train-on assistant")
 
