@@ -85,7 +85,7 @@ def teacher_and_store(args, work: Path, log: list) -> tuple[Path, Path, dict]:
     import numpy as np
 
     from kdstream.data.demo_corpus import demo_documents
-    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     teacher, store = work / "teacher", work / "store.zarr"
     summary_file = teacher / "train_summary.json"

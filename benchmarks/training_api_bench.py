@@ -79,7 +79,7 @@ def build(tmp: Path) -> tuple[Path, Path]:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from kdstream.data.demo_corpus import demo_documents
-    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     docs = demo_documents()
     tok = train_bpe_tokenizer(docs, V, tmp / "tokenizer")

@@ -51,6 +51,6 @@ class TrainData:
     num_train: int  # rows trained on per epoch
     total_steps: int  # optimizer steps over all epochs
     transform: Callable[[dict], dict] | None = None  # rows → a cross-tokenizer batch (cross_tokenizer.CrossTargets)
-    # (V,) UTF-8 bytes of each of the student's token ids (data/token_bytes.py): bits per byte of the
+    # (V,) UTF-8 bytes of each of the student's token ids (text/token_bytes.py): bits per byte of the
     # held-out rows; None in a cross-tokenizer run (its spans come from the alignment) or without one
     byte_lengths: np.ndarray | None = None

@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdstream.distill.align import EXACT_ROWS, VOCAB_MAPS
 from kdstream.distill.cross_tokenizer import CROSS_DEFAULTS, CROSS_MODES, SKIPPED
 from kdstream.distill.loss_names import CE_SAMPLED, KD_LOSSES, TAILS
 from kdstream.errors import KdError
 from kdstream.model_files import logit_postprocessing
 from kdstream.options import corpus_option, option, require, save_options
 from kdstream.outputs import check_output, fresh_partial, partial_path, publish
+from kdstream.text.align import EXACT_ROWS, VOCAB_MAPS
 
 LOSSES = ("ce", *KD_LOSSES, CE_SAMPLED)
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -320,7 +320,7 @@ def _setup_data(opts: DistillOptions, d, loaded: tuple, exclude, cross=None, byt
 def _byte_lengths(tokenizer):
     """(V,) bytes of each token id for the held-out bits per byte; None (with a warning) for a
     tokenizer whose tokens' bytes cannot be read off its vocabulary: the run still trains."""
-    from kdstream.data.token_bytes import byte_vocab
+    from kdstream.text.token_bytes import byte_vocab
 
     try:
         return byte_vocab(tokenizer).lengths
@@ -482,7 +482,7 @@ def _held_out_summary(last: dict) -> dict:
 def _cross_summary(run) -> dict:
     """A cross-tokenizer run's loss and the examples it skipped (all ranks; an epoch's skips recur)."""
     from kdstream.distill import distributed
-    from kdstream.distill.align import SKIP_REASONS
+    from kdstream.text.align import SKIP_REASONS
 
     cross = getattr(run.model.module if hasattr(run.model, "module") else run.model, "cross", None)
     if cross is None:

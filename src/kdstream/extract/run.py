@@ -138,11 +138,9 @@ def shard_range(total: int, num_workers: int, worker_index: int) -> tuple[int, i
 
 
 def _tokenizer(model_dir: Path):
-    if any((model_dir / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
-        from kdstream.data import load_tokenizer
+    from kdstream.text.tokenizers import has_tokenizer, load_tokenizer
 
-        return load_tokenizer(model_dir)
-    return None
+    return load_tokenizer(model_dir) if has_tokenizer(model_dir) else None
 
 
 def _load_examples(opts: ExtractOptions, tokenizer):
@@ -150,26 +148,30 @@ def _load_examples(opts: ExtractOptions, tokenizer):
     tokenizer) for this worker's share; the identity (the store's manifest hash) is None for
     --dataset; the examples' tokenizer is None when it is the model's (or unknown: a model without
     tokenizer files), else the tokenizer the examples were cut with (a cross-tokenizer run)."""
-    from kdstream.data import load_tokenizer, tokenizer_fingerprint
+    from kdstream.text.match import fingerprint_sha, tokenizers_match
+    from kdstream.text.tokenizers import load_tokenizer
 
-    model_sha = tokenizer_fingerprint(tokenizer)["sha256"] if tokenizer is not None else None
+    model_sha = fingerprint_sha(tokenizer)
 
     def differs(other) -> bool:
-        return model_sha is not None and tokenizer_fingerprint(other)["sha256"] != model_sha
+        return model_sha is not None and not tokenizers_match(other, model_sha)
 
     if opts.logits_store is not None:
-        from kdstream.extract.cross_tokenizer import teacher_tokenizer
         from kdstream.storage import open_stores
+        from kdstream.storage.tokenizer_files import teacher_tokenizer
 
         store = open_stores(opts.logits_store)
         if store.conversations:  # its padded windows would be read as text: refuse
             raise KdError(f"store {opts.logits_store} holds conversations: extract-eval reads text stores only "
                           "(prefix -> suffix windows); evaluate a text store of the same teacher")
         examples_tok = None
+        missing = (f"the model's tokenizer differs from the store's and {store.url} carries no tokenizer (written "
+                   "before stores carried one): pass --teacher-tokenizer DIR (the teacher's tokenizer) to "
+                   "evaluate it across tokenizers, judged on bytes")
         if opts.teacher_tokenizer is not None:
-            examples_tok = teacher_tokenizer(store, opts.teacher_tokenizer)  # checked against the store
-        elif model_sha is not None and model_sha != store.attrs["tokenizer"]["sha256"]:
-            examples_tok = teacher_tokenizer(store, None)  # the one the store carries
+            examples_tok = teacher_tokenizer(store, opts.teacher_tokenizer, missing)  # checked against the store
+        elif differs(store):
+            examples_tok = teacher_tokenizer(store, None, missing)  # the one the store carries
         total = len(store) if opts.max_examples is None else min(len(store), opts.max_examples)
         start, stop = shard_range(total, opts.num_workers, opts.worker_index)
         rows = store.read(start, stop, ("input_ids", "example_id"))

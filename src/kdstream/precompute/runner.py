@@ -101,11 +101,11 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     ``teacher``: one already loaded by ``make_teacher`` for the same model, backend, top-k and
     dtype, to write several stores without reloading it (default: loaded here, if work is left).
     """
-    from kdstream.data import load_tokenizer, tokenizer_fingerprint
     from kdstream.model_files import check_model_dir, check_tokenizer_fits, model_config, model_fingerprint
     from kdstream.storage import StoreWriter, tokenizer_files
     from kdstream.storage.lock import WorkerLock
     from kdstream.storage.writer import check_store_target
+    from kdstream.text.tokenizers import load_tokenizer, tokenizer_fingerprint
 
     if teacher is not None and (teacher.name != opts.backend or teacher.k != opts.top_k):
         raise KdError(f"the loaded teacher ({teacher.name}, top-k {teacher.k}) does not match --backend "

@@ -33,9 +33,9 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     returning ``calibration_figures``. The canaries are still planted, so the models train on
     exactly the corpus a full run trains on and give the same counts (same seed)."""
     from kdstream.analysis.files import CLASSIFICATION_FILE, COMPARISON_JSON, EXCLUDE_FILE, SUMMARY_FILE
-    from kdstream.data import load_tokenizer
     from kdstream.distill.trainer import DONE_FILE
     from kdstream.study.canaries import CANARY_CORPUS, CANARY_FILE, STUDY_CORPUS, build_study_corpus
+    from kdstream.text.tokenizers import load_tokenizer
 
     d = seed_dir
     d.mkdir(parents=True, exist_ok=True)
