@@ -66,7 +66,7 @@ def config(directory: Path, tokenizer, *, vocab: int, hidden: int, layers: int, 
 
 def train(log: list, **opts) -> dict:
     """One ``distill`` run (DistillOptions fields as keywords) → its train summary, plus "cpu_s"."""
-    from kdstream.distill.trainer import DistillOptions
+    from kdstream.distill.options import DistillOptions
     from kdstream.distill.trainer import train as distill
 
     start, cpu = time.perf_counter(), time.process_time()

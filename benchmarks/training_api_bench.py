@@ -112,7 +112,8 @@ def median_gap(ends: list[float], warmup: int = 2) -> float:
 def distill_step_s(store: Path, student: Path, out: Path, steps: int) -> float:
     """distill's own loop, in-process: seconds per step."""
     from kdstream.distill import step
-    from kdstream.distill.trainer import DistillOptions, _epoch_batches, _setup
+    from kdstream.distill.options import DistillOptions
+    from kdstream.distill.trainer import _epoch_batches, _setup
 
     opts = DistillOptions(model=str(student), out=str(out), logits_store=str(store), batch_size=BATCH,
                           loss="forward_kl", temperature=2.0, lr=1e-4, epochs=1, tensorboard=False, device="cpu")

@@ -10,7 +10,9 @@
   and only text/ compares tokenizer fingerprints (``text.match.tokenizers_match`` everywhere else);
 - only the CLI (cli*.py, cli/) imports click.
 
-And one definition of each text helper that used to have twins (``ONE_DEFINITION``).
+And one definition of each text helper that used to have twins (``ONE_DEFINITION``), and no import
+cycle among kdstream's modules through their module-level imports (``if TYPE_CHECKING:`` ones
+included; an import inside a function is how a module reaches one above it lazily).
 """
 from __future__ import annotations
 
@@ -136,6 +138,96 @@ def test_each_text_helper_is_defined_once():
             if isinstance(node, ast.FunctionDef) and node.name in where:
                 where[node.name].append(str(path.relative_to(SRC)))
     assert all(len(files) == 1 for files in where.values()), where
+
+
+def test_the_device_choices_are_written_once():
+    """--device's choices live in kdstream.options (DEVICES, check_device), not in each command."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Tuple, ast.List)) and [getattr(e, "value", None) for e in node.elts] == \
+                    ["auto", "cpu", "cuda"]:
+                found.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert [f.split(":")[0] for f in found] == ["options.py"], found
+
+
+def module_name(path: Path) -> str:
+    """'kdstream.distill.trainer' for src/kdstream/distill/trainer.py; a package's __init__ is the package."""
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_level_imports(source: str, name: str, is_package: bool, modules: set[str]) -> set[str]:
+    """The kdstream modules in ``modules`` that module ``name`` imports outside its functions and
+    classes; ``from pkg import sub`` counts as importing the submodule ``pkg.sub`` only."""
+    out: set[str] = set()
+
+    def visit(body) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            if isinstance(node, ast.Import):
+                out.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    package = name.split(".") if is_package else name.split(".")[:-1]
+                    package = package[: len(package) - node.level + 1]
+                    base = ".".join([*package, base] if base else package)
+                subs = {f"{base}.{a.name}" for a in node.names} & modules
+                out.update(subs)
+                if len(subs) < len(node.names):
+                    out.add(base)
+            else:  # if / try blocks at module level (``if TYPE_CHECKING:``)
+                for block in ("body", "orelse", "finalbody", "handlers"):
+                    visit(getattr(node, block, None) or [])
+
+    visit(ast.parse(source).body)
+    return (out & modules) - {name}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each cycle a depth-first walk of ``graph`` (module -> modules it imports) meets, as a path."""
+    state: dict[str, int] = {}  # 1: on the walk's path, 2: done
+    path: list[str] = []
+    cycles: list[list[str]] = []
+
+    def walk(u: str) -> None:
+        state[u] = 1
+        path.append(u)
+        for v in sorted(graph.get(u, ())):
+            if state.get(v) == 1:
+                cycles.append(path[path.index(v):] + [v])
+            elif v not in state:
+                walk(v)
+        path.pop()
+        state[u] = 2
+
+    for u in sorted(graph):
+        if u not in state:
+            walk(u)
+    return cycles
+
+
+def test_no_import_cycle_within_kdstream():
+    paths = {module_name(p): p for p in SRC.rglob("*.py")}
+    graph = {name: module_level_imports(p.read_text(), name, p.name == "__init__.py", set(paths))
+             for name, p in paths.items()}
+    cycles = import_cycles(graph)
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_sees_a_cycle_through_type_checking_imports():
+    names = {"kdstream.distill.trainer", "kdstream.distill.run_state"}
+    trainer = module_level_imports("from kdstream.distill.run_state import Run\n", "kdstream.distill.trainer", False,
+                                   names)
+    state = module_level_imports("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                 "    from kdstream.distill.trainer import DistillOptions\n",
+                                 "kdstream.distill.run_state", False, names)
+    lazy = module_level_imports("def f():\n    from kdstream.distill.trainer import train\n",
+                                "kdstream.distill.run_state", False, names)
+    assert import_cycles({"kdstream.distill.trainer": trainer, "kdstream.distill.run_state": state})
+    assert not import_cycles({"kdstream.distill.trainer": trainer, "kdstream.distill.run_state": lazy})
 
 
 @pytest.mark.parametrize("parts,source", [

@@ -18,7 +18,7 @@ DOCUMENTED = {"mode": "alm+exact", "alpha_ce": 0.3, "alm_temperature": 100.0, "e
 
 def test_cross_tokenizer_defaults_are_the_documented_ones():
     from kdstream.distill.cross_tokenizer import CROSS_DEFAULTS, with_cross_defaults
-    from kdstream.distill.trainer import DistillOptions
+    from kdstream.distill.options import DistillOptions
 
     assert CROSS_DEFAULTS == DOCUMENTED
     opts = DistillOptions(model="m", out="o", logits_store="s")

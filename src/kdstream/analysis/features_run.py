@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kdstream.analysis.files import FEATURE_COLUMNS, FEATURES_DIR, FEATURES_FILE, SUMMARY_FILE, jsonable, write_json
-from kdstream.engines.hf import DEVICES
 from kdstream.errors import KdError
-from kdstream.options import option, require, save_options
+from kdstream.options import check_device, device_option, option, require, save_options
 from kdstream.outputs import check_output, fresh_partial, publish
 
 if TYPE_CHECKING:
@@ -41,12 +40,12 @@ class FeaturesOptions:
     batch_size: int = option(16, "Examples per forward pass.")
     max_examples: int | None = option(None, "Score only the first N examples.")
     overwrite: bool = option(False, "Replace existing features in --out.")
-    device: str = option("auto", "Where the model runs: auto (CUDA when available) | cpu | cuda.")
+    device: str = device_option("the model runs")
 
     def __post_init__(self) -> None:
         from kdstream.storage.union import several_stores
 
-        require(self.device in DEVICES, f"--device {self.device!r} is unknown: use {' | '.join(DEVICES)}")
+        check_device(self.device)
         require(bool(self.model) and bool(self.logits_store) and bool(self.out),
                 "pass --model DIR, --logits-store STORE and --out DIR")
         require(not several_stores(self.logits_store),

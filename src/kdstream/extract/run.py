@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kdstream.engines.hf import DEVICES
 from kdstream.engines.vllm import EngineOptions
 from kdstream.errors import KdError
 from kdstream.extract.backends import BACKENDS
-from kdstream.options import corpus_option, option, options_dict, require, save_options
+from kdstream.options import (check_device, check_shard, corpus_option, device_option, option, options_dict, require,
+                              save_options)
 from kdstream.outputs import check_output, fresh_partial, publish
 
 METHODS = {"generate": ["generate"], "fast": ["fast"], "both": ["generate", "fast"], "store": ["store"]}
@@ -88,7 +88,7 @@ class ExtractOptions:
     overwrite: bool = option(False, "Replace an existing evaluation in --out.")
     features: bool = option(False, "Also score the model against --logits-store (ppl, suffix ppl, Min-K%, KL to "
                                    "the teacher, zlib) into OUT/features/, as `kdstream features` does.")
-    device: str = option("auto", "Where a HF model runs (--backend hf, --features): auto (CUDA when available) | cpu | cuda.")
+    device: str = device_option("a HF model runs (--backend hf, --features)")
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
@@ -109,11 +109,8 @@ class ExtractOptions:
         require(self.match in MATCHES, f"--match {self.match!r} is unknown: use {' | '.join(MATCHES)}")
         require(self.match != "bytes" or self.method == "generate",
                 f"--match bytes judges greedy decoding: use --method generate, not {self.method}")
-        require(self.device in DEVICES, f"--device {self.device!r} is unknown: use {' | '.join(DEVICES)}")
-        require(self.num_workers >= 1, f"--num-workers {self.num_workers} must be at least 1 (1: a single run)")
-        require(self.num_workers >= 1 and 0 <= self.worker_index < self.num_workers,
-                f"--worker-index {self.worker_index} is outside 0..{self.num_workers - 1}: "
-                "pass 0 <= --worker-index < --num-workers")
+        check_device(self.device)
+        check_shard(self.num_workers, self.worker_index)
         if self.method == "store":
             require(self.logits_store is not None, "--method store reads the teacher's verdicts from --logits-store STORE: pass it")
             require(self.offset == 0, "--method store needs --offset 0: the store's teacher saw every example from token 0")

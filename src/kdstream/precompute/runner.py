@@ -9,7 +9,7 @@ import numpy as np
 
 from kdstream.engines.vllm import EngineOptions
 from kdstream.errors import KdError
-from kdstream.options import corpus_option, option, options_dict, require
+from kdstream.options import check_device, check_shard, corpus_option, device_option, option, options_dict, require
 from kdstream.precompute.backends import BACKENDS, Teacher, context_needed, engine_attrs, make_teacher
 from kdstream.text.chat import ChatOptions
 
@@ -49,8 +49,7 @@ class PrecomputeOptions:
                                   "from the top-k + tail.")
     samples: int = option(64, "Draws per position with --targets sampled.")
     backend: str = option("vllm", "vllm | hf (transformers: for models vLLM cannot load, or without vLLM installed)")
-    device: str = option("auto", "Where --backend hf runs the teacher: auto (CUDA when available) | cpu | cuda; "
-                                 "vLLM places the model itself.")
+    device: str = device_option("--backend hf runs the teacher (vLLM places the model itself)")
     engine: EngineOptions = field(default_factory=EngineOptions)
     chat: ChatOptions = field(default_factory=ChatOptions)
 
@@ -77,7 +76,7 @@ class PrecomputeOptions:
         require(self.logprob_encoding in ("qdelta", "fp32"),
                 f"--logprob-encoding {self.logprob_encoding!r} is not one of qdelta, fp32")
         require(self.backend in BACKENDS, f"--backend {self.backend!r} is not one of {' | '.join(BACKENDS)}")
-        require(self.device in ("auto", "cpu", "cuda"), f"--device {self.device!r} is not one of auto, cpu, cuda")
+        check_device(self.device)
         require(self.device == "auto" or self.backend == "hf",
                 f"--device {self.device} is for --backend hf: vLLM places the model itself (drop --device)")
         require(self.backend == "vllm" or (self.engine.max_num_batched_tokens is None
@@ -86,10 +85,7 @@ class PrecomputeOptions:
         require(self.targets in ("topk", "sampled"), f"--targets {self.targets!r} is not one of topk, sampled")
         require(1 <= self.samples <= 255, f"--samples {self.samples} must be in 1..255 (counts are stored as uint8)")
         require(self.chunk_rows is None or self.chunk_rows >= 1, f"--chunk-rows {self.chunk_rows} must be at least 1")
-        require(self.num_workers >= 1, f"--num-workers {self.num_workers} must be at least 1 (1: a single run)")
-        require(self.num_workers >= 1 and 0 <= self.worker_index < self.num_workers,
-                f"--worker-index {self.worker_index} is outside 0..{self.num_workers - 1}: "
-                f"use 0 <= --worker-index < --num-workers")
+        check_shard(self.num_workers, self.worker_index)
         require(not (self.overwrite and self.num_workers > 1),
                 "--overwrite with --num-workers > 1 would let each worker wipe the others' chunks: "
                 "delete the store once, then start the workers without --overwrite")
