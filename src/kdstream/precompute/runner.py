@@ -147,6 +147,7 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
         overwrite=opts.overwrite,
         encoding="sampled" if sampled else opts.logprob_encoding,
         samples=opts.samples if sampled else None,
+        sample_seed=opts.engine.seed,
         selection=selection,
         tokenizer_files=tok_files,
         conversations=conversations,
@@ -163,23 +164,19 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     # One run per share of the store at a time: the mark is taken before the plan is made, and
     # removed at the end whatever happens (a failed run's store stays resumable).
     with WorkerLock(opts.out, opts.worker_index, opts.num_workers) as lock:
-        return _write_store(opts, writer, examples, model_dir, teacher, lock, width)
+        return _write_store(opts, writer, examples, model_dir, teacher, lock)
 
 
-def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: Teacher | None, lock,
-                 width: int) -> dict:
+def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: Teacher | None, lock) -> dict:
     """Score and write this worker's chunks not yet written; finalize when it is the only worker."""
     from kdstream.progress import progress
-    from kdstream.storage import encoding, tokenizer_files
+    from kdstream.storage import tokenizer_files
     from kdstream.storage.background import BackgroundWriter
-    from kdstream.storage.chunks import chunks_per_group, done_chunks, owned_groups
+    from kdstream.storage.chunks import chunks_per_group, owned_groups
     from kdstream.storage.reader import disk_bytes
 
-    sampled = opts.targets == "sampled"
-    writer.resumed = done_chunks(writer.group)  # again, now that no other run writes this share
-
-    def rows_of(chunks: range) -> slice:
-        return slice(chunks[0] * writer.chunk_rows, min((chunks[-1] + 1) * writer.chunk_rows, len(examples)))
+    writer.refresh_resumed()  # now that no other run writes this share
+    rows_of = writer.rows_of
 
     # Plan: this worker's groups of chunks, minus those an earlier run wrote whole.
     plan = owned_groups(writer.num_chunks, chunks_per_group(opts.batch_size, writer.chunk_rows),
@@ -191,18 +188,6 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
     if teacher is not None:
         check_teacher_dtype(teacher, writer.attrs["engine"])
 
-    def write_group(chunks: range, rows: dict) -> None:
-        """Background thread: draw (sampled), encode and write each chunk of the group not yet written."""
-        base = rows_of(chunks).start
-        for c in chunks:
-            if c in writer.resumed:
-                continue
-            part = {key: v[c * writer.chunk_rows - base : (c + 1) * writer.chunk_rows - base] for key, v in rows.items()}
-            if sampled:  # a generator per example: the same draws whoever writes the chunk, and when
-                part.update(encoding.draw_samples_by_example(part.pop("topk_ids"), part.pop("topk_logprobs"),
-                                                             opts.samples, width, opts.engine.seed, part["example_id"]))
-            writer.write_chunk(c, part)
-
     start = time.perf_counter()
     bar = progress(planned_tokens, "precompute", unit="tok", initial=planned_tokens - todo_tokens)
     # depth 1: the teacher scores group g+1 while group g is written; at most one more waits.
@@ -210,7 +195,7 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
         for chunks in todo:
             rows = _score_rows(teacher, examples, rows_of(chunks), opts.batch_size, bar)
             lock.check()  # this run stalled and another took its share over: write nothing more
-            background.submit(write_group, chunks, rows)
+            background.submit(writer.write_chunks, chunks, rows)  # encoded and written in the background
     seconds = time.perf_counter() - start
     summary = {
         "store": opts.out,
