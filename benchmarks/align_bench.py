@@ -1,4 +1,4 @@
-"""Cross-tokenizer alignment throughput (distill/align.py) in one process, as a loader worker runs it:
+"""Cross-tokenizer alignment throughput (text/align.py) in one process, as a loader worker runs it:
 teacher tokens aligned per second on the demo corpus packed into examples of each --seq-lens
 teacher tokens, for a byte-level BPE student of another vocabulary size and a SentencePiece-style
 one. Beside it: the student tokenizer alone on the same text (the floor: alignment tokenizes each
@@ -8,7 +8,7 @@ cost of the targets with a top-k. ``align`` runs example by example; ``align_bat
 rows at a time (the loader's batch) with one tokenizer call; "plus targets" is the loader's path
 (``CrossTargets``): ``align_rows`` and ``aligned_examples`` over each batch, checked equal to the
 per-example ``align`` and ``aligned_example``. The student's ids come from a per-process word
-cache where it is exact (data/word_cache.py: the byte-level BPE student; the SentencePiece-style
+cache where it is exact (text/word_cache.py: the byte-level BPE student; the SentencePiece-style
 one goes to its tokenizer): "cold cache" is the first pass over the corpus from an empty cache,
 the others the best of --repeats passes, the cache warm.
 
@@ -28,10 +28,10 @@ import numpy as np
 from benchmarks.results import save
 from kdstream.data.demo_corpus import demo_documents
 from kdstream.data.examples import pack_examples
-from kdstream.data.tokenizer import train_bpe_tokenizer, train_sentencepiece_style_tokenizer
-from kdstream.distill.align import Aligner, Alignment, Skip, encode_texts
 from kdstream.distill.aligned_batch import AlignedExample, aligned_example, aligned_examples, map_repeats
 from kdstream.storage.memory import keep_freed_memory
+from kdstream.text.align import Aligner, Alignment, Skip, encode_texts
+from kdstream.text.tokenizers import train_bpe_tokenizer, train_sentencepiece_style_tokenizer
 
 
 def _best(fn, repeats: int) -> float:
@@ -108,7 +108,7 @@ def _one(aligner: Aligner, student, examples: np.ndarray, batch: int, repeats: i
         "align_batch_plus_targets_teacher_tokens_per_s": round(tokens / (rows_s + target_s)),
         # the same with merge_repeated_ids always run (before map_repeats), for comparison in one run
         "align_batch_plus_targets_always_merged_teacher_tokens_per_s": round(tokens / (rows_s + merged_s)),
-        # the same, first pass over the corpus from an empty word cache (data/word_cache.py)
+        # the same, first pass over the corpus from an empty word cache (text/word_cache.py)
         "align_batch_plus_targets_cold_cache_teacher_tokens_per_s": round(tokens / cold_s),
         "student_tokenizer_call_per_example_teacher_tokens_per_s": round(tokens / call_s),
         "student_tokenizer_encode_texts_batch_teacher_tokens_per_s": round(tokens / encode_s),

@@ -34,7 +34,7 @@ helpers = _load_helpers()
 def _inputs(work: Path) -> tuple[Path, Path, Path]:
     """The tests' tiny teacher and student (GPT-NeoX, BPE of 512) and a 120-document corpus."""
     from kdstream.data.demo_corpus import demo_documents
-    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     docs = demo_documents()[:120]
     corpus = work / "corpus.jsonl"

@@ -119,8 +119,8 @@ def teacher_bits_per_byte(store_path: Path, teacher: Path, held_out: int) -> flo
     import numpy as np
     from transformers import AutoTokenizer
 
-    from kdstream.data.token_bytes import byte_vocab
     from kdstream.storage import open_store
+    from kdstream.text.token_bytes import byte_vocab
 
     store = open_store(store_path)
     lengths = byte_vocab(AutoTokenizer.from_pretrained(str(teacher))).lengths

@@ -49,9 +49,9 @@ CROSS = ("alm", "exact", "exact_prefix", "alm+exact")
 
 
 def _students(args, work: Path, teacher: Path) -> tuple[Path, Path]:
-    from kdstream.data import load_tokenizer
     from kdstream.data.demo_corpus import demo_documents
-    from kdstream.data.tokenizer import train_sentencepiece_style_tokenizer
+    from kdstream.text.tokenizers import load_tokenizer
+    from kdstream.text.tokenizers import train_sentencepiece_style_tokenizer
 
     same_tok = load_tokenizer(teacher)
     other_tok = train_sentencepiece_style_tokenizer(demo_documents(), args.other_vocab)
@@ -86,9 +86,9 @@ def _exact_coverage(store: Path, teacher: Path, other: Path, rows: int) -> dict:
     share of the same-tokenizer gain exact can be expected to recover."""
     import numpy as np
 
-    from kdstream.data import load_tokenizer
     from kdstream.distill.cross_tokenizer import CrossTargets
     from kdstream.storage import open_store
+    from kdstream.text.tokenizers import load_tokenizer
 
     s = open_store(str(store))
     data = s.read(0, rows, ("input_ids", "target_logprob", "topk_ids", "topk_logprobs"))

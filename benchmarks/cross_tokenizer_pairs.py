@@ -143,9 +143,9 @@ def _smollm2(out: Path):
 
 def tokenizer(name: str, work: Path):
     """The named tokenizer, built once under work/tokenizers/NAME."""
-    from kdstream.data import load_tokenizer
     from kdstream.data.demo_corpus import demo_documents
-    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.text.tokenizers import load_tokenizer
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     out = work / "tokenizers" / name
     if not (out / "tokenizer.json").exists():

@@ -52,12 +52,14 @@ def main() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from benchmarks.smollm2 import smollm2_dir
 
-    from kdstream.data import load_corpus, load_tokenizer, pack_examples
+    from kdstream.data import load_corpus, pack_examples
+
     from kdstream.engines.vllm import EngineOptions
     from kdstream.extract.fast_path import NEAR_TIE
     from kdstream.extract.hf_backend import HfBackend
     from kdstream.extract.run import fast_verdicts, generate_verdicts, parse_prefix_lens
     from kdstream.extract.vllm_backend import VllmBackend
+    from kdstream.text.tokenizers import load_tokenizer
 
     lens, N = parse_prefix_lens(args.prefix_len), args.suffix_len
     P, hi = lens[0], max(lens)  # HF runs the first (primary) prefix length only

@@ -171,7 +171,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     from transformers import AutoModelForCausalLM
 
-    from kdstream.data import load_tokenizer
+    from kdstream.text.tokenizers import load_tokenizer
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=12)

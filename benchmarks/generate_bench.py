@@ -125,7 +125,7 @@ def main() -> None:
 
     one_rows = [{key: got[key] for key in ("topk_ids", "topk_logprobs", "target_logprob")} for _, got, _ in one]
     generated = int(sum(len(t) for t, _, _ in one))
-    del engine
+    engine = None  # frees the engine before the next one starts
 
     # the store, end to end, as a user runs it (its own engine start, the writer, finalize)
     out = work / "generated.zarr"

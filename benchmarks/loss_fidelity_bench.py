@@ -34,7 +34,9 @@ SAMPLES, SOURCE_K = 64, 64
 def teacher_logits(examples: int, seq_len: int) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 
-    from kdstream.data import load_corpus, load_tokenizer, pack_examples
+    from kdstream.data import load_corpus, pack_examples
+
+    from kdstream.text.tokenizers import load_tokenizer
 
     path = smollm2_dir()
     tok = load_tokenizer(path)

@@ -64,7 +64,7 @@ def config(directory: Path, tokenizer, *, vocab: int, hidden: int, layers: int, 
 
 def train(log: list, **opts) -> dict:
     """One ``distill`` run (DistillOptions fields as keywords) → its train summary, plus "cpu_s"."""
-    from kdstream.distill.trainer import DistillOptions
+    from kdstream.distill.options import DistillOptions
     from kdstream.distill.trainer import train as distill
 
     start, cpu = time.perf_counter(), time.process_time()
@@ -83,7 +83,7 @@ def teacher_and_store(args, work: Path, log: list) -> tuple[Path, Path, dict]:
     import numpy as np
 
     from kdstream.data.demo_corpus import demo_documents
-    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     teacher, store = work / "teacher", work / "store.zarr"
     summary_file = teacher / "train_summary.json"

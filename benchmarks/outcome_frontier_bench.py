@@ -150,8 +150,8 @@ def main() -> None:
         log: list = []
         teacher, base, t_summary = teacher_and_store(args, work, log)
         corpus = work / "corpus.jsonl"
-        from kdstream.data import load_tokenizer
         from kdstream.storage import open_store
+        from kdstream.text.tokenizers import load_tokenizer
 
         student = config(work / "student_same", load_tokenizer(teacher), vocab=args.teacher_vocab,
                          hidden=args.student_hidden, layers=args.student_layers, seq_len=2 * args.seq_len)

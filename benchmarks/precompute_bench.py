@@ -49,7 +49,7 @@ def tiny_model(directory: Path, seq_len: int) -> Path:
     trained on the demo corpus: the engine's fixed costs dominate, as on a GPU with a small model."""
     from benchmarks.fixtures import tiny_gpt_neox
     from kdstream.data import load_corpus
-    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(load_corpus("demo").texts, 4096, directory / "tokenizer")
     tiny_gpt_neox(len(tokenizer), hidden=128, layers=2, heads=2, positions=max(2048, seq_len + 1),
@@ -60,7 +60,8 @@ def tiny_model(directory: Path, seq_len: int) -> Path:
 
 def examples(args):
     """(2N, L): the benchmark's N examples (those precompute scores), then N more for cold passes."""
-    from kdstream.data import load_corpus, load_tokenizer, pack_examples
+    from kdstream.data import load_corpus, pack_examples
+    from kdstream.text.tokenizers import load_tokenizer
 
     ids = pack_examples(load_corpus("demo").texts, load_tokenizer(args.model), args.seq_len, 2 * args.examples).input_ids
     if len(ids) < 2 * args.examples:

@@ -83,7 +83,8 @@ def sampled_targets(r: dict[str, np.ndarray], vocab: int, n_draws: int, tokens: 
     out = tmp / "sampled.zarr"
     w = StoreWriter(str(out), num_examples=S, seq_len=L, k=width, vocab_size=vocab, attrs={},
                     encoding="sampled", samples=n_draws)
-    w.append({key: r[key] for key in ("input_ids", "example_id", "doc_index", "target_logprob", "target_rank")} | d)
+    w.append({key: r[key] for key in ("input_ids", "example_id", "doc_index", "target_logprob", "target_rank",
+                                      "topk_ids", "topk_logprobs")})  # the writer draws d again (seed 0)
     w.finalize()
     est = top_counts / n_draws  # (S, L-1, k) unbiased estimates of p
     return {"samples": n_draws, "width": width, "unique_ids_max": int(unique.max()),

@@ -75,7 +75,7 @@ def build(tmp: Path) -> tuple[Path, Path]:
     """(store, student dir) in ``tmp``: a tokenizer from the demo corpus, a random teacher, its store."""
     from benchmarks.fixtures import tiny_gpt_neox
     from kdstream.data.demo_corpus import demo_documents
-    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     docs = demo_documents()
     tok = train_bpe_tokenizer(docs, V, tmp / "tokenizer")

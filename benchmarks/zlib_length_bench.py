@@ -23,8 +23,8 @@ from benchmarks.results import save
 from kdstream.analysis.classify import DEFAULT_FEATURES, ClassifyOptions, run_classifier
 from kdstream.analysis.compare import memorized_ids
 from kdstream.analysis.features import text_features
-from kdstream.data import load_tokenizer
 from kdstream.storage import open_store
+from kdstream.text.tokenizers import load_tokenizer
 
 ROLES = ("teacher", "baseline", "student")
 

@@ -24,7 +24,7 @@ from benchmarks.zlib_length_bench import window_medians
 from kdstream.analysis.features import text_features
 from kdstream.data import load_corpus
 from kdstream.data.examples import pack_examples
-from kdstream.data.tokenizer import train_bpe_tokenizer
+from kdstream.text.tokenizers import train_bpe_tokenizer
 
 
 def _groups(texts: list[str], is_license: list[bool], tokenizer, seq_len: int) -> dict:

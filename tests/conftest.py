@@ -26,7 +26,7 @@ def docs() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory, docs):
-    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     return train_bpe_tokenizer(docs, VOCAB, tmp_path_factory.mktemp("tokenizer"))
 

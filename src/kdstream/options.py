@@ -37,6 +37,26 @@ def corpus_option(name: str) -> Any:
     return option(default, help_text)
 
 
+DEVICES = ("auto", "cpu", "cuda")  # --device of every command that runs a model with torch
+
+
+def device_option(what: str) -> Any:
+    """The ``--device`` field of a command: ``what`` runs there (checked by ``check_device``)."""
+    return option("auto", f"Where {what}: auto (CUDA when available) | cpu | cuda.")
+
+
+def check_device(device: str) -> None:
+    """KdError unless ``device`` is one of DEVICES."""
+    require(device in DEVICES, f"--device {device!r} is unknown: use {' | '.join(DEVICES)}")
+
+
+def check_shard(num_workers: int, worker_index: int) -> None:
+    """KdError unless ``worker_index`` names one of ``num_workers`` shares (--num-workers, --worker-index)."""
+    require(num_workers >= 1, f"--num-workers {num_workers} must be at least 1 (1: a single run)")
+    require(0 <= worker_index < num_workers, f"--worker-index {worker_index} is outside 0..{num_workers - 1}: "
+                                             "use 0 <= --worker-index < --num-workers")
+
+
 def options_dict(options: Any) -> dict[str, Any]:
     """A plain dict of a dataclass's fields (paths as strings), ready for YAML or Zarr attrs."""
     out = {}

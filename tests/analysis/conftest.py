@@ -27,8 +27,10 @@ def store(tmp_path_factory, models, tokenizer, docs):
     """24 examples of 32 tokens, k = V = 512: top-k, target logprob and rank of the teacher."""
     from transformers import AutoModelForCausalLM
 
-    from kdstream.data import pack_examples, tokenizer_fingerprint
+    from kdstream.data import pack_examples
+
     from kdstream.storage import StoreWriter
+    from kdstream.text.tokenizers import tokenizer_fingerprint
 
     ex = pack_examples(docs, tokenizer, SEQ, EXAMPLES)
     assert len(ex) == EXAMPLES

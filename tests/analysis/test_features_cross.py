@@ -19,7 +19,7 @@ from kdstream.analysis.files import FEATURE_COLUMNS, LLR_COLUMN
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory, docs):
     """A model with a SentencePiece-style tokenizer (another kind and vocabulary than the store's)."""
-    from kdstream.data.tokenizer import train_sentencepiece_style_tokenizer
+    from kdstream.text.tokenizers import train_sentencepiece_style_tokenizer
 
     d = tmp_path_factory.mktemp("other_model")
     tok = train_sentencepiece_style_tokenizer(docs, 400)
@@ -40,10 +40,10 @@ def test_features_across_tokenizers(cross_features, other_model, teacher_store):
     """Bits per byte and the per-byte log-likelihood ratio equal a direct computation on one example."""
     from transformers import AutoModelForCausalLM
 
-    from kdstream.data import load_tokenizer
-    from kdstream.distill.align import Aligner
-    from kdstream.distill.cross_tokenizer import teacher_tokenizer
     from kdstream.storage import open_store
+    from kdstream.storage.tokenizer_files import store_tokenizer
+    from kdstream.text.align import Aligner
+    from kdstream.text.tokenizers import load_tokenizer
 
     _, t_sum, b_dir, b_sum = cross_features
     frame = pq.read_table(b_dir / "features.parquet").to_pandas()
@@ -59,7 +59,7 @@ def test_features_across_tokenizers(cross_features, other_model, teacher_store):
     store = open_store(str(teacher_store))
     rows = store.read(0, 16, ("input_ids", "target_logprob"))
     i = int(np.flatnonzero(judged.to_numpy())[0])
-    a = Aligner(teacher_tokenizer(store, None), load_tokenizer(other_model)).align(rows["input_ids"][i])
+    a = Aligner(store_tokenizer(store), load_tokenizer(other_model)).align(rows["input_ids"][i])
     net = AutoModelForCausalLM.from_pretrained(str(other_model), dtype=torch.float32).eval()
     with torch.no_grad():
         lp = net(input_ids=torch.as_tensor(a.student_ids)[None]).logits[0, :-1].double().log_softmax(-1)

@@ -68,7 +68,7 @@ def test_features_read_whole_chunks(monkeypatch, tmp_path, models, store):
 
 
 def test_features_refuses_other_tokenizer_and_existing_output(tmp_path, store, docs, scored):
-    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     other = train_bpe_tokenizer(docs[:60], 300, tmp_path / "tok")
     model = make_gpt_neox(tmp_path / "other", other, layers=1, hidden=64, heads=1)
@@ -98,8 +98,8 @@ def test_features_through_click(tmp_path, models, store):
 
 def test_bits_per_byte_column(scored, store, tokenizer):
     """ppl's CE in bits per UTF-8 byte of tokens 1..L-1: ln(ppl) · (L-1) / (ln 2 · bytes)."""
-    from kdstream.data.token_bytes import token_byte_lengths
     from kdstream.storage import open_store
+    from kdstream.text.token_bytes import token_byte_lengths
 
     for out in (scored[0], scored[2]):
         frame = pq.read_table(out / "features.parquet").to_pandas()

@@ -11,7 +11,7 @@ import pytest
 from kdstream.cli import kdstream as kdstream_group
 from kdstream.cli.options import build, option_fields, options_from
 from kdstream.cli.study import STUDY_FLAGS
-from kdstream.distill.trainer import DistillOptions
+from kdstream.distill.options import DistillOptions
 from kdstream.errors import KdError
 from kdstream.analysis.classify_run import ClassifyRunOptions
 from kdstream.analysis.features_run import FeaturesOptions

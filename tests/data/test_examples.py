@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from kdstream.data.examples import pack_examples
-from kdstream.data.tokenizer import tokenizer_fingerprint, train_bpe_tokenizer
 from kdstream.errors import KdError
+from kdstream.text.tokenizers import tokenizer_fingerprint, train_bpe_tokenizer
 
 
 def test_packing_is_a_prefix_of_the_eos_separated_token_stream(tokenizer, docs):

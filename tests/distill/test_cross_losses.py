@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from kdstream.data.tokenizer import train_bpe_tokenizer
-from kdstream.distill.align import Aligner, Alignment
 from kdstream.distill.aligned_batch import aligned_example, collate_aligned, teacher_chunk_logprobs
 from kdstream.distill.cross_losses import alm_loss, binary_divergence, exact_map_loss, log1mexp
 from kdstream.distill.losses import kd_loss
+from kdstream.text.align import Aligner, Alignment
+from kdstream.text.tokenizers import train_bpe_tokenizer
 
 
 def _ids(tok, text):

@@ -18,7 +18,7 @@ DOCUMENTED = {"mode": "alm+exact", "alpha_ce": 0.3, "alm_temperature": 100.0, "e
 
 def test_cross_tokenizer_defaults_are_the_documented_ones():
     from kdstream.distill.cross_tokenizer import CROSS_DEFAULTS, with_cross_defaults
-    from kdstream.distill.trainer import DistillOptions
+    from kdstream.distill.options import DistillOptions
 
     assert CROSS_DEFAULTS == DOCUMENTED
     opts = DistillOptions(model="m", out="o", logits_store="s")
@@ -79,7 +79,7 @@ def trained_store(tmp_path_factory, tokenizer):
 def test_the_default_cross_tokenizer_student_beats_ce_on_held_out_text(trained_store, docs, tmp_path):
     """No flag but the student: distill picks the cross-tokenizer defaults; held-out bits per byte
     below the same student's CE run on the same examples."""
-    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     store, exclude = trained_store
     other = train_bpe_tokenizer(docs, 1024, tmp_path / "tok")  # another size than the teacher's 512

@@ -14,7 +14,7 @@ from helpers import losses, make_gpt_neox, one_line_error, run_cli, without_toke
 @pytest.fixture(scope="module")
 def other_student(tmp_path_factory, docs):
     """A student whose BPE has another vocabulary (trained on the same documents)."""
-    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     d = tmp_path_factory.mktemp("other_student")
     tok = train_bpe_tokenizer(docs, 400, d / "tok")
@@ -88,9 +88,9 @@ def test_ce_terms_across_tokenizers_are_the_student_s_own_ce():
     """cross_terms in CE-only mode: loss = the CE term of any cross mode, kd = 0."""
     import torch
 
-    from kdstream.distill.align import Alignment
     from kdstream.distill.aligned_batch import aligned_example, collate_aligned
     from kdstream.distill.cross_tokenizer import CE_ONLY, cross_terms
+    from kdstream.text.align import Alignment
 
     # an alignment of 5 one-byte tokens on each side, 5 chunks (one per token, the first unusable)
     spans = np.stack([np.arange(5), np.arange(1, 6)], 1)
@@ -108,7 +108,7 @@ def test_ce_terms_across_tokenizers_are_the_student_s_own_ce():
 def _two_to_one_alignment():
     """Teacher "ab" "c" "de", student "a" "b" "c" "d" "e": chunks [0,2) (unusable: token 0), [2,3)
     one token a side, [3,5) one teacher token against two student ones."""
-    from kdstream.distill.align import Alignment
+    from kdstream.text.align import Alignment
 
     t_spans = np.array([[0, 2], [2, 3], [3, 5]])
     s_spans = np.stack([np.arange(5), np.arange(1, 6)], 1)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import NUM_EXAMPLES, SEQ_LEN, run_cli
 
-from kdstream.data.token_bytes import token_byte_lengths
+from kdstream.text.token_bytes import token_byte_lengths
 
 pytestmark = pytest.mark.slow
 HELD_OUT = 4
@@ -53,7 +53,7 @@ def test_cross_tokenizer_run_reports_bits_per_byte_of_the_same_text(tmp_path_fac
     same text's bytes, less each example's first student token (no log-prob) and a character cut at an edge."""
     from helpers import make_gpt_neox
 
-    from kdstream.data.tokenizer import train_sentencepiece_style_tokenizer
+    from kdstream.text.tokenizers import train_sentencepiece_style_tokenizer
 
     d = tmp_path_factory.mktemp("sp_student")
     tok = train_sentencepiece_style_tokenizer(docs, 400)

@@ -187,7 +187,8 @@ def test_loss_chunk_auto_and_logit_postprocessing():
     """auto: a chunk's fp32 logits within 64 MiB; a student that post-processes its logits (here
     Gemma-2-style soft-capping) gets the plain path under auto, and an explicit chunk is refused."""
     from kdstream.distill.fused_head import auto_chunk
-    from kdstream.distill.trainer import fused_chunk, parse_loss_chunk
+    from kdstream.distill.options import parse_loss_chunk
+    from kdstream.distill.trainer import fused_chunk
     from kdstream.errors import KdError
 
     assert auto_chunk(50304) == 333 and auto_chunk(4096) == 4096 and auto_chunk(10**9) == 1

@@ -38,7 +38,7 @@ def test_a_k_equals_v_store_trains_as_the_online_teacher(full_store, teacher_dir
 def test_bad_online_teacher_options_are_one_line_errors(teacher_dir, corpus_file, student_init_dir, docs, tmp_path):
     from helpers import make_gpt_neox
 
-    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     base = ["distill", "--model", student_init_dir, "--out", tmp_path / "out", "--epochs", 1]
     err = one_line_error(run_cli(*base, "--teacher", teacher_dir, "--logits-store", "x.zarr", check=False))

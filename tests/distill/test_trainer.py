@@ -44,7 +44,7 @@ def test_a_student_with_another_tokenizer_is_refused_before_training(tmp_path, t
     and no --teacher-tokenizer (a store that carries it trains across tokenizers:
     test_cross_tokenizer_distill.py)."""
     from helpers import make_gpt_neox, without_tokenizer
-    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     other = train_bpe_tokenizer(docs, 512 - 64, tmp_path / "tok")
     student = make_gpt_neox(tmp_path / "student", other, vocab=512)

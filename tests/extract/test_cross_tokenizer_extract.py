@@ -19,7 +19,7 @@ TRAINED = 12  # the cross memorizer trains on the first 12 windows of its own pa
 @pytest.fixture(scope="module")
 def other_tokenizer(tmp_path_factory, docs):
     """A byte-level BPE with another vocabulary (400), trained on the same documents."""
-    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     return train_bpe_tokenizer(docs, 400, tmp_path_factory.mktemp("other_tok"))
 
@@ -103,7 +103,7 @@ def test_windows_skip_what_does_not_round_trip(tokenizer, other_tokenizer, judge
     """A prefix ending inside a multi-byte character, a model whose tokenizer lowercases, a prefix
     too long for the model's context: skipped with their reasons; the rest get the prefix's text
     in the model's tokens."""
-    from distill.tokenizers_for_alignment import lowercasing_tokenizer  # tests/distill/
+    from text.tokenizers_for_alignment import lowercasing_tokenizer  # tests/text/
 
     ids = np.array(tokenizer(" café au lait, naïve", add_special_tokens=False)["input_ids"])
     pieces = [judge.teacher_text([i]) for i in ids]

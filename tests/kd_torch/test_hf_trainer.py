@@ -96,7 +96,7 @@ def test_dropping_the_teacher_columns_is_refused(teacher_store, student_dir, tmp
 
 
 def test_another_tokenizer_is_refused_before_the_first_step(teacher_store, student_dir, docs, tmp_path):
-    from kdstream.data.tokenizer import train_bpe_tokenizer
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     other = train_bpe_tokenizer(docs[:30], 300, tmp_path / "other")
     with pytest.raises(KdError, match="tokenizer .* differs from the store's"):

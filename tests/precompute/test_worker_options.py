@@ -23,5 +23,5 @@ def test_device_is_a_flag_of_the_hf_backend():
     assert opts(backend="hf", device="cpu").device == "cpu"
     with pytest.raises(KdError, match="--device cuda is for --backend hf"):
         opts(device="cuda")  # vLLM places the model itself
-    with pytest.raises(KdError, match="--device 'tpu' is not one of auto, cpu, cuda"):
+    with pytest.raises(KdError, match=r"--device 'tpu' is unknown: use auto \| cpu \| cuda"):
         opts(backend="hf", device="tpu")

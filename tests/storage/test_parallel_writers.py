@@ -59,6 +59,27 @@ def test_two_processes_write_one_store_like_one_writer(tmp_path):
         assert np.array_equal(a[name], b[name]), name
 
 
+def test_the_writer_owns_resume_a_group_of_chunks_at_a_time(tmp_path):
+    """write_chunks writes a group's chunks from the group's rows, skipping those already done;
+    refresh_resumed sees the chunks another writer of the store finished since opening."""
+    rows = synthetic(N)
+    w, other = writer(tmp_path / "s.zarr"), writer(tmp_path / "s.zarr")
+    other.write_chunk(1, chunk(rows, 1))
+    assert w.resumed == set() and w.refresh_resumed() == {1}
+    group = range(0, 3)
+    assert w.rows_of(group) == slice(0, 9) and w.rows_of(range(3, 4)) == slice(9, 10)
+    broken = {k: np.zeros_like(v) for k, v in rows.items()}  # chunk 1 of these rows would differ: never written
+    w.write_chunks(group, {k: np.concatenate([v[0:3], broken[k][3:6], v[6:9]]) for k, v in rows.items()})
+    w.write_chunks(range(3, 4), {k: v[9:10] for k, v in rows.items()})
+    w.finalize()
+    one = writer(tmp_path / "one.zarr")
+    one.append(rows)
+    one.finalize()
+    a, b = arrays(tmp_path / "s.zarr"), arrays(tmp_path / "one.zarr")
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
 def test_a_rerun_resumes_only_a_store_started_the_same_way(tmp_path):
     rows = synthetic(N)
     w = writer(tmp_path / "s.zarr")

@@ -39,13 +39,15 @@ def test_a_sampled_store_reads_as_a_top_k_distribution(tmp_path):
     n = 6
     ids, lp = teacher(n, seed=2)
     rng = np.random.default_rng(0)
-    rows = {"input_ids": rng.integers(0, V, (n, L)), "example_id": np.arange(n), "doc_index": np.zeros(n, int),
-            "target_logprob": lp[..., 0], "target_rank": np.ones((n, L - 1), int),
-            **encoding.draw_samples(ids, lp, N, K, np.random.default_rng(3))}
+    given = {"input_ids": rng.integers(0, V, (n, L)), "example_id": np.arange(n), "doc_index": np.zeros(n, int),
+             "target_logprob": lp[..., 0], "target_rank": np.ones((n, L - 1), int), "topk_ids": ids,
+             "topk_logprobs": lp}
     w = StoreWriter(str(tmp_path / "s.zarr"), num_examples=n, seq_len=L, k=K, vocab_size=V,
-                    attrs={"targets": "sampled"}, encoding="sampled", samples=N, chunk_rows=4)
-    w.append(rows)
+                    attrs={"targets": "sampled"}, encoding="sampled", samples=N, sample_seed=3, chunk_rows=4)
+    w.append(given)  # the teacher's top-k as produced: the writer draws
     w.finalize()
+    # each example draws from its own generator: the same draws whatever the chunking
+    rows = encoding.draw_samples_by_example(ids, lp, N, K, 3, given["example_id"])
     store = open_store(str(tmp_path / "s.zarr"))
     got = store[0:n]
     drawn = rows["sample_counts"] > 0

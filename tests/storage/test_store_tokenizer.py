@@ -11,11 +11,11 @@ import zarr
 from helpers import run_cli, without_tokenizer
 from benchmarks.fixtures import topk_rows
 
-from kdstream.data import load_tokenizer, tokenizer_fingerprint
 from kdstream.errors import KdError
 from kdstream.storage import StoreWriter, open_store, open_stores
 from kdstream.storage import tokenizer_files as tf
 from kdstream.storage.verify import verify_store
+from kdstream.text.tokenizers import load_tokenizer, tokenizer_fingerprint
 
 TEXT = "The quick brown fox jumps over the lazy dog, twice: über naïve café."
 

@@ -43,7 +43,7 @@ lr: 0.003
 def test_reduced_study_across_tokenizers(tmp_path):
     from kdstream.analysis.classify import write_exclude_list
     from kdstream.analysis.compare import memorized_ids
-    from kdstream.data import load_tokenizer, tokenizer_fingerprint
+    from kdstream.text.tokenizers import load_tokenizer, tokenizer_fingerprint
 
     config = tmp_path / "reduced.yaml"
     config.write_text(REDUCED_CROSS)

@@ -91,9 +91,9 @@ def test_the_demo_corpus_is_planted_as_before_documents_could_be_split(tmp_path)
     128 tokens) and their own 4096-token BPE: the same corpus as the boundary-only planting, so a
     study at those settings does not change for a seed."""
     from kdstream.data.demo_corpus import demo_documents
-    from kdstream.data.tokenizer import train_bpe_tokenizer
     from kdstream.study.canaries import plant
     from kdstream.study.config import StudyConfig
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
     cfg = StudyConfig(dataset="demo", examples=256, seq_len=128)
     docs = demo_documents()

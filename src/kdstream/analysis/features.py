@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from kdstream.distill.losses import student_distribution, teacher_distribution
+from kdstream.text.token_bytes import bits_per_byte
 
 
 def zlib_entropy(text: str) -> int:
@@ -88,19 +89,6 @@ def perplexity(logprobs: np.ndarray, start: int = 0, stop: int | None = None) ->
     if window.shape[1] == 0:
         raise ValueError(f"no positions in [{start}, {stop}) of logprobs with {np.shape(logprobs)[1]} positions")
     return np.exp(-window.mean(axis=1))
-
-
-def bits_per_byte(logprobs: np.ndarray, token_bytes: np.ndarray) -> np.ndarray:
-    """(S, L-1) next-token log-probs, (S, L-1) UTF-8 bytes of each predicted token -> (S,) bits per
-    byte: −Σ log-prob ÷ ln 2 ÷ Σ bytes over tokens 1..L-1 (NaN for a row without bytes).
-
-    Unlike perplexity it does not depend on the tokenizer: models with different vocabularies
-    score the same text in the same unit. Bytes per token: data/token_bytes.py.
-    """
-    nats = -np.asarray(logprobs, dtype=np.float64).sum(axis=1)
-    num_bytes = np.asarray(token_bytes, dtype=np.float64).sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(num_bytes > 0, nats / (np.log(2.0) * num_bytes), np.nan)
 
 
 def min_k_percent(logprobs: np.ndarray, k: float = 0.2) -> np.ndarray:
@@ -194,7 +182,9 @@ def model_features(model, input_ids, *, prefix_len: int, suffix_len: int | None 
     if token_bytes is not None:
         if np.shape(token_bytes) != (s, length - 1):
             raise ValueError(f"token_bytes must be (S={s}, L-1={length - 1}), got {np.shape(token_bytes)}")
-        out["bits_per_byte"] = bits_per_byte(lp, token_bytes)
+        # CE of tokens 1..L-1 in bits per byte of those tokens (NaN for a row without bytes)
+        out["bits_per_byte"] = bits_per_byte(-np.asarray(lp, np.float64).sum(axis=1),
+                                             np.asarray(token_bytes, np.float64).sum(axis=1))
     if with_kl:
         out["teacher_kl"] = kl
     return out

@@ -5,7 +5,7 @@ so what the classifier reads across tokenizers is in bytes of the example's text
 
 - ``bits_per_byte``: the model's CE on its own tokens 1..L_s-1 of the text, in bits per UTF-8
   byte of those tokens (the same definition as the teacher's ``bits_per_byte`` column);
-- ``teacher_llr_per_byte`` (only here): over the usable chunks of the alignment (distill/align.py:
+- ``teacher_llr_per_byte`` (only here): over the usable chunks of the alignment (text/align.py:
   byte ranges both tokenizations cut at, token 0 of either side excluded), the teacher's chunk
   log-likelihood (from the store's ``target_logprob``, no teacher run) minus the model's, in bits
   per byte of those chunks. On the example's own text this is a one-sample estimate of the
@@ -22,6 +22,8 @@ import torch
 
 from kdstream.analysis.features import min_k_percent
 from kdstream.analysis.files import LLR_COLUMN
+from kdstream.text.token_bytes import bits_per_byte
+
 CROSS_MODE = "cross_tokenizer"  # features summary.json "mode"
 
 
@@ -30,8 +32,8 @@ def cross_model_features(model, aligner, input_ids: np.ndarray, target_logprob: 
     """(S, L_t) teacher ids and (S, L_t-1) store target_logprob → dict of (S,) float64: ppl,
     bits_per_byte, min_k, teacher_llr_per_byte (see the module docstring); ``aligner``:
     align.Aligner(teacher tokenizer, model tokenizer)."""
-    from kdstream.distill.align import Skip
     from kdstream.distill.aligned_batch import teacher_chunk_logprobs
+    from kdstream.text.align import Skip
 
     s = len(input_ids)
     out = {k: np.full(s, np.nan) for k in ("ppl", "bits_per_byte", "min_k", LLR_COLUMN)}
@@ -60,7 +62,7 @@ def cross_model_features(model, aligner, input_ids: np.ndarray, target_logprob: 
                 nbytes = (spans[1:, 1] - spans[1:, 0]).sum()
                 out["ppl"][i] = np.exp(-own.mean())
                 out["min_k"][i] = min_k_percent(own[None])[0]
-                out["bits_per_byte"][i] = -own.sum() / (np.log(2.0) * nbytes) if nbytes > 0 else np.nan
+                out["bits_per_byte"][i] = bits_per_byte(-own.sum(), nbytes)
                 out[LLR_COLUMN][i] = _llr_per_byte(a, own, teacher_chunk_logprobs(a, target_logprob[i]))
     finally:
         model.train(was_training)

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kdstream.analysis.files import FEATURE_COLUMNS, FEATURES_DIR, FEATURES_FILE, SUMMARY_FILE, jsonable, write_json
-from kdstream.engines.hf import DEVICES
 from kdstream.errors import KdError
-from kdstream.options import option, require, save_options
+from kdstream.options import check_device, device_option, option, require, save_options
 from kdstream.outputs import check_output, fresh_partial, publish
 
 if TYPE_CHECKING:
@@ -41,12 +40,12 @@ class FeaturesOptions:
     batch_size: int = option(16, "Examples per forward pass.")
     max_examples: int | None = option(None, "Score only the first N examples.")
     overwrite: bool = option(False, "Replace existing features in --out.")
-    device: str = option("auto", "Where the model runs: auto (CUDA when available) | cpu | cuda.")
+    device: str = device_option("the model runs")
 
     def __post_init__(self) -> None:
         from kdstream.storage.union import several_stores
 
-        require(self.device in DEVICES, f"--device {self.device!r} is unknown: use {' | '.join(DEVICES)}")
+        check_device(self.device)
         require(bool(self.model) and bool(self.logits_store) and bool(self.out),
                 "pass --model DIR, --logits-store STORE and --out DIR")
         require(not several_stores(self.logits_store),
@@ -64,25 +63,23 @@ def _load_scoring_model(opts: FeaturesOptions, store):
     """(model in eval mode, fp32, on ``opts.device``; tokenizer; the store's tokenizer when the
     model's differs (scored across tokenizers: features_cross.py), else None) after every check
     that needs no weights."""
-    from kdstream.data import load_tokenizer, tokenizer_fingerprint
     from kdstream.model_files import check_model_dir, check_tokenizer_fits, model_config
+    from kdstream.text.match import tokenizers_match
+    from kdstream.text.tokenizers import has_tokenizer, load_tokenizer
 
     model_dir = check_model_dir(opts.model, "scored")
-    if not any((model_dir / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+    if not has_tokenizer(model_dir):
         raise KdError(f"model {model_dir} has no tokenizer files: save the teacher's tokenizer with it "
                       "(features decode the text and must check it matches the store's)")
     tokenizer = load_tokenizer(model_dir)
     check_tokenizer_fits(model_dir, "scored", tokenizer)
     examples_tok = None
-    if tokenizer_fingerprint(tokenizer)["sha256"] != store.attrs.get("tokenizer", {}).get("sha256"):
-        from kdstream.storage.tokenizer_files import carries_tokenizer
+    if not tokenizers_match(tokenizer, store):
+        from kdstream.storage.tokenizer_files import teacher_tokenizer
 
-        if not carries_tokenizer(store):
-            raise KdError(f"the tokenizer of {model_dir} differs from the store's ({opts.logits_store}), which "
-                          "carries no tokenizer to align with: score a model that shares the teacher's tokenizer")
-        from kdstream.distill.cross_tokenizer import teacher_tokenizer
-
-        examples_tok = teacher_tokenizer(store, None)
+        examples_tok = teacher_tokenizer(store, None, missing=(
+            f"the tokenizer of {model_dir} differs from the store's ({opts.logits_store}), which carries no "
+            "tokenizer to align with: score a model that shares the teacher's tokenizer"))
     config = model_config(model_dir)
     vocab = config.get("vocab_size")
     if examples_tok is None and vocab is not None and int(vocab) < store.vocab_size:
@@ -103,7 +100,7 @@ def _byte_table(tokenizer) -> np.ndarray | None:
     tokenizer that is neither byte-level BPE nor SentencePiece-style."""
     import sys
 
-    from kdstream.data.token_bytes import byte_vocab
+    from kdstream.text.token_bytes import byte_vocab
 
     try:
         return byte_vocab(tokenizer).lengths
@@ -118,7 +115,7 @@ def run_features(opts: FeaturesOptions) -> dict:
 
     Columns (``FEATURE_COLUMNS``): ppl (tokens 1..L-1), bits_per_byte (the same tokens' CE in bits
     per UTF-8 byte of their text: comparable across tokenizers; NaN for a tokenizer whose bytes
-    per token are unknown, data/token_bytes.py), suffix_ppl (the extraction suffix), min_k
+    per token are unknown, text/token_bytes.py), suffix_ppl (the extraction suffix), min_k
     (Min-K% Prob, k = 0.2), teacher_kl (mean over positions of KL(teacher ‖ model) on the store's
     top-k + tail; ≈ 0 for the teacher itself, the paper's teacher–baseline KL for the baseline),
     teacher_ppl_from_store (exp(−mean target_logprob): the teacher's perplexity, no model),
@@ -201,8 +198,8 @@ def _run_cross_features(opts: FeaturesOptions, store, model, tokenizer, examples
     ``teacher_llr_per_byte``; summary.json says ``mode: cross_tokenizer``."""
     from kdstream.analysis.features import perplexity, text_features, zlib_ratio
     from kdstream.analysis.features_cross import CROSS_MODE, LLR_COLUMN, cross_model_features
-    from kdstream.distill.align import Aligner
     from kdstream.progress import progress
+    from kdstream.text.align import Aligner
 
     aligner = Aligner(examples_tok, tokenizer)
     pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)

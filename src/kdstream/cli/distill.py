@@ -8,7 +8,8 @@ import click
 
 from kdstream.cli.common import config_option, print_summary
 from kdstream.cli.options import build, options_from
-from kdstream.distill.trainer import DistillOptions, train
+from kdstream.distill.options import DistillOptions
+from kdstream.distill.trainer import train
 
 
 @click.command("distill")

@@ -12,6 +12,8 @@ import sys
 
 import click
 
+from kdstream.options import DEVICES
+
 
 @click.group("store")
 def store():
@@ -106,7 +108,7 @@ def finalize(url):
               help="HF model dir (the teacher): also print the mean KL(full teacher || stored approximation).")
 @click.option("--kl-examples", type=click.IntRange(min=1), default=8, show_default=True,
               help="Examples (all their positions) the KL is measured on.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where --reference-model runs: auto = CUDA when available.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def stats(url, sample_rows, reference_model, kl_examples, device, as_json):

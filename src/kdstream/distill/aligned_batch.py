@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kdstream.distill.align import AlignedRows, Alignment, _offsets
+from kdstream.text.align import AlignedRows, Alignment, offsets
 
 if TYPE_CHECKING:  # torch is imported where a batch is built: a worker that only aligns needs none
     import torch
@@ -149,7 +149,7 @@ def _exact(aligned: AlignedRows, topk_ids, topk_logprobs, vocab_map: np.ndarray,
     if not (logprobs.size and np.isfinite(logprobs).all()):  # else every row keeps a mapped id
         keep = np.isfinite(logprobs).any(-1)  # a row with a mapped id (-inf wherever the id is -1)
         c, c_row, ids, logprobs = c[keep], c_row[keep], ids[keep], logprobs[keep]
-    at = _offsets(np.bincount(c_row, minlength=len(aligned.rows)))
+    at = offsets(np.bincount(c_row, minlength=len(aligned.rows)))
     return aligned.student_bounds[c, 0] - 1, ids.astype(np.int64, copy=False), logprobs, at
 
 

@@ -27,13 +27,13 @@ import json
 import math
 import random
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from kdstream.distill.run_state import Position, RunRecord
 from kdstream.errors import KdError, shown
 
 if TYPE_CHECKING:
@@ -46,21 +46,6 @@ DIGESTS = "digests.json"  # {"sha256": {file name: digest}} of every other file 
 FORMAT = 3  # state.json's "format": a checkpoint of any other is refused (docs/distill.md)
 _FIX = "drop --resume and pass --overwrite to start over"
 _SEP = "/"  # joins optimizer-state key parts; parameter names hold dots, never slashes
-
-
-@dataclass
-class Position:
-    step: int = 0  # optimizer steps taken
-    epoch: int = 0  # epoch in progress
-    batch_in_epoch: int = 0  # batches of that epoch already consumed
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """What a checkpoint says about the run that made it (compared by ``--resume``)."""
-
-    options: dict  # options_dict of the DistillOptions, precision resolved
-    store_identity: str | None
 
 
 def gather_state(net, optimizer, fsdp: bool) -> tuple[dict, dict]:

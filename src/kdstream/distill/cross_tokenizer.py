@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdstream.errors import KdError
-
 CROSS_MODES = ("alm", "exact", "alm+exact")
 AUTO = "auto"  # alm+exact when the tokenizers differ; same-tokenizer runs stay token-level
 # --loss ce with a student of another tokenizer (chosen by auto, not a --cross-tokenizer value):
@@ -72,7 +70,7 @@ class CrossTargets:
     def build(cls, teacher_tokenizer, student_tokenizer, mode: str, vocab_map: str = "identical",
               exact_rows: str = "aligned") -> "CrossTargets":
         """``vocab_map``: the rule of the exact map (align.VOCAB_MAPS); ``exact_rows``: align.EXACT_ROWS."""
-        from kdstream.distill.align import Aligner
+        from kdstream.text.align import Aligner
 
         aligner = Aligner(teacher_tokenizer, student_tokenizer)
         pad = next((t for t in (student_tokenizer.pad_token_id, student_tokenizer.eos_token_id) if t is not None), 0)
@@ -82,8 +80,8 @@ class CrossTargets:
         return cls(mode, aligner, vmap, int(pad), merge=vmap is not None and map_repeats(vmap), exact_rows=exact_rows)
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict:
-        from kdstream.distill.align import Skip
         from kdstream.distill.aligned_batch import aligned_examples
+        from kdstream.text.align import Skip
 
         aligned = self.aligner.align_rows(rows["input_ids"])
         skipped = Counter(r.reason for r in aligned.results if isinstance(r, Skip))
@@ -137,25 +135,3 @@ def cross_terms(logits, batch, *, mode: str, loss: str, temperature: float, tail
         ce = ce.detach()
     return torch.stack([(1 - alpha_ce) * kd + alpha_ce * ce, ce, kd])
 
-
-def teacher_tokenizer(store, path: str | None):
-    """The store's (teacher's) tokenizer: ``--teacher-tokenizer DIR`` when given, checked against
-    the fingerprint the store recorded; else the one the store carries (storage/tokenizer_files.py,
-    checked the same way); KdError naming the flag when there is neither (a store written before
-    stores carried their tokenizer)."""
-    from kdstream.data import load_tokenizer, tokenizer_fingerprint
-    from kdstream.storage.tokenizer_files import store_tokenizer
-
-    if path is None:
-        tok = store_tokenizer(store)
-        if tok is None:
-            raise KdError(f"the student's tokenizer differs from the store's and {store.url} carries no tokenizer "
-                          "(written before stores carried one): pass --teacher-tokenizer DIR (the teacher's "
-                          "tokenizer) to distil across tokenizers")
-        return tok
-    tok = load_tokenizer(path)
-    mine, theirs = tokenizer_fingerprint(tok)["sha256"], (store.attrs.get("tokenizer") or {}).get("sha256")
-    if mine != theirs:
-        raise KdError(f"--teacher-tokenizer {path} is not the tokenizer of {store.url} (sha256 {mine[:12]}, the store "
-                      f"records {str(theirs)[:12]}): pass the teacher's own tokenizer")
-    return tok

@@ -4,7 +4,7 @@ different tokenizers compare on the same text.
 
 Bits per byte = the student's total CE in nats over the held-out positions ÷ ln 2 ÷ the UTF-8
 bytes of the tokens those positions predict (tokens 1.. of each example). Same tokenizer as the
-data: the bytes come from the student's byte table (data/token_bytes.py); a cross-tokenizer run
+data: the bytes come from the student's byte table (text/token_bytes.py); a cross-tokenizer run
 scores the student's own tokens of each example's text, with their byte spans from the alignment.
 """
 from __future__ import annotations
@@ -23,11 +23,11 @@ def held_out_loss(run: Run, data: TrainData) -> dict:
     import numpy as np
     import torch
 
-    from kdstream.data.token_bytes import bits_per_byte
     from kdstream.distill import distributed
     from kdstream.distill.aligned_batch import collate_aligned, empty_example
     from kdstream.distill.cross_tokenizer import ALIGNED, PAD_ID
     from kdstream.distill.loader import BlockReader
+    from kdstream.text.token_bytes import bits_per_byte
 
     rows, batch_size, d = data.held_out, run.opts.batch_size, run.d
     reader = BlockReader(data.open_source(), run.opts.shuffle_block, data.keys)
@@ -74,5 +74,5 @@ def held_out_loss(run: Run, data: TrainData) -> dict:
     have_bytes = data.transform is not None or data.byte_lengths is not None
     return {"eval_loss": loss, "eval_ce": ce, "eval_kd": kd,
             "eval_nats_per_token": nats / tokens if tokens else None,
-            "eval_bits_per_byte": bits_per_byte(nats, int(num_bytes)) if have_bytes else None,
+            "eval_bits_per_byte": float(bits_per_byte(nats, num_bytes)) if have_bytes and num_bytes > 0 else None,
             "eval_tokens": int(tokens), "eval_bytes": int(num_bytes) if have_bytes else None}

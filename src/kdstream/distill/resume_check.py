@@ -8,8 +8,8 @@ from kdstream.errors import KdError
 from kdstream.options import options_dict
 
 if TYPE_CHECKING:
-    from kdstream.distill.checkpoint import RunRecord
-    from kdstream.distill.trainer import DistillOptions
+    from kdstream.distill.run_state import RunRecord
+    from kdstream.distill.options import DistillOptions
 
 # Options --resume lets differ from the checkpoint's: they change how the run reads, logs or is
 # placed, not the numbers it computes. (--logits-store is compared by the store's identity, or the
@@ -22,7 +22,7 @@ RESUME_MAY_DIFFER = frozenset({"out", "resume", "overwrite", "loader_workers", "
 
 def run_record_of(opts: DistillOptions, bf16: bool, store_identity: str | None) -> RunRecord:
     """The options as a checkpoint records them (JSON types; the precision resolved)."""
-    from kdstream.distill.checkpoint import RunRecord
+    from kdstream.distill.run_state import RunRecord
 
     options = json.loads(json.dumps(options_dict(opts)))
     options["precision"] = "bf16" if bf16 else "fp32"

@@ -1,6 +1,6 @@
-"""The state of one training run, in two small records the recipe's steps share.
+"""The state of one training run, in small records the recipe's steps share.
 
-``trainer.train`` builds both in its setup steps; its train loop advances ``Run.pos``; the
+``trainer.train`` builds ``Run`` and ``TrainData`` in its setup steps; its train loop advances ``Run.pos``; the
 optimizer step (``step.py``), the held-out loss (``held_out.py``) and the checkpoint writer read
 them instead of long argument lists. Nothing here imports torch, so ``--help`` stays quick.
 """
@@ -14,9 +14,23 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-    from kdstream.distill.checkpoint import Position, RunRecord
     from kdstream.distill.distributed import Dist
-    from kdstream.distill.trainer import DistillOptions
+    from kdstream.distill.options import DistillOptions
+
+
+@dataclass
+class Position:
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # epoch in progress
+    batch_in_epoch: int = 0  # batches of that epoch already consumed
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a checkpoint says about the run that made it (compared by ``--resume``)."""
+
+    options: dict  # options_dict of the DistillOptions, precision resolved
+    store_identity: str | None
 
 
 @dataclass
@@ -51,6 +65,6 @@ class TrainData:
     num_train: int  # rows trained on per epoch
     total_steps: int  # optimizer steps over all epochs
     transform: Callable[[dict], dict] | None = None  # rows → a cross-tokenizer batch (cross_tokenizer.CrossTargets)
-    # (V,) UTF-8 bytes of each of the student's token ids (data/token_bytes.py): bits per byte of the
+    # (V,) UTF-8 bytes of each of the student's token ids (text/token_bytes.py): bits per byte of the
     # held-out rows; None in a cross-tokenizer run (its spans come from the alignment) or without one
     byte_lengths: np.ndarray | None = None

@@ -26,10 +26,11 @@ def read_exclude(path: str | None) -> frozenset[int]:
 def check_store_matches(store, tokenizer, net=None) -> None:
     """Refuse, before any step, a student that cannot be trained on this store's ids (``net``
     None: the tokenizer only)."""
-    from kdstream.data import tokenizer_fingerprint
+    from kdstream.text.match import recorded_fingerprint, tokenizers_match
+    from kdstream.text.tokenizers import tokenizer_fingerprint
 
-    mine, theirs = tokenizer_fingerprint(tokenizer), store.attrs.get("tokenizer", {})
-    if mine["sha256"] != theirs.get("sha256"):
+    mine, theirs = tokenizer_fingerprint(tokenizer), recorded_fingerprint(store)
+    if not tokenizers_match(mine, theirs):
         raise KdError(
             f"the student's tokenizer (vocab {mine['vocab_size']}, sha256 {mine['sha256'][:12]}) differs from the "
             f"store's (vocab {theirs.get('vocab_size')}, sha256 {str(theirs.get('sha256'))[:12]}): use a student "
@@ -47,14 +48,15 @@ def load_online_teacher(path: str, tokenizer, net, device):
     eval mode, frozen, on the student's device; refused unless it shares the student's tokenizer
     and output size (dense KD compares the two distributions class by class) and computes its
     logits as lm_head(last hidden state) (the loss applies the head itself, chunk by chunk)."""
-    from kdstream.data import load_tokenizer, tokenizer_fingerprint
     from kdstream.engines.hf import load_causal_lm
     from kdstream.model_files import check_model_dir, logit_postprocessing, read_config
+    from kdstream.text.match import tokenizers_match
+    from kdstream.text.tokenizers import load_tokenizer, tokenizer_fingerprint
 
     teacher_dir = Path(path)
     check_model_dir(teacher_dir, "teacher", need_weights=True)
     theirs, mine = tokenizer_fingerprint(load_tokenizer(teacher_dir)), tokenizer_fingerprint(tokenizer)
-    if theirs["sha256"] != mine["sha256"]:
+    if not tokenizers_match(theirs, mine):
         raise KdError(
             f"the teacher's tokenizer ({teacher_dir}: vocab {theirs['vocab_size']}, sha256 {theirs['sha256'][:12]}) "
             f"differs from the student's (vocab {mine['vocab_size']}, sha256 {mine['sha256'][:12]}): online KD "
@@ -104,9 +106,10 @@ def cross_mode(opts, store, tokenizer) -> str | None:
     differs from the store's (KD losses; CE_ONLY for --loss ce: CE on the student's own tokens
     of the store's texts); an explicit mode applies even to the same one."""
     from kdstream.distill.cross_tokenizer import AUTO, CE_ONLY, CROSS_DEFAULTS
+    from kdstream.text.match import tokenizers_match
 
     if opts.cross_tokenizer == AUTO:
-        if _same_tokenizer(store, tokenizer) or opts.loss not in (*KD_LOSSES, "ce"):
+        if tokenizers_match(tokenizer, store) or opts.loss not in (*KD_LOSSES, "ce"):
             return None
         return CE_ONLY if opts.loss == "ce" else CROSS_DEFAULTS["mode"]
     return opts.cross_tokenizer
@@ -115,20 +118,21 @@ def cross_mode(opts, store, tokenizer) -> str | None:
 def cross_targets(opts, store, tokenizer):
     """The loader's per-batch transform of a cross-tokenizer run (None otherwise); the teacher's
     tokenizer is the student's when they are the same, else ``--teacher-tokenizer``'s or the one the
-    store carries (checked: cross_tokenizer.teacher_tokenizer)."""
-    from kdstream.distill.cross_tokenizer import CrossTargets, teacher_tokenizer
+    store carries (checked: storage.tokenizer_files.teacher_tokenizer)."""
+    from kdstream.distill.cross_tokenizer import CrossTargets
+    from kdstream.storage.tokenizer_files import teacher_tokenizer
+    from kdstream.text.match import tokenizers_match
 
     mode = cross_mode(opts, store, tokenizer)
     if mode is None:
         return None
-    teacher = tokenizer if _same_tokenizer(store, tokenizer) else teacher_tokenizer(store, opts.teacher_tokenizer)
+    if tokenizers_match(tokenizer, store):
+        teacher = tokenizer
+    else:
+        teacher = teacher_tokenizer(store, opts.teacher_tokenizer, missing=(
+            f"the student's tokenizer differs from the store's and {store.url} carries no tokenizer (written before "
+            "stores carried one): pass --teacher-tokenizer DIR (the teacher's tokenizer) to distil across tokenizers"))
     return CrossTargets.build(teacher, tokenizer, mode, opts.exact_map, opts.exact_rows)
-
-
-def _same_tokenizer(store, tokenizer) -> bool:
-    from kdstream.data import tokenizer_fingerprint
-
-    return tokenizer_fingerprint(tokenizer)["sha256"] == (store.attrs.get("tokenizer") or {}).get("sha256")
 
 
 def load_source(opts, tokenizer, net):

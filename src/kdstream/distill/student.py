@@ -12,9 +12,9 @@ def load_model_and_tokenizer(model: str, tokenizer: str | None, seed: int):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from kdstream.data import load_tokenizer
     from kdstream.engines.hf import load_causal_lm
     from kdstream.model_files import check_model_dir, check_tokenizer_fits, read_config
+    from kdstream.text.tokenizers import load_tokenizer
 
     path = Path(model)
     if path.is_file() and path.suffix == ".json":

@@ -13,16 +13,15 @@ same everywhere:
 from __future__ import annotations
 
 from kdstream.errors import KdError
+from kdstream.options import check_device
 
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(device: str = "auto") -> str:
     """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is a KdError."""
     import torch
 
-    if device not in DEVICES:
-        raise KdError(f"--device {device!r} is unknown: use {' | '.join(DEVICES)}")
+    check_device(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():

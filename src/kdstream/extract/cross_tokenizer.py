@@ -2,7 +2,7 @@
 
 The prefix and the suffix are cut in the examples' (teacher's) tokens exactly as in a
 same-tokenizer run, then each becomes bytes through the teacher tokenizer's byte table
-(distill/align.py: byte-level "Ġ" pieces through the GPT-2 byte decoder, SentencePiece "▁" and
+(text/align.py: byte-level "Ġ" pieces through the GPT-2 byte decoder, SentencePiece "▁" and
 <0xNN> pieces, special tokens as their content). The prefix's text is tokenized for the model
 by align's ``Aligner`` (no special tokens added, as the same-tokenizer path adds none; a teacher
 special token becomes the model's matching one), the model decodes greedily, and the verdict is
@@ -27,24 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdstream.errors import KdError
 
 SKIP_REASONS = ("invalid_utf8", "no_round_trip", "empty", "context")  # align.SKIP_REASONS + context
 SAME, CROSS = "same_tokenizer", "cross_tokenizer"  # the ``mode`` of an evaluation
-
-
-def teacher_tokenizer(store, path: str | None):
-    """The examples' (store's, teacher's) tokenizer for a cross-tokenizer evaluation:
-    ``--teacher-tokenizer DIR`` when given, else the one the store carries; either way checked
-    against the fingerprint the store recorded (distill's ``teacher_tokenizer``)."""
-    from kdstream.distill.cross_tokenizer import teacher_tokenizer as checked
-    from kdstream.storage.tokenizer_files import carries_tokenizer
-
-    if path is None and not carries_tokenizer(store):
-        raise KdError(f"the model's tokenizer differs from the store's and {store.url} carries no tokenizer (written "
-                      "before stores carried one): pass --teacher-tokenizer DIR (the teacher's tokenizer) to "
-                      "evaluate it across tokenizers, judged on bytes")
-    return checked(store, path)
 
 
 @dataclass(frozen=True)
@@ -80,7 +65,7 @@ class ByteJudge:
     bytes`` on a same-tokenizer model)."""
 
     def __init__(self, teacher_tokenizer, model_tokenizer) -> None:
-        from kdstream.distill.align import Aligner
+        from kdstream.text.align import Aligner
 
         self.aligner = Aligner(teacher_tokenizer, model_tokenizer)
         self.teacher_bytes = self.aligner.t.tokens
@@ -103,7 +88,7 @@ class ByteJudge:
         """prefixes (S, P), suffixes (S, n) teacher ids → the model's prompts and the suffix bytes.
 
         ``context``: the model's maximum sequence length (None: unbounded)."""
-        from kdstream.distill.align import Skip
+        from kdstream.text.align import Skip
 
         prompts, texts, skips = [], [], []
         # one batch: a single tokenizer call and numpy over every prefix (align.Aligner.align_rows)

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kdstream.engines.hf import DEVICES
 from kdstream.engines.vllm import EngineOptions
 from kdstream.errors import KdError
 from kdstream.extract.backends import BACKENDS
-from kdstream.options import corpus_option, option, options_dict, require, save_options
+from kdstream.options import (check_device, check_shard, corpus_option, device_option, option, options_dict, require,
+                              save_options)
 from kdstream.outputs import check_output, fresh_partial, publish
 
 METHODS = {"generate": ["generate"], "fast": ["fast"], "both": ["generate", "fast"], "store": ["store"]}
@@ -88,7 +88,7 @@ class ExtractOptions:
     overwrite: bool = option(False, "Replace an existing evaluation in --out.")
     features: bool = option(False, "Also score the model against --logits-store (ppl, suffix ppl, Min-K%, KL to "
                                    "the teacher, zlib) into OUT/features/, as `kdstream features` does.")
-    device: str = option("auto", "Where a HF model runs (--backend hf, --features): auto (CUDA when available) | cpu | cuda.")
+    device: str = device_option("a HF model runs (--backend hf, --features)")
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
@@ -109,11 +109,8 @@ class ExtractOptions:
         require(self.match in MATCHES, f"--match {self.match!r} is unknown: use {' | '.join(MATCHES)}")
         require(self.match != "bytes" or self.method == "generate",
                 f"--match bytes judges greedy decoding: use --method generate, not {self.method}")
-        require(self.device in DEVICES, f"--device {self.device!r} is unknown: use {' | '.join(DEVICES)}")
-        require(self.num_workers >= 1, f"--num-workers {self.num_workers} must be at least 1 (1: a single run)")
-        require(self.num_workers >= 1 and 0 <= self.worker_index < self.num_workers,
-                f"--worker-index {self.worker_index} is outside 0..{self.num_workers - 1}: "
-                "pass 0 <= --worker-index < --num-workers")
+        check_device(self.device)
+        check_shard(self.num_workers, self.worker_index)
         if self.method == "store":
             require(self.logits_store is not None, "--method store reads the teacher's verdicts from --logits-store STORE: pass it")
             require(self.offset == 0, "--method store needs --offset 0: the store's teacher saw every example from token 0")
@@ -138,11 +135,9 @@ def shard_range(total: int, num_workers: int, worker_index: int) -> tuple[int, i
 
 
 def _tokenizer(model_dir: Path):
-    if any((model_dir / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
-        from kdstream.data import load_tokenizer
+    from kdstream.text.tokenizers import has_tokenizer, load_tokenizer
 
-        return load_tokenizer(model_dir)
-    return None
+    return load_tokenizer(model_dir) if has_tokenizer(model_dir) else None
 
 
 def _load_examples(opts: ExtractOptions, tokenizer):
@@ -150,23 +145,27 @@ def _load_examples(opts: ExtractOptions, tokenizer):
     tokenizer) for this worker's share; the identity (the store's manifest hash) is None for
     --dataset; the examples' tokenizer is None when it is the model's (or unknown: a model without
     tokenizer files), else the tokenizer the examples were cut with (a cross-tokenizer run)."""
-    from kdstream.data import load_tokenizer, tokenizer_fingerprint
+    from kdstream.text.match import fingerprint_sha, tokenizers_match
+    from kdstream.text.tokenizers import load_tokenizer
 
-    model_sha = tokenizer_fingerprint(tokenizer)["sha256"] if tokenizer is not None else None
+    model_sha = fingerprint_sha(tokenizer)
 
     def differs(other) -> bool:
-        return model_sha is not None and tokenizer_fingerprint(other)["sha256"] != model_sha
+        return model_sha is not None and not tokenizers_match(other, model_sha)
 
     if opts.logits_store is not None:
-        from kdstream.extract.cross_tokenizer import teacher_tokenizer
         from kdstream.storage import open_stores
+        from kdstream.storage.tokenizer_files import teacher_tokenizer
 
         store = open_stores(opts.logits_store)
         examples_tok = None
+        missing = (f"the model's tokenizer differs from the store's and {store.url} carries no tokenizer (written "
+                   "before stores carried one): pass --teacher-tokenizer DIR (the teacher's tokenizer) to "
+                   "evaluate it across tokenizers, judged on bytes")
         if opts.teacher_tokenizer is not None:
-            examples_tok = teacher_tokenizer(store, opts.teacher_tokenizer)  # checked against the store
-        elif model_sha is not None and model_sha != store.attrs["tokenizer"]["sha256"]:
-            examples_tok = teacher_tokenizer(store, None)  # the one the store carries
+            examples_tok = teacher_tokenizer(store, opts.teacher_tokenizer, missing)  # checked against the store
+        elif differs(store):
+            examples_tok = teacher_tokenizer(store, None, missing)  # the one the store carries
         total = len(store) if opts.max_examples is None else min(len(store), opts.max_examples)
         start, stop = shard_range(total, opts.num_workers, opts.worker_index)
         rows = store.read(start, stop, ("input_ids", "example_id"))

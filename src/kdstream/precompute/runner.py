@@ -9,7 +9,7 @@ import numpy as np
 
 from kdstream.engines.vllm import EngineOptions
 from kdstream.errors import KdError
-from kdstream.options import corpus_option, option, options_dict, require
+from kdstream.options import check_device, check_shard, corpus_option, device_option, option, options_dict, require
 from kdstream.precompute.backends import BACKENDS, Teacher, context_needed, engine_attrs, make_teacher
 from kdstream.precompute.generate import GenerateOptions
 from kdstream.text.chat import ChatOptions
@@ -52,8 +52,7 @@ class PrecomputeOptions:
     samples: int | None = option(None, "Draws per position with --targets sampled (default 64); responses per "
                                        "prompt with --generate (default 1).")
     backend: str = option("vllm", "vllm | hf (transformers: for models vLLM cannot load, or without vLLM installed)")
-    device: str = option("auto", "Where --backend hf runs the teacher: auto (CUDA when available) | cpu | cuda; "
-                                 "vLLM places the model itself.")
+    device: str = device_option("--backend hf runs the teacher (vLLM places the model itself)")
     engine: EngineOptions = field(default_factory=EngineOptions)
     chat: ChatOptions = field(default_factory=ChatOptions)
     generation: GenerateOptions = field(default_factory=GenerateOptions)
@@ -95,7 +94,7 @@ class PrecomputeOptions:
         require(self.logprob_encoding in ("qdelta", "fp32"),
                 f"--logprob-encoding {self.logprob_encoding!r} is not one of qdelta, fp32")
         require(self.backend in BACKENDS, f"--backend {self.backend!r} is not one of {' | '.join(BACKENDS)}")
-        require(self.device in ("auto", "cpu", "cuda"), f"--device {self.device!r} is not one of auto, cpu, cuda")
+        check_device(self.device)
         require(self.device == "auto" or self.backend == "hf",
                 f"--device {self.device} is for --backend hf: vLLM places the model itself (drop --device)")
         require(self.backend == "vllm" or (self.engine.max_num_batched_tokens is None
@@ -105,10 +104,7 @@ class PrecomputeOptions:
         require(gen or 1 <= self.samples <= 255, f"--samples {self.samples} must be in 1..255 (counts are stored "
                                                   "as uint8)")
         require(self.chunk_rows is None or self.chunk_rows >= 1, f"--chunk-rows {self.chunk_rows} must be at least 1")
-        require(self.num_workers >= 1, f"--num-workers {self.num_workers} must be at least 1 (1: a single run)")
-        require(self.num_workers >= 1 and 0 <= self.worker_index < self.num_workers,
-                f"--worker-index {self.worker_index} is outside 0..{self.num_workers - 1}: "
-                f"use 0 <= --worker-index < --num-workers")
+        check_shard(self.num_workers, self.worker_index)
         require(not (self.overwrite and self.num_workers > 1),
                 "--overwrite with --num-workers > 1 would let each worker wipe the others' chunks: "
                 "delete the store once, then start the workers without --overwrite")
@@ -120,11 +116,11 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     ``teacher``: one already loaded by ``make_teacher`` for the same model, backend, top-k and
     dtype, to write several stores without reloading it (default: loaded here, if work is left).
     """
-    from kdstream.data import load_tokenizer, tokenizer_fingerprint
     from kdstream.model_files import check_model_dir, check_tokenizer_fits, model_config, model_fingerprint
     from kdstream.storage import StoreWriter, tokenizer_files
     from kdstream.storage.lock import WorkerLock
     from kdstream.storage.writer import check_store_target
+    from kdstream.text.tokenizers import load_tokenizer, tokenizer_fingerprint
 
     if teacher is not None and (teacher.name != opts.backend or teacher.k != opts.top_k):
         raise KdError(f"the loaded teacher ({teacher.name}, top-k {teacher.k}) does not match --backend "
@@ -178,6 +174,7 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
         overwrite=opts.overwrite,
         encoding="sampled" if sampled else opts.logprob_encoding,
         samples=opts.samples if sampled else None,
+        sample_seed=opts.engine.seed,
         selection=selection,
         tokenizer_files=tok_files,
         conversations=conversations,
@@ -195,25 +192,21 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
     # One run per share of the store at a time: the mark is taken before the plan is made, and
     # removed at the end whatever happens (a failed run's store stays resumable).
     with WorkerLock(opts.out, opts.worker_index, opts.num_workers) as lock:
-        return _write_store(opts, writer, examples, model_dir, teacher, lock, width)
+        return _write_store(opts, writer, examples, model_dir, teacher, lock)
 
 
-def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: Teacher | None, lock,
-                 width: int) -> dict:
+def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: Teacher | None, lock) -> dict:
     """Score and write this worker's chunks not yet written; finalize when it is the only worker."""
     from kdstream.precompute.generate import generate_rows
     from kdstream.progress import progress
-    from kdstream.storage import encoding, tokenizer_files
+    from kdstream.storage import tokenizer_files
     from kdstream.storage.background import BackgroundWriter
-    from kdstream.storage.chunks import chunks_per_group, done_chunks, owned_groups
+    from kdstream.storage.chunks import chunks_per_group, owned_groups
     from kdstream.storage.reader import disk_bytes
 
-    sampled = opts.targets == "sampled"
     generation = writer.attrs.get("generation") if opts.generation.generate else None
-    writer.resumed = done_chunks(writer.group)  # again, now that no other run writes this share
-
-    def rows_of(chunks: range) -> slice:
-        return slice(chunks[0] * writer.chunk_rows, min((chunks[-1] + 1) * writer.chunk_rows, len(examples)))
+    writer.refresh_resumed()  # now that no other run writes this share
+    rows_of = writer.rows_of
 
     # Plan: this worker's groups of chunks, minus those an earlier run wrote whole.
     plan = owned_groups(writer.num_chunks, chunks_per_group(opts.batch_size, writer.chunk_rows),
@@ -229,18 +222,6 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
     if teacher is not None:
         check_teacher_dtype(teacher, writer.attrs["engine"])
 
-    def write_group(chunks: range, rows: dict) -> None:
-        """Background thread: draw (sampled), encode and write each chunk of the group not yet written."""
-        base = rows_of(chunks).start
-        for c in chunks:
-            if c in writer.resumed:
-                continue
-            part = {key: v[c * writer.chunk_rows - base : (c + 1) * writer.chunk_rows - base] for key, v in rows.items()}
-            if sampled:  # a generator per example: the same draws whoever writes the chunk, and when
-                part.update(encoding.draw_samples_by_example(part.pop("topk_ids"), part.pop("topk_logprobs"),
-                                                             opts.samples, width, opts.engine.seed, part["example_id"]))
-            writer.write_chunk(c, part)
-
     start = time.perf_counter()
     generated = 0  # --generate: response tokens written by this run, and its responses by finish reason
     finished = np.zeros(len((generation or {}).get("finish_reasons", ())), dtype=np.int64)
@@ -254,7 +235,7 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
                 generated += int(rows["target_mask"].sum())
                 finished += np.bincount(rows["finish_reason"], minlength=len(finished))
             lock.check()  # this run stalled and another took its share over: write nothing more
-            background.submit(write_group, chunks, rows)
+            background.submit(writer.write_chunks, chunks, rows)  # encoded and written in the background
     seconds = time.perf_counter() - start
     summary = {
         "store": opts.out,

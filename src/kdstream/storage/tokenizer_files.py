@@ -11,7 +11,7 @@ Absent in stores written before it (they still read everywhere; their consumers 
 teacher's tokenizer directory).
 
 Only the plain-text and protobuf files of ALLOWED are stored, never a pickle or code; the files
-are loaded with ``trust_remote_code=False`` (data.tokenizer.load_tokenizer), so an ``auto_map``
+are loaded with ``trust_remote_code=False`` (text.tokenizers.load_tokenizer), so an ``auto_map``
 naming remote code is not honoured, and they are kept only when they load, alone, to the
 tokenizer the store records (its ``tokenizer.sha256`` fingerprint).
 """
@@ -28,6 +28,7 @@ import numpy as np
 
 from kdstream.errors import KdError
 from kdstream.outputs import refuse_link
+from kdstream.text.match import recorded_fingerprint, tokenizers_match
 
 GROUP = "tokenizer"
 # What AutoTokenizer reads from a directory, as plain text or protobuf (sentencepiece models).
@@ -73,7 +74,7 @@ def collect(directory: str | Path, fingerprint: str) -> tuple[dict[str, bytes], 
         got = _loaded_fingerprint(files)
     except KdError as exc:
         return {}, f"the tokenizer files of {d} do not load alone ({exc})"
-    if got != fingerprint:
+    if not tokenizers_match(got, fingerprint):
         return {}, (f"the tokenizer files of {d} load to another tokenizer (sha256 {got[:12]}, not {fingerprint[:12]}) "
                     "without the rest of the directory")
     return files, None
@@ -152,6 +153,26 @@ def store_tokenizer(store):
     with tempfile.TemporaryDirectory(prefix="kdstream-tokenizer-") as d:
         _write_dir(Path(d), files)
         return _load_checked(store, Path(d))
+
+
+def teacher_tokenizer(store, path: str | None, missing: str):
+    """The store's (teacher's) tokenizer: ``--teacher-tokenizer`` ``path`` when given, checked
+    against the fingerprint the store records; else the one the store carries (store_tokenizer,
+    checked the same way). KdError ``missing`` (the caller's one line) when there is neither (a
+    store written before stores carried their tokenizer)."""
+    from kdstream.text.tokenizers import load_tokenizer, tokenizer_fingerprint
+
+    if path is None:
+        tok = store_tokenizer(store)
+        if tok is None:
+            raise KdError(missing)
+        return tok
+    tok = load_tokenizer(path)
+    mine, theirs = tokenizer_fingerprint(tok)["sha256"], recorded_fingerprint(store).get("sha256")
+    if not tokenizers_match(mine, theirs):
+        raise KdError(f"--teacher-tokenizer {path} is not the tokenizer of {store.url} (sha256 {mine[:12]}, the store "
+                      f"records {str(theirs)[:12]}): pass the teacher's own tokenizer")
+    return tok
 
 
 def export_tokenizer(store, out_dir: str | Path) -> list[str]:
@@ -237,7 +258,7 @@ def _write_dir(d: Path, files: dict[str, bytes]) -> None:
 
 
 def _loaded_fingerprint(files: dict[str, bytes]) -> str:
-    from kdstream.data import load_tokenizer, tokenizer_fingerprint
+    from kdstream.text.tokenizers import load_tokenizer, tokenizer_fingerprint
 
     with tempfile.TemporaryDirectory(prefix="kdstream-tokenizer-") as d:
         _write_dir(Path(d), files)
@@ -246,15 +267,15 @@ def _loaded_fingerprint(files: dict[str, bytes]) -> str:
 
 def _load_checked(store, d: Path):
     """The tokenizer in folder ``d`` (the store's files), which must be the one the store records."""
-    from kdstream.data import load_tokenizer, tokenizer_fingerprint
+    from kdstream.text.tokenizers import load_tokenizer, tokenizer_fingerprint
 
     try:
         tok = load_tokenizer(d)
     except KdError as exc:
         raise KdError(f"store {store.url}: the tokenizer files it carries do not load ({exc}): pass the teacher's "
                       "own tokenizer directory") from None
-    got, want = tokenizer_fingerprint(tok)["sha256"], (store.attrs.get("tokenizer") or {}).get("sha256")
-    if got != want:
+    got, want = tokenizer_fingerprint(tok)["sha256"], recorded_fingerprint(store).get("sha256")
+    if not tokenizers_match(got, want):
         raise KdError(f"store {store.url}: the tokenizer files it carries load to another tokenizer (sha256 "
                       f"{got[:12]}, the store records {str(want)[:12]}): pass the teacher's own tokenizer directory")
     return tok

@@ -52,8 +52,6 @@ BLOSC_LEVEL = 6
 # ``topk_len`` (n, L-1), the entries of each row to keep; otherwise the selection rule sets them,
 # chunk by chunk.
 TOPK_INPUTS = ("input_ids", "example_id", "doc_index", "topk_ids", "topk_logprobs", "target_logprob", "target_rank")
-SAMPLED_INPUTS = ("input_ids", "example_id", "doc_index", "sample_ids", "sample_counts", "sample_tail_count",
-                  "target_logprob", "target_rank")
 
 _OPTIONAL_INPUTS = ("tail_mass", LENGTH_ARRAY)
 # A conversation store (``conversations``) also takes each example's real length and the (n, L-1)
@@ -236,81 +234,100 @@ class StoreWriter:
         overwrite: bool = False,
         encoding: str = enc.DEFAULT_ENCODING,
         samples: int | None = None,
+        sample_seed: int = 0,
         selection: dict[str, Any] | None = None,
         tokenizer_files: dict[str, bytes] | None = None,
         conversations: dict[str, Any] | None = None,
         generation: dict[str, Any] | None = None,
     ) -> None:
         self.url = str(url)
+        self.num_examples, self.seq_len, self.k, self.vocab_size = num_examples, seq_len, k, vocab_size
+        self.encoding, self.selection, self.conversations = encoding, selection, conversations
+        self.generation = generation  # --generate: sampling parameters; prompt_id and finish_reason arrays
+        # sampled: each example draws from its own generator (encoding.draw_samples_by_example), so
+        # a chunk's draws are the same whoever writes it, and whenever
+        self.samples, self.sample_seed = samples, sample_seed
         # the teacher's tokenizer files (tokenizer_files.py), recorded in the tokenizer attribute
         self.tokenizer_files = dict(tokenizer_files or {})
-        if self.tokenizer_files:
-            attrs = {**attrs, "tokenizer": {**(attrs.get("tokenizer") or {}),
-                                            "files": tok_files.record(self.tokenizer_files)}}
-        self.num_examples = num_examples
-        self.encoding = encoding
-        self.encoding_attrs = enc.encoding_attrs(encoding, samples)  # ValueError on an unknown name
-        # ragged rows (selection.py): version 6 with topk_len, chunks packed (packing.py); a fixed
-        # store is version 4, which every reader reads
-        self.selection = selection
-        if selection is not None and (encoding == "sampled" or selection.get("max_k") != k):
-            raise ValueError(f"a selection needs top-k targets and max_k = k ({k}), got {selection} with {encoding}")
-        self.conversations = conversations
-        if conversations is not None and encoding == "sampled":
-            raise ValueError("a conversation store needs top-k targets (sampled rows are not packed by position)")
-        ragged = self.ragged = selection is not None or conversations is not None
-        version = CONVERSATION_VERSION if conversations is not None else RAGGED_VERSION if ragged else FIXED_VERSION
-        chat = conversations is not None
-        if generation is not None and not chat:
-            raise ValueError("a generated store is a conversation store: pass conversations with generation")
-        generated = generation is not None
-        self.arrays = stored_arrays(version, "sampled" if encoding == "sampled" else "topk", encoding, ragged, chat,
-                                    generated)
-        self.inputs = ((SAMPLED_INPUTS if encoding == "sampled" else TOPK_INPUTS) + (CONVERSATION_INPUTS if chat else ())
-                       + (GENERATION_ARRAYS if generated else ()))
-        self.vocab_size = vocab_size
-        self.k = k
-        # A budget store's chunks hold ~budget entries per row, packed: size them by that, not by the
-        # cap (bigger chunks: id tables spread over more entries, the budget shared more widely).
-        sized_k = (min(k, int(np.ceil(selection["budget"]))) if selection is not None and selection["kind"] == "budget"
-                   else k)
-        self.chunk_rows = chunk_rows or default_chunk_rows(seq_len, sized_k, vocab_size, num_examples, encoding)
-        self.num_chunks = num_chunks(num_examples, self.chunk_rows)
-        self.specs = array_specs(seq_len, k, vocab_size, encoding, version, ragged, chat, generated)
-        self.attrs = {
-            **attrs,
-            **({"selection": selection} if selection is not None else {}),
-            **({"conversations": conversations} if chat else {}),
-            **({"generation": generation} if generated else {}),
-            "format": FORMAT_NAME,
-            "format_version": version,
-            "num_examples": num_examples,
-            "seq_len": seq_len,
-            "k": k,
-            "vocab_size": vocab_size,
-            "chunk_rows": self.chunk_rows,
-            "dtypes": {n: str(dt) for n, (_, dt) in self.specs.items()},
-            "encoding": self.encoding_attrs,
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "complete": False,
-        }
-        self.attrs = json.loads(json.dumps(self.attrs))  # as zarr.json gives them back (tuples → lists)
+        # the steps: the layout, the attributes, the group (created or resumed), its arrays, the
+        # tokenizer files, then the integrity scan of the chunks an earlier run marked done
+        self._plan(chunk_rows)
+        self.attrs = self._attributes(attrs)
         self.group = self._open_or_create(overwrite)
-        self._arrays = {name: self._array(name, (self.num_chunks, *shape), (1, *shape), dtype, _codecs(name, encoding))
-                        if name in PER_CHUNK else
-                        self._array(name, (num_examples, *shape), (self.chunk_rows, *shape), dtype,
-                                    _codecs(name, encoding, ragged and name in packing.PACKED))
-                        for name, (shape, dtype) in self.specs.items()}
-        from zarr.codecs import Crc32cCodec
-
-        self._done = self._array(DONE_ARRAY, (self.num_chunks,), (1,), np.dtype(np.uint8),
-                                 {"compressors": [Crc32cCodec()]})
+        self._arrays, self._done = self._open_arrays()
         tok_files.write_files(self.group, self.tokenizer_files)  # again on resume: a crash may have cut one short
         # chunks already written by an earlier or a parallel run, each checked (a damaged one is written again)
         self.resumed = self._intact(done_chunks(self.group))
         self._buffer: dict[str, list[np.ndarray]] = {n: [] for n in (*self.inputs, *_OPTIONAL_INPUTS)}
         self._buffered = 0
         self.rows_written = 0  # by append(), in order
+
+    # -- layout ----------------------------------------------------------------------------
+
+    def _plan(self, chunk_rows: int | None) -> None:
+        """The store's layout: format version, arrays and their specs, rows per chunk, the inputs it takes."""
+        encoding, selection, conversations, k = self.encoding, self.selection, self.conversations, self.k
+        self.encoding_attrs = enc.encoding_attrs(encoding, self.samples)  # ValueError on an unknown name
+        # ragged rows (selection.py): version 6 with topk_len, chunks packed (packing.py)
+        if selection is not None and (encoding == "sampled" or selection.get("max_k") != k):
+            raise ValueError(f"a selection needs top-k targets and max_k = k ({k}), got {selection} with {encoding}")
+        if conversations is not None and encoding == "sampled":
+            raise ValueError("a conversation store needs top-k targets (sampled rows are not packed by position)")
+        ragged = self.ragged = selection is not None or conversations is not None
+        version = self.version = (CONVERSATION_VERSION if conversations is not None else RAGGED_VERSION if ragged
+                                  else FIXED_VERSION)
+        chat = conversations is not None
+        if self.generation is not None and not chat:
+            raise ValueError("a generated store is a conversation store: pass conversations with generation")
+        generated = self.generation is not None
+        self.arrays = stored_arrays(version, "sampled" if encoding == "sampled" else "topk", encoding, ragged, chat,
+                                    generated)
+        # the teacher's values as produced, whatever the encoding (a sampled store draws them here)
+        self.inputs = TOPK_INPUTS + (CONVERSATION_INPUTS if chat else ()) + (GENERATION_ARRAYS if generated else ())
+        # A budget store's chunks hold ~budget entries per row, packed: size them by that, not by the
+        # cap (bigger chunks: id tables spread over more entries, the budget shared more widely).
+        sized_k = (min(k, int(np.ceil(selection["budget"]))) if selection is not None and selection["kind"] == "budget"
+                   else k)
+        self.chunk_rows = chunk_rows or default_chunk_rows(self.seq_len, sized_k, self.vocab_size, self.num_examples,
+                                                           encoding)
+        self.num_chunks = num_chunks(self.num_examples, self.chunk_rows)
+        self.specs = array_specs(self.seq_len, k, self.vocab_size, encoding, version, ragged, chat, generated)
+
+    def _attributes(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """The group attributes: the caller's, the tokenizer files' record, and the layout's."""
+        if self.tokenizer_files:
+            attrs = {**attrs, "tokenizer": {**(attrs.get("tokenizer") or {}),
+                                            "files": tok_files.record(self.tokenizer_files)}}
+        out = {
+            **attrs,
+            **({"selection": self.selection} if self.selection is not None else {}),
+            **({"conversations": self.conversations} if self.conversations is not None else {}),
+            **({"generation": self.generation} if self.generation is not None else {}),
+            "format": FORMAT_NAME,
+            "format_version": self.version,
+            "num_examples": self.num_examples,
+            "seq_len": self.seq_len,
+            "k": self.k,
+            "vocab_size": self.vocab_size,
+            "chunk_rows": self.chunk_rows,
+            "dtypes": {n: str(dt) for n, (_, dt) in self.specs.items()},
+            "encoding": self.encoding_attrs,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "complete": False,
+        }
+        return json.loads(json.dumps(out))  # as zarr.json gives them back (tuples → lists)
+
+    def _open_arrays(self):
+        """({name: array} of the stored arrays, the done markers), created where absent."""
+        from zarr.codecs import Crc32cCodec
+
+        arrays = {name: self._array(name, (self.num_chunks, *shape), (1, *shape), dtype, _codecs(name, self.encoding))
+                  if name in PER_CHUNK else
+                  self._array(name, (self.num_examples, *shape), (self.chunk_rows, *shape), dtype,
+                              _codecs(name, self.encoding, self.ragged and name in packing.PACKED))
+                  for name, (shape, dtype) in self.specs.items()}
+        done = self._array(DONE_ARRAY, (self.num_chunks,), (1,), np.dtype(np.uint8), {"compressors": [Crc32cCodec()]})
+        return arrays, done
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -393,13 +410,27 @@ class StoreWriter:
             sync(store.delete(chunk_io.chunk_key(self._done, c)))
         return marked - set(bad)
 
+    # -- resuming --------------------------------------------------------------------------
+
+    def refresh_resumed(self) -> set[int]:
+        """``resumed`` read again from the done markers: call it once this run holds its share of
+        the store (storage/lock.py), as another run may have finished chunks since opening."""
+        self.resumed = done_chunks(self.group)
+        return self.resumed
+
+    def rows_of(self, chunks: range) -> slice:
+        """The example rows of consecutive ``chunks``."""
+        return slice(chunks[0] * self.chunk_rows, min((chunks[-1] + 1) * self.chunk_rows, self.num_examples))
+
     # -- writing ---------------------------------------------------------------------------
 
     def _encode(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One chunk's teacher values as produced (float logprobs, raw ids) → its on-disk arrays."""
         rows = dict(rows)
-        if self.encoding == "sampled":
-            return rows  # drawn by the caller (encoding.draw_samples)
+        if self.encoding == "sampled":  # the stored draws, from the top-k + tail
+            rows.update(enc.draw_samples_by_example(rows.pop("topk_ids"), rows.pop("topk_logprobs"), self.samples,
+                                                    self.k, self.sample_seed, rows["example_id"]))
+            return rows
         pad = lengths = kept = None
         targets = rows.pop("target_mask", None)  # conversations: (n, L-1) the rows that keep entries
         if self.ragged:  # keep each row's prefix, the rest is padding
@@ -467,6 +498,14 @@ class StoreWriter:
         for name, arr in encoded.items():
             self._arrays[name][slice(c, c + 1) if name in PER_CHUNK else where] = arr
         self._done[c : c + 1] = np.ones(1, np.uint8)
+
+    def write_chunks(self, chunks: range, rows: dict[str, np.ndarray]) -> None:
+        """Write each chunk of ``chunks`` not resumed from ``rows``, the rows ``rows_of(chunks)``."""
+        base = self.rows_of(chunks).start
+        for c in chunks:
+            if c not in self.resumed:
+                self.write_chunk(c, {key: v[c * self.chunk_rows - base : (c + 1) * self.chunk_rows - base]
+                                     for key, v in rows.items()})
 
     def append(self, rows: dict[str, np.ndarray]) -> None:
         """Add the next rows in order (any batch size): whole chunks are written as they fill."""

@@ -38,13 +38,14 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     from kdstream.analysis.features_run import FeaturesOptions
     from kdstream.analysis.files import CLASSIFICATION_FILE, COMPARISON_JSON, EXCLUDE_FILE, SUMMARY_FILE
     from kdstream.analysis.report import ReportOptions
-    from kdstream.data import load_tokenizer
-    from kdstream.distill.trainer import DONE_FILE, DistillOptions
+    from kdstream.distill.options import DistillOptions
+    from kdstream.distill.trainer import DONE_FILE
     from kdstream.engines.vllm import EngineOptions
     from kdstream.extract.run import ExtractOptions
     from kdstream.options import command_argv as argv
     from kdstream.precompute.runner import PrecomputeOptions
     from kdstream.study.canaries import CANARY_CORPUS, CANARY_FILE, STUDY_CORPUS, build_study_corpus
+    from kdstream.text.tokenizers import load_tokenizer
 
     d = seed_dir
     d.mkdir(parents=True, exist_ok=True)

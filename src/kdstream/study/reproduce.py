@@ -37,9 +37,9 @@ def _init_tiny(directory: Path, arch: dict, seq_len: int, vocab_size: int, token
 
 def _models(cfg: StudyConfig, out: Path, texts) -> dict[str, str]:
     """{"teacher": dir, "student": dir}: HF directories as given, tiny archs created under OUT/init."""
-    from kdstream.data.tokenizer import load_tokenizer, train_bpe_tokenizer
     from kdstream.model_files import check_model_dir
     from kdstream.study.student_tokenizer import check_spec, student_tokenizer
+    from kdstream.text.tokenizers import load_tokenizer, train_bpe_tokenizer
 
     tiny = {role: name in TINY_ARCHS for role, name in (("teacher", cfg.teacher_model), ("student", cfg.student_model))}
     check_spec(cfg.student_tokenizer, cfg.student_model, tiny["student"])  # before any tokenizer is trained

@@ -46,7 +46,7 @@ def check_spec(spec: str | None, student_model: str, tiny: bool) -> None:
 def student_tokenizer(spec: str, out: Path, texts):
     """The tokenizer named by ``spec``: a directory, or sentencepiece-N / bpe-N trained on the
     corpus once and saved under OUT/student_tokenizer/ (reused on a rerun)."""
-    from kdstream.data.tokenizer import load_tokenizer, train_bpe_tokenizer, train_sentencepiece_style_tokenizer
+    from kdstream.text.tokenizers import load_tokenizer, train_bpe_tokenizer, train_sentencepiece_style_tokenizer
 
     m = _TRAINED.match(spec)
     if m is None:
@@ -68,10 +68,10 @@ def student_tokenizer(spec: str, out: Path, texts):
 
 def tokenizers_differ(teacher_dir: str, student_dir: str) -> bool:
     """Whether the student starts with another tokenizer than the teacher's (fingerprints)."""
-    from kdstream.data import load_tokenizer, tokenizer_fingerprint
+    from kdstream.text.match import tokenizers_match
+    from kdstream.text.tokenizers import load_tokenizer
 
-    return (tokenizer_fingerprint(load_tokenizer(teacher_dir))["sha256"]
-            != tokenizer_fingerprint(load_tokenizer(student_dir))["sha256"])
+    return not tokenizers_match(load_tokenizer(teacher_dir), load_tokenizer(student_dir))
 
 
 def across_facts(seed_dir: Path, init: dict[str, str]) -> dict:
@@ -81,7 +81,7 @@ def across_facts(seed_dir: Path, init: dict[str, str]) -> dict:
     import json
 
     from kdstream.analysis.files import SUMMARY_FILE
-    from kdstream.data import load_tokenizer
+    from kdstream.text.tokenizers import load_tokenizer
 
     def read(path: Path) -> dict:
         return json.loads(path.read_text()) if path.exists() else {}

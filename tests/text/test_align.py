@@ -1,12 +1,12 @@
-"""kdstream.distill.align on real tokenizers: byte spans, shared boundaries, chunks, the vocabulary map."""
+"""kdstream.text.align on real tokenizers: byte spans, shared boundaries, chunks, the vocabulary map."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from tokenizers_for_alignment import lowercasing_tokenizer, sentencepiece_tokenizer
 
-from kdstream.data.tokenizer import train_bpe_tokenizer
-from kdstream.distill.align import SKIP_REASONS, Aligner, Alignment, Skip, byte_vocab, exact_vocab_map
+from kdstream.text.align import SKIP_REASONS, Aligner, Alignment, Skip, byte_vocab, exact_vocab_map
+from kdstream.text.tokenizers import train_bpe_tokenizer
 
 TEXTS = ["the quick brown fox jumps over the lazy dog, then the fox sleeps."] * 10 + [
     "中文中文 中文中文 café naïve crème brûlée"] * 10 + ["Hello world! hello again, world."] * 10
@@ -194,7 +194,7 @@ def test_align_batch_equals_align_example_by_example(small, large, spm):
 def test_encode_texts_gives_the_tokenizer_calls_ids(small, spm):
     """The fast path (the Rust tokenizer's ids) is the tokenizer's own call, and a tokenizer set
     to truncate is called as a tokenizer (its own call turns truncation off)."""
-    from kdstream.distill.align import encode_texts
+    from kdstream.text.align import encode_texts
 
     texts = [SAMPLE, "the fox", "", "Hello world!" * 40]
     for tok in (small, spm):
@@ -224,7 +224,7 @@ def assert_same_alignment(x, y) -> None:
 
 def reference_align(aligner: Aligner, teacher_ids) -> Alignment | Skip:
     """One example aligned token by token in plain numpy (the per-example code the batched path replaced)."""
-    from kdstream.distill.align import _utf8_window, encode_texts
+    from kdstream.text.align import _utf8_window, encode_texts
 
     ids = np.asarray(teacher_ids, np.int64).reshape(-1)
     t, s = aligner.t, aligner.s

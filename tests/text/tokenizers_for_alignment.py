@@ -8,7 +8,7 @@ from transformers import PreTrainedTokenizerFast
 
 
 def sentencepiece_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    from kdstream.data.tokenizer import train_sentencepiece_style_tokenizer
+    from kdstream.text.tokenizers import train_sentencepiece_style_tokenizer
 
     return train_sentencepiece_style_tokenizer(texts, vocab_size)
 

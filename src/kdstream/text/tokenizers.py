@@ -1,4 +1,5 @@
-"""Tokenizer loading, a content hash to compare tokenizers, and a small BPE trainer for demos/tests."""
+"""Tokenizer loading (the one place AutoTokenizer is called), the fingerprint that identifies a
+tokenizer (match.py compares them), and small tokenizer trainers for the demo and the tests."""
 from __future__ import annotations
 
 import hashlib
@@ -6,6 +7,15 @@ import json
 from pathlib import Path
 
 from kdstream.errors import KdError
+
+
+# Either file marks a directory that holds a tokenizer (a model saved without one has neither).
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json")
+
+
+def has_tokenizer(directory: str | Path) -> bool:
+    """Whether ``directory`` holds tokenizer files (TOKENIZER_MARKERS)."""
+    return any((Path(directory) / f).exists() for f in TOKENIZER_MARKERS)
 
 
 def load_tokenizer(path: str | Path):

@@ -1,5 +1,5 @@
 """The UTF-8 bytes each token of a tokenizer stands for: the unit of bits per byte, a loss that
-does not depend on the tokenizer, and of cross-tokenizer alignment (distill/align.py).
+does not depend on the tokenizer, and of cross-tokenizer alignment (text/align.py).
 
 ``byte_vocab`` reads a fast HF tokenizer's vocabulary once: byte-level BPE pieces ("Ġ" …) through
 the GPT-2 byte decoder, SentencePiece pieces with "▁" as a space and ``<0xNN>`` byte-fallback
@@ -128,7 +128,11 @@ def token_byte_lengths(tokenizer, ids) -> np.ndarray:
     return vocab.lengths[np.asarray(ids, np.int64)]
 
 
-def bits_per_byte(nats: float, num_bytes: int) -> float | None:
-    """Total negative log-likelihood in nats over some text ÷ ln 2 ÷ its UTF-8 bytes (None without bytes)."""
-    return nats / (num_bytes * LN2) if num_bytes > 0 else None
+def bits_per_byte(nats, num_bytes):
+    """Total negative log-likelihood in nats over some text ÷ ln 2 ÷ its UTF-8 bytes, NaN without
+    bytes: a unit that does not depend on the tokenizer. ``nats`` and ``num_bytes``: numbers or
+    arrays of one shape (one value per text) → float64 of that shape."""
+    nats, num_bytes = np.asarray(nats, np.float64), np.asarray(num_bytes, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(num_bytes > 0, nats / (num_bytes * LN2), np.nan)
 

@@ -61,7 +61,7 @@ def word_splitter(tokenizer) -> tuple[str | None, str]:
 
 def _bytes_to_chars() -> list[str]:
     """GPT-2's bytes_to_unicode: byte b → the printable char ByteLevel writes for it."""
-    from kdstream.data.token_bytes import _byte_decoder
+    from kdstream.text.token_bytes import _byte_decoder
 
     out = [""] * 256
     for char, b in _byte_decoder().items():

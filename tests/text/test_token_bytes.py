@@ -1,4 +1,4 @@
-"""Bytes per token (data/token_bytes.py) and bits per byte on hand-computed cases."""
+"""Bytes per token (text/token_bytes.py) and bits per byte on hand-computed cases."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from kdstream.analysis.features import bits_per_byte as row_bits_per_byte
-from kdstream.data.token_bytes import bits_per_byte, byte_vocab, token_byte_lengths
+from kdstream.text.token_bytes import bits_per_byte, byte_vocab, token_byte_lengths
 
 # "é" (2 bytes), "€" (3), "😀" (4): none is in the demo corpus, so the tokenizers split them into bytes
 MULTI = "naïve café costs 5€ 😀"
@@ -15,12 +14,11 @@ MULTI = "naïve café costs 5€ 😀"
 
 def test_bits_per_byte_by_hand():
     assert bits_per_byte(10 * math.log(2), 5) == pytest.approx(2.0, rel=1e-12)
-    assert bits_per_byte(3.0, 0) is None
-    # two rows: CE of 1 nat and 2 nats at two positions each, over 4 and 2 bytes
-    lp = np.array([[-1.0, -1.0], [-2.0, -2.0]])
-    got = row_bits_per_byte(lp, np.array([[1, 3], [1, 1]]))
-    np.testing.assert_allclose(got, [2.0 / (4 * math.log(2)), 4.0 / (2 * math.log(2))], rtol=1e-12)
-    assert np.isnan(row_bits_per_byte(lp, np.zeros((2, 2)))).all()
+    assert np.isnan(bits_per_byte(3.0, 0))
+    # two texts: 2 nats over 4 bytes and 4 nats over 2 bytes; one without bytes
+    got = bits_per_byte(np.array([2.0, 4.0, 1.0]), np.array([4, 2, 0]))
+    np.testing.assert_allclose(got[:2], [2.0 / (4 * math.log(2)), 4.0 / (2 * math.log(2))], rtol=1e-12)
+    assert np.isnan(got[2])
 
 
 def test_byte_level_bpe_counts_a_split_character_once(tokenizer):
@@ -35,7 +33,7 @@ def test_byte_level_bpe_counts_a_split_character_once(tokenizer):
 
 
 def test_sentencepiece_byte_fallback_counts_a_split_character_once(docs):
-    from kdstream.data.tokenizer import train_sentencepiece_style_tokenizer
+    from kdstream.text.tokenizers import train_sentencepiece_style_tokenizer
 
     tok = train_sentencepiece_style_tokenizer(docs[:60], 400)
     ids = tok(MULTI, add_special_tokens=False)["input_ids"]

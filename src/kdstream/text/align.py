@@ -2,7 +2,7 @@
 byte boundaries, and the exact teacher → student vocabulary map.
 
 Per example (the store's ``input_ids``, teacher tokens): each teacher token's byte string (the
-tokenizer's ``ByteVocab``, data/token_bytes.py), their concatenation as UTF-8 text, the student's tokens
+tokenizer's ``ByteVocab``, text/token_bytes.py), their concatenation as UTF-8 text, the student's tokens
 for that text (no special tokens added) and their byte spans. A byte offset where a teacher token
 and a student token both end is a shared boundary; the text between two consecutive shared
 boundaries is a chunk, covered by teacher tokens [ta, tb) and student tokens [sa, sb).
@@ -26,8 +26,8 @@ from itertools import chain
 
 import numpy as np
 
-from kdstream.data.token_bytes import ByteVocab, byte_vocab
-from kdstream.data.word_cache import WordCache, encode_texts
+from kdstream.text.token_bytes import ByteVocab, byte_vocab
+from kdstream.text.word_cache import WordCache, encode_texts
 
 __all__ = ["AlignedRows", "Aligner", "Alignment", "ByteVocab", "EXACT_ROWS", "SKIP_REASONS", "Skip", "VOCAB_MAPS",
            "byte_vocab", "encode_texts", "exact_vocab_map"]
@@ -190,7 +190,7 @@ class Aligner:
         lens = self.t.lengths[ids]
         ends = np.cumsum(lens)  # byte ends in raw: the rows' bytes one after the other
         raw = self.t.bytes_of(ids, ends).tobytes()
-        row_bytes = np.concatenate([[0], ends])[_offsets(num)].tolist()  # row b: raw[row_bytes[b]:row_bytes[b + 1]]
+        row_bytes = np.concatenate([[0], ends])[offsets(num)].tolist()  # row b: raw[row_bytes[b]:row_bytes[b + 1]]
         results: list[Skip | int] = []  # per row: a Skip, or its index k among the K rows with a text
         texts, windows = [], []  # (K,) the text and its [lo, hi) in raw
         for r0, r1 in zip(row_bytes[:-1], row_bytes[1:]):
@@ -210,7 +210,7 @@ class Aligner:
             has_text = np.array([not isinstance(r, Skip) for r in results], bool)  # (B,)
             keep = np.repeat(has_text, num)
             ids, lens, ends, num = ids[keep], lens[keep], ends[keep], num[has_text]
-        t_off = _offsets(num)  # (K+1,) row k's tokens: [t_off[k], t_off[k + 1])
+        t_off = offsets(num)  # (K+1,) row k's tokens: [t_off[k], t_off[k + 1])
         win = np.array(windows, np.int64).reshape(-1, 2)  # (K, 2)
         t_row = np.repeat(np.arange(len(texts)), np.diff(t_off))  # (T,)
         lo, hi, starts = win[t_row, 0], win[t_row, 1], ends - lens
@@ -219,7 +219,7 @@ class Aligner:
         inside = ((ends > lo) & (starts < hi)) | ((lens == 0) & (starts >= lo) & (starts < hi))
         cut = inside & ((starts < lo) | (ends > hi))  # lost bytes to trimming
         data = b"".join([raw[a:b] for a, b in windows])  # the K texts' bytes one after the other
-        p = _Prepared(ids, results, texts, data, _offsets(win[:, 1] - win[:, 0]), t_off, t_row, t_spans, inside, cut)
+        p = _Prepared(ids, results, texts, data, offsets(win[:, 1] - win[:, 0]), t_off, t_row, t_spans, inside, cut)
         self._pieces(p)
         return p
 
@@ -266,11 +266,11 @@ class Aligner:
         is_piece = items[:, 1] >= 0  # items list the pieces in order
         size = np.ones(len(items), np.int64)
         size[is_piece] = n_ids
-        at = _offsets(size)  # (I+1,) item i's student tokens: [at[i], at[i+1])
+        at = offsets(size)  # (I+1,) item i's student tokens: [at[i], at[i+1])
         ids, s_lens = np.empty(at[-1], np.int64), np.empty(at[-1], np.int64)
         at = at[:-1]
         piece_at = at[is_piece]  # (P,)
-        where = np.arange(len(flat)) + np.repeat(piece_at - _offsets(n_ids)[:-1], n_ids)
+        where = np.arange(len(flat)) + np.repeat(piece_at - offsets(n_ids)[:-1], n_ids)
         ids[where], s_lens[where] = flat, lens
         s_lens[piece_at[(extra == 1) & (n_ids > 0)]] -= 1
         special = ~is_piece
@@ -286,8 +286,8 @@ class Aligner:
         The batch's tokens spell all its pieces (each after its extra space) as one comparison;
         only a batch where some piece fails compares piece by piece.
         """
-        ends = _offsets(lens)
-        got_at = ends[_offsets(n_ids)]  # (P+1,) piece i's tokens' bytes: got[got_at[i]:got_at[i+1]]
+        ends = offsets(lens)
+        got_at = ends[offsets(n_ids)]  # (P+1,) piece i's tokens' bytes: got[got_at[i]:got_at[i+1]]
         extra = np.diff(got_at) - np.array([b - a for _, a, b in p.pieces], np.int64)
         bad = (extra != 0) & (extra != 1)
         got = self.s.bytes_of(flat, ends[1:]).tobytes()
@@ -321,7 +321,7 @@ def _drop_failed(p: "_Prepared", bad: np.ndarray, s_ids: np.ndarray, s_lens: np.
     results = [r if isinstance(r, Skip) else failed[r] if r in failed else int(new[r]) for r in p.results]
     t_keep, s_keep = good[p.t_row], good[s_row]
     kept = replace(p, ids=p.ids[t_keep], texts=[t for t, g in zip(p.texts, good) if g],
-                   text_off=_offsets(np.diff(p.text_off)[good]), t_off=_offsets(np.diff(p.t_off)[good]),
+                   text_off=offsets(np.diff(p.text_off)[good]), t_off=offsets(np.diff(p.t_off)[good]),
                    t_row=new[p.t_row[t_keep]], t_spans=p.t_spans[t_keep], inside=p.inside[t_keep], cut=p.cut[t_keep],
                    data=b"", pieces=[], piece_texts=[], items=[])  # (the pieces are spent)
     return kept, results, s_ids[s_keep], s_lens[s_keep], new[s_row[s_keep]]
@@ -378,7 +378,7 @@ def _concat_rows(rows) -> tuple[np.ndarray, np.ndarray]:
     return (np.concatenate(ids_of) if ids_of else np.zeros(0, np.int64)), num
 
 
-def _offsets(counts: np.ndarray) -> np.ndarray:
+def offsets(counts: np.ndarray) -> np.ndarray:
     """(n+1,) int64 running sum from 0: item i of the concatenation is [out[i], out[i+1])."""
     out = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(counts, out=out[1:])
@@ -394,7 +394,7 @@ def _pairs(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 def _before(count: np.ndarray, chunk_off: np.ndarray, chunk_row: np.ndarray) -> np.ndarray:
     """(N,) how many tokens a chunk's row has in its earlier chunks, from count (N,) tokens per chunk."""
-    acc = _offsets(count)
+    acc = offsets(count)
     return acc[:-1] - acc[chunk_off[:-1]][chunk_row]
 
 
@@ -405,7 +405,7 @@ def _chunks(p: "_Prepared", results: list, s_ids: np.ndarray, s_lens: np.ndarray
     of their lengths is in batch coordinates). A byte offset is shared when a token of each side
     ends there."""
     k, text_off, t_off, t_row, t_spans, inside = len(p.texts), p.text_off, p.t_off, p.t_row, p.t_spans, p.inside
-    s_off = _offsets(np.bincount(s_row, minlength=k))  # (K+1,)
+    s_off = offsets(np.bincount(s_row, minlength=k))  # (K+1,)
     rows = np.array([b for b, r in enumerate(results) if not isinstance(r, Skip)], np.int64)
     t_at = text_off[t_row]
     s_ends = np.cumsum(s_lens)

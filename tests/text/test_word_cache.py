@@ -1,4 +1,4 @@
-"""WordCache (data/word_cache.py) gives exactly the tokenizer's ids: on the corpus, on code points
+"""WordCache (text/word_cache.py) gives exactly the tokenizer's ids: on the corpus, on code points
 up to U+30000 in a few contexts (Python's ``regex`` cuts words where the tokenizer's Oniguruma
 does, wherever the cache takes a text), around special tokens, through a full cache, after
 pickling; and it stands aside where it would not be exact (a normalizer)."""
@@ -8,9 +8,9 @@ import pickle
 
 import pytest
 
-from kdstream.data import word_cache
-from kdstream.data.word_cache import WordCache, word_splitter
-from kdstream.data.word_cache import encode_texts
+from kdstream.text import word_cache
+from kdstream.text.word_cache import WordCache, word_splitter
+from kdstream.text.word_cache import encode_texts
 
 # Llama-3's split regex: a Split pre-tokenizer before ByteLevel(use_regex=False)
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -83,7 +83,7 @@ def test_word_cache_through_a_full_cache_and_a_pickle(tokenizer, docs, monkeypat
 def test_word_cache_stands_aside_where_it_would_not_be_exact(tokenizer, docs):
     from tokenizers import normalizers
 
-    from kdstream.data.tokenizer import train_sentencepiece_style_tokenizer
+    from kdstream.text.tokenizers import train_sentencepiece_style_tokenizer
 
     spm = train_sentencepiece_style_tokenizer(docs[:60], 400)
     lower = pickle.loads(pickle.dumps(tokenizer))
