@@ -40,15 +40,15 @@ def check_conversation_options(opts, url: str) -> None:
 
 def _check_tokenizer(model_dir: Path, store, url: str) -> None:
     """KdError when the model's tokenizer differs from the store's (its prompts would be other ids)."""
-    from kdstream.data import tokenizer_fingerprint
     from kdstream.extract.run import _tokenizer
     from kdstream.model_files import check_tokenizer_fits
+    from kdstream.text.match import tokenizers_match
 
     tokenizer = _tokenizer(model_dir)
     if tokenizer is None:
         return
     check_tokenizer_fits(model_dir, "evaluated", tokenizer)
-    if tokenizer_fingerprint(tokenizer)["sha256"] != store.attrs["tokenizer"]["sha256"]:
+    if not tokenizers_match(tokenizer, store):
         raise KdError(f"model {model_dir} has another tokenizer than store {url}: conversations are judged on the "
                       "store's tokens, so evaluate a model that shares the teacher's tokenizer")
 
