@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -295,7 +294,6 @@ def _tokenizer(cfg: StudyConfig, root: Path, texts: list[str]) -> tuple[object, 
         return load_tokenizer(cfg.teacher_model), None
     if (root / "tokenizer" / "tokenizer.json").exists():
         return load_tokenizer(root / "tokenizer"), None
-    print("[find-regime] training a BPE tokenizer on the corpus", file=sys.stderr)
     trained = Path(tempfile.mkdtemp(prefix="kdstream-tokenizer-"))
     return train_bpe_tokenizer(texts, cfg.tokenizer_vocab, trained), trained
 
