@@ -123,7 +123,15 @@ def test_a_corpus_too_small_for_the_band_is_one_line_saying_how_many_windows(tmp
                       .replace("canary_counts: [1, 4]", "canary_counts: []"))
     proc = run_cli("reproduce", "--find-regime", "--config", config, "--out", tmp_path / "out", check=False)
     assert proc.returncode == 2, proc.stderr
-    assert f"the corpus {corpus} gives " in proc.stderr and "--find-regime needs at least 70" in proc.stderr
+    assert f"the corpus {corpus} gives " in proc.stderr and "--find-regime needs at least 70 windows" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_too_few_examples_is_one_line_naming_the_floor(tmp_path):
+    proc = run_cli("reproduce", "--find-regime", "--config", _config(tmp_path, 15, 15), "--examples", 50,
+                   "--out", tmp_path / "out", check=False)
+    assert proc.returncode == 2 and "examples 50: --find-regime needs at least 70 windows" in proc.stderr, proc.stderr
+    assert "set examples to 70 or more" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 

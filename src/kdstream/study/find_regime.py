@@ -303,11 +303,11 @@ def _check_windows(cfg: StudyConfig, texts: list[str], tokenizer) -> int:
 
     n = len(pack_examples(texts, tokenizer, cfg.seq_len, cfg.examples))
     if n < MIN_WINDOWS:
-        short = "examples" if n == cfg.examples else f"the corpus {cfg.dataset}"
-        raise KdError(f"{short} gives {n} windows of {cfg.seq_len} tokens; --find-regime needs at least "
-                      f"{MIN_WINDOWS} (a student memorizing {MIN_CLASS}, the classifier's minimum, below a "
-                      f"baseline below a teacher, all within the band's {TARGET_BAND[1]:.0%}): "
-                      "use a larger corpus or more examples")
+        why = (f"--find-regime needs at least {MIN_WINDOWS} windows (a student memorizing {MIN_CLASS}, the "
+               f"classifier's minimum, below a baseline below a teacher, all within the band's {TARGET_BAND[1]:.0%})")
+        if n == cfg.examples:
+            raise KdError(f"examples {n}: {why}: set examples to {MIN_WINDOWS} or more")
+        raise KdError(f"the corpus {cfg.dataset} gives {n} windows of {cfg.seq_len} tokens; {why}: use a larger corpus")
     return n
 
 
