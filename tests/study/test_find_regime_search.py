@@ -96,3 +96,14 @@ def test_the_search_converges_from_far_starts(start):
     run_point, _ = _world(teacher_half=14, baseline_half=15, student_lag=1)
     record = search(_record(), start, run_point, max_points=16)
     assert record["found"] is not None, record["stopped"]
+
+
+def test_search_md_lists_every_point_with_its_reason_and_the_stop():
+    from kdstream.study.find_regime import search_markdown
+
+    run_point, _ = _world(teacher_half=14, baseline_half=15, student_lag=1)
+    record = search(_record(), Point(4, 4, 2.0), run_point, max_points=2)
+    md = search_markdown(record)
+    assert "| 1 | teacher_epochs-4__student_epochs-4__temperature-2.0 | 0.20% (1) |" in md
+    assert all(row["next"] in md for row in record["points"])
+    assert md.rstrip().endswith(record["stopped"][1:] + ".") and "\nStopped after 2 points" in md

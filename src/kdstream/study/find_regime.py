@@ -463,5 +463,5 @@ def search_markdown(record: dict) -> str:
     if record["found"]:
         lines.append(f"Found: {record['found']}; the whole study ran there (study.md, config.yaml).")
     elif record["stopped"]:
-        lines.append(f"Stopped: {record['stopped']}.")
+        lines.append(record["stopped"][0].upper() + record["stopped"][1:] + ".")
     return "\n".join(lines) + "\n"
