@@ -93,13 +93,13 @@ def test_study_flags_override_study_config_fields_and_default_to_its_yaml():
     for name in ("reproduce", "demo"):
         cmd = _command(name)
         flags = {p.name: p for p in cmd.params if isinstance(p, click.Option)}
-        assert set(flags) - {"out", "config_path", "calibrate", "grid_path"} == set(STUDY_FLAGS)
+        assert set(flags) - {"out", "config_path", "calibrate", "grid_path", "find_regime", "max_points"} == set(STUDY_FLAGS)
         assert all(flags[f].default is None for f in STUDY_FLAGS)  # unset flags leave the YAML's value
         ctx = cmd.make_context(name, ["--out", "x"])
-        overrides = {k: v for k, v in ctx.params.items() if k not in ("out", "config_path", "calibrate", "grid_path")}
+        overrides = {k: v for k, v in ctx.params.items() if k not in ("out", "config_path", "calibrate", "grid_path", "find_regime", "max_points")}
         assert load_study_config(None, overrides) == StudyConfig()
         ctx = cmd.make_context(name, ["--out", "x", "--seeds", "3", "--eval-method", "fast"])
-        overrides = {k: v for k, v in ctx.params.items() if k not in ("out", "config_path", "calibrate", "grid_path")}
+        overrides = {k: v for k, v in ctx.params.items() if k not in ("out", "config_path", "calibrate", "grid_path", "find_regime", "max_points")}
         assert load_study_config(None, overrides) == StudyConfig(seeds=3, eval_method="fast")
 
 

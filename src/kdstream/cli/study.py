@@ -5,6 +5,8 @@ not command flags; the flags below override a few of them.
 """
 from __future__ import annotations
 
+import sys
+
 import click
 
 from kdstream.cli.options import options_from
@@ -29,13 +31,37 @@ _study_flags = options_from(StudyConfig, only=STUDY_FLAGS, as_override=True)
               help="With --calibrate: YAML grid {field: [values]} (the cartesian product; it overrides --config; "
                    "a flag for a swept knob is refused). Default: the embedded grid "
                    "(kdstream.study.calibrate.DEFAULT_GRID).")
+@click.option("--find-regime", is_flag=True, default=False,
+              help="Search the teacher's and the student's epochs (then T = 1 if T = 2 cannot) for the first point "
+                   "in the paper's regime, each point up to the memorization counts, then run the whole study there "
+                   "(points in OUT/search/, the chosen settings in OUT/config.yaml).")
+@click.option("--max-points", type=click.IntRange(min=1), default=10, show_default=True,
+              help="With --find-regime: stop after this many points (then it names the best).")
 @_study_flags
-def reproduce(out, config_path, calibrate, grid_path, **overrides):
+def reproduce(out, config_path, calibrate, grid_path, find_regime, max_points, **overrides):
     """The paper's protocol end to end: teacher CE → baseline CE → teacher store → student KD →
     extract-eval (+ features, canaries) → compare → classify → filter → re-distill → extract-eval →
     report beside the paper's table (study.md). Finished stages are skipped on a rerun.
     With --calibrate: the memorization rates at every point of a grid (calibration.md)."""
+    if find_regime:
+        if calibrate:
+            raise KdError("--find-regime and --calibrate are two searches: pass one of them")
+        from kdstream.study.find_regime import KNOBS
+
+        fixed = sorted(k for k in KNOBS if overrides.get(k) is not None)
+        if fixed:  # the search would silently move what the flag fixes
+            flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+            raise KdError(f"{flags} is searched by --find-regime: drop the flag (set the starting value in "
+                          "--config), or drop --find-regime")
     cfg = load_study_config(config_path, overrides)
+    if find_regime:
+        if grid_path is not None:
+            raise KdError("--grid is only used with --calibrate: drop --grid (--find-regime picks its own points)")
+        from kdstream.study.find_regime import run_find_regime
+
+        if run_find_regime(cfg, out, max_points)["found"] is None:
+            sys.exit(1)  # the reason and the best point are printed
+        return
     if calibrate:
         from kdstream.study.calibrate import load_grid, run_calibration
 
