@@ -286,7 +286,7 @@ def _tokenizer(cfg: StudyConfig, root: Path, texts: list[str]) -> tuple[object, 
     """The teacher's tokenizer (what the windows are cut with): given, the teacher's, or the
     corpus's BPE (trained once, then kept as OUT/tokenizer, as reproduce's _models would) ->
     (tokenizer, the temporary directory of a BPE trained just now)."""
-    from kdstream.data.tokenizer import load_tokenizer, train_bpe_tokenizer
+    from kdstream.text.tokenizers import load_tokenizer, train_bpe_tokenizer
 
     if cfg.tokenizer:
         return load_tokenizer(cfg.tokenizer), None
