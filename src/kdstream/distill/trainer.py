@@ -15,13 +15,13 @@ from pathlib import Path
 
 from kdstream.distill.align import EXACT_ROWS, VOCAB_MAPS
 from kdstream.distill.cross_tokenizer import CROSS_DEFAULTS, CROSS_MODES, SKIPPED
-from kdstream.distill.loss_names import CE_SAMPLED, KD_LOSSES, TAILS
+from kdstream.distill.loss_names import CE_SAMPLED, HARD, KD_LOSSES, TAILS
 from kdstream.errors import KdError
 from kdstream.model_files import logit_postprocessing
 from kdstream.options import corpus_option, option, require, save_options
 from kdstream.outputs import check_output, fresh_partial, partial_path, publish
 
-LOSSES = ("ce", *KD_LOSSES, CE_SAMPLED)
+LOSSES = ("ce", *KD_LOSSES, CE_SAMPLED, HARD)
 PRECISIONS = ("auto", "fp32", "bf16")
 DONE_FILE = "train_summary.json"  # written last: a checkpoint directory without it is incomplete
 
@@ -53,7 +53,8 @@ class DistillOptions:
                                        "tokenizer) runs in the training process on --dataset and the loss covers "
                                        "the full vocabulary.")
     loss: str = option("forward_kl", "ce | forward_kl | reverse_kl | jsd | ce_sampled (a sampled store: CE "
-                                     "against its draws, no temperature)")
+                                     "against its draws, no temperature) | hard (CE on the teacher's top-1 token "
+                                     "at each stored position)")
     temperature: float = option(2.0, "Softmax temperature of teacher and student in KD losses.")
     alpha_ce: float | None = option(None, "Weight of CE mixed into KD. Default: 0; "
                                           f"{CROSS_DEFAULTS['alpha_ce']} for a student whose tokenizer differs "
