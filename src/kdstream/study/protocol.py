@@ -188,6 +188,7 @@ def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
     from kdstream.analysis.compare import memorized_ids
     from kdstream.analysis.files import CLASSIFICATION_FILE, COMPARISON_JSON, RESULTS_FILE
     from kdstream.study.canaries import CANARY_FILE, canary_rates
+    from kdstream.study.intervals import window_patterns
 
     cmp = json.loads((d / "compare" / COMPARISON_JSON).read_text())
     t, b, s = (memorized_ids(d / "eval" / role)[0] for role in ROLES)
@@ -206,11 +207,14 @@ def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
         "classifier": None,
         "filter": None,
         "canaries": None,
+        "windows": None,
     }
+    memorized = {"teacher": t, "baseline": b, "student": s}
     if classified:
         cls = json.loads((d / "classify" / CLASSIFICATION_FILE).read_text())
         out["classifier"] = {"auc": cls["auc"], "coefficients": {k: v["mean"] for k, v in cls["coefficients"].items()},
-                             "positives": cls.get("positives"), "precision": cls["precision"], "recall": cls["recall"]}
+                             "positives": cls.get("positives"), "precision": cls["precision"], "recall": cls["recall"],
+                             "repeats": cls.get("repeat_values")}  # every split's AUC and coefficients
         excluded = excluded_ids(d)
         if len(excluded) < cmp["examples"]:  # else no filtered student was trained (run_seed)
             after, _ = memorized_ids(d / "eval" / "student_filtered")
@@ -222,6 +226,8 @@ def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
                 "after_among_kept": len(after - excluded),
                 "before_among_kept": len(s - excluded),
             }
+            memorized["student_filtered"] = after
+    out["windows"] = window_patterns(memorized, cmp["examples"])  # the findings' bootstrap (intervals.py)
     if cfg.canary_counts:
         roles = [r for r in (*ROLES, "student_filtered") if (d / "eval-canaries" / r / RESULTS_FILE).exists()]
         out["canaries"] = {r: {str(c): v for c, v in canary_rates(d / CANARY_FILE, d / "eval-canaries" / r /
