@@ -163,7 +163,8 @@ def test_paper_config_loads_and_bad_keys_are_refused(tmp_path):
         load_study_config(str(bad), {})
 
 
-def _figs(teacher, baseline, student, inherited=0, both=0, cls=None, flt=None, teacher_only=None, examples=100):
+def _figs(teacher, baseline, student, inherited=0, both=0, cls=None, flt=None, teacher_only=None, examples=100,
+          hard=None):
     """One seed's figures from memorized sets built to these counts (windows 0, 1, ... in turn)."""
     from kdstream.study.intervals import window_patterns
 
@@ -179,7 +180,13 @@ def _figs(teacher, baseline, student, inherited=0, both=0, cls=None, flt=None, t
     if flt:
         flt = dict(flt, student_memorized_before=student)
         memorized["student_filtered"] = set(sorted(s)[:flt["student_memorized_after"]])
-    return {"examples": examples, "memorized": {"teacher": teacher, "baseline": baseline, "student": student},
+    arms = None
+    if hard is not None:  # the hard arm: the first `hard` of the baseline's windows, then the student's
+        from kdstream.study.arms import arm_counts
+
+        memorized["student_hard"] = set((sorted(memorized["baseline"]) + sorted(s - memorized["baseline"]))[:hard])
+        arms = arm_counts(memorized, {"student_hard": memorized["student_hard"]})
+    return {"arms": arms, "examples": examples, "memorized": {"teacher": teacher, "baseline": baseline, "student": student},
             "rate": {"teacher": teacher / examples, "baseline": baseline / examples, "student": student / examples},
             "student_over_baseline": student / baseline if baseline else float("nan"),
             "teacher_only": only, "teacher_only_inherited": inherited, "student_also_by_both": both,
@@ -308,3 +315,29 @@ def test_inherited_row_says_how_many_were_lost_at_a_fork(tmp_path):
     write_study_report(tmp_path, cfg, [_figs(30, 20, 8, 3)])  # figures from before the test existed
     assert "fork" not in (tmp_path / STUDY_MD).read_text()
 
+
+def test_the_hard_arm_is_reported_beside_the_kl_student_and_leaves_the_findings_as_they_were(tmp_path):
+    from kdstream.options import options_dict
+    from kdstream.study.config import StudyConfig
+    from kdstream.study.summary import STUDY_MD, aggregate, findings, write_study_report
+
+    plain = [_figs(60, 40, 10, 1, 6, examples=1000), _figs(64, 36, 8, 0, 5, examples=1000)]
+    armed = [_figs(60, 40, 10, 1, 6, examples=1000, hard=30), _figs(64, 36, 8, 0, 5, examples=1000, hard=26)]
+    agg = aggregate(armed)
+    assert agg["arms"]["student_hard"]["memorized"]["values"] == [30, 26]
+    assert agg["arms"]["student"]["memorized"]["values"] == [10, 8]
+    assert agg["arms"]["student_hard"]["also_by_baseline"]["values"] == [30, 26]
+    assert findings(agg) == findings(aggregate(plain))  # the arm moves no finding nor its interval
+    assert "arms" not in aggregate(plain)
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in options_dict(StudyConfig(arms=("hard",))).items()}
+    write_study_report(tmp_path, cfg, armed)
+    md = (tmp_path / STUDY_MD).read_text()
+    assert "| hard student (teacher top-1) | 28.0 ± 2.8 (30, 26) |" in md
+    assert "the hard student memorizes more than the KL student, as predicted, and fewer than the CE baseline" in md
+
+
+def test_arms_are_checked():
+    from kdstream.study.config import StudyConfig
+
+    with pytest.raises(KdError, match="arms \\['soft'\\]: each of hard at most once"):
+        StudyConfig(arms=("soft",))

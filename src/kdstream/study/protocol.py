@@ -35,6 +35,8 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     from kdstream.analysis.files import CLASSIFICATION_FILE, COMPARISON_JSON, EXCLUDE_FILE, SUMMARY_FILE
     from kdstream.data import load_tokenizer
     from kdstream.distill.trainer import DONE_FILE
+    from kdstream.errors import KdError
+    from kdstream.study.arms import ARM_LOSS, arm_role
     from kdstream.study.canaries import CANARY_CORPUS, CANARY_FILE, STUDY_CORPUS, build_study_corpus
 
     d = seed_dir
@@ -57,6 +59,9 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     # a student of another tokenizer (student_tokenizer.py): distill picks the cross-tokenizer
     # losses itself (CE on the student's own tokens, KD by --cross-tokenizer); judged on bytes
     cross = _student_tokenizer_differs(init)
+    if cross and cfg.arms:  # distill --loss hard trains on the teacher's token ids
+        raise KdError(f"arms {', '.join(cfg.arms)} train on the teacher's top-1 token ids, and the students' "
+                      "tokenizer differs from the teacher's: drop arms, or use the teacher's tokenizer")
     if cross and cfg.cross_tokenizer:
         kd += ["--cross-tokenizer", cfg.cross_tokenizer]
 
@@ -123,6 +128,14 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     cmp = json.loads((d / "compare" / COMPARISON_JSON).read_text())
     if calibration:
         return calibration_figures(cmp, st.seconds)
+    for arm in cfg.arms:  # ablation arms (arms.py): the student's store, data order, steps and seed
+        role = arm_role(arm)
+        st.run(f"{role} ({arm})", done(d / role / DONE_FILE),
+               ["distill", "--model", init["student"], "--logits-store", str(store), *ARM_LOSS[arm], "--epochs",
+                str(cfg.student_epochs), "--out", str(d / role), *student_lr, *train])
+        st.run(f"extract-eval {role}", done(d / "eval" / role / SUMMARY_FILE),
+               ["extract-eval", "--model", str(d / role), "--logits-store", str(store), "--out",
+                str(d / "eval" / role), *evaluate])
     positives = cmp["memorized"]["student"]
     # repeated stratified 70/30 splits and 5-fold CV need a few of each class; fewer: not testable
     fit = min(positives, cmp["examples"] - positives) >= MIN_CLASS
@@ -227,6 +240,11 @@ def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
                 "before_among_kept": len(s - excluded),
             }
             memorized["student_filtered"] = after
+    if cfg.arms:
+        from kdstream.study.arms import arm_figures
+
+        out["arms"], found = arm_figures(d, cfg.arms, memorized)
+        memorized.update(found)
     out["windows"] = window_patterns(memorized, cmp["examples"])  # the findings' bootstrap (intervals.py)
     if cfg.canary_counts:
         roles = [r for r in (*ROLES, "student_filtered") if (d / "eval-canaries" / r / RESULTS_FILE).exists()]

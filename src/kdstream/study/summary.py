@@ -60,6 +60,10 @@ def aggregate(figs: list[dict]) -> dict:
                                          for cnt in per[0]}
     else:
         agg["canaries"] = None
+    from kdstream.study.arms import aggregate_arms
+
+    if any(f.get("arms") for f in figs):  # only then: a study without arms keeps its aggregate
+        agg["arms"] = aggregate_arms(figs, stat)
     if figs[0].get("student_tokenizer"):  # a study across tokenizers (study/student_tokenizer.py)
         agg["student_tokenizer"] = figs[0]["student_tokenizer"]
     return agg
@@ -141,6 +145,9 @@ def format_study(cfg: dict, agg: dict, rows: list[dict]) -> str:
             lines.append(f"| {r['role']} | " + " | ".join(_fmt_rate(r["rates"][c]) if c in r["rates"] else "n/a"
                                                           for c in counts) + f" | {r['rises']} |")
         lines += ["", f"![canaries]({CANARY_PNG})"]
+    from kdstream.study.arms import format_arms
+
+    lines += format_arms(cfg, agg)
     lines += ["", "Per-seed outputs: `seed-*/report/report.md` (Venn diagram, zlib histograms, ROC curve), "
               "`seed-*/figures.json`."]
     return "\n".join(lines) + "\n"
