@@ -93,7 +93,8 @@ def findings(agg: dict) -> list[dict]:
         return _judged({"finding": finding, "paper": paper, "ours": ours, "criterion": criterion},
                        testable=n[more] + n[less] >= iv.MIN_WINDOWS, point_ok=n[more] > n[less],
                        interval=gap, interval_ok=gap is not None and gap[0] > 0,
-                       why="neither memorized anything" if empty else _few(n[more] + n[less], f"memorized by {more} or {less}"),
+                       why="neither memorized anything" if empty
+                       else _few(n[more] + n[less], f"memorized by {more} or {less}"),
                        text=f"{more} − {less}: [{_pp(gap[0])}, {_pp(gap[1])}] pp" if gap else "",
                        counts=f"{more} {n[more]}, {less} {n[less]} of {total} windows")
 
@@ -112,7 +113,8 @@ def findings(agg: dict) -> list[dict]:
                         interval=ratio_iv, interval_ok=ratio_iv is not None and ratio_iv[1] < 1,
                         why="the baseline memorized nothing" if n["baseline"] == 0
                         else _few(n["baseline"], "memorized by the baseline"),
-                        text=f"[{ratio_iv[0]:.2f}, {ratio_iv[1]:.2f}]" if ratio_iv else "", counts=f"student {n['student']}, baseline {n['baseline']} windows"))
+                        text=f"[{ratio_iv[0]:.2f}, {ratio_iv[1]:.2f}]" if ratio_iv else "",
+                        counts=f"student {n['student']}, baseline {n['baseline']} windows"))
     inh, only = agg["teacher_only_inherited"], agg["teacher_only"]
     share = inh["sum"] / only["sum"] if only["sum"] else float("nan")
     forked = (f"; {agg['teacher_only_inherited_at_fork']['sum']:.0f} of them lost by the baseline at a fork "
