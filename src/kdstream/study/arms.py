@@ -101,8 +101,8 @@ def format_arms(cfg: dict, agg: dict) -> list[str]:
         verdict = ("the hard student memorizes more than the KL student, as predicted" if more else
                    "the hard student memorizes fewer than the KL student, against the prediction" if kd_iv[1] < 0
                    else "the interval does not tell the hard and KL students' counts apart")
-        closer = ("and fewer than the CE baseline" if ce_iv[0] > 0 else "and more than the CE baseline"
-                  if ce_iv[1] < 0 else "and as many as the CE baseline within the interval")
+        closer = ("and fewer than the CE baseline" if ce_iv[0] > 0 else "and more than the CE baseline (beyond "
+                  "the prediction's ≤ baseline)" if ce_iv[1] < 0 else "and as many as the CE baseline within the interval")
         lines += ["", f"What this run finds: {verdict}, {closer}. Per seed, hard − KL student: {kd} windows; "
                   f"CE baseline − hard student: {ce} windows ({100 * iv.LEVEL:.0f}% bootstrap interval over windows"
                   + (" and seeds" if win.seeds > 1 else "") + ")."]
