@@ -15,7 +15,7 @@ from kdstream.storage import open_store
 
 
 @pytest.mark.parametrize("chunk", [None, 7])
-@pytest.mark.parametrize("loss", ["ce", "forward_kl"])
+@pytest.mark.parametrize("loss", ["ce", "forward_kl", "hard"])
 def test_only_target_rows_make_the_loss_and_gradients(loss, chunk):
     torch.manual_seed(2)
     B, L, k = 3, 12, 5

@@ -163,36 +163,119 @@ def test_paper_config_loads_and_bad_keys_are_refused(tmp_path):
         load_study_config(str(bad), {})
 
 
-def _figs(teacher, baseline, student, inherited=0, both=0, cls=None, flt=None):
-    return {"examples": 100, "memorized": {"teacher": teacher, "baseline": baseline, "student": student},
-            "rate": {"teacher": teacher / 100, "baseline": baseline / 100, "student": student / 100},
+def _figs(teacher, baseline, student, inherited=0, both=0, cls=None, flt=None, teacher_only=None, examples=100,
+          hard=None):
+    """One seed's figures from memorized sets built to these counts (windows 0, 1, ... in turn)."""
+    from kdstream.study.intervals import window_patterns
+
+    only = teacher_only if teacher_only is not None else max(teacher - baseline, min(4, teacher))
+    tb = teacher - only  # memorized by teacher and baseline
+    assert tb <= baseline and both <= tb and inherited <= only and both + inherited <= student
+    ids = iter(range(examples))
+    take = lambda n: {next(ids) for _ in range(n)}  # noqa: E731
+    tbs, tb_rest, inh, t_rest = take(both), take(tb - both), take(inherited), take(only - inherited)
+    b_only, s_only = take(baseline - tb), take(student - both - inherited)
+    s = tbs | inh | s_only
+    memorized = {"teacher": tbs | tb_rest | inh | t_rest, "baseline": tbs | tb_rest | b_only, "student": s}
+    if flt:
+        flt = dict(flt, student_memorized_before=student)
+        memorized["student_filtered"] = set(sorted(s)[:flt["student_memorized_after"]])
+    arms = None
+    if hard is not None:  # the hard arm: the first `hard` of the baseline's windows, then the student's
+        from kdstream.study.arms import arm_counts
+
+        memorized["student_hard"] = set((sorted(memorized["baseline"]) + sorted(s - memorized["baseline"]))[:hard])
+        arms = arm_counts(memorized, {"student_hard": memorized["student_hard"]})
+    return {"arms": arms, "examples": examples, "memorized": {"teacher": teacher, "baseline": baseline, "student": student},
+            "rate": {"teacher": teacher / examples, "baseline": baseline / examples, "student": student / examples},
             "student_over_baseline": student / baseline if baseline else float("nan"),
-            "teacher_only": min(4, teacher), "teacher_only_inherited": inherited, "student_also_by_both": both,
-            "classifier": cls, "filter": flt, "canaries": None}
+            "teacher_only": only, "teacher_only_inherited": inherited, "student_also_by_both": both,
+            "classifier": cls, "filter": flt, "canaries": None, "windows": window_patterns(memorized, examples)}
+
+
+COEFS = {"teacher_ppl": -0.3, "baseline_ppl": -0.4, "teacher_baseline_kl": -1.0, "zlib_entropy": -4.0}
+
+
+def _cls(auc=(0.95, 0.96, 0.94, 0.95, 0.97), coefs=COEFS):
+    """A seed's classifier figures with every split's values (5 repeats)."""
+    return {"auc": {"mean": float(np.mean(auc)), "sd": float(np.std(auc, ddof=1))},
+            "coefficients": dict(coefs),
+            "repeats": {"auc": list(auc), "coefficients": {k: [v * (1 + 0.05 * (i - 2)) for i in range(len(auc))]
+                                                           for k, v in coefs.items()}}}
 
 
 def test_findings_verdicts_follow_the_numbers():
     from kdstream.study.summary import aggregate, findings
 
-    cls = {"auc": {"mean": 0.95, "sd": 0.02}, "coefficients": {"teacher_ppl": -0.3, "baseline_ppl": -0.4,
-                                                                "teacher_baseline_kl": -1.0, "zlib_entropy": -4.0}}
-    flt = {"excluded": 10, "expected_recall": 0.9, "student_memorized_before": 8, "student_memorized_after": 1,
-           "after_among_kept": 1, "before_among_kept": 0}
-    agg = aggregate([_figs(30, 20, 8, 0, 8, cls, flt), _figs(34, 18, 6, 0, 6, cls, flt)])
-    assert agg["memorized"]["student"]["mean"] == 7 and agg["memorized"]["student"]["sd"] == pytest.approx(np.sqrt(2))
-    verdicts = {r["finding"]: r["verdict"] for r in findings(agg)}
+    flt = {"excluded": 10, "expected_recall": 0.9, "student_memorized_before": 8, "student_memorized_after": 0,
+           "after_among_kept": 0, "before_among_kept": 0}
+    agg = aggregate([_figs(60, 20, 10, 0, 10, _cls(), flt), _figs(64, 18, 8, 0, 8, _cls(), flt)])
+    assert agg["memorized"]["student"]["mean"] == 9 and agg["memorized"]["student"]["sd"] == pytest.approx(np.sqrt(2))
+    rows = findings(agg)
+    verdicts = {r["finding"]: r["verdict"] for r in rows}
     assert set(verdicts.values()) == {"reproduced"}, verdicts
+    assert all(r["interval"] and r["counts"] for r in rows), rows
     # the student memorizing more than the baseline, positive coefficients: not reproduced
-    worse = dict(cls, coefficients={k: -v for k, v in cls["coefficients"].items()})
+    worse = _cls(coefs={k: -v for k, v in COEFS.items()})
     rows = findings(aggregate([_figs(30, 5, 8, 4, 2, worse, dict(flt, student_memorized_after=8))]))
     v = {r["finding"]: r["verdict"] for r in rows}
     assert v["memorized: teacher / CE baseline / KD student"] == "not reproduced"
     assert v["classifier coefficients (standardized)"] == "not reproduced"
-    assert v["teacher-only memorized examples the student inherited"] == "not reproduced"  # 4 of 4
+    assert v["teacher-only memorized examples the student inherited"] == "not reproduced"  # 4 of 25
     assert v["student memorization after filtering, then re-distilling"] == "not reproduced"
     # nothing memorized: not testable rather than a verdict
     v = {r["finding"]: r["verdict"] for r in findings(aggregate([_figs(0, 0, 0)]))}
     assert all(x.startswith("not testable") for x in v.values()), v
+
+
+def _verdicts(figs) -> dict:
+    from kdstream.study.summary import aggregate, findings
+
+    return {r["finding"]: r for r in findings(aggregate(figs))}
+
+
+def test_a_verdict_is_direction_only_when_its_interval_straddles_the_criterion():
+    """The same proportions on fewer windows: the figure still meets each criterion, but its
+    interval no longer clears it."""
+    gap, inherited = "memorized: teacher / CE baseline / KD student", "teacher-only memorized examples the student inherited"
+    many = _verdicts([_figs(100, 80, 30, 0, 0, examples=1000)])
+    few = _verdicts([_figs(10, 8, 3, 0, 0, examples=100)])
+    assert many[gap]["verdict"] == "reproduced" and many[gap]["interval"][0] > 0
+    assert few[gap]["verdict"] == "direction only"
+    lo, hi = few[gap]["interval"]
+    assert lo <= 0 < hi and few[gap]["counts"] == "baseline 8, student 3 of 100 windows"
+    # 0 of 40 teacher-only windows inherited: under 10% with room; 0 of 12: the Wilson bound reaches 24%
+    wide = _verdicts([_figs(60, 20, 4, 0, 0)])[inherited]
+    assert wide["verdict"] == "reproduced" and wide["interval"][1] <= 0.10 and wide["counts"] == "0 of 40 teacher-only windows"
+    narrow = _verdicts([_figs(20, 8, 4, 0, 0)])[inherited]
+    assert narrow["verdict"] == "direction only" and narrow["interval"][1] == pytest.approx(0.243, abs=1e-3)
+    # over seeds: two seeds that disagree leave only the direction
+    split = _verdicts([_figs(40, 30, 2, 0, 0), _figs(40, 30, 28, 0, 0)])[gap]
+    assert split["verdict"] == "direction only" and split["interval"][0] < 0
+
+
+def test_too_few_windows_is_not_testable_with_the_count():
+    v = _verdicts([_figs(3, 1, 1, 1, 0, teacher_only=3)])
+    assert v["teacher memorizes more than the CE baseline"]["verdict"] == (
+        "not testable (too few windows: 4 memorized by teacher or baseline, fewer than 5)")
+    assert v["teacher-only memorized examples the student inherited"]["verdict"] == (
+        "not testable (too few windows: 3 teacher-only, fewer than 5)")
+    assert v["student ÷ baseline"]["verdict"].startswith("not testable (too few windows: 1 memorized by the baseline")
+
+
+def test_intervals_are_the_same_every_time(tmp_path):
+    from kdstream.options import options_dict
+    from kdstream.study.config import StudyConfig
+    from kdstream.study.summary import STUDY_MD, write_study_report
+
+    figs = [_figs(60, 20, 10, 2, 6, _cls()), _figs(64, 18, 8, 1, 5, _cls())]
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in options_dict(StudyConfig()).items()}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_study_report(tmp_path / "a", cfg, figs)["findings"]
+    assert write_study_report(tmp_path / "b", cfg, figs)["findings"] == first
+    assert (tmp_path / "a" / STUDY_MD).read_text() == (tmp_path / "b" / STUDY_MD).read_text()
+    assert "95% interval (counts)" in (tmp_path / "a" / STUDY_MD).read_text()
 
 
 def test_two_seeds_are_reported_as_mean_and_sd(tmp_path):
@@ -220,8 +303,8 @@ def test_inherited_row_says_how_many_were_lost_at_a_fork(tmp_path):
     from kdstream.options import options_dict
 
     row = "teacher-only memorized examples the student inherited"
-    forked = [dict(_figs(30, 20, 8, 3), teacher_only_at_fork=2, teacher_only_inherited_at_fork=2),
-              dict(_figs(30, 20, 8, 1), teacher_only_at_fork=1, teacher_only_inherited_at_fork=0)]
+    forked = [dict(_figs(24, 20, 8, 3, teacher_only=4), teacher_only_at_fork=2, teacher_only_inherited_at_fork=2),
+              dict(_figs(24, 20, 8, 1, teacher_only=4), teacher_only_at_fork=1, teacher_only_inherited_at_fork=0)]
     ours = {r["finding"]: r["ours"] for r in findings(aggregate(forked))}[row]
     assert ours == "4 of 8 (50.0%); 2 of them lost by the baseline at a fork between near-duplicates"
     untested = [forked[0], dict(forked[1], teacher_only_inherited_at_fork=None)]
@@ -231,3 +314,30 @@ def test_inherited_row_says_how_many_were_lost_at_a_fork(tmp_path):
     assert "A fork between near-duplicates:" in (tmp_path / STUDY_MD).read_text()
     write_study_report(tmp_path, cfg, [_figs(30, 20, 8, 3)])  # figures from before the test existed
     assert "fork" not in (tmp_path / STUDY_MD).read_text()
+
+
+def test_the_hard_arm_is_reported_beside_the_kl_student_and_leaves_the_findings_as_they_were(tmp_path):
+    from kdstream.options import options_dict
+    from kdstream.study.config import StudyConfig
+    from kdstream.study.summary import STUDY_MD, aggregate, findings, write_study_report
+
+    plain = [_figs(60, 40, 10, 1, 6, examples=1000), _figs(64, 36, 8, 0, 5, examples=1000)]
+    armed = [_figs(60, 40, 10, 1, 6, examples=1000, hard=30), _figs(64, 36, 8, 0, 5, examples=1000, hard=26)]
+    agg = aggregate(armed)
+    assert agg["arms"]["student_hard"]["memorized"]["values"] == [30, 26]
+    assert agg["arms"]["student"]["memorized"]["values"] == [10, 8]
+    assert agg["arms"]["student_hard"]["also_by_baseline"]["values"] == [30, 26]
+    assert findings(agg) == findings(aggregate(plain))  # the arm moves no finding nor its interval
+    assert "arms" not in aggregate(plain)
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in options_dict(StudyConfig(arms=("hard",))).items()}
+    write_study_report(tmp_path, cfg, armed)
+    md = (tmp_path / STUDY_MD).read_text()
+    assert "| hard student (teacher top-1) | 28.0 ± 2.8 (30, 26) |" in md
+    assert "the hard student memorizes more than the KL student, as predicted, and fewer than the CE baseline" in md
+
+
+def test_arms_are_checked():
+    from kdstream.study.config import StudyConfig
+
+    with pytest.raises(KdError, match="arms \\['soft'\\]: each of hard at most once"):
+        StudyConfig(arms=("soft",))

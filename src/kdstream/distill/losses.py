@@ -18,6 +18,7 @@ from kdstream.distill import loss_names
 from kdstream.distill.loss_names import KD_LOSSES, TAILS
 
 CE_SAMPLED = loss_names.CE_SAMPLED  # also named from here by the objective and the sources
+HARD = loss_names.HARD
 
 # Floor on the teacher's tempered tail probability (bucket tail, non-empty student tail). Without
 # it a stored top-k whose mass rounds to >= 1 gives the teacher a zero tail, and reverse KL
@@ -255,6 +256,22 @@ def ce_loss(student_logits: Tensor, targets: Tensor, mask: Tensor | None = None)
         student_logits, targets = student_logits[mask], targets[mask]
     logp = log_softmax(student_logits.float())  # (N, V); = F.cross_entropy, with the leaner backward
     return -logp.gather(-1, targets.long()[:, None]).sum() / max(targets.shape[0], 1)
+
+
+def teacher_top1(topk_ids: Tensor, topk_logprobs: Tensor) -> Tensor:
+    """topk_ids, topk_logprobs (N, k) → (N,) the id of each row's largest stored logprob (the
+    first on a tie; a sampled store's most drawn id). Rows need not be sorted; padding is -inf."""
+    return topk_ids.gather(-1, topk_logprobs.argmax(-1, keepdim=True)).squeeze(-1)
+
+
+def hard_ce_loss(student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor) -> Tensor:
+    """Word-level hard KD: cross-entropy of the student on the teacher's top-1 token at each row
+    (``teacher_top1``) instead of the data's next token. student_logits (N, V), top-k (N, k);
+    mean over rows. No temperature: the target is one token."""
+    if topk_ids.shape != topk_logprobs.shape or topk_ids.dim() != 2 or topk_ids.shape[0] != student_logits.shape[0]:
+        raise ValueError(f"topk_ids and topk_logprobs must both be (N={student_logits.shape[0]}, k), "
+                         f"got {tuple(topk_ids.shape)} and {tuple(topk_logprobs.shape)}")
+    return ce_loss(student_logits, teacher_top1(topk_ids, topk_logprobs))
 
 
 def sampled_ce_loss(student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor, *, tail: str = "bucket",

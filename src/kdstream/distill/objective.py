@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from kdstream.distill.fused_head import fused_head_loss
 import torch.nn.functional as F
 
-from kdstream.distill.losses import CE_SAMPLED, ce_loss, dense_kd_loss, kd_loss, sampled_ce_loss
+from kdstream.distill.losses import CE_SAMPLED, HARD, ce_loss, dense_kd_loss, hard_ce_loss, kd_loss, sampled_ce_loss
 
 
 def loss_terms(logits: Tensor, targets: Tensor, topk_ids: Tensor | None, topk_logprobs: Tensor | None, *,
@@ -38,6 +38,8 @@ def loss_terms(logits: Tensor, targets: Tensor, topk_ids: Tensor | None, topk_lo
         return torch.stack([ce, ce, torch.zeros_like(ce)])
     if teacher_logits is not None:
         kd = dense_kd_loss(logits, teacher_logits, kind=loss, temperature=temperature, beta=beta)
+    elif loss == HARD:  # the kd slot holds the CE on the teacher's top-1, ce the data's tokens
+        kd = hard_ce_loss(logits, topk_ids, topk_logprobs)
     elif loss == CE_SAMPLED:
         kd = sampled_ce_loss(logits, topk_ids, topk_logprobs, tail=tail)
     else:

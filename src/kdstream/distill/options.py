@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdstream.distill.cross_tokenizer import CROSS_DEFAULTS, CROSS_MODES
-from kdstream.distill.loss_names import CE_SAMPLED, KD_LOSSES, TAILS
+from kdstream.distill.loss_names import CE_SAMPLED, HARD, KD_LOSSES, TAILS
 from kdstream.errors import KdError
 from kdstream.options import check_device, corpus_option, device_option, option, require
 from kdstream.text.align import EXACT_ROWS, VOCAB_MAPS
 
-LOSSES = ("ce", *KD_LOSSES, CE_SAMPLED)
+LOSSES = ("ce", *KD_LOSSES, CE_SAMPLED, HARD)
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -42,7 +42,8 @@ class DistillOptions:
                                        "tokenizer) runs in the training process on --dataset and the loss covers "
                                        "the full vocabulary.")
     loss: str = option("forward_kl", "ce | forward_kl | reverse_kl | jsd | ce_sampled (a sampled store: CE "
-                                     "against its draws, no temperature)")
+                                     "against its draws, no temperature) | hard (CE on the teacher's top-1 token "
+                                     "at each stored position)")
     temperature: float = option(2.0, "Softmax temperature of teacher and student in KD losses.")
     alpha_ce: float | None = option(None, "Weight of CE mixed into KD. Default: 0; "
                                           f"{CROSS_DEFAULTS['alpha_ce']} for a student whose tokenizer differs "

@@ -84,6 +84,18 @@ def check_loss_fits_store(loss: str, store) -> None:
                       f"{store.url} holds top-k lists: use --loss forward_kl (--temperature 1 for the same gradient)")
 
 
+def check_hard_tokenizer(loss: str, store, tokenizer) -> None:
+    """--loss hard trains on the teacher's top-1 token ids, which name other strings (or nothing)
+    in another tokenizer: no byte alignment makes one token of one vocabulary a token of another."""
+    from kdstream.distill.losses import HARD
+    from kdstream.text.match import tokenizers_match
+
+    if loss == HARD and not tokenizers_match(tokenizer, store):
+        raise KdError(f"--loss {HARD} trains on the teacher's top-1 token ids, and the student's tokenizer differs "
+                      f"from the store's ({store.url}): use a student with the teacher's tokenizer, or --loss "
+                      "forward_kl / ce, which train across tokenizers")
+
+
 def verify_before_training(urls: str) -> None:
     """Decode every chunk once (crc32c + zstd) so a corrupt store stops the run before step 0,
     naming the chunk, instead of hours in. Costs one read pass: small next to an epoch of training.
@@ -144,6 +156,7 @@ def load_source(opts, tokenizer, net):
         from kdstream.storage import open_stores
 
         store = open_stores(opts.logits_store)
+        check_hard_tokenizer(opts.loss, store, tokenizer)
         if cross_mode(opts, store, tokenizer) is None:
             check_store_matches(store, tokenizer, net)
         check_loss_fits_store(opts.loss, store)

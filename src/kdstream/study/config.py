@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from kdstream.errors import KdError
 from kdstream.options import check_value, load_yaml_options, option, require
 
+ARMS = ("hard",)  # study/arms.py
+
 # Sized for a 2-core CPU: big enough to memorize, small enough to train in minutes. head_dim 64
 # (vLLM's CPU attention rejects 16). The teacher is the larger model, as in the paper.
 TINY_ARCHS = {
@@ -85,6 +87,9 @@ class StudyConfig:
     # vLLM's dtype "auto" runs fp32 checkpoints in 16 bits: the tiny models are scored in fp32
     precompute_args: tuple[str, ...] = ("--dtype", "float32")
     eval_args: tuple[str, ...] = ("--dtype", "float32")
+    # ablation arms beside the KL student (study/arms.py), each a student trained from the same
+    # store in the same data order, steps and seed: "hard" = the teacher's top-1 token (--loss hard)
+    arms: tuple[str, ...] = ()
     seeds: int = option(1, "Run the study for N seeds; figures become mean ± sd.")
     first_seed: int = option(0, "Seeds run from this one.")
 
@@ -102,6 +107,8 @@ class StudyConfig:
         require(self.eval_method in ("generate", "fast", "both"), f"eval_method {self.eval_method!r}: generate | fast | both")
         require(self.eval_backend in ("vllm", "hf"), f"eval_backend {self.eval_backend!r}: vllm | hf")
         require(0 < self.target_recall <= 1, f"target_recall {self.target_recall} must be in (0, 1]")
+        require(set(self.arms) <= set(ARMS) and len(set(self.arms)) == len(self.arms),
+                f"arms {list(self.arms)}: each of {', '.join(ARMS)} at most once")
         require(self.cross_tokenizer in (None, "auto", "alm", "exact", "alm+exact"),
                 f"cross_tokenizer {self.cross_tokenizer!r}: auto | alm | exact | alm+exact")
 

@@ -41,9 +41,11 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     from kdstream.distill.options import DistillOptions
     from kdstream.distill.trainer import DONE_FILE
     from kdstream.engines.vllm import EngineOptions
+    from kdstream.errors import KdError
     from kdstream.extract.run import ExtractOptions
     from kdstream.options import command_argv as argv
     from kdstream.precompute.runner import PrecomputeOptions
+    from kdstream.study.arms import ARM_LOSS, arm_role
     from kdstream.study.canaries import CANARY_CORPUS, CANARY_FILE, STUDY_CORPUS, build_study_corpus
     from kdstream.text.tokenizers import load_tokenizer
 
@@ -66,6 +68,9 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     # a student of another tokenizer (student_tokenizer.py): distill picks the cross-tokenizer
     # losses itself (CE on the student's own tokens, KD by --cross-tokenizer); judged on bytes
     cross = _student_tokenizer_differs(init)
+    if cross and cfg.arms:  # distill --loss hard trains on the teacher's token ids
+        raise KdError(f"arms {', '.join(cfg.arms)} train on the teacher's top-1 token ids, and the students' "
+                      "tokenizer differs from the teacher's: drop arms, or use the teacher's tokenizer")
     if cross and cfg.cross_tokenizer:
         kd["cross_tokenizer"] = cfg.cross_tokenizer
 
@@ -135,6 +140,12 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     cmp = json.loads((d / "compare" / COMPARISON_JSON).read_text())
     if calibration:
         return calibration_figures(cmp, st.seconds)
+    for arm in cfg.arms:  # ablation arms (arms.py): the student's store, data order, steps and seed
+        role = arm_role(arm)
+        distill(f"{role} ({arm})", role, DistillOptions(model=init["student"], out=str(d / role),
+                                                        **{**kd, "loss": ARM_LOSS[arm]}, **train))
+        st.run(f"extract-eval {role}", done(d / "eval" / role / SUMMARY_FILE),
+               argv("extract-eval", evaluation(role), cfg.eval_args))
     positives = cmp["memorized"]["student"]
     # repeated stratified 70/30 splits and 5-fold CV need a few of each class; fewer: not testable
     fit = min(positives, cmp["examples"] - positives) >= MIN_CLASS
@@ -199,6 +210,7 @@ def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
     from kdstream.analysis.compare import memorized_ids
     from kdstream.analysis.files import CLASSIFICATION_FILE, COMPARISON_JSON, RESULTS_FILE
     from kdstream.study.canaries import CANARY_FILE, canary_rates
+    from kdstream.study.intervals import window_patterns
 
     cmp = json.loads((d / "compare" / COMPARISON_JSON).read_text())
     t, b, s = (memorized_ids(d / "eval" / role)[0] for role in ROLES)
@@ -217,11 +229,14 @@ def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
         "classifier": None,
         "filter": None,
         "canaries": None,
+        "windows": None,
     }
+    memorized = {"teacher": t, "baseline": b, "student": s}
     if classified:
         cls = json.loads((d / "classify" / CLASSIFICATION_FILE).read_text())
         out["classifier"] = {"auc": cls["auc"], "coefficients": {k: v["mean"] for k, v in cls["coefficients"].items()},
-                             "positives": cls.get("positives"), "precision": cls["precision"], "recall": cls["recall"]}
+                             "positives": cls.get("positives"), "precision": cls["precision"], "recall": cls["recall"],
+                             "repeats": cls.get("repeat_values")}  # every split's AUC and coefficients
         excluded = excluded_ids(d)
         if len(excluded) < cmp["examples"]:  # else no filtered student was trained (run_seed)
             after, _ = memorized_ids(d / "eval" / "student_filtered")
@@ -233,6 +248,13 @@ def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
                 "after_among_kept": len(after - excluded),
                 "before_among_kept": len(s - excluded),
             }
+            memorized["student_filtered"] = after
+    if cfg.arms:
+        from kdstream.study.arms import arm_figures
+
+        out["arms"], found = arm_figures(d, cfg.arms, memorized)
+        memorized.update(found)
+    out["windows"] = window_patterns(memorized, cmp["examples"])  # the findings' bootstrap (intervals.py)
     if cfg.canary_counts:
         roles = [r for r in (*ROLES, "student_filtered") if (d / "eval-canaries" / r / RESULTS_FILE).exists()]
         out["canaries"] = {r: {str(c): v for c, v in canary_rates(d / CANARY_FILE, d / "eval-canaries" / r /

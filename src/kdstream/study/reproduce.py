@@ -126,7 +126,9 @@ def prepare_study_dir(cfg: StudyConfig, root: Path) -> tuple[dict, dict[str, str
             before = None
         if not isinstance(before, dict):
             raise KdError(f"{saved} is not a kdstream reproduce config: choose another --out")
-        changed = sorted(k for k in resolved if k not in ("seeds", "first_seed") and before.get(k) != resolved[k])
+        # arms add students beside the others (study/arms.py): a finished study can gain one
+        changed = sorted(k for k in resolved if k not in ("seeds", "first_seed", "arms")
+                         and before.get(k) != resolved[k])
         if changed:
             raise KdError(f"{root} holds a study run with other settings ({', '.join(changed)}): "
                           "choose another --out or delete it")

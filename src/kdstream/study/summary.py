@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdstream.study.intervals import LEVEL, MIN_WINDOWS, REPLICATES
 from kdstream.study.paper import findings, forks_counted
 
 STUDY_JSON, STUDY_MD, CANARY_PNG = "study.json", "study.md", "canaries.png"
@@ -37,11 +38,15 @@ def aggregate(figs: list[dict]) -> dict:
     for key in ("student_over_baseline", "teacher_only", "teacher_only_inherited", "student_also_by_both",
                 "teacher_only_at_fork", "teacher_only_inherited_at_fork"):
         agg[key] = stat(f.get(key) for f in figs)
+    # each seed's windows by which models memorized them: the findings' bootstrap (study/intervals.py)
+    agg["windows"] = [f["windows"] for f in figs] if all(f.get("windows") for f in figs) else None
     fitted = [f["classifier"] for f in figs if f.get("classifier")]
     agg["classifier"] = {
         "auc": stat(c["auc"]["mean"] for c in fitted),
         "auc_sd_within": fitted[0]["auc"]["sd"],  # over the classifier's repeats (shown for one seed)
         "coefficients": {k: stat(c["coefficients"][k] for c in fitted) for k in fitted[0]["coefficients"]},
+        "positives": stat(c.get("positives") for c in fitted),
+        "repeats": [c.get("repeats") for c in fitted],  # every split's AUC and coefficients, per seed
     } if fitted else None
     filtered = [f["filter"] for f in figs if f.get("filter")]
     agg["filter"] = {k: stat(x[k] for x in filtered) for k in filtered[0]} if filtered else None
@@ -55,6 +60,10 @@ def aggregate(figs: list[dict]) -> dict:
                                          for cnt in per[0]}
     else:
         agg["canaries"] = None
+    from kdstream.study.arms import aggregate_arms
+
+    if any(f.get("arms") for f in figs):  # only then: a study without arms keeps its aggregate
+        agg["arms"] = aggregate_arms(figs, stat)
     if figs[0].get("student_tokenizer"):  # a study across tokenizers (study/student_tokenizer.py)
         agg["student_tokenizer"] = figs[0]["student_tokenizer"]
     return agg
@@ -92,19 +101,29 @@ def format_study(cfg: dict, agg: dict, rows: list[dict]) -> str:
         "Paper: Pythia-12B teacher, Pythia-1.4B baseline and student, 1M FineWeb examples of 256 tokens, 50 → 50 tokens.",
         *_across_lines(cfg, agg.get("student_tokenizer")),
         "",
-        "| finding | paper | this run | criterion | verdict |",
-        "|---|---|---|---|---|",
+        f"| finding | paper | this run | {100 * LEVEL:.0f}% interval (counts) | criterion | verdict |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['finding']} | {r['paper']} | {r['ours']} | {r['criterion']} | {r['verdict']} |" for r in rows]
+    lines += [f"| {r['finding']} | {r['paper']} | {r['ours']} | {_interval_cell(r)} | {r['criterion']} | "
+              f"{r['verdict']} |" for r in rows]
     ok = [r["finding"] for r in rows if r["verdict"] == "reproduced"]
+    direction = [r["finding"] for r in rows if r["verdict"] == "direction only"]
     bad = [r["finding"] for r in rows if r["verdict"] == "not reproduced"]
     untested = [r["finding"] for r in rows if r["verdict"].startswith("not testable")]
     lines += ["", f"Reproduced here: {len(ok)} of {len(rows)} findings" + (f" ({'; '.join(ok)})." if ok else ".")]
+    if direction:
+        lines.append(f"Direction only (the figure meets the criterion, its interval does not clear it): "
+                     f"{'; '.join(direction)}.")
     if bad:
         lines.append(f"Not reproduced: {'; '.join(bad)}.")
     if untested:
         lines.append(f"Not testable in this run: {'; '.join(untested)}.")
-    lines.append("The criteria test each finding's direction, not its size (see kdstream/study/paper.py).")
+    lines.append("The criteria test each finding's direction, not its size (see kdstream/study/paper.py). "
+                 f"A finding counts as reproduced only when its {100 * LEVEL:.0f}% interval clears the criterion: "
+                 f"a bootstrap over the training windows{' and the seeds' if seeds > 1 else ''} "
+                 f"({REPLICATES} resamples, fixed generator; shares widened to the Wilson interval where that is "
+                 "wider), the classifier's over its random splits; a finding with fewer than "
+                 f"{MIN_WINDOWS} windows to count is not testable (kdstream/study/intervals.py).")
     if forks_counted(agg) and agg["teacher_only_inherited"]["sum"]:  # the inherited row names them
         lines.append("A fork between near-duplicates: where the CE baseline's greedy decoding left the suffix, the text "
                      "before that point and the baseline's continuation occur together in another training window "
@@ -126,9 +145,17 @@ def format_study(cfg: dict, agg: dict, rows: list[dict]) -> str:
             lines.append(f"| {r['role']} | " + " | ".join(_fmt_rate(r["rates"][c]) if c in r["rates"] else "n/a"
                                                           for c in counts) + f" | {r['rises']} |")
         lines += ["", f"![canaries]({CANARY_PNG})"]
+    from kdstream.study.arms import format_arms
+
+    lines += format_arms(cfg, agg)
     lines += ["", "Per-seed outputs: `seed-*/report/report.md` (Venn diagram, zlib histograms, ROC curve), "
               "`seed-*/figures.json`."]
     return "\n".join(lines) + "\n"
+
+
+def _interval_cell(row: dict) -> str:
+    text = row.get("interval_text") or "n/a"
+    return text + (f" ({row['counts']})" if row.get("counts") else "")
 
 
 def _across_lines(cfg: dict, facts: dict | None) -> list[str]:

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from kdstream.distill.fused_head import auto_chunk, fused_head_loss
-from kdstream.distill.loss_names import CE_SAMPLED, KD_LOSSES, TAILS
+from kdstream.distill.loss_names import CE_SAMPLED, HARD, KD_LOSSES, TAILS
 from kdstream.distill.objective import at_rows, loss_terms, target_rows
 
-KINDS = (*KD_LOSSES, CE_SAMPLED, "ce")
+KINDS = (*KD_LOSSES, CE_SAMPLED, HARD, "ce")
 
 
 class KDLoss(nn.Module):
@@ -18,7 +18,8 @@ class KDLoss(nn.Module):
 
     kind: forward_kl | reverse_kl | jsd (``beta`` weights it) over the store's top-k plus a tail
     class (``tail="bucket"``) or the renormalised top-k (``"renormalize"``), at ``temperature``
-    (Hinton's T² factor included); ce_sampled for a sampled store; ce (no teacher: a baseline).
+    (Hinton's T² factor included); ce_sampled for a sampled store; hard (CE on the teacher's top-1
+    token at each position, no temperature); ce (no teacher: a baseline).
     After each call, ``last`` holds the detached (loss, ce, kd) for logging.
     """
 
