@@ -50,8 +50,7 @@ CROSS = ("alm", "exact", "exact_prefix", "alm+exact")
 
 def _students(args, work: Path, teacher: Path) -> tuple[Path, Path]:
     from kdstream.data.demo_corpus import demo_documents
-    from kdstream.text.tokenizers import load_tokenizer
-    from kdstream.text.tokenizers import train_sentencepiece_style_tokenizer
+    from kdstream.text.tokenizers import load_tokenizer, train_sentencepiece_style_tokenizer
 
     same_tok = load_tokenizer(teacher)
     other_tok = train_sentencepiece_style_tokenizer(demo_documents(), args.other_vocab)
@@ -148,7 +147,7 @@ def _plot(figures: dict, path: Path) -> None:
     a.axhline(teacher, color="k", ls="--", lw=1, label=f"teacher {teacher:.3f}")
     lo = min(min(means) - 3 * max(sds), teacher) - 0.05
     a.set_ylim(lo, max(means) + 3 * max(sds) + 0.05)
-    a.set_ylabel("held-out bits per byte (mean ± sd, %d seeds)" % len(figures["seeds"]))
+    a.set_ylabel(f"held-out bits per byte (mean ± sd, {len(figures['seeds'])} seeds)")
     a.legend(loc="upper right")
     a.tick_params(axis="x", rotation=30)
     steps = [figures["step_cpu_s"][arm]["mean"] for arm in arms]

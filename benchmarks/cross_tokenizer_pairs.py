@@ -144,8 +144,7 @@ def _smollm2(out: Path):
 def tokenizer(name: str, work: Path):
     """The named tokenizer, built once under work/tokenizers/NAME."""
     from kdstream.data.demo_corpus import demo_documents
-    from kdstream.text.tokenizers import load_tokenizer
-    from kdstream.text.tokenizers import train_bpe_tokenizer
+    from kdstream.text.tokenizers import load_tokenizer, train_bpe_tokenizer
 
     out = work / "tokenizers" / name
     if not (out / "tokenizer.json").exists():
@@ -349,7 +348,8 @@ def measure(args) -> dict:
                         args, work, log, group=p, arm=arm, seed=seed, model=model, store=store, exclude=exclude,
                         teacher=teacher, cross=True)
         figures = {
-            "grid": args.grid, "settings": settings, "same_alphas": args.same_alphas, "seeds": args.seeds, "pairs": {p: PAIRS[p] for p in args.pairs},
+            "grid": args.grid, "settings": settings, "same_alphas": args.same_alphas, "seeds": args.seeds,
+            "pairs": {p: PAIRS[p] for p in args.pairs},
             "seq_len": args.seq_len, "top_k": args.top_k, "held_out_examples": args.held_out,
             "train_examples": args.train_examples, "epochs": args.epochs, "batch_size": args.batch_size,
             "lr": args.lr, "teacher": {"hidden": args.teacher_hidden, "layers": args.teacher_layers,

@@ -51,9 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from benchmarks.smollm2 import smollm2_dir
-
     from kdstream.data import load_corpus, pack_examples
-
     from kdstream.engines.vllm import EngineOptions
     from kdstream.extract.fast_path import NEAR_TIE
     from kdstream.extract.hf_backend import HfBackend

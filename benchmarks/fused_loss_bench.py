@@ -78,7 +78,8 @@ def main() -> None:
                              capture_output=True, text=True, check=True, cwd=ROOT).stdout
         runs[name] = json.loads(out.strip().splitlines()[-1])
     save(result, {
-        "chunk": a.chunk, "vocab": V, "positions": B * (L - 1), "k": K, **{f"{n}_{k}": v for n, r in runs.items() for k, v in r.items()},
+        "chunk": a.chunk, "vocab": V, "positions": B * (L - 1), "k": K,
+        **{f"{n}_{k}": v for n, r in runs.items() for k, v in r.items()},
         "chunk_logits_mb": round(a.chunk * V * 4 / 2**20, 1), "all_logits_mb": round(B * (L - 1) * V * 4 / 2**20, 1),
         "head_grad_mb": round(V * H * 4 / 2**20, 1), "load_average_1m": round(os.getloadavg()[0], 2),
         "memory_ratio": round(runs["fused"]["peak_rise_mb"] / runs["plain"]["peak_rise_mb"], 3),

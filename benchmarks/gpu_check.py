@@ -70,12 +70,9 @@ def fused_loss(device: torch.device, hidden: int, chunk: int, steps: int) -> dic
 
 def trainer(device: torch.device, layers: int, hidden: int, examples: int, seq_len: int, tmp: Path) -> dict:
     from benchmarks.fixtures import tiny_gpt_neox_config
-
     from kdstream.data import load_corpus
-
     from kdstream.distill import DistillOptions, train
-    from kdstream.text.tokenizers import tokenizer_fingerprint
-    from kdstream.text.tokenizers import train_bpe_tokenizer
+    from kdstream.text.tokenizers import tokenizer_fingerprint, train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(load_corpus("demo").texts[:200], 2048, tmp / "tokenizer")
     store = str(tmp / "store.zarr")

@@ -35,7 +35,6 @@ def teacher_logits(examples: int, seq_len: int) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 
     from kdstream.data import load_corpus, pack_examples
-
     from kdstream.text.tokenizers import load_tokenizer
 
     path = smollm2_dir()
@@ -75,8 +74,9 @@ def sampled_rows(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
             g_top = grad_of(kd_loss(student, top.indices, top.values, kind="forward_kl", temperature=t, tail=tail), student)
             rows.append({"targets": f"top{SOURCE_K}", "loss": "forward_kl", "temperature": t, "tail": tail,
                          "grad_cosine": cosine(g_top, g_dense)})
-            losses = [("ce_sampled", lambda i, lp: sampled_ce_loss(student, i, lp, tail=tail))] if t == 1.0 else []
-            losses.append(("forward_kl", lambda i, lp: kd_loss(student, i, lp, kind="forward_kl", temperature=t, tail=tail)))
+            losses = [("ce_sampled", lambda i, lp, tail=tail: sampled_ce_loss(student, i, lp, tail=tail))] if t == 1.0 else []
+            losses.append(("forward_kl", lambda i, lp, t=t, tail=tail: kd_loss(student, i, lp, kind="forward_kl",
+                                                                            temperature=t, tail=tail)))
             for name, fn in losses:
                 grads = [grad_of(fn(i, lp), student) for i, lp in views]
                 rows.append({"targets": f"sampled{SAMPLES}", "loss": name, "temperature": t, "tail": tail,

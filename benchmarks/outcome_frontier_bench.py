@@ -36,7 +36,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.miniature import add_student_args, add_teacher_args, config, mean_sd, student_exclude, teacher_and_store, train
+from benchmarks.miniature import (
+    add_student_args,
+    add_teacher_args,
+    config,
+    mean_sd,
+    student_exclude,
+    teacher_and_store,
+    train,
+)
 from benchmarks.results import RESULTS, save
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: no progress bars in the log

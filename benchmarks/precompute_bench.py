@@ -191,7 +191,8 @@ def run_mode(args) -> dict:
 
 
 def child(args, mode: str) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.precompute_bench", "--mode", mode, "--model", args.model, "--examples", str(args.examples),
+    cmd = [sys.executable, "-m", "benchmarks.precompute_bench", "--mode", mode, "--model", args.model,
+           "--examples", str(args.examples),
            "--seq-len", str(args.seq_len), "--top-k", str(args.top_k), "--batch-size", str(args.batch_size),
            "--dtype", args.dtype]
     if args.max_num_batched_tokens:

@@ -69,7 +69,8 @@ def sampled_targets(r: dict[str, np.ndarray], vocab: int, n_draws: int, tokens: 
     count/N is unbiased for each top-k probability and for the tail mass as a whole; sampling
     from the top-k renormalised instead (ignoring the tail) inflates every top-k probability by
     1/(1 - tail): its total-variation bias per position is exactly the tail mass."""
-    from kdstream.storage import StoreWriter, encoding as enc
+    from kdstream.storage import StoreWriter
+    from kdstream.storage import encoding as enc
 
     p = np.exp(r["topk_logprobs"].astype(np.float64))  # (S, L-1, k)
     tail = np.clip(1.0 - p.sum(-1), 0.0, 1.0)  # (S, L-1)
@@ -198,7 +199,8 @@ def fp32_rows(args, tmp: Path) -> tuple[Path, dict, float | None]:
 
 def shipped(r: dict[str, np.ndarray], vocab: int, out: Path) -> dict:
     """Write ``r`` with the default encoding through StoreWriter into ``out``, read it back: sizes and errors."""
-    from kdstream.storage import StoreWriter, encoding as enc, open_store
+    from kdstream.storage import StoreWriter, open_store
+    from kdstream.storage import encoding as enc
 
     S, L = r["input_ids"].shape
     tokens, exact = S * L, r["topk_logprobs"]

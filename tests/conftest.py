@@ -11,6 +11,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from helpers import SEQ_LEN, VOCAB, make_gpt_neox, one_line_error, precompute_args, run_cli, tree_digest
 
 # vLLM on CPU: small KV cache; the engine runs in-process (see kdstream.engines.vllm).

@@ -130,7 +130,7 @@ def _check_writable(directory: Path) -> None:
 
 
 def _mark(directory: Path, command: str, files: dict[str, int] | None = None) -> None:
-    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    stamp = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     record = {"command": command, "created_at": stamp, **({"files": files} if files is not None else {})}
     (directory / OWNER_FILE).write_text(json.dumps(record) + "\n")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from analysis_dirs import CHUNK, EXAMPLES, SEQ, study_eval, write_eval
+
 from helpers import VOCAB, make_gpt_neox
 from kdstream.analysis.classify_run import ClassifyRunOptions, run_classify
 from kdstream.analysis.features_run import FeaturesOptions, run_features
@@ -28,7 +28,6 @@ def store(tmp_path_factory, models, tokenizer, docs):
     from transformers import AutoModelForCausalLM
 
     from kdstream.data import pack_examples
-
     from kdstream.storage import StoreWriter
     from kdstream.text.tokenizers import tokenizer_fingerprint
 

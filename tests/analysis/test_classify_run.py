@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from sklearn.metrics import roc_auc_score
-from click.testing import CliRunner
-
 from analysis_dirs import synthetic_dirs, write_eval
+from click.testing import CliRunner
+from sklearn.metrics import roc_auc_score
+
 from kdstream.analysis.classify_run import ClassifyRunOptions, classification_table, run_classify
 from kdstream.cli.analysis import classify
 from kdstream.errors import KdError

@@ -6,13 +6,12 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from analysis_dirs import synthetic_dirs, write_eval
 from click.testing import CliRunner
 
-from analysis_dirs import synthetic_dirs, write_eval
 from kdstream.analysis.compare_run import compare_evals, venn_regions, write_comparison
 from kdstream.cli.analysis import compare
 from kdstream.errors import KdError
-
 
 T = set(range(10))  # 0..9: the teacher's memorized ids (the `evals` fixture)
 B = set(range(5, 13))  # 5..12

@@ -9,8 +9,8 @@ import zlib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import last_json, one_line_error, run_cli
 
+from helpers import last_json, one_line_error, run_cli
 from kdstream.storage import open_store
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from analysis_dirs import write_eval
+
 from helpers import make_gpt_neox, one_line_error, run_cli, without_tokenizer
 from kdstream.analysis.classify_run import ClassifyRunOptions, classification_table, run_classify
 from kdstream.analysis.features_run import FeaturesOptions, run_features

@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from analysis_dirs import EXAMPLES
 from click.testing import CliRunner
 
-from analysis_dirs import EXAMPLES
 from helpers import VOCAB, make_gpt_neox
 from kdstream.analysis.features_run import FeaturesOptions, run_features
 from kdstream.analysis.files import FEATURE_COLUMNS

@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from analysis_dirs import write_eval
+
 from kdstream.analysis.compare_run import compare_evals, format_comparison
 from kdstream.analysis.forks import CONTEXT, Departure, at_a_fork, departure
 
@@ -65,7 +65,8 @@ def _store(path, windows: np.ndarray) -> str:
 def _baseline_eval(d, store: str, windows: np.ndarray, generated: np.ndarray) -> None:
     """An extract-eval directory as extract-eval's writer leaves it (generate verdicts)."""
     from kdstream.extract.metrics import match_metrics
-    from kdstream.extract.results import prefix_table, sweep_table, write_eval as write_results
+    from kdstream.extract.results import prefix_table, sweep_table
+    from kdstream.extract.results import write_eval as write_results
     from kdstream.storage import open_store
 
     d.mkdir()

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from analysis_dirs import study_eval
 from click.testing import CliRunner
 
-from analysis_dirs import study_eval
 from kdstream.analysis.compare_run import venn_regions
 from kdstream.analysis.report import ReportOptions, run_report
 from kdstream.cli.analysis import ANALYSIS_COMMANDS, classify, compare, features, report

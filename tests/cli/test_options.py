@@ -8,14 +8,14 @@ import sys
 import click
 import pytest
 
+from kdstream.analysis.classify_run import ClassifyRunOptions
+from kdstream.analysis.features_run import FeaturesOptions
+from kdstream.analysis.report import ReportOptions
 from kdstream.cli import kdstream as kdstream_group
 from kdstream.cli.options import build, option_fields, options_from
 from kdstream.cli.study import STUDY_FLAGS
 from kdstream.distill.options import DistillOptions
 from kdstream.errors import KdError
-from kdstream.analysis.classify_run import ClassifyRunOptions
-from kdstream.analysis.features_run import FeaturesOptions
-from kdstream.analysis.report import ReportOptions
 from kdstream.extract.run import ExtractOptions
 from kdstream.precompute.runner import PrecomputeOptions
 from kdstream.study.config import StudyConfig, load_study_config
@@ -96,10 +96,12 @@ def test_study_flags_override_study_config_fields_and_default_to_its_yaml():
         assert set(flags) - {"out", "config_path", "calibrate", "grid_path", "find_regime", "max_points"} == set(STUDY_FLAGS)
         assert all(flags[f].default is None for f in STUDY_FLAGS)  # unset flags leave the YAML's value
         ctx = cmd.make_context(name, ["--out", "x"])
-        overrides = {k: v for k, v in ctx.params.items() if k not in ("out", "config_path", "calibrate", "grid_path", "find_regime", "max_points")}
+        overrides = {k: v for k, v in ctx.params.items()
+                     if k not in ("out", "config_path", "calibrate", "grid_path", "find_regime", "max_points")}
         assert load_study_config(None, overrides) == StudyConfig()
         ctx = cmd.make_context(name, ["--out", "x", "--seeds", "3", "--eval-method", "fast"])
-        overrides = {k: v for k, v in ctx.params.items() if k not in ("out", "config_path", "calibrate", "grid_path", "find_regime", "max_points")}
+        overrides = {k: v for k, v in ctx.params.items()
+                     if k not in ("out", "config_path", "calibrate", "grid_path", "find_regime", "max_points")}
         assert load_study_config(None, overrides) == StudyConfig(seeds=3, eval_method="fast")
 
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from helpers import SEQ_LEN, run_cli
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "distill.md"

@@ -6,8 +6,8 @@ import json
 import math
 
 import numpy as np
-
 import pytest
+
 from helpers import losses, make_gpt_neox, one_line_error, run_cli, without_tokenizer
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import last_json, losses, make_gpt_neox, one_line_error, run_cli, weight_gap
 from test_objective import V, neox
 from test_trainer import kill_after_checkpoint
 
+from helpers import last_json, losses, make_gpt_neox, one_line_error, run_cli, weight_gap
 from kdstream.distill.losses import ce_loss
 from kdstream.distill.objective import Objective
 from kdstream.storage import open_store

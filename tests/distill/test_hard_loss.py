@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from helpers import one_line_error, run_cli
 
+from helpers import one_line_error, run_cli
 from kdstream.distill.losses import hard_ce_loss
 from kdstream.distill.objective import loss_terms
 

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import NUM_EXAMPLES, SEQ_LEN, run_cli
 
+from helpers import NUM_EXAMPLES, SEQ_LEN, run_cli
 from kdstream.text.token_bytes import token_byte_lengths
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,6 @@ def test_cross_tokenizer_run_reports_bits_per_byte_of_the_same_text(tmp_path_fac
     """A student with a SentencePiece-style tokenizer: its own tokens of the held-out text, the
     same text's bytes, less each example's first student token (no log-prob) and a character cut at an edge."""
     from helpers import make_gpt_neox
-
     from kdstream.text.tokenizers import train_sentencepiece_style_tokenizer
 
     d = tmp_path_factory.mktemp("sp_student")

@@ -122,8 +122,8 @@ def test_no_nan_edge_cases(kind, tail):
     ])
     full_ids, full_lp = _full_permuted(torch.randn(3, v) * 8)  # k == V, peaked teacher
     for t in (1.0, 2.0):
-        for i, l in ((ids, lp), (full_ids, full_lp)):
-            loss = kd_loss(student, i, l, kind=kind, temperature=t, tail=tail)
+        for i, lps in ((ids, lp), (full_ids, full_lp)):
+            loss = kd_loss(student, i, lps, kind=kind, temperature=t, tail=tail)
             g = _grad(loss, student)
             assert torch.isfinite(loss) and torch.isfinite(g).all(), (t, i.shape)
 

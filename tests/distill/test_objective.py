@@ -196,7 +196,8 @@ def test_loss_chunk_auto_and_logit_postprocessing():
     with pytest.raises(KdError, match="--loss-chunk"):
         parse_loss_chunk("big")
     net = tiny_gpt_neox(512, seed=None, hidden=64, layers=1, heads=1, intermediate=128)
-    assert fused_chunk("auto", net) == auto_chunk(512) == 32768 and fused_chunk(100, net) == 100 and fused_chunk(None, net) is None
+    assert fused_chunk("auto", net) == auto_chunk(512) == 32768
+    assert fused_chunk(100, net) == 100 and fused_chunk(None, net) is None
     net.config.final_logit_softcapping = 30.0
     assert fused_chunk("auto", net) is None
     with pytest.raises(KdError, match="post-processes its logits"):

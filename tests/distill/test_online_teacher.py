@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from helpers import NUM_EXAMPLES, SEQ_LEN, VOCAB, losses, one_line_error, precompute_args, run_cli
 
 
@@ -37,7 +38,6 @@ def test_a_k_equals_v_store_trains_as_the_online_teacher(full_store, teacher_dir
 
 def test_bad_online_teacher_options_are_one_line_errors(teacher_dir, corpus_file, student_init_dir, docs, tmp_path):
     from helpers import make_gpt_neox
-
     from kdstream.text.tokenizers import train_bpe_tokenizer
 
     base = ["distill", "--model", student_init_dir, "--out", tmp_path / "out", "--epochs", 1]

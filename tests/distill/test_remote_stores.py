@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from helpers import losses, run_cli, weight_gap
 
 ARGS = ("--epochs", 1, "--batch-size", 8, "--lr", "1e-3", "--loader-workers", 1)

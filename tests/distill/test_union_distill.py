@@ -4,9 +4,9 @@ import json
 import pickle
 
 import pytest
-from helpers import last_json, losses, run_cli
 from test_trainer import kill_after_checkpoint
 
+from helpers import last_json, losses, run_cli
 from kdstream.distill.loader import OpenStore
 from kdstream.storage import open_store, open_stores
 

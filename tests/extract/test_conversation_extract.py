@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from chat_templates import CHAT_SEQ_LEN, chat_precompute_args
 from helpers import one_line_error, run_cli, store_eval_shards
-
 from kdstream.storage import open_store
 
 TRAINED = 8  # conversations 0..7 are trained on; the rest are excluded

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import NUM_EXAMPLES, levenshtein, make_gpt_neox, one_line_error, run_cli, without_tokenizer
 
+from helpers import NUM_EXAMPLES, levenshtein, make_gpt_neox, one_line_error, run_cli, without_tokenizer
 from kdstream.extract.cross_tokenizer import SKIP_REASONS, ByteJudge
 from kdstream.extract.metrics import byte_match_metrics, edit_distance
 

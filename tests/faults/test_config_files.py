@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from helpers import run_cli
 
 # (command, its other arguments, config text, the message's distinctive part)

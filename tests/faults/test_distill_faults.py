@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+
 from helpers import precompute_args, run_cli
 
 pytestmark = pytest.mark.slow

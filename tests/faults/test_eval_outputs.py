@@ -9,10 +9,9 @@ import os
 import shutil
 import subprocess
 
-
 import pytest
-from helpers import run_cli, store_eval_shards
 
+from helpers import run_cli, store_eval_shards
 
 STORE_EVAL = ("--method", "store", "--prefix-len", 16, "--suffix-len", 16)
 

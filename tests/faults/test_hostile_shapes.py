@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
-
 from test_distill_faults import distill_args
+
+from helpers import run_cli
 
 HUGE = 3_000_000_000
 LIMIT = 1536 << 20  # bytes of data a command may take: imports (torch, transformers, pandas) + the honest store, 3x over

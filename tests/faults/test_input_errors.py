@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+
 from helpers import precompute_args, run_cli
 
 

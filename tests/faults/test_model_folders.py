@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+
 from helpers import make_gpt_neox, precompute_args, run_cli
 
 # A pickle that, if unpickled, creates the file named after it (so a load would be seen).

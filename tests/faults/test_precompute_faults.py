@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import zarr
-from helpers import make_gpt_neox, precompute_args, run_cli
 
+from helpers import make_gpt_neox, precompute_args, run_cli
 
 # Runs the CLI with StoreWriter.write_chunk wrapped: at chunk write number AT (0-based, counted in
 # this process) the process either SIGKILLs itself (ACTION=kill) or writes PAUSE.paused and waits

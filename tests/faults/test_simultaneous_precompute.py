@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import zarr
+
 from helpers import precompute_args, run_cli, tree_digest
 
 ROUNDS = 5

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from helpers import make_gpt_neox, precompute_args, run_cli
 from test_distill_faults import distill_args
 
+from helpers import make_gpt_neox, precompute_args, run_cli
 from kdstream.errors import KdError
 from kdstream.storage import StoreWriter, open_store
 from kdstream.storage.verify import verify_store

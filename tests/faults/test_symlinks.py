@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from helpers import precompute_args, run_cli
 
 STORE_EVAL = ("--method", "store", "--prefix-len", 16, "--suffix-len", 16)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import zarr
-from helpers import as_version_3, make_gpt_neox, run_cli
-
-from kdstream.errors import KdError
 from test_distill_faults import distill_args, launch
+
+from helpers import as_version_3, make_gpt_neox, run_cli
+from kdstream.errors import KdError
 
 
 @pytest.fixture

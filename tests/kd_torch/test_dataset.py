@@ -79,7 +79,6 @@ def test_bad_arguments_are_one_line_errors(teacher_store, tmp_path):
 
 def test_check_compatible_refuses_another_tokenizer_and_a_small_head(teacher_store, tokenizer, docs, tmp_path):
     from benchmarks.fixtures import tiny_gpt_neox
-
     from kdstream.text.tokenizers import train_bpe_tokenizer
 
     ds = StoreDataset(teacher_store)

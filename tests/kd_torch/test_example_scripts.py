@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import make_gpt_neox, weight_gap
 
+from helpers import make_gpt_neox, weight_gap
 from kdstream.storage import open_store
 
 ROOT = Path(__file__).resolve().parents[2]

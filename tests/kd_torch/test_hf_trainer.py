@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import make_gpt_neox
 
+from helpers import make_gpt_neox
 from kdstream.errors import KdError
 from kdstream.torch import KDLoss, KDTrainer, StoreDataset, collate
 

@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
+
 from chat_templates import CHAT_SEQ_LEN, chat_precompute_args
 from helpers import last_json, one_line_error, run_cli
-
 from kdstream.storage import open_store
 
 

@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 import pytest
-from chat_templates import chat_precompute_args
-from helpers import last_json, run_cli
 from test_resume import LAUNCHER
 
+from chat_templates import chat_precompute_args
+from helpers import last_json, run_cli
 from kdstream.storage import open_store
 
 pytestmark = pytest.mark.slow

@@ -4,8 +4,8 @@ import json
 
 import pytest
 import zarr
-from helpers import precompute_args, run_cli
 
+from helpers import precompute_args, run_cli
 from kdstream.errors import KdError
 
 

@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
+
 from chat_templates import GEN_PROMPTS as PROMPTS
 from chat_templates import GEN_SAMPLES as SAMPLES
 from chat_templates import generate_args
 from helpers import one_line_error, run_cli
-
 from kdstream.storage import open_store
 
 

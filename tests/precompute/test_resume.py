@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import zarr
+
 from helpers import last_json, precompute_args, run_cli
 
 pytestmark = pytest.mark.slow

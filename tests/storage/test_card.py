@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 import yaml
-from helpers import run_cli
 
+from helpers import run_cli
 from kdstream.errors import KdError
 from kdstream.storage import StoreWriter, open_store
 from kdstream.storage.card import MARKER, card_text, is_own_card, precompute_command, size_category, store_card

@@ -73,7 +73,6 @@ def test_read_targets_gives_the_target_rows_of_a_padded_read(chat_store, chat_te
                                                              tmp_path):
     from chat_templates import chat_precompute_args
     from helpers import run_cli
-
     from kdstream.storage.union import open_stores
 
     qdelta = tmp_path / "qdelta.zarr"  # the default encoding, read through summed slot-major codes

@@ -12,8 +12,8 @@ from benchmarks.fixtures import topk_rows
 from kdstream.distill.losses import kd_loss
 from kdstream.storage import StoreWriter, open_store
 from kdstream.storage import selection as sel
-from kdstream.storage.stats import store_stats
 from kdstream.storage.finalize import finalize_store
+from kdstream.storage.stats import store_stats
 from kdstream.storage.verify import verify_store
 
 S, L, K, V = 12, 17, 8, 300

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import zarr
 
-from helpers import as_version_3  # noqa: F401  (re-exported: test_verify, test_chunk_io, test_union)
-
 from benchmarks.fixtures import topk_rows, write_rows
+from helpers import as_version_3  # noqa: F401  (re-exported: test_verify, test_chunk_io, test_union)
 from kdstream.errors import KdError
 from kdstream.storage import StoreWriter, open_store
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import zarr
-from helpers import run_cli, without_tokenizer
-from benchmarks.fixtures import topk_rows
 
+from benchmarks.fixtures import topk_rows
+from helpers import run_cli, without_tokenizer
 from kdstream.errors import KdError
 from kdstream.storage import StoreWriter, open_store, open_stores
 from kdstream.storage import tokenizer_files as tf

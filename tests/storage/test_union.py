@@ -9,9 +9,9 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import make_gpt_neox, precompute_args, run_cli
 from test_store import as_version_3, synthetic, write
 
+from helpers import make_gpt_neox, precompute_args, run_cli
 from kdstream.errors import KdError
 from kdstream.storage import LogitStore, StoreUnion, open_store, open_stores
 from kdstream.storage.reader import KEYS

@@ -5,13 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_store import as_version_3
 
 from benchmarks.fixtures import topk_rows, write_rows
 from kdstream.cli.store import store as store_cli
 from kdstream.errors import KdError
 from kdstream.storage import open_store
 from kdstream.storage.verify import verify_store
-from test_store import as_version_3
 
 L, K, V = 16, 4, 300
 ATTRS = {

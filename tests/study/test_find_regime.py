@@ -7,6 +7,7 @@ import json
 
 import pytest
 import yaml
+
 from helpers import run_cli
 
 # tests/study/test_calibrate.py's reduced shape on 200 windows (the search needs 70). Measured

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import run_cli
 from test_reproduce import EPOCHS, REDUCED
+
+from helpers import run_cli
 
 
 @pytest.mark.slow

@@ -281,9 +281,9 @@ def test_intervals_are_the_same_every_time(tmp_path):
 def test_two_seeds_are_reported_as_mean_and_sd(tmp_path):
     """write_study_report over two seeds' figures: every count becomes mean ± sd of the two, and
     study.md says so (what `reproduce --seeds 2` writes after its second seed)."""
+    from kdstream.options import options_dict
     from kdstream.study.config import StudyConfig
     from kdstream.study.summary import STUDY_JSON, STUDY_MD, write_study_report
-    from kdstream.options import options_dict
 
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in options_dict(StudyConfig()).items()}
     result = write_study_report(tmp_path, cfg, [_figs(30, 20, 8), _figs(34, 18, 5)])
@@ -298,9 +298,9 @@ def test_two_seeds_are_reported_as_mean_and_sd(tmp_path):
 def test_inherited_row_says_how_many_were_lost_at_a_fork(tmp_path):
     """The forks `compare` counted (analysis/forks.py) are summed over the seeds into the inherited
     row, with the paragraph that explains them; a seed without the test leaves them out."""
+    from kdstream.options import options_dict
     from kdstream.study.config import StudyConfig
     from kdstream.study.summary import STUDY_MD, aggregate, findings, write_study_report
-    from kdstream.options import options_dict
 
     row = "teacher-only memorized examples the student inherited"
     forked = [dict(_figs(24, 20, 8, 3, teacher_only=4), teacher_only_at_fork=2, teacher_only_inherited_at_fork=2),

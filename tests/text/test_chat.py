@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from chat_templates import CHATML, CHATML_SPECIALS, LLAMA3, LLAMA3_SPECIALS, train_chat_tokenizer
 
+from chat_templates import CHATML, CHATML_SPECIALS, LLAMA3, LLAMA3_SPECIALS, train_chat_tokenizer
 from kdstream.data.conversations import conversations_of
 from kdstream.errors import KdError
 from kdstream.text.chat import ChatOptions, chat_examples, target_ranges

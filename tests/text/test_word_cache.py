@@ -9,8 +9,7 @@ import pickle
 import pytest
 
 from kdstream.text import word_cache
-from kdstream.text.word_cache import WordCache, word_splitter
-from kdstream.text.word_cache import encode_texts
+from kdstream.text.word_cache import WordCache, encode_texts, word_splitter
 
 # Llama-3's split regex: a Split pre-tokenizer before ByteLevel(use_regex=False)
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"

@@ -120,7 +120,8 @@ def run_features(opts: FeaturesOptions) -> dict:
     top-k + tail; ≈ 0 for the teacher itself, the paper's teacher–baseline KL for the baseline),
     teacher_ppl_from_store (exp(−mean target_logprob): the teacher's perplexity, no model),
     zlib_entropy (bytes of the zlib-compressed decoded text), zlib_ratio (log ppl / zlib) and
-    text_bytes (the decoded text's UTF-8 length, which the zlib entropy grows with). The store is read whole chunks at a time (``store.chunk_rows`` rows), never row by row.
+    text_bytes (the decoded text's UTF-8 length, which the zlib entropy grows with). The store is
+    read whole chunks at a time (``store.chunk_rows`` rows), never row by row.
     """
     from kdstream.analysis.features import model_features, perplexity, text_features, zlib_ratio
     from kdstream.progress import progress

@@ -37,7 +37,8 @@ PLOTS = {"venn": "venn.png", "zlib": "zlib_entropy.png", "roc": "roc.png", "pref
 
 # Columns of features.parquet, in order (example_id first).
 FEATURE_COLUMNS = (
-    "example_id", "ppl", "bits_per_byte", "suffix_ppl", "min_k", "teacher_kl", "teacher_ppl_from_store", "zlib_entropy", "zlib_ratio",
+    "example_id", "ppl", "bits_per_byte", "suffix_ppl", "min_k", "teacher_kl", "teacher_ppl_from_store", "zlib_entropy",
+    "zlib_ratio",
     "text_bytes",
 )
 # features.parquet of a model scored across tokenizers (features_cross.py) adds this column

@@ -23,8 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kdstream.analysis.compare_run import (ROLES, VENN_REGIONS, compare_evals, format_feature_summary, format_forks,
-                                            memorized_sets)
+from kdstream.analysis.compare_run import (
+    ROLES,
+    VENN_REGIONS,
+    compare_evals,
+    format_feature_summary,
+    format_forks,
+    memorized_sets,
+)
 from kdstream.analysis.files import (
     CLASSIFICATION_FILE,
     HELDOUT_FILE,

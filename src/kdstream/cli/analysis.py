@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import click
 
-from kdstream.cli.common import config_option, print_summary
-from kdstream.cli.options import build, options_from
 from kdstream.analysis.classify_run import ClassifyRunOptions, run_classify
 from kdstream.analysis.features_run import FeaturesOptions, run_features
 from kdstream.analysis.files import REPORT_MD
 from kdstream.analysis.report import ReportOptions, run_report
+from kdstream.cli.common import config_option, print_summary
+from kdstream.cli.options import build, options_from
 
 
 @click.command("features")

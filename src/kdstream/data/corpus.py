@@ -59,7 +59,7 @@ def check_text_file(path: Path, field: str) -> None:
                 carry, base = b"", base + len(data)
             except UnicodeDecodeError as exc:
                 if exc.reason != "unexpected end of data" or exc.end != len(data):
-                    raise _not_utf8(path, data[exc.start], base + exc.start)
+                    raise _not_utf8(path, data[exc.start], base + exc.start) from None
                 carry, base = data[exc.start :], base + exc.start  # a character cut by the block end
     if carry:
         raise _not_utf8(path, carry[0], base)

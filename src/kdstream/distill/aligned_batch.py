@@ -227,7 +227,7 @@ class AlignedBatch:
     exact_ids: torch.Tensor
     exact_logprobs: torch.Tensor
 
-    def to(self, device, non_blocking: bool = False) -> "AlignedBatch":
+    def to(self, device, non_blocking: bool = False) -> AlignedBatch:
         return AlignedBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
                                for f in fields(self)})
 

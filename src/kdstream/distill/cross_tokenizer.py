@@ -68,7 +68,7 @@ class CrossTargets:
 
     @classmethod
     def build(cls, teacher_tokenizer, student_tokenizer, mode: str, vocab_map: str = "identical",
-              exact_rows: str = "aligned") -> "CrossTargets":
+              exact_rows: str = "aligned") -> CrossTargets:
         """``vocab_map``: the rule of the exact map (align.VOCAB_MAPS); ``exact_rows``: align.EXACT_ROWS."""
         from kdstream.text.align import Aligner
 

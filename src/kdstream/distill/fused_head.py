@@ -14,7 +14,7 @@ output is differentiated; the other elements are carried along for logging (no g
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -13,11 +13,10 @@ trainer gives those chunk=None, trainer.fused_chunk).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdstream.distill.fused_head import fused_head_loss
-import torch.nn.functional as F
-
 from kdstream.distill.losses import CE_SAMPLED, HARD, ce_loss, dense_kd_loss, hard_ce_loss, kd_loss, sampled_ce_loss
 
 

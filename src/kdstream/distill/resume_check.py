@@ -8,8 +8,8 @@ from kdstream.errors import KdError
 from kdstream.options import options_dict
 
 if TYPE_CHECKING:
-    from kdstream.distill.run_state import RunRecord
     from kdstream.distill.options import DistillOptions
+    from kdstream.distill.run_state import RunRecord
 
 # Options --resume lets differ from the checkpoint's: they change how the run reads, logs or is
 # placed, not the numbers it computes. (--logits-store is compared by the store's identity, or the

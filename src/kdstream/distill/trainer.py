@@ -77,11 +77,9 @@ def _setup(opts: DistillOptions):
 
     from kdstream.distill import distributed
     from kdstream.distill.checkpoint import run_record
-    from kdstream.distill.run_state import Position
-    from kdstream.distill.resume_check import check_resume, run_record_of
     from kdstream.distill.cross_tokenizer import with_cross_defaults
-    from kdstream.storage.content import store_key
-    from kdstream.distill.run_state import Run
+    from kdstream.distill.resume_check import check_resume, run_record_of
+    from kdstream.distill.run_state import Position, Run
     from kdstream.distill.sources import (
         cross_targets,
         load_online_teacher,
@@ -90,6 +88,7 @@ def _setup(opts: DistillOptions):
         verify_before_training,
     )
     from kdstream.distill.student import load_model_and_tokenizer
+    from kdstream.storage.content import store_key
 
     device = distributed.pick_device(opts.device)
     d = distributed.init_from_env(device.type)

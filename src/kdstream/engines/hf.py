@@ -16,7 +16,6 @@ from kdstream.errors import KdError
 from kdstream.options import check_device
 
 
-
 def resolve_device(device: str = "auto") -> str:
     """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is a KdError."""
     import torch

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 SKIP_REASONS = ("invalid_utf8", "no_round_trip", "empty", "context")  # align.SKIP_REASONS + context
 SAME, CROSS = "same_tokenizer", "cross_tokenizer"  # the ``mode`` of an evaluation
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 APPROX_FRACTION = 0.1  # approximate match: token edit distance <= 10% of the suffix (Gemma reports)
 
 

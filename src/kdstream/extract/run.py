@@ -36,8 +36,16 @@ import numpy as np
 from kdstream.engines.vllm import EngineOptions
 from kdstream.errors import KdError
 from kdstream.extract.backends import BACKENDS
-from kdstream.options import (check_device, check_shard, corpus_option, device_option, option, options_dict, require,
-                              save_options)
+from kdstream.options import (
+    check_device,
+    check_shard,
+    corpus_option,
+    device_option,
+    option,
+    options_dict,
+    require,
+    save_options,
+)
 from kdstream.outputs import check_output, fresh_partial, publish
 
 METHODS = {"generate": ["generate"], "fast": ["fast"], "both": ["generate", "fast"], "store": ["store"]}
@@ -46,7 +54,10 @@ MATCHES = ("auto", "tokens", "bytes")
 
 def parse_prefix_lens(value) -> tuple[int, ...]:
     """50, "32,48" or [32, 48] → (32, 48); the first is the primary prefix length."""
-    items = value.strip("[]() ").split(",") if isinstance(value, str) else (value if isinstance(value, (list, tuple)) else [value])
+    if isinstance(value, str):
+        items = value.strip("[]() ").split(",")
+    else:
+        items = value if isinstance(value, (list, tuple)) else [value]
     try:
         lens = tuple(int(str(v).strip()) for v in items)
     except ValueError:
@@ -112,7 +123,8 @@ class ExtractOptions:
         check_device(self.device)
         check_shard(self.num_workers, self.worker_index)
         if self.method == "store":
-            require(self.logits_store is not None, "--method store reads the teacher's verdicts from --logits-store STORE: pass it")
+            require(self.logits_store is not None,
+                    "--method store reads the teacher's verdicts from --logits-store STORE: pass it")
             require(self.offset == 0, "--method store needs --offset 0: the store's teacher saw every example from token 0")
             require(self.teacher_tokenizer is None and self.match == "auto",
                     "--method store reads the teacher's own verdicts (its tokens): drop --teacher-tokenizer / --match")

@@ -1,10 +1,11 @@
 """Finish a store written chunk by chunk (by one writer or several): check, then mark complete.
 
 ``finalize_store`` checks that every chunk is marked done and has its file in every array, that
-each example id occurs once, and that the tokenizer files the store records are there, intact; then it reads every chunk object of every array once, checks
-its crc32c and size, and writes the manifest of those checksums (integrity.py); last, in one
-metadata write, the ``manifest`` and ``integrity`` attributes and ``complete: true``. Run by a
-single-worker precompute at its end, and by ``kdstream store finalize STORE`` after parallel workers.
+each example id occurs once, and that the tokenizer files the store records are there, intact;
+then it reads every chunk object of every array once, checks its crc32c and size, and writes
+the manifest of those checksums (integrity.py); last, in one metadata write, the ``manifest``
+and ``integrity`` attributes and ``complete: true``. Run by a single-worker precompute at its
+end, and by ``kdstream store finalize STORE`` after parallel workers.
 """
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def finalize_store(url: str, extra_attrs: dict[str, Any] | None = None) -> dict[
         "examples": n,
         "example_ids": [int(values[0]), int(values[-1])] if n else [],
         "chunk_files_listed": listed,
-        "finalized_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "finalized_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "arrays": list(names),  # the rows of MANIFEST_ARRAY
         "layout": {name: integrity.layout(p) for name, p in plans.items()},
     }

@@ -7,14 +7,13 @@ from typing import Any
 import numpy as np
 
 from kdstream.errors import KdError
-from kdstream.storage import chunk_io, integrity
+from kdstream.storage import chunk_io, id_table, integrity, packing, shapes, targets
 from kdstream.storage import encoding as enc
-from kdstream.storage import id_table, packing, shapes, targets
 from kdstream.storage.chunks import DONE_ARRAY, chunk_slice
 from kdstream.storage.schema import (
+    EXAMPLE_LENGTH,
     FORMAT_NAME,
     FORMAT_VERSION,
-    EXAMPLE_LENGTH,
     GENERATION_ARRAYS,
     LENGTH_ARRAY,
     PER_CHUNK,

@@ -312,7 +312,7 @@ class StoreWriter:
             "chunk_rows": self.chunk_rows,
             "dtypes": {n: str(dt) for n, (_, dt) in self.specs.items()},
             "encoding": self.encoding_attrs,
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "complete": False,
         }
         return json.loads(json.dumps(out))  # as zarr.json gives them back (tuples → lists)

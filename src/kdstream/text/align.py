@@ -170,7 +170,7 @@ class Aligner:
         """``align`` for each row of teacher tokens: ``align_rows``, sliced per example."""
         return self.align_rows(rows).alignments()
 
-    def align_rows(self, rows) -> "AlignedRows":
+    def align_rows(self, rows) -> AlignedRows:
         """Every row of teacher tokens aligned at once: the student's ids of all the batch's text
         pieces in one call (``WordCache.encode``, else ``encode_texts``) and numpy over the rows'
         tokens concatenated, so a row costs a few Python operations (on short rows numpy's
@@ -183,7 +183,7 @@ class Aligner:
         student's tokenizer in its one call: what a benchmark of that call encodes."""
         return self._prepare(rows).piece_texts
 
-    def _prepare(self, rows) -> "_Prepared":
+    def _prepare(self, rows) -> _Prepared:
         """Each row's text (its whole characters), the teacher spans in it and the pieces of it the
         student tokenizes. B rows in, K of them with a text, T teacher tokens in those K."""
         ids, num = _concat_rows(rows)  # (all tokens,), (B,) per row
@@ -223,7 +223,7 @@ class Aligner:
         self._pieces(p)
         return p
 
-    def _pieces(self, p: "_Prepared") -> None:
+    def _pieces(self, p: _Prepared) -> None:
         """Fill ``p``'s pieces and items: the text the student tokenizes and where its tokens go.
 
         A row without a special token in its text is one piece, the whole text. A row with some is
@@ -253,7 +253,7 @@ class Aligner:
             if text_off[k + 1] > base + at:
                 p.add_piece(k, base + at, text_off[k + 1])
 
-    def _student_tokens(self, p: "_Prepared", encoded: list[list[int]]) -> tuple[np.ndarray, ...]:
+    def _student_tokens(self, p: _Prepared, encoded: list[list[int]]) -> tuple[np.ndarray, ...]:
         """The student's tokens of the K rows, S in all in row order, from the ids of each piece:
         ids (S,), byte lengths (S,), row (S,), and bad (P,): the pieces whose tokens do not give
         their bytes back. A SentencePiece tokenizer that prepends "▁" to a piece gives one byte
@@ -279,7 +279,7 @@ class Aligner:
         s_lens[at[special]] = p.t_spans[j, 1] - p.t_spans[j, 0]
         return ids, s_lens, np.repeat(items[:, 0], size), bad
 
-    def _round_trip(self, p: "_Prepared", flat: np.ndarray, lens: np.ndarray, n_ids: np.ndarray):
+    def _round_trip(self, p: _Prepared, flat: np.ndarray, lens: np.ndarray, n_ids: np.ndarray):
         """Each piece's extra leading byte (the student's "▁": 0 or 1) and whether its student tokens
         (flat (S_p,) of byte lengths lens, n_ids (P,) per piece) fail to spell its bytes (P,).
 
@@ -297,7 +297,7 @@ class Aligner:
             bad |= np.array([got[at[i]:at[i + 1]] != w for i, w in enumerate(want)], bool)
         return extra, bad
 
-    def _finish(self, p: "_Prepared", encoded: list[list[int]]) -> "AlignedRows":
+    def _finish(self, p: _Prepared, encoded: list[list[int]]) -> AlignedRows:
         """The alignments of the prepared rows from the student's ids of each piece."""
         s_ids, s_lens, s_row, bad = self._student_tokens(p, encoded)
         results = p.results
@@ -306,7 +306,7 @@ class Aligner:
         return _chunks(p, results, s_ids, s_lens, s_row)
 
 
-def _drop_failed(p: "_Prepared", bad: np.ndarray, s_ids: np.ndarray, s_lens: np.ndarray, s_row: np.ndarray):
+def _drop_failed(p: _Prepared, bad: np.ndarray, s_ids: np.ndarray, s_lens: np.ndarray, s_row: np.ndarray):
     """Rows with a piece that does not round-trip (bad (P,)) become Skips, named by their first failing
     piece; the other rows' arrays, renumbered. Returns (p, results, s_ids, s_lens, s_row) of those."""
     failed: dict[int, Skip] = {}
@@ -352,7 +352,7 @@ class AlignedRows:
     usable: np.ndarray  # (N,)
 
     @classmethod
-    def of(cls, a: Alignment) -> "AlignedRows":
+    def of(cls, a: Alignment) -> AlignedRows:
         """One alignment as a batch of one row."""
         one = (lambda n: np.array([0, n], np.int64))
         return cls([0], np.zeros(1, np.int64), [a.text], one(a.byte_bounds[-1]), a.byte_bounds, one(a.num_chunks),
@@ -398,7 +398,7 @@ def _before(count: np.ndarray, chunk_off: np.ndarray, chunk_row: np.ndarray) -> 
     return acc[:-1] - acc[chunk_off[:-1]][chunk_row]
 
 
-def _chunks(p: "_Prepared", results: list, s_ids: np.ndarray, s_lens: np.ndarray, s_row: np.ndarray) -> AlignedRows:
+def _chunks(p: _Prepared, results: list, s_ids: np.ndarray, s_lens: np.ndarray, s_row: np.ndarray) -> AlignedRows:
     """The shared boundaries, chunks and token ranges of p's K rows, over their texts one after the
     other (p.text_off): the teacher's spans p.t_spans (T, 2) in each row's text; the student's
     tokens s_ids, s_lens, s_row (S,) in row order (each row's spell its text, so the running sum

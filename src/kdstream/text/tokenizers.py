@@ -8,7 +8,6 @@ from pathlib import Path
 
 from kdstream.errors import KdError
 
-
 # Either file marks a directory that holds a tokenizer (a model saved without one has neither).
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json")
 

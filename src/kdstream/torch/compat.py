@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 
-
 def check_compatible(store, tokenizer, model=None) -> None:
     """Raise KdError (one line: what differs and the fix) unless ``tokenizer`` maps every string to
     the ids the store's teacher used (same vocabulary and special tokens, by fingerprint) and, when

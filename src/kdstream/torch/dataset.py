@@ -12,7 +12,8 @@ identity seen at construction: a store rewritten meanwhile is refused, not mixed
 Reads: a store's unit of reading is a chunk of R rows (every row of an array chunk is decoded
 together), so reading rows one at a time would decode each chunk up to R times per epoch.
 ``__getitems__`` (which torch's DataLoader calls with a whole batch of indices) reads through
-distill's ``BlockReader``: whole chunks, one slice each, the last ``cache_blocks`` kept per process, so a sampler that visits rows chunk by chunk (``block_order``) decodes each chunk once.
+distill's ``BlockReader``: whole chunks, one slice each, the last ``cache_blocks`` kept per process,
+so a sampler that visits rows chunk by chunk (``block_order``) decodes each chunk once.
 """
 from __future__ import annotations
 
