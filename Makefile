@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(VENV)/bin/kdstream reproduce --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks examples  # lint and import order (pyproject.toml)
+	$(PY) -m ruff check src tests benchmarks examples tools  # lint and import order (pyproject.toml)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
