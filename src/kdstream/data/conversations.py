@@ -97,21 +97,29 @@ def to_messages(row: dict, fmt: str, index: int) -> list[dict]:
     return head + tail
 
 
+def _one_format(rows: list[dict], source: str, format_of, what: str, not_one: str, fix: str) -> str:
+    """The format of row 0 (``format_of``), which every row must share: else a one-line KdError
+    naming the first row that differs (or that the dataset is empty, or row 0 is none)."""
+    if not rows:
+        raise KdError(f"dataset {source} has no rows: add {what}s to it")
+    fmt = format_of(rows[0])
+    if fmt is None:
+        raise KdError(f"dataset {source}: row 0 {not_one} (keys: {', '.join(map(str, rows[0]))[:120]}): {fix}")
+    for i, row in enumerate(rows):
+        other = format_of(row)
+        if other != fmt:
+            raise KdError(f"dataset {source} mixes formats: row 0 is {fmt}, row {i} is {other or 'not a ' + what}: "
+                          "convert it to one format")
+    return fmt
+
+
 def conversations_of(rows: list[dict], source: str) -> Conversations:
     """Every row's messages; rows without an assistant turn or with empty content are skipped and
     counted (the caller warns), a row of another format or a malformed row is a one-line KdError."""
-    if not rows:
-        raise KdError(f"dataset {source} has no rows: add conversations to it")
-    fmt = row_format(rows[0])
-    if fmt is None:
-        raise KdError(f"dataset {source}: row 0 is not a conversation (keys: {', '.join(map(str, rows[0]))[:120]}): "
+    fmt = _one_format(rows, source, row_format, "conversation", "is not a conversation",
                       "use messages, conversations (ShareGPT), instruction+output or prompt+completion, or --format text")
     out = Conversations([], fmt)
     for i, row in enumerate(rows):
-        other = row_format(row)
-        if other != fmt:
-            raise KdError(f"dataset {source} mixes formats: row 0 is {fmt}, row {i} is {other or 'not a conversation'}: "
-                          "convert it to one format")
         messages = to_messages(row, fmt, i)
         if not any(m["role"] == "assistant" for m in messages):
             out.skipped_no_assistant += 1
@@ -185,18 +193,10 @@ def prompts_of(rows: list[dict], source: str) -> Conversations:
     """Every row's prompt as messages ending in a turn the assistant answers: a chat row without
     its last assistant turn, or a ``prompt`` field as a user turn. Rows left empty are skipped and
     counted (``skipped_empty``); a dataset with none is a one-line KdError."""
-    if not rows:
-        raise KdError(f"dataset {source} has no rows: add prompts to it")
-    fmt = prompt_format(rows[0])
-    if fmt is None:
-        raise KdError(f"dataset {source}: row 0 holds no prompt (keys: {', '.join(map(str, rows[0]))[:120]}): use "
-                      "a prompt field, messages, conversations (ShareGPT) or instruction (Alpaca)")
+    fmt = _one_format(rows, source, prompt_format, "prompt", "holds no prompt",
+                      "use a prompt field, messages, conversations (ShareGPT) or instruction (Alpaca)")
     out = Conversations([], fmt)
     for i, row in enumerate(rows):
-        other = prompt_format(row)
-        if other != fmt:
-            raise KdError(f"dataset {source} mixes formats: row 0 is {fmt}, row {i} is {other or 'not a prompt'}: "
-                          "convert it to one format")
         if fmt == "prompt":
             prompt = row["prompt"]
             messages = (_messages(prompt, i) if isinstance(prompt, list)
