@@ -49,7 +49,7 @@ def test_reduced_study_across_tokenizers(tmp_path):
     config.write_text(REDUCED_CROSS)
     out = tmp_path / "study"
     proc = run_cli("reproduce", "--config", config, "--out", out, timeout=900)
-    assert "| finding | paper | this run | criterion | verdict |" in proc.stdout
+    assert "| finding | paper | this run | 95% interval (counts) | criterion | verdict |" in proc.stdout
     seed = out / "seed-0"
     # the students start from the trained SentencePiece-style tokenizer, the teacher from the BPE
     student_tok, teacher_tok = load_tokenizer(out / "init" / "student"), load_tokenizer(out / "init" / "teacher")
