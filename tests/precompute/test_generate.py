@@ -73,7 +73,8 @@ def test_each_row_predicts_the_generated_token_after_it(gen_store, chat_teacher_
 def test_the_same_seed_gives_the_same_store_and_another_seed_other_responses(gen_store, chat_teacher_dir,
                                                                              prompt_file, tmp_path):
     a = open_store(gen_store[0])
-    run_cli(*generate_args(chat_teacher_dir, prompt_file, tmp_path / "again.zarr", "--batch-size", 5))
+    # the same batches: another --batch-size may change the logits in their last bits (docs/generate.md)
+    run_cli(*generate_args(chat_teacher_dir, prompt_file, tmp_path / "again.zarr"))
     run_cli(*generate_args(chat_teacher_dir, prompt_file, tmp_path / "other.zarr", "--seed", 6))
     b, c = open_store(tmp_path / "again.zarr"), open_store(tmp_path / "other.zarr")
     for i in range(len(a)):
