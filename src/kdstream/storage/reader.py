@@ -223,10 +223,10 @@ class LogitStore:
             out = {"example": ex + start, "position": pos, LENGTH_ARRAY: got[LENGTH_ARRAY][ex, pos]}
             out.update({key: got[key][ex] if got[key].ndim == 1 else got[key][ex, pos] for key in keys})
             return {name: v.astype(_DECODED.get(name, np.int64), copy=False) for name, v in out.items()}
-        names = tuple(dict.fromkeys(n for key in keys for n in self._sources(key))) + (LENGTH_ARRAY,)
+        names = tuple(dict.fromkeys([*(n for key in keys for n in self._sources(key)), LENGTH_ARRAY]))
         R = self.chunk_rows
         a, b = start // R * R, min(-(-stop // R) * R, len(self))
-        raw = self._fetch(tuple(dict.fromkeys(names)), a, b, self._transient(keys))
+        raw = self._fetch(names, a, b, self._transient(keys))
         self._check_ids(raw, a, b)
         try:
             rows = targets.compact(raw, R, self.k, a, start, stop, self.encoding["topk_logprobs"], True)
