@@ -95,3 +95,39 @@ def test_holder_overlap_follows_the_strided_shares():
             for j in range(m):
                 shared = {tuple(g) for g in owned_groups(60, 1, n, i)} & {tuple(g) for g in owned_groups(60, 1, m, j)}
                 assert held.overlaps(j, m) == bool(shared), (n, i, m, j)
+
+
+def test_the_writer_claims_its_share_before_writing_anything(teacher_dir, tmp_path):
+    """StoreWriter's claim runs once the group exists and before any array or tokenizer file is
+    written: a second run refused there has touched nothing of the store the first one writes."""
+    from benchmarks.fixtures import topk_rows
+    from kdstream.storage import StoreWriter
+    from kdstream.storage import tokenizer_files as tf
+    from kdstream.storage.verify import verify_store
+    from kdstream.text.tokenizers import load_tokenizer, tokenizer_fingerprint
+
+    fp = tokenizer_fingerprint(load_tokenizer(teacher_dir))
+    files, _ = tf.collect(teacher_dir, fp["sha256"])
+    url = str(tmp_path / "s.zarr")
+    seen = []
+
+    def writer(claim):
+        return StoreWriter(url, num_examples=8, seq_len=8, k=4, vocab_size=300, attrs={"tokenizer": fp},
+                           chunk_rows=4, tokenizer_files=files, claim=claim)
+
+    def look():
+        seen.append(sorted(p.name for p in (tmp_path / "s.zarr").iterdir()))
+
+    first = WorkerLock(url, 0, 1)
+    w = writer(lambda: (look(), first.acquire()))
+    assert seen == [["zarr.json"]]  # the group only: no arrays, no tokenizer/ yet
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "s.zarr").rglob("*") if OWNERS not in str(p)}
+    with pytest.raises(KdError, match="another precompute-logits is writing"):
+        writer(WorkerLock(url, 0, 1).acquire)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "s.zarr").rglob("*") if OWNERS not in str(p)} == before
+    rows = topk_rows(8, 8, 4, 300)
+    for c in (0, 1):
+        w.write_chunk(c, {key: v[4 * c: 4 * (c + 1)] for key, v in rows.items()})
+    first.release()
+    w.finalize()
+    assert verify_store(url).ok

@@ -164,35 +164,40 @@ def run_precompute(opts: PrecomputeOptions, teacher: Teacher | None = None) -> d
                if k != "worker_index" and (selection is not None or k not in _SELECTION_OPTIONS)
                and (conversations is not None or k != "chat")  # a text store records no chat options
                and (generate or k != "generation")}
-    writer = StoreWriter(
-        opts.out,
-        num_examples=len(examples),
-        seq_len=examples.seq_len if generate else opts.seq_len,
-        k=width,
-        vocab_size=vocab_size,
-        chunk_rows=opts.chunk_rows,
-        overwrite=opts.overwrite,
-        encoding="sampled" if sampled else opts.logprob_encoding,
-        samples=opts.samples if sampled else None,
-        sample_seed=opts.engine.seed,
-        selection=selection,
-        tokenizer_files=tok_files,
-        conversations=conversations,
-        generation=generation,
-        attrs={
-            "targets": opts.targets,
-            "source_top_k": opts.top_k,
-            "teacher": model_fingerprint(model_dir),
-            "tokenizer": fingerprint,
-            "corpus": corpus_attrs,
-            "engine": engine_attrs(opts.backend, model_dir, opts),
-            "options": options | {"engine": options_dict(opts.engine)},
-        },
-    )
-    # One run per share of the store at a time: the mark is taken before the plan is made, and
-    # removed at the end whatever happens (a failed run's store stays resumable).
-    with WorkerLock(opts.out, opts.worker_index, opts.num_workers) as lock:
+    # One run per share of the store at a time: the mark is taken once the group exists, before
+    # anything is written into it (claim), and removed at the end whatever happens (a failed run's
+    # store stays resumable).
+    lock = WorkerLock(opts.out, opts.worker_index, opts.num_workers)
+    try:
+        writer = StoreWriter(
+            opts.out,
+            num_examples=len(examples),
+            seq_len=examples.seq_len if generate else opts.seq_len,
+            k=width,
+            vocab_size=vocab_size,
+            chunk_rows=opts.chunk_rows,
+            overwrite=opts.overwrite,
+            encoding="sampled" if sampled else opts.logprob_encoding,
+            samples=opts.samples if sampled else None,
+            sample_seed=opts.engine.seed,
+            selection=selection,
+            tokenizer_files=tok_files,
+            conversations=conversations,
+            generation=generation,
+            attrs={
+                "targets": opts.targets,
+                "source_top_k": opts.top_k,
+                "teacher": model_fingerprint(model_dir),
+                "tokenizer": fingerprint,
+                "corpus": corpus_attrs,
+                "engine": engine_attrs(opts.backend, model_dir, opts),
+                "options": options | {"engine": options_dict(opts.engine)},
+            },
+            claim=lock.acquire,
+        )
         return _write_store(opts, writer, examples, model_dir, teacher, lock)
+    finally:
+        lock.release()
 
 
 def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: Teacher | None, lock) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -219,6 +220,9 @@ class StoreWriter:
 
     ``generation`` (with ``conversations``): the sampling of a store of teacher-written responses,
     recorded as the ``generation`` attribute; its chunks also take GENERATION_ARRAYS.
+
+    ``claim``: called once the group exists and before anything is written into it
+    (precompute-logits takes its share's WorkerLock there; its marks live inside the store).
     """
 
     def __init__(
@@ -239,6 +243,7 @@ class StoreWriter:
         tokenizer_files: dict[str, bytes] | None = None,
         conversations: dict[str, Any] | None = None,
         generation: dict[str, Any] | None = None,
+        claim: Callable[[], None] | None = None,
     ) -> None:
         self.url = str(url)
         self.num_examples, self.seq_len, self.k, self.vocab_size = num_examples, seq_len, k, vocab_size
@@ -254,6 +259,8 @@ class StoreWriter:
         self._plan(chunk_rows)
         self.attrs = self._attributes(attrs)
         self.group = self._open_or_create(overwrite)
+        if claim is not None:  # the caller's lock, before any object is written: two runs never write the same one
+            claim()
         self._arrays, self._done = self._open_arrays()
         tok_files.write_files(self.group, self.tokenizer_files)  # again on resume: a crash may have cut one short
         # chunks already written by an earlier or a parallel run, each checked (a damaged one is written again)
