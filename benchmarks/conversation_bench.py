@@ -16,10 +16,15 @@ shuffled with a fixed seed. Not the project's own corpus.
   4. speed: distill's real (unpadded) tokens per second on the conversations against fixed windows
      of the same rendered text (a text store of the same model and tokens).
 
-    python -m benchmarks.conversation_bench [--conversations 600] [--held-out 100] [--seeds 3]
-        [--epochs 3] [--lr 2e-3] [--work DIR]
+--responses teacher: instead, the teacher writes each conversation's last answer
+(`precompute-logits --generate`, one sample at --temperature 1) and the students of 3. train on
+that store; the held-out bits per byte are over the teacher's own held-out answers (the setting
+of sequence-level KD: the student learns to answer as the teacher does).
 
-Saves benchmarks/results/conversation_bench.json.
+    python -m benchmarks.conversation_bench [--conversations 600] [--held-out 100] [--seeds 3]
+        [--epochs 3] [--lr 2e-3] [--responses dataset|teacher] [--work DIR]
+
+Saves benchmarks/results/conversation_bench.json (conversation_teacher_responses.json).
 """
 from __future__ import annotations
 
@@ -143,6 +148,9 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--fidelity-conversations", type=int, default=40)
     ap.add_argument("--arms", default="kd,ce", help=f"Student arms, comma-separated, of {', '.join(ARMS)}.")
+    ap.add_argument("--responses", choices=("dataset", "teacher"), default="dataset",
+                    help="Whose answers the students train on: the dataset's, or the teacher's (--generate).")
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="--responses teacher: most tokens per answer.")
     ap.add_argument("--work", default=None, help="Working directory (default: a temporary one).")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="conversation-bench-"))
@@ -152,6 +160,8 @@ def main() -> None:
     data = work / "chat.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = {"VLLM_CPU_KVCACHE_SPACE": "2"}
+    if args.responses == "teacher":
+        return teacher_responses(work, teacher, data, args, env)
     common = ["--model", teacher, "--dataset", data, "--top-k", 64, "--seq-len", args.seq_len, "--dtype", "float32",
               "--on-long", "drop"]
     stores = {}
@@ -177,13 +187,20 @@ def main() -> None:
     figures["fidelity"] = {"fp32": fidelity(exact, teacher, args.fidelity_conversations),
                            "qdelta": fidelity(work / "assistant.zarr", teacher, args.fidelity_conversations)}
 
+    figures["students"] = students(work, work / "assistant.zarr", teacher, args)
+    figures["speed"] = speed(work, work / "student_init", teacher, rows, args)
+    save("conversation_bench", figures)
+
+
+def students(work: Path, store: Path, teacher: Path, args, prefix: str = "") -> dict:
+    """The student arms on ``store``, --seeds seeds each, and the teacher's own held-out figure."""
     init = student_init(teacher, work / "student_init")
-    train = ["distill", "--logits-store", work / "assistant.zarr", "--model", init, "--epochs", args.epochs,
+    train = ["distill", "--logits-store", store, "--model", init, "--epochs", args.epochs,
              "--lr", args.lr, "--batch-size", args.batch_size, "--eval-examples", args.held_out]
     runs = {arm: [] for arm in args.arms.split(",")}
     for seed in range(args.seeds):
         for arm in runs:
-            out = work / (f"{arm}{seed}" if arm in ("kd", "ce") else f"{arm}_{seed}")
+            out = work / (prefix + (f"{arm}{seed}" if arm in ("kd", "ce") else f"{arm}_{seed}"))
             if (out / "train_summary.json").exists():  # a finished run of an earlier invocation
                 s = json.loads((out / "train_summary.json").read_text())
             else:
@@ -191,15 +208,27 @@ def main() -> None:
             runs[arm].append({"seed": seed, "held_out_bits_per_byte": s["held_out_bits_per_byte"],
                               "held_out_tokens": s["held_out_tokens"], "seconds": s["seconds"]})
     kd_wins = [k["held_out_bits_per_byte"] < c["held_out_bits_per_byte"] for k, c in zip(runs["kd"], runs["ce"])]
-    figures["students"] = {"flags": {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                                     "loss": "forward_kl at distill's defaults (T 2, bucket tail, alpha-ce 0)",
-                                     "arms": {arm: " ".join(ARMS[arm]) for arm in runs},
-                                     "student": "Llama 2x128, from scratch"},
-                           "teacher_held_out_bits_per_byte": teacher_bits_per_byte(work / "assistant.zarr", teacher,
-                                                                                   args.held_out),
-                           "runs": runs, "kd_better_every_seed": all(kd_wins), "kd_better_seeds": sum(kd_wins)}
-    figures["speed"] = speed(work, init, teacher, rows, args)
-    save("conversation_bench", figures)
+    return {"flags": {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+                      "loss": "forward_kl at distill's defaults (T 2, bucket tail, alpha-ce 0)",
+                      "arms": {arm: " ".join(ARMS[arm]) for arm in runs},
+                      "student": "Llama 2x128, from scratch"},
+            "teacher_held_out_bits_per_byte": teacher_bits_per_byte(store, teacher, args.held_out),
+            "runs": runs, "kd_better_every_seed": all(kd_wins), "kd_better_seeds": sum(kd_wins)}
+
+
+def teacher_responses(work: Path, teacher: Path, data: Path, args, env: dict) -> None:
+    """--responses teacher: the teacher writes the answers (one vLLM pass, its top-64 at every
+    token it wrote), and the student arms train on them."""
+    store = work / "generated.zarr"
+    if not (store / "zarr.json").exists() or not json.loads((store / "zarr.json").read_text())["attributes"].get("complete"):
+        cli("precompute-logits", "--generate", "--model", teacher, "--dataset", data, "--out", store, "--top-k", 64,
+            "--dtype", "float32", "--max-new-tokens", args.max_new_tokens, "--temperature", 1, "--seed", 0, env=env)
+    info = json.loads(subprocess.run([sys.executable, "-m", "kdstream", "store", "info", "--json", store],
+                                     capture_output=True, text=True, check=True).stdout)["size"]
+    save("conversation_teacher_responses", {
+        "responses": {"examples": info["examples"], "target_positions": info["target_positions"],
+                      "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "samples": 1},
+        "students": students(work, store, teacher, args, prefix="gen_")})
 
 
 def speed(work: Path, init: Path, teacher: Path, rows: list[dict], args) -> dict:
