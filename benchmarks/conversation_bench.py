@@ -151,6 +151,8 @@ def main() -> None:
     ap.add_argument("--responses", choices=("dataset", "teacher"), default="dataset",
                     help="Whose answers the students train on: the dataset's, or the teacher's (--generate).")
     ap.add_argument("--max-new-tokens", type=int, default=96, help="--responses teacher: most tokens per answer.")
+    ap.add_argument("--name", default=None, help="results/NAME.json (default: conversation_bench, or "
+                                                  "conversation_teacher_responses with --responses teacher)")
     ap.add_argument("--work", default=None, help="Working directory (default: a temporary one).")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="conversation-bench-"))
@@ -189,7 +191,7 @@ def main() -> None:
 
     figures["students"] = students(work, work / "assistant.zarr", teacher, args)
     figures["speed"] = speed(work, work / "student_init", teacher, rows, args)
-    save("conversation_bench", figures)
+    save(args.name or "conversation_bench", figures)
 
 
 def students(work: Path, store: Path, teacher: Path, args, prefix: str = "") -> dict:
@@ -225,7 +227,7 @@ def teacher_responses(work: Path, teacher: Path, data: Path, args, env: dict) ->
             "--dtype", "float32", "--max-new-tokens", args.max_new_tokens, "--temperature", 1, "--seed", 0, env=env)
     info = json.loads(subprocess.run([sys.executable, "-m", "kdstream", "store", "info", "--json", store],
                                      capture_output=True, text=True, check=True).stdout)["size"]
-    save("conversation_teacher_responses", {
+    save(args.name or "conversation_teacher_responses", {
         "responses": {"examples": info["examples"], "target_positions": info["target_positions"],
                       "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "samples": 1},
         "students": students(work, store, teacher, args, prefix="gen_")})
