@@ -13,8 +13,6 @@ The prompts (system, user turns, headers) are context only, as in training.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from kdstream.analysis.features import (
@@ -86,26 +84,16 @@ def conversation_features(model, tokenizer, rows: dict[str, np.ndarray], suffix_
 def run_conversation_features(opts, store, model, tokenizer, examples_tok, n: int) -> tuple[dict, dict]:
     """(table {column: (n,)}, summary) of ``run_features`` on a conversation store; ``examples_tok``
     is the store's tokenizer when the model's differs (refused: one line)."""
-    from kdstream.analysis.features_run import _byte_table
-    from kdstream.progress import progress
+    from kdstream.analysis.features_run import _byte_table, score_in_chunks
 
     if examples_tok is not None:
         raise KdError(f"model {opts.model} has another tokenizer than store {opts.logits_store}: conversation features "
                       "are scored on the store's tokens; score a model that shares the teacher's tokenizer")
     byte_table = _byte_table(tokenizer)
 
-    columns: dict[str, list[np.ndarray]] = {c: [] for c in FEATURE_COLUMNS}
-    start_time = time.perf_counter()
-    with progress(n, "features", unit="seq") as bar:
-        for start in range(0, n, store.chunk_rows):
-            rows = store.read(start, min(start + store.chunk_rows, n), _KEYS)
-            f = conversation_features(model, tokenizer, rows, opts.suffix_len, byte_table, opts.batch_size)
-            columns["example_id"].append(rows["example_id"])
-            for c in FEATURE_COLUMNS[1:]:
-                columns[c].append(f[c])
-            bar.update(len(rows["example_id"]))
-    seconds = time.perf_counter() - start_time
-    table = {c: np.concatenate(v) for c, v in columns.items()}
+    table, seconds = score_in_chunks(
+        store, n, _KEYS, FEATURE_COLUMNS,
+        lambda rows: conversation_features(model, tokenizer, rows, opts.suffix_len, byte_table, opts.batch_size))
     for c in ("zlib_entropy", "text_bytes"):
         table[c] = table[c].astype(np.int64)
     scored = [c for c in table if c != "example_id"]

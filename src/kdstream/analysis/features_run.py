@@ -124,7 +124,6 @@ def run_features(opts: FeaturesOptions) -> dict:
     read whole chunks at a time (``store.chunk_rows`` rows), never row by row.
     """
     from kdstream.analysis.features import model_features, perplexity, text_features, zlib_ratio
-    from kdstream.progress import progress
     from kdstream.storage import open_stores
 
     out = Path(opts.out)
@@ -151,28 +150,20 @@ def run_features(opts: FeaturesOptions) -> dict:
         return _run_cross_features(opts, store, model, tokenizer, examples_tok, out, n)
 
     byte_table = _byte_table(tokenizer)
-    columns: dict[str, list[np.ndarray]] = {c: [] for c in FEATURE_COLUMNS}
-    start_time = time.perf_counter()
-    with progress(n, "features", unit="seq") as bar:
-        for start in range(0, n, store.chunk_rows):
-            rows = store.read(start, min(start + store.chunk_rows, n), _STORE_KEYS)
-            f = model_features(model, rows["input_ids"], prefix_len=opts.prefix_len, suffix_len=opts.suffix_len,
-                               topk_ids=rows["topk_ids"], topk_logprobs=rows["topk_logprobs"],
-                               token_bytes=None if byte_table is None else byte_table[rows["input_ids"][:, 1:]],
-                               batch_size=opts.batch_size)
-            text = text_features(tokenizer, rows["input_ids"])
-            zlib_bytes = text["zlib_entropy"]
-            columns["example_id"].append(rows["example_id"])
-            for name in ("ppl", "suffix_ppl", "min_k", "teacher_kl"):
-                columns[name].append(f[name])
-            columns["bits_per_byte"].append(f.get("bits_per_byte", np.full(len(f["ppl"]), np.nan)))
-            columns["teacher_ppl_from_store"].append(perplexity(rows["target_logprob"]))
-            columns["zlib_entropy"].append(zlib_bytes)
-            columns["zlib_ratio"].append(zlib_ratio(f["ppl"], zlib_bytes))
-            columns["text_bytes"].append(text["text_bytes"])
-            bar.update(len(rows["example_id"]))
-    seconds = time.perf_counter() - start_time
-    table = {c: np.concatenate(v) for c, v in columns.items()}
+
+    def score(rows) -> dict[str, np.ndarray]:
+        f = model_features(model, rows["input_ids"], prefix_len=opts.prefix_len, suffix_len=opts.suffix_len,
+                           topk_ids=rows["topk_ids"], topk_logprobs=rows["topk_logprobs"],
+                           token_bytes=None if byte_table is None else byte_table[rows["input_ids"][:, 1:]],
+                           batch_size=opts.batch_size)
+        text = text_features(tokenizer, rows["input_ids"])
+        return {**{name: f[name] for name in ("ppl", "suffix_ppl", "min_k", "teacher_kl")},
+                "bits_per_byte": f.get("bits_per_byte", np.full(len(f["ppl"]), np.nan)),
+                "teacher_ppl_from_store": perplexity(rows["target_logprob"]),
+                "zlib_entropy": text["zlib_entropy"], "zlib_ratio": zlib_ratio(f["ppl"], text["zlib_entropy"]),
+                "text_bytes": text["text_bytes"]}
+
+    table, seconds = score_in_chunks(store, n, _STORE_KEYS, FEATURE_COLUMNS, score)
 
     summary = {
         "model": str(opts.model),
@@ -199,31 +190,22 @@ def _run_cross_features(opts: FeaturesOptions, store, model, tokenizer, examples
     ``teacher_llr_per_byte``; summary.json says ``mode: cross_tokenizer``."""
     from kdstream.analysis.features import perplexity, text_features, zlib_ratio
     from kdstream.analysis.features_cross import CROSS_MODE, LLR_COLUMN, cross_model_features
-    from kdstream.progress import progress
     from kdstream.text.align import Aligner
 
     aligner = Aligner(examples_tok, tokenizer)
     pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
-    columns: dict[str, list[np.ndarray]] = {c: [] for c in (*FEATURE_COLUMNS, LLR_COLUMN)}
-    start_time = time.perf_counter()
-    with progress(n, "features", unit="seq") as bar:
-        for start in range(0, n, store.chunk_rows):
-            rows = store.read(start, min(start + store.chunk_rows, n), ("input_ids", "example_id", "target_logprob"))
-            f = cross_model_features(model, aligner, rows["input_ids"], rows["target_logprob"], pad, opts.batch_size)
-            text = text_features(examples_tok, rows["input_ids"])  # the same text
-            zlib_bytes = text["zlib_entropy"]
-            columns["example_id"].append(rows["example_id"])
-            for name in ("ppl", "bits_per_byte", "min_k", LLR_COLUMN):
-                columns[name].append(f[name])
-            for name in ("suffix_ppl", "teacher_kl"):
-                columns[name].append(np.full(len(f["ppl"]), np.nan))
-            columns["teacher_ppl_from_store"].append(perplexity(rows["target_logprob"]))
-            columns["zlib_entropy"].append(zlib_bytes)
-            columns["zlib_ratio"].append(zlib_ratio(f["ppl"], zlib_bytes))
-            columns["text_bytes"].append(text["text_bytes"])
-            bar.update(len(rows["example_id"]))
-    seconds = time.perf_counter() - start_time
-    table = {c: np.concatenate(v) for c, v in columns.items()}
+
+    def score(rows) -> dict[str, np.ndarray]:
+        f = cross_model_features(model, aligner, rows["input_ids"], rows["target_logprob"], pad, opts.batch_size)
+        text = text_features(examples_tok, rows["input_ids"])  # the same text
+        nan = np.full(len(f["ppl"]), np.nan)
+        return {**{name: f[name] for name in ("ppl", "bits_per_byte", "min_k", LLR_COLUMN)},
+                "suffix_ppl": nan, "teacher_kl": nan, "teacher_ppl_from_store": perplexity(rows["target_logprob"]),
+                "zlib_entropy": text["zlib_entropy"], "zlib_ratio": zlib_ratio(f["ppl"], text["zlib_entropy"]),
+                "text_bytes": text["text_bytes"]}
+
+    table, seconds = score_in_chunks(store, n, ("input_ids", "example_id", "target_logprob"),
+                                     (*FEATURE_COLUMNS, LLR_COLUMN), score)
     scored = [c for c in table if c != "example_id"]
     summary = {
         "model": str(opts.model), "logits_store": str(opts.logits_store), "examples": int(n),
@@ -238,6 +220,25 @@ def _run_cross_features(opts: FeaturesOptions, store, model, tokenizer, examples
     }
     _publish_features(out, opts, table, summary)
     return jsonable(summary)
+
+
+def score_in_chunks(store, n: int, keys, columns, score) -> tuple[dict[str, np.ndarray], float]:
+    """The first ``n`` examples read a store chunk at a time and scored by ``score(rows)`` ({column:
+    (rows,)} for every one of ``columns`` but example_id), under a progress bar: ({column: (n,)}
+    in ``columns``' order, the seconds it took)."""
+    from kdstream.progress import progress
+
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    start_time = time.perf_counter()
+    with progress(n, "features", unit="seq") as bar:
+        for start in range(0, n, store.chunk_rows):
+            rows = store.read(start, min(start + store.chunk_rows, n), keys)
+            f = score(rows)
+            parts["example_id"].append(rows["example_id"])
+            for c in columns[1:]:
+                parts[c].append(f[c])
+            bar.update(len(rows["example_id"]))
+    return {c: np.concatenate(v) for c, v in parts.items()}, time.perf_counter() - start_time
 
 
 def _publish_features(out: Path, opts: FeaturesOptions, table: dict[str, np.ndarray], summary: dict) -> None:

@@ -124,7 +124,7 @@ def conversations_of(rows: list[dict], source: str) -> Conversations:
         if not any(m["role"] == "assistant" for m in messages):
             out.skipped_no_assistant += 1
             continue
-        if any(not m["content"].strip() and not m.get("tool_calls") for m in messages):
+        if _has_empty_turn(messages):
             out.skipped_empty += 1
             continue
         out.items.append(messages)
@@ -133,6 +133,11 @@ def conversations_of(rows: list[dict], source: str) -> Conversations:
         raise KdError(f"dataset {source} has no conversation with an assistant turn and non-empty content: "
                       "check the file")
     return out
+
+
+def _has_empty_turn(messages: list[dict]) -> bool:
+    """Whether a turn has no content (a tool-call turn's content may be empty)."""
+    return any(not m["content"].strip() and not m.get("tool_calls") for m in messages)
 
 
 def read_rows(dataset: str, split: str = "train") -> list[dict] | None:
@@ -207,7 +212,7 @@ def prompts_of(rows: list[dict], source: str) -> Conversations:
             messages = to_messages(row, fmt, i)
         if messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]  # the teacher writes it anew
-        if not messages or any(not m["content"].strip() and not m.get("tool_calls") for m in messages):
+        if not messages or _has_empty_turn(messages):
             out.skipped_empty += 1
             continue
         out.items.append(messages)
