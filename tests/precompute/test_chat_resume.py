@@ -1,14 +1,9 @@
 """A conversation store's precompute, killed and resumed, equals an uninterrupted run."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from test_resume import LAUNCHER
+from test_resume import kill_precompute
 
 from chat_templates import chat_precompute_args
 from helpers import last_json, run_cli
@@ -20,10 +15,7 @@ pytestmark = pytest.mark.slow
 def test_a_killed_chat_precompute_resumes_to_the_uninterrupted_store(tmp_path, chat_store, chat_teacher_dir, chat_file):
     out = tmp_path / "resumed.zarr"
     args = chat_precompute_args(chat_teacher_dir, chat_file, out, "--logprob-encoding", "fp32")
-    env = {**os.environ, "KILL_AT": "2", "MID": "1"}  # inside the third chunk's write
-    proc = subprocess.run([sys.executable, "-c", LAUNCHER, *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    kill_precompute(args, kill_at=2, mid=True)  # inside the third chunk's write
     summary = last_json(run_cli(*args).stdout)
     assert summary["complete"] and summary["chunks_resumed"] == 2
     a, b = open_store(chat_store), open_store(out)

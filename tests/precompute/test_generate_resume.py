@@ -2,14 +2,9 @@
 both equal the uninterrupted store (the same responses, rows and counts)."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from test_resume import LAUNCHER
+from test_resume import kill_precompute
 
 from chat_templates import generate_args
 from helpers import last_json, run_cli
@@ -30,10 +25,7 @@ def same_store(a_path, b_path) -> None:
 def test_a_killed_generate_resumes_to_the_uninterrupted_store(tmp_path, gen_store, chat_teacher_dir, prompt_file):
     out = tmp_path / "resumed.zarr"
     args = generate_args(chat_teacher_dir, prompt_file, out)
-    env = {**os.environ, "KILL_AT": "2", "MID": "1"}  # inside the third chunk's write: the second group's first
-    proc = subprocess.run([sys.executable, "-c", LAUNCHER, *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    kill_precompute(args, kill_at=2, mid=True)  # inside the third chunk's write: the second group's first
     summary = last_json(run_cli(*args).stdout)
     assert summary["complete"] and summary["chunks_resumed"] == 2
     assert summary["target_positions"] == gen_store[1]["target_positions"]

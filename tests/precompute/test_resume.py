@@ -51,7 +51,11 @@ main()
 
 def run_killed(teacher_dir, corpus_file, out, kill_at: int, mid: bool, *extra) -> None:
     """precompute-logits on ``out``, SIGKILLed at write ``kill_at`` (see LAUNCHER)."""
-    args = precompute_args(teacher_dir, corpus_file, out, "--chunk-rows", "2", *extra)
+    kill_precompute(precompute_args(teacher_dir, corpus_file, out, "--chunk-rows", "2", *extra), kill_at, mid)
+
+
+def kill_precompute(args, kill_at: int, mid: bool) -> None:
+    """precompute-logits ARGS, SIGKILLed at write ``kill_at`` (see LAUNCHER)."""
     env = {**os.environ, "KILL_AT": str(kill_at), "MID": "1" if mid else "0"}
     proc = subprocess.run([sys.executable, "-c", LAUNCHER, *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=300)
