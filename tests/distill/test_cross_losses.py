@@ -140,6 +140,40 @@ def test_a_repeated_student_id_counts_once_with_the_summed_probability():
     assert got.item() == pytest.approx(ref.item(), rel=1e-5)
 
 
+def test_exact_rows_gathered_equal_kd_loss_on_the_whole_rows():
+    """exact_map_loss gathers k log-probs per row (and reads a whole row only when its ids hold
+    > 99% of the mass): values and gradients equal kd_loss over the full (P, V) rows, on every
+    kind and tail, with unmapped entries, heavy rows and a shared log-normaliser."""
+    from kdstream.distill.aligned_batch import AlignedExample
+    from kdstream.distill.cross_losses import student_log_normalizer
+
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(2, 5, 12, generator=g) * 2
+    base[0, 1, 3] = 12.0  # a row whose listed ids hold > 99% of the student's mass: the exact tail
+    ids = np.array([[3, 7, -1], [1, 2, 4], [5, -1, -1], [0, 11, 6]])
+    lp = np.log(np.array([[0.6, 0.2, 0.1], [0.3, 0.3, 0.2], [0.9, 0.05, 0.01], [0.4, 0.1, 0.1]], np.float32))
+    lp = np.where(ids >= 0, lp, -np.inf).astype(np.float32)
+    rows = [(0, 1), (0, 3), (1, 0), (1, 2)]
+    examples = [AlignedExample(np.arange(5), np.arange(5), np.zeros(5), np.ones(5, bool), np.array([1, 3]),
+                               ids[:2], lp[:2]),
+                AlignedExample(np.arange(5), np.arange(5), np.zeros(5), np.ones(5, bool), np.array([0, 2]),
+                               ids[2:], lp[2:])]
+    batch = collate_aligned(examples)
+    for kind, tail, temperature in [("forward_kl", "bucket", 1.0), ("forward_kl", "bucket", 2.0),
+                                    ("reverse_kl", "bucket", 2.0), ("jsd", "bucket", 1.0),
+                                    ("forward_kl", "renormalize", 2.0)]:
+        a = base.clone().requires_grad_()
+        got = exact_map_loss(a, batch, kind=kind, tail=tail, temperature=temperature,
+                             log_normalizer=student_log_normalizer(a))
+        b = base.clone().requires_grad_()
+        full = torch.stack([b[i, t] for i, t in rows])  # (P, V)
+        ref = kd_loss(full, torch.from_numpy(ids.clip(min=0)), torch.from_numpy(lp), kind=kind, tail=tail,
+                      temperature=temperature)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(torch.autograd.grad(got, a)[0], torch.autograd.grad(ref, b)[0],
+                                   rtol=1e-5, atol=1e-7)
+
+
 def test_log1mexp_and_extremes():
     x = -torch.logspace(-7, 3, 200, dtype=torch.float64)
     ref = torch.log(-torch.expm1(x))

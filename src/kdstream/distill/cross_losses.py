@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from kdstream.distill.aligned_batch import AlignedBatch
-from kdstream.distill.losses import kd_loss
+from kdstream.distill.losses import bucketed_student, kd_on_student, renormalized_student
 
 ALM_KINDS = ("binary_kl", "reverse_binary_kl")
 _LN2 = math.log(2.0)
@@ -74,22 +74,34 @@ def binary_divergence(log_p: Tensor, log_q: Tensor, kind: str = "binary_kl") -> 
     return a.exp() * (a - b) + la.exp() * (la - lb)
 
 
-def student_token_logprobs(student_logits: Tensor, input_ids: Tensor) -> Tensor:
+def student_log_normalizer(student_logits: Tensor) -> Tensor:
+    """(B, L, V) logits → (B, L - 1) fp32 logsumexp of each position that predicts a next token.
+
+    Computed once per step and shared by every term: a vocabulary-sized pass, forward and
+    backward, for each of CE, ALM and the exact rows was most of a cross-tokenizer step's
+    overhead over a same-tokenizer one."""
+    return torch.logsumexp(student_logits[:, :-1].float(), -1)
+
+
+def student_token_logprobs(student_logits: Tensor, input_ids: Tensor, log_normalizer: Tensor | None = None) -> Tensor:
     """(B, L, V) logits, (B, L) ids → (B, L - 1) fp32 log-prob of token t + 1 at position t.
 
-    gather minus logsumexp: no (B, L, V) log-softmax is kept for the backward.
+    gather minus logsumexp: no (B, L, V) log-softmax is kept for the backward. ``log_normalizer``:
+    student_log_normalizer of these logits, when the caller has it.
     """
-    z = student_logits[:, :-1].float()  # (B, L-1, V)
-    picked = z.gather(-1, input_ids[:, 1:, None].long()).squeeze(-1)  # (B, L-1)
-    return picked - torch.logsumexp(z, -1)
+    lse = student_log_normalizer(student_logits) if log_normalizer is None else log_normalizer
+    picked = student_logits[:, :-1].gather(-1, input_ids[:, 1:, None].long()).squeeze(-1).float()  # (B, L-1)
+    return picked - lse
 
 
-def student_chunk_logprobs(student_logits: Tensor, batch: AlignedBatch) -> Tensor:
+def student_chunk_logprobs(student_logits: Tensor, batch: AlignedBatch, token_logprobs: Tensor | None = None) -> Tensor:
     """(B, L, V) logits → (N,) the student's log-likelihood of every chunk of the batch.
 
     Token 0 of an example has no log-prob; chunks holding it are not usable, so it is not needed.
+    ``token_logprobs``: student_token_logprobs of these logits when the caller has them already
+    (one vocabulary-sized logsumexp per step, not one per term).
     """
-    lp = student_token_logprobs(student_logits, batch.input_ids)  # (B, L-1)
+    lp = student_token_logprobs(student_logits, batch.input_ids) if token_logprobs is None else token_logprobs
     chunk = batch.token_chunk[:, 1:]  # (B, L-1), -1 on padding
     keep = chunk >= 0
     out = lp.new_zeros(batch.teacher_chunk_logprob.shape[0])
@@ -97,17 +109,18 @@ def student_chunk_logprobs(student_logits: Tensor, batch: AlignedBatch) -> Tenso
 
 
 def alm_loss(student_logits: Tensor, batch: AlignedBatch, *, temperature: float = 1.0,
-             kind: str = "binary_kl") -> Tensor:
+             kind: str = "binary_kl", token_logprobs: Tensor | None = None) -> Tensor:
     """ALM: mean over usable chunks of binary_divergence(ℓ_T / τ, ℓ_S / τ); 0 without usable chunks.
 
-    student_logits (B, L, V) for batch.input_ids (B, L), any float dtype (fp32 inside).
+    student_logits (B, L, V) for batch.input_ids (B, L), any float dtype (fp32 inside);
+    token_logprobs (B, L-1): as in student_chunk_logprobs.
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if student_logits.dim() != 3 or student_logits.shape[:2] != batch.input_ids.shape:
         raise ValueError(f"student_logits must be (B, L, V) with (B, L) = {tuple(batch.input_ids.shape)}, "
                          f"got {tuple(student_logits.shape)}")
-    ls = student_chunk_logprobs(student_logits, batch)  # (N,)
+    ls = student_chunk_logprobs(student_logits, batch, token_logprobs)  # (N,)
     use = batch.chunk_usable
     lt = batch.teacher_chunk_logprob.to(ls)  # (N,)
     rows = binary_divergence(lt[use] / temperature, ls[use] / temperature, kind)  # (n,)
@@ -115,24 +128,32 @@ def alm_loss(student_logits: Tensor, batch: AlignedBatch, *, temperature: float 
 
 
 def exact_map_loss(student_logits: Tensor, batch: AlignedBatch, *, kind: str = "forward_kl",
-                   temperature: float = 1.0, tail: str = "bucket", beta: float = 0.5) -> Tensor:
+                   temperature: float = 1.0, tail: str = "bucket", beta: float = 0.5,
+                   log_normalizer: Tensor | None = None) -> Tensor:
     """kd_loss over the batch's exact rows (kind, temperature, tail, beta: as in kd_loss).
 
-    student_logits (B, L, V). Unmapped teacher entries (id -1, log-prob -inf) point at an extra
-    student column of -inf logits, so they take no student mass: the teacher's mass there lands
-    in its tail (bucket), or is dropped (renormalize), and the student's tail is exactly the
-    mass off the mapped ids.
+    student_logits (B, L, V); log_normalizer (B, L - 1): student_log_normalizer of them, when
+    the caller has it. The student's log-probs are gathered at the k mapped ids and shifted by the
+    row's normaliser, so no (rows, V) copy is made (only rows whose k ids hold > 99% of the mass
+    read their whole row, for the exact tail). Unmapped teacher entries (id -1, log-prob -inf) are
+    no class on either side: the teacher's mass there lands in its tail (bucket), or is dropped
+    (renormalize), and the student's tail is exactly the mass off the mapped ids.
     """
     if student_logits.dim() != 3 or student_logits.shape[:2] != batch.input_ids.shape:
         raise ValueError(f"student_logits must be (B, L, V) with (B, L) = {tuple(batch.input_ids.shape)}, "
                          f"got {tuple(student_logits.shape)}")
-    rows = student_logits[batch.exact_batch, batch.exact_row]  # (P, V)
-    if rows.shape[0] == 0:
+    b, t = batch.exact_batch, batch.exact_row  # (P,)
+    if b.shape[0] == 0:
         return student_logits.sum() * 0.0  # keeps the graph: a step without exact rows adds nothing
-    ids = batch.exact_ids
-    unmapped = ids < 0  # (P, k)
-    if bool(unmapped.any()):
-        v = rows.shape[-1]
-        rows = torch.cat([rows, rows.new_full((rows.shape[0], 1), float("-inf"))], -1)  # (P, V + 1)
-        ids = ids.masked_fill(unmapped, v)
-    return kd_loss(rows, ids, batch.exact_logprobs, kind=kind, temperature=temperature, tail=tail, beta=beta)
+    teacher = batch.exact_logprobs  # (P, k)
+    listed = ~torch.isneginf(teacher)
+    ids = batch.exact_ids.clamp(min=0).long()  # an unmapped entry is unlisted: any id in range does
+    gathered = student_logits[b[:, None], t[:, None], ids].float()  # (P, k)
+    if tail == "renormalize":  # the normaliser cancels
+        log_s = renormalized_student(gathered, temperature, listed)
+    else:
+        lse = student_log_normalizer(student_logits) if log_normalizer is None else log_normalizer
+        norm = lse[b, t][:, None]  # (P, 1)
+        log_s = bucketed_student(gathered - norm, ids, temperature, listed,
+                                 lambda rows: student_logits[b[rows], t[rows]].float() - norm[rows])
+    return kd_on_student(log_s, teacher, kind=kind, temperature=temperature, tail=tail, beta=beta)

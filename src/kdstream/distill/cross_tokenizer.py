@@ -112,9 +112,10 @@ def cross_terms(logits, batch, *, mode: str, loss: str, temperature: float, tail
     unchanged)."""
     import torch
 
-    from kdstream.distill.cross_losses import alm_loss, exact_map_loss, student_token_logprobs
+    from kdstream.distill.cross_losses import alm_loss, exact_map_loss, student_log_normalizer, student_token_logprobs
 
-    lp = student_token_logprobs(logits, batch.input_ids)  # (B, L-1)
+    lse = student_log_normalizer(logits)  # (B, L-1), shared by every term
+    lp = student_token_logprobs(logits, batch.input_ids, lse)  # (B, L-1)
     real = batch.attention_mask[:, 1:]  # (B, L-1) a real next token
     ce = -(lp * real).sum() / real.sum().clamp(min=1)
     if mode == CE_ONLY:
@@ -122,9 +123,10 @@ def cross_terms(logits, batch, *, mode: str, loss: str, temperature: float, tail
     parts = []
     if "alm" in mode:
         tau = temperature if alm_temperature is None else alm_temperature
-        parts.append(tau * alm_loss(logits, batch, temperature=tau))
+        parts.append(tau * alm_loss(logits, batch, temperature=tau, token_logprobs=lp))
     if "exact" in mode:
-        exact = exact_map_loss(logits, batch, kind=loss, temperature=temperature, tail=tail, beta=beta)
+        exact = exact_map_loss(logits, batch, kind=loss, temperature=temperature, tail=tail, beta=beta,
+                               log_normalizer=lse)
         if exact_rows == "same_token":  # the other positions learn from their own next token
             rest = real.clone()
             rest[batch.exact_batch, batch.exact_row] = False

@@ -104,26 +104,40 @@ def student_distribution(student_logits: Tensor, topk_ids: Tensor, temperature: 
     z = student_logits.float()  # (N, V)
     ids = topk_ids.long()  # (N, k)
     if tail == "renormalize":
-        gathered = z.gather(-1, ids)  # (N, k)
-        if listed is not None:
-            gathered = gathered.masked_fill(~listed, _NEG_INF)
-        top = torch.log_softmax(gathered / temperature, -1)  # (N, k)
-        return torch.cat([top, top.new_full((top.shape[0], 1), _NEG_INF)], -1)  # (N, k+1)
+        return renormalized_student(z.gather(-1, ids), temperature, listed)
     if tail != "bucket":
         raise ValueError(f"unknown tail {tail!r}; expected one of {TAILS}")
     logp = log_softmax(z)  # (N, V)
-    top = logp.gather(-1, ids)  # (N, k)
+    return bucketed_student(logp.gather(-1, ids), ids, temperature, listed, lambda rows: logp[rows])
+
+
+def renormalized_student(gathered: Tensor, temperature: float, listed: Tensor | None = None) -> Tensor:
+    """(N, k) student logits (or log-probs: a per-row shift cancels) at the teacher's ids →
+    (N, k+1) the renormalize tail's tempered distribution (student_distribution)."""
+    if listed is not None:
+        gathered = gathered.masked_fill(~listed, _NEG_INF)
+    top = torch.log_softmax(gathered / temperature, -1)  # (N, k)
+    return torch.cat([top, top.new_full((top.shape[0], 1), _NEG_INF)], -1)  # (N, k+1)
+
+
+def bucketed_student(top: Tensor, ids: Tensor, temperature: float, listed: Tensor | None,
+                     full_rows) -> Tensor:
+    """(N, k) student T = 1 log-probs at the teacher's ids → (N, k+1) the bucket tail's tempered
+    distribution (student_distribution). ``full_rows(rows)`` gives those rows' (h, V) T = 1
+    log-probs; it is called only for rows whose top-k hold more than 99% of the mass, so a caller
+    that has the normaliser can gather (N, k) entries and never build (N, V)."""
     if listed is not None:
         top = top.masked_fill(~listed, _NEG_INF)  # padding: no class, no mass (gradient 0)
     mass = top.exp().sum(-1, keepdim=True)  # (N, 1)
     log_tail = torch.log1p(-mass.clamp(max=_CANCEL_LIMIT))  # (N, 1); replaced below where mass is larger
     heavy = (mass > _CANCEL_LIMIT).squeeze(-1).nonzero().squeeze(-1)  # (h,) rows needing the exact path
     if heavy.numel():
+        logp = full_rows(heavy)  # (h, V)
         if listed is None:
-            rest = logp[heavy].scatter(-1, ids[heavy], _NEG_INF)  # (h, V), top-k columns removed
+            rest = logp.scatter(-1, ids[heavy], _NEG_INF)  # (h, V), top-k columns removed
         else:  # only the listed ids' columns (a padding id may be listed elsewhere in the row, or not)
-            drop = torch.zeros_like(logp[heavy]).scatter_reduce(-1, ids[heavy], listed[heavy].float(), "amax")
-            rest = logp[heavy].masked_fill(drop > 0, _NEG_INF)  # (h, V)
+            drop = torch.zeros_like(logp).scatter_reduce(-1, ids[heavy], listed[heavy].float(), "amax")
+            rest = logp.masked_fill(drop > 0, _NEG_INF)  # (h, V)
         empty = torch.isneginf(rest).all(-1, keepdim=True)  # (h, 1)
         # logsumexp over an all -inf row has a NaN gradient; feed it zeros there and mask the result.
         exact = torch.logsumexp(rest.masked_fill(empty, 0.0), -1, keepdim=True).masked_fill(empty, _NEG_INF)
@@ -165,14 +179,18 @@ def _divergence(log_t: Tensor, log_s: Tensor, kind: str, beta: float) -> Tensor:
     return out
 
 
-def _check_common(student_logits: Tensor, kind: str, temperature: float, beta: float,
-                  mask: Tensor | None) -> None:
+def _check_options(kind: str, temperature: float, beta: float) -> None:
     if kind not in KD_LOSSES:
         raise ValueError(f"unknown kd loss kind {kind!r}; expected one of {KD_LOSSES}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
+
+
+def _check_common(student_logits: Tensor, kind: str, temperature: float, beta: float,
+                  mask: Tensor | None) -> None:
+    _check_options(kind, temperature, beta)
     if student_logits.dim() != 2:
         raise ValueError(f"student_logits must be (N, V), got shape {tuple(student_logits.shape)}")
     if mask is not None and (mask.shape != student_logits.shape[:1] or mask.dtype != torch.bool):
@@ -216,6 +234,14 @@ def kd_loss(student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor, *, 
     # only the entries the teacher lists: -inf marks padding (a sampled store's, a ragged store's)
     listed = ~torch.isneginf(topk_logprobs)  # (N, k)
     log_s = student_distribution(student_logits, topk_ids, temperature, tail, listed)  # (N, k+1)
+    return kd_on_student(log_s, topk_logprobs, kind=kind, temperature=temperature, tail=tail, beta=beta)
+
+
+def kd_on_student(log_s: Tensor, topk_logprobs: Tensor, *, kind: str, temperature: float, tail: str,
+                  beta: float) -> Tensor:
+    """kd_loss from the student's (N, k+1) distribution (student_distribution, with ``listed`` the
+    entries whose teacher log-prob is finite) and the teacher's (N, k) raw log-probs."""
+    _check_options(kind, temperature, beta)
     log_t = teacher_distribution(topk_logprobs, temperature, tail)  # (N, k+1)
     if tail == "bucket":
         empty = torch.isneginf(log_s[:, -1:])  # (N, 1)
