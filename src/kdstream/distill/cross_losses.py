@@ -80,7 +80,8 @@ def student_log_normalizer(student_logits: Tensor) -> Tensor:
     Computed once per step and shared by every term: a vocabulary-sized pass, forward and
     backward, for each of CE, ALM and the exact rows was most of a cross-tokenizer step's
     overhead over a same-tokenizer one."""
-    return torch.logsumexp(student_logits[:, :-1].float(), -1)
+    # over all L positions, then sliced: slicing (B, L, V) first costs a (B, L, V) zero-fill and copy in backward
+    return torch.logsumexp(student_logits.float(), -1)[:, :-1]
 
 
 def student_token_logprobs(student_logits: Tensor, input_ids: Tensor, log_normalizer: Tensor | None = None) -> Tensor:
@@ -90,7 +91,8 @@ def student_token_logprobs(student_logits: Tensor, input_ids: Tensor, log_normal
     student_log_normalizer of these logits, when the caller has it.
     """
     lse = student_log_normalizer(student_logits) if log_normalizer is None else log_normalizer
-    picked = student_logits[:, :-1].gather(-1, input_ids[:, 1:, None].long()).squeeze(-1).float()  # (B, L-1)
+    nxt = torch.nn.functional.pad(input_ids[:, 1:].long(), (0, 1))  # (B, L): last column a dummy id, sliced off
+    picked = student_logits.gather(-1, nxt[..., None]).squeeze(-1)[:, :-1].float()  # (B, L-1)
     return picked - lse
 
 
