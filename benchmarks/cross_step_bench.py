@@ -14,7 +14,7 @@ the issue's ratio. The two students differ in vocabulary and in tokens per row (
 another tokenizer), so ``default ÷ ce`` is also given: what the cross-tokenizer terms add to a step
 of the same student. Run it on an idle machine: wall time moves with every other job.
 
-    python -m benchmarks.cross_step_bench --work W [--pairs ...] [--rounds 3]
+    python -m benchmarks.cross_step_bench --work W [--pairs ...] [--rounds 3] [--epochs 4]
 """
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ def measure(args) -> dict:
     start = time.perf_counter()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    pargs = pairs_args(["--work", str(work)])  # the pairs benchmark's sizes: the same teachers and students
+    # the pairs benchmark's sizes (the same teachers and students), for --epochs epochs: longer runs than
+    # its 2 settle the median of a step of a few tens of milliseconds
+    pargs = pairs_args(["--work", str(work), "--epochs", str(args.epochs)])
     log: list = []
     out: dict = {}
     for p in args.pairs:
@@ -77,7 +79,8 @@ def measure(args) -> dict:
                   "default_over_ce": round(med["default"] / med["ce"], 3),
                   "ce_over_kd_same": round(med["ce"] / med["kd_same"], 3)}
     return {"pairs": out, "rounds": args.rounds, "steps_per_run": pargs.train_examples * pargs.epochs // pargs.batch_size,
-            "batch_size": pargs.batch_size, "student": {"hidden": pargs.student_hidden, "layers": pargs.student_layers},
+            "batch_size": pargs.batch_size, "epochs": pargs.epochs,
+            "student": {"hidden": pargs.student_hidden, "layers": pargs.student_layers},
             "max_default_over_kd_same": max(v["default_over_kd_same"] for v in out.values()),
             "max_default_over_ce": max(v["default_over_ce"] for v in out.values()),
             "total_wall_s": round(time.perf_counter() - start, 1), "runs": log}
@@ -88,6 +91,7 @@ def main() -> None:
     parser.add_argument("--work", required=True, help="cross_tokenizer_pairs' --work: its teachers, stores, students")
     parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of each run over the 256 training rows")
     parser.add_argument("--name", default="cross_step_bench", help="results/NAME.json")
     args = parser.parse_args()
     save(args.name, measure(args))
