@@ -33,8 +33,9 @@ gain; "best vs best" compares the best same-tokenizer KD arm with the best cross
 
 Step time: this process's CPU seconds per optimizer step (the loader thread included), each arm
 ÷ the same-tokenizer KD step of its teacher; moved by other jobs on the machine. The step-time
-figures the docs quote come from benchmarks/cross_step_bench.py (wall time, idle machine). A rerun with the same --work reuses the teachers,
-stores and every finished run (runs/PAIR/ARM-seedS/train_summary.json) but ``default``'s, which follows the code.
+figures the docs quote come from benchmarks/cross_step_bench.py (wall time, idle machine).
+A rerun with the same --work reuses the teachers, stores and every finished run
+(runs/PAIR/ARM-seedS/train_summary.json) but ``default``'s, which follows the code.
 
     OMP_NUM_THREADS=1 python -m benchmarks.cross_tokenizer_pairs --work W [--grid sweep|confirm] [--seeds 0 1 2]
 """
