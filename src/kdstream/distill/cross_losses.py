@@ -77,9 +77,8 @@ def binary_divergence(log_p: Tensor, log_q: Tensor, kind: str = "binary_kl") -> 
 def student_log_normalizer(student_logits: Tensor) -> Tensor:
     """(B, L, V) logits → (B, L - 1) fp32 logsumexp of each position that predicts a next token.
 
-    Computed once per step and shared by every term: a vocabulary-sized pass, forward and
-    backward, for each of CE, ALM and the exact rows was most of a cross-tokenizer step's
-    overhead over a same-tokenizer one."""
+    Computed once per step and shared by every term (CE, ALM, the exact rows): a vocabulary-sized
+    pass, forward and backward, costs as much as a term's own work (docs/benchmarks.md#step-time)."""
     # over all L positions, then sliced: slicing (B, L, V) first costs a (B, L, V) zero-fill and copy in backward
     return torch.logsumexp(student_logits.float(), -1)[:, :-1]
 

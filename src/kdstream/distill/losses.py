@@ -10,6 +10,7 @@ with Hinton's T**2 factor so gradient magnitudes stay comparable across temperat
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -121,7 +122,7 @@ def renormalized_student(gathered: Tensor, temperature: float, listed: Tensor | 
 
 
 def bucketed_student(top: Tensor, ids: Tensor, temperature: float, listed: Tensor | None,
-                     full_rows) -> Tensor:
+                     full_rows: Callable[[Tensor], Tensor]) -> Tensor:
     """(N, k) student T = 1 log-probs at the teacher's ids → (N, k+1) the bucket tail's tempered
     distribution (student_distribution). ``full_rows(rows)`` gives those rows' (h, V) T = 1
     log-probs; it is called only for rows whose top-k hold more than 99% of the mass, so a caller
