@@ -32,14 +32,12 @@ from benchmarks.results import save
 ARMS = ("kd_same", "ce", "default")
 
 
-def student_tokens_per_row(work: Path, store: Path, teacher: str, other: str, rows: int) -> float:
+def student_tokens_per_row(store: Path, teacher_tok, other_tok, rows: int) -> float:
     """Mean tokens of the other tokenizer over the store's first ``rows`` rows' text."""
     from kdstream.storage import open_store
 
-    s = open_store(str(store))
-    ids = s.read(0, rows, ("input_ids",))["input_ids"]
-    t, o = tokenizer(teacher, work), tokenizer(other, work)
-    return statistics.fmean(len(o(t.decode(r), add_special_tokens=False)["input_ids"]) for r in ids)
+    ids = open_store(str(store)).read(0, rows, ("input_ids",))["input_ids"]
+    return statistics.fmean(len(other_tok(teacher_tok.decode(r), add_special_tokens=False)["input_ids"]) for r in ids)
 
 
 def measure(args) -> dict:
@@ -51,11 +49,14 @@ def measure(args) -> dict:
     pargs = pairs_args(["--work", str(work), "--epochs", str(args.epochs)])
     log: list = []
     out: dict = {}
+    steps: set = set()  # optimizer steps of the counted runs, as their summaries say
     for p in args.pairs:
         t, o = PAIRS[p]
         teacher, store, summary = teacher_and_store(pargs, work, t, log)
         exclude, _ = student_exclude(pargs, work / "teachers" / t, summary)
-        models = {"kd_same": student(pargs, work, t), "ce": student(pargs, work, o), "default": student(pargs, work, o)}
+        t_tok, o_tok = tokenizer(t, work), tokenizer(o, work)
+        other = student(pargs, work, o)
+        models = {"kd_same": student(pargs, work, t), "ce": other, "default": other}
         common = dict(logits_store=str(store), exclude=str(exclude), eval_examples=pargs.held_out,
                       epochs=pargs.epochs, batch_size=pargs.batch_size, lr=pargs.lr, seed=0)
         per: dict = {a: [] for a in ARMS}
@@ -67,18 +68,19 @@ def measure(args) -> dict:
                 s = train(log, model=str(models[arm]), out=str(work / "step_runs" / p / arm), **common, **extra)
                 if r:
                     per[arm].append(s["seconds"] / s["steps"])
+                    steps.add(s["steps"])
                 print(f"{p} {arm} round {r}: {s['seconds'] / s['steps']:.4f} s/step", file=sys.stderr, flush=True)
         med = {a: statistics.median(v) for a, v in per.items()}
         out[p] = {"teacher": t, "student": o,
-                  "vocab": {"kd_same": len(tokenizer(t, work)), "other": len(tokenizer(o, work))},
+                  "vocab": {"kd_same": len(t_tok), "other": len(o_tok)},
                   "tokens_per_row": {"kd_same": pargs.seq_len,
-                                     "other": round(student_tokens_per_row(work, store, t, o, pargs.train_examples), 1)},
+                                     "other": round(student_tokens_per_row(store, t_tok, o_tok, pargs.train_examples), 1)},
                   "step_s": {a: round(v, 4) for a, v in med.items()},
                   "step_s_rounds": {a: [round(x, 4) for x in v] for a, v in per.items()},
                   "default_over_kd_same": round(med["default"] / med["kd_same"], 3),
                   "default_over_ce": round(med["default"] / med["ce"], 3),
                   "ce_over_kd_same": round(med["ce"] / med["kd_same"], 3)}
-    return {"pairs": out, "rounds": args.rounds, "steps_per_run": pargs.train_examples * pargs.epochs // pargs.batch_size,
+    return {"pairs": out, "rounds": args.rounds, "steps_per_run": sorted(steps),
             "batch_size": pargs.batch_size, "epochs": pargs.epochs,
             "student": {"hidden": pargs.student_hidden, "layers": pargs.student_layers},
             "max_default_over_kd_same": max(v["default_over_kd_same"] for v in out.values()),
