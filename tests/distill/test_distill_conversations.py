@@ -56,6 +56,35 @@ def test_kd_and_ce_train_on_a_conversation_store(chat_store, chat_teacher_dir, t
     assert kd["held_out_bits_per_byte"] > 0 and ce["held_out_bits_per_byte"] > 0
 
 
+def test_ce_on_a_chat_dataset_is_ce_on_its_conversation_store(chat_store, chat_teacher_dir, chat_file, tmp_path):
+    """`distill --dataset chat.jsonl --loss ce` (how a study trains its teacher) reads the examples
+    a store of the same conversations holds, and trains on the same assistant targets."""
+    from chat_templates import CHAT_SEQ_LEN
+
+    common = ["--model", chat_teacher_dir, "--loss", "ce", "--epochs", 1, "--batch-size", 8, "--eval-examples", 6,
+              "--lr", "1e-3"]
+    via_store = last_json(run_cli("distill", "--logits-store", chat_store, *common, "--out", tmp_path / "s").stdout)
+    direct = last_json(run_cli("distill", "--dataset", chat_file, "--seq-len", CHAT_SEQ_LEN, *common,
+                               "--out", tmp_path / "d").stdout)
+    assert direct["held_out_tokens"] == via_store["held_out_tokens"] > 0
+    assert losses(tmp_path / "d") == pytest.approx(losses(tmp_path / "s"), abs=1e-6)
+    assert weight_gap(tmp_path / "d", tmp_path / "s") < 1e-6
+    # every position a target: more tokens learned from, so another run
+    everything = last_json(run_cli("distill", "--dataset", chat_file, "--seq-len", CHAT_SEQ_LEN, *common,
+                                   "--train-on", "all", "--out", tmp_path / "a").stdout)
+    assert everything["held_out_tokens"] > direct["held_out_tokens"]
+
+
+def test_chat_flags_with_a_store_and_online_kd_on_chat_are_refused(chat_store, chat_teacher_dir, chat_file, tmp_path):
+    proc = run_cli("distill", "--logits-store", chat_store, "--model", chat_teacher_dir, "--train-on", "all",
+                   "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2 and "read a --dataset" in one_line_error(proc)
+    proc = run_cli("distill", "--dataset", chat_file, "--teacher", chat_teacher_dir, "--model", chat_teacher_dir,
+                   "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2 and "for a chat dataset, precompute a store" in one_line_error(proc)
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_student_of_another_tokenizer_is_refused_on_a_conversation_store(chat_store, student_init_dir, tmp_path):
     proc = run_cli("distill", "--logits-store", chat_store, "--model", student_init_dir, "--out", tmp_path / "o",
                    check=False)

@@ -3,13 +3,14 @@
 without importing the recipe."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kdstream.distill.cross_tokenizer import CROSS_DEFAULTS, CROSS_MODES
 from kdstream.distill.loss_names import CE_SAMPLED, HARD, KD_LOSSES, TAILS
 from kdstream.errors import KdError
 from kdstream.options import check_device, corpus_option, device_option, option, require
 from kdstream.text.align import EXACT_ROWS, VOCAB_MAPS
+from kdstream.text.chat import ChatOptions
 
 LOSSES = ("ce", *KD_LOSSES, CE_SAMPLED, HARD)
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -36,7 +37,8 @@ class DistillOptions:
                                                "from one teacher and tokenizer, comma-separated (read as one; a "
                                                "comma that is part of a path: \\,).")
     # tokenized with the model's tokenizer
-    dataset: str | None = option(None, "Plain text to train on: with --loss ce (e.g. the teacher), or with "
+    dataset: str | None = option(None, "Text or a chat dataset to train on with --loss ce (e.g. the teacher; "
+                                       "chat: on the assistant targets, as a conversation store), or text with "
                                        "--teacher (online KD).")
     teacher: str | None = option(None, "Online dense KD instead of a store: this teacher (HF dir, the student's "
                                        "tokenizer) runs in the training process on --dataset and the loss covers "
@@ -105,6 +107,7 @@ class DistillOptions:
     # so that corruption stops the run before any training time is spent
     verify_store: bool = option(True, "Decode every chunk before step 0 so a corrupt store stops the run at once.")
     tensorboard: bool = option(True, "Also write TensorBoard events (when tensorboard is installed).")
+    chat: ChatOptions = field(default_factory=ChatOptions)  # --dataset holding conversations
 
     def __post_init__(self) -> None:
         require((self.logits_store is None) != (self.dataset is None),
@@ -149,3 +152,6 @@ class DistillOptions:
         require(self.eval_every is None or self.eval_examples > 0,
                 "--eval-every needs --eval-examples N (the held-out examples to evaluate)")
         require(self.loader_workers >= 0 and self.prefetch >= 0, "--loader-workers and --prefetch must be >= 0")
+        require(self.dataset is not None or self.chat == ChatOptions(),
+                "--format, --chat-template, --train-on and --on-long read a --dataset: a store's examples are fixed "
+                "when it is written; drop them")

@@ -148,8 +148,8 @@ def cross_targets(opts, store, tokenizer):
 
 
 def load_source(opts, tokenizer, net):
-    """(source, open_source, seq_len): a logit store (or several read as one: open_stores) or
-    packed corpus examples."""
+    """(source, open_source, seq_len): a logit store (or several read as one: open_stores), packed
+    corpus examples, or a chat dataset's conversations (one per example, CE at the assistant targets)."""
     from kdstream.distill.loader import Given, OpenStore
 
     if opts.logits_store is not None:
@@ -161,10 +161,13 @@ def load_source(opts, tokenizer, net):
             check_store_matches(store, tokenizer, net)
         check_loss_fits_store(opts.loss, store)
         return store, OpenStore.of(store), store.seq_len
-    from kdstream.data import load_corpus, pack_examples
+    from kdstream.text.dataset_examples import dataset_examples
 
-    corpus = load_corpus(opts.dataset, opts.text_field, opts.split)
-    examples = pack_examples(corpus.texts, tokenizer, opts.seq_len, opts.max_examples)
+    # online KD scores every position of a window; a chat dataset trains on its targets only
+    online = ("--teacher runs on text windows: for a chat dataset, precompute a store of it (precompute-logits "
+              "--dataset) and distil from that")
+    examples, _, _ = dataset_examples(opts.dataset, opts.text_field, opts.split, opts.seq_len, opts.max_examples,
+                                      opts.chat, tokenizer, refuse_chat=online if opts.teacher else None)
     return examples, Given(examples), opts.seq_len
 
 

@@ -279,42 +279,12 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
 
 def _examples(opts: PrecomputeOptions, tokenizer):
     """(examples, the store's corpus attribute, its conversations attribute or None for text)."""
-    from kdstream.data import load_corpus, pack_examples
-    from kdstream.data.conversations import conversations_of, fingerprint_conversations, read_rows, row_format
+    from kdstream.text.dataset_examples import dataset_examples
 
-    fmt = opts.chat.format
-    rows = None if fmt == "text" else read_rows(opts.dataset, opts.split)
-    if fmt == "chat" and rows is None:
-        raise KdError(f"--format chat: {opts.dataset} is not a .jsonl/.json/.parquet file or saved dataset of "
-                      "conversations: pass one, or --format text")
-    if rows is None or (fmt == "auto" and (not rows or row_format(rows[0]) is None)):
-        if opts.chat.train_on is not None:
-            raise KdError(f"--train-on is for chat datasets, and {opts.dataset} is read as plain text: drop it "
-                          "(every position of a text example is a target), or pass a chat dataset")
-        corpus = load_corpus(opts.dataset, opts.text_field, opts.split)
-        examples = pack_examples(corpus.texts, tokenizer, opts.seq_len, opts.max_examples)
-        return examples, {**corpus.describe(), "text_field": opts.text_field, "split": opts.split}, None
-    import hashlib
-
-    from kdstream.text.chat import chat_examples, template_of
-
-    if opts.targets == "sampled":
-        raise KdError("--targets sampled is for text datasets: a conversation store keeps top-k rows at its target "
-                      "positions; drop --targets sampled (or pass --format text)")
-    conv = conversations_of(rows, opts.dataset)
-    template = template_of(tokenizer, opts.chat.chat_template)
-    examples = chat_examples(conv, tokenizer, template, opts.seq_len, opts.chat, opts.max_examples)
-    c = examples.counts
-    skipped = c["skipped_no_assistant"] + c["skipped_empty"]
-    if skipped or c["truncated"] or c["dropped"]:
-        print(f"note: {c['conversations']} conversations kept; skipped {c['skipped_no_assistant']} without an "
-              f"assistant turn and {c['skipped_empty']} with empty content; {c['truncated']} truncated and "
-              f"{c['dropped']} dropped at --seq-len {opts.seq_len} (--on-long {opts.chat.on_long})", file=sys.stderr)
-    corpus = {"source": opts.dataset, "fingerprint": fingerprint_conversations(conv.items), "documents": len(rows),
-              "format": conv.format, "split": opts.split}
-    conversations = {"train_on": opts.chat.train_on or "assistant", "on_long": opts.chat.on_long,
-                     "template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(), **c}
-    return examples, corpus, conversations
+    sampled = ("--targets sampled is for text datasets: a conversation store keeps top-k rows at its target "
+               "positions; drop --targets sampled (or pass --format text)")
+    return dataset_examples(opts.dataset, opts.text_field, opts.split, opts.seq_len, opts.max_examples, opts.chat,
+                            tokenizer, refuse_chat=sampled if opts.targets == "sampled" else None)
 
 
 _SELECTION_OPTIONS = ("top_p", "budget", "min_k")

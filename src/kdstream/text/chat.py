@@ -25,13 +25,13 @@ _SENTINEL = "\u2063KDSTREAM-CONTENT\u2063"  # invisible separator around a word 
 
 @dataclass(frozen=True)
 class ChatOptions:
-    """How a chat dataset becomes examples (precompute-logits)."""
+    """How a chat dataset becomes examples (precompute-logits; distill --dataset)."""
 
     format: str = option("auto", "auto | chat | text: how --dataset rows are read (auto: chat when rows hold "
                                  "messages, conversations, instruction+output or prompt+completion).")
     chat_template: str | None = option(None, "A Jinja chat template file rendering the conversations "
-                                             "(default: the teacher tokenizer's own).")
-    train_on: str | None = option(None, "Chat data: assistant (default: teacher rows only where the next token "
+                                             "(default: the model's tokenizer's own).")
+    train_on: str | None = option(None, "Chat data: assistant (default: targets only where the next token "
                                         "is an assistant turn's content or closing token) | all (every position).")
     on_long: str = option("truncate", "Chat data: a conversation longer than --seq-len is truncate(d, counted) "
                                       "| drop(ped, counted).")
@@ -53,7 +53,7 @@ def template_of(tokenizer, path: str | None) -> str:
     if isinstance(template, dict):
         template = template.get("default")
     if not template:
-        raise KdError("the teacher's tokenizer has no chat template: pass one with --chat-template FILE "
+        raise KdError("the model's tokenizer has no chat template: pass one with --chat-template FILE "
                       "(or --format text to read the rows as plain text)")
     return template
 
@@ -125,6 +125,20 @@ class ChatExamples:
     @property
     def seq_len(self) -> int:
         return int(self.input_ids.shape[1])
+
+    @property
+    def conversations(self) -> bool:  # read by distill as a conversation store's flag: loss at the targets only
+        return True
+
+    def read(self, start: int, stop: int, keys: tuple[str, ...] = ("input_ids", "example_id")) -> dict[str, np.ndarray]:
+        """Rows [start, stop) of the named fields, as a conversation store gives them (``topk_len``
+        1 at a target row, 0 elsewhere: what CE needs of it)."""
+        fields = {"input_ids": self.input_ids, "example_id": self.example_id, "doc_index": self.doc_index,
+                  "topk_len": self.target_mask.view(np.uint8)}
+        missing = [k for k in keys if k not in fields]
+        if missing:
+            raise KeyError(f"conversations without a store have no {', '.join(missing)} (those come from a logit store)")
+        return {k: fields[k][start:stop] for k in keys}
 
 
 def chat_examples(conversations, tokenizer, template: str, seq_len: int, opts: ChatOptions,
