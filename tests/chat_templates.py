@@ -23,20 +23,9 @@ LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|
 def train_chat_tokenizer(texts: list[str], vocab: int, out_dir: Path, template: str, specials: list[str]):
     """A byte-level BPE tokenizer (``<|endoftext|>`` = id 0) with the template's special tokens in
     its vocabulary of ``vocab`` ids, saved with the template as its chat_template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from kdstream.text.tokenizers import train_bpe_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>", *specials],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>", additional_special_tokens=specials)
-    fast.chat_template = template
-    fast.save_pretrained(str(out_dir))
-    return fast
+    return train_bpe_tokenizer(texts, vocab, out_dir, tuple(specials), template)
 
 
 CHAT_SEQ_LEN = 96  # the tiny models' context is 128; vLLM scores L tokens as a request of L + 1

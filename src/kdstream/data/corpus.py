@@ -73,9 +73,9 @@ def _not_utf8(path: Path, byte: int, offset: int) -> KdError:
 
 def _column(ds, text_field: str, source: str) -> list[str]:
     if text_field not in ds.column_names and row_format(dict.fromkeys(ds.column_names)) is not None:
-        raise KdError(f"dataset {source} holds conversations (fields: {', '.join(ds.column_names)}): only "
-                      "precompute-logits reads chat datasets (docs/conversations.md); here pass a text dataset, "
-                      "or --text-field naming a text column")
+        raise KdError(f"dataset {source} holds conversations (fields: {', '.join(ds.column_names)}): this step "
+                      "reads text (chat datasets: precompute-logits, distill --dataset, kdstream reproduce; "
+                      "docs/conversations.md); pass a text dataset, or --text-field naming a text column")
     if text_field not in ds.column_names:
         raise KdError(
             f"dataset {source} has no field {text_field!r} (fields: {', '.join(ds.column_names)}): "

@@ -161,7 +161,7 @@ def load_source(opts, tokenizer, net):
             check_store_matches(store, tokenizer, net)
         check_loss_fits_store(opts.loss, store)
         return store, OpenStore.of(store), store.seq_len
-    from kdstream.text.dataset_examples import dataset_examples
+    from kdstream.data.dataset_examples import dataset_examples
 
     # online KD scores every position of a window; a chat dataset trains on its targets only
     online = ("--teacher runs on text windows: for a chat dataset, precompute a store of it (precompute-logits "

@@ -279,7 +279,7 @@ def _write_store(opts: PrecomputeOptions, writer, examples, model_dir, teacher: 
 
 def _examples(opts: PrecomputeOptions, tokenizer):
     """(examples, the store's corpus attribute, its conversations attribute or None for text)."""
-    from kdstream.text.dataset_examples import dataset_examples
+    from kdstream.data.dataset_examples import dataset_examples
 
     sampled = ("--targets sampled is for text datasets: a conversation store keeps top-k rows at its target "
                "positions; drop --targets sampled (or pass --format text)")

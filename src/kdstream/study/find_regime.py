@@ -315,8 +315,12 @@ def run_find_regime(base: StudyConfig, out: str, max_points: int) -> dict:
     """Search from ``base`` (at most ``max_points`` points), then the whole study at the found
     point -> the search's record (``found``: the point's name, or None with ``stopped``)."""
     from kdstream.data import load_corpus
+    from kdstream.study.conversations import holds_conversations
     from kdstream.study.reproduce import claim_out_dir, resolved_config
 
+    if holds_conversations(base.dataset, base.split):
+        raise KdError(f"dataset {base.dataset} holds conversations: --find-regime plans its points on a text "
+                      "corpus's windows; run kdstream reproduce (or --calibrate with a --grid) on it instead")
     root = Path(out)
     if root.exists() or root.is_symlink():  # refused before any work
         claim_out_dir(root, SEARCH_YAML, "kdstream reproduce --find-regime")

@@ -47,12 +47,15 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     from kdstream.precompute.runner import PrecomputeOptions
     from kdstream.study.arms import ARM_LOSS, arm_role
     from kdstream.study.canaries import CANARY_CORPUS, CANARY_FILE, STUDY_CORPUS, build_study_corpus
+    from kdstream.study.conversations import holds_conversations
     from kdstream.text.tokenizers import load_tokenizer
 
     d = seed_dir
     d.mkdir(parents=True, exist_ok=True)
     st = Stages(f"seed {seed}", d / "stage_seconds.json", cfg.train_launcher)
-    canaries = bool(cfg.canary_counts)
+    # a chat dataset: one example per conversation, no canaries (study/conversations.py)
+    chat = holds_conversations(cfg.dataset, cfg.split)
+    canaries = bool(cfg.canary_counts) and not chat
     if canaries:
         tok = load_tokenizer(init["teacher"])
         st.in_process("plant canaries", (d / CANARY_FILE).exists(),
@@ -93,9 +96,11 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
     distill("student (KD)", "student", DistillOptions(model=init["student"], out=str(d / "student"), **kd, **train))
 
     def evaluation(role: str, features: bool = False) -> ExtractOptions:
+        # a conversation's prefix is its prompt, up to the first answer: no prefix length
+        prefix = {} if chat else {"prefix_len": cfg.prefix_len}
         return ExtractOptions(model=str(d / role), logits_store=str(store), out=str(d / "eval" / role),
-                              prefix_len=cfg.prefix_len, suffix_len=cfg.suffix_len, method=cfg.eval_method,
-                              backend=cfg.eval_backend, features=features)
+                              suffix_len=cfg.suffix_len, method=cfg.eval_method, backend=cfg.eval_backend,
+                              features=features, **prefix)
 
     # canaries: window i of canaries.jsonl packed at canary length + 1 (EOS) is canary i; the
     # teacher-forced fast path gives greedy decoding's exact-match verdict in one pass
@@ -168,6 +173,8 @@ def run_seed(cfg: StudyConfig, seed_dir: Path, seed: int, init: dict[str, str], 
         from kdstream.study.student_tokenizer import across_facts
 
         figures["student_tokenizer"] = across_facts(d, init)
+    if chat:  # only then: a text study's figures stay as they were
+        figures["conversations"] = True
     figures["stage_seconds"] = st.seconds
     tmp = d / (FIGURES_FILE + ".partial")
     tmp.write_text(json.dumps(figures, indent=2))
@@ -255,7 +262,7 @@ def seed_figures(d: Path, cfg: StudyConfig, classified: bool) -> dict:
         out["arms"], found = arm_figures(d, cfg.arms, memorized)
         memorized.update(found)
     out["windows"] = window_patterns(memorized, cmp["examples"])  # the findings' bootstrap (intervals.py)
-    if cfg.canary_counts:
+    if (d / CANARY_FILE).exists():  # planted (none in conversations)
         roles = [r for r in (*ROLES, "student_filtered") if (d / "eval-canaries" / r / RESULTS_FILE).exists()]
         out["canaries"] = {r: {str(c): v for c, v in canary_rates(d / CANARY_FILE, d / "eval-canaries" / r /
                                                                    RESULTS_FILE).items()} for r in roles}

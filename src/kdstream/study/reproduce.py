@@ -3,6 +3,7 @@
     OUT/config.yaml           the resolved StudyConfig (rerun with --config OUT/config.yaml)
     OUT/tokenizer/ OUT/init/  shared by every seed (tiny models: a BPE trained on the corpus)
     OUT/student_tokenizer/    the students' own, trained on the corpus (student_tokenizer: sentencepiece-N)
+A chat dataset runs the same protocol on conversations (study/conversations.py says what changes).
     OUT/seed-S/               one run of the protocol (protocol.py)
     OUT/study.md study.json canaries.png
 """
@@ -38,6 +39,7 @@ def _init_tiny(directory: Path, arch: dict, seq_len: int, vocab_size: int, token
 def _models(cfg: StudyConfig, out: Path, texts) -> dict[str, str]:
     """{"teacher": dir, "student": dir}: HF directories as given, tiny archs created under OUT/init."""
     from kdstream.model_files import check_model_dir
+    from kdstream.study.conversations import holds_conversations, train_chat_tokenizer
     from kdstream.study.student_tokenizer import check_spec, student_tokenizer
     from kdstream.text.tokenizers import load_tokenizer, train_bpe_tokenizer
 
@@ -57,7 +59,10 @@ def _models(cfg: StudyConfig, out: Path, texts) -> dict[str, str]:
             # saved in a fresh directory renamed at the end: a failed save (disk full) never
             # leaves a tokenizer/ that a rerun would take for finished
             partial = Path(tempfile.mkdtemp(prefix="tokenizer.partial-", dir=out))
-            tokenizer = train_bpe_tokenizer(texts(), cfg.tokenizer_vocab, partial)
+            if holds_conversations(cfg.dataset, cfg.split):  # with a chat template (study/conversations.py)
+                tokenizer = train_chat_tokenizer(texts(), cfg.tokenizer_vocab, partial)
+            else:
+                tokenizer = train_bpe_tokenizer(texts(), cfg.tokenizer_vocab, partial)
             partial.rename(out / "tokenizer")
     for role, name in (("teacher", cfg.teacher_model), ("student", cfg.student_model)):
         if tiny[role]:
@@ -88,34 +93,15 @@ def resolved_config(cfg: StudyConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in options_dict(cfg).items()}
 
 
-def refuse_conversations(dataset: str) -> None:
-    """KdError when --dataset is a chat .jsonl (its first row, by its keys): the protocol trains
-    and plants canaries on text windows; other formats are refused by the corpus loader."""
-    import json
-
-    from kdstream.data.conversations import row_format
-
-    path = Path(dataset)
-    if not (path.is_file() and path.suffix.lower() == ".jsonl"):
-        return
-    with open(path, encoding="utf-8", errors="replace") as f:
-        first = next((line for line in f if line.strip()), "")
-    try:
-        row = json.loads(first)
-    except json.JSONDecodeError:
-        return  # the corpus loader names the bad line
-    if row_format(row) is not None:
-        raise KdError(f"dataset {path} holds conversations: kdstream reproduce runs the protocol on text windows "
-                      "(canaries planted in the text); run its steps on conversations by hand as docs/study.md "
-                      "\"Conversations\" lists them")
-
-
 def prepare_study_dir(cfg: StudyConfig, root: Path) -> tuple[dict, dict[str, str], object]:
     """Create (or check, to resume) a study directory: its config.yaml, tokenizer and initial
     models -> (the resolved config, {"teacher": dir, "student": dir}, a cached ``texts()``)."""
     from kdstream.data import load_corpus
+    from kdstream.study.conversations import check_conversation_study, conversation_texts, holds_conversations
 
-    refuse_conversations(cfg.dataset)
+    chat = holds_conversations(cfg.dataset, cfg.split)
+    if chat:
+        check_conversation_study(cfg)
     saved = root / "config.yaml"
     claim_out_dir(root, saved.name, "kdstream reproduce")  # config.yaml is written first
     resolved = resolved_config(cfg)
@@ -138,7 +124,8 @@ def prepare_study_dir(cfg: StudyConfig, root: Path) -> tuple[dict, dict[str, str
 
     def texts() -> list[str]:
         if "t" not in cache:
-            cache["t"] = load_corpus(cfg.dataset, cfg.text_field, cfg.split).texts
+            cache["t"] = (conversation_texts(cfg.dataset, cfg.split) if chat
+                          else load_corpus(cfg.dataset, cfg.text_field, cfg.split).texts)
         return cache["t"]
 
     return resolved, _models(cfg, root, texts), texts

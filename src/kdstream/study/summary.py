@@ -87,17 +87,29 @@ def _fmt_rate(s: dict) -> str:
     return f"{100 * s['mean']:.0f}%" + (f" ± {100 * s['sd']:.0f}" if s["n"] > 1 else "")
 
 
+def _examples(cfg: dict, agg: dict) -> str:
+    if agg.get("conversations"):
+        return (f"{agg['examples']} conversations of at most {cfg['seq_len']} tokens (one example each, the loss "
+                "on the assistant's tokens; a \"window\" below is a conversation)")
+    return f"{agg['examples']} examples of {cfg['seq_len']} tokens"
+
+
+def _extraction(cfg: dict, agg: dict) -> str:
+    if agg.get("conversations"):
+        return f"from each conversation's prompt → the first {cfg['suffix_len']} tokens of its first answer"
+    return f"{cfg['prefix_len']} → {cfg['suffix_len']} tokens"
+
+
 def format_study(cfg: dict, agg: dict, rows: list[dict]) -> str:
     seeds = agg["seeds"]
     n_seeds = f"{seeds} seed{'s' if seeds > 1 else ''}" + (" (mean ± sd)" if seeds > 1 else "")
     lines = [
         "# Memorization in distillation: the paper's findings beside this run",
         "",
-        f"This run: teacher `{cfg['teacher_model']}`, student `{cfg['student_model']}`, {agg['examples']} examples of "
-        f"{cfg['seq_len']} tokens from `{cfg['dataset']}`, epochs {cfg['teacher_epochs']} (teacher) / "
+        f"This run: teacher `{cfg['teacher_model']}`, student `{cfg['student_model']}`, {_examples(cfg, agg)} from "
+        f"`{cfg['dataset']}`, epochs {cfg['teacher_epochs']} (teacher) / "
         f"{cfg['student_epochs']} (baseline, student), lr {cfg.get('teacher_lr') or cfg['lr']:g} / {cfg['lr']:g}, "
-        f"KD `{cfg['loss']}` at T = {cfg['temperature']}, greedy "
-        f"{cfg['prefix_len']} → {cfg['suffix_len']} tokens, exact match; {n_seeds}.",
+        f"KD `{cfg['loss']}` at T = {cfg['temperature']}, greedy {_extraction(cfg, agg)}, exact match; {n_seeds}.",
         "Paper: Pythia-12B teacher, Pythia-1.4B baseline and student, 1M FineWeb examples of 256 tokens, 50 → 50 tokens.",
         *_across_lines(cfg, agg.get("student_tokenizer")),
         "",
@@ -131,6 +143,9 @@ def format_study(cfg: dict, agg: dict, rows: list[dict]) -> str:
                      "branch; the teacher resolved it from the earlier context and the student learned that from it "
                      "(kdstream/analysis/forks.py). The paper's teacher-only examples are the ones its baseline lacks "
                      "the capacity for.")
+    if agg.get("conversations"):
+        lines += ["", "No canaries on conversations: a planted canary would be a conversation of its own, which the "
+                  "protocol does not make (kdstream/study/conversations.py)."]
     if agg.get("canaries"):
         counts, crow = canary_rows(agg)
         per = next(iter(agg["canaries"].values()))
@@ -205,6 +220,8 @@ def canary_plot(agg: dict, path: Path) -> None:
 
 def write_study_report(out: Path, cfg: dict, figs: list[dict]) -> dict:
     agg = aggregate(figs)
+    if any(f.get("conversations") for f in figs):  # only then: a text study's report stays as it was
+        agg["conversations"] = True
     rows = findings(agg)
     result = {"config": cfg, "aggregate": agg, "findings": rows, "seeds": figs}
     if agg.get("canaries"):

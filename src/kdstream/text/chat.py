@@ -22,6 +22,14 @@ from kdstream.options import option, require
 
 _SENTINEL = "\u2063KDSTREAM-CONTENT\u2063"  # invisible separator around a word no template rewrites
 
+# ChatML (Qwen, SmolLM2-Instruct without their default system prompt): the template of the
+# tokenizers kdstream trains itself for conversations (the study's tiny models)
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHATML_SPECIALS = ("<|im_start|>", "<|im_end|>")
+
 
 @dataclass(frozen=True)
 class ChatOptions:

@@ -44,10 +44,14 @@ def tokenizer_fingerprint(tokenizer) -> dict:
     return {"sha256": hashlib.sha256(payload.encode()).hexdigest(), "vocab_size": len(vocab)}
 
 
-def train_bpe_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path):
-    """Train a byte-level BPE tokenizer (GPT-NeoX style, ``<|endoftext|>`` = id 0) and save it.
+def train_bpe_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path, specials: tuple[str, ...] = (),
+                        chat_template: str | None = None):
+    """Train a byte-level BPE tokenizer (GPT-NeoX style, ``<|endoftext|>`` = id 0) and save it;
+    ``specials`` (e.g. a chat template's ``<|im_start|>``, ``<|im_end|>``) take the next ids, and
+    ``chat_template`` is saved with it.
 
-    Used by the demo and the tests: no hub access is needed. Deterministic for the same texts.
+    Used by the demo, the study on conversations and the tests: no hub access is needed.
+    Deterministic for the same texts.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -57,14 +61,17 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
+        special_tokens=["<|endoftext|>", *specials],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
+    extra = {"additional_special_tokens": list(specials)} if specials else {}
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>", **extra
     )
+    if chat_template is not None:
+        fast.chat_template = chat_template
     fast.save_pretrained(str(out_dir))
     return fast
 
