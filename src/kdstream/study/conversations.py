@@ -19,10 +19,22 @@ from kdstream.errors import KdError
 
 @lru_cache(maxsize=8)
 def holds_conversations(dataset: str, split: str) -> bool:
-    """Whether ``dataset`` is read as conversations (as precompute-logits reads it, --format auto)."""
-    from kdstream.data.conversations import read_rows
+    """Whether ``dataset`` is read as conversations (as precompute-logits reads it, --format auto:
+    by its first row). A .jsonl file is judged by its first line alone: a text corpus of millions
+    of rows is not read twice."""
+    import json
+
+    from kdstream.data.conversations import read_rows, row_format
     from kdstream.data.dataset_examples import is_chat
 
+    path = Path(dataset)
+    if path.is_file() and path.suffix.lower() == ".jsonl":
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = next((line for line in f if line.strip()), "")
+        try:
+            return row_format(json.loads(first)) is not None
+        except json.JSONDecodeError:
+            return False  # the corpus loader names the bad line
     return is_chat(read_rows(dataset, split), "auto")
 
 
