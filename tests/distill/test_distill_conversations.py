@@ -85,10 +85,11 @@ def test_chat_flags_with_a_store_and_online_kd_on_chat_are_refused(chat_store, c
     assert not (tmp_path / "o").exists()
 
 
-def test_a_student_of_another_tokenizer_is_refused_on_a_conversation_store(chat_store, student_init_dir, tmp_path):
+def test_a_student_of_another_tokenizer_without_a_chat_template_is_refused(chat_store, student_init_dir, tmp_path):
     proc = run_cli("distill", "--logits-store", chat_store, "--model", student_init_dir, "--out", tmp_path / "o",
                    check=False)
-    assert proc.returncode == 2 and "conversation store" in one_line_error(proc)
+    assert proc.returncode == 2 and "pass --student-chat-template FILE" in one_line_error(proc)
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow

@@ -33,6 +33,8 @@ class AlignedExample:
     the tail). Without a top-k (ALM only) P = k = 0.
     student_bytes (L_s,) int64: the text's bytes each student token covers (its span), for bits
     per byte (held_out.py); not batched.
+    targets (L_s,) bool: the tokens the student learns (CE, bits per byte); None: every token. A
+    conversation's are its answers' (cross_conversations.py).
     """
 
     student_ids: np.ndarray
@@ -43,6 +45,11 @@ class AlignedExample:
     exact_ids: np.ndarray
     exact_logprobs: np.ndarray
     student_bytes: np.ndarray | None = None
+    targets: np.ndarray | None = None
+
+    def target_mask(self) -> np.ndarray:
+        """(L_s,) bool: ``targets``, or every token."""
+        return np.ones(len(self.student_ids), bool) if self.targets is None else self.targets
 
 
 def teacher_chunk_logprobs(alignment: Alignment, target_logprob: np.ndarray) -> np.ndarray:
@@ -211,6 +218,7 @@ class AlignedBatch:
     """B examples, padded to L = the longest student sequence; N chunks, P exact rows in all.
 
     input_ids (B, L) int64 (pad_id past each example's end); attention_mask (B, L) bool.
+    target_mask (B, L) bool: the tokens CE learns (AlignedExample.targets; the real ones by default).
     token_chunk (B, L) int64: batch-wide chunk index of each student token, -1 on padding.
     teacher_chunk_logprob (N,) float32; chunk_usable (N,) bool.
     exact_batch (P,), exact_row (P,) int64: where the exact rows sit in (B, L);
@@ -219,6 +227,7 @@ class AlignedBatch:
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
+    target_mask: torch.Tensor
     token_chunk: torch.Tensor
     teacher_chunk_logprob: torch.Tensor
     chunk_usable: torch.Tensor
@@ -241,11 +250,13 @@ def collate_aligned(examples: list[AlignedExample], pad_id: int = 0) -> AlignedB
     b, width = len(examples), max(len(e.student_ids) for e in examples)
     ids = np.full((b, width), pad_id, np.int64)
     mask = np.zeros((b, width), bool)
+    targets = np.zeros((b, width), bool)
     chunk = np.full((b, width), -1, np.int64)
     offset = 0
     for i, e in enumerate(examples):
         n = len(e.student_ids)
         ids[i, :n], mask[i, :n], chunk[i, :n] = e.student_ids, True, e.student_chunk + offset
+        targets[i, :n] = e.target_mask()
         offset += len(e.usable)
     ks = {e.exact_ids.shape[1] for e in examples if len(e.exact_rows)} or {0}
     if len(ks) > 1:
@@ -256,6 +267,7 @@ def collate_aligned(examples: list[AlignedExample], pad_id: int = 0) -> AlignedB
     return AlignedBatch(
         input_ids=torch.from_numpy(ids),
         attention_mask=torch.from_numpy(mask),
+        target_mask=torch.from_numpy(targets),
         token_chunk=torch.from_numpy(chunk),
         teacher_chunk_logprob=torch.from_numpy(np.concatenate([e.teacher_chunk_logprob for e in examples])).float(),
         chunk_usable=torch.from_numpy(np.concatenate([e.usable for e in examples])),

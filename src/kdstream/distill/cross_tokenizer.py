@@ -116,7 +116,7 @@ def cross_terms(logits, batch, *, mode: str, loss: str, temperature: float, tail
 
     lse = student_log_normalizer(logits)  # (B, L-1), shared by every term
     lp = student_token_logprobs(logits, batch.input_ids, lse)  # (B, L-1)
-    real = batch.attention_mask[:, 1:]  # (B, L-1) a real next token
+    real = batch.target_mask[:, 1:]  # (B, L-1) a next token the student learns (a real one; a conversation's answers)
     ce = -(lp * real).sum() / real.sum().clamp(min=1)
     if mode == CE_ONLY:
         return torch.stack([ce, ce.detach(), torch.zeros_like(ce)])

@@ -53,10 +53,10 @@ def held_out_loss(run: Run, data: TrainData) -> dict:
                 out = core(aligned=aligned.to(run.device)).double().cpu()
                 counted += n
                 sums += out * n
-                if n:  # ce: the mean over the batch's real next tokens
-                    real = float(aligned.attention_mask[:, 1:].sum())
+                if n:  # ce: the mean over the batch's learned next tokens (a conversation's answers)
+                    real = float(aligned.target_mask[:, 1:].sum())
                     nats, tokens = nats + float(out[1]) * real, tokens + real
-                    num_bytes += sum(int(e.student_bytes[1:].sum()) for e in kept)
+                    num_bytes += sum(int(e.student_bytes[1:][e.target_mask()[1:]].sum()) for e in kept)
                 continue
             out = core(**{k: torch.from_numpy(batch[k]).to(run.device) for k in data.keys}).double().cpu()
             counted += n

@@ -93,6 +93,9 @@ class DistillOptions:
     teacher_tokenizer: str | None = option(None, "The store's tokenizer (a directory), for a student of another "
                                                  "tokenizer; default: the one the store carries (stores written "
                                                  "before stores carried it need this flag).")
+    student_chat_template: str | None = option(None, "A student of another tokenizer on a conversation store: the "
+                                                     "Jinja chat template it renders each conversation with "
+                                                     "(default: its tokenizer's own).")
     checkpoint_every: int | None = option(None, "Save a resumable checkpoint every N steps.")
     resume: bool = option(False, "Continue an interrupted run from its latest checkpoint in --out.")
     overwrite: bool = option(False, "Replace an existing checkpoint directory.")

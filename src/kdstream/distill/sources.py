@@ -144,7 +144,12 @@ def cross_targets(opts, store, tokenizer):
         teacher = teacher_tokenizer(store, opts.teacher_tokenizer, missing=(
             f"the student's tokenizer differs from the store's and {store.url} carries no tokenizer (written before "
             "stores carried one): pass --teacher-tokenizer DIR (the teacher's tokenizer) to distil across tokenizers"))
-    return CrossTargets.build(teacher, tokenizer, mode, opts.exact_map, opts.exact_rows)
+    cross = CrossTargets.build(teacher, tokenizer, mode, opts.exact_map, opts.exact_rows)
+    if store.conversations:  # the student renders each conversation with its own template
+        from kdstream.distill.cross_conversations import conversation_targets
+
+        return conversation_targets(cross, store, opts.student_chat_template)
+    return cross
 
 
 def load_source(opts, tokenizer, net):

@@ -169,10 +169,8 @@ def _setup_data(opts: DistillOptions, d, loaded: tuple, exclude, cross=None, byt
 
         keys = store_keys(cross.mode)
     if getattr(source, "conversations", False):  # the loss only at the target rows (topk_len > 0)
-        if cross is not None:
-            raise KdError("a student of another tokenizer cannot yet train on a conversation store: use a student "
-                          "with the teacher's tokenizer")
-        keys = (*keys, "topk_len")
+        # across tokenizers: each row's conversation is rendered anew (cross_conversations.py)
+        keys = (*keys, "topk_len") + (("doc_index",) if cross is not None else ())
     return TrainData(source=source, open_source=open_source, seq_len=seq_len, kept=kept, held_out=held_out,
                      keys=keys, num_train=num_train, transform=cross, byte_lengths=byte_lengths,
                      total_steps=batches_per_epoch(num_train, opts.batch_size) * opts.epochs)
@@ -343,12 +341,13 @@ def _held_out_summary(last: dict) -> dict:
 def _cross_summary(run) -> dict:
     """A cross-tokenizer run's loss and the examples it skipped (all ranks; an epoch's skips recur)."""
     from kdstream.distill import distributed
+    from kdstream.distill.cross_conversations import CONTENT_DIFFERS
     from kdstream.text.align import SKIP_REASONS
 
     cross = getattr(run.model.module if hasattr(run.model, "module") else run.model, "cross", None)
     if cross is None:
         return {}
-    reasons = list(SKIP_REASONS)  # the same list on every rank: the sum is a collective
+    reasons = [*SKIP_REASONS, CONTENT_DIFFERS]  # the same list on every rank: the sum is a collective
     counts = distributed.all_sum([float(run.skipped.get(r, 0)) for r in reasons], run.d)
     return {"cross_tokenizer": cross, "skipped_examples": {r: int(c) for r, c in zip(reasons, counts)}}
 

@@ -6,7 +6,7 @@
 - Tiny models: their BPE is trained on the messages' text, with ChatML's special tokens and template.
 - Extraction: each conversation's first answer, greedy from its prompt (no ``prefix_len``).
 - No canaries: a planted canary would be a conversation of its own, which the protocol does not make.
-- Students share the teacher's tokenizer (distill does not yet align conversations across tokenizers).
+- Students share the teacher's tokenizer (extract-eval does not yet judge conversations across tokenizers).
 """
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ def check_conversation_study(cfg) -> None:
     """One-line errors for what the protocol does not do on conversations, and a note for the
     canaries it skips (before the study directory is made)."""
     if cfg.student_tokenizer:
-        raise KdError(f"dataset {cfg.dataset} holds conversations, and a student of another tokenizer cannot yet "
-                      "train on conversations: drop student_tokenizer")
+        raise KdError(f"dataset {cfg.dataset} holds conversations, and extract-eval cannot yet judge a student of "
+                      "another tokenizer on them: drop student_tokenizer")
     if cfg.canary_counts:
         print(f"[study] {cfg.dataset} holds conversations: no canaries are planted (a canary would be a "
               "conversation of its own); canary_counts is not used", file=sys.stderr)

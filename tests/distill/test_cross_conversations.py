@@ -1,0 +1,128 @@
+"""A student of another tokenizer (Llama-3-style headers) on a ChatML teacher's conversation store:
+each conversation rendered with the student's own template, aligned on the answers' content only."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import last_json, one_line_error, run_cli
+from kdstream.storage import open_store
+
+KEYS = ("input_ids", "target_logprob", "topk_ids", "topk_logprobs", "topk_len", "doc_index")
+
+
+@pytest.fixture(scope="module")
+def llama3_student(tmp_path_factory, docs):
+    """Config + a BPE of its own (another vocabulary than the teacher's) with Llama-3-style headers."""
+    from benchmarks.fixtures import tiny_gpt_neox_config
+    from chat_templates import LLAMA3, LLAMA3_SPECIALS, train_chat_tokenizer
+    from helpers import SEQ_LEN
+
+    d = tmp_path_factory.mktemp("llama3_student")
+    tok = train_chat_tokenizer(docs[:60], 600, d, LLAMA3, LLAMA3_SPECIALS)
+    tiny_gpt_neox_config(len(tok), hidden=128, layers=1, heads=2, intermediate=256, positions=2 * SEQ_LEN,
+                         eos=tok.eos_token_id).save_pretrained(str(d))
+    return d, tok
+
+
+@pytest.fixture(scope="module")
+def targets(chat_store, chat_teacher_dir, llama3_student):
+    from kdstream.distill.cross_conversations import conversation_targets
+    from kdstream.distill.cross_tokenizer import CrossTargets
+    from kdstream.text.tokenizers import load_tokenizer
+
+    cross = CrossTargets.build(load_tokenizer(chat_teacher_dir), llama3_student[1], "alm+exact", "prefix")
+    return conversation_targets(cross, open_store(str(chat_store)), None)
+
+
+def test_the_student_sees_its_own_template_and_learns_only_the_answers(targets, chat_store, llama3_student,
+                                                                       chat_teacher_dir):
+    from chat_templates import LLAMA3
+    from kdstream.data.conversations import conversations_of, read_rows
+    from kdstream.text.chat import target_ranges
+    from kdstream.text.tokenizers import load_tokenizer
+
+    im_end = load_tokenizer(chat_teacher_dir).convert_tokens_to_ids("<|im_end|>")
+    tok = llama3_student[1]
+    store = open_store(str(chat_store))
+    rows = store.read(0, len(store), KEYS)
+    out = targets(rows)
+    examples = out["aligned"]
+    assert len(examples) == len(store) and not out["skipped"]
+    conv = conversations_of(read_rows(store.attrs["corpus"]["source"]), "chat")
+    messages = dict(zip(conv.rows, conv.items))
+    for b, e in enumerate(examples):
+        text, ranges = target_ranges(tok, LLAMA3, messages[int(rows["doc_index"][b])])
+        spelled = tok.decode(e.student_ids, skip_special_tokens=False)
+        assert text.startswith(spelled) and spelled.startswith("<|begin_of_text|><|start_header_id|>"), b
+        learned = tok.decode(e.student_ids[e.targets], skip_special_tokens=False)
+        answers = "".join(text[a:z] for a, z in ranges)  # content + <|eot_id|> of each answer
+        assert answers.startswith(learned) and len(learned) > 0, b  # never a header, a user or system token
+        assert "<|im_end|>" not in spelled and "<|im_start|>" not in spelled  # no teacher template token
+        # the chunks' teacher log-likelihoods add up every content row of the store's, nothing else
+        t = rows["input_ids"][b]
+        tgt = np.zeros(len(t), bool)
+        tgt[1:] = rows["topk_len"][b] > 0
+        content = tgt & (t != im_end)
+        want = rows["target_logprob"][b][np.flatnonzero(content) - 1].astype(np.float64).sum()
+        assert e.teacher_chunk_logprob.sum() == pytest.approx(want, rel=1e-9, abs=1e-6), b
+        # exact rows predict the first token of a learned chunk
+        assert e.targets[e.exact_rows + 1].all() and len(e.exact_rows) == len(e.exact_ids) > 0
+    usable = np.concatenate([e.usable for e in examples])
+    assert usable.mean() > 0.3  # the answers' chunks, not the one chunk of each template piece
+
+
+def test_distill_across_tokenizers_on_conversations(tmp_path, chat_store, llama3_student, chat_file):
+    from chat_templates import LLAMA3
+
+    student, _ = llama3_student
+    args = ["distill", "--logits-store", chat_store, "--model", student, "--epochs", 1, "--batch-size", 8,
+            "--eval-examples", 6, "--lr", "1e-3"]
+    summary = last_json(run_cli(*args, "--out", tmp_path / "kd").stdout)
+    assert np.isfinite(summary["final_loss"]) and summary["held_out_bits_per_byte"] > 0
+    ce = last_json(run_cli(*args, "--loss", "ce", "--out", tmp_path / "ce").stdout)
+    assert np.isfinite(ce["final_loss"]) and ce["held_out_tokens"] == summary["held_out_tokens"] > 0
+
+    # a student tokenizer without a template: the flag, or a one-line error naming it
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in student.iterdir():
+        if f.name != "chat_template.jinja":
+            (bare / f.name).write_bytes(f.read_bytes())
+    proc = run_cli(*args, "--model", bare, "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2 and "--student-chat-template" in one_line_error(proc)
+    template = tmp_path / "llama3.jinja"
+    template.write_text(LLAMA3)
+    again = last_json(run_cli(*args, "--model", bare, "--student-chat-template", template, "--out",
+                              tmp_path / "t").stdout)
+    assert again["final_loss"] == pytest.approx(summary["final_loss"])
+
+
+def test_what_a_student_of_another_tokenizer_cannot_use_is_refused_in_one_line(tmp_path, chat_teacher_dir, chat_file,
+                                                                              llama3_student, gen_store):
+    from chat_templates import chat_precompute_args
+
+    student, _ = llama3_student
+    data = tmp_path / "chat.jsonl"
+    data.write_text(chat_file.read_text())
+    store = tmp_path / "s.zarr"
+    run_cli(*chat_precompute_args(chat_teacher_dir, data, store, "--max-examples", 4, "--backend", "hf"))
+    args = ["distill", "--logits-store", store, "--model", student, "--epochs", 1, "--out", tmp_path / "o"]
+    data.write_text(data.read_text() + data.read_text().splitlines(keepends=True)[0])  # one row more
+    assert "has changed since store" in one_line_error(run_cli(*args, check=False))
+    data.unlink()
+    assert "which is not here" in one_line_error(run_cli(*args, check=False))
+    proc = run_cli("distill", "--logits-store", gen_store[0], "--model", student, "--out", tmp_path / "o", check=False)
+    assert "teacher-written responses" in one_line_error(proc)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_student_template_that_rewrites_the_answers_skips_them_counted(targets, chat_store):
+    from dataclasses import replace
+
+    from chat_templates import LLAMA3
+
+    store = open_store(str(chat_store))
+    shouting = replace(targets, template=LLAMA3.replace("message['content'] | trim", "message['content'] | upper"))
+    out = shouting(store.read(0, 8, KEYS))
+    assert out["aligned"] == [] and out["skipped"] == {"content_differs": 8}
