@@ -99,7 +99,7 @@ def test_distill_across_tokenizers_on_conversations(tmp_path, chat_store, llama3
 
 
 def test_what_a_student_of_another_tokenizer_cannot_use_is_refused_in_one_line(tmp_path, chat_teacher_dir, chat_file,
-                                                                              llama3_student, gen_store):
+                                                                              chat_store, llama3_student, gen_store):
     from chat_templates import chat_precompute_args
 
     student, _ = llama3_student
@@ -114,6 +114,9 @@ def test_what_a_student_of_another_tokenizer_cannot_use_is_refused_in_one_line(t
     assert "which is not here" in one_line_error(run_cli(*args, check=False))
     proc = run_cli("distill", "--logits-store", gen_store[0], "--model", student, "--out", tmp_path / "o", check=False)
     assert "teacher-written responses" in one_line_error(proc)
+    proc = run_cli("distill", "--logits-store", chat_store, "--model", chat_teacher_dir,
+                   "--student-chat-template", chat_file, "--out", tmp_path / "o", check=False)
+    assert "--student-chat-template is for a student of another tokenizer" in one_line_error(proc)
     assert not (tmp_path / "o").exists()
 
 

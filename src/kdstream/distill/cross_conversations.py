@@ -100,6 +100,9 @@ class ConversationTargets:
         return _Plan(text, turns)
 
     def _example(self, rows: dict[str, np.ndarray], b: int, plan: _Plan, found: list) -> AlignedExample:
+        """The student's sequence of conversation b: per turn, the template before the answer (one
+        unusable chunk, not learned), the content (the aligner's chunks, learned) and the template
+        piece that closes the turn (learned: where to stop)."""
         tok = self.cross.aligner.student
         s_vocab = self.cross.aligner.s
         ids, chunks, targets, nbytes = [], [], [], []
@@ -109,27 +112,15 @@ class ConversationTargets:
         for (a, _, s0, s1), al in zip(plan.turns, found):
             for piece, is_target in ((plan.text[pos:s0], False), (None, True), (plan.text[s0 + len(al.text):s1], True)):
                 if piece is None:  # the content, as the aligner tokenized it, with its chunks
+                    use, chunk_lp, s_rows, t_rows = self._content(al, a, n_tokens > 0, lp_row, b)
                     ids.append(al.student_ids)
                     chunks.append(al.student_chunk + n_chunks)
                     nbytes.append(al.student_spans[:, 1] - al.student_spans[:, 0])
                     targets.append(np.ones(len(al.student_ids), bool))
-                    use = al.usable.copy()
-                    tb, sb = al.teacher_bounds, al.student_bounds
-                    if len(use) and tb[0, 0] == 0 and sb[0, 0] == 0 and (al.teacher_chunk[:max(tb[0, 1], 1)] == 0).all():
-                        use[0] = n_tokens > 0  # predicted from the header before it, on both sides
-                    if lp_row is not None:  # sum of the store's rows a-1+j over the chunk's teacher tokens j
-                        j = np.flatnonzero(al.teacher_chunk >= 0)
-                        lp.append(np.bincount(al.teacher_chunk[j], weights=lp_row[b][a - 1 + j].astype(np.float64),
-                                              minlength=len(use)))
-                    else:
-                        lp.append(np.zeros(len(use)))
+                    lp.append(chunk_lp)
                     usable.append(use)
-                    k = np.flatnonzero(use)
-                    exact_rows.append(n_tokens + sb[k, 0] - 1)  # student row predicting the chunk's first token
-                    exact_t.append(a + tb[k, 0] - 1)  # the store row predicting the teacher's
-                    if self.cross.exact_rows == "same_token":
-                        one = (tb[k, 1] - tb[k, 0] == 1) & (sb[k, 1] - sb[k, 0] == 1)
-                        exact_rows[-1], exact_t[-1] = exact_rows[-1][one], exact_t[-1][one]
+                    exact_rows.append(n_tokens + s_rows)
+                    exact_t.append(t_rows)
                     n_chunks += len(use)
                     n_tokens += len(al.student_ids)
                     continue
@@ -150,6 +141,25 @@ class ConversationTargets:
         return AlignedExample(np.concatenate(ids), np.concatenate(chunks), np.concatenate(lp),
                               np.concatenate(usable), rows_s[kept].astype(np.int64), e_ids, e_lp,
                               np.concatenate(nbytes), np.concatenate(targets))
+
+    def _content(self, al, a: int, after_header: bool, lp_row, b: int) -> tuple[np.ndarray, ...]:
+        """One answer's content (its Alignment ``al``, teacher tokens from store position ``a``) →
+        usable (C,), the teacher's chunk log-likelihoods (C,), and the exact rows: the student's
+        (in the content's positions) and the store's, each predicting a usable chunk's first token."""
+        use = al.usable.copy()
+        tb, sb = al.teacher_bounds, al.student_bounds
+        if len(use) and tb[0, 0] == 0 and sb[0, 0] == 0 and (al.teacher_chunk[:max(tb[0, 1], 1)] == 0).all():
+            use[0] = after_header  # predicted from the header before it, on both sides
+        if lp_row is None:  # CE only: no teacher targets
+            chunk_lp = np.zeros(len(use))
+        else:  # the store's rows a-1+j over the chunk's teacher tokens j (row a-1 predicts the first)
+            j = np.flatnonzero(al.teacher_chunk >= 0)
+            chunk_lp = np.bincount(al.teacher_chunk[j], weights=lp_row[b][a - 1 + j].astype(np.float64),
+                                   minlength=len(use))
+        k = np.flatnonzero(use)
+        if self.cross.exact_rows == "same_token":  # one token on each side
+            k = k[(tb[k, 1] - tb[k, 0] == 1) & (sb[k, 1] - sb[k, 0] == 1)]
+        return use, chunk_lp, sb[k, 0] - 1, a + tb[k, 0] - 1
 
     def _exact(self, rows: dict[str, np.ndarray], b: int, t_rows: np.ndarray) -> tuple[np.ndarray, ...]:
         """The teacher's top-k at store rows ``t_rows`` of conversation b as student ids (P, k), their

@@ -136,6 +136,9 @@ def cross_targets(opts, store, tokenizer):
     from kdstream.text.match import tokenizers_match
 
     mode = cross_mode(opts, store, tokenizer)
+    if opts.student_chat_template and (mode is None or not store.conversations):
+        raise KdError("--student-chat-template is for a student of another tokenizer on a conversation store: "
+                      "drop it (a same-tokenizer student reads the store's own tokens)")
     if mode is None:
         return None
     if tokenizers_match(tokenizer, store):
