@@ -2,7 +2,8 @@
 student's own chat template, aligned with the teacher's tokens on the assistant's content only.
 
 Per store row (one conversation; ``doc_index`` is its dataset row, reread and checked against the
-store's fingerprint when the run starts):
+store's fingerprint when the run starts; a ``--generate`` store's row is its prompt, answered by the
+teacher's response decoded from the store):
 - the teacher's target runs (consecutive target tokens) are its assistant turns, in order: each
   turn's content, then the special token(s) closing it; the last run may be cut by truncation;
 - the student renders the same messages with its template (text/chat.py); its sequence is the
@@ -39,7 +40,8 @@ class ConversationTargets:
 
     cross: CrossTargets
     template: str  # the student's chat template
-    messages: dict[int, list[dict]]  # dataset row -> its messages
+    messages: dict[int, list[dict]]  # dataset row -> its messages (a --generate store: its prompt's)
+    generated: bool = False  # a --generate store: each answer is the teacher's response, decoded
 
     @property
     def mode(self) -> str:
@@ -75,23 +77,27 @@ class ConversationTargets:
         ids = rows["input_ids"][b]
         target = np.zeros(len(ids), bool)
         target[1:] = rows["topk_len"][b] > 0  # token t+1 is a target when row t is
-        runs = _runs(target)
         t = self.cross.aligner.t
-        text, ranges = target_ranges(self.cross.aligner.student, self.template,
-                                     self.messages[int(rows["doc_index"][b])], int(rows["doc_index"][b]))
-        turns = []  # (teacher content start, end, student content start, student turn end) per turn, chars
-        for (a, e), (s0, s1) in zip(runs, ranges):
+        answers = []  # (start, content end, run end, content) of each teacher answer
+        for a, e in _runs(target):
             c = e
             while c > a and t.special[ids[c - 1]]:
                 c -= 1  # the closing special token(s) are not content
-            raw = t.bytes_of(ids[a:c], np.cumsum(t.lengths[ids[a:c]])).tobytes()
             try:
-                content = raw.decode("utf-8")
+                content = t.bytes_of(ids[a:c], np.cumsum(t.lengths[ids[a:c]])).tobytes().decode("utf-8")
             except UnicodeDecodeError:
-                return CONTENT_DIFFERS  # cut inside a character by truncation
+                return CONTENT_DIFFERS  # cut inside a character (truncation, or a sampled byte token)
+            answers.append((a, c, e, content))
+        row = int(rows["doc_index"][b])
+        messages = self.messages[row]
+        if self.generated and answers:  # the prompt, answered by the teacher's own response
+            messages = [*messages, {"role": "assistant", "content": answers[0][3]}]
+        text, ranges = target_ranges(self.cross.aligner.student, self.template, messages, row)
+        turns = []  # (teacher content start, end, student content start, student turn end) per turn, chars
+        for (a, c, e, content), (s0, s1) in zip(answers, ranges):
             if not content or not text.startswith(content, s0):
                 return CONTENT_DIFFERS
-            closed = c < e  # the teacher's turn ends here; else truncation cut it
+            closed = c < e  # the teacher's turn ends here; else truncation (or --max-new-tokens) cut it
             turns.append((a, c, s0, s1 if closed else s0 + len(content)))
             if not closed:
                 break
@@ -191,15 +197,12 @@ def _runs(target: np.ndarray) -> list[tuple[int, int]]:
 def conversation_targets(cross: CrossTargets, store, student_template_file: str | None) -> ConversationTargets:
     """The transform of a run whose student has another tokenizer, on conversation store ``store``:
     its dataset reread (checked against the store's fingerprint) and the student's template."""
-    from kdstream.data.conversations import conversations_of, fingerprint_conversations, read_rows
+    from kdstream.data.conversations import conversations_of, fingerprint_conversations, prompts_of, read_rows
     from kdstream.text.chat import template_of
 
     if (store.attrs.get("conversations") or {}).get("train_on") == "all":
         raise KdError(f"store {store.url} has rows at every position (--train-on all): its rows do not locate the "
                       "answers a student of another tokenizer aligns; precompute it with --train-on assistant")
-    if store.generated:
-        raise KdError(f"store {store.url} holds teacher-written responses: a student of another tokenizer trains on "
-                      "a store of a dataset's conversations only (not yet on --generate stores)")
     try:
         template = template_of(cross.aligner.student, student_template_file)
     except KdError:
@@ -211,8 +214,13 @@ def conversation_targets(cross: CrossTargets, store, student_template_file: str 
     if rows is None:
         raise KdError(f"store {store.url} was made from {source!r}, which is not here: a student of another tokenizer "
                       "renders each conversation itself, from the dataset the store was made from; put it back there")
-    conv = conversations_of(rows, source)
+    if store.generated:  # the prompts it was asked, as precompute-logits --generate read them
+        conv = prompts_of(rows, source)
+        n = int((store.attrs.get("conversations") or {}).get("prompts", len(conv.items)))
+        conv.items, conv.rows = conv.items[:n], conv.rows[:n]
+    else:
+        conv = conversations_of(rows, source)
     if fingerprint_conversations(conv.items) != corpus.get("fingerprint"):
         raise KdError(f"dataset {source} has changed since store {store.url} was made from it (fingerprint differs): "
                       "restore it, or precompute the store again")
-    return ConversationTargets(cross, template, dict(zip(conv.rows, conv.items)))
+    return ConversationTargets(cross, template, dict(zip(conv.rows, conv.items)), store.generated)
