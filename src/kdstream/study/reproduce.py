@@ -3,9 +3,10 @@
     OUT/config.yaml           the resolved StudyConfig (rerun with --config OUT/config.yaml)
     OUT/tokenizer/ OUT/init/  shared by every seed (tiny models: a BPE trained on the corpus)
     OUT/student_tokenizer/    the students' own, trained on the corpus (student_tokenizer: sentencepiece-N)
-A chat dataset runs the same protocol on conversations (study/conversations.py says what changes).
     OUT/seed-S/               one run of the protocol (protocol.py)
     OUT/study.md study.json canaries.png
+
+A chat dataset runs the same protocol on conversations (study/conversations.py says what changes).
 """
 from __future__ import annotations
 
