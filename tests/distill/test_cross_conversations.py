@@ -80,6 +80,7 @@ def test_distill_across_tokenizers_on_conversations(tmp_path, chat_store, llama3
             "--eval-examples", 6, "--lr", "1e-3"]
     summary = last_json(run_cli(*args, "--out", tmp_path / "kd").stdout)
     assert np.isfinite(summary["final_loss"]) and summary["held_out_bits_per_byte"] > 0
+    assert summary["skipped_examples"]["content_differs"] == 0  # counted beside the aligner's reasons
     ce = last_json(run_cli(*args, "--loss", "ce", "--out", tmp_path / "ce").stdout)
     assert np.isfinite(ce["final_loss"]) and ce["held_out_tokens"] == summary["held_out_tokens"] > 0
 

@@ -326,7 +326,7 @@ def _summary(run, data, last: dict, seconds: float, first_step: int) -> dict:
             "device": str(run.device), "precision": "bf16" if run.bf16 else "fp32",
             "tokens_per_s": round((run.pos.step - first_step) * tokens_per_step / seconds, 1) if seconds else None,
             "resumed_from_step": None if run.resumed_from is None else int(run.resumed_from.name.split("-")[1]),
-            "store_identity": run.record.store_identity, **_held_out_summary(last), **_cross_summary(run)}
+            "store_identity": run.record.store_identity, **_held_out_summary(last), **_cross_summary(run, data)}
 
 
 def _held_out_summary(last: dict) -> dict:
@@ -338,16 +338,17 @@ def _held_out_summary(last: dict) -> dict:
             "held_out_tokens": last["eval_tokens"], "held_out_bytes": last["eval_bytes"]}
 
 
-def _cross_summary(run) -> dict:
+def _cross_summary(run, data) -> dict:
     """A cross-tokenizer run's loss and the examples it skipped (all ranks; an epoch's skips recur)."""
     from kdstream.distill import distributed
-    from kdstream.distill.cross_conversations import CONTENT_DIFFERS
+    from kdstream.distill.cross_conversations import CONTENT_DIFFERS, ConversationTargets
     from kdstream.text.align import SKIP_REASONS
 
     cross = getattr(run.model.module if hasattr(run.model, "module") else run.model, "cross", None)
     if cross is None:
         return {}
-    reasons = [*SKIP_REASONS, CONTENT_DIFFERS]  # the same list on every rank: the sum is a collective
+    # the same list on every rank (the sum is a collective); conversations add their own reason
+    reasons = [*SKIP_REASONS, *([CONTENT_DIFFERS] if isinstance(data.transform, ConversationTargets) else [])]
     counts = distributed.all_sum([float(run.skipped.get(r, 0)) for r in reasons], run.d)
     return {"cross_tokenizer": cross, "skipped_examples": {r: int(c) for r, c in zip(reasons, counts)}}
 
