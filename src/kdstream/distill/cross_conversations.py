@@ -47,6 +47,10 @@ class ConversationTargets:
     def mode(self) -> str:
         return self.cross.mode
 
+    @property
+    def skip_reasons(self) -> tuple[str, ...]:
+        return (*self.cross.skip_reasons, CONTENT_DIFFERS)
+
     def __call__(self, rows: dict[str, np.ndarray]) -> dict:
         skipped: Counter = Counter()
         plans = []

@@ -79,6 +79,13 @@ class CrossTargets:
         vmap = aligner.vocab_map(vocab_map) if "exact" in mode else None
         return cls(mode, aligner, vmap, int(pad), merge=vmap is not None and map_repeats(vmap), exact_rows=exact_rows)
 
+    @property
+    def skip_reasons(self) -> tuple[str, ...]:
+        """The reasons its SKIPPED counts can name (train_summary.json reports each, 0 included)."""
+        from kdstream.text.align import SKIP_REASONS
+
+        return SKIP_REASONS
+
     def __call__(self, rows: dict[str, np.ndarray]) -> dict:
         from kdstream.distill.aligned_batch import aligned_examples
         from kdstream.text.align import Skip

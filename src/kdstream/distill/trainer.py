@@ -341,14 +341,11 @@ def _held_out_summary(last: dict) -> dict:
 def _cross_summary(run, data) -> dict:
     """A cross-tokenizer run's loss and the examples it skipped (all ranks; an epoch's skips recur)."""
     from kdstream.distill import distributed
-    from kdstream.distill.cross_conversations import CONTENT_DIFFERS, ConversationTargets
-    from kdstream.text.align import SKIP_REASONS
 
     cross = getattr(run.model.module if hasattr(run.model, "module") else run.model, "cross", None)
     if cross is None:
         return {}
-    # the same list on every rank (the sum is a collective); conversations add their own reason
-    reasons = [*SKIP_REASONS, *([CONTENT_DIFFERS] if isinstance(data.transform, ConversationTargets) else [])]
+    reasons = list(data.transform.skip_reasons)  # the same list on every rank: the sum is a collective
     counts = distributed.all_sum([float(run.skipped.get(r, 0)) for r in reasons], run.d)
     return {"cross_tokenizer": cross, "skipped_examples": {r: int(c) for r, c in zip(reasons, counts)}}
 
