@@ -107,6 +107,20 @@ def chat_store(tmp_path_factory, chat_teacher_dir, chat_file) -> Path:
 
 
 @pytest.fixture(scope="session")
+def llama3_student(tmp_path_factory, docs):
+    """A student of another tokenizer than the chat teacher's: config + a BPE of its own (another
+    vocabulary) with Llama-3-style headers and template."""
+    from benchmarks.fixtures import tiny_gpt_neox_config
+    from chat_templates import LLAMA3, LLAMA3_SPECIALS, train_chat_tokenizer
+
+    d = tmp_path_factory.mktemp("llama3_student")
+    tok = train_chat_tokenizer(docs[:60], 600, d, LLAMA3, LLAMA3_SPECIALS)
+    tiny_gpt_neox_config(len(tok), hidden=128, layers=1, heads=2, intermediate=256, positions=2 * SEQ_LEN,
+                         eos=tok.eos_token_id).save_pretrained(str(d))
+    return d, tok
+
+
+@pytest.fixture(scope="session")
 def prompt_file(tmp_path_factory, docs) -> Path:
     from chat_templates import short_prompts
 

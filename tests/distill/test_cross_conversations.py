@@ -12,20 +12,6 @@ KEYS = ("input_ids", "target_logprob", "topk_ids", "topk_logprobs", "topk_len", 
 
 
 @pytest.fixture(scope="module")
-def llama3_student(tmp_path_factory, docs):
-    """Config + a BPE of its own (another vocabulary than the teacher's) with Llama-3-style headers."""
-    from benchmarks.fixtures import tiny_gpt_neox_config
-    from chat_templates import LLAMA3, LLAMA3_SPECIALS, train_chat_tokenizer
-    from helpers import SEQ_LEN
-
-    d = tmp_path_factory.mktemp("llama3_student")
-    tok = train_chat_tokenizer(docs[:60], 600, d, LLAMA3, LLAMA3_SPECIALS)
-    tiny_gpt_neox_config(len(tok), hidden=128, layers=1, heads=2, intermediate=256, positions=2 * SEQ_LEN,
-                         eos=tok.eos_token_id).save_pretrained(str(d))
-    return d, tok
-
-
-@pytest.fixture(scope="module")
 def targets(chat_store, chat_teacher_dir, llama3_student):
     from kdstream.distill.cross_conversations import conversation_targets
     from kdstream.distill.cross_tokenizer import CrossTargets

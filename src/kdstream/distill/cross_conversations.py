@@ -55,7 +55,7 @@ class ConversationTargets:
         skipped: Counter = Counter()
         plans = []
         for b in range(len(rows["input_ids"])):
-            plan = self._plan(rows, b)
+            plan = plan_conversation(self.cross.aligner, self.template, self.messages, self.generated, rows, b)
             if isinstance(plan, str):
                 skipped[plan] += 1
             else:
@@ -74,42 +74,7 @@ class ConversationTargets:
             out.append(self._example(rows, b, plan, found))
         return {ALIGNED: out, SKIPPED: dict(skipped), PAD_ID: self.cross.pad_id}
 
-    def _plan(self, rows: dict[str, np.ndarray], b: int):
-        """The conversation's turns on both sides, or the reason to skip it."""
-        from kdstream.text.chat import target_ranges
-
-        ids = rows["input_ids"][b]
-        target = np.zeros(len(ids), bool)
-        target[1:] = rows["topk_len"][b] > 0  # token t+1 is a target when row t is
-        t = self.cross.aligner.t
-        answers = []  # (start, content end, run end, content) of each teacher answer
-        for a, e in _runs(target):
-            c = e
-            while c > a and t.special[ids[c - 1]]:
-                c -= 1  # the closing special token(s) are not content
-            try:
-                content = t.bytes_of(ids[a:c], np.cumsum(t.lengths[ids[a:c]])).tobytes().decode("utf-8")
-            except UnicodeDecodeError:
-                return CONTENT_DIFFERS  # cut inside a character (truncation, or a sampled byte token)
-            answers.append((a, c, e, content))
-        row = int(rows["doc_index"][b])
-        messages = self.messages[row]
-        if self.generated and answers:  # the prompt, answered by the teacher's own response
-            messages = [*messages, {"role": "assistant", "content": answers[0][3]}]
-        text, ranges = target_ranges(self.cross.aligner.student, self.template, messages, row)
-        turns = []  # (teacher content start, end, student content start, student turn end) per turn, chars
-        for (a, c, e, content), (s0, s1) in zip(answers, ranges):
-            if not content or not text.startswith(content, s0):
-                return CONTENT_DIFFERS
-            closed = c < e  # the teacher's turn ends here; else truncation (or --max-new-tokens) cut it
-            turns.append((a, c, s0, s1 if closed else s0 + len(content)))
-            if not closed:
-                break
-        if not turns:
-            return CONTENT_DIFFERS
-        return _Plan(text, turns)
-
-    def _example(self, rows: dict[str, np.ndarray], b: int, plan: _Plan, found: list) -> AlignedExample:
+    def _example(self, rows: dict[str, np.ndarray], b: int, plan: ConversationPlan, found: list) -> AlignedExample:
         """The student's sequence of conversation b: per turn, the template before the answer (one
         unusable chunk, not learned), the content (the aligner's chunks, learned) and the template
         piece that closes the turn (learned: where to stop)."""
@@ -187,9 +152,50 @@ class ConversationTargets:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class ConversationPlan:
+    """A conversation as the student renders it, and where the teacher's answers lie in it."""
+
     text: str  # the student's rendering
     turns: list  # (teacher content start, end, student content start (char), student turn end (char))
+
+
+def plan_conversation(aligner, template: str, messages_of: dict[int, list[dict]], generated: bool,
+                      rows: dict[str, np.ndarray], b: int) -> ConversationPlan | str:
+    """Conversation b of ``rows`` (input_ids, topk_len, doc_index) on both sides: the student's
+    rendering (``aligner.student`` with ``template``) and each teacher answer's place in it; or the
+    reason to skip it. Shared with extract-eval, which judges a student on the same rendering."""
+    from kdstream.text.chat import target_ranges
+
+    ids = rows["input_ids"][b]
+    target = np.zeros(len(ids), bool)
+    target[1:] = rows["topk_len"][b] > 0  # token t+1 is a target when row t is
+    t = aligner.t
+    answers = []  # (start, content end, run end, content) of each teacher answer
+    for a, e in _runs(target):
+        c = e
+        while c > a and t.special[ids[c - 1]]:
+            c -= 1  # the closing special token(s) are not content
+        try:
+            content = t.bytes_of(ids[a:c], np.cumsum(t.lengths[ids[a:c]])).tobytes().decode("utf-8")
+        except UnicodeDecodeError:
+            return CONTENT_DIFFERS  # cut inside a character (truncation, or a sampled byte token)
+        answers.append((a, c, e, content))
+    row = int(rows["doc_index"][b])
+    messages = messages_of[row]
+    if generated and answers:  # the prompt, answered by the teacher's own response
+        messages = [*messages, {"role": "assistant", "content": answers[0][3]}]
+    text, ranges = target_ranges(aligner.student, template, messages, row)
+    turns = []  # (teacher content start, end, student content start, student turn end) per turn, chars
+    for (a, c, e, content), (s0, s1) in zip(answers, ranges):
+        if not content or not text.startswith(content, s0):
+            return CONTENT_DIFFERS
+        closed = c < e  # the teacher's turn ends here; else truncation (or --max-new-tokens) cut it
+        turns.append((a, c, s0, s1 if closed else s0 + len(content)))
+        if not closed:
+            break
+    if not turns:
+        return CONTENT_DIFFERS
+    return ConversationPlan(text, turns)
 
 
 def _runs(target: np.ndarray) -> list[tuple[int, int]]:
@@ -201,7 +207,6 @@ def _runs(target: np.ndarray) -> list[tuple[int, int]]:
 def conversation_targets(cross: CrossTargets, store, student_template_file: str | None) -> ConversationTargets:
     """The transform of a run whose student has another tokenizer, on conversation store ``store``:
     its dataset reread (checked against the store's fingerprint) and the student's template."""
-    from kdstream.data.conversations import conversations_of, fingerprint_conversations, prompts_of, read_rows
     from kdstream.text.chat import template_of
 
     if (store.attrs.get("conversations") or {}).get("train_on") == "all":
@@ -212,11 +217,20 @@ def conversation_targets(cross: CrossTargets, store, student_template_file: str 
     except KdError:
         raise KdError("the student's tokenizer has no chat template, and a conversation store is rendered with the "
                       "student's own: pass --student-chat-template FILE") from None
+    return ConversationTargets(cross, template, stored_messages(store), store.generated)
+
+
+def stored_messages(store) -> dict[int, list[dict]]:
+    """Dataset row -> messages of the conversations (a --generate store: the prompts) conversation
+    store ``store`` was made from, reread and checked against the store's fingerprint: a model of
+    another tokenizer renders each conversation itself, with its own template."""
+    from kdstream.data.conversations import conversations_of, fingerprint_conversations, prompts_of, read_rows
+
     corpus = store.attrs.get("corpus") or {}
     source, split = corpus.get("source"), corpus.get("split", "train")
     rows = read_rows(source, split) if source else None
     if rows is None:
-        raise KdError(f"store {store.url} was made from {source!r}, which is not here: a student of another tokenizer "
+        raise KdError(f"store {store.url} was made from {source!r}, which is not here: a model of another tokenizer "
                       "renders each conversation itself, from the dataset the store was made from; put it back there")
     if store.generated:  # the prompts it was asked, as precompute-logits --generate read them
         conv = prompts_of(rows, source)
@@ -227,4 +241,4 @@ def conversation_targets(cross: CrossTargets, store, student_template_file: str 
     if fingerprint_conversations(conv.items) != corpus.get("fingerprint"):
         raise KdError(f"dataset {source} has changed since store {store.url} was made from it (fingerprint differs): "
                       "restore it, or precompute the store again")
-    return ConversationTargets(cross, template, dict(zip(conv.rows, conv.items)), store.generated)
+    return dict(zip(conv.rows, conv.items))

@@ -360,6 +360,8 @@ def _save(run, tokenizer, log, summary: dict) -> None:
     if run.d.main:
         log.close()
         save_model(run.net, {k: v.detach().cpu() for k, v in model_state.items()}, run.partial)
+        if run.opts.student_chat_template:  # the template it learned, so extract-eval renders prompts as it did
+            tokenizer.chat_template = Path(run.opts.student_chat_template).read_text(encoding="utf-8")
         tokenizer.save_pretrained(str(run.partial))
         shutil.rmtree(run.partial / CHECKPOINTS, ignore_errors=True)
         (run.partial / DONE_FILE).write_text(json.dumps(summary, indent=2))

@@ -114,6 +114,7 @@ class ByteJudge:
 
 
 def skip_counts(reasons) -> dict[str, int]:
-    """{reason: n} over SKIP_REASONS (zeros included) from per-example reasons (None: judged)."""
-    values = [r for r in reasons if r is not None]
-    return {r: values.count(r) for r in SKIP_REASONS}
+    """{reason: n} over SKIP_REASONS (zeros included), then any other reason given (a conversation
+    store's, extract/conversation_cross.py), from per-example reasons (None or NaN: judged)."""
+    values = [r for r in reasons if isinstance(r, str)]
+    return {r: values.count(r) for r in (*SKIP_REASONS, *sorted(set(values) - set(SKIP_REASONS)))}

@@ -89,6 +89,9 @@ class ExtractOptions:
                                      "verdict) | both (and report disagreements) | store (teacher's verdict from "
                                      "--logits-store, no model)")
     backend: str = option("vllm", "vllm | hf (transformers, for models vLLM cannot load)")
+    chat_template: str | None = option(None, "A conversation store and a --model of another tokenizer: the "
+                                             "model's chat template (a Jinja file), when its tokenizer has none "
+                                             "(distill saves the one a student was trained with).")
     teacher_tokenizer: str | None = option(None, "The examples' (store's, teacher's) tokenizer, a directory: "
                                                  "needed for a --model with another tokenizer (judged on the "
                                                  "suffix's bytes). With --dataset: pack the corpus with it.")
@@ -353,6 +356,8 @@ def run_extract_eval(opts: ExtractOptions, after: Callable[[Path], dict] | None 
             from kdstream.extract.conversation_run import run_conversation_eval
 
             return run_conversation_eval(opts, store, after)
+    require(opts.chat_template is None, "--chat-template renders a conversation store's prompts for a model of "
+                                        "another tokenizer, and these examples are text windows: drop it")
     model_dir = check_model_dir(opts.model, "evaluated") if opts.method != "store" else None
     tokenizer = _tokenizer(model_dir) if model_dir else None
     if tokenizer is not None:
