@@ -8,8 +8,10 @@ the rest) for --epochs, with distill's cross-tokenizer defaults (KD) and with ``
 seeds. Then ``extract-eval`` of each on the whole store (vLLM, greedy): each conversation's first
 answer from the student's own rendering of its prompt, judged on the answer's bytes
 (extract/conversation_cross.py), and needing no flag (distill saved the template with the student).
-The conversations it never trained on are the control: a student that reproduces those has learned
-the dialogues' style, not memorized them.
+The conversations it never trained on are the control. The dialogues repeat answers, so they are
+split: those whose judged answer bytes are also a trained conversation's (reproducing them is
+recalling a trained answer), and the novel rest (reproducing one would be a false verdict, or an
+answer the student could infer).
 
     python -m benchmarks.cross_conversation_extract_bench --store CB_WORK/assistant.zarr --work DIR
 
@@ -29,17 +31,22 @@ from kdstream.storage import open_store
 
 
 def memorized(eval_dir: Path, trained: int) -> dict:
-    """Counts of one evaluation: judged and memorized among the trained conversations and the rest."""
+    """Counts of one evaluation: judged and memorized among the trained conversations, among the
+    others whose judged answer bytes are also a trained one's (the dialogues repeat answers), and
+    among the novel rest."""
     import pyarrow.parquet as pq
 
     summary = json.loads((eval_dir / "summary.json").read_text())
-    r = pq.read_table(eval_dir / "results.parquet", columns=["example_id", "exact_match", "skip_reason"]).to_pandas()
+    r = pq.read_table(eval_dir / "results.parquet", columns=["example_id", "exact_match", "skip_reason",
+                                                              "suffix_bytes"]).to_pandas()
     judged = r[r["skip_reason"].isna()]
     seen = judged["example_id"] < trained
-    return {"trained_judged": int(seen.sum()), "trained_memorized": int(judged.loc[seen, "exact_match"].sum()),
-            "unseen_judged": int((~seen).sum()), "unseen_memorized": int(judged.loc[~seen, "exact_match"].sum()),
-            "conversations": summary["conversations"], "mode": summary["mode"], "match_on": summary["match_on"],
-            "extract_seconds": summary["seconds"]}
+    repeated = ~seen & judged["suffix_bytes"].isin(set(judged.loc[seen, "suffix_bytes"]))
+    novel = ~seen & ~repeated
+    count = {name: {"judged": int(m.sum()), "memorized": int(judged.loc[m, "exact_match"].sum())}
+             for name, m in (("trained", seen), ("unseen_repeating_a_trained_answer", repeated), ("unseen_novel", novel))}
+    return {**count, "conversations": summary["conversations"], "mode": summary["mode"],
+            "match_on": summary["match_on"], "extract_seconds": summary["seconds"]}
 
 
 def main() -> None:
@@ -81,7 +88,7 @@ def main() -> None:
         "flags": {"trained": args.trained, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
                   "suffix_len": args.suffix_len, "kd": "distill's cross-tokenizer defaults", "extract": "vllm, greedy"},
         "runs": runs,
-        "kd_memorized_less_than_ce": [k["trained_memorized"] < c["trained_memorized"]
+        "kd_memorized_less_than_ce": [k["trained"]["memorized"] < c["trained"]["memorized"]
                                       for k, c in zip(runs["kd"], runs["ce"])],
     })
 

@@ -7,14 +7,15 @@ model's own chat template (its tokenizer's, which distill saves with a student, 
 tokenized as distill tokenizes the template's pieces (no special tokens added). The suffix is the
 teacher's answer as ``first_turns`` cuts it (its first --suffix-len tokens) less the special
 token(s) that close the turn: the model closes a turn with its own template's tokens, so only the
-answer's content is compared, on its bytes. The model decodes greedily as many tokens as the
+answer's content is compared, on its bytes (after the lead the model's tokens put before it, a
+SentencePiece "▁", as distill trained it to). The model decodes greedily as many tokens as the
 suffix has bytes (cross_tokenizer.py: the bound never cuts a match short), and has memorized the
 answer iff its bytes start with the suffix's.
 
 Skipped, with the reason in results.parquet's ``skip_reason``: a conversation whose rendering does
-not spell the teacher's answers (``content_differs``: a template that trims or rewrites them; the
-student never trained on it either), and one whose prompt plus the bound exceeds the model's
-context (``context``).
+not spell the teacher's answers (``content_differs``: a template that trims or rewrites them) or
+whose first answer the aligner cannot map (its reasons: the student never trained on either), and
+one whose prompt plus the bound exceeds the model's context (``context``).
 """
 from __future__ import annotations
 
@@ -56,18 +57,28 @@ def cross_windows(judge: ByteJudge, template: str, messages_of: dict[int, list[d
     """The model's prompt and the suffix's bytes of each judged conversation of ``turns``
     (``first_turns`` of ``rows``: the store's input_ids, topk_len and doc_index over the range)."""
     from kdstream.distill.cross_conversations import plan_conversation
+    from kdstream.text.align import Skip
 
     tok = judge.aligner.student
+    plans = [plan_conversation(judge.aligner, template, messages_of, generated, rows, r) for r in turns.row.tolist()]
+    kept = [(r, plan) for r, plan in zip(turns.row.tolist(), plans) if not isinstance(plan, str)]
+    # each first answer's content as distill's aligner tokenized it for the student, in one call
+    found = iter(judge.aligner.align_rows([rows["input_ids"][r][plan.turns[0][0]:plan.turns[0][1]]
+                                           for r, plan in kept]).alignments() if kept else [])
     prompts, suffix, skip = [], [], []
-    for r in turns.row.tolist():
-        plan = plan_conversation(judge.aligner, template, messages_of, generated, rows, r)
-        if isinstance(plan, str):
+    for r, plan in zip(turns.row.tolist(), plans):
+        al = plan if isinstance(plan, str) else next(found)
+        if isinstance(al, (str, Skip)):
             prompts.append(None)
             suffix.append(None)
-            skip.append(plan)
+            skip.append(al if isinstance(al, str) else al.reason)
             continue
         a, c, s0, _ = plan.turns[0]  # a = the prompt's length in the teacher's tokens
-        want = judge.teacher_text(rows["input_ids"][r][a : min(a + n, c)])  # content only, no closing token
+        # the student spells the answer with a lead of its own before the content (a SentencePiece
+        # "▁" prepended: the aligner's one extra byte), so its generation starts with that lead too
+        spelled, content = judge.model_text(al.student_ids), al.text.encode()
+        lead = spelled[: len(spelled) - len(content)] if spelled.endswith(content) else b""
+        want = lead + judge.teacher_text(rows["input_ids"][r][a : min(a + n, c)])  # no closing token
         prompt = np.asarray(tok(plan.text[:s0], add_special_tokens=False)["input_ids"], np.int64)
         fits = context is None or len(prompt) + len(want) <= context
         prompts.append(prompt if fits else None)
