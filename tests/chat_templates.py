@@ -18,6 +18,10 @@ LLAMA3 = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+# Mistral-Instruct's [INST] turns (no system role), for a SentencePiece-style student: its answers
+# start a piece, so its first answer token carries the "▁" the teacher's lacks
+INST = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + "
+        "' [/INST]' }}{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
 
 
 def train_chat_tokenizer(texts: list[str], vocab: int, out_dir: Path, template: str, specials: list[str]):

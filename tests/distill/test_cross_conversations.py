@@ -116,6 +116,38 @@ def test_a_student_template_that_rewrites_the_answers_skips_them_counted(targets
     assert out["aligned"] == [] and out["skipped"] == {"content_differs": 8}
 
 
+def test_a_sentencepiece_students_first_answer_token_learns_the_lead_it_writes(tmp_path, chat_store,
+                                                                               chat_teacher_dir, docs):
+    """Its answers start a piece, so its first answer token is "▁Word" where the teacher's is "Word":
+    the exact row there maps the teacher's top-k to "▁"-led student tokens, as the student writes."""
+    from chat_templates import INST
+    from kdstream.distill.cross_conversations import conversation_targets
+    from kdstream.distill.cross_tokenizer import CrossTargets
+    from kdstream.text.tokenizers import load_tokenizer, train_sentencepiece_style_tokenizer
+
+    tok = train_sentencepiece_style_tokenizer(docs[:60], 600)
+    template = tmp_path / "inst.jinja"
+    template.write_text(INST)
+    store = open_store(str(chat_store))
+    for rule in ("prefix", "identical"):
+        cross = CrossTargets.build(load_tokenizer(chat_teacher_dir), tok, "alm+exact", rule)
+        out = conversation_targets(cross, store, str(template))(store.read(0, len(store), KEYS))
+        assert out["aligned"] and not out["skipped"]
+        spelled = cross.aligner.s.tokens
+        leads = 0
+        for e in out["aligned"]:
+            first = int(np.argmax(e.targets))  # the first answer token it learns
+            assert spelled[e.student_ids[first]].startswith(b" ")
+            at = np.flatnonzero(e.exact_rows == first - 1)
+            if len(at):
+                mapped = e.exact_ids[at[0]][np.isfinite(e.exact_logprobs[at[0]])]
+                assert all(spelled[i].startswith(b" ") for i in mapped.tolist()), rule
+                assert len(set(mapped.tolist())) == len(mapped)  # merged: each student id once
+                leads += 1
+        if rule == "prefix":  # (the identical map of a tiny vocabulary maps few first words at all)
+            assert leads > len(out["aligned"]) // 2
+
+
 def test_on_a_generate_store_the_student_learns_the_teachers_responses(tmp_path, gen_store, chat_teacher_dir,
                                                                        llama3_student):
     from kdstream.distill.cross_conversations import conversation_targets

@@ -74,20 +74,19 @@ def test_a_sentencepiece_students_suffix_starts_with_the_lead_it_was_trained_to_
                                                                                       docs):
     """A student whose tokens prepend "▁" to the answer writes " Answer…": the suffix it is judged
     on starts with that space, as the tokens distill trained it on spell it."""
+    from chat_templates import INST
     from kdstream.distill.cross_conversations import stored_messages
     from kdstream.extract.conversation_cross import cross_windows
     from kdstream.extract.conversation_prompts import first_turns
     from kdstream.extract.cross_tokenizer import ByteJudge
     from kdstream.text.tokenizers import load_tokenizer, train_sentencepiece_style_tokenizer
 
-    mistral = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + "
-               "' [/INST]' }}{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
     teacher, tok = load_tokenizer(chat_teacher_dir), train_sentencepiece_style_tokenizer(docs[:60], 600)
     store = open_store(str(chat_store))
     rows = store.read(0, len(store), ("input_ids", "example_id", "length", "topk_len", "doc_index"))
     turns = first_turns(rows, 6)
     judge = ByteJudge(teacher, tok)
-    w = cross_windows(judge, mistral, stored_messages(store), False, rows, turns, 6, None)
+    w = cross_windows(judge, INST, stored_messages(store), False, rows, turns, 6, None)
     assert len(w.judged) == len(turns) > 0
     for r, p, prompt, suffix in zip(turns.row.tolist(), turns.prompt_len.tolist(), w.prompts, w.suffix):
         assert tok.decode(prompt, skip_special_tokens=False).endswith(" [/INST]")

@@ -11,7 +11,9 @@ teacher's response decoded from the store):
   each content piece as the aligner tokenizes the teacher's content (align.py: the same bytes);
 - the chunks are the aligner's, inside each content. A content's first chunk is usable here
   (both models predict it from the header before it): its teacher log-likelihood takes the
-  row before the content, which the store holds (the first content token is a target);
+  row before the content, which the store holds (the first content token is a target). Its
+  exact row maps the teacher's top-k through ``lead_map`` when the student's first content
+  token carries a lead byte (a content starts a piece: SentencePiece's "▁");
 - the student's targets (CE, and where its loss is) are its content tokens and the token(s) that
   close each turn in its own template; the template's other tokens never are, nor is any
   teacher template token an input.
@@ -42,6 +44,9 @@ class ConversationTargets:
     template: str  # the student's chat template
     messages: dict[int, list[dict]]  # dataset row -> its messages (a --generate store: its prompt's)
     generated: bool = False  # a --generate store: each answer is the teacher's response, decoded
+    # the exact map at an answer's first token when the student spells it with a lead "▁" that the
+    # teacher's tokens there lack (teacher "I" -> student "▁I", not "I"); None without exact rows
+    lead_map: np.ndarray | None = None
 
     @property
     def mode(self) -> str:
@@ -81,13 +86,13 @@ class ConversationTargets:
         tok = self.cross.aligner.student
         s_vocab = self.cross.aligner.s
         ids, chunks, targets, nbytes = [], [], [], []
-        lp, usable, exact_rows, exact_t = [], [], [], []
+        lp, usable, exact_rows, exact_t, exact_lead = [], [], [], [], []
         n_chunks = n_tokens = pos = 0
         lp_row = rows.get("target_logprob")
         for (a, _, s0, s1), al in zip(plan.turns, found):
             for piece, is_target in ((plan.text[pos:s0], False), (None, True), (plan.text[s0 + len(al.text):s1], True)):
                 if piece is None:  # the content, as the aligner tokenized it, with its chunks
-                    use, chunk_lp, s_rows, t_rows = self._content(al, a, n_tokens > 0, lp_row, b)
+                    use, chunk_lp, s_rows, t_rows, lead = self._content(al, a, n_tokens > 0, lp_row, b)
                     ids.append(al.student_ids)
                     chunks.append(al.student_chunk + n_chunks)
                     nbytes.append(al.student_spans[:, 1] - al.student_spans[:, 0])
@@ -96,6 +101,7 @@ class ConversationTargets:
                     usable.append(use)
                     exact_rows.append(n_tokens + s_rows)
                     exact_t.append(t_rows)
+                    exact_lead.append(lead)
                     n_chunks += len(use)
                     n_tokens += len(al.student_ids)
                     continue
@@ -112,7 +118,7 @@ class ConversationTargets:
                 n_tokens += len(p_ids)
             pos = s1
         rows_s, rows_t = np.concatenate(exact_rows), np.concatenate(exact_t)
-        e_ids, e_lp, kept = self._exact(rows, b, rows_t)
+        e_ids, e_lp, kept = self._exact(rows, b, rows_t, np.concatenate(exact_lead))
         return AlignedExample(np.concatenate(ids), np.concatenate(chunks), np.concatenate(lp),
                               np.concatenate(usable), rows_s[kept].astype(np.int64), e_ids, e_lp,
                               np.concatenate(nbytes), np.concatenate(targets))
@@ -120,7 +126,8 @@ class ConversationTargets:
     def _content(self, al, a: int, after_header: bool, lp_row, b: int) -> tuple[np.ndarray, ...]:
         """One answer's content (its Alignment ``al``, teacher tokens from store position ``a``) →
         usable (C,), the teacher's chunk log-likelihoods (C,), and the exact rows: the student's
-        (in the content's positions) and the store's, each predicting a usable chunk's first token."""
+        (in the content's positions) and the store's, each predicting a usable chunk's first token,
+        and which of them predict a student token with a lead byte (the content's first: lead_map)."""
         use = al.usable.copy()
         tb, sb = al.teacher_bounds, al.student_bounds
         if len(use) and tb[0, 0] == 0 and sb[0, 0] == 0 and (al.teacher_chunk[:max(tb[0, 1], 1)] == 0).all():
@@ -134,18 +141,26 @@ class ConversationTargets:
         k = np.flatnonzero(use)
         if self.cross.exact_rows == "same_token":  # one token on each side
             k = k[(tb[k, 1] - tb[k, 0] == 1) & (sb[k, 1] - sb[k, 0] == 1)]
-        return use, chunk_lp, sb[k, 0] - 1, a + tb[k, 0] - 1
+        s_vocab = self.cross.aligner.s
+        first = al.student_ids[0] if len(al.student_ids) else 0
+        lead = len(al.student_ids) > 0 and s_vocab.lengths[first] > al.student_spans[0, 1] - al.student_spans[0, 0]
+        return use, chunk_lp, sb[k, 0] - 1, a + tb[k, 0] - 1, lead & (sb[k, 0] == 0)
 
-    def _exact(self, rows: dict[str, np.ndarray], b: int, t_rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _exact(self, rows: dict[str, np.ndarray], b: int, t_rows: np.ndarray,
+               lead: np.ndarray) -> tuple[np.ndarray, ...]:
         """The teacher's top-k at store rows ``t_rows`` of conversation b as student ids (P, k), their
-        log-probs (-inf unmapped), and which of ``t_rows`` they are (rows with no mapped id are left out)."""
+        log-probs (-inf unmapped), and which of ``t_rows`` they are (rows with no mapped id are left
+        out); ``lead`` (P,): rows mapped by ``lead_map``."""
         vmap = self.cross.vocab_map
         if vmap is None:  # ALM only
             return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32), np.zeros(len(t_rows), bool)
-        ids = np.take(vmap, rows["topk_ids"][b][t_rows])
+        top = rows["topk_ids"][b][t_rows]
+        ids = np.take(vmap, top)
+        if lead.any():
+            ids[lead] = np.take(self.lead_map, top[lead])
         logprobs = np.array(rows["topk_logprobs"][b][t_rows], np.float32)
         logprobs[ids < 0] = -np.inf
-        if self.cross.merge:
+        if self.cross.merge or lead.any():  # the lead map may send two teacher ids to one student id
             ids, logprobs = merge_repeated_ids(ids, logprobs)
         kept = np.isfinite(logprobs).any(-1)
         return ids[kept].astype(np.int64), logprobs[kept], kept
@@ -217,7 +232,8 @@ def conversation_targets(cross: CrossTargets, store, student_template_file: str 
     except KdError:
         raise KdError("the student's tokenizer has no chat template, and a conversation store is rendered with the "
                       "student's own: pass --student-chat-template FILE") from None
-    return ConversationTargets(cross, template, stored_messages(store), store.generated)
+    lead_map = cross.aligner.vocab_map(cross.vocab_rule, lead=b" ") if cross.vocab_map is not None else None
+    return ConversationTargets(cross, template, stored_messages(store), store.generated, lead_map)
 
 
 def stored_messages(store) -> dict[int, list[dict]]:

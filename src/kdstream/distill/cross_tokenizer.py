@@ -65,6 +65,7 @@ class CrossTargets:
     pad_id: int  # the student's pad (or eos) id: fills the batch past each example's end
     merge: bool = True  # vocab_map sends two teacher ids to one student id (aligned_batch.map_repeats)
     exact_rows: str = "aligned"  # align.EXACT_ROWS: which positions get an exact row
+    vocab_rule: str = "identical"  # align.VOCAB_MAPS: the rule vocab_map was built by
 
     @classmethod
     def build(cls, teacher_tokenizer, student_tokenizer, mode: str, vocab_map: str = "identical",
@@ -77,7 +78,8 @@ class CrossTargets:
         from kdstream.distill.aligned_batch import map_repeats
 
         vmap = aligner.vocab_map(vocab_map) if "exact" in mode else None
-        return cls(mode, aligner, vmap, int(pad), merge=vmap is not None and map_repeats(vmap), exact_rows=exact_rows)
+        return cls(mode, aligner, vmap, int(pad), merge=vmap is not None and map_repeats(vmap), exact_rows=exact_rows,
+                   vocab_rule=vocab_map)
 
     @property
     def skip_reasons(self) -> tuple[str, ...]:

@@ -142,8 +142,9 @@ class Aligner:
         self.specials = _special_map(teacher_tokenizer, student_tokenizer, self.t, self.s)
         self.encoder = WordCache(student_tokenizer)  # the student's ids, a word at a time where exact
 
-    def vocab_map(self, rule: str = "identical") -> np.ndarray:
-        """See ``exact_vocab_map``; ``rule`` one of VOCAB_MAPS."""
+    def vocab_map(self, rule: str = "identical", lead: bytes = b"") -> np.ndarray:
+        """See ``exact_vocab_map``; ``rule`` one of VOCAB_MAPS. ``lead``: map each teacher token's
+        bytes after these (b" ": the student's token where its piece starts with a "▁")."""
         if rule not in VOCAB_MAPS:
             raise ValueError(f"unknown vocabulary map {rule!r}; expected one of {VOCAB_MAPS}")
         by_bytes: dict[bytes, int] = {}
@@ -151,12 +152,12 @@ class Aligner:
         for keep in (ordinary, self.s.fallback):  # ordinary tokens first, then <0xNN>
             for i in np.flatnonzero(keep).tolist():
                 by_bytes.setdefault(self.s.tokens[i], i)
-        out = np.array([-1 if self.t.special[i] else by_bytes.get(b, -1) for i, b in enumerate(self.t.tokens)],
+        out = np.array([-1 if self.t.special[i] else by_bytes.get(lead + b, -1) for i, b in enumerate(self.t.tokens)],
                        np.int64)
         if rule == "prefix":  # several teacher tokens may share a student token: rows merge them
             longest = max(map(len, by_bytes), default=0)
             for i in np.flatnonzero((out < 0) & ~self.t.special).tolist():
-                b = self.t.tokens[i]
+                b = lead + self.t.tokens[i]
                 out[i] = next((by_bytes[b[:n]] for n in range(min(len(b), longest), 0, -1) if b[:n] in by_bytes), -1)
         for i, j in self.specials.items():
             out[i] = j
