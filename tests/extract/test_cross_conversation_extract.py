@@ -6,7 +6,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import one_line_error, run_cli
+from helpers import one_line_error, run_cli, store_eval_shards
 from kdstream.storage import open_store
 
 TRAINED = 8  # conversations 0..7 are trained on; the rest are excluded
@@ -116,6 +116,12 @@ def test_the_student_reproduces_only_the_answers_it_was_trained_on(tmp_path, cro
     assert summary["skipped_examples"] == {k: c["skipped"].get(k, 0) for k in summary["skipped_examples"]}
     for _, row in r[r["exact_match"]].iterrows():  # what it generated spells the answer's first bytes
         assert row["generated_bytes"].startswith(row["suffix_bytes"])
+    # two shards merged give the same verdicts and counts
+    shards = store_eval_shards(chat_store, tmp_path / "shards", 2, "--model", cross_memorizer, *SUFFIX)
+    run_cli("eval", "merge", *shards, "--out", tmp_path / "merged")
+    merged = json.loads((tmp_path / "merged" / "summary.json").read_text())
+    assert merged["conversations"] == c and merged["memorized"] == summary["memorized"]
+    assert merged["skipped_examples"] == summary["skipped_examples"] and merged["mode"] == "cross_tokenizer"
 
 
 def test_what_a_cross_tokenizer_evaluation_cannot_do_is_refused_in_one_line(tmp_path, chat_store, cross_memorizer,
