@@ -142,3 +142,32 @@ def test_same_token_exact_rows_are_the_one_token_chunks_and_the_rest_takes_ce():
     assert float(got[0]) == pytest.approx(float(kd - lp[0] - lp[2] - lp[3]) / 4, rel=1e-6)
     plain = cross_terms(logits, batch, mode="exact", **kw)  # the default: the mean over exact rows alone
     assert float(plain[0]) == pytest.approx(float(kd), rel=1e-6)
+
+
+def test_a_piece_start_after_a_special_token_maps_the_teachers_top_k_with_the_students_lead(teacher_store, docs):
+    """A document after <|endoftext|> starts a piece: a SentencePiece-style student's first token
+    there is "▁Word" where the teacher's is "Word", so the exact row predicting it maps the
+    teacher's top-k to "▁"-led student tokens; every other row maps as before."""
+    from kdstream.distill.cross_tokenizer import CrossTargets
+    from kdstream.storage import open_store
+    from kdstream.storage.tokenizer_files import teacher_tokenizer
+    from kdstream.text.tokenizers import train_sentencepiece_style_tokenizer
+
+    store = open_store(str(teacher_store))
+    cross = CrossTargets.build(teacher_tokenizer(store, None, "no tokenizer"),
+                               train_sentencepiece_style_tokenizer(docs[:60], 600), "alm+exact", "prefix")
+    out = cross(store.read(0, len(store), ("input_ids", "target_logprob", "topk_ids", "topk_logprobs")))
+    spelled, lengths = cross.aligner.s.tokens, cross.aligner.s.lengths
+    led = plain = 0
+    for e in out["aligned"]:
+        for row, ids, lp in zip(e.exact_rows.tolist(), e.exact_ids, e.exact_logprobs):
+            nxt = e.student_ids[row + 1]
+            mapped = ids[np.isfinite(lp)].tolist()
+            if lengths[nxt] > e.student_bytes[row + 1]:  # its lead byte is not the text's
+                led += 1
+                bad = [spelled[i] for i in mapped if not spelled[i].startswith(b" ")]
+                assert not bad, bad
+                assert len(set(mapped)) == len(mapped)
+            else:
+                plain += 1
+    assert led > 0 and plain > 10 * led

@@ -99,7 +99,7 @@ def aligned_example(alignment: Alignment, target_logprob: np.ndarray, topk_ids: 
 
 def aligned_examples(aligned: AlignedRows, target_logprob=None, topk_ids=None, topk_logprobs=None,
                      vocab_map: np.ndarray | None = None, merge: bool = True,
-                     same_token: bool = False) -> list[AlignedExample]:
+                     same_token: bool = False, lead: tuple | None = None) -> list[AlignedExample]:
     """The targets of a batch's aligned rows (``Aligner.align_rows``), one AlignedExample per aligned
     row in order; the store arrays are per input row ((B, ...) or lists): target_logprob (None:
     zeros, for a run without teacher targets), topk_ids and topk_logprobs (None: ALM only).
@@ -109,6 +109,9 @@ def aligned_examples(aligned: AlignedRows, target_logprob=None, topk_ids=None, t
     predict text that starts at the same byte. Rows with no mapped id are left out.
     ``same_token``: only chunks of one teacher and one student token (both next tokens are the
     same bytes: align.EXACT_ROWS).
+    ``lead``: (lead map (V_t,), the student's token byte lengths (V_s,)): a row whose student
+    token starts a piece with a lead byte its span does not count (SentencePiece's "▁" after a
+    special token) maps the teacher's top-k through the lead map (cross_tokenizer.CrossTargets).
     ``merge=False`` skips ``merge_repeated_ids`` (a sort of the (P, k) ids, the largest cost here
     on long examples): right only for a map where ``map_repeats`` is False. All of it runs over
     the batch's chunks at once (row by row, numpy's per-call overhead dominates short rows).
@@ -124,7 +127,7 @@ def aligned_examples(aligned: AlignedRows, target_logprob=None, topk_ids=None, t
     else:
         if vocab_map is None or topk_logprobs is None:
             raise ValueError("the exact targets need topk_ids, topk_logprobs and vocab_map together")
-        rows, ids, logprobs, at = _exact(aligned, topk_ids, topk_logprobs, vocab_map, merge, same_token)
+        rows, ids, logprobs, at = _exact(aligned, topk_ids, topk_logprobs, vocab_map, merge, same_token, lead)
     nbytes = aligned.student_spans[:, 1] - aligned.student_spans[:, 0]
     usable = aligned.usable.copy()  # the examples' own, not the alignments'
     s, c, a = aligned.student_off.tolist(), aligned.chunk_off.tolist(), at.tolist()
@@ -134,7 +137,7 @@ def aligned_examples(aligned: AlignedRows, target_logprob=None, topk_ids=None, t
 
 
 def _exact(aligned: AlignedRows, topk_ids, topk_logprobs, vocab_map: np.ndarray,
-           merge: bool, same_token: bool = False) -> tuple[np.ndarray, ...]:
+           merge: bool, same_token: bool = False, lead: tuple | None = None) -> tuple[np.ndarray, ...]:
     """The exact rows of a batch: rows (P,) student positions, ids (P, k), logprobs (P, k), and
     at (K+1,): aligned row r's are [at[r], at[r+1])."""
     use = aligned.usable
@@ -146,7 +149,16 @@ def _exact(aligned: AlignedRows, topk_ids, topk_logprobs, vocab_map: np.ndarray,
     topk_ids, row_at = _flat_rows(topk_ids)
     t_rows = row_at[aligned.rows[c_row]] + aligned.teacher_bounds[c, 0] - 1  # (P0,) the store rows
     # np.take: a gather of whole rows, cheaper than fancy indexing on the (P0, k) arrays
-    ids = np.take(vocab_map, np.take(topk_ids, t_rows, axis=0))  # (P0, k) student ids, -1 unmapped
+    top = np.take(topk_ids, t_rows, axis=0)  # (P0, k) teacher ids
+    ids = np.take(vocab_map, top)  # (P0, k) student ids, -1 unmapped
+    if lead is not None:
+        lead_map, lengths = lead
+        first = aligned.student_off[c_row] + aligned.student_bounds[c, 0]  # (P0,) the token each row predicts
+        spans = aligned.student_spans[first]
+        led = lengths[aligned.student_ids[first]] > spans[:, 1] - spans[:, 0]
+        if led.any():
+            ids[led] = np.take(lead_map, top[led])
+            merge = True  # the lead map may send two teacher ids to one student id
     logprobs = np.take(_flat_rows(topk_logprobs, np.float32)[0], t_rows, axis=0)  # (P0, k) a copy
     unmapped = ids < 0
     if unmapped.any():

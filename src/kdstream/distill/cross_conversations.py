@@ -12,8 +12,8 @@ teacher's response decoded from the store):
 - the chunks are the aligner's, inside each content. A content's first chunk is usable here
   (both models predict it from the header before it): its teacher log-likelihood takes the
   row before the content, which the store holds (the first content token is a target). Its
-  exact row maps the teacher's top-k through ``lead_map`` when the student's first content
-  token carries a lead byte (a content starts a piece: SentencePiece's "▁");
+  exact row maps the teacher's top-k through ``CrossTargets.lead_map`` when the student's first
+  content token carries a lead byte (a content starts a piece: SentencePiece's "▁");
 - the student's targets (CE, and where its loss is) are its content tokens and the token(s) that
   close each turn in its own template; the template's other tokens never are, nor is any
   teacher template token an input.
@@ -44,9 +44,6 @@ class ConversationTargets:
     template: str  # the student's chat template
     messages: dict[int, list[dict]]  # dataset row -> its messages (a --generate store: its prompt's)
     generated: bool = False  # a --generate store: each answer is the teacher's response, decoded
-    # the exact map at an answer's first token when the student spells it with a lead "▁" that the
-    # teacher's tokens there lack (teacher "I" -> student "▁I", not "I"); None without exact rows
-    lead_map: np.ndarray | None = None
 
     @property
     def mode(self) -> str:
@@ -150,14 +147,14 @@ class ConversationTargets:
                lead: np.ndarray) -> tuple[np.ndarray, ...]:
         """The teacher's top-k at store rows ``t_rows`` of conversation b as student ids (P, k), their
         log-probs (-inf unmapped), and which of ``t_rows`` they are (rows with no mapped id are left
-        out); ``lead`` (P,): rows mapped by ``lead_map``."""
+        out); ``lead`` (P,): rows mapped by the cross targets' ``lead_map``."""
         vmap = self.cross.vocab_map
         if vmap is None:  # ALM only
             return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32), np.zeros(len(t_rows), bool)
         top = rows["topk_ids"][b][t_rows]
         ids = np.take(vmap, top)
         if lead.any():
-            ids[lead] = np.take(self.lead_map, top[lead])
+            ids[lead] = np.take(self.cross.lead_map, top[lead])
         logprobs = np.array(rows["topk_logprobs"][b][t_rows], np.float32)
         logprobs[ids < 0] = -np.inf
         if self.cross.merge or lead.any():  # the lead map may send two teacher ids to one student id
@@ -232,8 +229,7 @@ def conversation_targets(cross: CrossTargets, store, student_template_file: str 
     except KdError:
         raise KdError("the student's tokenizer has no chat template, and a conversation store is rendered with the "
                       "student's own: pass --student-chat-template FILE") from None
-    lead_map = cross.aligner.vocab_map(cross.vocab_rule, lead=b" ") if cross.vocab_map is not None else None
-    return ConversationTargets(cross, template, stored_messages(store), store.generated, lead_map)
+    return ConversationTargets(cross, template, stored_messages(store), store.generated)
 
 
 def stored_messages(store) -> dict[int, list[dict]]:

@@ -65,7 +65,9 @@ class CrossTargets:
     pad_id: int  # the student's pad (or eos) id: fills the batch past each example's end
     merge: bool = True  # vocab_map sends two teacher ids to one student id (aligned_batch.map_repeats)
     exact_rows: str = "aligned"  # align.EXACT_ROWS: which positions get an exact row
-    vocab_rule: str = "identical"  # align.VOCAB_MAPS: the rule vocab_map was built by
+    # (V_t,) the exact map where the student's next token starts a piece with a lead "▁" that the
+    # teacher's tokens there lack (after a special token, an answer's start): teacher "I" -> "▁I"
+    lead_map: np.ndarray | None = None
 
     @classmethod
     def build(cls, teacher_tokenizer, student_tokenizer, mode: str, vocab_map: str = "identical",
@@ -78,8 +80,9 @@ class CrossTargets:
         from kdstream.distill.aligned_batch import map_repeats
 
         vmap = aligner.vocab_map(vocab_map) if "exact" in mode else None
+        lead = aligner.vocab_map(vocab_map, lead=b" ") if "exact" in mode else None
         return cls(mode, aligner, vmap, int(pad), merge=vmap is not None and map_repeats(vmap), exact_rows=exact_rows,
-                   vocab_rule=vocab_map)
+                   lead_map=lead)
 
     @property
     def skip_reasons(self) -> tuple[str, ...]:
@@ -98,7 +101,8 @@ class CrossTargets:
         # CE_ONLY reads no teacher targets: the chunk log-likelihoods are zeros, never used
         examples = aligned_examples(aligned, rows.get("target_logprob"), rows["topk_ids"] if exact else None,
                                     rows["topk_logprobs"] if exact else None, self.vocab_map, merge=self.merge,
-                                    same_token=self.exact_rows == "same_token")
+                                    same_token=self.exact_rows == "same_token",
+                                    lead=(self.lead_map, self.aligner.s.lengths) if exact else None)
         return {ALIGNED: examples, SKIPPED: dict(skipped), PAD_ID: self.pad_id}
 
 
