@@ -180,3 +180,22 @@ def test_only_allow_listed_files_are_stored_and_no_code_runs(teacher_dir, tmp_pa
     # a folder whose files load to another tokenizer: the store is written without them, and says why
     files, why = tf.collect(d, "0" * 64)
     assert files == {} and "load to another tokenizer" in why
+
+
+def test_a_second_worker_writes_a_tokenizer_file_beside_the_first_and_deletes_nothing(tmp_path):
+    """Parallel workers of one store write the same files. One that finds the other's array there,
+    its chunk not written yet, writes the same bytes beside it: it never deletes the array (and
+    with it the first worker's file in flight)."""
+    url = tmp_path / "s.zarr"
+    data = b'{"model_max_length": 128}'
+    tf.write_files(zarr.open_group(str(url), mode="w"), {"tokenizer_config.json": data})
+    array_dir = url / tf.GROUP / "tokenizer_config.json"
+    for chunk in (array_dir / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.unlink()  # the first worker created the array and is still writing its chunk
+    in_flight = array_dir / "zarr.0123abcd.partial"  # its atomic write's temporary file
+    in_flight.write_bytes(b"")
+    tf.write_files(zarr.open_group(str(url), mode="r+"), {"tokenizer_config.json": data})
+    assert in_flight.exists()
+    sub = zarr.open_group(str(url), mode="r")[tf.GROUP]
+    assert tf._read_array(sub, "tokenizer_config.json", len(data)) == data

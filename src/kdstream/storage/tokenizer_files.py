@@ -84,6 +84,7 @@ def write_files(group, files: dict[str, bytes]) -> None:
     """Write each file as the array ``tokenizer/<name>`` of ``group``, unless it is there already
     with the same bytes (a resumed store, or another worker of the same store wrote it)."""
     from zarr.codecs import BloscCodec, Crc32cCodec
+    from zarr.errors import ContainsArrayError
 
     if not files:
         return
@@ -97,10 +98,26 @@ def write_files(group, files: dict[str, bytes]) -> None:
             pass  # written (again) below
         # one chunk, zstd at the store's level (writer.BLOSC_LEVEL), crc32c as every chunk of the store
         codecs = [BloscCodec(cname="zstd", clevel=6, shuffle="noshuffle"), Crc32cCodec()]
-        arr = sub.create_array(name, shape=(len(data),), chunks=(max(1, len(data)),), dtype=np.uint8,
-                               compressors=codecs, fill_value=0, overwrite=True,
-                               attributes={"name": name, "size": len(data), "sha256": sha256(data)})
+        spec = dict(shape=(len(data),), chunks=(max(1, len(data)),), dtype=np.uint8, compressors=codecs, fill_value=0,
+                    attributes={"name": name, "size": len(data), "sha256": sha256(data)})
+        try:
+            arr = sub.create_array(name, **spec)
+        except ContainsArrayError:  # there, its chunk not (yet) right: another worker may be writing it now
+            arr = _same_array(sub, name, spec)  # then write the same bytes beside it, never delete its array
+            if arr is None:  # a stale or damaged one, of other bytes
+                arr = sub.create_array(name, **spec, overwrite=True)
         arr[...] = np.frombuffer(data, dtype=np.uint8)
+
+
+def _same_array(sub, name: str, spec: dict):
+    """``sub[name]`` when it is an array of ``spec``'s shape and attributes (the one a worker writing
+    the same file creates), else None."""
+    try:
+        arr = sub[name]
+        same = arr.shape == spec["shape"] and dict(arr.attrs) == spec["attributes"]
+    except Exception:  # unreadable metadata: a damaged array
+        return None
+    return arr if same else None
 
 
 def disk_bytes(url: str) -> int:
