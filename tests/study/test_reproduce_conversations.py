@@ -77,7 +77,7 @@ def test_what_the_protocol_does_not_do_on_conversations_is_refused_in_one_line(t
     config = tmp_path / "study.yaml"
     config.write_text(f"dataset: {chat_file}\nstudent_tokenizer: sentencepiece-600\n")
     proc = run_cli("reproduce", "--config", config, "--out", tmp_path / "study", check=False)
-    assert "extract-eval cannot yet judge a student of another tokenizer on them" in one_line_error(proc)
+    assert "cannot yet score a student of another tokenizer on them" in one_line_error(proc)
     assert not (tmp_path / "study").exists()
     config.write_text(f"dataset: {chat_file}\n")
     proc = run_cli("reproduce", "--config", config, "--find-regime", "--out", tmp_path / "search", check=False)

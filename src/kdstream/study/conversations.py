@@ -42,8 +42,8 @@ def check_conversation_study(cfg) -> None:
     """One-line errors for what the protocol does not do on conversations, and a note for the
     canaries it skips (before the study directory is made)."""
     if cfg.student_tokenizer:
-        raise KdError(f"dataset {cfg.dataset} holds conversations, and extract-eval cannot yet judge a student of "
-                      "another tokenizer on them: drop student_tokenizer")
+        raise KdError(f"dataset {cfg.dataset} holds conversations, and `kdstream features` cannot yet score a student "
+                      "of another tokenizer on them (extract-eval can): drop student_tokenizer")
     if cfg.canary_counts:
         print(f"[study] {cfg.dataset} holds conversations: no canaries are planted (a canary would be a "
               "conversation of its own); canary_counts is not used", file=sys.stderr)
