@@ -150,15 +150,12 @@ def _exact(aligned: AlignedRows, topk_ids, topk_logprobs, vocab_map: np.ndarray,
     t_rows = row_at[aligned.rows[c_row]] + aligned.teacher_bounds[c, 0] - 1  # (P0,) the store rows
     # np.take: a gather of whole rows, cheaper than fancy indexing on the (P0, k) arrays
     top = np.take(topk_ids, t_rows, axis=0)  # (P0, k) teacher ids
-    ids = np.take(vocab_map, top)  # (P0, k) student ids, -1 unmapped
+    led = None
     if lead is not None:
-        lead_map, lengths = lead
         first = aligned.student_off[c_row] + aligned.student_bounds[c, 0]  # (P0,) the token each row predicts
-        spans = aligned.student_spans[first]
-        led = lengths[aligned.student_ids[first]] > spans[:, 1] - spans[:, 0]
-        if led.any():
-            ids[led] = np.take(lead_map, top[led])
-            merge = True  # the lead map may send two teacher ids to one student id
+        led = lead_rows(aligned.student_ids[first], aligned.student_spans[first], lead[1])
+    ids = map_top_k(top, vocab_map, None if lead is None else lead[0], led)  # (P0, k) student ids, -1 unmapped
+    merge = merge or (led is not None and led.any())  # the lead map may send two teacher ids to one student id
     logprobs = np.take(_flat_rows(topk_logprobs, np.float32)[0], t_rows, axis=0)  # (P0, k) a copy
     unmapped = ids < 0
     if unmapped.any():
@@ -170,6 +167,22 @@ def _exact(aligned: AlignedRows, topk_ids, topk_logprobs, vocab_map: np.ndarray,
         c, c_row, ids, logprobs = c[keep], c_row[keep], ids[keep], logprobs[keep]
     at = offsets(np.bincount(c_row, minlength=len(aligned.rows)))
     return aligned.student_bounds[c, 0] - 1, ids.astype(np.int64, copy=False), logprobs, at
+
+
+def lead_rows(student_ids: np.ndarray, student_spans: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(P,) bool: each of these student tokens (ids (P,), byte spans (P, 2)) has a byte its span does
+    not count: the lead its tokenizer puts at a piece's start (SentencePiece's "▁"; align.py)."""
+    return lengths[student_ids] > student_spans[:, 1] - student_spans[:, 0]
+
+
+def map_top_k(top: np.ndarray, vocab_map: np.ndarray, lead_map: np.ndarray | None = None,
+              led: np.ndarray | None = None) -> np.ndarray:
+    """(P, k) teacher ids → student ids (-1 unmapped), rows ``led`` through ``lead_map`` (the
+    teacher's bytes after a space: the tokens a student writes where its piece starts)."""
+    ids = np.take(vocab_map, top)
+    if led is not None and led.any():
+        ids[led] = np.take(lead_map, top[led])
+    return ids
 
 
 def map_repeats(vocab_map: np.ndarray) -> bool:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdstream.distill.aligned_batch import AlignedExample, merge_repeated_ids
+from kdstream.distill.aligned_batch import AlignedExample, lead_rows, map_top_k, merge_repeated_ids
 from kdstream.distill.cross_tokenizer import ALIGNED, PAD_ID, SKIPPED, CrossTargets
 from kdstream.errors import KdError
 from kdstream.text.align import Skip
@@ -124,7 +124,7 @@ class ConversationTargets:
         """One answer's content (its Alignment ``al``, teacher tokens from store position ``a``) →
         usable (C,), the teacher's chunk log-likelihoods (C,), and the exact rows: the student's
         (in the content's positions) and the store's, each predicting a usable chunk's first token,
-        and which of them predict a student token with a lead byte (the content's first: lead_map)."""
+        and which of them predict a student token with a lead byte (the content's first one can)."""
         use = al.usable.copy()
         tb, sb = al.teacher_bounds, al.student_bounds
         if len(use) and tb[0, 0] == 0 and sb[0, 0] == 0 and (al.teacher_chunk[:max(tb[0, 1], 1)] == 0).all():
@@ -138,10 +138,9 @@ class ConversationTargets:
         k = np.flatnonzero(use)
         if self.cross.exact_rows == "same_token":  # one token on each side
             k = k[(tb[k, 1] - tb[k, 0] == 1) & (sb[k, 1] - sb[k, 0] == 1)]
-        s_vocab = self.cross.aligner.s
-        first = al.student_ids[0] if len(al.student_ids) else 0
-        lead = len(al.student_ids) > 0 and s_vocab.lengths[first] > al.student_spans[0, 1] - al.student_spans[0, 0]
-        return use, chunk_lp, sb[k, 0] - 1, a + tb[k, 0] - 1, lead & (sb[k, 0] == 0)
+        first = sb[k, 0]  # the student token each exact row predicts
+        led = lead_rows(al.student_ids[first], al.student_spans[first], self.cross.aligner.s.lengths)
+        return use, chunk_lp, first - 1, a + tb[k, 0] - 1, led
 
     def _exact(self, rows: dict[str, np.ndarray], b: int, t_rows: np.ndarray,
                lead: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -151,10 +150,7 @@ class ConversationTargets:
         vmap = self.cross.vocab_map
         if vmap is None:  # ALM only
             return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32), np.zeros(len(t_rows), bool)
-        top = rows["topk_ids"][b][t_rows]
-        ids = np.take(vmap, top)
-        if lead.any():
-            ids[lead] = np.take(self.cross.lead_map, top[lead])
+        ids = map_top_k(rows["topk_ids"][b][t_rows], vmap, self.cross.lead_map, lead)
         logprobs = np.array(rows["topk_logprobs"][b][t_rows], np.float32)
         logprobs[ids < 0] = -np.inf
         if self.cross.merge or lead.any():  # the lead map may send two teacher ids to one student id
