@@ -51,6 +51,14 @@ def student_init(work: Path) -> Path:
     return out
 
 
+def student_and_template(work: Path) -> tuple[Path, Path]:
+    """The student's config + tokenizer and Mistral's template file, under ``work``."""
+    work.mkdir(parents=True, exist_ok=True)
+    template = work / "mistral.jinja"
+    template.write_text(MISTRAL_TEMPLATE)
+    return student_init(work), template
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", required=True, help="conversation_bench's assistant.zarr")
@@ -63,10 +71,7 @@ def main() -> None:
     ap.add_argument("--name", default="cross_conversation_bench")
     args = ap.parse_args()
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    init = student_init(work)
-    template = work / "mistral.jinja"
-    template.write_text(MISTRAL_TEMPLATE)
+    init, template = student_and_template(work)
     runs: dict[str, list] = {arm: [] for arm in ARMS}
     for seed in range(args.seeds):
         for arm, extra in ARMS.items():

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks.conversation_bench import cli
-from benchmarks.cross_conversation_bench import ARMS, MISTRAL_TEMPLATE, student_init
+from benchmarks.cross_conversation_bench import ARMS, student_and_template
 from benchmarks.results import save
 from kdstream.storage import open_store
 
@@ -61,10 +61,7 @@ def main() -> None:
     ap.add_argument("--suffix-len", type=int, default=8)
     args = ap.parse_args()
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    init = student_init(work)
-    template = work / "mistral.jinja"
-    template.write_text(MISTRAL_TEMPLATE)
+    init, template = student_and_template(work)
     store = open_store(args.store)
     exclude = work / "exclude.txt"
     exclude.write_text("".join(f"{i}\n" for i in range(args.trained, len(store))))

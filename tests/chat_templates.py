@@ -71,3 +71,20 @@ def generate_args(teacher: Path, dataset: Path, out: Path, *extra) -> list:
             "--top-k", 8, "--samples", GEN_SAMPLES, "--max-new-tokens", 12, "--max-examples", GEN_PROMPTS,
             "--dtype", "float32", "--batch-size", 8, "--chunk-rows", 4, "--seed", 5,
             "--logprob-encoding", "fp32", *extra]
+
+
+def without_template(model_dir: Path, out: Path) -> Path:
+    """A copy of ``model_dir``'s files at ``out`` whose tokenizer has no chat template (neither
+    chat_template.jinja nor a ``chat_template`` in tokenizer_config.json)."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name != "chat_template.jinja":
+            (out / f.name).write_bytes(f.read_bytes())
+    config = out / "tokenizer_config.json"
+    if config.is_file():
+        data = json.loads(config.read_text())
+        if data.pop("chat_template", None) is not None:
+            config.write_text(json.dumps(data))
+    return out

@@ -59,7 +59,7 @@ def test_the_student_sees_its_own_template_and_learns_only_the_answers(targets, 
 
 
 def test_distill_across_tokenizers_on_conversations(tmp_path, chat_store, llama3_student, chat_file):
-    from chat_templates import LLAMA3
+    from chat_templates import LLAMA3, without_template
 
     student, _ = llama3_student
     args = ["distill", "--logits-store", chat_store, "--model", student, "--epochs", 1, "--batch-size", 8,
@@ -71,11 +71,7 @@ def test_distill_across_tokenizers_on_conversations(tmp_path, chat_store, llama3
     assert np.isfinite(ce["final_loss"]) and ce["held_out_tokens"] == summary["held_out_tokens"] > 0
 
     # a student tokenizer without a template: the flag, or a one-line error naming it
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for f in student.iterdir():
-        if f.name != "chat_template.jinja":
-            (bare / f.name).write_bytes(f.read_bytes())
+    bare = without_template(student, tmp_path / "bare")
     proc = run_cli(*args, "--model", bare, "--out", tmp_path / "o", check=False)
     assert proc.returncode == 2 and "--student-chat-template" in one_line_error(proc)
     template = tmp_path / "llama3.jinja"

@@ -16,12 +16,9 @@ SUFFIX = ("--suffix-len", 6, "--dtype", "float32", "--backend", "hf")
 @pytest.fixture(scope="module")
 def bare_student(tmp_path_factory, llama3_student):
     """The Llama-3 student's files without its chat template: distill takes it from a flag."""
-    student, _ = llama3_student
-    bare = tmp_path_factory.mktemp("bare_llama3")
-    for f in student.iterdir():
-        if f.name != "chat_template.jinja":
-            (bare / f.name).write_bytes(f.read_bytes())
-    return bare
+    from chat_templates import without_template
+
+    return without_template(llama3_student[0], tmp_path_factory.mktemp("bare_llama3"))
 
 
 @pytest.fixture(scope="module")
@@ -126,14 +123,9 @@ def test_the_student_reproduces_only_the_answers_it_was_trained_on(tmp_path, cro
 
 def test_what_a_cross_tokenizer_evaluation_cannot_do_is_refused_in_one_line(tmp_path, chat_store, cross_memorizer,
                                                                             teacher_store):
-    bare = tmp_path / "bare"  # the trained student, its chat template taken away
-    bare.mkdir()
-    for f in cross_memorizer.iterdir():
-        if f.is_file() and f.name != "chat_template.jinja":
-            (bare / f.name).write_bytes(f.read_bytes())
-    config = json.loads((bare / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    from chat_templates import without_template
+
+    bare = without_template(cross_memorizer, tmp_path / "bare")  # the trained student, its template taken away
     args = ("extract-eval", "--logits-store", chat_store, "--backend", "hf", "--out", tmp_path / "e")
     proc = run_cli(*args, "--model", bare, check=False)
     assert proc.returncode == 2 and "pass --chat-template FILE" in one_line_error(proc)
